@@ -1,0 +1,67 @@
+"""vqgan: train, evaluate, inspect and use vector-quantized image and video tokenizers (VQ-VAE, VQGAN) and the
+transformer priors that generate from their codes.
+
+The public API::
+
+    from vqgan import VQModel, ModelConfig, create_model, load_config, fit, load_model
+"""
+
+from vqgan.config import (
+    ConfigError,
+    DataConfig,
+    DiscriminatorConfig,
+    ExperimentConfig,
+    LossConfig,
+    ModelConfig,
+    QuantizerConfig,
+    TrainConfig,
+    dump_config,
+    load_config,
+)
+from vqgan.models import EncodeOutput, PatchDiscriminator, VQModel, VQModelOutput
+from vqgan.quantizers import Quantizer, QuantizerOutput, VectorQuantizer, build_quantizer
+from vqgan.registry import create_model, get_preset, list_presets, register_preset
+
+__version__ = "0.1.0"
+
+
+def fit(*args, **kwargs):
+    """Train a stage-1 tokenizer; see :func:`vqgan.train.fit.fit` (imported lazily: it pulls in Lightning)."""
+    from vqgan.train.fit import fit as _fit
+
+    return _fit(*args, **kwargs)
+
+
+def load_model(path, map_location: str = "cpu"):
+    """Load an autoencoder from a training checkpoint or a pretrained folder; returns ``(model, config)``."""
+    from vqgan.train.checkpoint import load_model as _load
+
+    return _load(path, map_location)
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DiscriminatorConfig",
+    "EncodeOutput",
+    "ExperimentConfig",
+    "LossConfig",
+    "ModelConfig",
+    "PatchDiscriminator",
+    "Quantizer",
+    "QuantizerConfig",
+    "QuantizerOutput",
+    "TrainConfig",
+    "VQModel",
+    "VQModelOutput",
+    "VectorQuantizer",
+    "build_quantizer",
+    "create_model",
+    "dump_config",
+    "fit",
+    "get_preset",
+    "list_presets",
+    "load_config",
+    "load_model",
+    "register_preset",
+]

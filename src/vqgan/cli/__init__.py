@@ -1,0 +1,82 @@
+"""The ``vqgan`` command. Thin: parse options, build a config, call library functions.
+
+Each sub-command lives in a small module of this package and registers itself with :func:`command`; the library
+never imports this package.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jsonargparse import ArgumentParser
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    build: Callable[[ArgumentParser, list[str]], None]
+    run: Callable[[object], int | None]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str):
+    """Register a sub-command: decorate a class with static ``build(parser, argv)`` and ``run(args)``."""
+
+    def wrap(cls):
+        COMMANDS[name] = Command(name, help, cls.build, cls.run)
+        return cls
+
+    return wrap
+
+
+def _load_commands() -> None:
+    # Imported for their registrations.
+    from vqgan.cli import stage1  # noqa: F401
+
+    for optional in ("evaluate", "prior", "interop", "video"):
+        try:
+            __import__(f"vqgan.cli.{optional}")
+        except ModuleNotFoundError as e:
+            if e.name != f"vqgan.cli.{optional}":
+                raise
+
+
+def build_parser(argv: list[str]) -> ArgumentParser:
+    _load_commands()
+    parser = ArgumentParser(
+        prog="vqgan",
+        description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
+        exit_on_error=True,
+    )
+    sub = parser.add_subcommands(dest="command", required=True)
+    for name, cmd in COMMANDS.items():
+        p = ArgumentParser(description=cmd.help)
+        cmd.build(p, argv)
+        sub.add_subcommand(name, p, help=cmd.help)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    name = args.command
+    from vqgan.config import ConfigError
+
+    try:
+        rc = COMMANDS[name].run(getattr(args, name))
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"vqgan {name}: error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Stage-1 commands: ``fit``, ``validate``, ``reconstruct``, ``presets``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from vqgan.cli import command
+
+
+def _preset_from_argv(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--preset="):
+            return a.split("=", 1)[1]
+    return None
+
+
+@command("fit", "Train a stage-1 tokenizer (VQ-VAE / VQGAN) from a YAML config with dotted overrides.")
+class Fit:
+    @staticmethod
+    def build(p, argv):
+        from vqgan.config import add_experiment_arguments
+        from vqgan.registry import get_preset, list_presets
+
+        preset = _preset_from_argv(argv)
+        p.add_argument("--preset", type=str, default=None, help=f"start from a named preset: {', '.join(list_presets())}")
+        add_experiment_arguments(p, get_preset(preset) if preset else None)
+        p.add_argument("--run-dir", type=str, required=True, help="folder for config, checkpoints, samples, logs, metrics")
+        p.add_argument("--max-steps", type=int, default=None, help="shortcut for --train.max_steps")
+        p.add_argument("--resume", type=str, default=None, help="'last' (RUN_DIR/checkpoints/last.ckpt) or a checkpoint path")
+        p.add_argument("--debug", type=bool, default=False, help="a handful of steps, 2 validation batches, no online logging")
+
+    @staticmethod
+    def run(a):
+        from vqgan.config import experiment_from_namespace
+        from vqgan.train import fit
+
+        cfg = experiment_from_namespace(a)
+        if a.max_steps is not None:
+            cfg.train.max_steps = a.max_steps
+        if a.debug:
+            cfg.train.debug = True
+        metrics = fit(cfg, a.run_dir, resume=a.resume)
+        print(json.dumps({k: metrics[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")}))
+        return 0
+
+
+@command("validate", "Print PSNR, SSIM, codebook usage and perplexity of a checkpoint as one JSON object.")
+class Validate:
+    @staticmethod
+    def build(p, argv):
+        from vqgan.config import DataConfig
+
+        p.add_argument("--ckpt", type=str, required=True, help="training checkpoint (.ckpt) or pretrained folder")
+        p.add_class_arguments(DataConfig, "data", help="data options (default: the checkpoint's validation data)")
+        p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
+        ckpt = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "--ckpt"), None)
+        if ckpt:
+            _set_data_defaults_from_ckpt(p, ckpt)
+
+    @staticmethod
+    def run(a):
+        from vqgan.config import DataConfig, from_dict
+        from vqgan.metrics.evaluate import reconstruction_metrics
+        from vqgan.train.checkpoint import load_model
+        from vqgan.train.fit import build_loaders
+
+        model, exp = load_model(a.ckpt)
+        data = from_dict(DataConfig, a.data.as_dict())
+        from vqgan.config import ExperimentConfig
+
+        cfg = ExperimentConfig(model=model.config, data=data)
+        _, val_loader = build_loaders(cfg)
+        metrics = reconstruction_metrics(model, val_loader, _device(a.device))
+        json.dump(metrics, sys.stdout)
+        print()
+        return 0
+
+
+@command("reconstruct", "Reconstruct an image or a folder of images; writes reconstructions and side-by-side comparisons.")
+class Reconstruct:
+    @staticmethod
+    def build(p, argv):
+        p.add_argument("--ckpt", type=str, required=True, help="training checkpoint (.ckpt) or pretrained folder")
+        p.add_argument("--input", type=str, required=True, help="an image file or a folder of images")
+        p.add_argument("--output", type=str, required=True, help="output folder")
+        p.add_argument("--resolution", type=int, default=None, help="resize+centre-crop side (default: the model's)")
+        p.add_argument("--full-size", type=bool, default=False, help="keep whole images (cropped to a multiple of the downsampling)")
+        p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
+
+    @staticmethod
+    def run(a):
+        from vqgan.inference import reconstruct_files
+        from vqgan.train.checkpoint import load_model
+
+        model, _ = load_model(a.ckpt)
+        records = reconstruct_files(model, a.input, a.output, a.resolution, a.full_size, _device(a.device))
+        for r in records:
+            print(f"{r['file']}: PSNR {r['psnr']:.2f} dB")
+        return 0
+
+
+@command("presets", "List the named presets (architectures and experiments).")
+class Presets:
+    @staticmethod
+    def build(p, argv):
+        p.add_argument("--show", type=str, default=None, help="print the full YAML of one preset")
+
+    @staticmethod
+    def run(a):
+        from vqgan.registry import describe_presets, get_preset
+
+        if a.show:
+            import yaml
+
+            from vqgan.config import to_dict
+
+            print(yaml.safe_dump(to_dict(get_preset(a.show)), sort_keys=False))
+            return 0
+        for name, desc in describe_presets().items():
+            print(f"{name:28s} {desc}")
+        return 0
+
+
+def _device(d: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
+
+
+def _set_data_defaults_from_ckpt(p, ckpt: str) -> None:
+    """Default the ``--data.*`` options to the checkpoint's data config (if it is a training checkpoint)."""
+    from pathlib import Path
+
+    from vqgan.config import to_dict
+    from vqgan.train.checkpoint import experiment_from_checkpoint, load_checkpoint_file
+
+    if not Path(ckpt).is_file():
+        return
+    try:
+        cfg = experiment_from_checkpoint(load_checkpoint_file(ckpt))
+    except Exception:
+        return  # reported properly by run()
+    p.set_defaults({f"data.{k}": v for k, v in to_dict(cfg.data).items()})

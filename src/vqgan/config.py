@@ -1,0 +1,396 @@
+"""Typed configuration for every part of a run.
+
+A run is described by one :class:`ExperimentConfig`, made of small dataclasses (model, quantizer, loss,
+discriminator, data, training). YAML files set values, dotted command-line options override them
+(``--model.ch 64``), and :func:`dump_config` writes the resolved result next to every run. There are no import
+strings: every choice is a plain value checked against the ``Literal`` types below, and
+:meth:`ExperimentConfig.validate` checks the choices against each other before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+QuantizerKind = Literal["vq", "ema", "fsq", "lfq", "residual", "simvq"]
+
+
+@dataclass
+class QuantizerConfig:
+    """Vector quantizer settings.
+
+    Attributes:
+        kind: ``vq`` (codebook learned by gradients), ``ema`` (codebook learned by exponential moving averages,
+            van den Oord et al. 2017, appendix), ``fsq``, ``lfq``, ``residual`` or ``simvq``.
+        codebook_size: number of codes.
+        codebook_dim: dimension of the lookup space. ``None`` looks up in ``embed_dim``; a smaller value projects
+            to a low-dimensional space first (factorized codes, Yu et al. 2021 "ViT-VQGAN", LlamaGen).
+        beta: commitment weight, applied to the encoder term ``||sg[e] - z||^2`` as in the VQ-VAE paper (taming's
+            ``legacy=True`` puts it on the codebook term instead; we don't).
+        decay: EMA decay of the codebook statistics (``ema`` only).
+        l2_normalize: look up with l2-normalised codes and latents (cosine similarity, ViT-VQGAN).
+        kmeans_init: initialise the codebook with k-means on the first batch of encoder outputs.
+        kmeans_iters: Lloyd iterations for ``kmeans_init``.
+        dead_code_threshold: a code whose running usage count falls below this is restarted from a recent
+            encoder output (0 disables restarts).
+        usage_decay: decay of the running usage count used to find dead codes.
+        entropy_weight: weight of an entropy penalty that pushes towards a uniform average code assignment.
+        entropy_temperature: temperature of the soft assignment used by the entropy penalty.
+    """
+
+    kind: QuantizerKind = "ema"
+    codebook_size: int = 1024
+    codebook_dim: int | None = None
+    beta: float = 0.25
+    decay: float = 0.99
+    l2_normalize: bool = False
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 1.0
+    usage_decay: float = 0.99
+    entropy_weight: float = 0.0
+    entropy_temperature: float = 0.01
+    # FSQ (Mentzer et al. 2023): number of levels per dimension; the codebook size is their product.
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    # Residual VQ: number of stages and the quantizer kind used at every stage.
+    num_stages: int = 1
+    stage_kind: Literal["vq", "ema", "simvq"] = "ema"
+    # LFQ (MAGVIT-v2): weights of the per-sample entropy and of the codebook (batch) entropy terms.
+    lfq_sample_entropy_weight: float = 0.1
+    lfq_codebook_entropy_weight: float = 0.1
+    # Chunk size of the nearest-code search, so that huge codebooks never materialise a full distance matrix.
+    search_chunk_size: int = 8192
+
+
+@dataclass
+class ModelConfig:
+    """Autoencoder architecture.
+
+    ``arch="taming"`` is the encoder/decoder of Esser et al. 2021 (residual blocks with GroupNorm and SiLU,
+    strided-conv downsampling, nearest+conv upsampling, self-attention at ``attn_resolutions``).
+    ``arch="resnet"`` is the small residual VQ-VAE of van den Oord et al. 2017 (strided convs, a stack of residual
+    blocks, transposed convs in the decoder), as in seed 003.
+
+    The downsampling factor is ``2 ** (len(ch_mult) - 1)``.
+    """
+
+    arch: Literal["taming", "resnet"] = "taming"
+    in_channels: int = 3
+    out_channels: int | None = None
+    resolution: int = 32
+    ch: int = 64
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    attn_resolutions: list[int] = field(default_factory=list)
+    mid_attention: bool = True
+    z_channels: int = 64
+    embed_dim: int = 64
+    dropout: float = 0.0
+    num_groups: int = 32
+    upsample: Literal["nearest", "transposed"] = "nearest"
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def latent_resolution(self) -> int:
+        return self.resolution // self.downsample_factor
+
+
+@dataclass
+class DiscriminatorConfig:
+    """PatchGAN discriminator (Isola et al. 2017) as used by taming-transformers.
+
+    Attributes:
+        n_layers: number of strided conv layers (3 gives a 70x70 receptive field).
+        ch: filters of the first layer.
+        norm: ``batch`` (taming), ``group`` or ``none``.
+        spectral_norm: wrap every conv in spectral normalisation (Miyato et al. 2018), as in seed 000.
+        dims: 2 for images, 3 for a spatio-temporal (video) PatchGAN.
+    """
+
+    n_layers: int = 3
+    ch: int = 64
+    norm: Literal["batch", "group", "none"] = "batch"
+    spectral_norm: bool = False
+    dims: Literal[2, 3] = 2
+
+
+@dataclass
+class LossConfig:
+    """Weights and choices of the stage-1 objective.
+
+    The generator minimises ``w_rec * rec + w_p * perceptual + vq + d_factor * lambda * gan`` where ``lambda`` is
+    taming's adaptive weight (ratio of last-layer gradient norms, Esser et al. 2021 eq. 7) times ``disc_weight``,
+    and ``d_factor`` is 0 before ``disc_start`` and ramps to ``disc_weight_max`` over ``disc_ramp_steps``.
+    ``disc_weight = 0`` trains a plain VQ-VAE and builds no discriminator.
+    """
+
+    reconstruction: Literal["l1", "l2", "masked_l2"] = "l1"
+    reconstruction_weight: float = 1.0
+    # masked_l2 (seed 004): per-pixel weights; from the dataset's mask, or from ``target > mask_threshold``.
+    mask_threshold: float | None = None
+    mask_foreground_weight: float = 1.0
+    mask_background_weight: float = 0.1
+    perceptual: Literal["none", "lpips", "vgg"] = "lpips"
+    perceptual_weight: float = 1.0
+    lpips_net: Literal["vgg", "alex"] = "vgg"
+    # Local file with the torchvision backbone weights (vgg16 or alexnet state dict). Never downloaded.
+    backbone_weights: str | None = None
+    # A randomly initialised backbone, only when asked for explicitly (tests, smoke runs).
+    random_backbone: bool = False
+    gan_loss: Literal["hinge", "non_saturating"] = "hinge"
+    disc_weight: float = 0.8
+    adaptive_weight: bool = True
+    disc_start: int = 10000
+    disc_ramp_steps: int = 0
+    disc_weight_max: float = 1.0
+    # Upper bound of the adaptive weight (taming clamps to 1e4).
+    adaptive_weight_max: float = 1e4
+
+
+DataKind = Literal["builtin", "folder", "video_folder", "ucf101", "moving_digits", "smoke"]
+
+
+@dataclass
+class DataConfig:
+    """Where images (or videos) come from and how they are prepared.
+
+    Images are returned as float tensors in [-1, 1], shape (C, H, W) (videos: (C, T, H, W)).
+    """
+
+    kind: DataKind = "builtin"
+    root: str | None = None
+    val_root: str | None = None
+    resolution: int = 32
+    channels: int = 3
+    crop: Literal["random", "center"] = "random"
+    flip: bool = True
+    # Resize the shorter side to this before cropping (None: ``resolution``). For the built-in photos a scale
+    # factor is used instead, see ``builtin_scale``.
+    resize: int | None = None
+    builtin_scale: float = 0.5
+    # Number of random crops per epoch for the built-in dataset, and size of the fixed validation grid.
+    builtin_train_crops: int = 4096
+    val_size: int = 256
+    batch_size: int = 16
+    val_batch_size: int | None = None
+    num_workers: int = 0
+    # Video options.
+    frames: int = 8
+    frame_stride: int = 1
+    fps: float | None = None
+    clip_offset: Literal["random", "uniform"] = "random"
+    frames_as_images: bool = False
+    patch_size: int | None = None
+    split: int = 1
+    videos_per_chunk: int | None = None
+    epochs_per_chunk: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, validation, checkpointing and hardware options (passed to a Lightning Trainer)."""
+
+    max_steps: int = 1000
+    lr: float = 1e-4
+    lr_disc: float | None = None
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    val_every_n_steps: int = 500
+    log_every_n_steps: int = 25
+    checkpoint_every_n_steps: int | None = None
+    keep_last_k: int = 3
+    monitor: str = "val/psnr"
+    monitor_mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    compile: bool = False
+    channels_last: bool = False
+    logger: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    wandb_project: str | None = None
+    # Debug mode (seed 002): a handful of batches, validation on a few batches, no online logging.
+    debug: bool = False
+    # Stop after this many consecutive steps with a non-finite loss or gradient (each is skipped).
+    max_nonfinite_steps: int = 20
+    # Codebook diagnostics (usage, code norms, gradients) every N steps; 0 disables.
+    diagnostics_every_n_steps: int = 50
+    samples_every_n_steps: int | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole stage-1 run."""
+
+    name: str = "vqgan"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> ExperimentConfig:
+        """Check choices against each other; raise :class:`ConfigError` naming the key. Returns self."""
+        m, q, loss = self.model, self.model.quantizer, self.loss
+        if m.resolution % m.downsample_factor:
+            raise ConfigError(
+                f"model.resolution={m.resolution} is not divisible by the downsampling factor "
+                f"{m.downsample_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult})"
+            )
+        if self.data.resolution != m.resolution and self.data.patch_size is None:
+            raise ConfigError(
+                f"data.resolution={self.data.resolution} differs from model.resolution={m.resolution}; "
+                "set both to the same value"
+            )
+        levels = [m.resolution // 2**i for i in range(len(m.ch_mult))]
+        bad = [r for r in m.attn_resolutions if r not in levels]
+        if bad and m.arch == "taming":
+            raise ConfigError(
+                f"model.attn_resolutions={m.attn_resolutions}: {bad} never occur; the encoder's resolutions are "
+                f"{levels} for model.resolution={m.resolution} and model.ch_mult={m.ch_mult}"
+            )
+        if q.kind in ("vq", "ema", "residual", "simvq") and q.codebook_size < 2:
+            raise ConfigError(f"model.quantizer.codebook_size={q.codebook_size} must be at least 2")
+        if q.codebook_dim is not None and q.codebook_dim < 1:
+            raise ConfigError(f"model.quantizer.codebook_dim={q.codebook_dim} must be positive or null")
+        if not 0.0 < q.decay < 1.0:
+            raise ConfigError(f"model.quantizer.decay={q.decay} must be in (0, 1)")
+        if any(min(m.ch * c, m.z_channels) % min(m.num_groups, m.ch * c) for c in m.ch_mult) and m.arch == "taming":
+            raise ConfigError(
+                f"model.num_groups={m.num_groups} must divide every block width model.ch * model.ch_mult "
+                f"({[m.ch * c for c in m.ch_mult]})"
+            )
+        if loss.reconstruction == "masked_l2" and loss.mask_threshold is None and self.data.kind != "smoke":
+            raise ConfigError(
+                "loss.reconstruction=masked_l2 needs masks: set loss.mask_threshold, or use a dataset that "
+                "provides masks (data.kind=smoke)"
+            )
+        if self.data.channels != m.in_channels:
+            raise ConfigError(
+                f"data.channels={self.data.channels} differs from model.in_channels={m.in_channels}"
+            )
+        if self.train.max_steps < 1:
+            raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")
+        if loss.disc_weight < 0 or loss.perceptual_weight < 0:
+            raise ConfigError("loss.disc_weight and loss.perceptual_weight must be non-negative")
+        return self
+
+
+class ConfigError(ValueError):
+    """An inconsistent or invalid configuration, reported before any training starts."""
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain ``dict`` of a (nested) config dataclass, suitable for YAML and checkpoints."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a (nested) config dataclass from a plain dict, rejecting unknown keys with the valid choices."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def dump_config(config: Any, path: str | Path) -> Path:
+    """Write a config dataclass as YAML (the resolved config saved with every run)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return path
+
+
+EXPERIMENT_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "discriminator": DiscriminatorConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+
+
+def add_experiment_arguments(parser: Any, defaults: ExperimentConfig | None = None) -> None:
+    """Add ``--config`` (YAML) and every field of :class:`ExperimentConfig` as a dotted option
+    (``--model.quantizer.kind``) to a jsonargparse parser; ``defaults`` (e.g. a preset) seed the values."""
+    from jsonargparse import ActionConfigFile
+
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with an experiment configuration")
+    parser.add_argument("--name", type=str, default="vqgan", help="name of the run")
+    for key, cls in EXPERIMENT_SECTIONS.items():
+        parser.add_class_arguments(cls, key, help=(cls.__doc__ or "").strip().split("\n")[0])
+    if defaults is not None:
+        parser.set_defaults(_flatten({**to_dict(defaults)}))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def experiment_from_namespace(ns: Any) -> ExperimentConfig:
+    """Turn a parsed jsonargparse namespace (holding the experiment keys) into an :class:`ExperimentConfig`."""
+    data = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
+    data = {k: data[k] for k in ("name", *EXPERIMENT_SECTIONS) if k in data}
+    return from_dict(ExperimentConfig, data)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
+) -> ExperimentConfig:
+    """Load an :class:`ExperimentConfig` the way ``vqgan fit`` does: preset, then YAML file, then dotted overrides.
+
+    Args:
+        path: YAML file with plain values (see ``configs/``).
+        overrides: command-line style options, e.g. ``["--model.ch", "32", "--train.lr=1e-3"]``.
+        preset: name of a registered preset that provides the defaults.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or an invalid choice, with the key named.
+    """
+    from jsonargparse import ArgumentParser
+
+    from vqgan.registry import get_preset
+
+    parser = ArgumentParser(exit_on_error=False)
+    add_experiment_arguments(parser, get_preset(preset) if preset else None)
+    args = list(overrides or [])
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        args = ["--config", str(path), *args]
+    try:
+        ns = parser.parse_args(args)
+    except Exception as e:  # jsonargparse raises argparse.ArgumentError with the offending key
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {e}") from None
+    return experiment_from_namespace(ns)

@@ -1,0 +1,81 @@
+"""Datasets. Every dataset yields dicts: ``image`` (``(C, H, W)`` or ``(C, T, H, W)`` in [-1, 1]) and optionally
+``mask`` and ``label``. :func:`build_datasets` maps a :class:`DataConfig` to a (train, validation) pair through a
+small registry of data kinds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from torch.utils.data import Dataset
+
+from vqgan.config import DataConfig
+from vqgan.data.builtin import BuiltinPhotos, load_photo
+from vqgan.data.images import EmptyDatasetError, ImageFolder, collate_skip, list_images
+
+_BUILDERS: dict[str, Callable[[DataConfig, int], tuple[Dataset, Dataset]]] = {}
+
+
+def register_data(kind: str) -> Callable:
+    """Register ``builder(config, seed) -> (train, val)`` for ``DataConfig.kind == kind``."""
+
+    def wrap(fn: Callable[[DataConfig, int], tuple[Dataset, Dataset]]):
+        _BUILDERS[kind] = fn
+        return fn
+
+    return wrap
+
+
+@register_data("builtin")
+def _builtin(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+    common = dict(resolution=cfg.resolution, scale=cfg.builtin_scale, channels=cfg.channels, seed=seed)
+    train = BuiltinPhotos("train", length=cfg.builtin_train_crops, flip=cfg.flip, **common)
+    val = BuiltinPhotos("val", length=cfg.val_size, **common)
+    return train, val
+
+
+@register_data("folder")
+def _folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+    if cfg.root is None:
+        raise EmptyDatasetError("data.kind=folder needs data.root (a folder of images)")
+    files = list_images(cfg.root)
+    if cfg.val_root is not None:
+        train_files, val_files = files, list_images(cfg.val_root)
+    else:
+        # Hold out a deterministic, evenly spread subset for validation.
+        n_val = min(cfg.val_size, max(1, len(files) // 10)) if len(files) > 1 else 0
+        step = max(1, len(files) // max(n_val, 1))
+        val_idx = set(range(0, len(files), step)[:n_val])
+        train_files = [f for i, f in enumerate(files) if i not in val_idx] or files
+        val_files = [f for i, f in enumerate(files) if i in val_idx] or files
+    val_files = val_files[: cfg.val_size]
+    common = dict(resolution=cfg.resolution, resize=cfg.resize, channels=cfg.channels)
+    train = ImageFolder(train_files, random_crop=cfg.crop == "random", flip=cfg.flip, **common)
+    val = ImageFolder(val_files, **common)
+    return train, val
+
+
+def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Training and validation datasets for ``cfg``; raises :class:`EmptyDatasetError` when there is no data."""
+    if cfg.kind not in _BUILDERS:
+        raise ValueError(f"data.kind={cfg.kind!r} is not available; choose one of {sorted(_BUILDERS)}")
+    train, val = _BUILDERS[cfg.kind](cfg, seed)
+    for name, ds in (("training", train), ("validation", val)):
+        if len(ds) == 0:
+            raise EmptyDatasetError(f"the {name} set of data.kind={cfg.kind} (root={cfg.root}) is empty")
+    return train, val
+
+
+def available_data() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+__all__ = [
+    "BuiltinPhotos",
+    "EmptyDatasetError",
+    "ImageFolder",
+    "available_data",
+    "build_datasets",
+    "collate_skip",
+    "list_images",
+    "load_photo",
+    "register_data",
+]

@@ -1,0 +1,127 @@
+"""The built-in dataset: crops of photos that ship inside installed packages, so that the demo and the tests
+need no download. Training crops come from scikit-image's photos (astronaut, chelsea, coffee, hubble_deep_field,
+immunohistochemistry, retina, rocket and both stereo_motorcycle views); validation crops from scikit-learn's
+``load_sample_images`` (china, flower), a fixed grid so that validation numbers are comparable across runs."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vqgan.data.transforms import to_mode, to_tensor
+
+TRAIN_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "rocket",
+    "stereo_motorcycle_0",
+    "stereo_motorcycle_1",
+)
+VAL_PHOTOS = ("china", "flower")
+
+
+@lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    if name in VAL_PHOTOS:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{name}.jpg")
+    import skimage.data
+
+    if name.startswith("stereo_motorcycle"):
+        return skimage.data.stereo_motorcycle()[int(name[-1])]
+    return getattr(skimage.data, name)()
+
+
+def load_photo(name: str, scale: float = 1.0, channels: int = 3) -> Image.Image:
+    """One of the shipped photos as a PIL image, rescaled by ``scale``."""
+    img = to_mode(Image.fromarray(_photo(name)), channels)
+    if scale != 1.0:
+        w, h = img.size
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    return img
+
+
+class BuiltinPhotos(Dataset):
+    """Random crops (training) or a fixed grid of crops (validation) of the shipped photos.
+
+    Args:
+        split: ``train`` or ``val``.
+        resolution: crop side.
+        scale: factor applied to the photos before cropping (smaller means more content per crop).
+        length: number of random crops per epoch (training) / maximum number of grid crops (validation).
+        flip: random horizontal flips (training).
+        seed: seeds the crop positions, so that a run is reproducible whatever the worker layout.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        resolution: int = 32,
+        scale: float = 0.5,
+        length: int = 4096,
+        flip: bool = True,
+        channels: int = 3,
+        seed: int = 0,
+    ):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+        self.split, self.resolution, self.flip, self.seed = split, resolution, flip and split == "train", seed
+        names = TRAIN_PHOTOS if split == "train" else VAL_PHOTOS
+        self.images = [to_tensor(load_photo(n, scale, channels)) for n in names]
+        small = [n for n, im in zip(names, self.images, strict=True) if min(im.shape[1:]) < resolution]
+        if small:
+            raise ValueError(f"photos {small} are smaller than resolution={resolution} at scale={scale}")
+        if split == "train":
+            # Sample photos in proportion to their area, so every pixel is equally likely to be seen.
+            areas = torch.tensor([im.shape[1] * im.shape[2] for im in self.images], dtype=torch.float)
+            self.weights = areas / areas.sum()
+            self.length = length
+            self.epoch = 0
+        else:
+            self.crops = self._grid(length)
+            self.length = len(self.crops)
+
+    def _grid(self, limit: int) -> list[tuple[int, int, int]]:
+        """Non-overlapping crop positions over the validation photos, evenly thinned to at most ``limit``."""
+        r = self.resolution
+        crops = [
+            (k, y, x)
+            for k, im in enumerate(self.images)
+            for y in range(0, im.shape[1] - r + 1, r)
+            for x in range(0, im.shape[2] - r + 1, r)
+        ]
+        if len(crops) > limit:
+            keep = np.linspace(0, len(crops) - 1, limit).round().astype(int)
+            crops = [crops[i] for i in keep]
+        return crops
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random crops each epoch (called by the training loop)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        r = self.resolution
+        if self.split == "val":
+            k, y, x = self.crops[i]
+            return {"image": self.images[k][:, y : y + r, x : x + r].clone()}
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) % (2**63))
+        k = int(torch.multinomial(self.weights, 1, generator=g))
+        im = self.images[k]
+        y = int(torch.randint(0, im.shape[1] - r + 1, (1,), generator=g))
+        x = int(torch.randint(0, im.shape[2] - r + 1, (1,), generator=g))
+        crop = im[:, y : y + r, x : x + r].clone()
+        if self.flip and torch.rand((), generator=g) < 0.5:
+            crop = crop.flip(-1)
+        return {"image": crop}

@@ -1,0 +1,56 @@
+"""Image preparation shared by the datasets: PIL / numpy -> float tensor in [-1, 1], resize, crop, flip."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode (RGBA, CMYK, P, I;16, LA, ...) to ``RGB`` (3 channels) or ``L`` (1 channel).
+
+    16-bit images are rescaled to 8 bits rather than clipped.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = (arr - arr.min()) / max(arr.max() - arr.min(), 1e-12) * 255.0
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB" if channels == 3 else "L")
+
+
+def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
+    """``(C, H, W)`` float tensor in [-1, 1] from a uint8 PIL image or HxW(xC) array."""
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
+    return t / 127.5 - 1.0
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Resize so that the shorter side is ``size`` (bicubic with antialiasing, as PIL does when reducing)."""
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    scale = size / min(w, h)
+    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+
+
+def crop(img: Image.Image, size: int, random: bool, generator: torch.Generator | None = None) -> Image.Image:
+    """Square crop of side ``size``: random (with ``generator``) or centred."""
+    w, h = img.size
+    if random:
+        x = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+        y = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+    else:
+        x, y = (w - size) // 2, (h - size) // 2
+    return img.crop((x, y, x + size, y + size))

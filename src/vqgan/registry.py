@@ -1,0 +1,192 @@
+"""Named presets: full experiment configurations registered by name (as timm's ``register_model`` or
+LlamaGen's ``VQ_models``), with a tiny ``test-*`` preset for every architecture.
+
+>>> from vqgan.registry import create_model, list_presets
+>>> model = create_model("test-taming")
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+from vqgan.config import (
+    DataConfig,
+    DiscriminatorConfig,
+    ExperimentConfig,
+    LossConfig,
+    ModelConfig,
+    QuantizerConfig,
+    TrainConfig,
+)
+
+_PRESETS: dict[str, Callable[[], ExperimentConfig]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_preset(name: str, description: str = "") -> Callable:
+    """Decorator registering ``fn() -> ExperimentConfig`` under ``name``."""
+
+    def wrap(fn: Callable[[], ExperimentConfig]) -> Callable[[], ExperimentConfig]:
+        if name in _PRESETS:
+            raise ValueError(f"preset {name!r} is already registered")
+        _PRESETS[name] = fn
+        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
+        return fn
+
+    return wrap
+
+
+def get_preset(name: str) -> ExperimentConfig:
+    """A fresh copy of the preset's :class:`ExperimentConfig`."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    cfg = copy.deepcopy(_PRESETS[name]())
+    cfg.name = name
+    return cfg
+
+
+def list_presets(prefix: str = "") -> list[str]:
+    return sorted(n for n in _PRESETS if n.startswith(prefix))
+
+
+def describe_presets() -> dict[str, str]:
+    return {n: _DESCRIPTIONS[n] for n in list_presets()}
+
+
+def create_model(name: str, **model_overrides):
+    """Build the autoencoder of preset ``name``; keyword arguments override :class:`ModelConfig` fields."""
+    from vqgan.models import VQModel
+
+    cfg = get_preset(name).model
+    for k, v in model_overrides.items():
+        if not hasattr(cfg, k):
+            raise TypeError(f"ModelConfig has no field {k!r}")
+        setattr(cfg, k, v)
+    return VQModel(cfg)
+
+
+# -- tiny presets for tests ---------------------------------------------------------------------------------
+def _tiny_train() -> TrainConfig:
+    return TrainConfig(max_steps=2, val_every_n_steps=2, log_every_n_steps=1, diagnostics_every_n_steps=1)
+
+
+@register_preset("test-taming", "tiny taming-style VQGAN for tests (16x16, 8 channels, 32 codes)")
+def _test_taming() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=ModelConfig(
+            resolution=16, ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=8,
+            embed_dim=8, num_groups=4, quantizer=QuantizerConfig(kind="ema", codebook_size=32, dead_code_threshold=0.01),
+        ),
+        loss=LossConfig(perceptual="lpips", random_backbone=True, disc_start=1, disc_weight=0.8),
+        discriminator=DiscriminatorConfig(n_layers=2, ch=8),
+        data=DataConfig(resolution=16, batch_size=4, builtin_train_crops=32, val_size=8),
+        train=_tiny_train(),
+    )
+
+
+@register_preset("test-resnet", "tiny residual VQ-VAE for tests (16x16, 16 channels, 32 codes)")
+def _test_resnet() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=ModelConfig(
+            arch="resnet", resolution=16, ch=16, ch_mult=[1, 1, 1], num_res_blocks=2, z_channels=8, embed_dim=8,
+            quantizer=QuantizerConfig(kind="vq", codebook_size=32, kmeans_init=False, dead_code_threshold=0.0),
+        ),
+        loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
+        data=DataConfig(resolution=16, batch_size=4, builtin_train_crops=32, val_size=8),
+        train=_tiny_train(),
+    )
+
+
+# -- the quick-start model of the demo ----------------------------------------------------------------------
+@register_preset("quickstart", "demo tokenizer: 32x32 built-in crops to 8x8 tokens, 1024 codes, CPU-sized")
+def _quickstart() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=ModelConfig(
+            resolution=32, ch=64, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], mid_attention=True,
+            z_channels=64, embed_dim=64,
+            quantizer=QuantizerConfig(kind="ema", codebook_size=1024, codebook_dim=None, dead_code_threshold=0.03),
+        ),
+        loss=LossConfig(reconstruction="l1", perceptual="none", disc_weight=0.0),
+        data=DataConfig(kind="builtin", resolution=32, batch_size=32, builtin_scale=0.5),
+        train=TrainConfig(max_steps=1500, lr=1e-3, betas=[0.9, 0.99], val_every_n_steps=500, warmup_steps=50),
+    )
+
+
+# -- one preset per seed system -----------------------------------------------------------------------------
+@register_preset("seed000-ucf101-vqgan", "seed 000: UCF101 frames, hidden_dims 64-128-256-512, latent 32, 512 codes")
+def _seed000() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=ModelConfig(
+            resolution=64, ch=64, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=32,
+            embed_dim=32, upsample="transposed",
+            quantizer=QuantizerConfig(kind="ema", codebook_size=512, beta=0.25, dead_code_threshold=0.03),
+        ),
+        loss=LossConfig(
+            reconstruction="l2", perceptual="lpips", perceptual_weight=0.1, disc_weight=0.1, adaptive_weight=False,
+            disc_start=2000,
+        ),
+        discriminator=DiscriminatorConfig(n_layers=3, ch=64, norm="none", spectral_norm=True),
+        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center"),
+        train=TrainConfig(max_steps=50000, lr=2e-4),
+    )
+
+
+@register_preset("seed001-taming-f16-1024", "seeds 001/002: taming VQGAN f16, 1024 codes, FFHQ 256")
+def _seed001() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=ModelConfig(
+            resolution=256, ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], z_channels=256,
+            embed_dim=256, dropout=0.0,
+            quantizer=QuantizerConfig(kind="vq", codebook_size=1024, beta=0.25, kmeans_init=False, dead_code_threshold=0.0),
+        ),
+        loss=LossConfig(reconstruction="l1", perceptual="lpips", perceptual_weight=1.0, disc_weight=0.8, disc_start=30001),
+        discriminator=DiscriminatorConfig(n_layers=3, ch=64, norm="batch"),
+        data=DataConfig(kind="folder", root="data/ffhq", resolution=256, batch_size=8, crop="center", flip=True),
+        train=TrainConfig(max_steps=400000, lr=4.5e-6 * 8, val_every_n_steps=5000, warmup_steps=0),
+    )
+
+
+@register_preset("seed003-celeba-vqvae", "seed 003: CelebA 128 residual VQ-VAE, 512x128 codes, lr 2.25e-4")
+def _seed003() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=ModelConfig(
+            arch="resnet", resolution=128, ch=256, ch_mult=[1, 1, 1], num_res_blocks=4, z_channels=128, embed_dim=128,
+            upsample="transposed",
+            quantizer=QuantizerConfig(kind="vq", codebook_size=512, beta=0.25, kmeans_init=False, dead_code_threshold=0.0),
+        ),
+        loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
+        data=DataConfig(kind="folder", root="data/celeba/img_align_celeba", resolution=128, batch_size=64, crop="center", flip=False),
+        train=TrainConfig(max_steps=100000, lr=2.25e-4, betas=[0.9, 0.999], grad_clip=None),
+    )
+
+
+def _seed004_model() -> ModelConfig:
+    return ModelConfig(
+        resolution=64, ch=128, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=256,
+        embed_dim=256, quantizer=QuantizerConfig(kind="ema", codebook_size=1024, beta=0.1, dead_code_threshold=0.03),
+    )
+
+
+@register_preset("seed004-smoke-vqvae", "seed 004: 64x64 smoke VQ-VAE, masked L2, attention at 8x8, 1024x256 codes")
+def _seed004_vqvae() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=_seed004_model(),
+        loss=LossConfig(reconstruction="masked_l2", perceptual="none", disc_weight=0.0),
+        data=DataConfig(kind="smoke", resolution=64, batch_size=64, flip=False),
+        train=TrainConfig(max_steps=100000, lr=1e-4),
+    )
+
+
+@register_preset("seed004-smoke-vqgan", "seed 004: 64x64 smoke VQGAN, VGG16 perceptual, adv 0.5, disc start 10k")
+def _seed004_vqgan() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=_seed004_model(),
+        loss=LossConfig(
+            reconstruction="masked_l2", perceptual="vgg", perceptual_weight=1.0, disc_weight=0.5, adaptive_weight=True,
+            disc_start=10000, disc_ramp_steps=2000, disc_weight_max=0.75,
+        ),
+        discriminator=DiscriminatorConfig(n_layers=3, ch=64),
+        data=DataConfig(kind="smoke", resolution=64, batch_size=32, flip=False),
+        train=TrainConfig(max_steps=100000, lr=1e-4, lr_disc=1e-4),
+    )

@@ -1,0 +1,223 @@
+"""Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization.
+
+One optimizer with two parameter groups (generator, discriminator) steps once per batch, so Lightning's
+``global_step`` counts batches whatever the GAN schedule. The generator's loss is back-propagated into the
+autoencoder's parameters only and the discriminator's into the discriminator's only (``inputs=``), and the
+discriminator sees detached reconstructions: no gradient leaks between the two (a bug of several public
+implementations; ``tests/test_training.py`` pins it). A non-finite loss or gradient skips that network's update
+for the step and is counted; too many in a row stop the run (:class:`NonFiniteLossError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from vqgan.config import ExperimentConfig, from_dict
+from vqgan.losses import VQGANLoss, disc_factor
+from vqgan.metrics import CodebookUsage, psnr, ssim
+from vqgan.models import PatchDiscriminator, VQModel
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``train.max_nonfinite_steps`` consecutive steps with a NaN/Inf loss or gradient."""
+
+
+class VQGANModule(L.LightningModule):
+    """Autoencoder + optional PatchGAN discriminator + the VQGAN loss.
+
+    Args:
+        config: an :class:`ExperimentConfig` as a plain dict (stored in checkpoints as plain data, so they load
+            with ``weights_only=True``).
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg: ExperimentConfig = from_dict(ExperimentConfig, config)
+        self.model = VQModel(self.cfg.model)
+        self.loss_fn = VQGANLoss(self.cfg.loss)
+        out_ch = self.cfg.model.out_channels or self.cfg.model.in_channels
+        self.discriminator = (
+            PatchDiscriminator(self.cfg.discriminator, out_ch) if self.cfg.loss.disc_weight > 0 else None
+        )
+        self.automatic_optimization = False
+        k = self.model.quantize.codebook_size
+        self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_usage = CodebookUsage(k)
+        # Counters saved in checkpoints (see on_save_checkpoint).
+        self.counters = {"skipped_generator": 0, "skipped_discriminator": 0, "skipped_data": 0, "nonfinite_streak": 0}
+        self.val_batch_for_samples: torch.Tensor | None = None
+        self.last_val_metrics: dict[str, float] = {}
+        self.last_val_step = -1
+
+    # -- optimisation ---------------------------------------------------------------------------------------
+    def generator_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def discriminator_parameters(self) -> list[torch.nn.Parameter]:
+        return [] if self.discriminator is None else [p for p in self.discriminator.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        groups = [{"params": self.generator_parameters(), "lr": t.lr, "name": "generator"}]
+        if self.discriminator is not None:
+            groups.append({"params": self.discriminator_parameters(), "lr": t.lr_disc or t.lr, "name": "discriminator"})
+        opt = torch.optim.Adam(groups, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        warmup = max(t.warmup_steps, 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _Warmup(warmup))
+        return [opt], [{"scheduler": sched, "interval": "step"}]
+
+    def disc_factor(self) -> float:
+        if self.discriminator is None:
+            return 0.0
+        c = self.cfg.loss
+        return disc_factor(self.global_step, c.disc_start, c.disc_ramp_steps, c.disc_weight_max)
+
+    # -- training -------------------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Count skipped (unreadable) items on the host, before the batch moves to the device: no sync later.
+        if isinstance(batch, dict) and "skipped" in batch:
+            self.counters["skipped_data"] += int(batch.pop("skipped"))
+        return batch
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if "image" not in batch:  # every item of the batch was unreadable
+            return None
+        x, mask = batch["image"], batch.get("mask")
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        factor = self.disc_factor()
+        t = self.cfg.train
+
+        out = self.model(x)
+        rec = out.reconstruction
+        logits_fake = self.discriminator(rec) if factor > 0 else None
+        g = self.loss_fn.generator_loss(x, rec, out.vq_loss, logits_fake, self.model.last_layer, factor, mask)
+        opt.zero_grad(set_to_none=True)
+        gen_params = self.generator_parameters()
+        self.manual_backward(g.loss, inputs=gen_params)
+        g_norm = _clip(gen_params, t.grad_clip)
+
+        logs = {f"train/{k}": v for k, v in g.logs.items()}
+        if factor > 0:
+            d_params = self.discriminator_parameters()
+            logits_real = self.discriminator(x.detach())
+            logits_fake_d = self.discriminator(rec.detach())
+            d = self.loss_fn.discriminator_loss(logits_real, logits_fake_d, factor)
+            self.manual_backward(d.loss, inputs=d_params)
+            d_norm = _clip(d_params, t.grad_clip)
+            logs.update({f"train/{k}": v for k, v in d.logs.items()})
+        else:
+            d_norm = torch.zeros((), device=x.device)
+
+        # One host sync per step: are the losses and gradients finite? Skip the update of a network that isn't.
+        finite = torch.stack([torch.isfinite(g.loss) & torch.isfinite(g_norm), torch.isfinite(d_norm)]).tolist()
+        if not finite[0]:
+            for p in gen_params:
+                p.grad = None
+            self.counters["skipped_generator"] += 1
+        if not finite[1]:
+            for p in self.discriminator_parameters():
+                p.grad = None
+            self.counters["skipped_discriminator"] += 1
+        if all(finite):
+            self.counters["nonfinite_streak"] = 0
+        else:
+            self.counters["nonfinite_streak"] += 1
+            log.warning(
+                "step %d: non-finite %s skipped (%d in a row)",
+                self.global_step,
+                " and ".join(n for n, ok in zip(("generator", "discriminator"), finite, strict=True) if not ok),
+                self.counters["nonfinite_streak"],
+            )
+            if self.counters["nonfinite_streak"] >= t.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self.counters['nonfinite_streak']} consecutive steps with a non-finite loss or gradient "
+                    f"(step {self.global_step}); stopping. The last good checkpoint is kept. Lower train.lr, set "
+                    "train.grad_clip, or raise train.max_nonfinite_steps."
+                )
+        opt.step()
+        sched.step()
+
+        logs.update({f"train/{k}": v for k, v in out.stats.items()})
+        logs["train/grad_norm_g"] = g_norm
+        logs["train/disc_factor"] = torch.tensor(factor)
+        for k, v in self.counters.items():
+            logs[f"train/{k}"] = torch.tensor(float(v))
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=x.shape[0])
+        self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0], logger=False)
+
+    # -- validation -----------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_batch_for_samples = None
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if "image" not in batch:
+            return
+        x = batch["image"]
+        out = self.model(x)
+        rec = out.reconstruction
+        self.val_rec.update(self.loss_fn.nll(x, rec, batch.get("mask")).logs["rec"])
+        self.val_psnr.update(psnr(x, rec))
+        self.val_ssim.update(ssim(x, rec))
+        self.val_usage.update(out.indices)
+        if batch_idx == 0:
+            self.val_batch_for_samples = x[:16].detach()
+
+    def on_validation_epoch_end(self) -> None:
+        stats = self.val_usage.compute()
+        metrics = {
+            "val/psnr": self.val_psnr.compute(),
+            "val/ssim": self.val_ssim.compute(),
+            "val/rec": self.val_rec.compute(),
+            "val/codebook_usage": stats["usage"],
+            "val/perplexity": stats["perplexity"],
+            "val/code_entropy_bits": stats["entropy"],
+        }
+        for m in (self.val_psnr, self.val_ssim, self.val_rec, self.val_usage):
+            m.reset()
+        self.log_dict(metrics, prog_bar=False, sync_dist=False)
+        self.log("val_psnr", metrics["val/psnr"], prog_bar=True, logger=False)
+        self.last_val_metrics = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
+        self.last_val_step = self.global_step
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen perceptual network is rebuilt from its own file; don't copy 60 MB into every checkpoint.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss_fn.")}
+        checkpoint["vqgan_counters"] = dict(self.counters)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        own = {k: v for k, v in self.state_dict().items() if k.startswith("loss_fn.")}
+        checkpoint["state_dict"].update(own)
+        self.counters.update(checkpoint.get("vqgan_counters", {}))
+
+
+class _Warmup:
+    """Linear learning-rate warm-up (a picklable callable, so scheduler state stays plain data)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __call__(self, step: int) -> float:
+        return 1.0 if self.steps <= 0 else min(1.0, (step + 1) / self.steps)
+
+
+def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync)."""
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    if max_norm is None:
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))
+    return torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else math.inf, error_if_nonfinite=False)
