@@ -64,7 +64,13 @@ def build_parser(argv: list[str]) -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own messages only: Lightning configures its loggers itself (a root handler would print them twice).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    vqgan_log = logging.getLogger("vqgan")
+    if not vqgan_log.handlers:
+        vqgan_log.addHandler(handler)
+    vqgan_log.setLevel(logging.INFO)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     name = args.command
