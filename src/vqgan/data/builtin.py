@@ -76,6 +76,8 @@ class BuiltinPhotos(Dataset):
             raise ValueError(f"split must be 'train' or 'val', not {split!r}")
         self.split, self.resolution, self.flip, self.seed = split, resolution, flip and split == "train", seed
         names = TRAIN_PHOTOS if split == "train" else VAL_PHOTOS
+        # Training crops are labelled by their source photo; validation photos are other photos (no label).
+        self.classes: list[str] = list(TRAIN_PHOTOS) if split == "train" else []
         self.images = [to_tensor(load_photo(n, scale, channels)) for n in names]
         small = [n for n, im in zip(names, self.images, strict=True) if min(im.shape[1:]) < resolution]
         if small:
@@ -124,4 +126,5 @@ class BuiltinPhotos(Dataset):
         crop = im[:, y : y + r, x : x + r].clone()
         if self.flip and torch.rand((), generator=g) < 0.5:
             crop = crop.flip(-1)
-        return {"image": crop}
+        # The source photo's index is the crop's class (used by class-conditional priors).
+        return {"image": crop, "label": torch.tensor(k)}
