@@ -155,7 +155,7 @@ class LossConfig:
     adaptive_weight_max: float = 1e4
 
 
-DataKind = Literal["builtin", "folder", "video_folder", "ucf101", "moving_digits", "smoke"]
+DataKind = Literal["builtin", "folder", "video_folder", "ucf101", "moving_digits", "smoke", "smoke_video"]
 
 
 @dataclass
@@ -272,7 +272,7 @@ class ExperimentConfig:
                 f"model.num_groups={m.num_groups} must divide every block width model.ch * model.ch_mult "
                 f"({[m.ch * c for c in m.ch_mult]})"
             )
-        if loss.reconstruction == "masked_l2" and loss.mask_threshold is None and self.data.kind != "smoke":
+        if loss.reconstruction == "masked_l2" and loss.mask_threshold is None and self.data.kind not in ("smoke", "smoke_video"):
             raise ConfigError(
                 "loss.reconstruction=masked_l2 needs masks: set loss.mask_threshold, or use a dataset that "
                 "provides masks (data.kind=smoke)"

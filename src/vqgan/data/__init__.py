@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from vqgan.config import DataConfig
 from vqgan.data.builtin import BuiltinPhotos, load_photo
 from vqgan.data.images import EmptyDatasetError, ImageFolder, collate_skip, list_images
+from vqgan.data.synthetic import MovingDigits, SmokePlume, SmokeVideo
 
 _BUILDERS: dict[str, Callable[[DataConfig, int], tuple[Dataset, Dataset]]] = {}
 
@@ -53,6 +54,41 @@ def _folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     return train, val
 
 
+# Synthetic data: ``builtin_train_crops`` items per training epoch, ``val_size`` validation items drawn from a
+# disjoint seed range, so that validation plumes/digits never occur in training.
+_VAL_SEED_OFFSET = 1_000_003
+
+
+@register_data("smoke")
+def _smoke(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+    common = dict(resolution=cfg.resolution, channels=cfg.channels)
+    train = SmokePlume(cfg.builtin_train_crops, seed=seed, **common)
+    val = SmokePlume(cfg.val_size, seed=seed + _VAL_SEED_OFFSET, **common)
+    return train, val
+
+
+@register_data("smoke_video")
+def _smoke_video(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+    common = dict(resolution=cfg.resolution, channels=cfg.channels, frames=cfg.frames, frame_stride=cfg.frame_stride)
+    train = SmokeVideo(cfg.builtin_train_crops, seed=seed, **common)
+    val = SmokeVideo(cfg.val_size, seed=seed + _VAL_SEED_OFFSET, **common)
+    return train, val
+
+
+@register_data("moving_digits")
+def _moving_digits(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+    common = dict(
+        resolution=cfg.resolution, channels=cfg.channels, frames=cfg.frames, frames_as_images=cfg.frames_as_images
+    )
+    # With frames_as_images the lengths count clips; every clip gives ``frames`` images.
+    n_train, n_val = cfg.builtin_train_crops, cfg.val_size
+    if cfg.frames_as_images:
+        n_train, n_val = max(1, n_train // cfg.frames), max(1, n_val // cfg.frames)
+    train = MovingDigits(n_train, seed=seed, **common)
+    val = MovingDigits(n_val, seed=seed + _VAL_SEED_OFFSET, **common)
+    return train, val
+
+
 def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Training and validation datasets for ``cfg``; raises :class:`EmptyDatasetError` when there is no data."""
     if cfg.kind not in _BUILDERS:
@@ -72,6 +108,9 @@ __all__ = [
     "BuiltinPhotos",
     "EmptyDatasetError",
     "ImageFolder",
+    "MovingDigits",
+    "SmokePlume",
+    "SmokeVideo",
     "available_data",
     "build_datasets",
     "collate_skip",
