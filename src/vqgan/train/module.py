@@ -22,6 +22,13 @@ from vqgan.config import ExperimentConfig, from_dict
 from vqgan.losses import VQGANLoss, disc_factor
 from vqgan.metrics import CodebookUsage, psnr, ssim
 from vqgan.models import PatchDiscriminator, VQModel
+from vqgan.train.step import (
+    Backward,
+    StepGradients,
+    discriminator_forward_backward,
+    generator_forward_backward,
+    plain_backward,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,27 @@ class VQGANModule(L.LightningModule):
             self.counters["skipped_data"] += int(batch.pop("skipped"))
         return batch
 
+    def compute_gradients(
+        self, x: torch.Tensor, mask: torch.Tensor | None, factor: float, backward: Backward | None = None
+    ) -> StepGradients:
+        """Forward passes, both losses and clipped gradients of one step; no optimizer step, no logging.
+
+        ``backward`` is ``manual_backward`` under a Trainer; without one (benchmarks, tests) plain ``backward``.
+        The generator's gradients reach the autoencoder only, the discriminator's the discriminator only.
+        """
+        t = self.cfg.train
+        backward = backward or plain_backward
+        gen_params = self.generator_parameters()
+        disc = self.discriminator if factor > 0 else None
+        out, g = generator_forward_backward(self.model, self.loss_fn, disc, x, mask, factor, gen_params, backward)
+        g_norm = _clip(gen_params, t.grad_clip)
+        d, d_norm = None, torch.zeros((), device=x.device)
+        if disc is not None:
+            d_params = self.discriminator_parameters()
+            d = discriminator_forward_backward(self.loss_fn, disc, x, out.reconstruction, factor, d_params, backward)
+            d_norm = _clip(d_params, t.grad_clip)
+        return StepGradients(out, g, d, g_norm, d_norm)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if "image" not in batch:  # every item of the batch was unreadable
             return None
@@ -99,26 +127,13 @@ class VQGANModule(L.LightningModule):
         factor = self.disc_factor()
         t = self.cfg.train
 
-        out = self.model(x)
-        rec = out.reconstruction
-        logits_fake = self.discriminator(rec) if factor > 0 else None
-        g = self.loss_fn.generator_loss(x, rec, out.vq_loss, logits_fake, self.model.last_layer, factor, mask)
         opt.zero_grad(set_to_none=True)
+        step = self.compute_gradients(x, mask, factor, backward=self.manual_backward)
+        out, g, g_norm, d_norm = step.out, step.g, step.g_norm, step.d_norm
         gen_params = self.generator_parameters()
-        self.manual_backward(g.loss, inputs=gen_params)
-        g_norm = _clip(gen_params, t.grad_clip)
-
         logs = {f"train/{k}": v for k, v in g.logs.items()}
-        if factor > 0:
-            d_params = self.discriminator_parameters()
-            logits_real = self.discriminator(x.detach())
-            logits_fake_d = self.discriminator(rec.detach())
-            d = self.loss_fn.discriminator_loss(logits_real, logits_fake_d, factor)
-            self.manual_backward(d.loss, inputs=d_params)
-            d_norm = _clip(d_params, t.grad_clip)
-            logs.update({f"train/{k}": v for k, v in d.logs.items()})
-        else:
-            d_norm = torch.zeros((), device=x.device)
+        if step.d is not None:
+            logs.update({f"train/{k}": v for k, v in step.d.logs.items()})
 
         # One host sync per step: are the losses and gradients finite? Skip the update of a network that isn't.
         finite = torch.stack([torch.isfinite(g.loss) & torch.isfinite(g_norm), torch.isfinite(d_norm)]).tolist()

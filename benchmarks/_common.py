@@ -1,0 +1,138 @@
+"""Shared helpers of the benchmarks: interleaved timing with medians, FLOP counting, a measured fp32 convolution
+peak, peak memory of a variant measured in its own process, and plain-text tables.
+
+The machine running the benchmarks may be shared, so every comparison interleaves the variants (ours, theirs,
+ours, theirs, ...) and reports medians; ratios between variants measured this way are stable even when absolute
+numbers move.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def device() -> torch.device:
+    """CUDA when available (benchmarks are also meant for GPUs), else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def time_once(fn: Callable[[], object], dev: torch.device) -> float:
+    """Wall-clock seconds of one call of ``fn`` (synchronised on CUDA)."""
+    sync(dev)
+    t0 = time.perf_counter()
+    fn()
+    sync(dev)
+    return time.perf_counter() - t0
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], dev: torch.device, repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Time every function ``repeats`` times, round-robin (a, b, a, b, ...), after ``warmup`` untimed rounds.
+
+    Round-robin keeps slow phases of a contended machine from favouring one variant; take the median.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats):
+        # Alternate the order every round as well, so neither variant always runs right after the other.
+        order = list(fns) if r % 2 == 0 else list(reversed(fns))
+        for k in order:
+            times[k].append(time_once(fns[k], dev))
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call of ``fn`` (forward and backward), counted by PyTorch's
+    ``FlopCounterMode`` (matmuls and convolutions; elementwise ops and norms are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def conv_peak_gflops(dev: torch.device, repeats: int = 5) -> tuple[float, str]:
+    """Measured fp32 throughput of a large 3x3 convolution, forward plus backward (input and weight gradients),
+    on this machine: the practical peak the training step is compared against. Returns (GFLOP/s, description)."""
+    b, c, hw = (16, 256, 64) if dev.type == "cuda" else (8, 256, 32)
+    conv = torch.nn.Conv2d(c, c, 3, padding=1).to(dev)
+    x = torch.randn(b, c, hw, hw, device=dev, requires_grad=True)
+
+    def step() -> None:
+        conv(x).sum().backward()
+
+    flops = count_flops(step)
+    step()
+    times = [time_once(step, dev) for _ in range(repeats)]
+    return flops / median(times) / 1e9, f"conv3x3 {c}->{c} on {b}x{c}x{hw}x{hw}, fwd+bwd"
+
+
+def peak_memory_subprocess(script: Path, args: list[str], timeout: float = 600) -> dict:
+    """Run ``script args`` in a fresh Python process that prints one JSON line last; return it parsed.
+
+    Each variant runs alone in its own process, so that ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated``
+    (GPU) is that variant's peak and nothing else's.
+    """
+    env = dict(os.environ)
+    out = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def max_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def table(rows: list[dict[str, object]], title: str | None = None) -> str:
+    """A plain-text table of ``rows`` (dicts with the same keys); floats get 3 significant decimals."""
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
+        return str(v)
+
+    keys = list(rows[0])
+    cells = [[fmt(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = [title] if title else []
+    lines.append("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def describe_machine(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
+    return f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -1,0 +1,119 @@
+"""The computation of one stage-1 training step (losses and gradients), separate from Lightning's bookkeeping so
+that the training module, the benchmarks and the tests all run exactly the same code.
+
+The adaptive GAN weight of Esser et al. 2021 (eq. 7) needs the gradients of the reconstruction ("nll") loss and
+of the adversarial loss at the decoder's last layer. taming computes them with two ``autograd.grad`` calls that
+back-propagate through LPIPS and the discriminator, keeps both graphs, and then back-propagates the total loss
+through LPIPS and the discriminator a second time. Here the reconstruction is cut from the autoencoder's graph
+(``rec_leaf``), each loss is back-propagated *once* to the reconstruction, the two last-layer gradients follow
+from those by one cheap weight-gradient each, and the autoencoder is back-propagated once with the combined
+gradient ``dnll/drec + lambda * dg/drec``. The parameter gradients are the same (the chain rule, regrouped), the
+perceptual network and the discriminator are traversed once instead of twice, and their graphs are freed before
+the autoencoder's backward pass (lower peak memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vqgan.losses import VQGANLoss
+from vqgan.losses.gan import adaptive_weight_from_grads, generator_adversarial_loss
+from vqgan.losses.vqgan import LossOutput
+from vqgan.models.outputs import VQModelOutput
+
+Backward = Callable[..., None]
+
+
+def plain_backward(loss: torch.Tensor, inputs: list[torch.nn.Parameter] | None = None) -> None:
+    loss.backward(inputs=inputs)
+
+
+def generator_forward_backward(
+    model: nn.Module,
+    loss_fn: VQGANLoss,
+    discriminator: nn.Module | None,
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    disc_factor: float,
+    params: list[torch.nn.Parameter],
+    backward: Backward = plain_backward,
+) -> tuple[VQModelOutput, LossOutput]:
+    """Autoencoder forward pass, generator loss, and its gradients accumulated into ``params`` only.
+
+    Args:
+        discriminator: the discriminator, or ``None`` when the adversarial term is off this step.
+        disc_factor: the adversarial schedule's value this step (0 turns the term off).
+        backward: ``backward(loss, inputs=params)``; Lightning's ``manual_backward`` in training (it applies the
+            precision plugin's scaling and DDP's hooks), ``loss.backward`` elsewhere.
+
+    Returns:
+        The model's output and the generator loss; ``loss`` is detached (the gradients are already computed).
+    """
+    c = loss_fn.cfg
+    out = model(x)
+    rec = out.reconstruction
+    adversarial = discriminator is not None and disc_factor > 0
+    if not (adversarial and c.adaptive_weight and torch.is_grad_enabled()):
+        logits_fake = discriminator(rec) if adversarial else None
+        g = loss_fn.generator_loss(x, rec, out.vq_loss, logits_fake, None, disc_factor, mask)
+        backward(g.loss, inputs=params)
+        return out, LossOutput(g.loss.detach(), g.logs)
+
+    # Each loss is back-propagated once, to the reconstruction only (not to the discriminator's weights).
+    rec_leaf = rec.detach().requires_grad_(True)
+    nll = loss_fn.nll(x, rec_leaf, mask)
+    (grad_nll,) = torch.autograd.grad(nll.loss, rec_leaf)
+    g_adv = generator_adversarial_loss(discriminator(rec_leaf), c.gan_loss)
+    (grad_g,) = torch.autograd.grad(g_adv, rec_leaf)
+    # Last-layer gradients of each loss, from the gradients at the reconstruction: one weight-gradient each.
+    last = model.last_layer
+    (w_nll,) = torch.autograd.grad(rec, last, grad_outputs=grad_nll, retain_graph=True)
+    (w_g,) = torch.autograd.grad(rec, last, grad_outputs=grad_g, retain_graph=True)
+    d_weight = adaptive_weight_from_grads(w_nll, w_g, c.adaptive_weight_max) * c.disc_weight
+    scale = d_weight * disc_factor
+    # d(total)/d(rec) = dnll/drec + scale * dg/drec; the surrogate's gradient w.r.t. the autoencoder's parameters is
+    # exactly that vector-Jacobian product plus the VQ loss's own gradient.
+    grad_rec = grad_nll + scale * grad_g
+    surrogate = (rec * grad_rec).sum() + out.vq_loss
+    backward(surrogate, inputs=params)
+
+    total = nll.loss.detach() + out.vq_loss.detach() + scale * g_adv.detach()
+    logs = dict(nll.logs)
+    logs.update(vq=out.vq_loss.detach(), g_adv=g_adv.detach(), d_weight=d_weight.detach(), total=total)
+    return out, LossOutput(total, logs)
+
+
+def discriminator_forward_backward(
+    loss_fn: VQGANLoss,
+    discriminator: nn.Module,
+    x: torch.Tensor,
+    reconstruction: torch.Tensor,
+    disc_factor: float,
+    params: list[torch.nn.Parameter],
+    backward: Backward = plain_backward,
+) -> LossOutput:
+    """Discriminator loss on real images and detached reconstructions, its gradients accumulated into ``params``.
+
+    Real and fake batches go through the discriminator separately (as in taming), so that BatchNorm statistics
+    are those of each batch."""
+    logits_real = discriminator(x.detach())
+    logits_fake = discriminator(reconstruction.detach())
+    d = loss_fn.discriminator_loss(logits_real, logits_fake, disc_factor)
+    backward(d.loss, inputs=params)
+    return d
+
+
+@dataclass
+class StepGradients:
+    """What one step computed: the model's output, both losses (``d`` is ``None`` without discriminator step) and
+    the gradient norms before clipping (tensors, no host synchronisation)."""
+
+    out: VQModelOutput
+    g: LossOutput
+    d: LossOutput | None
+    g_norm: torch.Tensor
+    d_norm: torch.Tensor
