@@ -24,7 +24,8 @@ class Fit:
         from vqgan.config import add_experiment_arguments
         from vqgan.registry import get_preset, list_presets
 
-        preset = _preset_from_argv(argv)
+        # Only for `vqgan fit`: other sub-commands (fit-prior) have presets of their own.
+        preset = _preset_from_argv(argv) if argv[:1] == ["fit"] else None
         p.add_argument("--preset", type=str, default=None, help=f"start from a named preset: {', '.join(list_presets())}")
         add_experiment_arguments(p, get_preset(preset) if preset else None)
         p.add_argument("--run-dir", type=str, required=True, help="folder for config, checkpoints, samples, logs, metrics")
