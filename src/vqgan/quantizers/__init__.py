@@ -1,11 +1,28 @@
-"""Quantizers behind one interface (:class:`Quantizer`, :class:`QuantizerOutput`) and a factory from config."""
+"""Quantizers behind one interface (:class:`Quantizer`, :class:`QuantizerOutput`) and a factory from config.
+
+=========  =======================================================================================
+kind       quantizer
+=========  =======================================================================================
+``vq``     :class:`VectorQuantizer`, codebook learned by gradients (van den Oord et al. 2017)
+``ema``    :class:`VectorQuantizer`, codebook learned by exponential moving averages
+``fsq``    :class:`FSQ`, finite scalar quantization (Mentzer et al. 2023)
+``lfq``    :class:`LFQ`, lookup-free quantization with MAGVIT-v2's entropy terms
+``simvq``  :class:`SimVQ`, frozen codebook with a learned linear map (Zhu et al. 2024)
+``residual`` :class:`ResidualQuantizer`, ``num_stages`` stages of ``stage_kind``
+=========  =======================================================================================
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from vqgan.config import QuantizerConfig
 from vqgan.quantizers.base import Quantizer, QuantizerOutput
+from vqgan.quantizers.fsq import FSQ
+from vqgan.quantizers.lfq import LFQ
+from vqgan.quantizers.residual import ResidualQuantizer
+from vqgan.quantizers.simvq import SimVQ
 from vqgan.quantizers.vq import VectorQuantizer, kmeans, nearest_code
 
 _BUILDERS: dict[str, Callable[[QuantizerConfig, int], Quantizer]] = {}
@@ -48,6 +65,37 @@ def _build_ema(cfg: QuantizerConfig, dim: int) -> Quantizer:
     return VectorQuantizer(dim, ema=True, **_vq_kwargs(cfg))
 
 
+@register_quantizer("fsq")
+def _build_fsq(cfg: QuantizerConfig, dim: int) -> Quantizer:
+    return FSQ(dim, list(cfg.levels), usage_decay=cfg.usage_decay)
+
+
+@register_quantizer("lfq")
+def _build_lfq(cfg: QuantizerConfig, dim: int) -> Quantizer:
+    return LFQ(
+        dim,
+        cfg.codebook_size,
+        beta=cfg.beta,
+        sample_entropy_weight=cfg.lfq_sample_entropy_weight,
+        codebook_entropy_weight=cfg.lfq_codebook_entropy_weight,
+        temperature=cfg.entropy_temperature,
+        usage_decay=cfg.usage_decay,
+    )
+
+
+@register_quantizer("simvq")
+def _build_simvq(cfg: QuantizerConfig, dim: int) -> Quantizer:
+    return SimVQ(dim, cfg.codebook_size, beta=cfg.beta, search_chunk_size=cfg.search_chunk_size, usage_decay=cfg.usage_decay)
+
+
+@register_quantizer("residual")
+def _build_residual(cfg: QuantizerConfig, dim: int) -> Quantizer:
+    if cfg.stage_kind not in _BUILDERS or cfg.stage_kind == "residual":
+        raise ValueError(f"residual stage_kind {cfg.stage_kind!r} must be one of {sorted(set(_BUILDERS) - {'residual'})}")
+    stage_cfg = dataclasses.replace(cfg, kind=cfg.stage_kind)
+    return ResidualQuantizer([_BUILDERS[cfg.stage_kind](stage_cfg, dim) for _ in range(cfg.num_stages)])
+
+
 def build_quantizer(cfg: QuantizerConfig, dim: int) -> Quantizer:
     """Build the quantizer named by ``cfg.kind`` for latents with ``dim`` channels."""
     if cfg.kind not in _BUILDERS:
@@ -60,8 +108,12 @@ def available_quantizers() -> list[str]:
 
 
 __all__ = [
+    "FSQ",
+    "LFQ",
     "Quantizer",
     "QuantizerOutput",
+    "ResidualQuantizer",
+    "SimVQ",
     "VectorQuantizer",
     "available_quantizers",
     "build_quantizer",

@@ -3,7 +3,13 @@
 A quantizer takes encoder outputs ``z`` of shape ``(B, D, *spatial)`` (images: ``(B, D, H, W)``, videos:
 ``(B, D, T, H, W)``) and returns a :class:`QuantizerOutput`: straight-through quantized latents of the same shape,
 integer code indices of shape ``(B, *spatial)`` (``(B, *spatial, S)`` for ``S`` residual stages), the loss to add
-to the objective with its breakdown, and batch statistics. ``indices_to_codes`` inverts the lookup.
+to the objective with its breakdown, and batch statistics. ``indices_to_codes`` inverts the lookup: in eval mode
+``indices_to_codes(q(z).indices)`` equals ``q(z).quantized`` exactly.
+
+Every quantizer also keeps, while training, the statistics that :class:`vqgan.train.diagnostics.CodebookDiagnostics`
+records (seed 002's plots): a running per-code usage (hits per step, an exponential moving average), the hits and
+restarts since the last record, and the code vectors. They are updated on the device without host
+synchronisation, so keeping them costs nothing measurable.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import nn
+
+# Codes whose running usage (hits per step) is below this are reported as dead when a quantizer has no restart
+# threshold of its own (1 hit every 100 steps).
+REPORT_DEAD_THRESHOLD = 0.01
 
 
 @dataclass
@@ -46,6 +56,16 @@ def unflatten_latents(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tenso
     return flat.reshape(*shape, flat.shape[-1]).movedim(-1, 1)
 
 
+def code_histogram(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Hits per code as a float ``(codebook_size,)`` tensor.
+
+    ``index_add_`` rather than ``torch.bincount``: bincount reads the maximum index back to the host on CUDA.
+    """
+    flat = indices.reshape(-1)
+    ones = torch.ones(flat.shape[0], device=flat.device, dtype=torch.float32)
+    return torch.zeros(codebook_size, device=flat.device, dtype=torch.float32).index_add_(0, flat, ones)
+
+
 def perplexity_and_usage(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     """Perplexity ``exp(H(p))`` of the code histogram ``counts`` and the fraction of codes with a hit."""
     counts = counts.float()
@@ -59,34 +79,66 @@ def distributed_ready() -> bool:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over data-parallel ranks (no-op on one process). Keeps EMA statistics identical on every rank."""
+    """Sum over data-parallel ranks in place (no-op on one process). Keeps EMA statistics identical on every rank."""
     if distributed_ready():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Copy rank ``src``'s tensor to every rank (no-op on one process)."""
+    """Copy rank ``src``'s tensor to every rank in place (no-op on one process)."""
     if distributed_ready():
         dist.broadcast(t, src)
     return t
 
 
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate the ``(N_r, D)`` tensors of every rank in rank order (identity on one process).
+
+    Ranks may hold different ``N_r``; the sizes are exchanged first. Used once, for k-means initialisation, so the
+    host synchronisation does not matter.
+    """
+    if not distributed_ready():
+        return t
+    world = dist.get_world_size()
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_int = [int(s) for s in sizes]
+    padded = t.new_zeros(max(sizes_int), *t.shape[1:])
+    padded[: t.shape[0]] = t
+    out = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded.contiguous())
+    return torch.cat([o[:s] for o, s in zip(out, sizes_int, strict=True)])
+
+
 class Quantizer(nn.Module):
     """Base class: subclasses implement :meth:`forward`, :meth:`indices_to_codes` and :attr:`codebook`.
 
-    It also keeps a running (EMA) per-code usage count, used to find dead codes and reported by diagnostics.
+    It also keeps a running (EMA) per-code usage count, used to find dead codes, and the per-code hits and number
+    of restarts since the diagnostics last read them (:meth:`pop_window`).
+
+    Attributes:
+        dim: channels of the latents the quantizer reads and returns.
+        codebook_size: number of codes (for residual quantizers: of one stage).
+        dead_code_threshold: running usage below which a code is restarted (0: no restarts).
+        learns_codebook_by_gradient: whether :meth:`codebook_grad` returns the codebook's gradient.
     """
 
     codebook_size: int
     dim: int
+    learns_codebook_by_gradient: bool = False
 
-    def __init__(self, dim: int, codebook_size: int, usage_decay: float = 0.99):
+    def __init__(self, dim: int, codebook_size: int, usage_decay: float = 0.99, dead_code_threshold: float = 0.0):
         super().__init__()
         self.dim = dim
         self.codebook_size = codebook_size
         self.usage_decay = usage_decay
+        self.dead_code_threshold = dead_code_threshold
         self.register_buffer("usage_ema", torch.zeros(codebook_size))
+        # Since the last pop_window(); not saved in checkpoints (diagnostics restart their window on resume).
+        self.register_buffer("window_counts", torch.zeros(codebook_size), persistent=False)
+        self.register_buffer("window_restarts", torch.zeros(()), persistent=False)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -104,11 +156,36 @@ class Quantizer(nn.Module):
     def num_stages(self) -> int:
         return 1
 
-    @torch.no_grad()
-    def _track_usage(self, counts: torch.Tensor) -> None:
-        """Update the running usage from this step's per-code ``counts`` (already summed over ranks)."""
-        self.usage_ema.lerp_(counts.float(), 1.0 - self.usage_decay)
+    @property
+    def diagnostic_target(self) -> Quantizer:
+        """The quantizer whose statistics diagnostics report (itself; the first stage of a residual quantizer)."""
+        return self
 
-    def dead_codes(self, threshold: float) -> torch.Tensor:
-        """Boolean mask of codes whose running usage is below ``threshold`` hits per step."""
+    def codebook_grad(self) -> torch.Tensor | None:
+        """Gradient of the learned code vectors ``(codebook_size, d)`` after backward, or ``None`` when the codes
+        are not learned by gradients (EMA, SimVQ's frozen codebook, FSQ, LFQ)."""
+        return None
+
+    @torch.no_grad()
+    def _track_usage(self, counts: torch.Tensor, restarted: torch.Tensor | None = None) -> None:
+        """Update the running usage and the diagnostics window from this step's per-code ``counts`` (already summed
+        over ranks) and the number of codes restarted."""
+        self.usage_ema.lerp_(counts.float(), 1.0 - self.usage_decay)
+        self.window_counts.add_(counts.float())
+        if restarted is not None:
+            self.window_restarts.add_(restarted.float())
+
+    @torch.no_grad()
+    def pop_window(self) -> dict[str, torch.Tensor]:
+        """Hits per code and number of restarts since the previous call, then reset both."""
+        out = {"counts": self.window_counts.clone(), "restarts": self.window_restarts.clone()}
+        self.window_counts.zero_()
+        self.window_restarts.zero_()
+        return out
+
+    def dead_codes(self, threshold: float | None = None) -> torch.Tensor:
+        """Boolean mask of codes whose running usage is below ``threshold`` hits per step (default: the restart
+        threshold, or :data:`REPORT_DEAD_THRESHOLD` when restarts are off)."""
+        if threshold is None:
+            threshold = self.dead_code_threshold if self.dead_code_threshold > 0 else REPORT_DEAD_THRESHOLD
         return self.usage_ema < threshold

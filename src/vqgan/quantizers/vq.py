@@ -7,15 +7,22 @@ Learning", https://arxiv.org/abs/1711.00937), in its two flavours:
 
 Both put the commitment weight ``beta`` on the encoder term ``||sg[e] - z||^2`` (eq. 3 of the paper). taming's
 ``VectorQuantizer2(legacy=True)`` puts it on the codebook term instead, and diffusers keeps that as its default;
-we don't (``tests/test_quantizers.py`` pins it).
+we don't (``tests/test_quantizers.py`` pins it against a hand computation of the gradients).
 
-Codebook health options: k-means initialisation from the first batch, restarts of dead codes from recent
-encoder outputs (Dhariwal et al. 2020, "Jukebox"), l2-normalised codes and factorized low-dimensional lookup
-(Yu et al. 2021, "Vector-quantized Image Modeling with Improved VQGAN"), and an entropy penalty. Under DDP every
+Codebook health options: k-means initialisation from the first batch (gathered over all ranks), restarts of dead
+codes from the current encoder outputs (Dhariwal et al. 2020, "Jukebox", https://arxiv.org/abs/2005.00341),
+l2-normalised codes and factorized low-dimensional lookup (Yu et al. 2021, "Vector-quantized Image Modeling with
+Improved VQGAN", https://arxiv.org/abs/2110.04627), and an entropy penalty on soft assignments. Under DDP every
 statistic is summed over ranks and every random choice is broadcast from rank 0, so the codebooks stay identical.
+
+The training step never reads a tensor back to the host: restarts are a ``torch.where`` over the whole codebook,
+histograms use ``index_add_``, and whether k-means still has to run is a Python flag (refreshed from the saved
+``initialized`` buffer when a checkpoint is loaded).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +31,10 @@ from torch import nn
 from vqgan.quantizers.base import (
     Quantizer,
     QuantizerOutput,
+    all_gather_rows,
     all_reduce_sum,
     broadcast,
+    code_histogram,
     flatten_latents,
     perplexity_and_usage,
     unflatten_latents,
@@ -37,7 +46,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 8192
 
     ``||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2``; the first term does not change the argmin and is dropped. The
     codebook is scanned in chunks of ``chunk_size`` codes with a running minimum, so a 262,144-code codebook never
-    materialises an ``N x K`` matrix.
+    materialises an ``N x K`` matrix (only ``N x chunk_size``).
     """
     e_sq = codebook.pow(2).sum(1)
     if codebook.shape[0] <= chunk_size:
@@ -48,7 +57,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 8192
         chunk = codebook[start : start + chunk_size]
         d = torch.addmm(e_sq[start : start + chunk_size], z, chunk.t(), alpha=-2.0)
         d_min, i_min = d.min(1)
-        better = d_min < best_d
+        better = d_min < best_d  # strict: on ties the lower index wins, as argmin over the full matrix does
         best_d = torch.where(better, d_min, best_d)
         best_i = torch.where(better, i_min + start, best_i)
     return best_i
@@ -70,7 +79,7 @@ def kmeans(samples: torch.Tensor, k: int, iters: int = 10, generator: torch.Gene
     for _ in range(iters):
         assign = nearest_code(samples, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, samples)
-        counts = torch.bincount(assign, minlength=k).to(samples.dtype)
+        counts = code_histogram(assign, k).to(samples.dtype)
         centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
     return centroids
 
@@ -81,16 +90,21 @@ class VectorQuantizer(Quantizer):
     Args:
         dim: channels of the encoder output (``embed_dim``).
         codebook_size: number of codes.
-        codebook_dim: lookup dimension; when smaller than ``dim``, latents are projected down by a linear map
-            before the lookup and back up after it (factorized codes).
+        codebook_dim: lookup dimension; when it differs from ``dim``, latents are projected by a linear map
+            before the lookup and back after it (factorized codes, ViT-VQGAN section 3.2).
         beta: commitment weight (on the encoder term).
         ema: learn the codebook by exponential moving averages instead of gradients.
         decay: EMA decay.
+        eps: Laplace smoothing of the EMA cluster sizes.
         l2_normalize: look up on the unit sphere (cosine similarity).
         kmeans_init: initialise from k-means on the first training batch.
+        kmeans_iters: Lloyd iterations of the initialisation.
         dead_code_threshold: restart codes whose running usage (hits per step, EMA with ``usage_decay``) is below
             this; 0 disables restarts.
+        usage_decay: decay of the running usage.
         entropy_weight: weight of ``H(per-sample assignment) - H(average assignment)`` on soft assignments.
+        entropy_temperature: temperature of those soft assignments (on squared distances).
+        search_chunk_size: codes per chunk of the nearest-code search.
     """
 
     def __init__(
@@ -111,14 +125,14 @@ class VectorQuantizer(Quantizer):
         entropy_temperature: float = 0.01,
         search_chunk_size: int = 8192,
     ):
-        super().__init__(dim, codebook_size, usage_decay)
+        super().__init__(dim, codebook_size, usage_decay, dead_code_threshold)
         self.codebook_dim = codebook_dim or dim
         self.beta, self.ema, self.decay, self.eps = beta, ema, decay, eps
         self.l2_normalize = l2_normalize
         self.kmeans_iters = kmeans_iters
-        self.dead_code_threshold = dead_code_threshold
         self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
         self.search_chunk_size = search_chunk_size
+        self.learns_codebook_by_gradient = not ema
         factorized = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if factorized else nn.Identity()
         self.project_out = nn.Linear(self.codebook_dim, dim) if factorized else nn.Identity()
@@ -130,8 +144,11 @@ class VectorQuantizer(Quantizer):
             self.embedding.weight.requires_grad_(False)
             self.register_buffer("ema_cluster_size", torch.zeros(codebook_size))
             self.register_buffer("ema_embed_sum", self.embedding.weight.detach().clone())
-        # 0 until k-means initialisation has run (a buffer, so it is saved and restored with checkpoints).
+        # False until k-means initialisation has run (a buffer, so it is saved and restored with checkpoints).
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        # The same as a Python flag, so that forward() never synchronises with the device to read the buffer.
+        self._kmeans_pending = kmeans_init
+        self.register_load_state_dict_post_hook(_refresh_init_flag)
 
     # -- lookup ---------------------------------------------------------------------------------------------
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,15 +163,21 @@ class VectorQuantizer(Quantizer):
     def codebook(self) -> torch.Tensor:
         return self.project_out(self.lookup_codebook)
 
+    def codebook_grad(self) -> torch.Tensor | None:
+        return None if self.ema else self.embedding.weight.grad
+
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        codes = self.project_out(F.embedding(indices, self.lookup_codebook))
-        return codes.movedim(-1, 1)
+        # Flattened exactly as in forward(), so that the projection sees the same (N, d) matrix and the result
+        # is bit-identical to the forward pass.
+        flat = F.embedding(indices.reshape(-1), self.lookup_codebook)
+        return unflatten_latents(self.project_out(flat), tuple(indices.shape))
 
     # -- training-time codebook maintenance -----------------------------------------------------------------
     @torch.no_grad()
     def _kmeans_init(self, flat: torch.Tensor) -> None:
-        centroids = kmeans(flat.detach().float(), self.codebook_size, self.kmeans_iters)
-        broadcast(centroids)
+        samples = all_gather_rows(flat.detach().float())
+        centroids = self._normalize(kmeans(samples, self.codebook_size, self.kmeans_iters))
+        broadcast(centroids)  # k-means draws random starts; rank 0's result wins
         self.embedding.weight.data.copy_(centroids)
         if self.ema:
             self.ema_cluster_size.fill_(1.0)
@@ -162,12 +185,14 @@ class VectorQuantizer(Quantizer):
         # Every code starts "alive" with a grace period before it can be restarted.
         self.usage_ema.fill_(2.0 * self.dead_code_threshold)
         self.initialized.fill_(True)
+        self._kmeans_pending = False
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, onehot_counts: torch.Tensor, indices: torch.Tensor) -> None:
+    def _ema_update(self, flat: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor) -> None:
+        """One EMA step (van den Oord et al. 2017, appendix A.1) from this step's ``counts`` (summed over ranks)."""
         embed_sum = torch.zeros_like(self.ema_embed_sum).index_add_(0, indices, flat.float())
         all_reduce_sum(embed_sum)
-        self.ema_cluster_size.lerp_(onehot_counts, 1.0 - self.decay)
+        self.ema_cluster_size.lerp_(counts, 1.0 - self.decay)
         self.ema_embed_sum.lerp_(embed_sum, 1.0 - self.decay)
         # Laplace smoothing of the cluster sizes so that empty clusters don't divide by zero.
         n = self.ema_cluster_size.sum()
@@ -178,13 +203,14 @@ class VectorQuantizer(Quantizer):
     def _restart_dead_codes(self, flat: torch.Tensor) -> torch.Tensor:
         """Replace dead codes by random encoder outputs of this batch; returns the number restarted (a tensor).
 
-        Runs without host synchronisation: the replacement is a ``torch.where`` over the whole codebook.
+        Runs without host synchronisation: the replacement is a ``torch.where`` over the whole codebook. Under DDP
+        the samples come from rank 0 (the dead mask is already identical on every rank: usage is summed over ranks).
         """
         dead = self.dead_codes(self.dead_code_threshold)
         picks = torch.randint(flat.shape[0], (self.codebook_size,), device=flat.device)
-        samples = flat[picks].detach().float()
-        broadcast(samples)
-        self.embedding.weight.data.copy_(torch.where(dead[:, None], samples, self.embedding.weight.data))
+        samples = broadcast(flat[picks].detach().float().contiguous())
+        weight = self.embedding.weight.data
+        weight.copy_(torch.where(dead[:, None], samples.to(weight.dtype), weight))
         if self.ema:
             self.ema_embed_sum.copy_(torch.where(dead[:, None], samples, self.ema_embed_sum))
             self.ema_cluster_size.copy_(torch.where(dead, torch.ones_like(self.ema_cluster_size), self.ema_cluster_size))
@@ -196,8 +222,13 @@ class VectorQuantizer(Quantizer):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         flat, shape = flatten_latents(z)
         flat = self._normalize(self.project_in(flat))
-        if self.training and not bool(self.initialized):
-            self._kmeans_init(flat)
+        restarted = None
+        if self.training:
+            if self._kmeans_pending:
+                self._kmeans_init(flat)
+            if self.dead_code_threshold > 0:
+                # Before the lookup, so that a restarted code can be chosen (and its gradient is correct).
+                restarted = self._restart_dead_codes(flat)
         codebook = self.lookup_codebook
         with torch.no_grad():
             indices = nearest_code(flat.detach(), codebook.detach().to(flat.dtype), self.search_chunk_size)
@@ -216,16 +247,16 @@ class VectorQuantizer(Quantizer):
             losses["entropy"] = entropy.detach()
             loss = loss + self.entropy_weight * entropy
 
-        counts = torch.bincount(indices, minlength=self.codebook_size).float()
-        stats = perplexity_and_usage(counts)
+        counts = code_histogram(indices, self.codebook_size)
         if self.training:
             with torch.no_grad():
                 all_reduce_sum(counts)
                 if self.ema:
                     self._ema_update(flat.detach(), counts, indices)
-                self._track_usage(counts)
-                if self.dead_code_threshold > 0:
-                    stats["restarted"] = self._restart_dead_codes(flat).float()
+                self._track_usage(counts, restarted)
+        stats = perplexity_and_usage(counts)
+        if restarted is not None:
+            stats["restarted"] = restarted.float()
 
         # Straight-through estimator: forward uses q, backward copies the gradient to the encoder output.
         # Written as q + (z - sg[z]) rather than z + sg[q - z] so that the forward value is exactly q.
@@ -234,10 +265,22 @@ class VectorQuantizer(Quantizer):
         return QuantizerOutput(quantized, indices.reshape(shape), loss, losses, stats)
 
     def _entropy_penalty(self, flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-        """``H(p(code | z))`` averaged over samples minus ``H(mean p(code | z))``: confident yet diverse."""
+        """``H(p(code | z))`` averaged over samples minus ``H(mean p(code | z))``: confident yet diverse
+        assignments (the LFQ entropy terms of MAGVIT-v2 applied to a learned codebook). Materialises ``N x K``."""
         logits = -torch.cdist(flat, codebook).pow(2) / self.entropy_temperature
-        probs = logits.softmax(-1)
-        sample_entropy = -(probs * logits.log_softmax(-1)).sum(-1).mean()
-        avg = probs.mean(0)
-        avg_entropy = -(avg * torch.log(avg.clamp_min(1e-12))).sum()
-        return sample_entropy - avg_entropy
+        return entropy_terms(logits)
+
+
+def entropy_terms(logits: torch.Tensor) -> torch.Tensor:
+    """Mean per-sample entropy minus the entropy of the mean distribution of ``softmax(logits)`` (rows: samples)."""
+    log_probs = logits.log_softmax(-1)
+    probs = log_probs.exp()
+    sample_entropy = -(probs * log_probs).sum(-1).mean()
+    avg = probs.mean(0)
+    avg_entropy = -(avg * torch.log(avg.clamp_min(1e-12))).sum()
+    return sample_entropy - avg_entropy
+
+
+def _refresh_init_flag(module: Any, incompatible_keys: Any) -> None:
+    # One host read when a checkpoint is loaded, instead of one per forward pass.
+    module._kmeans_pending = not bool(module.initialized)
