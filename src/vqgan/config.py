@@ -58,7 +58,7 @@ class QuantizerConfig:
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
     # Residual VQ: number of stages and the quantizer kind used at every stage.
     num_stages: int = 1
-    stage_kind: Literal["vq", "ema", "simvq"] = "ema"
+    stage_kind: Literal["vq", "ema", "simvq", "fsq", "lfq"] = "ema"
     # LFQ (MAGVIT-v2): weights of the per-sample entropy and of the codebook (batch) entropy terms.
     lfq_sample_entropy_weight: float = 0.1
     lfq_codebook_entropy_weight: float = 0.1
