@@ -28,6 +28,7 @@ from vqgan.config import ExperimentConfig, dump_config, to_dict
 from vqgan.data import build_datasets, collate_skip
 from vqgan.train.callbacks import ReconstructionSamples
 from vqgan.train.checkpoint import AtomicCheckpointIO
+from vqgan.train.diagnostics import CodebookDiagnostics
 from vqgan.train.module import VQGANModule
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, extra_callbacks: list[L.
             every_n_train_steps=every, auto_insert_metric_name=False, enable_version_counter=False,
         ),
         ReconstructionSamples(run_dir / "samples"),
+        *([CodebookDiagnostics(run_dir, t.diagnostics_every_n_steps)] if t.diagnostics_every_n_steps > 0 else []),
         *(extra_callbacks or []),
     ]
     loggers: list[Any] = []
