@@ -78,7 +78,7 @@ class ModelConfig:
     The downsampling factor is ``2 ** (len(ch_mult) - 1)``.
     """
 
-    arch: Literal["taming", "resnet"] = "taming"
+    arch: Literal["taming", "resnet", "video3d"] = "taming"
     in_channels: int = 3
     out_channels: int | None = None
     resolution: int = 32
@@ -93,10 +93,19 @@ class ModelConfig:
     num_groups: int = 32
     upsample: Literal["nearest", "transposed"] = "nearest"
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    # arch="video3d" (causal spatio-temporal tokenizer, MAGVIT-v2 style): number of 2x temporal downsamplings
+    # (clips then hold 1 + k * 2**temporal_downsample frames) and causal temporal attention in the middle block.
+    temporal_downsample: int = 0
+    temporal_attention: bool = True
 
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def time_factor(self) -> int:
+        """Temporal downsampling factor of ``arch="video3d"`` (1 for image models)."""
+        return 2**self.temporal_downsample if self.arch == "video3d" else 1
 
     @property
     def latent_resolution(self) -> int:
@@ -190,6 +199,8 @@ class DataConfig:
     frames_as_images: bool = False
     patch_size: int | None = None
     split: int = 1
+    # UCF101: folder with classInd.txt and the split lists (None: searched next to ``root``).
+    annotations: str | None = None
     videos_per_chunk: int | None = None
     epochs_per_chunk: int = 1
 
@@ -280,6 +291,11 @@ class ExperimentConfig:
         if self.data.channels != m.in_channels:
             raise ConfigError(
                 f"data.channels={self.data.channels} differs from model.in_channels={m.in_channels}"
+            )
+        if m.arch == "video3d" and (self.data.frames_as_images or (self.data.frames - 1) % m.time_factor):
+            raise ConfigError(
+                f"model.arch=video3d needs clips (data.frames_as_images=false) of 1 + k * {m.time_factor} frames "
+                f"(model.temporal_downsample={m.temporal_downsample}); got data.frames={self.data.frames}"
             )
         if self.train.max_steps < 1:
             raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")

@@ -56,14 +56,14 @@ def describe_presets() -> dict[str, str]:
 
 def create_model(name: str, **model_overrides):
     """Build the autoencoder of preset ``name``; keyword arguments override :class:`ModelConfig` fields."""
-    from vqgan.models import VQModel
+    from vqgan.models import build_model
 
     cfg = get_preset(name).model
     for k, v in model_overrides.items():
         if not hasattr(cfg, k):
             raise TypeError(f"ModelConfig has no field {k!r}")
         setattr(cfg, k, v)
-    return VQModel(cfg)
+    return build_model(cfg)
 
 
 # -- tiny presets for tests ---------------------------------------------------------------------------------
@@ -189,4 +189,37 @@ def _seed004_vqgan() -> ExperimentConfig:
         discriminator=DiscriminatorConfig(n_layers=3, ch=64),
         data=DataConfig(kind="smoke", resolution=64, batch_size=32, flip=False),
         train=TrainConfig(max_steps=100000, lr=1e-4, lr_disc=1e-4),
+    )
+
+
+# -- video ------------------------------------------------------------------------------------------------------
+def _moving_digits_video3d_model(ch: int, codebook_size: int) -> ModelConfig:
+    return ModelConfig(
+        arch="video3d", in_channels=1, resolution=32, ch=ch, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=16,
+        embed_dim=16, num_groups=8, temporal_downsample=1, temporal_attention=True, mid_attention=True,
+        quantizer=QuantizerConfig(kind="ema", codebook_size=codebook_size, dead_code_threshold=0.01),
+    )
+
+
+@register_preset("test-video3d", "tiny causal 3D video tokenizer for tests (5x16x16 moving digits, 3D PatchGAN)")
+def _test_video3d() -> ExperimentConfig:
+    model = _moving_digits_video3d_model(8, 32)
+    model.resolution, model.ch_mult, model.z_channels, model.embed_dim, model.num_groups = 16, [1, 2], 8, 8, 4
+    return ExperimentConfig(
+        model=model,
+        loss=LossConfig(perceptual="none", disc_start=1, disc_weight=0.5),
+        discriminator=DiscriminatorConfig(n_layers=2, ch=8, norm="group", dims=3),
+        data=DataConfig(kind="moving_digits", resolution=16, channels=1, frames=5, batch_size=2, builtin_train_crops=8, val_size=4),
+        train=_tiny_train(),
+    )
+
+
+@register_preset("moving-digits-video3d", "causal 3D tokenizer on synthetic moving digits (9x32x32, f4 t2, CPU-sized)")
+def _moving_digits_video3d() -> ExperimentConfig:
+    return ExperimentConfig(
+        model=_moving_digits_video3d_model(32, 256),
+        loss=LossConfig(reconstruction="l1", perceptual="none", disc_weight=0.1, disc_start=5000),
+        discriminator=DiscriminatorConfig(n_layers=2, ch=32, norm="group", dims=3),
+        data=DataConfig(kind="moving_digits", resolution=32, channels=1, frames=9, batch_size=8, flip=False, val_size=32),
+        train=TrainConfig(max_steps=400, lr=1e-3, warmup_steps=20, val_every_n_steps=100, log_every_n_steps=10),
     )

@@ -11,6 +11,15 @@ from vqgan.config import DataConfig
 from vqgan.data.builtin import BuiltinPhotos, load_photo
 from vqgan.data.images import EmptyDatasetError, ImageFolder, collate_skip, list_images
 from vqgan.data.synthetic import MovingDigits, SmokePlume, SmokeVideo
+from vqgan.data.video import (
+    Exploded,
+    VideoChunks,
+    VideoClips,
+    VideoRecord,
+    list_videos,
+    pieces_per_clip,
+    ucf101_records,
+)
 
 _BUILDERS: dict[str, Callable[[DataConfig, int], tuple[Dataset, Dataset]]] = {}
 
@@ -89,6 +98,53 @@ def _moving_digits(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     return train, val
 
 
+def _video_datasets(
+    cfg: DataConfig, seed: int, train_records: list[VideoRecord], val_records: list[VideoRecord]
+) -> tuple[Dataset, Dataset]:
+    """Clip datasets, then seed 000's frames-as-images / patches / chunks options on top."""
+    common = dict(
+        resolution=cfg.resolution, frames=cfg.frames, frame_stride=cfg.frame_stride, fps=cfg.fps, resize=cfg.resize,
+        channels=cfg.channels,
+    )
+    per_clip = pieces_per_clip(cfg.frames, cfg.frames_as_images, cfg.resolution, cfg.patch_size)
+    # Validation: deterministic centred clips of at most val_size items.
+    val_records = val_records[: max(1, cfg.val_size // per_clip)]
+    train = VideoClips(train_records, clip_offset=cfg.clip_offset, random_crop=cfg.crop == "random", flip=cfg.flip, **common)
+    val = VideoClips(val_records, clip_offset="uniform", **common)
+    split = cfg.frames_as_images or cfg.patch_size is not None
+    if cfg.videos_per_chunk:
+        train = VideoChunks(train, cfg.videos_per_chunk, cfg.epochs_per_chunk, cfg.frames_as_images, cfg.patch_size, seed)
+    elif split:
+        train = Exploded(train, per_clip, cfg.frames_as_images, cfg.patch_size)
+    if split:
+        val = Exploded(val, per_clip, cfg.frames_as_images, cfg.patch_size)
+    return train, val
+
+
+@register_data("ucf101")
+def _ucf101(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+    if cfg.root is None:
+        raise EmptyDatasetError("data.kind=ucf101 needs data.root (the UCF-101 folder of class folders)")
+    train, _ = ucf101_records(cfg.root, cfg.split, train=True, annotations=cfg.annotations)
+    test, _ = ucf101_records(cfg.root, cfg.split, train=False, annotations=cfg.annotations)
+    # Spread the validation videos over the classes (the test list is sorted by class).
+    step = max(1, len(test) // max(1, cfg.val_size))
+    return _video_datasets(cfg, seed, train, test[::step])
+
+
+@register_data("video_folder")
+def _video_folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+    if cfg.root is None:
+        raise EmptyDatasetError("data.kind=video_folder needs data.root (a folder of videos)")
+    records = list_videos(cfg.root)
+    if cfg.val_root is not None:
+        return _video_datasets(cfg, seed, records, list_videos(cfg.val_root))
+    # Hold out every 10th video (at least one, unless there is only one) for validation.
+    val = records[::10] if len(records) > 1 else records
+    train = [r for r in records if r not in val] or records
+    return _video_datasets(cfg, seed, train, val)
+
+
 def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Training and validation datasets for ``cfg``; raises :class:`EmptyDatasetError` when there is no data."""
     if cfg.kind not in _BUILDERS:
@@ -110,6 +166,8 @@ __all__ = [
     "ImageFolder",
     "MovingDigits",
     "SmokePlume",
+    "VideoChunks",
+    "VideoClips",
     "SmokeVideo",
     "available_data",
     "build_datasets",

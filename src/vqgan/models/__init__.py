@@ -1,7 +1,26 @@
 """Autoencoders, discriminators and (later) priors."""
 
+from vqgan.config import ModelConfig
 from vqgan.models.autoencoder import Decoder, Encoder, VQModel
 from vqgan.models.discriminator import PatchDiscriminator
 from vqgan.models.outputs import EncodeOutput, VQModelOutput
+from vqgan.models.video import VideoVQModel, reconstruct_video
 
-__all__ = ["Decoder", "EncodeOutput", "Encoder", "PatchDiscriminator", "VQModel", "VQModelOutput"]
+
+def build_model(cfg: ModelConfig) -> VQModel | VideoVQModel:
+    """The stage-1 autoencoder for ``cfg.arch``: :class:`VQModel` for images (``taming``, ``resnet``),
+    :class:`VideoVQModel` for the causal spatio-temporal tokenizer (``video3d``)."""
+    return VideoVQModel(cfg) if cfg.arch == "video3d" else VQModel(cfg)
+
+
+__all__ = [
+    "Decoder",
+    "EncodeOutput",
+    "Encoder",
+    "PatchDiscriminator",
+    "VQModel",
+    "VQModelOutput",
+    "VideoVQModel",
+    "build_model",
+    "reconstruct_video",
+]

@@ -5,6 +5,8 @@ for video."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -25,7 +27,10 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, cfg: DiscriminatorConfig, in_channels: int = 3):
         super().__init__()
-        conv = nn.Conv2d if cfg.dims == 2 else nn.Conv3d
+        self.dims = cfg.dims
+        # 3D: a 3-frame temporal kernel (padding 1) instead of 4, so that short clips (e.g. 9 frames) keep at
+        # least one output frame through every layer; time is halved by the strided layers like space.
+        conv = nn.Conv2d if cfg.dims == 2 else partial(_conv3d, nn.Conv3d)
         wrap = spectral_norm if cfg.spectral_norm else (lambda m: m)
         use_bias = cfg.norm == "none"
         ch = cfg.ch
@@ -44,8 +49,15 @@ class PatchDiscriminator(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch logits, ``(B, 1, h, w)`` (``(B, 1, t, h, w)`` in 3D)."""
+        """Patch logits, ``(B, 1, h, w)`` (``(B, 1, t, h, w)`` in 3D). A 2D discriminator given clips
+        ``(B, C, T, H, W)`` judges every frame on its own and returns ``(B * T, 1, h, w)``."""
+        if self.dims == 2 and x.dim() == 5:
+            x = x.transpose(1, 2).flatten(0, 1)
         return self.main(x)
+
+
+def _conv3d(cls: type, c_in: int, c_out: int, k: int, stride: int, pad: int, bias: bool = True) -> nn.Module:
+    return cls(c_in, c_out, (3, k, k), stride, (1, pad, pad), bias=bias)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -91,7 +91,7 @@ def load_model(path: str | Path, map_location: str = "cpu"):
 
     Returns ``(model, experiment_config_or_None)``.
     """
-    from vqgan.models import VQModel
+    from vqgan.models import build_model
     from vqgan.models.pretrained import from_pretrained, load_state_dict_strict
 
     path = Path(path)
@@ -99,7 +99,7 @@ def load_model(path: str | Path, map_location: str = "cpu"):
         return from_pretrained(path, map_location), None
     ckpt = load_checkpoint_file(path, map_location)
     cfg = experiment_from_checkpoint(ckpt)
-    model = VQModel(cfg.model)
+    model = build_model(cfg.model)
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     load_state_dict_strict(model, state, source=str(path))
     return model.eval(), cfg

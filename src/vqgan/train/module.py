@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric
 from vqgan.config import ExperimentConfig, from_dict
 from vqgan.losses import VQGANLoss, disc_factor
 from vqgan.metrics import CodebookUsage, psnr, ssim
-from vqgan.models import PatchDiscriminator, VQModel
+from vqgan.models import PatchDiscriminator, build_model
 from vqgan.train.step import (
     Backward,
     StepGradients,
@@ -49,7 +49,7 @@ class VQGANModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.cfg: ExperimentConfig = from_dict(ExperimentConfig, config)
-        self.model = VQModel(self.cfg.model)
+        self.model = build_model(self.cfg.model)
         self.loss_fn = VQGANLoss(self.cfg.loss)
         out_ch = self.cfg.model.out_channels or self.cfg.model.in_channels
         self.discriminator = (

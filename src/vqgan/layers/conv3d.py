@@ -1,0 +1,149 @@
+"""Causal spatio-temporal building blocks for video tokenizers (MAGVIT-v2, Yu et al. 2023, "Language Model Beats
+Diffusion: Tokenizer is Key to Visual Generation", https://arxiv.org/abs/2310.05737, section 3.2).
+
+Causality in time: every temporal convolution is padded on the past side only (by repeating the first frame), so
+output frame ``t`` depends on input frames ``<= t``; the first frame is therefore encoded on its own, as a still
+image, which lets one tokenizer handle images (``T = 1``) and videos. Normalisation is per frame (GroupNorm over
+``C, H, W`` of each frame, never over time, which would leak the future into the past), temporal attention is
+masked causally, and temporal downsampling by ``s`` maps frames ``1 + s * k`` to latent frames ``1 + k``: latent
+frame ``j`` sees input frames ``<= j * s``.
+
+Tensors are ``(B, C, T, H, W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vqgan.layers.attention import AttnBlock
+from vqgan.layers.resnet import group_norm
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution, ``kernel`` in time padded with ``kernel - 1`` copies of the first frame (past side only);
+    spatial padding is symmetric (``kernel // 2``) unless ``spatial_stride == 2``, where taming's asymmetric
+    ``(0, 1)`` padding keeps the output at exactly half the input size."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int = 3, time_stride: int = 1, spatial_stride: int = 1,
+        time_kernel: int | None = None,
+    ):
+        super().__init__()
+        kt = kernel if time_kernel is None else time_kernel
+        self.time_pad = kt - 1
+        self.spatial_pad = (0, 1, 0, 1) if spatial_stride == 2 else (kernel // 2,) * 4
+        self.conv = nn.Conv3d(in_channels, out_channels, (kt, kernel, kernel), stride=(time_stride, spatial_stride, spatial_stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
+        if any(self.spatial_pad):
+            x = F.pad(x, self.spatial_pad)
+        return self.conv(x)
+
+
+class FrameGroupNorm(nn.Module):
+    """GroupNorm applied to each frame on its own (statistics over ``C, H, W``, never over time)."""
+
+    def __init__(self, channels: int, num_groups: int = 32):
+        super().__init__()
+        self.norm = group_norm(channels, num_groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        y = self.norm(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+
+
+class ResBlock3d(nn.Module):
+    """taming's residual block with causal 3x3x3 convolutions and per-frame GroupNorm."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0, num_groups: int = 32):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.norm1 = FrameGroupNorm(in_channels, num_groups)
+        self.conv1 = CausalConv3d(in_channels, out_channels)
+        self.norm2 = FrameGroupNorm(out_channels, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = CausalConv3d(out_channels, out_channels)
+        self.shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.shortcut(x) + h
+
+
+class SpatialAttention3d(nn.Module):
+    """taming's spatial self-attention applied to every frame independently (causal by construction)."""
+
+    def __init__(self, channels: int, num_groups: int = 32):
+        super().__init__()
+        self.attn = AttnBlock(channels, num_groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        y = self.attn(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention along time at every spatial position, with a causal mask (frame ``t`` attends to frames
+    ``<= t``), one head of width ``C``, residual."""
+
+    def __init__(self, channels: int, num_groups: int = 32):
+        super().__init__()
+        self.norm = FrameGroupNorm(channels, num_groups)
+        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv3d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)  # starts as the identity: training begins from a frame-wise model
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (n c) t h w -> n (b h w) 1 t c", n=3)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = rearrange(out, "(b h w) 1 t c -> b c t h w", b=b, h=h, w=w)
+        return x + self.proj_out(out)
+
+
+class Downsample3d(nn.Module):
+    """2x spatial and optionally 2x causal temporal downsampling by one strided causal 3x3x3 convolution.
+
+    With ``temporal``, ``T = 1 + 2k`` frames become ``1 + k``: the padded kernel at stride 2 puts output ``j``
+    over input frames ``2j - 2 .. 2j``, so output 0 sees only the first frame (MAGVIT-v2's image-first design).
+    """
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        self.conv = CausalConv3d(channels, channels, 3, time_stride=2 if temporal else 1, spatial_stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.temporal and (x.shape[2] - 1) % 2:
+            raise ValueError(f"temporal downsampling needs 1 + 2k frames, got {x.shape[2]}")
+        return self.conv(x)
+
+
+class Upsample3d(nn.Module):
+    """2x spatial (nearest + conv) and optionally 2x temporal upsampling, the inverse shape map of
+    :class:`Downsample3d`: a causal conv makes ``2C`` channels, they become two frames each (depth-to-time), and
+    the first output frame is dropped, so ``1 + k`` latent frames give ``1 + 2k`` frames (MAGVIT-v2)."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        if temporal:
+            self.time_conv = CausalConv3d(channels, 2 * channels, 3)
+        self.conv = CausalConv3d(channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.temporal:
+            x = rearrange(self.time_conv(x), "b (s c) t h w -> b c (t s) h w", s=2)[:, :, 1:]
+        b = x.shape[0]
+        x = rearrange(x, "b c t h w -> (b t) c h w")
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(rearrange(x, "(b t) c h w -> b c t h w", b=b))
