@@ -2,18 +2,33 @@
 
 A process killed while writing leaves the previous checkpoint intact; a truncated or corrupt file is reported
 with its path instead of an unpickling traceback; a file that would need to execute code is refused.
+
+Resuming (``vqgan fit --resume last``) picks the newest checkpoint that passes :func:`verify_checkpoint` (CRC of
+every record, safe load, training state present) and falls back to older ones when the newest is damaged.
+:class:`ResumeState` and :class:`ResumableSampler` make the resumed run continue exactly: same data order and
+position inside the epoch, same random state. :class:`GuardedModelCheckpoint` keeps the last K step checkpoints
+and never writes while the run is producing non-finite steps.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import random
 import zipfile
+from collections.abc import Iterator, Sized
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -74,6 +89,235 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint_file(path, map_location or "cpu")
+
+
+# -- verification and resume ---------------------------------------------------------------------------------------
+TRAINING_KEYS = ("state_dict", "global_step", "optimizer_states", "loops")
+
+
+def verify_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]:
+    """Load ``path`` after checking every stored record against its CRC-32, and return it.
+
+    ``torch.load`` reads tensor bytes without checking them, so a bit flip on disk would load silently; the zip
+    container that ``torch.save`` writes records a CRC-32 per record, which :meth:`zipfile.ZipFile.testzip` checks.
+    With ``training=True`` the file must also hold a Lightning training state (``TRAINING_KEYS``).
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): probably a write that was interrupted")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: not a torch zip archive")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: record {bad!r} fails its CRC-32 check")
+    ckpt = load_checkpoint_file(path)
+    if training:
+        missing = [k for k in TRAINING_KEYS if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} holds no training state to resume from (missing {missing})")
+    return ckpt
+
+
+def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
+    """The ``*.ckpt`` files of ``ckpt_dir``, newest first (by modification time: a file is written in one rename)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt", p.name), reverse=True)
+
+
+def remove_stale_temporaries(ckpt_dir: str | Path) -> list[Path]:
+    """Delete ``.NAME.tmpPID`` files left by a writer that was killed (its process no longer exists)."""
+    removed = []
+    for p in Path(ckpt_dir).glob(".*.tmp*") if Path(ckpt_dir).is_dir() else []:
+        pid = p.name.rpartition(".tmp")[2]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint`; ``None`` when there is none.
+
+    A corrupt or truncated newest file (a disk that filled up, a copy that was cut short) is reported with a
+    warning and the previous good one is used instead, so a run loses at most the steps since that one.
+
+    Raises:
+        CheckpointError: every checkpoint in the folder is unusable (each one's problem is listed).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    for p in remove_stale_temporaries(ckpt_dir):
+        log.warning("removed %s, a checkpoint write that was interrupted", p)
+    problems = []
+    for path in checkpoint_candidates(ckpt_dir):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("cannot resume from %s, trying the previous checkpoint: %s", path, e)
+            problems.append(str(e))
+            continue
+        if problems:
+            log.warning("resuming from %s (the newer checkpoints are unusable)", path)
+        return path
+    if problems:
+        raise CheckpointError(f"no usable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(problems))
+    return None
+
+
+# -- exact resumption: data position and random state ----------------------------------------------------------------
+class ResumableSampler(Sampler[int]):
+    """Shuffled order that is a function of ``(seed, epoch)`` only, and can start part-way into an epoch.
+
+    Yields *global* indices ``epoch * n + i`` (``i`` a permutation of ``range(n)``), so that a dataset whose random
+    augmentations are a function of ``(seed, global index)`` produces the same items in every process, with any
+    number of workers, before and after a resume. Datasets take the index modulo their length.
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.shuffle = len(data_source), seed, shuffle
+        self.epoch = 0
+        self._start: tuple[int, int] | None = None  # (epoch, items to skip) after a resume
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, items: int) -> None:
+        """Make the next iteration of ``epoch`` skip its first ``items`` items (already trained on)."""
+        if items >= self.n:
+            epoch, items = epoch + 1, 0
+        self.epoch, self._start = epoch, (epoch, items)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        skip = self._start[1] if self._start is not None and self._start[0] == epoch else 0
+        self._start = None
+        offset = epoch * self.n
+        yield from (offset + int(i) for i in self.order(epoch)[skip:])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global random states (torch CPU and CUDA, numpy, Python) as plain tensors and containers."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeState(L.Callback):
+    """Saves what Lightning does not, so that a resumed run continues exactly where it stopped: the position in
+    the training epoch (for :class:`ResumableSampler`) and the global random states (k-means starts and dead-code
+    restarts of the quantizers draw from them).
+
+    Lightning restores the step counters, weights, codebooks, optimizer, scheduler, discriminator and callback
+    states itself.
+    """
+
+    def __init__(self, sampler: ResumableSampler | None = None, batch_size: int = 1):
+        self.sampler, self.batch_size = sampler, batch_size
+        self.epoch, self.batches = 0, 0
+        self._rng: dict[str, Any] | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != self.epoch:
+            self.epoch, self.batches = trainer.current_epoch, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # Runs before the checkpoint callbacks (Lightning calls those last), so a save counts this batch.
+        self.batches += 1
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vqgan_resume"] = {"epoch": self.epoch, "batches": self.batches, "rng": capture_rng_state()}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("vqgan_resume")
+        if state is None:
+            log.warning("checkpoint has no data position: the resumed epoch starts from its beginning")
+            return
+        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
+        if self.sampler is not None:
+            self.sampler.resume_at(self.epoch, self.batches * self.batch_size)
+            if self.batches * self.batch_size >= self.sampler.n:
+                self.epoch, self.batches = self.epoch + 1, 0
+        self._rng = state["rng"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._rng is not None:
+            restore_rng_state(self._rng)
+            self._rng = None
+
+
+class GuardedModelCheckpoint(ModelCheckpoint):
+    """A :class:`ModelCheckpoint` that writes nothing while the module reports non-finite steps
+    (``pl_module.counters["nonfinite_streak"] > 0``), so NaN weights never replace the last good checkpoints."""
+
+    @staticmethod
+    def _healthy(pl_module: L.LightningModule) -> bool:
+        streak = getattr(pl_module, "counters", {}).get("nonfinite_streak", 0)
+        if streak:
+            log.warning("not writing a checkpoint: the last %d step(s) were non-finite", streak)
+        return not streak
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        if self._healthy(pl_module):
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._healthy(pl_module):
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._healthy(pl_module):
+            super().on_train_epoch_end(trainer, pl_module)
 
 
 def experiment_from_checkpoint(ckpt: dict[str, Any]):

@@ -21,13 +21,20 @@ import warnings
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from torch.utils.data import DataLoader
 
 from vqgan.config import ExperimentConfig, dump_config, to_dict
 from vqgan.data import build_datasets, collate_skip
 from vqgan.train.callbacks import ReconstructionSamples
-from vqgan.train.checkpoint import AtomicCheckpointIO
+from vqgan.train.checkpoint import (
+    AtomicCheckpointIO,
+    GuardedModelCheckpoint,
+    ResumableSampler,
+    ResumeState,
+    find_resume_checkpoint,
+    verify_checkpoint,
+)
 from vqgan.train.diagnostics import CodebookDiagnostics
 from vqgan.train.module import VQGANModule
 
@@ -43,7 +50,12 @@ def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
     if workers > 0:
         common["multiprocessing_context"] = "spawn" if os.name == "nt" else None
     drop_last = len(train_ds) >= d.batch_size
-    train = DataLoader(train_ds, batch_size=d.batch_size, shuffle=True, drop_last=drop_last, **common)
+    # Iterable datasets (video chunks) shuffle themselves; a DataLoader refuses shuffle=True for them.
+    shuffle = not isinstance(train_ds, torch.utils.data.IterableDataset)
+    # A map-style set gets a sampler whose order depends on (seed, epoch) only and that can start mid-epoch, so
+    # that a resumed run sees exactly the batches an uninterrupted one would have seen.
+    sampler = ResumableSampler(train_ds, seed=cfg.train.seed) if shuffle else None
+    train = DataLoader(train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=drop_last, **common)
     val = DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **common)
     return train, val
 
@@ -57,15 +69,20 @@ def write_json_atomic(data: dict[str, Any], path: str | Path) -> Path:
 
 
 def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
-    """``True`` -> ``RUN_DIR/checkpoints/last.ckpt`` (if it exists); a path -> that file; else ``None``."""
+    """``True``/``"last"`` -> the newest *good* checkpoint of ``RUN_DIR/checkpoints`` (a corrupt or truncated
+    newest file falls back to the previous one; ``None`` when the folder has none); a path -> that file, verified;
+    else ``None``."""
     if resume in (None, False, "", "false", "False"):
         return None
     if resume in (True, "true", "True", "last"):
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        found = find_resume_checkpoint(run_dir / "checkpoints")
+        if found is None:
+            log.warning("--resume last: no checkpoint in %s, starting from scratch", run_dir / "checkpoints")
+        return None if found is None else str(found)
     path = Path(str(resume))
     if not path.is_file():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    verify_checkpoint(path)
     return str(path)
 
 
@@ -76,11 +93,11 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, extra_callbacks: list[L.
     val_every = min(t.val_every_n_steps, max_steps)
     every = t.checkpoint_every_n_steps or val_every
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(
+        GuardedModelCheckpoint(
             dirpath=ckpt_dir, filename="best", monitor=t.monitor, mode=t.monitor_mode, save_top_k=1, save_last=True,
             enable_version_counter=False, auto_insert_metric_name=False,
         ),
-        ModelCheckpoint(
+        GuardedModelCheckpoint(
             dirpath=ckpt_dir, filename="step{step:07d}", monitor="step", mode="max", save_top_k=t.keep_last_k,
             every_n_train_steps=every, auto_insert_metric_name=False, enable_version_counter=False,
         ),
@@ -136,6 +153,8 @@ def fit(
     cfg.validate()
     # Lightning suggests saving pre-optimization state for manual optimization; not needed here.
     warnings.filterwarnings("ignore", message=".*pre-optimization state.*")
+    # Mid-epoch resumption is exact here (ResumableSampler + ResumeState), whatever Lightning assumes.
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -148,7 +167,9 @@ def fit(
     if cfg.train.compile:
         module.model = torch.compile(module.model)
     dump_config(cfg, run_dir / "config.yaml")
-    trainer = build_trainer(cfg, run_dir, extra_callbacks)
+    sampler = train_loader.sampler if isinstance(train_loader.sampler, ResumableSampler) else None
+    resume_state = ResumeState(sampler, cfg.data.batch_size)
+    trainer = build_trainer(cfg, run_dir, [resume_state, *(extra_callbacks or [])])
     ckpt_path = resolve_resume(resume, run_dir)
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
@@ -166,6 +187,8 @@ def fit(
         "resumed_from": ckpt_path,
         **{k: v for k, v in module.counters.items() if k != "nonfinite_streak"},
     }
+    if metrics.get("skipped_data"):
+        log.warning("%d unreadable data item(s) were skipped (see the warnings above)", metrics["skipped_data"])
     if trainer.is_global_zero:
         write_json_atomic(metrics, run_dir / "metrics.json")
     return metrics
