@@ -63,14 +63,38 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 8192
     return best_i
 
 
-def kmeans(samples: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+def kmeans_plus_plus(samples: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is drawn with probability proportional to
+    the squared distance to the nearest centre chosen so far. Returns the ``k`` chosen row indices."""
+    n = samples.shape[0]
+    chosen = torch.empty(k, dtype=torch.long, device=samples.device)
+    chosen[0] = torch.randint(n, (1,), device=samples.device, generator=generator)[0]
+    d2 = (samples - samples[chosen[0]]).pow(2).sum(1)
+    for i in range(1, k):
+        # A tiny floor keeps the distribution valid once every sample coincides with a centre.
+        chosen[i] = torch.multinomial(d2 + 1e-12, 1, generator=generator)[0]
+        d2 = torch.minimum(d2, (samples - samples[chosen[i]]).pow(2).sum(1))
+    return chosen
+
+
+def kmeans(
+    samples: torch.Tensor,
+    k: int,
+    iters: int = 10,
+    generator: torch.Generator | None = None,
+    plus_plus_max_codes: int = 4096,
+) -> torch.Tensor:
     """Lloyd's k-means on ``samples`` (N, D); returns ``k`` centroids. Empty clusters keep their previous centre.
 
-    When there are fewer samples than centroids, centroids are drawn with replacement and jittered.
+    Seeds with k-means++ up to ``plus_plus_max_codes`` centroids (a sequential loop over ``k``) and with a random
+    subset above. When there are fewer samples than centroids, centroids are drawn with replacement and jittered.
     """
     n = samples.shape[0]
     if n >= k:
-        idx = torch.randperm(n, device=samples.device, generator=generator)[:k]
+        if k <= plus_plus_max_codes:
+            idx = kmeans_plus_plus(samples, k, generator)
+        else:
+            idx = torch.randperm(n, device=samples.device, generator=generator)[:k]
         centroids = samples[idx].clone()
     else:
         idx = torch.randint(n, (k,), device=samples.device, generator=generator)
