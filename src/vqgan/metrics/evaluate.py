@@ -1,7 +1,16 @@
-"""Reconstruction metrics of a tokenizer over a whole dataset."""
+"""Reconstruction metrics of a tokenizer over a whole evaluation set, with the protocol that produced them.
+
+Reconstruction numbers are only comparable when the protocol is: so :func:`evaluate_tokenizer` returns, next to
+the metrics, the number of images, their resolution and preprocessing, and the backbone files of the
+perceptual metrics. PSNR and SSIM are means over images (images in [0, 1], reconstructions clamped); LPIPS is a
+mean over images; rFID compares the Inception statistics of all originals with those of all reconstructions;
+codebook usage, perplexity and code entropy come from the histogram of every code index over the whole set.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -10,36 +19,164 @@ from torch.utils.data import DataLoader
 from vqgan.metrics.codebook import CodebookUsage
 from vqgan.metrics.reconstruction import psnr, ssim
 
+METRIC_NAMES = ("psnr", "ssim", "lpips", "fid")
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics and the protocol that produced them (both JSON-serialisable)."""
+
+    metrics: dict[str, Any]
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _progress(iterable: Iterable, total: int | None, enabled: bool, description: str = "evaluating") -> Iterable:
+    if not enabled:
+        yield from iterable
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        for item in iterable:
+            yield item
+            bar.advance(task)
+
 
 @torch.no_grad()
-def reconstruction_metrics(model: torch.nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> dict[str, Any]:
+def reconstruction_metrics(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: str | torch.device = "cpu",
+    lpips: torch.nn.Module | None = None,
+    fid: Any | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """PSNR, SSIM (means over images), codebook usage, perplexity and code entropy over every batch of
-    ``loader``; also the number of images and skipped (unreadable) items."""
+    ``loader``; LPIPS when an :class:`~vqgan.metrics.lpips.LPIPSMetric` is given and rFID when a
+    :class:`~vqgan.metrics.fid.ReconstructionFID` is given. Also the number of images and of skipped (unreadable)
+    items."""
     model = model.to(device).eval()
+    if lpips is not None:
+        lpips = lpips.to(device)
+    if fid is not None:
+        fid = fid.to(device)
     usage = CodebookUsage(model.quantize.codebook_size).to(device)
-    p_sum = s_sum = 0.0
+    p_sum = s_sum = l_sum = 0.0
     n = skipped = 0
-    for batch in loader:
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    for batch in _progress(loader, total, progress):
         skipped += int(batch.pop("skipped", 0))
         if "image" not in batch:
             continue
         x = batch["image"].to(device)
         out = model(x)
-        p_sum += float(psnr(x, out.reconstruction).sum())
-        s_sum += float(ssim(x, out.reconstruction).sum())
+        rec = out.reconstruction.float()
+        p_sum += float(psnr(x, rec).sum())
+        s_sum += float(ssim(x, rec).sum())
+        if lpips is not None:
+            l_sum += float(lpips(x, rec).sum())
+        if fid is not None:
+            if x.dim() == 5:  # videos: every frame is an image for FID
+                fid.update(x.transpose(1, 2).flatten(0, 1), rec.transpose(1, 2).flatten(0, 1))
+            else:
+                fid.update(x, rec)
         usage.update(out.indices)
         n += x.shape[0]
     if n == 0:
         raise ValueError("no readable images to evaluate")
     stats = usage.compute()
-    return {
-        "psnr": p_sum / n,
-        "ssim": s_sum / n,
-        "codebook_usage": float(stats["usage"]),
-        "perplexity": float(stats["perplexity"]),
-        "code_entropy_bits": float(stats["entropy"]),
-        "codes_used": int(stats["used"]),
-        "codebook_size": model.quantize.codebook_size,
-        "num_images": n,
-        "skipped": skipped,
+    metrics: dict[str, Any] = {"psnr": p_sum / n, "ssim": s_sum / n}
+    if lpips is not None:
+        metrics["lpips"] = l_sum / n
+    if fid is not None:
+        if fid.num_images < 2:
+            raise ValueError(f"rFID needs at least 2 images, the evaluation set has {fid.num_images}")
+        metrics["rfid"] = fid.compute()
+    metrics.update(
+        {
+            "codebook_usage": float(stats["usage"]),
+            "perplexity": float(stats["perplexity"]),
+            "code_entropy_bits": float(stats["entropy"]),
+            "codes_used": int(stats["used"]),
+            "codebook_size": model.quantize.codebook_size,
+            "num_images": n,
+            "skipped": skipped,
+        }
+    )
+    return metrics
+
+
+def describe_preprocessing(data: Any) -> str:
+    """A one-line description of how a :class:`~vqgan.config.DataConfig` turns files into evaluation images."""
+    r = data.resolution
+    mode = "grayscale" if data.channels == 1 else "RGB"
+    if data.kind == "builtin":
+        return (
+            f"built-in validation photos scaled by {data.builtin_scale}, a fixed grid of non-overlapping {r}x{r} crops "
+            f"(at most {data.val_size}), {mode}, no flip, mapped to [-1, 1]"
+        )
+    if data.kind == "folder":
+        side = max(data.resize or r, r)
+        src = data.val_root or f"held-out files of {data.root}"
+        return (
+            f"{src}: shorter side resized to {side} (PIL bicubic), centre crop {r}x{r}, {mode}, no flip, "
+            f"mapped to [-1, 1] (at most {data.val_size} images)"
+        )
+    extra = f", {data.frames} frames (stride {data.frame_stride})" if data.kind in ("video_folder", "ucf101") else ""
+    return f"data.kind={data.kind} validation split, {r}x{r}{extra}, {mode}, mapped to [-1, 1]"
+
+
+def evaluate_tokenizer(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    data: Any,
+    device: str | torch.device = "cpu",
+    lpips: torch.nn.Module | None = None,
+    fid: Any | None = None,
+    progress: bool = False,
+    checkpoint: str | None = None,
+) -> EvaluationResult:
+    """Run :func:`reconstruction_metrics` and record the protocol (images, resolution, preprocessing, backbone
+    files, device) next to the numbers. ``data`` is the :class:`~vqgan.config.DataConfig` the loader was built
+    from."""
+    metrics = reconstruction_metrics(model, loader, device, lpips=lpips, fid=fid, progress=progress)
+    cfg = getattr(model, "config", None)
+    protocol: dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "num_images": metrics["num_images"],
+        "skipped_unreadable": metrics["skipped"],
+        "resolution": [data.resolution, data.resolution],
+        "channels": data.channels,
+        "data": {"kind": data.kind, "root": data.root, "val_root": data.val_root},
+        "preprocessing": describe_preprocessing(data),
+        "psnr": "per image on [0, 1] (reconstruction clamped), data range 1, mean over images",
+        "ssim": "per image, Gaussian window 11, sigma 1.5 (Wang et al. 2004; torchmetrics), mean over images",
+        "codebook": f"histogram of all code indices over the set, {metrics['codebook_size']} codes",
+        "device": str(device),
     }
+    if cfg is not None:
+        protocol["tokens_per_image"] = [cfg.latent_resolution, cfg.latent_resolution]
+        protocol["downsample_factor"] = cfg.downsample_factor
+    if lpips is not None:
+        protocol["lpips"] = {
+            "backbone": getattr(lpips, "net", None),
+            "backbone_weights": str(getattr(lpips, "weights_file", "")),
+            "linear_layers": "lpips package v0.1 calibration weights",
+        }
+    if fid is not None:
+        protocol["rfid"] = {
+            "network": "Inception-v3 (torch-fidelity port of the TF-1 2015-12-05 graph)",
+            "weights": str(fid.weights_file) if fid.weights_file else "custom feature extractor",
+            "feature": fid.feature,
+            "resize": "uint8 images, bilinear (TF-1 compatible) to 299x299",
+            "statistics": "torchmetrics FrechetInceptionDistance, originals vs reconstructions",
+        }
+    return EvaluationResult(metrics=metrics, protocol=protocol)

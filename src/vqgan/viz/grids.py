@@ -42,13 +42,15 @@ def save_comparison(
         values = psnr(originals, reconstructions).tolist()
         h, w = originals.shape[-2] * scale, originals.shape[-1] * scale
         pad = 2 * scale
-        canvas = Image.new("RGB", (img.width, img.height + 12 * ((len(values) + ncol - 1) // ncol)), "white")
+        n_rows = (len(values) + ncol - 1) // ncol
+        pair_h = 2 * (h + pad)  # one row of originals and one of reconstructions, each with its top padding
+        canvas = Image.new("RGB", (img.width, n_rows * (pair_h + pad + 12)), "white")
         draw = ImageDraw.Draw(canvas)
         y_off = 0
-        for r in range(0, len(values), ncol):
-            block = img.crop((0, (r // ncol) * 2 * (h + pad), img.width, (r // ncol) * 2 * (h + pad) + 2 * (h + pad) + pad))
+        for k, r in enumerate(range(0, len(values), ncol)):
+            block = img.crop((0, k * pair_h, img.width, (k + 1) * pair_h + pad))
             canvas.paste(block, (0, y_off))
-            y_off += block.height
+            y_off += pair_h + pad
             for j, v in enumerate(values[r : r + ncol]):
                 draw.text((pad + j * (w + pad), y_off - 1), f"{v:.1f}dB", fill=(0, 0, 0))
             y_off += 12

@@ -1,0 +1,124 @@
+"""Reconstruction FID (rFID): the Fréchet Inception Distance (Heusel et al. 2017, https://arxiv.org/abs/1706.08500)
+between the Inception-v3 features of the evaluation images and of their reconstructions.
+
+Numbers are only comparable when everybody uses the same network and resizing, so we do not reimplement either:
+features come from torch-fidelity's ``FeatureExtractorInceptionV3`` (the TF-1 Inception graph ported bit-exactly,
+with its TF-compatible bilinear upsampling to 299x299) and the statistics from torchmetrics'
+``FrechetInceptionDistance``. The Inception weights are read from a local file the user names, never downloaded:
+torch-fidelity would fetch them when given no path, so we always resolve a path first and fail fast otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vqgan.losses.perceptual import BackboneWeightsMissing
+from vqgan.metrics.reconstruction import to_unit
+
+# torch-fidelity's Inception-v3 weights (the TF-1 2015-12-05 graph converted to PyTorch) and where they live.
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+FID_FEATURE_DIMS = (64, 192, 768, 2048)
+
+
+def _hub_dir() -> Path:
+    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+
+
+def inception_help(path: str | None = None) -> str:
+    """How to get the Inception weights file, for error messages."""
+    where = f"{path!r} does not exist. " if path else "no Inception weights file was given. "
+    return (
+        f"rFID needs torch-fidelity's Inception-v3 weights ({INCEPTION_FILE}) and {where}"
+        f"On a machine with internet access download\n  {INCEPTION_URL}\n"
+        f"copy it here and pass --fid-weights /path/to/{INCEPTION_FILE} (or put it in {_hub_dir()}). "
+        "Nothing is downloaded at run time."
+    )
+
+
+def resolve_inception_file(path: str | None) -> Path:
+    """The Inception weights file: ``path`` if given, else the file in torch's hub cache; raises
+    :class:`BackboneWeightsMissing` (a ``FileNotFoundError``) naming the file when neither exists."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise BackboneWeightsMissing(inception_help(str(p)))
+        return p
+    cached = _hub_dir() / INCEPTION_FILE
+    if cached.is_file():
+        return cached
+    raise BackboneWeightsMissing(inception_help())
+
+
+def check_inception_file(path: str | Path) -> Path:
+    """Check that ``path`` holds torch-fidelity's Inception-v3 state dict, opening it with ``weights_only=True``
+    so that a file which would execute code when unpickled is refused before torch-fidelity (which loads with
+    ``weights_only=False``) ever reads it."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a plain PyTorch state dict of Inception-v3 weights: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
+        raise ValueError(f"{path} is not torch-fidelity's Inception-v3 state dict ({INCEPTION_FILE}); see {INCEPTION_URL}")
+    return path
+
+
+class ReconstructionFID(nn.Module):
+    """Accumulates Inception features of originals (real) and reconstructions (fake) batch by batch.
+
+    ``update(x, rec)`` takes images in [-1, 1] (grayscale is repeated to RGB); they are quantised to uint8 as
+    torch-fidelity expects, so the features are those of the saved PNGs. ``compute()`` returns the FID.
+
+    Args:
+        weights: Inception weights file (see :func:`resolve_inception_file`).
+        feature: Inception layer: 2048 (pool3, the standard) or 64/192/768.
+        extractor: a custom feature network taking uint8 ``(B, 3, H, W)`` images (tests); it must have an int
+            attribute ``num_features``. When given, ``weights`` is ignored.
+    """
+
+    def __init__(self, weights: str | Path | None = None, feature: int = 2048, extractor: nn.Module | None = None):
+        super().__init__()
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.weights_file: Path | None = None
+        if extractor is None:
+            if feature not in FID_FEATURE_DIMS:
+                raise ValueError(f"FID feature layer must be one of {FID_FEATURE_DIMS}, got {feature}")
+            self.weights_file = check_inception_file(resolve_inception_file(None if weights is None else str(weights)))
+            # An int ``feature`` makes torchmetrics build torch-fidelity's extractor from our file (never a download).
+            self.fid = FrechetInceptionDistance(
+                feature=feature, normalize=False, feature_extractor_weights_path=str(self.weights_file)
+            )
+        else:
+            self.fid = FrechetInceptionDistance(feature=extractor, normalize=False)
+        self.feature = feature
+
+    @staticmethod
+    def to_uint8(x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images -> uint8 RGB as written to disk (round to nearest)."""
+        u = (to_unit(x) * 255).round().to(torch.uint8)
+        return u.expand(-1, 3, -1, -1) if u.shape[1] == 1 else u
+
+    @torch.no_grad()
+    def update(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
+        self.fid.update(self.to_uint8(originals), real=True)
+        self.fid.update(self.to_uint8(reconstructions), real=False)
+
+    def compute(self) -> float:
+        return float(self.fid.compute())
+
+    @property
+    def num_images(self) -> int:
+        return int(self.fid.real_features_num_samples)
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` of two Gaussians (torchmetrics' implementation)."""
+    from torchmetrics.image.fid import _compute_fid
+
+    return float(_compute_fid(mu1.double(), sigma1.double(), mu2.double(), sigma2.double()))

@@ -1,0 +1,177 @@
+"""One self-contained HTML page per run: its configuration, metrics and every picture, embedded as base64 data
+URIs so that the file can be mailed, attached to an issue or opened offline without its folder.
+
+The page carries a few lines of JavaScript that, once loaded, count the images that decoded
+(``img.complete && img.naturalWidth > 0``) into ``data-images-loaded`` / ``data-images-total`` attributes of
+``<body>``; the tests read them back from a headless browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import mimetypes
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vqgan.viz.plots import FigureRecord
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2228}
+header{background:#1d2228;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;color:#b8c0cc;font-size:13px}
+main{padding:8px 28px 40px;max-width:1300px}
+h2{border-bottom:2px solid #d9dde3;padding-bottom:4px;margin-top:30px;font-size:18px}
+table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #d9dde3;padding:4px 10px;text-align:left}
+th{background:#eef0f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:flex;flex-wrap:wrap;gap:18px}
+figure{margin:0;background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:10px;max-width:100%}
+figure img,figure video{max-width:100%;height:auto;display:block;image-rendering:pixelated}
+figcaption{font-size:12px;color:#4a525c;margin-top:6px;max-width:640px}figcaption b{color:#1d2228}
+pre{background:#fff;border:1px solid #d9dde3;padding:10px;font-size:12px;overflow:auto;max-height:420px}
+.note{font-size:13px;color:#7a4b00;background:#fff7e6;border:1px solid #f0d9a8;padding:6px 10px;border-radius:4px;margin:6px 0}
+"""
+
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images-total', String(imgs.length));
+  document.body.setAttribute('data-images-loaded', String(ok));
+});
+"""
+
+
+def data_uri(path: str | Path) -> str:
+    """The file's bytes as a ``data:`` URI (MIME type from the extension)."""
+    path = Path(path)
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+    if isinstance(v, (dict, list)):
+        return html.escape(json.dumps(v))
+    return html.escape(str(v))
+
+
+def _table(rows: Mapping[str, Any]) -> str:
+    body = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td class='{'num' if isinstance(v, (int, float)) else ''}'>{_fmt(v)}</td></tr>"
+        for k, v in rows.items()
+        if not isinstance(v, dict)
+    )
+    nested = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{_table(v)}</td></tr>" for k, v in rows.items() if isinstance(v, dict)
+    )
+    return f"<table>{body}{nested}</table>"
+
+
+def _figure(rec: FigureRecord) -> str:
+    path = Path(rec.path)
+    title = html.escape(rec.title)
+    caption = f"<figcaption><b>{title}</b>{' — ' + html.escape(rec.caption) if rec.caption else ''}</figcaption>"
+    if path.suffix.lower() == ".mp4":
+        media = f"<video controls loop muted src='{data_uri(path)}'></video>"
+    else:
+        media = f"<img alt='{title}' src='{data_uri(path)}'>"
+    return f"<figure id='{html.escape(rec.key)}'>{media}{caption}</figure>"
+
+
+def write_report(
+    path: str | Path,
+    title: str,
+    figures: Iterable[FigureRecord],
+    config_text: str | None = None,
+    metrics: Mapping[str, Mapping[str, Any]] | None = None,
+    notes: Iterable[str] = (),
+    subtitle: str = "",
+) -> Path:
+    """Write the page: a header, notes (e.g. pictures skipped and why), metric tables (one per entry of
+    ``metrics``), the figures grouped by ``section`` in order of first appearance, and the configuration."""
+    figures = [f for f in figures if Path(f.path).is_file()]
+    sections: dict[str, list[FigureRecord]] = {}
+    for f in figures:
+        sections.setdefault(f.section, []).append(f)
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
+        f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)} · generated "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by vqgan</p></header><main>",
+    ]
+    notes = list(notes)
+    if notes:
+        parts.append("".join(f"<div class='note'>{html.escape(n)}</div>" for n in notes))
+    for name, table in (metrics or {}).items():
+        if table:
+            parts.append(f"<h2>{html.escape(name)}</h2>{_table(table)}")
+    nav = " · ".join(f"<a href='#sec{i}'>{html.escape(s)}</a>" for i, s in enumerate(sections))
+    if nav:
+        parts.append(f"<p>{nav}</p>")
+    for i, (name, recs) in enumerate(sections.items()):
+        parts.append(f"<h2 id='sec{i}'>{html.escape(name)}</h2><div class='grid'>")
+        parts.extend(_figure(r) for r in recs)
+        parts.append("</div>")
+    if config_text:
+        parts.append(f"<h2>Configuration</h2><pre>{html.escape(config_text)}</pre>")
+    parts.append("</main></body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
+
+
+def load_figure_index(folder: str | Path) -> tuple[list[FigureRecord], list[str], dict[str, Any]]:
+    """Figures, notes and extra statistics recorded by ``visualize`` in ``folder/figures.json`` (paths relative
+    to the folder are resolved)."""
+    folder = Path(folder)
+    index = json.loads((folder / "figures.json").read_text())
+    figures = []
+    for f in index.get("figures", []):
+        p = Path(f["path"])
+        figures.append(FigureRecord(**{**f, "path": str(p if p.is_absolute() else folder / p)}))
+    return figures, list(index.get("notes", [])), dict(index.get("statistics", {}))
+
+
+def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, output: str | Path | None = None,
+                   title: str | None = None) -> Path:
+    """The report of a run folder: ``config.yaml``, ``metrics.json`` (training validation), ``evaluation.json``
+    (``vqgan evaluate``) and the figures indexed in ``figures_dir/figures.json`` (default
+    ``RUN_DIR/visualizations``); without an index, the training diagnostics and the last sample grid."""
+    run_dir = Path(run_dir)
+    figures_dir = Path(figures_dir) if figures_dir else run_dir / "visualizations"
+    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else None
+    metrics: dict[str, dict[str, Any]] = {}
+    if (run_dir / "metrics.json").is_file():
+        metrics["Training validation metrics"] = json.loads((run_dir / "metrics.json").read_text())
+    for ev in (run_dir / "evaluation.json", figures_dir / "evaluation.json"):
+        if ev.is_file():
+            data = json.loads(ev.read_text())
+            metrics["Evaluation"] = data.get("metrics", {})
+            metrics["Evaluation protocol"] = data.get("protocol", {})
+            break
+    notes: list[str] = []
+    if (figures_dir / "figures.json").is_file():
+        figures, notes, stats = load_figure_index(figures_dir)
+        if stats:
+            metrics["Latent statistics"] = stats
+    else:
+        from vqgan.viz.plots import diagnostics_figures
+
+        figures = []
+        samples = sorted((run_dir / "samples").glob("*.png"))
+        if samples:
+            figures.append(FigureRecord("samples", f"Reconstructions ({samples[-1].stem})", str(samples[-1]), "Reconstructions"))
+        try:
+            figures += diagnostics_figures(run_dir, figures_dir)
+        except FileNotFoundError as e:
+            notes.append(f"training diagnostics not shown: {e}")
+    out = Path(output) if output else run_dir / "report.html"
+    return write_report(out, title or f"vqgan run {run_dir.name}", figures, config_text, metrics, notes,
+                        subtitle=str(run_dir.resolve()))
