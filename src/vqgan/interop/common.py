@@ -232,9 +232,8 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str
     model = VQModel(config)
     check_group_norms(model, config.num_groups, source)
     own = model.state_dict()
-    for key in ("quantize.usage_ema", "quantize.initialized"):
-        if key in own and key not in state:
-            state = {**state, key: own[key]}
+    buffers = {k for k, _ in model.named_buffers() if k in own and k.startswith("quantize.")}
+    state = {**{k: own[k] for k in buffers if k not in state}, **state}
     try:
         load_state_dict_strict(model, state, source=source)
     except ConfigError as e:

@@ -135,8 +135,6 @@ def _to_diffusers(key: str, n: int) -> str:
     m = re.fullmatch(r"(encoder|decoder)\.norm_out\.(weight|bias)", key)
     if m:
         return f"{m.group(1)}.conv_norm_out.{m.group(2)}"
-    if key in ("quantize.usage_ema", "quantize.initialized"):
-        return ""  # our own bookkeeping; diffusers has none
     return _to_ours(key, n)  # the names both share (conv_in, conv_out, quant_conv, codebook)
 
 
@@ -274,11 +272,12 @@ def model_config_to_diffusers(cfg: ModelConfig) -> dict[str, Any]:
 def diffusers_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Our model's weights under diffusers' VQModel key names (attention 1x1 convs as Linear weights)."""
     n = len(model.config.ch_mult)
+    buffers = {k for k, _ in model.named_buffers()}
     out = {}
     for key, value in model.state_dict().items():
+        if key.startswith("quantize.") and key in buffers:
+            continue  # our quantizer's bookkeeping (usage counters, EMA statistics); diffusers has none
         new = _to_diffusers(key, n)
-        if not new:
-            continue
         out[new] = value[:, :, 0, 0] if _is_attn_linear(key) else value
     return out
 

@@ -1,0 +1,222 @@
+"""Export a tokenizer's encoder and decoder as ONNX or TorchScript graphs, for use without this package.
+
+Three graphs are written, each with dynamic batch and spatial sizes (multiples of the downsampling factor)::
+
+    OUT/encode.onnx         image (B, C, H, W) float32 in [-1, 1] -> latents (B, D, h, w), quantized (B, D, h, w),
+                            indices (B, h, w) int64
+    OUT/decode.onnx         quantized (B, D, h, w) -> image (B, C, H, W)
+    OUT/decode_codes.onnx   indices (B, h, w) int64 -> image (B, C, H, W)
+    OUT/export.json         formats, shapes, downsampling factor, codebook size and the model config
+
+(``.pt`` instead of ``.onnx`` for TorchScript, loadable with ``torch.jit.load`` alone.) ``latents`` are the
+continuous ``quant_conv`` outputs, ``quantized`` the code vectors the decoder reads.
+
+ONNX uses torch's ``dynamo`` exporter (``torch.export`` + onnxscript, PyTorch's default since 2.9; needs the
+``onnxscript`` package) or the ``legacy`` TorchScript-based exporter (no extra package, deprecated by PyTorch but
+still shipped); both are checked against PyTorch with onnxruntime in ``tests/test_export.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqgan.config import to_dict
+from vqgan.quantizers import VectorQuantizer
+from vqgan.quantizers.vq import nearest_code
+
+log = logging.getLogger(__name__)
+
+Exporter = Literal["dynamo", "legacy"]
+GRAPHS = ("encode", "decode", "decode_codes")
+
+
+def lookup_indices(quantizer: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Code indices of ``latents`` without the training-time bookkeeping (losses, histograms), so that the graph
+    holds only the nearest-code search."""
+    if isinstance(quantizer, VectorQuantizer) and latents.dim() == 4:
+        # Explicit non-negative permutations: the legacy ONNX exporter emits invalid Transpose perms for movedim.
+        b, d, h, w = latents.shape
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, d)
+        flat = quantizer._normalize(quantizer.project_in(flat))
+        idx = nearest_code(flat, quantizer.lookup_codebook, quantizer.search_chunk_size)
+        return idx.reshape(b, h, w)
+    return quantizer(latents).indices
+
+
+def codes_from_indices(quantizer: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+    """``quantizer.indices_to_codes(indices)``, written with exportable operations for the plain VQ."""
+    if isinstance(quantizer, VectorQuantizer) and indices.dim() == 3:
+        codes = quantizer.project_out(F.embedding(indices, quantizer.lookup_codebook))  # (B, h, w, D)
+        return codes.permute(0, 3, 1, 2)
+    return quantizer.indices_to_codes(indices)
+
+
+class EncodeGraph(nn.Module):
+    """``image -> (latents, quantized, indices)`` of a :class:`~vqgan.models.VQModel` (eval mode)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latents = self.model.encode_latents(image)
+        indices = lookup_indices(self.model.quantize, latents)
+        return latents, codes_from_indices(self.model.quantize, indices), indices
+
+
+class DecodeGraph(nn.Module):
+    """``quantized latents -> image``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, quantized: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(quantized)
+
+
+class DecodeCodesGraph(nn.Module):
+    """``code indices -> image``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(codes_from_indices(self.model.quantize, indices))
+
+
+def _examples(model: nn.Module, resolution: int, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]:
+    cfg = model.config
+    if resolution % cfg.downsample_factor:
+        raise ValueError(f"resolution {resolution} is not a multiple of the downsampling factor {cfg.downsample_factor}")
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(batch, cfg.in_channels, resolution, resolution, generator=g) * 2 - 1
+    with torch.no_grad():
+        _, quantized, indices = EncodeGraph(model)(image)
+    return {"encode": (image,), "decode": (quantized,), "decode_codes": (indices,)}
+
+
+_NAMES = {
+    "encode": (["image"], ["latents", "quantized", "indices"]),
+    "decode": (["quantized"], ["image"]),
+    "decode_codes": (["indices"], ["image"]),
+}
+
+
+def _dynamic_axes(graph: str) -> dict[str, dict[int, str]]:
+    spatial4 = {0: "batch", 2: "height", 3: "width"}
+    lat4 = {0: "batch", 2: "h", 3: "w"}
+    lat3 = {0: "batch", 1: "h", 2: "w"}
+    return {
+        "encode": {"image": spatial4, "latents": lat4, "quantized": lat4, "indices": lat3},
+        "decode": {"quantized": lat4, "image": spatial4},
+        "decode_codes": {"indices": lat3, "image": spatial4},
+    }[graph]
+
+
+def _graph(model: nn.Module, name: str) -> nn.Module:
+    return {"encode": EncodeGraph, "decode": DecodeGraph, "decode_codes": DecodeCodesGraph}[name](model).eval()
+
+
+def export_onnx(
+    model: nn.Module,
+    output_dir: str | Path,
+    resolution: int | None = None,
+    exporter: Exporter = "dynamo",
+    opset: int = 18,
+    graphs: tuple[str, ...] = GRAPHS,
+) -> dict[str, Path]:
+    """Write ``encode.onnx``, ``decode.onnx`` and ``decode_codes.onnx`` (dynamic batch and spatial sizes).
+
+    Args:
+        model: a :class:`~vqgan.models.VQModel`; exported in eval mode, fp32, on CPU.
+        output_dir: folder to write to.
+        resolution: example image size used for tracing (default: the model's).
+        exporter: ``dynamo`` (needs ``onnxscript``) or ``legacy`` (TorchScript-based).
+        opset: ONNX opset.
+        graphs: which of ``encode``, ``decode``, ``decode_codes`` to write.
+    """
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                "the dynamo ONNX exporter needs onnxscript: pip install onnxscript (or pass exporter='legacy')"
+            ) from e
+    elif exporter != "legacy":
+        raise ValueError(f"unknown exporter {exporter!r}; choose 'dynamo' or 'legacy'")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    examples = _examples(model, resolution or model.config.resolution)
+    written = {}
+    for name in graphs:
+        path = out / f"{name}.onnx"
+        inputs, outputs = _NAMES[name]
+        axes = _dynamic_axes(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter
+            if exporter == "dynamo":
+                dyn = torch.export.Dim.DYNAMIC
+                shapes = ({i: dyn for i in axes[inputs[0]]},)
+                torch.onnx.export(
+                    _graph(model, name), examples[name], str(path), dynamo=True, input_names=inputs,
+                    output_names=outputs, dynamic_shapes=shapes, opset_version=opset, external_data=False,
+                    verbose=False,
+                )
+            else:
+                torch.onnx.export(
+                    _graph(model, name), examples[name], str(path), dynamo=False, input_names=inputs,
+                    output_names=outputs, dynamic_axes=axes, opset_version=opset,
+                )
+        written[name] = path
+    _write_manifest(model, out, "onnx", written, exporter=exporter, opset=opset)
+    return written
+
+
+def export_torchscript(
+    model: nn.Module, output_dir: str | Path, resolution: int | None = None, graphs: tuple[str, ...] = GRAPHS
+) -> dict[str, Path]:
+    """Write ``encode.pt``, ``decode.pt`` and ``decode_codes.pt`` traced with ``torch.jit.trace``; load them with
+    ``torch.jit.load`` (no vqgan import needed). Batch and spatial sizes stay dynamic."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    examples = _examples(model, resolution or model.config.resolution)
+    written = {}
+    for name in graphs:
+        path = out / f"{name}.pt"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_graph(model, name), examples[name], check_trace=False)
+        traced.save(str(path))
+        written[name] = path
+    _write_manifest(model, out, "torchscript", written)
+    return written
+
+
+def _write_manifest(model: nn.Module, out: Path, fmt: str, written: dict[str, Path], **extra) -> None:
+    cfg = model.config
+    manifest = {
+        "format": fmt,
+        **extra,
+        "files": {k: p.name for k, p in written.items()},
+        "inputs": {k: _NAMES[k][0] for k in written},
+        "outputs": {k: _NAMES[k][1] for k in written},
+        "image_range": [-1.0, 1.0],
+        "downsample_factor": cfg.downsample_factor,
+        "latent_channels": cfg.embed_dim,
+        "codebook_size": getattr(model.quantize, "codebook_size", None),
+        "model_config": to_dict(cfg),
+    }
+    (out / "export.json").write_text(json.dumps(manifest, indent=2))
+    log.info("wrote %s to %s", ", ".join(p.name for p in written.values()), out)
