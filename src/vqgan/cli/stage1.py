@@ -80,7 +80,7 @@ class Validate:
         return 0
 
 
-@command("reconstruct", "Reconstruct an image or a folder of images; writes reconstructions and side-by-side comparisons.")
+@command("reconstruct", "Reconstruct an image, a folder of images, or a video file (MP4/GIF side by side, per-frame PSNR).")
 class Reconstruct:
     @staticmethod
     def build(p, argv):
@@ -97,6 +97,16 @@ class Reconstruct:
         from vqgan.train.checkpoint import load_model
 
         model, _ = load_model(a.ckpt)
+        from pathlib import Path
+
+        from vqgan.data.video import VIDEO_EXTENSIONS
+
+        if Path(a.input).is_file() and Path(a.input).suffix.lower() in VIDEO_EXTENSIONS:  # a video: MP4/GIF out
+            from vqgan.viz.video import reconstruct_video_file
+
+            r = reconstruct_video_file(model, a.input, a.output, a.resolution, device=_device(a.device))
+            print(f"{r['file']}: {r['frames']} frames, PSNR {r['psnr']:.2f} dB -> {r['files']['mp4']}")
+            return 0
         records = reconstruct_files(model, a.input, a.output, a.resolution, a.full_size, _device(a.device))
         for r in records:
             print(f"{r['file']}: PSNR {r['psnr']:.2f} dB")

@@ -1,0 +1,205 @@
+"""Video reconstruction output: MP4 and GIF of the original and its reconstruction side by side, a frame grid,
+per-frame PSNR, and a temporal-consistency figure (frame-to-frame change of original and reconstruction, the
+flicker the tokenizer adds, and x-t slices through the middle row).
+
+All clips are ``(C, T, H, W)`` tensors in [-1, 1] (``C`` = 1 or 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqgan.metrics.reconstruction import psnr, to_unit
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """``(C, T, H, W)`` in [-1, 1] -> ``(T, H, W, 3)`` uint8 (grayscale repeated to RGB)."""
+    v = to_unit(video.detach().float().cpu())
+    if v.shape[0] == 1:
+        v = v.expand(3, -1, -1, -1)
+    return (v.permute(1, 2, 3, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def side_by_side(original: torch.Tensor, reconstruction: torch.Tensor, gap: int = 2) -> torch.Tensor:
+    """``(C, T, H, 2W + gap)``: original | white gap | reconstruction. The shorter clip is cut to the other."""
+    t = min(original.shape[1], reconstruction.shape[1])
+    a, b = original[:, :t].cpu(), reconstruction[:, :t].cpu()
+    white = torch.ones(a.shape[0], t, a.shape[2], gap)
+    return torch.cat([a, white, b.clamp(-1, 1)], dim=-1)
+
+
+def per_frame_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """PSNR of every frame (dB), ``(T,)``."""
+    t = min(original.shape[1], reconstruction.shape[1])
+    return psnr(original[:, :t].transpose(0, 1).cpu(), reconstruction[:, :t].transpose(0, 1).cpu())
+
+
+def temporal_consistency(original: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-transition statistics in [0, 1] pixel units, each ``(T - 1,)``:
+
+    * ``motion_original`` / ``motion_reconstruction``: mean ``|x_t - x_{t-1}|``;
+    * ``flicker``: mean ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``, the change the tokenizer adds or removes between
+      frames (0 for a perfectly consistent reconstruction, even an imperfect one that errs the same way every
+      frame).
+    """
+    t = min(original.shape[1], reconstruction.shape[1])
+    x, y = to_unit(original[:, :t].cpu().float()), to_unit(reconstruction[:, :t].cpu().float())
+    dx, dy = x[:, 1:] - x[:, :-1], y[:, 1:] - y[:, :-1]
+    dims = (0, 2, 3)
+    return {
+        "motion_original": dx.abs().mean(dims),
+        "motion_reconstruction": dy.abs().mean(dims),
+        "flicker": (dy - dx).abs().mean(dims),
+    }
+
+
+def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0, scale: int = 1) -> Path:
+    """Write a clip as MP4 (H.264 via PyAV, ``yuv420p``, sides padded to even) or GIF (Pillow, looping), chosen by
+    the suffix. ``video``: ``(C, T, H, W)`` in [-1, 1] or ``(T, H, W, 3)`` uint8; ``scale`` enlarges small clips
+    (nearest neighbour)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = video if isinstance(video, np.ndarray) else to_uint8_frames(video)
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        from PIL import Image
+
+        imgs = [Image.fromarray(f) for f in frames]
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=round(1000 / fps), loop=0, optimize=False)
+        return path
+    if suffix not in (".mp4", ".avi", ".mkv", ".mov"):
+        raise ValueError(f"unsupported video suffix {suffix!r}: use .mp4, .avi, .mkv, .mov or .gif")
+    import av
+    from fractions import Fraction
+
+    t, h, w, _ = frames.shape
+    ph, pw = h + h % 2, w + w % 2
+    if (ph, pw) != (h, w):
+        frames = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w") as container:
+        codec = "libx264" if suffix in (".mp4", ".mkv", ".mov") else "mpeg4"
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "medium"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_grid(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path, max_frames: int = 16, scale: int = 1) -> Path:
+    """PNG with the original frames on the top row and the reconstructions under them, each captioned with its PSNR."""
+    from PIL import Image, ImageDraw
+
+    t = min(original.shape[1], reconstruction.shape[1])
+    idx = np.linspace(0, t - 1, min(t, max_frames)).round().astype(int)
+    a, b = to_uint8_frames(original[:, idx]), to_uint8_frames(reconstruction[:, idx].clamp(-1, 1))
+    p = per_frame_psnr(original[:, idx], reconstruction[:, idx])
+    if scale > 1:
+        a, b = (z.repeat(scale, axis=1).repeat(scale, axis=2) for z in (a, b))
+    n, h, w, _ = a.shape
+    cap, gap = 12, 2
+    canvas = Image.new("RGB", (n * (w + gap), 2 * h + gap + cap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        canvas.paste(Image.fromarray(a[i]), (i * (w + gap), 0))
+        canvas.paste(Image.fromarray(b[i]), (i * (w + gap), h + gap))
+        draw.text((i * (w + gap) + 1, 2 * h + gap), f"{float(p[i]):.1f}", fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """Figure with per-frame PSNR, frame-to-frame motion of original and reconstruction with the added flicker,
+    and x-t slices (the middle row of every frame stacked over time) of both clips."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = min(original.shape[1], reconstruction.shape[1])
+    p = per_frame_psnr(original, reconstruction).numpy()
+    tc = {k: v.numpy() for k, v in temporal_consistency(original, reconstruction).items()}
+    xa, xb = to_uint8_frames(original[:, :t]), to_uint8_frames(reconstruction[:, :t].clamp(-1, 1))
+    row = xa.shape[1] // 2
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), gridspec_kw={"width_ratios": [1.2, 1.2, 1, 1]})
+    axes[0].plot(np.arange(t), p, "o-")
+    axes[0].set(xlabel="frame", ylabel="PSNR (dB)", title=f"per-frame PSNR (mean {p.mean():.2f})")
+    k = np.arange(1, t)
+    axes[1].plot(k, tc["motion_original"], "o-", label="|x_t - x_t-1| original")
+    axes[1].plot(k, tc["motion_reconstruction"], "s--", label="reconstruction")
+    axes[1].plot(k, tc["flicker"], "^:", label="flicker (added change)")
+    axes[1].set(xlabel="frame t", ylabel="mean abs change", title="temporal consistency")
+    axes[1].legend(fontsize=7)
+    for ax, arr, name in ((axes[2], xa, "original"), (axes[3], xb, "reconstruction")):
+        ax.imshow(arr[:, row], aspect="auto", interpolation="nearest")
+        ax.set(xlabel="x", ylabel="frame", title=f"x-t slice, {name}")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def save_video_reconstruction(
+    original: torch.Tensor, reconstruction: torch.Tensor, directory: str | Path, stem: str, fps: float = 8.0,
+    scale: int = 1, formats: tuple[str, ...] = ("mp4", "gif"),
+) -> dict:
+    """Write ``STEM_compare.{mp4,gif}`` (original | reconstruction), ``STEM_frames.png`` and
+    ``STEM_temporal.png`` under ``directory``; return the paths and the per-frame PSNR / consistency numbers."""
+    directory = Path(directory)
+    both = side_by_side(original, reconstruction)
+    files = {fmt: str(write_video(both, directory / f"{stem}_compare.{fmt}", fps, scale)) for fmt in formats}
+    files["frames"] = str(frame_grid(original, reconstruction, directory / f"{stem}_frames.png", scale=scale))
+    files["temporal"] = str(temporal_consistency_figure(original, reconstruction, directory / f"{stem}_temporal.png", stem))
+    p = per_frame_psnr(original, reconstruction)
+    tc = temporal_consistency(original, reconstruction)
+    return {
+        "files": files,
+        "psnr": float(p.mean()),
+        "psnr_per_frame": [round(float(v), 3) for v in p],
+        "flicker": float(tc["flicker"].mean()) if len(tc["flicker"]) else 0.0,
+    }
+
+
+@torch.no_grad()
+def reconstruct_video_file(
+    model: torch.nn.Module, path: str | Path, output_dir: str | Path, resolution: int | None = None,
+    max_frames: int = 33, frame_stride: int = 1, device: str = "cpu", formats: tuple[str, ...] = ("mp4", "gif"),
+) -> dict:
+    """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file with an image model
+    (frame by frame) or a :class:`~vqgan.models.VideoVQModel`, and write the outputs of
+    :func:`save_video_reconstruction`. Frames are resized (shorter side) and centre-cropped to ``resolution``
+    (default: the model's)."""
+    from vqgan.data.video import decode_frames, prepare_clip, video_info
+    from vqgan.models.video import VideoVQModel, reconstruct_video
+
+    path = Path(path)
+    cfg = model.config
+    src_fps, n = video_info(path)
+    if isinstance(model, VideoVQModel):  # use a whole number of temporal groups
+        s = model.time_factor
+        max_frames = 1 + (max_frames - 1) // s * s
+    count = min(max_frames, max(1, (n - 1) // frame_stride + 1) if n else max_frames)
+    arr, _ = decode_frames(path, [k * frame_stride for k in range(count)])
+    clip = prepare_clip(arr, resolution or cfg.resolution, None, cfg.in_channels, random_crop=False, flip=False)
+    model = model.to(device)
+    rec, _ = reconstruct_video(model, clip.to(device))
+    clip = clip[:, : rec.shape[1]]
+    out = save_video_reconstruction(clip, rec.cpu(), output_dir, path.stem, fps=src_fps / frame_stride, formats=formats)
+    out["file"] = str(path)
+    out["frames"] = int(rec.shape[1])
+    return out
