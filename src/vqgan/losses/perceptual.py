@@ -59,9 +59,9 @@ def resolve_backbone_file(net: str, path: str | None) -> Path:
 
 def load_backbone_features(net: str, path: str | None) -> nn.Sequential:
     """torchvision ``features`` of VGG16 / AlexNet with ImageNet weights read from a local file (never fetched)."""
+    file = resolve_backbone_file(net, path)  # first: a missing file is reported before any slow import
     import torchvision
 
-    file = resolve_backbone_file(net, path)
     model = getattr(torchvision.models, _TV_NAMES[net])(weights=None)
     state = torch.load(file, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
@@ -78,9 +78,9 @@ class LPIPS(nn.Module):
 
     def __init__(self, net: str = "vgg", backbone_weights: str | None = None, random_backbone: bool = False):
         super().__init__()
+        features = None if random_backbone else load_backbone_features(net, backbone_weights)
         import lpips
 
-        features = None if random_backbone else load_backbone_features(net, backbone_weights)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # pnet_rand=True: the package must not try to download the backbone; we load it ourselves below.
