@@ -58,7 +58,7 @@ def _folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
         val_files = [f for i, f in enumerate(files) if i in val_idx] or files
     val_files = val_files[: cfg.val_size]
     common = dict(resolution=cfg.resolution, resize=cfg.resize, channels=cfg.channels)
-    train = ImageFolder(train_files, random_crop=cfg.crop == "random", flip=cfg.flip, **common)
+    train = ImageFolder(train_files, random_crop=cfg.crop == "random", flip=cfg.flip, seed=seed, **common)
     val = ImageFolder(val_files, **common)
     return train, val
 

@@ -62,6 +62,10 @@ class BuiltinPhotos(Dataset):
         seed: seeds the crop positions, so that a run is reproducible whatever the worker layout.
     """
 
+    # Crops are a function of (seed, epoch, index): a ResumableSampler's global indices (epoch * n + i) give new
+    # crops every epoch, identical before and after a resume.
+    accepts_global_index = True
+
     def __init__(
         self,
         split: str = "train",

@@ -1,6 +1,14 @@
 """A dataset over any folder of images (recursive), e.g. CelebA's ``img_align_celeba/`` or FFHQ's numbered
-sub-folders. Unreadable files are skipped: the item comes back as ``None``, :func:`collate_skip` drops it and
-counts it, and the training loop logs the count."""
+sub-folders.
+
+Robustness: any image PIL can decode is converted (grayscale, RGBA and palette images with transparency over
+white, CMYK, 16-bit and float images rescaled, EXIF rotation applied, images smaller than the crop upscaled).
+A file that can't be decoded (corrupt, truncated, zero bytes, not an image, a decompression bomb, 1 pixel wide)
+is skipped: the item comes back as ``None`` with a warning, :func:`collate_skip` drops it and counts it in
+``batch["skipped"]``, the training module adds the count to ``counters["skipped_data"]``, which is logged every
+step (``train/skipped_data``) and written to ``metrics.json``. A folder where none of a sample of files can be
+read stops before training (:class:`EmptyDatasetError`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ import logging
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from vqgan.data.transforms import crop, resize_shorter, to_mode, to_tensor
@@ -37,8 +45,28 @@ def list_images(root: str | Path) -> list[Path]:
     return files
 
 
+def load_image(path: str | Path, channels: int = 3) -> Image.Image:
+    """Decode ``path`` fully and convert it to ``RGB`` / ``L`` (see :func:`vqgan.data.transforms.to_mode`).
+
+    Raises whatever the decoder raises for a file it can't read (``OSError`` for truncated data,
+    ``UnidentifiedImageError`` for non-images, ``DecompressionBombError``, ...), and ``ValueError`` for an image
+    with a side below 2 pixels.
+    """
+    with Image.open(path) as img:
+        img.load()  # decode now: a truncated file fails here, not later inside a worker's transform
+        img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+        img = to_mode(img, channels)
+    if min(img.size) < 2:
+        raise ValueError(f"image too small: {img.size[0]}x{img.size[1]} pixels")
+    return img
+
+
 class ImageFolder(Dataset):
     """Images under a folder as ``{"image": (C, H, W) in [-1, 1]}``, resized (shorter side) and cropped.
+
+    Random crops and flips are a function of ``(seed, index)``: indices past the end (``epoch * len + i``, from
+    :class:`vqgan.train.checkpoint.ResumableSampler`) select file ``i`` with new augmentations, so that an
+    interrupted and resumed run sees exactly the same pixels as an uninterrupted one.
 
     Args:
         root: folder, searched recursively; or an explicit list of files.
@@ -46,7 +74,12 @@ class ImageFolder(Dataset):
         resize: shorter side before cropping (default: ``resolution``).
         random_crop, flip: augmentations for training (validation uses centre crops, no flip).
         channels: 3 (RGB) or 1 (grayscale).
+        seed: seeds the augmentations.
+        probe: decode up to this many files (evenly spread) when the dataset is built, and raise
+            :class:`EmptyDatasetError` if none of them can be read; 0 skips the check.
     """
+
+    accepts_global_index = True
 
     def __init__(
         self,
@@ -56,33 +89,55 @@ class ImageFolder(Dataset):
         random_crop: bool = False,
         flip: bool = False,
         channels: int = 3,
+        seed: int = 0,
+        probe: int = 16,
     ):
         self.files = list(root) if isinstance(root, list) else list_images(root)
         self.resolution, self.resize = resolution, resize or resolution
-        self.random_crop, self.flip, self.channels = random_crop, flip, channels
+        self.random_crop, self.flip, self.channels, self.seed = random_crop, flip, channels, seed
+        if probe and self.files:
+            self.check_readable(probe)
+
+    def check_readable(self, probe: int = 16) -> int:
+        """Decode files of an evenly spread sample of ``probe`` until one is readable; return how many were tried.
+
+        Raises:
+            EmptyDatasetError: none of them could be read (with the first errors), so training would see no data.
+        """
+        step = max(1, len(self.files) // probe)
+        sample = self.files[::step][:probe]
+        errors = []
+        for path in sample:
+            try:
+                load_image(path, self.channels)
+            except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
+                errors.append(f"{path}: {type(e).__name__}: {e}")
+                continue
+            return len(errors) + 1
+        raise EmptyDatasetError(
+            f"none of the {len(sample)} images checked (of {len(self.files)}) can be read, e.g.\n  "
+            + "\n  ".join(errors[:5])
+        )
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def load(self, path: Path) -> torch.Tensor:
-        with Image.open(path) as img:
-            img.load()
-            img = to_mode(img, self.channels)
-        if min(img.size) < 2:
-            raise ValueError(f"image too small: {img.size}")
+    def load(self, path: Path, generator: torch.Generator | None = None) -> torch.Tensor:
+        img = load_image(path, self.channels)
         img = resize_shorter(img, max(self.resize, self.resolution))
-        img = crop(img, self.resolution, self.random_crop)
+        img = crop(img, self.resolution, self.random_crop, generator)
         x = to_tensor(img)
-        if self.flip and torch.rand(()) < 0.5:
+        if self.flip and torch.rand((), generator=generator) < 0.5:
             x = x.flip(-1)
         return x
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor] | None:
-        path = self.files[i]
+        path = self.files[i % len(self.files)]
+        g = torch.Generator().manual_seed(hash((self.seed, i)) % (2**63))
         try:
-            return {"image": self.load(path)}
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            log.warning("skipping unreadable image %s: %s", path, e)
+            return {"image": self.load(path, g)}
+        except Exception as e:  # noqa: BLE001 - a bad file must not stop a run that lasts days
+            log.warning("skipping unreadable image %s: %s: %s", path, type(e).__name__, e)
             return None
 
 

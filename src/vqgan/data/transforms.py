@@ -12,15 +12,18 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 
     16-bit images are rescaled to 8 bits rather than clipped.
     """
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode == "I" or img.mode.startswith("I;16"):  # I;16, I;16B, I;16L, I;16N and 32-bit integers
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
-    if img.mode == "F":
+        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8))
+    if img.mode == "F":  # float images (e.g. 32-bit TIFF): min-max scaled, non-finite pixels set to the minimum
         arr = np.asarray(img, dtype=np.float64)
-        arr = (arr - arr.min()) / max(arr.max() - arr.min(), 1e-12) * 255.0
-        img = Image.fromarray(arr.astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        finite = np.isfinite(arr)
+        lo, hi = (arr[finite].min(), arr[finite].max()) if finite.any() else (0.0, 0.0)
+        arr = np.where(finite, arr, lo)
+        arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)

@@ -192,13 +192,15 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
 class ResumableSampler(Sampler[int]):
     """Shuffled order that is a function of ``(seed, epoch)`` only, and can start part-way into an epoch.
 
-    Yields *global* indices ``epoch * n + i`` (``i`` a permutation of ``range(n)``), so that a dataset whose random
-    augmentations are a function of ``(seed, global index)`` produces the same items in every process, with any
-    number of workers, before and after a resume. Datasets take the index modulo their length.
+    A dataset with ``accepts_global_index = True`` receives *global* indices ``epoch * n + i`` (``i`` a permutation
+    of ``range(n)``; it takes the index modulo its length), so that its random augmentations can be a function of
+    ``(seed, global index)``: the same items in every process, with any number of workers, before and after a
+    resume, and new augmentations every epoch. Other datasets receive plain indices in ``range(n)``.
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
         self.n, self.seed, self.shuffle = len(data_source), seed, shuffle
+        self.global_indices = bool(getattr(data_source, "accepts_global_index", False))
         self.epoch = 0
         self._start: tuple[int, int] | None = None  # (epoch, items to skip) after a resume
 
@@ -222,7 +224,7 @@ class ResumableSampler(Sampler[int]):
         epoch = self.epoch
         skip = self._start[1] if self._start is not None and self._start[0] == epoch else 0
         self._start = None
-        offset = epoch * self.n
+        offset = epoch * self.n if self.global_indices else 0
         yield from (offset + int(i) for i in self.order(epoch)[skip:])
 
     def __len__(self) -> int:

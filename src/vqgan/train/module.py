@@ -127,6 +127,9 @@ class VQGANModule(L.LightningModule):
         factor = self.disc_factor()
         t = self.cfg.train
 
+        # The forward pass rewrites some state in place (EMA codebooks, dead-code restarts, BatchNorm statistics):
+        # keep a copy so that a skipped step leaves no trace of a NaN batch in it.
+        saved = _forward_state(self.model, self.discriminator)
         opt.zero_grad(set_to_none=True)
         step = self.compute_gradients(x, mask, factor, backward=self.manual_backward)
         out, g, g_norm, d_norm = step.out, step.g, step.g_norm, step.d_norm
@@ -140,10 +143,12 @@ class VQGANModule(L.LightningModule):
         if not finite[0]:
             for p in gen_params:
                 p.grad = None
+            _restore(saved[0])
             self.counters["skipped_generator"] += 1
         if not finite[1]:
             for p in self.discriminator_parameters():
                 p.grad = None
+            _restore(saved[1])
             self.counters["skipped_discriminator"] += 1
         if all(finite):
             self.counters["nonfinite_streak"] = 0
@@ -226,6 +231,23 @@ class _Warmup:
 
     def __call__(self, step: int) -> float:
         return 1.0 if self.steps <= 0 else min(1.0, (step + 1) / self.steps)
+
+
+def _forward_state(
+    model: torch.nn.Module, discriminator: torch.nn.Module | None
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``(tensor, copy)`` pairs of the state a training forward pass may rewrite in place: every buffer of the
+    autoencoder and of the discriminator, and the quantizer's parameters (EMA codebooks are set, not stepped)."""
+    quantizer = getattr(model, "quantize", None)
+    gen = list(model.buffers()) + ([p.data for p in quantizer.parameters()] if quantizer is not None else [])
+    disc = list(discriminator.buffers()) if discriminator is not None else []
+    return [(t, t.detach().clone()) for t in gen], [(t, t.detach().clone()) for t in disc]
+
+
+@torch.no_grad()
+def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for tensor, copy in saved:
+        tensor.copy_(copy)
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
