@@ -1,0 +1,290 @@
+"""A learned projection of a tokenizer's latents to ``N`` channels, for downstream models that expect a fixed
+channel count (seed 004's "option A": a flow-matching model that reads 4-channel latents from a 256-channel
+VQGAN).
+
+``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)`` and ``unproject`` maps back, so that samples of the
+downstream model are decoded by ``tokenizer.decode(projection.unproject(p))``. The projection is fitted after
+stage 1 on a reconstruction objective through the decoder::
+
+    loss = || D(up(down(z))) - x ||^2  +  latent_weight * || up(down(z)) - z ||^2
+
+with ``z`` the tokenizer's quantized (or continuous) latents of images ``x`` and ``D`` its frozen decoder;
+``down`` and ``up`` start from the principal components of ``z`` (the best linear ``N``-channel reconstruction of
+the latents), and the image term then spends the ``N`` channels on what the decoder needs. With
+``train_decoder=True`` the decoder (and ``post_quant_conv``) is trained jointly with the projection, so it adapts
+to the bottleneck; the encoder and codebook stay fixed, so code indices don't change.
+
+Saved files (:func:`save_projection`)::
+
+    projection/
+      projection.json           {"in_channels": 256, "out_channels": 4, "kernel_size": 1,
+                                 "source": "quantized", "fit": {"steps": 2000, "final_loss": ...,
+                                 "psnr_through_projection": ..., ...}}
+      projection.safetensors    down.weight (N, D, k, k), down.bias (N,), up.weight (D, N, k, k), up.bias (D,),
+                                mean (N,), std (N,)   per-channel statistics of the projected training latents;
+                                                      ``normalize(p) = (p - mean) / std`` for the flow model
+      decoder/                  (only with train_decoder=True) the tokenizer with its fine-tuned decoder,
+                                our folder format (config.json + model.safetensors)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vqgan.interop.common import ConversionError
+
+PROJECTION_CONFIG = "projection.json"
+PROJECTION_WEIGHTS = "projection.safetensors"
+
+
+@dataclass
+class ProjectionConfig:
+    """Shape of a :class:`LatentProjection`.
+
+    Attributes:
+        in_channels: channels of the tokenizer's latents (``embed_dim``).
+        out_channels: channels the downstream model expects (``N``).
+        kernel_size: 1 (a per-position linear map) or an odd size (a conv that also mixes neighbours).
+        source: which latents are projected: ``quantized`` (the code vectors the decoder reads) or
+            ``continuous`` (the encoder output before quantization).
+    """
+
+    in_channels: int
+    out_channels: int = 4
+    kernel_size: int = 1
+    source: Literal["quantized", "continuous"] = "quantized"
+
+
+class LatentProjection(nn.Module):
+    """``down: D -> N`` and ``up: N -> D`` convolutions, with per-channel statistics of the projected latents."""
+
+    def __init__(self, config: ProjectionConfig):
+        super().__init__()
+        if config.kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size={config.kernel_size} must be odd")
+        if config.source not in ("quantized", "continuous"):
+            raise ValueError(f"source={config.source!r}: choose 'quantized' or 'continuous'")
+        self.config = config
+        d, n, k = config.in_channels, config.out_channels, config.kernel_size
+        self.down = nn.Conv2d(d, n, k, padding=k // 2)
+        self.up = nn.Conv2d(n, d, k, padding=k // 2)
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("std", torch.ones(n))
+
+    def project(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(B, D, h, w) -> (B, N, h, w)``."""
+        return self.down(latents)
+
+    def unproject(self, projected: torch.Tensor) -> torch.Tensor:
+        """``(B, N, h, w) -> (B, D, h, w)``, ready for ``tokenizer.decode``."""
+        return self.up(projected)
+
+    def normalize(self, projected: torch.Tensor) -> torch.Tensor:
+        """Zero-mean, unit-variance channels (statistics of the fit data)."""
+        return (projected - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def denormalize(self, normalized: torch.Tensor) -> torch.Tensor:
+        return normalized * self.std[:, None, None] + self.mean[:, None, None]
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.unproject(self.project(latents))
+
+    @torch.no_grad()
+    def init_pca(self, latents: torch.Tensor) -> None:
+        """Start at the top-``N`` principal components of ``latents`` (centre tap only for ``kernel_size > 1``):
+        the best linear reconstruction of the latents through ``N`` channels."""
+        d, n = self.config.in_channels, self.config.out_channels
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, d).double()
+        mu = flat.mean(0)
+        _, _, vh = torch.linalg.svd(flat - mu, full_matrices=False)
+        v = vh[: min(n, vh.shape[0])].T  # (D, n')
+        if v.shape[1] < n:  # fewer samples or dims than N: pad with orthogonal random directions
+            extra = torch.linalg.qr(torch.randn(d, n, dtype=torch.float64))[0][:, v.shape[1] :]
+            v = torch.cat([v, extra], 1)
+        c = self.config.kernel_size // 2
+        self.down.weight.zero_()
+        self.up.weight.zero_()
+        self.down.weight[:, :, c, c] = v.T.float()
+        self.down.bias.copy_((-(v.T @ mu)).float())
+        self.up.weight[:, :, c, c] = v.float()
+        self.up.bias.copy_(mu.float())
+
+
+def source_latents(model: nn.Module, images: torch.Tensor, source: str) -> torch.Tensor:
+    """The tokenizer latents a projection reads: ``quantized`` codes or ``continuous`` encoder outputs."""
+    enc = model.encode(images)
+    return enc.quantized if source == "quantized" else enc.latents
+
+
+def projection_loss(
+    model: nn.Module, projection: LatentProjection, images: torch.Tensor, latent_weight: float = 0.1
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Reconstruction through the projection and the decoder, plus a latent reconstruction term. Pure: images in,
+    ``(loss, logs)`` out. The tokenizer's encoder runs without gradients."""
+    with torch.no_grad():
+        z = source_latents(model, images, projection.config.source)
+    z_hat = projection(z)
+    rec = F.mse_loss(model.decode(z_hat), images)
+    lat = F.mse_loss(z_hat, z)
+    return rec + latent_weight * lat, {"rec_mse": rec.detach(), "latent_mse": lat.detach()}
+
+
+@dataclass
+class ProjectionFit:
+    """Result of :func:`fit_projection`: the projection, the loss per step and summary figures."""
+
+    projection: LatentProjection
+    history: list[float] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _images(batch: Any) -> torch.Tensor:
+    if isinstance(batch, dict):
+        return batch["image"]
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    return batch
+
+
+def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
+    while True:
+        empty = True
+        for b in batches:
+            empty = False
+            yield _images(b)
+        if empty:
+            raise ValueError("fit_projection: no batches")
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def fit_projection(
+    model: nn.Module,
+    batches: Iterable[Any],
+    out_channels: int = 4,
+    steps: int = 500,
+    lr: float = 1e-3,
+    kernel_size: int = 1,
+    source: Literal["quantized", "continuous"] = "quantized",
+    latent_weight: float = 0.1,
+    train_decoder: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+) -> ProjectionFit:
+    """Fit a :class:`LatentProjection` to a tokenizer (see the module docstring for the objective).
+
+    Args:
+        model: the tokenizer (:class:`~vqgan.models.VQModel`); frozen except, with ``train_decoder``, its decoder
+            and ``post_quant_conv``.
+        batches: an iterable of image batches in [-1, 1] (tensors, ``(images, ...)`` tuples or dicts with
+            ``image``), e.g. a DataLoader; cycled until ``steps``.
+        out_channels: ``N``.
+        steps, lr: Adam steps and learning rate.
+        kernel_size, source: see :class:`ProjectionConfig`.
+        latent_weight: weight of the latent reconstruction term.
+        train_decoder: train the decoder jointly with the projection.
+        device: where to run.
+        seed: seed of the initialisation.
+    """
+    torch.manual_seed(seed)
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params_dec: list[nn.Parameter] = []
+    if train_decoder:
+        for mod in (model.decoder, model.post_quant_conv):
+            for p in mod.parameters():
+                p.requires_grad_(True)
+                params_dec.append(p)
+    d = model.config.embed_dim
+    proj = LatentProjection(ProjectionConfig(d, out_channels, kernel_size, source)).to(device)
+    it = _cycle(batches)
+    first = next(it).to(device)
+    with torch.no_grad():
+        z0 = source_latents(model, first, source)
+    proj.init_pca(z0)
+    opt = torch.optim.Adam([*proj.parameters(), *params_dec], lr=lr)
+    history: list[float] = []
+    with torch.no_grad():
+        initial, _ = projection_loss(model, proj, first, latent_weight)
+    images = first
+    for step in range(steps):
+        if step:
+            images = next(it).to(device)
+        loss, _ = projection_loss(model, proj, images, latent_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    proj.eval()
+    with torch.no_grad():
+        final, logs = projection_loss(model, proj, first, latent_weight)
+        z = source_latents(model, first, source)
+        p = proj.project(z)
+        proj.mean.copy_(p.mean((0, 2, 3)))
+        proj.std.copy_(p.std((0, 2, 3)).clamp_min(1e-6))
+        summary = {
+            "steps": steps,
+            "lr": lr,
+            "latent_weight": latent_weight,
+            "train_decoder": train_decoder,
+            "initial_loss": float(initial),
+            "final_loss": float(final),
+            "psnr_tokenizer": _psnr(model.decode(z), first),
+            "psnr_through_projection": _psnr(model.decode(proj(z)), first),
+            "latent_mse": float(logs["latent_mse"]),
+        }
+    return ProjectionFit(proj, history, summary)
+
+
+def save_projection(
+    projection: LatentProjection, directory: str | Path, summary: dict[str, Any] | None = None,
+    model: nn.Module | None = None,
+) -> Path:
+    """Write ``projection.json`` and ``projection.safetensors`` (and ``decoder/`` when ``model`` is given: the
+    tokenizer whose decoder was trained jointly)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {**asdict(projection.config), "fit": summary or {}}
+    (directory / PROJECTION_CONFIG).write_text(json.dumps(meta, indent=2))
+    state = {k: v.detach().contiguous().cpu() for k, v in projection.state_dict().items()}
+    save_file(state, str(directory / PROJECTION_WEIGHTS), metadata={"library": "vqgan", "kind": "latent-projection"})
+    if model is not None:
+        from vqgan.models.pretrained import save_pretrained
+
+        save_pretrained(model, directory / "decoder")
+    return directory
+
+
+def load_projection(directory: str | Path, map_location: str = "cpu") -> LatentProjection:
+    """Read a folder written by :func:`save_projection` (JSON + safetensors; no code is executed)."""
+    directory = Path(directory)
+    cfg_path, weights = directory / PROJECTION_CONFIG, directory / PROJECTION_WEIGHTS
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: a projection folder holds {PROJECTION_CONFIG} and {PROJECTION_WEIGHTS}")
+    meta = json.loads(cfg_path.read_text())
+    meta.pop("fit", None)
+    try:
+        config = ProjectionConfig(**meta)
+    except TypeError as e:
+        raise ConversionError(f"{cfg_path}: {e}") from None
+    proj = LatentProjection(config)
+    proj.load_state_dict(load_file(str(weights), device=map_location), strict=True)
+    return proj.eval()
