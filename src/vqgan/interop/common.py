@@ -54,6 +54,13 @@ def _stand_in(full_name: str) -> type:
     return type(name or full_name, (StandIn,), {"__module__": f"standin.{module}", "_name": full_name})
 
 
+def _reason(e: Exception) -> str:
+    """The informative line of torch's weights-only error (it starts with generic advice)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation"))]
+    return (useful or lines or ["unpickling error"])[0]
+
+
 def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, with clear errors.
 
@@ -75,7 +82,7 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_error = str(e).splitlines()[0]
+        first_error = _reason(e)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise ConversionError(f"{path} is corrupt or not a PyTorch file: {str(e).splitlines()[0]}") from None
     try:
@@ -99,7 +106,7 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ConversionError(f"refusing to load {path} even with stand-ins: {str(e).splitlines()[0]}") from None
+        raise ConversionError(f"refusing to load {path} even with stand-ins: {_reason(e)}") from None
 
 
 def tensors_only(state: dict[str, Any]) -> dict[str, torch.Tensor]:
