@@ -1,0 +1,275 @@
+"""Token shards: a dataset encoded once by a stage-1 tokenizer, for training stage-2 priors without running the
+tokenizer again.
+
+A token folder holds ``manifest.json`` and shards ``shard_NNNNN.safetensors`` (or ``shard_NNNNN.indices.npy`` /
+``.labels.npy`` / ``.latents.npy`` with ``format="npy"``). Shard ``i`` always holds items ``[i S, (i + 1) S)`` of
+the (deterministically ordered) source dataset, is written atomically, and is recorded in the manifest only once
+complete, so an interrupted encoding resumes at the first missing shard. Each shard holds
+
+- ``indices``: code indices ``(n, h, w)`` (int16 when the codebook has at most 32767 codes, else int32), and/or
+- ``latents``: quantized or continuous latents ``(n, C, h, w)`` (float32), for downstream models;
+- ``labels``: ``(n,)`` int64 class labels, ``-1`` for unlabelled items.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_NAME = "vqgan-tokens"
+What = Literal["indices", "quantized", "continuous"]
+
+
+class TokenFolderError(ValueError):
+    """A token folder that is missing, incomplete or inconsistent with what is asked of it."""
+
+
+@dataclass
+class TokenManifest:
+    """Description of a token folder (``manifest.json``).
+
+    Attributes:
+        what: ``indices`` (code indices), ``quantized`` or ``continuous`` (latents before quantization).
+        num_items: number of items of the source dataset (the folder is complete when all are written).
+        shard_size: items per shard.
+        codebook_size: the tokenizer's number of codes (the prior's vocabulary).
+        token_shape: ``[h, w]`` of one token map (``[C, h, w]`` of one latent for latents).
+        num_classes: number of classes of the labels (0: unlabelled).
+        class_names: names of the classes, when known.
+        file_format: ``safetensors`` or ``npy``.
+        source: free-form provenance (tokenizer checkpoint, data config).
+        shards: ``{"file": stem, "count": n}`` of every completed shard, in order.
+    """
+
+    what: str = "indices"
+    num_items: int = 0
+    shard_size: int = 1024
+    codebook_size: int = 0
+    token_shape: list[int] = field(default_factory=list)
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+    file_format: str = "safetensors"
+    source: dict[str, Any] = field(default_factory=dict)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    format: str = FORMAT_NAME
+    version: int = 1
+
+    @property
+    def num_shards(self) -> int:
+        return (self.num_items + self.shard_size - 1) // self.shard_size
+
+    @property
+    def complete(self) -> bool:
+        return len(self.shards) == self.num_shards
+
+    @property
+    def num_written(self) -> int:
+        return sum(s["count"] for s in self.shards)
+
+
+def read_manifest(root: str | Path) -> TokenManifest:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise TokenFolderError(f"{path} not found: is {root} a token folder written by `vqgan encode`?")
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT_NAME:
+        raise TokenFolderError(f"{path} is not a {FORMAT_NAME} manifest")
+    known = {f for f in TokenManifest.__dataclass_fields__}
+    return TokenManifest(**{k: v for k, v in data.items() if k in known})
+
+
+def _write_manifest(root: Path, manifest: TokenManifest) -> None:
+    tmp = root / f".{MANIFEST}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps({**asdict(manifest), "complete": manifest.complete}, indent=2))
+    os.replace(tmp, root / MANIFEST)
+
+
+def _save_shard(root: Path, stem: str, arrays: dict[str, torch.Tensor], file_format: str) -> None:
+    """Write one shard atomically (temporary name, then rename)."""
+    arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
+    if file_format == "safetensors":
+        from safetensors.torch import save_file
+
+        tmp = root / f".{stem}.safetensors.tmp"
+        save_file(arrays, str(tmp), metadata={"library": "vqgan"})
+        os.replace(tmp, root / f"{stem}.safetensors")
+    elif file_format == "npy":
+        for k, v in arrays.items():
+            tmp = root / f".{stem}.{k}.npy.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, v.numpy(), allow_pickle=False)
+            os.replace(tmp, root / f"{stem}.{k}.npy")
+    else:
+        raise ValueError(f"file_format={file_format!r}; choose safetensors or npy")
+
+
+def load_shard(root: str | Path, stem: str, file_format: str) -> dict[str, torch.Tensor]:
+    """The arrays of one shard (no code is executed: safetensors, or ``np.load(allow_pickle=False)``)."""
+    root = Path(root)
+    if file_format == "safetensors":
+        from safetensors.torch import load_file
+
+        path = root / f"{stem}.safetensors"
+        if not path.is_file():
+            raise TokenFolderError(f"shard {path} listed in the manifest is missing")
+        return load_file(str(path))
+    out = {}
+    for path in sorted(root.glob(f"{stem}.*.npy")):
+        out[path.name[len(stem) + 1 : -4]] = torch.from_numpy(np.load(path, allow_pickle=False))
+    if not out:
+        raise TokenFolderError(f"shard {root / stem}.*.npy listed in the manifest is missing")
+    return out
+
+
+def _index_dtype(codebook_size: int) -> torch.dtype:
+    return torch.int16 if codebook_size <= 32767 else torch.int32
+
+
+@torch.no_grad()
+def encode_dataset(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    output: str | Path,
+    what: What = "indices",
+    shard_size: int = 1024,
+    batch_size: int = 64,
+    file_format: Literal["safetensors", "npy"] = "safetensors",
+    device: str = "cpu",
+    num_workers: int = 0,
+    source: dict[str, Any] | None = None,
+    progress: bool = True,
+    max_shards: int | None = None,
+) -> TokenManifest:
+    """Encode every item of ``dataset`` (dicts with ``image`` and optionally ``label``) with a stage-1
+    ``model`` (:class:`~vqgan.models.VQModel`) into a token folder; resume an interrupted run of the same settings.
+
+    Args:
+        what: ``indices`` (code indices, for priors), ``quantized`` (quantized latents) or ``continuous``
+            (encoder latents before quantization).
+        shard_size: items per shard (the unit of resumption).
+        max_shards: stop after writing this many new shards (for tests of resumption).
+
+    Returns:
+        the manifest (``manifest.complete`` tells whether every shard is written).
+    """
+    from tqdm.auto import tqdm
+
+    root = Path(output)
+    root.mkdir(parents=True, exist_ok=True)
+    if what not in ("indices", "quantized", "continuous"):
+        raise ValueError(f"what={what!r}; choose indices, quantized or continuous")
+    model = model.to(device).eval()
+    codebook_size = int(model.quantize.codebook_size)
+    n = len(dataset)
+    classes = list(getattr(dataset, "classes", []) or [])
+    expected = dict(what=what, num_items=n, shard_size=shard_size, codebook_size=codebook_size, file_format=file_format)
+    if (root / MANIFEST).is_file():
+        manifest = read_manifest(root)
+        have = {k: getattr(manifest, k) for k in expected}
+        if have != expected:
+            raise TokenFolderError(
+                f"{root} already holds tokens written with other settings {have}; asked for {expected}. "
+                "Use another output folder."
+            )
+        if manifest.shards:
+            log.info("resuming: %d of %d shards already written in %s", len(manifest.shards), manifest.num_shards, root)
+    else:
+        manifest = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=dict(source or {}))
+    done = len(manifest.shards)
+    written = 0
+    bar = tqdm(total=n, initial=manifest.num_written, desc=f"encode {what}", unit="img", disable=not progress)
+    max_label = -1
+    for s in range(done, manifest.num_shards):
+        if max_shards is not None and written >= max_shards:
+            break
+        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+        subset = torch.utils.data.Subset(dataset, range(lo, hi))
+        parts: dict[str, list[torch.Tensor]] = {"labels": [], what: []}
+        for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+            x = batch["image"].to(device)
+            labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
+            parts["labels"].append(labels.long().cpu())
+            enc = model.encode(x)
+            if what == "indices":
+                if enc.indices.dim() != 3:
+                    raise TokenFolderError(
+                        f"indices of shape {tuple(enc.indices.shape)}: the priors model one index per position; "
+                        "multi-stage (residual) codes are not supported for `what=indices`"
+                    )
+                parts[what].append(enc.indices.to(_index_dtype(codebook_size)).cpu())
+            else:
+                parts[what].append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
+            bar.update(x.shape[0])
+        arrays = {("indices" if what == "indices" else "latents"): torch.cat(parts[what]), "labels": torch.cat(parts["labels"])}
+        max_label = max(max_label, int(arrays["labels"].max()))
+        stem = f"shard_{s:05d}"
+        _save_shard(root, stem, arrays, file_format)
+        if not manifest.token_shape:
+            manifest.token_shape = list(arrays["indices" if what == "indices" else "latents"].shape[1:])
+        if not manifest.class_names and max_label + 1 > manifest.num_classes:
+            manifest.num_classes = max_label + 1
+        manifest.shards.append({"file": stem, "count": hi - lo})
+        _write_manifest(root, manifest)
+        written += 1
+    bar.close()
+    return manifest
+
+
+class TokenDataset(Dataset):
+    """Items of a complete token folder: ``{"tokens": (h, w) int64, "label": int64}`` (or ``{"latents":
+    (C, h, w), "label"}`` for latent folders). Everything is loaded into memory once (token maps are small).
+
+    Args:
+        root: the folder written by :func:`encode_dataset`.
+        indices: optional subset (positions into the folder's items), e.g. a train/validation split.
+        allow_incomplete: read the shards written so far of an unfinished folder.
+    """
+
+    def __init__(self, root: str | Path, indices: Iterable[int] | None = None, allow_incomplete: bool = False):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        m = self.manifest
+        if not m.complete and not allow_incomplete:
+            raise TokenFolderError(
+                f"{self.root} is incomplete ({len(m.shards)} of {m.num_shards} shards): run the same "
+                "`vqgan encode` command again to finish it"
+            )
+        if not m.shards:
+            raise TokenFolderError(f"{self.root} holds no shards")
+        key = "indices" if m.what == "indices" else "latents"
+        data, labels = [], []
+        for s in m.shards:
+            arrays = load_shard(self.root, s["file"], m.file_format)
+            data.append(arrays[key])
+            labels.append(arrays["labels"])
+        self.key = "tokens" if key == "indices" else "latents"
+        self.data = torch.cat(data)
+        self.data = self.data.long() if key == "indices" else self.data.float()
+        self.labels = torch.cat(labels).long()
+        self.indices = None if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.data) if self.indices is None else len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        j = i if self.indices is None else int(self.indices[i])
+        return {self.key: self.data[j], "label": self.labels[j]}
+
+    def code_histogram(self) -> torch.Tensor:
+        """Counts of every code over the (subset of the) folder's token maps."""
+        if self.key != "tokens":
+            raise TokenFolderError("code histograms exist only for index folders")
+        data = self.data if self.indices is None else self.data[self.indices]
+        return torch.bincount(data.flatten(), minlength=self.manifest.codebook_size)

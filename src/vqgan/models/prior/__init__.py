@@ -1,0 +1,51 @@
+"""Stage-2 priors over a tokenizer's code indices: an autoregressive GPT and MaskGIT, both class-conditional with
+classifier-free guidance. :func:`build_prior` maps a :class:`PriorModelConfig` to the model."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vqgan.models.prior.config import (
+    PriorDataConfig,
+    PriorExperimentConfig,
+    PriorModelConfig,
+    PriorTrainConfig,
+    get_prior_preset,
+    list_prior_presets,
+    load_prior_config,
+    register_prior_preset,
+)
+from vqgan.models.prior.gpt import GPTPrior
+from vqgan.models.prior.maskgit import MaskGITPrior, cosine_schedule, masked_counts
+from vqgan.models.prior.sampling import PriorOutput, classifier_free_guidance, filter_logits, sample_logits
+
+PRIORS: dict[str, type[nn.Module]] = {"gpt": GPTPrior, "maskgit": MaskGITPrior}
+
+
+def build_prior(config: PriorModelConfig) -> GPTPrior | MaskGITPrior:
+    """The prior of kind ``config.kind``."""
+    if config.kind not in PRIORS:
+        raise ValueError(f"model.kind={config.kind!r}; choose one of {sorted(PRIORS)}")
+    return PRIORS[config.kind](config)
+
+
+__all__ = [
+    "GPTPrior",
+    "MaskGITPrior",
+    "PRIORS",
+    "PriorDataConfig",
+    "PriorExperimentConfig",
+    "PriorModelConfig",
+    "PriorOutput",
+    "PriorTrainConfig",
+    "build_prior",
+    "classifier_free_guidance",
+    "cosine_schedule",
+    "filter_logits",
+    "get_prior_preset",
+    "list_prior_presets",
+    "load_prior_config",
+    "masked_counts",
+    "register_prior_preset",
+    "sample_logits",
+]

@@ -1,0 +1,177 @@
+"""MaskGIT: a bidirectional transformer trained to predict masked code indices, decoded in a few parallel steps
+(Chang et al. 2022, "MaskGIT: Masked Generative Image Transformer", https://arxiv.org/abs/2202.04200).
+
+Training masks a random share ``gamma(r)`` of the tokens, ``r ~ U(0, 1)``, with the cosine schedule
+``gamma(r) = cos(pi r / 2)`` (section 3.3), and scores only the masked positions. Decoding starts from an all-masked
+map; at step ``t`` of ``T`` every masked token is sampled, and the ``ceil``-free count ``floor(N gamma((t+1)/T))``
+of least confident new tokens is masked again (section 3.2, with the Gumbel-noised confidences of the reference
+implementation, annealed to zero). Classes and classifier-free guidance work as for the GPT prior.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqgan.models.prior.config import PriorModelConfig
+from vqgan.models.prior.sampling import (
+    PriorOutput,
+    classifier_free_guidance,
+    filter_logits,
+    sample_logits,
+    token_accuracy,
+)
+from vqgan.models.prior.transformer import Transformer
+
+
+def cosine_schedule(r: torch.Tensor | float) -> torch.Tensor:
+    """Share of masked tokens ``cos(pi r / 2)`` at progress ``r`` in [0, 1] (1 at the start, 0 at the end)."""
+    return torch.cos(torch.as_tensor(r, dtype=torch.float64) * math.pi / 2)
+
+
+def masked_counts(num_tokens: int, steps: int) -> list[int]:
+    """Number of tokens still masked after each of ``steps`` decoding steps: ``floor(N cos(pi/2 (t+1)/T))``,
+    forced to fall by at least one per step (so no step is wasted) and to end at 0."""
+    if not 1 <= steps <= num_tokens:
+        raise ValueError(f"steps={steps} must be between 1 and the number of tokens {num_tokens}")
+    counts, prev = [], num_tokens
+    for t in range(steps):
+        n = int(math.floor(num_tokens * float(cosine_schedule((t + 1) / steps)) + 1e-9))
+        # Leave at least one token for each remaining step, and unmask at least one now.
+        n = max(min(n, prev - 1), steps - 1 - t)
+        counts.append(n)
+        prev = n
+    return counts
+
+
+class MaskGITPrior(nn.Module):
+    """Bidirectional transformer over ``[class, t_0, ..., t_{N-1}]`` where any ``t_i`` may be the mask token
+    (index ``vocab_size``); outputs logits over the ``vocab_size`` codes at every map position."""
+
+    def __init__(self, config: PriorModelConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.mask_token = config.vocab_size
+        self.transformer = Transformer(
+            config, causal=False, input_vocab=config.vocab_size + 1, max_len=config.num_tokens + 1
+        )
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.init_weights()
+        nn.init.normal_(self.head.weight, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        null = torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)
+        if labels is None:
+            return null
+        labels = labels.to(device=device, dtype=torch.long)
+        return torch.where(labels < 0, null, labels)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> PriorOutput:
+        """Logits ``(B, N, vocab_size)`` of every position of a (partly masked) map ``tokens`` ``(B, N)``.
+
+        With ``targets`` (and the boolean ``mask`` of positions to score; all when None), also the loss and the
+        accuracy over those positions.
+        """
+        tokens = tokens.flatten(1)
+        x = self.transformer.embed(tokens, self._labels(labels, tokens.shape[0], tokens.device), start=0)
+        logits = self.head(self.transformer(x)[:, 1:])
+        if targets is None:
+            return PriorOutput(logits)
+        targets = targets.flatten(1)
+        m = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.flatten(1)
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        loss = (ce * m).sum() / m.sum().clamp_min(1)
+        return PriorOutput(logits, loss, token_accuracy(logits.detach(), targets, m.float()))
+
+    def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Boolean ``(B, N)`` masks with ``ceil(N cos(pi r / 2))`` (at least one) random positions, ``r ~ U(0,1)``."""
+        n = self.config.num_tokens
+        r = torch.rand(batch, generator=generator, device=device)
+        k = torch.ceil(n * cosine_schedule(r).to(device)).long().clamp(1, n)
+        ranks = torch.rand(batch, n, generator=generator, device=device).argsort(-1).argsort(-1)
+        return ranks < k[:, None]
+
+    def training_loss(
+        self, tokens: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> PriorOutput:
+        """Cross-entropy on a random cosine-scheduled share of masked positions; labels dropped to the null class
+        with probability ``cond_dropout`` in training mode."""
+        tokens = tokens.flatten(1)
+        b, dev = tokens.shape[0], tokens.device
+        labels = self._labels(labels, b, dev)
+        if self.training and self.config.cond_dropout > 0 and self.config.num_classes > 0:
+            u = torch.rand(b, generator=generator, device=dev)
+            labels = torch.where(u < self.config.cond_dropout, torch.full_like(labels, self.config.null_class), labels)
+        mask = self.random_mask(b, dev, generator)
+        inputs = tokens.masked_fill(mask, self.mask_token)
+        return self(inputs, labels, targets=tokens, mask=mask)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num: int | None = None,
+        labels: torch.Tensor | None = None,
+        steps: int = 8,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        choice_temperature: float = 4.5,
+        generator: torch.Generator | None = None,
+        return_history: bool = False,
+    ):
+        """Decode token maps ``(B, token_height, token_width)`` in ``steps`` parallel steps.
+
+        Args:
+            num, labels, temperature, top_k, top_p, cfg_scale, generator: as in :meth:`GPTPrior.generate`.
+            steps: decoding steps ``T`` (MaskGIT uses 8 to 12 for 16x16 maps).
+            choice_temperature: scale of the Gumbel noise added to the log-confidences when choosing which
+                tokens to mask again, annealed linearly to 0 (4.5 in the reference implementation).
+            return_history: also return the number of masked tokens after every step.
+        """
+        cfg = self.config
+        device = next(self.parameters()).device
+        if labels is None:
+            if num is None:
+                raise ValueError("give num (unconditional) or labels (class-conditional)")
+            labels = torch.full((num,), cfg.null_class, dtype=torch.long, device=device)
+        labels = self._labels(labels, labels.shape[0], device)
+        b, n = labels.shape[0], cfg.num_tokens
+        guided = cfg_scale != 1.0
+        all_labels = torch.cat([labels, torch.full_like(labels, cfg.null_class)]) if guided else labels
+        tokens = torch.full((b, n), self.mask_token, dtype=torch.long, device=device)
+        history = []
+        for t, n_mask in enumerate(masked_counts(n, steps)):
+            unknown = tokens == self.mask_token
+            logits = self(torch.cat([tokens, tokens]) if guided else tokens, all_labels).logits
+            if guided:
+                logits = classifier_free_guidance(logits[:b], logits[b:], cfg_scale)
+            sampled = sample_logits(filter_logits(logits, temperature, top_k, top_p), generator)
+            sampled = torch.where(unknown, sampled, tokens)
+            # Confidence = the model's (guided, unfiltered) probability of the sampled token, as in MaskGIT.
+            logp = logits.float().log_softmax(-1).gather(-1, sampled[..., None])[..., 0]
+            anneal = choice_temperature * (1.0 - (t + 1) / steps)
+            if anneal > 0:
+                u = torch.rand(b, n, generator=generator, device=generator.device if generator else device)
+                logp = logp + anneal * -torch.log(-torch.log(u.to(device).clamp(1e-20, 1.0 - 1e-7)))
+            confidence = torch.where(unknown, logp, torch.full_like(logp, float("inf")))
+            # Re-mask the n_mask least confident positions (known tokens have infinite confidence).
+            if n_mask > 0:
+                remask = confidence.argsort(-1)[:, :n_mask]
+                sampled = sampled.scatter(-1, remask, self.mask_token)
+            tokens = sampled
+            history.append(int((tokens == self.mask_token).sum(-1).max()))
+        out = tokens.view(b, cfg.token_height, cfg.token_width)
+        return (out, history) if return_history else out
