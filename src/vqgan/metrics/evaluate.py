@@ -77,6 +77,8 @@ def reconstruction_metrics(
         if "image" not in batch:
             continue
         x = batch["image"].to(device)
+        if x.dim() == 5 and not hasattr(model, "time_factor"):  # clips through an image tokenizer: frame by frame
+            x = x.transpose(1, 2).flatten(0, 1)
         out = model(x)
         rec = out.reconstruction.float()
         p_sum += float(psnr(x, rec).sum())
@@ -170,6 +172,9 @@ def evaluate_tokenizer(
             "backbone": getattr(lpips, "net", None),
             "backbone_weights": str(getattr(lpips, "weights_file", "")),
             "linear_layers": "lpips package v0.1 calibration weights",
+            "input": "images in [-1, 1] at their resolution"
+            + (f"; upsampled (bilinear) to a {lpips.min_side}-pixel shorter side, the backbone's minimum"
+               if hasattr(lpips, "min_side") and data.resolution < lpips.min_side else ""),
         }
     if fid is not None:
         protocol["rfid"] = {

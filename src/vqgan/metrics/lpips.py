@@ -14,7 +14,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vqgan.losses.perceptual import BACKBONE_FILES, LPIPS, resolve_backbone_file
+from vqgan.losses.perceptual import _TV_NAMES, BACKBONE_FILES, LPIPS, BackboneWeightsMissing, default_hub_dir
+
+
+def lpips_weights_help(net: str, path: str | None = None) -> str:
+    """How to get the LPIPS backbone file, for error messages."""
+    name, tv = BACKBONE_FILES[net], _TV_NAMES[net]
+    where = f"{path!r} does not exist. " if path else "no backbone weights file was given. "
+    return (
+        f"LPIPS ({net}) needs torchvision's ImageNet {tv} weights ({name}) and {where}"
+        f"On a machine with internet access run\n"
+        f"  python -c \"import torch, torchvision; torch.save(torchvision.models.{tv}(weights='DEFAULT').state_dict(), '{name}')\"\n"
+        f"copy the file here and pass --lpips-weights /path/to/{name} --lpips-net {net} (or put it in {default_hub_dir()}). "
+        "Nothing is downloaded at run time, and LPIPS is never computed with a random backbone."
+    )
+
+
+def resolve_lpips_weights(net: str, path: str | None) -> Path:
+    """The backbone file: ``path``, else torch's hub cache; raises :class:`BackboneWeightsMissing` naming it."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise BackboneWeightsMissing(lpips_weights_help(net, str(p)))
+        return p
+    cached = default_hub_dir() / BACKBONE_FILES[net]
+    if cached.is_file():
+        return cached
+    raise BackboneWeightsMissing(lpips_weights_help(net))
 
 
 class LPIPSMetric(nn.Module):
@@ -30,14 +56,29 @@ class LPIPSMetric(nn.Module):
         super().__init__()
         if net not in BACKBONE_FILES:
             raise ValueError(f"LPIPS backbone must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
-        self.weights_file = resolve_backbone_file(net, None if weights is None else str(weights))
+        self.weights_file = resolve_lpips_weights(net, None if weights is None else str(weights))
         self.net = net
         self.lpips = LPIPS(net, str(self.weights_file))
+
+    # Smallest image side the backbone's pooling stages accept (AlexNet's stride-4 stem and two 3x3/2 max-pools;
+    # VGG16's four 2x2 max-pools before relu5_3).
+    MIN_SIDE = {"alex": 32, "vgg": 16}
+
+    @property
+    def min_side(self) -> int:
+        return self.MIN_SIDE[self.net]
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.dim() == 5:  # videos (B, C, T, H, W): score frames, average per clip
             b = x.shape[0]
             x, y = (t.transpose(1, 2).flatten(0, 1) for t in (x, y))
-            return self.lpips(x.float().clamp(-1, 1), y.float().clamp(-1, 1)).view(b, -1).mean(1)
-        return self.lpips(x.float().clamp(-1, 1), y.float().clamp(-1, 1))
+            return self.forward(x, y).view(b, -1).mean(1)
+        x, y = x.float().clamp(-1, 1), y.float().clamp(-1, 1)
+        if min(x.shape[-2:]) < self.min_side:
+            # Too small for the backbone: upsample (bilinear) so the shorter side is min_side; the evaluation
+            # protocol records it.
+            f = self.min_side / min(x.shape[-2:])
+            size = (round(x.shape[-2] * f), round(x.shape[-1] * f))
+            x, y = (torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x, y))
+        return self.lpips(x, y)

@@ -40,10 +40,11 @@ def decode_code_patches(model: torch.nn.Module, codes: torch.Tensor, tokens: int
 
 def save_codebook_atlas(
     model: torch.nn.Module, path: str | Path, counts: np.ndarray | torch.Tensor | None = None, max_codes: int = 64,
-    tokens: int = 2, scale: int = 2,
+    tokens: int = 2, scale: int | None = None,
 ) -> tuple[Path, list[int]]:
     """A grid of decoded code patches (most used codes first when ``counts`` is given, else codes ``0..``), each
-    labelled with its index. Returns the path and the codes shown."""
+    labelled with its index, upscaled ``scale`` times (default: patches of at least 48 pixels). Returns the path
+    and the codes shown."""
     k = model.quantize.codebook_size
     if counts is not None:
         counts = torch.as_tensor(np.asarray(counts)).float()
@@ -55,6 +56,7 @@ def save_codebook_atlas(
     if patches.shape[1] == 1:
         patches = patches.expand(-1, 3, -1, -1)
     ncol = int(np.ceil(np.sqrt(len(codes))))
+    scale = scale or max(1, -(-48 // patches.shape[-1]))
     grid = make_grid(patches, nrow=ncol, padding=2, pad_value=1.0)
     img = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)

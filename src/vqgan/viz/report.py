@@ -27,6 +27,8 @@ main{padding:8px 28px 40px;max-width:1300px}
 h2{border-bottom:2px solid #d9dde3;padding-bottom:4px;margin-top:30px;font-size:18px}
 table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #d9dde3;padding:4px 10px;text-align:left}
 th{background:#eef0f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.tables{display:flex;flex-wrap:wrap;gap:22px;align-items:flex-start;margin-top:14px}
+.tables h3{font-size:15px;margin:6px 0}
 .grid{display:flex;flex-wrap:wrap;gap:18px}
 figure{margin:0;background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:10px;max-width:100%}
 figure img,figure video{max-width:100%;height:auto;display:block;image-rendering:pixelated}
@@ -108,9 +110,11 @@ def write_report(
     notes = list(notes)
     if notes:
         parts.append("".join(f"<div class='note'>{html.escape(n)}</div>" for n in notes))
-    for name, table in (metrics or {}).items():
-        if table:
-            parts.append(f"<h2>{html.escape(name)}</h2>{_table(table)}")
+    tables = [(name, table) for name, table in (metrics or {}).items() if table]
+    if tables:
+        parts.append("<div class='tables'>")
+        parts.extend(f"<section><h3>{html.escape(name)}</h3>{_table(table)}</section>" for name, table in tables)
+        parts.append("</div>")
     nav = " · ".join(f"<a href='#sec{i}'>{html.escape(s)}</a>" for i, s in enumerate(sections))
     if nav:
         parts.append(f"<p>{nav}</p>")
@@ -175,3 +179,61 @@ def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, o
     out = Path(output) if output else run_dir / "report.html"
     return write_report(out, title or f"vqgan run {run_dir.name}", figures, config_text, metrics, notes,
                         subtitle=str(run_dir.resolve()))
+
+
+# -- headless browser helpers (rendering checks and the README screenshot) -----------------------------------
+def find_browser() -> str | None:
+    """Path of a Chromium executable (Debian's ``chromium``, or ``chromium-browser`` / ``google-chrome``)."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    return None
+
+
+def _run_browser(browser: str, extra: list[str], timeout: float):
+    """Run headless Chromium with a throw-away profile (otherwise it writes into, and locks, the user's)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vqgan-chromium-") as profile:
+        args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+                f"--user-data-dir={profile}", "--no-first-run", "--virtual-time-budget=10000", *extra]
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def rendered_image_status(html_path: str | Path, browser: str | None = None, timeout: float = 120) -> tuple[int, int]:
+    """Open the page in headless Chromium and return ``(images loaded, images total)`` as counted by the page's
+    own script once loaded (see the module docstring)."""
+    import re
+
+    browser = browser or find_browser()
+    if browser is None:
+        raise FileNotFoundError("no Chromium executable found (apt-get install chromium)")
+    url = Path(html_path).resolve().as_uri()
+    res = _run_browser(browser, ["--dump-dom", url], timeout)
+    body = re.search(r"<body[^>]*>", res.stdout)
+    if body is None:
+        raise RuntimeError(f"Chromium rendered no <body> (exit {res.returncode}): {res.stderr[-500:]}")
+    loaded = re.search(r'data-images-loaded="(\d+)"', body.group(0))
+    total = re.search(r'data-images-total="(\d+)"', body.group(0))
+    if loaded is None or total is None:
+        raise RuntimeError("the page's load script did not run (no data-images-* attributes on <body>)")
+    return int(loaded.group(1)), int(total.group(1))
+
+
+def screenshot(html_path: str | Path, png_path: str | Path, width: int = 1280, height: int = 1600,
+               browser: str | None = None, timeout: float = 120) -> Path:
+    """A PNG screenshot of the top ``width x height`` pixels of the page, taken by headless Chromium."""
+    browser = browser or find_browser()
+    if browser is None:
+        raise FileNotFoundError("no Chromium executable found (apt-get install chromium)")
+    png_path = Path(png_path).resolve()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    res = _run_browser(browser, [f"--window-size={width},{height}", f"--screenshot={png_path}",
+                                 Path(html_path).resolve().as_uri()], timeout)
+    if not png_path.is_file():
+        raise RuntimeError(f"Chromium wrote no screenshot (exit {res.returncode}): {res.stderr[-500:]}")
+    return png_path

@@ -37,26 +37,34 @@ from vqgan.viz.plots import FigureRecord, diagnostics_figures, plot_usage_histog
 log = logging.getLogger(__name__)
 
 
+def is_video_model(model: torch.nn.Module) -> bool:
+    """A spatio-temporal tokenizer (encodes clips, not frames)."""
+    return hasattr(model, "time_factor")
+
+
 def _video_figures(model: torch.nn.Module, clips: torch.Tensor, out: Path, say: Callable[[str], None]) -> tuple[list[FigureRecord], str | None]:
-    """GIF and MP4 of clips ``(B, C, T, H, W)`` next to their reconstructions, through :mod:`vqgan.viz.video`."""
+    """MP4 and GIF of the first clip ``(C, T, H, W)`` next to its reconstruction, its frame grid and temporal
+    consistency, written by :mod:`vqgan.viz.video` (frame by frame for an image tokenizer)."""
     try:
-        from vqgan.viz import video as vv
+        from vqgan.models.video import reconstruct_video
+        from vqgan.viz.video import save_video_reconstruction
     except ImportError as e:
-        return [], f"video reconstructions skipped: vqgan.viz.video is not available ({e})"
-    writer = getattr(vv, "save_video_comparison", None) or getattr(vv, "save_reconstruction_video", None)
-    if writer is None:
-        return [], "video reconstructions skipped: vqgan.viz.video has no save_video_comparison()"
-    with torch.no_grad():
-        rec = model(clips).reconstruction.clamp(-1, 1)
-    records = []
-    for ext in ("gif", "mp4"):
-        try:
-            path = writer(clips.cpu(), rec.cpu(), out / f"video_reconstruction.{ext}")
-        except Exception as e:  # an mp4 encoder missing from the av build must not lose the other pictures
-            say(f"video reconstruction .{ext} not written: {e}")
-            continue
-        records.append(FigureRecord(f"video_{ext}", f"Video reconstructions ({ext.upper()})", str(path), "Video",
-                                    "originals (top) and reconstructions (bottom), frame by frame"))
+        return [], f"video reconstructions skipped: the video modules are not available ({e})"
+    clip = clips[0]
+    rec, _ = reconstruct_video(model, clip)
+    scale = max(1, 96 // clip.shape[-1])
+    try:
+        result = save_video_reconstruction(clip.cpu(), rec.clamp(-1, 1).cpu(), out, "video", scale=scale)
+    except Exception as e:  # e.g. a PyAV build without an H.264 encoder: keep the GIF and the other pictures
+        say(f"MP4 not written ({e}); writing the GIF only")
+        result = save_video_reconstruction(clip.cpu(), rec.clamp(-1, 1).cpu(), out, "video", scale=scale, formats=("gif",))
+    files = result["files"]
+    section, psnr_note = "Video", f"mean PSNR {result['psnr']:.2f} dB over {clip.shape[1]} frames"
+    records = [FigureRecord(f"video_{fmt}", f"Video reconstruction ({fmt.upper()})", files[fmt], section,
+                            f"original | reconstruction; {psnr_note}") for fmt in ("gif", "mp4") if fmt in files]
+    records.append(FigureRecord("video_frames", "Video frames", files["frames"], section, "originals (top), reconstructions with PSNR"))
+    records.append(FigureRecord("video_temporal", "Temporal consistency", files["temporal"], section,
+                                "per-frame PSNR, frame-to-frame change and flicker, x-t slices"))
     return records, None
 
 
@@ -93,13 +101,13 @@ def visualize_model(
 
     # 5. video clips, then their frames as images for everything else.
     if is_video:
-        recs, why = _video_figures(model, images[: min(4, len(images))], out, say)
+        recs, why = _video_figures(model, images[:1], out, say)
         records += recs
         if why:
             notes.append(why)
             say(why)
     frames = images.transpose(1, 2).flatten(0, 1) if is_video else images
-    if is_video and getattr(model.config, "dims", 2) == 3:
+    if is_video and is_video_model(model):
         frames = None  # a 3-D tokenizer does not encode single frames
         why = "image pictures (grids, latents, atlas) skipped: a spatio-temporal tokenizer encodes clips, not frames"
         notes.append(why)
@@ -138,12 +146,16 @@ def visualize_model(
         atlas, shown = save_codebook_atlas(model, out / "codebook_atlas.png", hist.cpu().numpy(), max_codes=atlas_codes)
         records.append(FigureRecord("atlas", "Codebook atlas", str(atlas), "Codebook",
                                     f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself"))
-        records.append(FigureRecord("token_map", "Token map", str(plot_token_map(frames[0], lat["index_maps"][0], out / "token_map.png", k)),
+        # The most textured images make the clearest token map and interpolation end points.
+        busy = frames.flatten(1).float().std(1).argsort(descending=True).tolist()
+        t0 = busy[0]
+        records.append(FigureRecord("token_map", "Token map", str(plot_token_map(frames[t0], lat["index_maps"][t0], out / "token_map.png", k)),
                                     "Codebook", "the code of every latent position over the image"))
         # 4. interpolation between two different samples.
-        j = len(frames) - 1 if len(frames) > 1 else 0
+        i0, i1 = busy[0], busy[1] if len(busy) > 1 else busy[0]
         records.append(FigureRecord("interpolation", "Latent interpolation",
-                                    str(save_interpolation(model, frames[0], frames[j], out / "interpolation.png", steps=8)),
+                                    str(save_interpolation(model, frames[i0], frames[i1], out / "interpolation.png", steps=8,
+                                                           scale=max(2, 96 // frames.shape[-1]))),
                                     "Latent space", "decodes of quantized linear interpolations of the encoder outputs of two images"))
     # 6. training diagnostics.
     if run_dir is not None:
