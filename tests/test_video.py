@@ -265,3 +265,54 @@ def test_train_frame_and_3d_tokenizers_two_steps_and_reconstruct(ucf, tmp_path):
         with Image.open(out / "v_Archery_g02_c01_compare.gif") as gif:
             assert gif.n_frames == frames
         assert (out / "v_Archery_g02_c01_temporal.png").stat().st_size > 1000
+
+
+# -- reconstruction output ----------------------------------------------------------------------------------------
+def test_write_video_round_trips_through_mp4_and_gif(tmp_path):
+    from PIL import Image
+
+    from vqgan.viz.video import write_video
+
+    t = torch.linspace(-0.8, 0.8, 5)
+    clip = t.view(1, 5, 1, 1).expand(3, 5, 10, 14).contiguous()  # uniform frames of increasing brightness
+    mp4 = write_video(clip, tmp_path / "c.mp4", fps=5)
+    arr, fps = decode_frames(mp4)
+    assert arr.shape == (5, 10, 14, 3) and fps == 5
+    expected = ((t + 1) * 127.5).numpy()
+    np.testing.assert_allclose(arr.reshape(5, -1).mean(1), expected, atol=3)
+    gif = write_video(clip[:1], tmp_path / "c.gif", fps=5, scale=2)
+    with Image.open(gif) as im:
+        assert im.n_frames == 5 and im.size == (28, 20)
+    with pytest.raises(ValueError, match="suffix"):
+        write_video(clip, tmp_path / "c.txt")
+
+
+def test_per_frame_psnr_and_temporal_consistency():
+    from vqgan.metrics.reconstruction import psnr
+    from vqgan.viz.video import per_frame_psnr, temporal_consistency
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 6, 8, 8, generator=g) * 1.6 - 0.8
+    noisy = x + 0.1 * torch.randn(x.shape, generator=g)
+    p = per_frame_psnr(x, noisy)
+    assert p.shape == (6,)
+    torch.testing.assert_close(p[2], psnr(x[:, 2][None], noisy[:, 2][None])[0])
+    # An error that is the same in every frame adds no flicker; independent noise per frame does.
+    shifted = x + 0.1
+    tc = temporal_consistency(x, shifted)
+    assert tc["flicker"].abs().max() < 1e-6
+    torch.testing.assert_close(tc["motion_original"], tc["motion_reconstruction"])
+    assert temporal_consistency(x, noisy)["flicker"].min() > 0.02
+
+
+def test_seed000_yaml_matches_its_preset_and_moving_digits_yaml_validates():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name, preset in (("ucf101_vqgan", "seed000-ucf101-vqgan"), ("moving_digits_video", "moving-digits-video3d")):
+        cfg, ref = load_config(root / f"{name}.yaml"), get_preset(preset)
+        ref.name = cfg.name
+        assert cfg == ref
+    m = get_preset("seed000-ucf101-vqgan").model
+    assert (m.ch, m.ch_mult, m.z_channels, m.embed_dim, m.quantizer.codebook_size) == (64, [1, 2, 4, 8], 32, 32, 512)
+    load_config(root / "moving_digits_video.yaml").validate()

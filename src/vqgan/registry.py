@@ -216,44 +216,16 @@ def _test_video3d() -> ExperimentConfig:
 
 @register_preset("moving-digits-video3d", "causal 3D tokenizer on synthetic moving digits (9x32x32, f4 t2, CPU-sized)")
 def _moving_digits_video3d() -> ExperimentConfig:
+    model = _moving_digits_video3d_model(16, 256)
     return ExperimentConfig(
-        model=_moving_digits_video3d_model(32, 256),
+        model=model,
+        # No perceptual loss (no backbone file needed) and the 3D PatchGAN only after step 5000: short CPU runs are
+        # pure VQ-VAE runs; longer ones switch the adversarial term on.
         loss=LossConfig(reconstruction="l1", perceptual="none", disc_weight=0.1, disc_start=5000),
-        discriminator=DiscriminatorConfig(n_layers=2, ch=32, norm="group", dims=3),
-        data=DataConfig(kind="moving_digits", resolution=32, channels=1, frames=9, batch_size=8, flip=False, val_size=32),
-        train=TrainConfig(max_steps=400, lr=1e-3, warmup_steps=20, val_every_n_steps=100, log_every_n_steps=10),
+        discriminator=DiscriminatorConfig(n_layers=2, ch=16, norm="group", dims=3),
+        data=DataConfig(kind="moving_digits", resolution=32, channels=1, frames=9, batch_size=4, flip=False, val_size=8),
+        train=TrainConfig(
+            max_steps=150, lr=2e-3, warmup_steps=10, val_every_n_steps=50, log_every_n_steps=10,
+            diagnostics_every_n_steps=25,
+        ),
     )
-
-
-# -- tiny presets for every quantizer kind (same tiny autoencoder as test-taming) ---------------------------------
-def _test_quantizer(quantizer: QuantizerConfig) -> ExperimentConfig:
-    cfg = _test_taming()
-    cfg.model.quantizer = quantizer
-    return cfg
-
-
-@register_preset("test-vq", "tiny VQGAN with a gradient-learned codebook, k-means init and restarts (32 codes)")
-def _test_vq() -> ExperimentConfig:
-    return _test_quantizer(QuantizerConfig(kind="vq", codebook_size=32, dead_code_threshold=0.01))
-
-
-@register_preset("test-fsq", "tiny VQGAN with finite scalar quantization (levels 4x4x2, 32 codes)")
-def _test_fsq() -> ExperimentConfig:
-    return _test_quantizer(QuantizerConfig(kind="fsq", levels=[4, 4, 2]))
-
-
-@register_preset("test-lfq", "tiny VQGAN with lookup-free quantization (5 bits, 32 codes)")
-def _test_lfq() -> ExperimentConfig:
-    return _test_quantizer(QuantizerConfig(kind="lfq", codebook_size=32))
-
-
-@register_preset("test-rvq", "tiny VQGAN with 2-stage residual EMA VQ (32 codes per stage)")
-def _test_rvq() -> ExperimentConfig:
-    return _test_quantizer(
-        QuantizerConfig(kind="residual", num_stages=2, stage_kind="ema", codebook_size=32, dead_code_threshold=0.01)
-    )
-
-
-@register_preset("test-simvq", "tiny VQGAN with SimVQ (frozen codebook, learned linear map, 32 codes)")
-def _test_simvq() -> ExperimentConfig:
-    return _test_quantizer(QuantizerConfig(kind="simvq", codebook_size=32))

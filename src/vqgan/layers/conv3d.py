@@ -34,14 +34,19 @@ class CausalConv3d(nn.Module):
         super().__init__()
         kt = kernel if time_kernel is None else time_kernel
         self.time_pad = kt - 1
-        self.spatial_pad = (0, 1, 0, 1) if spatial_stride == 2 else (kernel // 2,) * 4
-        self.conv = nn.Conv3d(in_channels, out_channels, (kt, kernel, kernel), stride=(time_stride, spatial_stride, spatial_stride))
+        self.asymmetric = spatial_stride == 2
+        # Symmetric zero padding is left to the convolution itself (no extra copy of the activations).
+        p = 0 if self.asymmetric else kernel // 2
+        self.conv = nn.Conv3d(
+            in_channels, out_channels, (kt, kernel, kernel), stride=(time_stride, spatial_stride, spatial_stride),
+            padding=(0, p, p),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_pad:
             x = torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
-        if any(self.spatial_pad):
-            x = F.pad(x, self.spatial_pad)
+        if self.asymmetric:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
