@@ -229,3 +229,37 @@ def _moving_digits_video3d() -> ExperimentConfig:
             diagnostics_every_n_steps=25,
         ),
     )
+
+
+# -- tiny presets for every quantizer kind (same tiny autoencoder as test-taming) ---------------------------------
+def _test_quantizer(quantizer: QuantizerConfig) -> ExperimentConfig:
+    cfg = _test_taming()
+    cfg.model.quantizer = quantizer
+    return cfg
+
+
+@register_preset("test-vq", "tiny VQGAN with a gradient-learned codebook, k-means init and restarts (32 codes)")
+def _test_vq() -> ExperimentConfig:
+    return _test_quantizer(QuantizerConfig(kind="vq", codebook_size=32, dead_code_threshold=0.01))
+
+
+@register_preset("test-fsq", "tiny VQGAN with finite scalar quantization (levels 4x4x2, 32 codes)")
+def _test_fsq() -> ExperimentConfig:
+    return _test_quantizer(QuantizerConfig(kind="fsq", levels=[4, 4, 2]))
+
+
+@register_preset("test-lfq", "tiny VQGAN with lookup-free quantization (5 bits, 32 codes)")
+def _test_lfq() -> ExperimentConfig:
+    return _test_quantizer(QuantizerConfig(kind="lfq", codebook_size=32))
+
+
+@register_preset("test-rvq", "tiny VQGAN with 2-stage residual EMA VQ (32 codes per stage)")
+def _test_rvq() -> ExperimentConfig:
+    return _test_quantizer(
+        QuantizerConfig(kind="residual", num_stages=2, stage_kind="ema", codebook_size=32, dead_code_threshold=0.01)
+    )
+
+
+@register_preset("test-simvq", "tiny VQGAN with SimVQ (frozen codebook, learned linear map, 32 codes)")
+def _test_simvq() -> ExperimentConfig:
+    return _test_quantizer(QuantizerConfig(kind="simvq", codebook_size=32))
