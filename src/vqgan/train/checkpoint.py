@@ -306,7 +306,7 @@ class GuardedModelCheckpoint(ModelCheckpoint):
     def _healthy(pl_module: L.LightningModule) -> bool:
         streak = getattr(pl_module, "counters", {}).get("nonfinite_streak", 0)
         if streak:
-            log.warning("not writing a checkpoint: the last %d step(s) were non-finite", streak)
+            log.debug("not writing a checkpoint: the last %d step(s) were non-finite", streak)
         return not streak
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
