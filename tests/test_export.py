@@ -1,0 +1,172 @@
+"""ONNX and TorchScript export of the encode / decode / decode_codes graphs, checked against PyTorch with
+onnxruntime at another batch size and resolution than the one traced (dynamic shapes); and the latent projection
+for downstream models (seed 004, option A)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vqgan.config import ModelConfig, QuantizerConfig
+from vqgan.interop.export import EncodeGraph, export_onnx, export_torchscript
+from vqgan.interop.projection import (
+    LatentProjection,
+    ProjectionConfig,
+    fit_projection,
+    load_projection,
+    save_projection,
+)
+from vqgan.models import VQModel
+
+IMAGE_ATOL = 1e-4  # fp32 onnxruntime kernels vs PyTorch's (measured ~5e-6)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU their synchronisation dominates."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(l2: bool = False, codebook_dim: int | None = None) -> VQModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=8, embed_dim=8,
+                      resolution=16, num_groups=8,
+                      quantizer=QuantizerConfig(kind="vq", codebook_size=32, kmeans_init=False, l2_normalize=l2,
+                                                codebook_dim=codebook_dim))
+    return VQModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    # Another batch size and resolution than the export's example (2 x 16 x 16): the graphs are dynamic.
+    return torch.rand(3, 3, 24, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def _reference(model, x):
+    with torch.no_grad():
+        enc = model.encode(x)
+        return enc, model.decode(enc.quantized), model.decode_codes(enc.indices)
+
+
+def _check_onnx(folder, model, x, graphs=("encode", "decode", "decode_codes")):
+    import onnxruntime as ort
+
+    enc, rec_q, rec_codes = _reference(model, x)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    run = {g: ort.InferenceSession(str(folder / f"{g}.onnx"), opts, providers=["CPUExecutionProvider"]) for g in graphs}
+    if "encode" in run:
+        latents, quantized, indices = run["encode"].run(None, {"image": x.numpy()})
+        np.testing.assert_allclose(latents, enc.latents.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(quantized, enc.quantized.numpy(), atol=1e-5, rtol=0)
+        assert indices.dtype == np.int64 and np.array_equal(indices, enc.indices.numpy())
+    if "decode" in run:
+        (image,) = run["decode"].run(None, {"quantized": enc.quantized.numpy()})
+        np.testing.assert_allclose(image, rec_q.numpy(), atol=IMAGE_ATOL, rtol=0)
+    if "decode_codes" in run:
+        (image,) = run["decode_codes"].run(None, {"indices": enc.indices.numpy()})
+        np.testing.assert_allclose(image, rec_codes.numpy(), atol=IMAGE_ATOL, rtol=0)
+        assert image.shape == x.shape
+
+
+def test_onnx_legacy_exporter_matches_pytorch(tmp_path, inputs):
+    model = _model(l2=True, codebook_dim=4)  # factorized, cosine lookup: the lookup path is in the graph
+    written = export_onnx(model, tmp_path, exporter="legacy")
+    assert sorted(written) == ["decode", "decode_codes", "encode"]
+    _check_onnx(tmp_path, model, inputs)
+    manifest = json.loads((tmp_path / "export.json").read_text())
+    assert manifest["format"] == "onnx" and manifest["downsample_factor"] == 2
+    assert manifest["outputs"]["encode"] == ["latents", "quantized", "indices"]
+    assert manifest["model_config"]["quantizer"]["codebook_dim"] == 4
+
+
+def test_onnx_dynamo_exporter_matches_pytorch(tmp_path, inputs):
+    pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript (in the test extra)")
+    model = _model()
+    export_onnx(model, tmp_path, exporter="dynamo", graphs=("encode",))
+    _check_onnx(tmp_path, model, inputs, graphs=("encode",))
+
+
+def test_encode_graph_equals_model_encode(inputs):
+    model = _model(l2=True)
+    latents, quantized, indices = EncodeGraph(model)(inputs)
+    enc = model.encode(inputs)
+    assert torch.equal(indices, enc.indices)
+    assert torch.equal(quantized, enc.quantized)
+
+
+def test_torchscript_export_via_cli(tmp_path, inputs, capsys):
+    from vqgan.cli import main
+
+    model = _model()
+    model.save_pretrained(str(tmp_path / "tok"))
+    rc = main(["export", "--ckpt", str(tmp_path / "tok"), "--format", "torchscript", "--output", str(tmp_path / "ts")])
+    assert rc == 0
+    enc, rec_q, rec_codes = _reference(model, inputs)
+    encode = torch.jit.load(str(tmp_path / "ts" / "encode.pt"))
+    latents, quantized, indices = encode(inputs)
+    torch.testing.assert_close(latents, enc.latents, atol=1e-6, rtol=0)
+    assert torch.equal(indices, enc.indices)
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "ts" / "decode.pt"))(quantized), rec_q, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "ts" / "decode_codes.pt"))(indices), rec_codes,
+                               atol=1e-5, rtol=0)
+    assert json.loads((tmp_path / "ts" / "export.json").read_text())["format"] == "torchscript"
+
+
+def test_export_rejects_bad_resolution(tmp_path):
+    with pytest.raises(ValueError, match="multiple of the downsampling factor"):
+        export_torchscript(_model(), tmp_path, resolution=15)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# latent projection (seed 004, option A)
+# --------------------------------------------------------------------------------------------------------------
+def test_projection_pca_init_is_exact_with_full_rank():
+    proj = LatentProjection(ProjectionConfig(in_channels=6, out_channels=6))
+    z = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(0))
+    proj.init_pca(z)
+    with torch.no_grad():
+        torch.testing.assert_close(proj(z), z, atol=1e-5, rtol=0)
+    # With fewer channels it keeps the principal subspace: rank-2 data (with an offset) is reconstructed exactly.
+    small = LatentProjection(ProjectionConfig(in_channels=6, out_channels=2))
+    basis = torch.randn(2, 6, generator=torch.Generator().manual_seed(1))
+    coeff = torch.randn(4, 5, 5, 2, generator=torch.Generator().manual_seed(2))
+    z2 = (coeff @ basis).permute(0, 3, 1, 2) + 0.5
+    small.init_pca(z2)
+    with torch.no_grad():
+        torch.testing.assert_close(small(z2), z2, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("train_decoder", [False, True])
+def test_fit_projection_lowers_the_loss_and_round_trips(tmp_path, train_decoder):
+    model = _model()
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.rand(4, 3, 16, 16, generator=g) * 2 - 1 for _ in range(2)]
+    before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    fit = fit_projection(model, batches, out_channels=2, steps=25, lr=3e-3, kernel_size=3,
+                         train_decoder=train_decoder)
+    s = fit.summary
+    assert s["final_loss"] < s["initial_loss"]
+    assert len(fit.history) == 25
+    changed = any(not torch.equal(before[k], v) for k, v in model.decoder.state_dict().items())
+    assert changed == train_decoder  # the decoder is frozen unless trained jointly
+    proj = fit.projection
+    with torch.no_grad():
+        p = proj.project(model.encode(batches[0]).quantized)
+    assert p.shape == (4, 2, 8, 8)
+    n = proj.normalize(p)
+    torch.testing.assert_close(n.mean((0, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(proj.denormalize(n), p, atol=1e-5, rtol=0)
+
+    save_projection(proj, tmp_path / "proj", s, model if train_decoder else None)
+    meta = json.loads((tmp_path / "proj" / "projection.json").read_text())
+    assert (meta["in_channels"], meta["out_channels"], meta["kernel_size"], meta["source"]) == (8, 2, 3, "quantized")
+    assert (tmp_path / "proj" / "decoder" / "model.safetensors").is_file() == train_decoder
+    back = load_projection(tmp_path / "proj")
+    assert all(torch.equal(a, b) for a, b in zip(proj.state_dict().values(), back.state_dict().values()))
