@@ -39,6 +39,15 @@ def load_model(path, map_location: str = "cpu"):
     return _load(path, map_location)
 
 
+def load_pretrained(path, **kwargs):
+    """Load a tokenizer from any supported format: our folder or training ``.ckpt``, a diffusers ``VQModel``
+    folder, a taming-transformers ``.ckpt`` (+ YAML), a LlamaGen ``.pt``; see :func:`vqgan.interop.load_pretrained`
+    for the options. Returns our :class:`VQModel` in eval mode. No code from the file is executed."""
+    from vqgan.interop import load_pretrained as _load
+
+    return _load(path, **kwargs)
+
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -63,5 +72,6 @@ __all__ = [
     "list_presets",
     "load_config",
     "load_model",
+    "load_pretrained",
     "register_preset",
 ]
