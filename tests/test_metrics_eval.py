@@ -235,8 +235,9 @@ def test_evaluate_command_writes_metrics_and_protocol(tiny_model, tmp_path, alex
     assert p["lpips"]["backbone_weights"] == str(lpips_file)
     assert 0 < m["lpips"] and 0 < m["codebook_usage"] <= 1 and m["psnr"] > 0
     # the library on the same data gives the same numbers
-    from vqgan.cli.evaluate import _eval_loader
     from jsonargparse import Namespace
+
+    from vqgan.cli.evaluate import _eval_loader
 
     loader, data = _eval_loader(tiny_model, Namespace(**to_dict(get_preset("test-taming").data)), 3, None)
     again = evaluate_tokenizer(tiny_model, loader, data)

@@ -16,7 +16,14 @@ from vqgan.registry import get_preset
 from vqgan.viz import plots
 from vqgan.viz.codebook import decode_code_patches, plot_token_map, save_codebook_atlas
 from vqgan.viz.grids import save_comparison
-from vqgan.viz.latent import collect_latents, interpolate, latent_statistics, plot_latent_statistics, plot_projection, save_interpolation
+from vqgan.viz.latent import (
+    collect_latents,
+    interpolate,
+    latent_statistics,
+    plot_latent_statistics,
+    plot_projection,
+    save_interpolation,
+)
 from vqgan.viz.visualize import visualize_model
 
 

@@ -37,10 +37,20 @@ def _progress(iterable: Iterable, total: int | None, enabled: bool, description:
     if not enabled:
         yield from iterable
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
+    from rich.console import Console
+
+    # On stderr, so that ``--json`` output on stdout stays parseable.
+    with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         for item in iterable:
             yield item
