@@ -508,3 +508,58 @@ def test_cli_convert(tmp_path, capsys):
     assert out["config"]["ch_mult"] == [1, 2]
     assert (tmp_path / "o" / "model.safetensors").is_file()
     assert main(["convert", "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the released architectures at full size (shapes only, on the meta device: no memory, no compute)
+# --------------------------------------------------------------------------------------------------------------
+def _meta_state(shapes):
+    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+
+
+def _our_meta_shapes(cfg):
+    with torch.device("meta"):
+        model = VQModel(cfg)
+    buffers = {k for k, _ in model.named_buffers()}
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in buffers or k.endswith("embedding.weight")}
+
+
+def test_taming_f16_1024_layout_maps_one_to_one():
+    from vqgan.interop.common import infer_taming_config
+
+    # vqgan_imagenet_f16_1024: ddconfig ch=128, ch_mult=[1,1,2,2,4], num_res_blocks=2, attn_resolutions=[16],
+    # z_channels=256, resolution=256; embed_dim=256, n_embed=1024.
+    shapes = taming_layout(ch=128, ch_mult=(1, 1, 2, 2, 4), nrb=2, attn_levels=(4,), z=256, embed=256, n_embed=1024)
+    cfg = infer_taming_config(_meta_state(shapes), resolution=256)
+    assert (cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions) == (128, [1, 1, 2, 2, 4], 2, [16])
+    assert (cfg.z_channels, cfg.embed_dim, cfg.quantizer.codebook_size) == (256, 256, 1024)
+    assert _our_meta_shapes(cfg) == shapes
+
+
+def test_llamagen_vq16_layout_maps_one_to_one():
+    from vqgan.interop.llamagen import llamagen_state_dict
+
+    # LlamaGen VQ-16: ch=128, ch_mult=[1,1,2,2,4], num_res_blocks=2, z_channels=256, codebook 16384 x 8 (l2-normed).
+    shapes = taming_layout(ch=128, ch_mult=(1, 1, 2, 2, 4), nrb=2, attn_levels=(4,), z=256, embed=8, n_embed=16384)
+    theirs = to_llamagen_keys(_meta_state(shapes), n=5)
+    ours = llamagen_state_dict({"model": theirs}, "VQ-16")
+    assert {k: tuple(v.shape) for k, v in ours.items()} == shapes
+
+
+def test_diffusers_default_layout_maps_one_to_one():
+    from diffusers import VQModel as DVQ
+
+    from vqgan.interop.diffusers import DIFFUSERS_DEFAULTS, _to_ours, diffusers_to_model_config
+
+    kw = dict(down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
+              up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
+              block_out_channels=(128, 256, 256, 512), layers_per_block=2, latent_channels=4, sample_size=256,
+              num_vq_embeddings=8192, vq_embed_dim=4)
+    with torch.device("meta"):
+        ref = DVQ(**kw)
+    cfg = diffusers_to_model_config({**DIFFUSERS_DEFAULTS, **kw})
+    mapped = {}
+    for k, v in ref.state_dict().items():
+        new = _to_ours(k, 4)
+        mapped[new] = tuple(v.shape) + ((1, 1) if v.dim() == 2 and ".attn" in new and "weight" in new else ())
+    assert mapped == _our_meta_shapes(cfg)
