@@ -170,3 +170,23 @@ def test_fit_projection_lowers_the_loss_and_round_trips(tmp_path, train_decoder)
     assert (tmp_path / "proj" / "decoder" / "model.safetensors").is_file() == train_decoder
     back = load_projection(tmp_path / "proj")
     assert all(torch.equal(a, b) for a, b in zip(proj.state_dict().values(), back.state_dict().values()))
+
+
+def test_cli_fit_projection_and_project_latents(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from vqgan.cli import main
+
+    _model().save_pretrained(str(tmp_path / "tok"))
+    data = ["--data.resolution", "16", "--data.batch_size", "4", "--data.builtin_train_crops", "8",
+            "--data.val_size", "6"]
+    rc = main(["fit-projection", "--ckpt", str(tmp_path / "tok"), "--output", str(tmp_path / "proj"), "--channels", "3",
+               "--steps", "4", "--device", "cpu", *data])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and summary["final_loss"] <= summary["initial_loss"]
+    rc = main(["project-latents", "--ckpt", str(tmp_path / "tok"), "--projection", str(tmp_path / "proj"),
+               "--output", str(tmp_path / "lat.safetensors"), "--device", "cpu", *data])
+    assert rc == 0
+    out = load_file(str(tmp_path / "lat.safetensors"))
+    assert out["latents"].shape == (6, 3, 8, 8) and out["mean"].shape == (3,)
