@@ -254,6 +254,10 @@ class ExperimentConfig:
 
     def validate(self) -> ExperimentConfig:
         """Check choices against each other; raise :class:`ConfigError` naming the key. Returns self."""
+        from vqgan.config_checks import check_plain_name, check_types
+
+        check_types(self)  # the Python API gets the same type checks as YAML and the command line
+        check_plain_name(self.name)
         m, q, loss = self.model, self.model.quantizer, self.loss
         if m.resolution % m.downsample_factor:
             raise ConfigError(
@@ -301,6 +305,23 @@ class ExperimentConfig:
             raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")
         if loss.disc_weight < 0 or loss.perceptual_weight < 0:
             raise ConfigError("loss.disc_weight and loss.perceptual_weight must be non-negative")
+        t, d = self.train, self.data
+        minimums = [
+            ("train.max_nonfinite_steps", t.max_nonfinite_steps, 1),
+            ("train.val_every_n_steps", t.val_every_n_steps, 1),
+            ("train.checkpoint_every_n_steps", t.checkpoint_every_n_steps, 1),
+            ("data.batch_size", d.batch_size, 1),
+            ("data.num_workers", d.num_workers, 0),
+        ]
+        for key, value, low in minimums:
+            if value is not None and value < low:
+                raise ConfigError(f"{key}={value} must be at least {low}")
+        if t.keep_last_k < 1 and t.keep_last_k != -1:
+            raise ConfigError(f"train.keep_last_k={t.keep_last_k} must be at least 1 (or -1 to keep every checkpoint)")
+        if not t.lr > 0:
+            raise ConfigError(f"train.lr={t.lr} must be positive")
+        if d.kind == "folder" and not d.root:
+            raise ConfigError("data.kind=folder needs data.root (a folder of images)")
         return self
 
 
@@ -408,5 +429,8 @@ def load_config(
     try:
         ns = parser.parse_args(args)
     except Exception as e:  # jsonargparse raises argparse.ArgumentError with the offending key
-        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {e}") from None
+        from vqgan.config_checks import explain_parser_error
+
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {explain_parser_error(str(e))}") from None
     return experiment_from_namespace(ns)

@@ -71,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     if not vqgan_log.handlers:
         vqgan_log.addHandler(handler)
     vqgan_log.setLevel(logging.INFO)
+    if argv[:1] == ["fit"]:  # name a mistyped key and its closest match instead of printing the whole usage
+        from vqgan.config import EXPERIMENT_SECTIONS
+        from vqgan.config_checks import unknown_cli_keys
+
+        problem = unknown_cli_keys(argv[1:], tuple(EXPERIMENT_SECTIONS))
+        if problem:
+            print(f"vqgan fit: error: {problem}", file=sys.stderr)
+            return 2
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     name = args.command
