@@ -104,7 +104,8 @@ def test_chunked_search_equals_full_search() -> None:
     z, codebook = torch.randn(50, 8), torch.randn(1000, 8)
     full = torch.cdist(z, codebook).argmin(1)
     for chunk in (7, 64, 999, 1000, 4096):
-        assert torch.equal(nearest_code(z, codebook, chunk_size=chunk), full)
+        for rows in (None, 1, 7, 50):
+            assert torch.equal(nearest_code(z, codebook, chunk_size=chunk, row_block=rows), full)
 
 
 def test_262144_code_lookup_runs_chunked() -> None:

@@ -1,0 +1,148 @@
+"""Codebook health under one budget: the same encoder, decoder, data, optimiser and number of steps for every
+quantizer, trained with ``vqgan.train.fit`` on the built-in photos (32x32 crops, 8x8 tokens, ~1024 codes).
+
+Rows (all read 256-channel latents from the same ``quant_conv``):
+
+* ``vanilla``: taming's setting, plain VQ with 256-dim codes learned by gradients, uniform init, no k-means, no
+  restarts (beta on the commitment term; taming's misplaced beta is not reproduced);
+* ``default``: ``QuantizerConfig()``'s defaults, the library's default quantizer;
+* ``vq+``: plain VQ with the codebook-health options (factorized 32-dim l2-normalised codes, k-means, restarts);
+* ``fsq`` (levels 8,5,5,5 = 1000 codes), ``lfq`` (10 bits), ``simvq`` (1024 codes), ``rvq`` (2 EMA stages of 1024
+  codes: twice the bits, listed for reference).
+
+Validation metrics are computed on the fixed 256-image validation set of the built-in data after the last step:
+``usage`` (fraction of codes used over the whole set), ``perplexity``, PSNR and SSIM. ``seconds`` is the training
+time of that run. Two runs go at a time, one per core, each with one thread (small convolutions scale badly across
+threads, and two single-threaded runs keep both cores busy).
+
+    python benchmarks/codebook.py [--steps 600] [--only vanilla default] [--workers 2]
+
+The last line is ``RESULT default_usage=... vanilla_usage=... default_psnr=... vanilla_psnr=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table  # noqa: E402
+
+from vqgan.config import (  # noqa: E402
+    DataConfig,
+    ExperimentConfig,
+    LossConfig,
+    ModelConfig,
+    QuantizerConfig,
+    TrainConfig,
+)
+
+
+def quantizers() -> dict[str, QuantizerConfig]:
+    """The compared quantizers (see the module docstring)."""
+    default = dataclasses.replace(QuantizerConfig(), codebook_size=1024)
+    return {
+        "vanilla": QuantizerConfig(kind="vq", codebook_size=1024, codebook_dim=None, kmeans_init=False, dead_code_threshold=0.0),
+        "default": default,
+        "vq+": QuantizerConfig(
+            kind="vq", codebook_size=1024, codebook_dim=32, l2_normalize=True, kmeans_init=True, dead_code_threshold=0.1
+        ),
+        "fsq": QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5]),
+        "lfq": QuantizerConfig(kind="lfq", codebook_size=1024),
+        "simvq": QuantizerConfig(kind="simvq", codebook_size=1024),
+        "rvq": dataclasses.replace(default, kind="residual", num_stages=2, stage_kind="ema"),
+    }
+
+
+def experiment(name: str, quantizer: QuantizerConfig, steps: int, seed: int) -> ExperimentConfig:
+    """A CPU-sized taming autoencoder (the quick-start layout, narrower) trained with L1 only."""
+    return ExperimentConfig(
+        name=f"codebook-{name}",
+        model=ModelConfig(
+            resolution=32, ch=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], mid_attention=False,
+            z_channels=64, embed_dim=256, num_groups=8, quantizer=quantizer,
+        ),
+        loss=LossConfig(reconstruction="l1", perceptual="none", disc_weight=0.0),
+        data=DataConfig(kind="builtin", resolution=32, batch_size=32, builtin_scale=0.5, val_size=256),
+        train=TrainConfig(
+            max_steps=steps, lr=1e-3, betas=[0.9, 0.99], warmup_steps=20, val_every_n_steps=steps,
+            log_every_n_steps=50, logger="none", diagnostics_every_n_steps=50, seed=seed, grad_clip=1.0,
+        ),
+    )
+
+
+def run_one(name: str, quantizer: QuantizerConfig, steps: int, seed: int, out_dir: str) -> dict[str, object]:
+    """Train one quantizer in this (worker) process and return its row."""
+    import torch
+
+    torch.set_num_threads(1)
+    from vqgan.train.diagnostics import load_diagnostics
+    from vqgan.train.fit import fit
+
+    run_dir = Path(out_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = experiment(name, quantizer, steps, seed)
+    with open(run_dir / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        start = time.perf_counter()
+        metrics = fit(cfg, run_dir)
+        seconds = time.perf_counter() - start
+    diag = load_diagnostics(run_dir)
+    k = math.prod(quantizer.levels) if quantizer.kind == "fsq" else quantizer.codebook_size
+    return {
+        "quantizer": name,
+        "codes": k,
+        "usage": float(metrics["codebook_usage"]),
+        "perplexity": float(metrics["perplexity"]),
+        "psnr": float(metrics["psnr"]),
+        "ssim": float(metrics["ssim"]),
+        "train_usage": float(diag["usage"][-1]),
+        "restarts": int(diag["restarts"].sum()),
+        "seconds": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=600, help="training steps per quantizer")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", default=None, help="subset of rows (vanilla and default always run)")
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--out", type=str, default=None, help="folder for the runs (default: a temporary folder)")
+    args = parser.parse_args()
+
+    all_q = quantizers()
+    names = list(all_q) if not args.only else ["vanilla", "default", *[n for n in args.only if n not in ("vanilla", "default")]]
+    unknown = [n for n in names if n not in all_q]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(all_q)}")
+    out = args.out or tempfile.mkdtemp(prefix="vqgan-codebook-bench-")
+    print(f"{len(names)} quantizers x {args.steps} steps, {args.workers} at a time; runs in {out}", flush=True)
+    start = time.perf_counter()
+    rows: dict[str, dict[str, object]] = {}
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
+        futures = {n: pool.submit(run_one, n, all_q[n], args.steps, args.seed, out) for n in names}
+        for n, f in futures.items():
+            rows[n] = f.result()
+            print(f"  {n}: done ({rows[n]['seconds']} s)", flush=True)
+    print()
+    print(table([rows[n] for n in names], title=f"Codebook health at {args.steps} steps (validation set, 256 images)"))
+    print(f"total {time.perf_counter() - start:.0f} s")
+    d, v = rows["default"], rows["vanilla"]
+    print(
+        f"RESULT default_usage={d['usage']:.4f} vanilla_usage={v['usage']:.4f} "
+        f"default_psnr={d['psnr']:.3f} vanilla_psnr={v['psnr']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
