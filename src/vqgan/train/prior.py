@@ -156,7 +156,8 @@ class PriorSamples(L.Callback):
         self.tokenizer = tokenizer
 
     @torch.no_grad()
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: PriorModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: PriorModule) -> None:
+        # After the module's on_validation_epoch_end (which draws the samples); callbacks' epoch-end hooks run first.
         tokens = pl_module.last_samples
         if tokens is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
