@@ -65,14 +65,29 @@ def median(xs: Sequence[float]) -> float:
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """Floating-point operations of one call of ``fn`` (forward and backward), counted by PyTorch's
-    ``FlopCounterMode`` (matmuls and convolutions; elementwise ops and norms are not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Floating-point operations of one call of ``fn`` (forward and backward), with PyTorch's FLOP formulas
+    (``torch.utils.flop_counter``: matmuls, convolutions, attention; elementwise ops and norms are not counted).
 
-    counter = FlopCounterMode(display=False)
-    with counter:
+    A bare dispatch mode rather than ``FlopCounterMode``, whose per-module backward hooks do not support
+    ``autograd.grad`` with respect to a leaf tensor (which the training step uses)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    total = 0
+
+    class _Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            nonlocal total
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                total += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    with _Counter():
         fn()
-    return int(counter.get_total_flops())
+    return total
 
 
 def conv_peak_gflops(dev: torch.device, repeats: int = 5) -> tuple[float, str]:

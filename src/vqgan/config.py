@@ -92,6 +92,9 @@ class ModelConfig:
     dropout: float = 0.0
     num_groups: int = 32
     upsample: Literal["nearest", "transposed"] = "nearest"
+    # Recompute the encoder's and decoder's activations in the backward pass instead of storing them
+    # (torch.utils.checkpoint): less memory per image for more compute (benchmarks/train_step.py measures both).
+    gradient_checkpointing: bool = False
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     # arch="video3d" (causal spatio-temporal tokenizer, MAGVIT-v2 style): number of 2x temporal downsamplings
     # (clips then hold 1 + k * 2**temporal_downsample frames) and causal temporal attention in the middle block.

@@ -10,11 +10,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vqgan.config import ModelConfig
 from vqgan.layers import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
 from vqgan.models.outputs import EncodeOutput, VQModelOutput
 from vqgan.quantizers import Quantizer, build_quantizer
+
+
+def _maybe_checkpoint(enabled: bool, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``module(h)``, recomputed in the backward pass instead of stored when ``enabled`` and training."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return checkpoint(module, h, use_reentrant=False)
+    return module(h)
 
 
 class _Mid(nn.Module):
@@ -50,6 +58,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         ch, groups, res = cfg.ch, cfg.num_groups, cfg.resolution
+        self.gradient_checkpointing = cfg.gradient_checkpointing
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
         in_mult = (1, *cfg.ch_mult)
         self.down = nn.ModuleList()
@@ -71,12 +80,13 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ckpt = self.gradient_checkpointing
         h = self.conv_in(x)
         for level in self.down:
-            h = level(h)
+            h = _maybe_checkpoint(ckpt, level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
-        h = self.mid(h)
+        h = _maybe_checkpoint(ckpt, self.mid, h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -88,6 +98,7 @@ class Decoder(nn.Module):
         ch, groups = cfg.ch, cfg.num_groups
         block_in = ch * cfg.ch_mult[-1]
         res = cfg.latent_resolution
+        self.gradient_checkpointing = cfg.gradient_checkpointing
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
         self.mid = _Mid(block_in, cfg.dropout, groups, cfg.mid_attention)
         up: list[nn.Module] = []
@@ -113,9 +124,10 @@ class Decoder(nn.Module):
         return self.conv_out.weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
+        ckpt = self.gradient_checkpointing
+        h = _maybe_checkpoint(ckpt, self.mid, self.conv_in(z))
         for level in reversed(self.up):
-            h = level(h)
+            h = _maybe_checkpoint(ckpt, level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -86,6 +86,16 @@ def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
     return str(path)
 
 
+def _strategy(cfg: ExperimentConfig) -> str:
+    """``train.strategy``, with DDP's unused-parameter detection switched on for GAN training: each step runs two
+    backward passes (the generator's, then the discriminator's), each reaching only its own network's
+    parameters, which plain DDP reports as an error."""
+    strategy = cfg.train.strategy
+    if cfg.loss.disc_weight > 0 and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        return f"{strategy}_find_unused_parameters_true"
+    return strategy
+
+
 def build_trainer(cfg: ExperimentConfig, run_dir: Path, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
     t = cfg.train
     ckpt_dir = run_dir / "checkpoints"
@@ -130,7 +140,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, extra_callbacks: list[L.
         plugins=[AtomicCheckpointIO()],
         accelerator=t.accelerator,
         devices=t.devices if t.devices == "auto" else int(t.devices) if t.devices.isdigit() else t.devices,
-        strategy=t.strategy,
+        strategy=_strategy(cfg),
         num_nodes=t.num_nodes,
         precision=t.precision,
         enable_model_summary=False,
