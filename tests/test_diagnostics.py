@@ -101,3 +101,17 @@ def test_residual_reports_first_stage_and_huge_implicit_codebooks_skip_per_code_
     assert "code_norms" not in row and row["usage"] == pytest.approx(hit / 262_144)
     d = load_diagnostics(tmp_path)
     assert set(d) == {"step", "usage", "perplexity", "dead_codes", "restarts"}
+
+
+def test_codebook_usage_metric_counts_first_stage_of_residual_indices() -> None:
+    from vqgan.metrics import CodebookUsage
+
+    idx = torch.tensor([[[0, 5], [1, 5]], [[1, 6], [3, 7]]])  # (B=2, N=2, stages=2)
+    m = CodebookUsage(8, num_stages=2)
+    m.update(idx)
+    stats = m.compute()
+    assert m.counts.tolist() == [1, 2, 0, 1, 0, 0, 0, 0]
+    assert float(stats["usage"]) == 3 / 8 and float(stats["used"]) == 3
+    single = CodebookUsage(8)
+    single.update(idx[..., 1])
+    assert single.counts.tolist() == torch.bincount(idx[..., 1].flatten(), minlength=8).tolist()

@@ -13,17 +13,27 @@ class CodebookUsage(Metric):
 
     ``compute()`` returns ``usage`` (fraction of codes used at least once), ``perplexity`` (``exp`` of the
     entropy of the histogram, in codes), ``entropy`` (bits) and ``used`` (number of codes).
+
+    Args:
+        codebook_size: number of codes (of one stage for residual quantizers).
+        num_stages: for residual quantizers, whose indices have a last axis of stages: the statistics are those
+            of the first stage (the one whose codebook diagnostics also report).
     """
 
     full_state_update = False
 
-    def __init__(self, codebook_size: int, **kwargs):
+    def __init__(self, codebook_size: int, num_stages: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.codebook_size = codebook_size
+        self.num_stages = num_stages
         self.add_state("counts", default=torch.zeros(codebook_size, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, indices: torch.Tensor) -> None:
-        self.counts += torch.bincount(indices.flatten().long(), minlength=self.codebook_size)[: self.codebook_size]
+        if self.num_stages > 1:
+            indices = indices[..., 0]
+        # scatter_add_ rather than bincount: bincount reads the largest index back to the host on CUDA.
+        flat = indices.reshape(-1).long()
+        self.counts.scatter_add_(0, flat, torch.ones_like(flat))
 
     def compute(self) -> dict[str, torch.Tensor]:
         return codebook_stats(self.counts)
