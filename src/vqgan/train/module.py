@@ -58,7 +58,7 @@ class VQGANModule(L.LightningModule):
         self.automatic_optimization = False
         k = self.model.quantize.codebook_size
         self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_usage = CodebookUsage(k)
+        self.val_usage = CodebookUsage(k, num_stages=self.model.quantize.num_stages)
         # Counters saved in checkpoints (see on_save_checkpoint).
         self.counters = {"skipped_generator": 0, "skipped_discriminator": 0, "skipped_data": 0, "nonfinite_streak": 0}
         self.val_batch_for_samples: torch.Tensor | None = None
