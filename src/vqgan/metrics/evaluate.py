@@ -75,7 +75,7 @@ def reconstruction_metrics(
         lpips = lpips.to(device)
     if fid is not None:
         fid = fid.to(device)
-    usage = CodebookUsage(model.quantize.codebook_size).to(device)
+    usage = CodebookUsage(model.quantize.codebook_size, model.quantize.num_stages).to(device)
     p_sum = s_sum = l_sum = 0.0
     n = skipped = 0
     try:
