@@ -422,7 +422,7 @@ def load_config(
 
     from vqgan.registry import get_preset
 
-    parser = ArgumentParser(exit_on_error=False)
+    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)  # "--model.d" must not mean dropout
     add_experiment_arguments(parser, get_preset(preset) if preset else None)
     args = list(overrides or [])
     if path is not None:

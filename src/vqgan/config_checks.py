@@ -97,8 +97,7 @@ def key_hint(key: str, root: type | None = None) -> str:
     close = difflib.get_close_matches(wrong, names, n=1, cutoff=0.6)
     dotted = (section + "." if section else "") + (close[0] if close else "")
     msg = f"unknown key {key!r}"
-    if close:
-        msg += f"; did you mean {dotted!r}?"
+    msg += f"; did you mean {dotted!r}?" if close else "."
     return msg + f" Valid keys of {section or 'the experiment'}: {', '.join(names)}"
 
 
