@@ -7,8 +7,9 @@ to the objective with its breakdown, and batch statistics. ``indices_to_codes`` 
 ``indices_to_codes(q(z).indices)`` equals ``q(z).quantized`` exactly.
 
 Every quantizer also keeps, while training, the statistics that :class:`vqgan.train.diagnostics.CodebookDiagnostics`
-records (seed 002's plots): a running per-code usage (hits per step, an exponential moving average), the hits and
-restarts since the last record, and the code vectors. They are updated on the device without host
+records (seed 002's plots): a running per-code usage (an exponential moving average of each code's share of the
+hits relative to a uniform share: 1 means "used as often as under uniform usage", whatever the batch size), the hits
+and restarts since the last record, and the code vectors. They are updated on the device without host
 synchronisation, so keeping them costs nothing measurable.
 """
 
@@ -20,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-# Codes whose running usage (hits per step) is below this are reported as dead when a quantizer has no restart
-# threshold of its own (1 hit every 100 steps).
+# Codes whose running relative usage is below this (1% of a uniform share) are reported as dead when a quantizer
+# has no restart threshold of its own.
 REPORT_DEAD_THRESHOLD = 0.01
 
 
@@ -121,7 +122,8 @@ class Quantizer(nn.Module):
     Attributes:
         dim: channels of the latents the quantizer reads and returns.
         codebook_size: number of codes (for residual quantizers: of one stage).
-        dead_code_threshold: running usage below which a code is restarted (0: no restarts).
+        dead_code_threshold: running relative usage (1 = a uniform share of the hits) below which a code is
+            restarted (0: no restarts).
         learns_codebook_by_gradient: whether :meth:`codebook_grad` returns the codebook's gradient.
     """
 
@@ -169,9 +171,14 @@ class Quantizer(nn.Module):
     @torch.no_grad()
     def _track_usage(self, counts: torch.Tensor, restarted: torch.Tensor | None = None) -> None:
         """Update the running usage and the diagnostics window from this step's per-code ``counts`` (already summed
-        over ranks) and the number of codes restarted."""
-        self.usage_ema.lerp_(counts.float(), 1.0 - self.usage_decay)
-        self.window_counts.add_(counts.float())
+        over ranks) and the number of codes restarted.
+
+        The running usage is relative to a uniform share, ``counts * K / sum(counts)``, so that one threshold means
+        the same for any batch size, resolution and codebook size."""
+        counts = counts.float()
+        relative = counts * (self.codebook_size / counts.sum().clamp_min(1.0))
+        self.usage_ema.lerp_(relative, 1.0 - self.usage_decay)
+        self.window_counts.add_(counts)
         if restarted is not None:
             self.window_restarts.add_(restarted.float())
 
@@ -184,7 +191,7 @@ class Quantizer(nn.Module):
         return out
 
     def dead_codes(self, threshold: float | None = None) -> torch.Tensor:
-        """Boolean mask of codes whose running usage is below ``threshold`` hits per step (default: the restart
+        """Boolean mask of codes whose running relative usage is below ``threshold`` (default: the restart
         threshold, or :data:`REPORT_DEAD_THRESHOLD` when restarts are off)."""
         if threshold is None:
             threshold = self.dead_code_threshold if self.dead_code_threshold > 0 else REPORT_DEAD_THRESHOLD

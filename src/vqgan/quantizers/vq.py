@@ -137,8 +137,8 @@ class VectorQuantizer(Quantizer):
         l2_normalize: look up on the unit sphere (cosine similarity).
         kmeans_init: initialise from k-means on the first training batch.
         kmeans_iters: Lloyd iterations of the initialisation.
-        dead_code_threshold: restart codes whose running usage (hits per step, EMA with ``usage_decay``) is below
-            this; 0 disables restarts.
+        dead_code_threshold: restart codes whose running relative usage (EMA with ``usage_decay`` of each code's
+            share of the hits, 1 for a uniform share) is below this; 0 disables restarts.
         usage_decay: decay of the running usage.
         entropy_weight: weight of ``H(per-sample assignment) - H(average assignment)`` on soft assignments.
         entropy_temperature: temperature of those soft assignments (on squared distances).
@@ -220,8 +220,9 @@ class VectorQuantizer(Quantizer):
         if self.ema:
             self.ema_cluster_size.fill_(1.0)
             self.ema_embed_sum.copy_(centroids)
-        # Every code starts "alive" with a grace period before it can be restarted.
-        self.usage_ema.fill_(2.0 * self.dead_code_threshold)
+        # Every code starts "alive" with a grace period before it can be restarted (about 70 steps with the
+        # default usage_decay), or with a uniform share when restarts are off.
+        self.usage_ema.fill_(2.0 * self.dead_code_threshold if self.dead_code_threshold > 0 else 1.0)
         self.initialized.fill_(True)
         self._kmeans_pending = False
 
