@@ -241,10 +241,14 @@ def test_train_frame_and_3d_tokenizers_two_steps_and_reconstruct(ucf, tmp_path):
     from vqgan.cli import main
     from vqgan.train import fit
 
-    # Frame tokenizer: the 2D model on UCF101 frames as independent images (seed 000's setup, tiny).
+    # Frame tokenizer: the 2D model on UCF101 frames as independent images, loaded in chunks of videos (seed 000's
+    # setup, tiny).
     cfg = _fast(get_preset("test-taming"))
     cfg.loss = LossConfig(perceptual="none", disc_start=1, disc_weight=0.5)
-    cfg.data = DataConfig(kind="ucf101", root=str(ucf), resolution=16, frames=2, frames_as_images=True, batch_size=2, val_size=2)
+    cfg.data = DataConfig(
+        kind="ucf101", root=str(ucf), resolution=16, frames=2, frames_as_images=True, batch_size=2, val_size=2,
+        videos_per_chunk=2, epochs_per_chunk=2,
+    )
     m2d = fit(cfg, tmp_path / "frames")
     assert m2d["steps"] == 2 and np.isfinite(m2d["psnr"])
     # 3D tokenizer on grey clips of the same videos, with the 3D PatchGAN from step 1.
@@ -259,7 +263,7 @@ def test_train_frame_and_3d_tokenizers_two_steps_and_reconstruct(ucf, tmp_path):
         rc = main(["reconstruct", "--ckpt", str(tmp_path / run / "checkpoints" / "last.ckpt"), "--input", str(video), "--output", str(out)])
         assert rc == 0
         arr, _ = decode_frames(out / "v_Archery_g02_c01_compare.mp4")
-        assert arr.shape == (frames, 16, 2 * 16 + 2, 3)
+        assert arr.shape == (frames, 6 * 16, 6 * (2 * 16 + 2), 3)  # enlarged 6x to about 96 pixels
         from PIL import Image
 
         with Image.open(out / "v_Archery_g02_c01_compare.gif") as gif:

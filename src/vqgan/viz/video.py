@@ -179,11 +179,12 @@ def save_video_reconstruction(
 def reconstruct_video_file(
     model: torch.nn.Module, path: str | Path, output_dir: str | Path, resolution: int | None = None,
     max_frames: int = 33, frame_stride: int = 1, device: str = "cpu", formats: tuple[str, ...] = ("mp4", "gif"),
+    scale: int | None = None,
 ) -> dict:
     """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file with an image model
     (frame by frame) or a :class:`~vqgan.models.VideoVQModel`, and write the outputs of
     :func:`save_video_reconstruction`. Frames are resized (shorter side) and centre-cropped to ``resolution``
-    (default: the model's)."""
+    (default: the model's); ``scale`` enlarges the outputs (default: to about 96 pixels)."""
     from vqgan.data.video import decode_frames, prepare_clip, video_info
     from vqgan.models.video import VideoVQModel, reconstruct_video
 
@@ -199,7 +200,10 @@ def reconstruct_video_file(
     model = model.to(device)
     rec, _ = reconstruct_video(model, clip.to(device))
     clip = clip[:, : rec.shape[1]]
-    out = save_video_reconstruction(clip, rec.cpu(), output_dir, path.stem, fps=src_fps / frame_stride, formats=formats)
+    scale = scale or max(1, 96 // clip.shape[-1])
+    out = save_video_reconstruction(
+        clip, rec.cpu(), output_dir, path.stem, fps=src_fps / frame_stride, scale=scale, formats=formats
+    )
     out["file"] = str(path)
     out["frames"] = int(rec.shape[1])
     return out
