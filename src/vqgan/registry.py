@@ -195,8 +195,8 @@ def _seed004_vqgan() -> ExperimentConfig:
 # -- video ------------------------------------------------------------------------------------------------------
 def _moving_digits_video3d_model(ch: int, codebook_size: int) -> ModelConfig:
     return ModelConfig(
-        arch="video3d", in_channels=1, resolution=32, ch=ch, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=16,
-        embed_dim=16, num_groups=8, temporal_downsample=1, temporal_attention=True, mid_attention=True,
+        arch="video3d", in_channels=1, resolution=32, ch=ch, ch_mult=[1, 2, 4], num_res_blocks=1, z_channels=16,
+        embed_dim=16, num_groups=4, temporal_downsample=1, temporal_attention=True, mid_attention=True,
         quantizer=QuantizerConfig(kind="ema", codebook_size=codebook_size, dead_code_threshold=0.01),
     )
 
@@ -216,7 +216,8 @@ def _test_video3d() -> ExperimentConfig:
 
 @register_preset("moving-digits-video3d", "causal 3D tokenizer on synthetic moving digits (9x32x32, f4 t2, CPU-sized)")
 def _moving_digits_video3d() -> ExperimentConfig:
-    model = _moving_digits_video3d_model(16, 256)
+    # 8 channels at full resolution: about 3 GFLOP per clip for forward + backward, so that a CPU run takes minutes.
+    model = _moving_digits_video3d_model(8, 256)
     return ExperimentConfig(
         model=model,
         # No perceptual loss (no backbone file needed) and the 3D PatchGAN only after step 5000: short CPU runs are
@@ -225,8 +226,8 @@ def _moving_digits_video3d() -> ExperimentConfig:
         discriminator=DiscriminatorConfig(n_layers=2, ch=16, norm="group", dims=3),
         data=DataConfig(kind="moving_digits", resolution=32, channels=1, frames=9, batch_size=4, flip=False, val_size=8),
         train=TrainConfig(
-            max_steps=150, lr=2e-3, warmup_steps=10, val_every_n_steps=50, log_every_n_steps=10,
-            diagnostics_every_n_steps=25,
+            max_steps=120, lr=2e-3, warmup_steps=10, val_every_n_steps=60, log_every_n_steps=10,
+            diagnostics_every_n_steps=20,
         ),
     )
 
