@@ -57,6 +57,9 @@ def test_round_trip_matches_the_tokenizer(tmp_path, tokenizer):
     assert got.dtype == torch.long and torch.equal(got, expected)
     assert [int(tokens[i]["label"]) for i in range(4)] == [-1, 1, 2, -1]
     assert torch.equal(tokens.code_histogram(), torch.bincount(expected.flatten(), minlength=32))
+    sub = tokens.subset([1, 3, 5])
+    assert len(sub) == 3 and torch.equal(sub[1]["tokens"], expected[3]) and torch.equal(sub.subset([2])[0]["tokens"], expected[5])
+    assert torch.equal(sub.code_histogram(), torch.bincount(expected[[1, 3, 5]].flatten(), minlength=32))
     assert json.loads((tmp_path / "manifest.json").read_text())["complete"] is True
     # Indices fit in int16 on disk.
     from safetensors.torch import load_file

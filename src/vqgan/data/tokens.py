@@ -267,6 +267,14 @@ class TokenDataset(Dataset):
         j = i if self.indices is None else int(self.indices[i])
         return {self.key: self.data[j], "label": self.labels[j]}
 
+    def subset(self, indices: Iterable[int]) -> TokenDataset:
+        """A view of some items (positions into this dataset), sharing the loaded arrays."""
+        view = TokenDataset.__new__(TokenDataset)
+        view.__dict__.update(self.__dict__)
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        view.indices = idx if self.indices is None else self.indices[idx]
+        return view
+
     def code_histogram(self) -> torch.Tensor:
         """Counts of every code over the (subset of the) folder's token maps."""
         if self.key != "tokens":

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from vqgan.config import ConfigError, dump_config, from_dict, to_dict
-from vqgan.data.tokens import TokenDataset, TokenFolderError, read_manifest
+from vqgan.data.tokens import TokenDataset, TokenFolderError
 from vqgan.metrics.codebook import codebook_stats
 from vqgan.models.prior import PriorExperimentConfig, build_prior
 from vqgan.train.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
@@ -248,12 +248,8 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
         n = len(full)
         n_val = max(1, int(round(n * d.val_fraction))) if n > 1 else 0
         val_idx = set(torch.linspace(0, n - 1, n_val).round().long().tolist()) if n_val else set()
-        train_ds = TokenDataset.__new__(TokenDataset)
-        train_ds.__dict__.update(full.__dict__)
-        train_ds.indices = torch.tensor([i for i in range(n) if i not in val_idx] or list(range(n)))
-        val_ds = TokenDataset.__new__(TokenDataset)
-        val_ds.__dict__.update(full.__dict__)
-        val_ds.indices = torch.tensor(sorted(val_idx) or list(range(n)))
+        train_ds = full.subset([i for i in range(n) if i not in val_idx] or range(n))
+        val_ds = full.subset(sorted(val_idx) or range(n))
     kw: dict[str, Any] = dict(num_workers=d.num_workers, persistent_workers=d.num_workers > 0)
     drop = len(train_ds) >= d.batch_size
     train = DataLoader(train_ds, batch_size=d.batch_size, shuffle=True, drop_last=drop, **kw)
