@@ -184,7 +184,8 @@ def test_cli_fit_projection_and_project_latents(tmp_path, capsys):
                "--steps", "4", "--device", "cpu", *data])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["steps"] == 4 and summary["final_loss"] <= summary["initial_loss"]
+    assert summary["steps"] == 4 and summary["evaluated_on"] == "held-out images"
+    assert summary["final_loss"] <= summary["initial_loss"]
     rc = main(["project-latents", "--ckpt", str(tmp_path / "tok"), "--projection", str(tmp_path / "proj"),
                "--output", str(tmp_path / "lat.safetensors"), "--device", "cpu", *data])
     assert rc == 0

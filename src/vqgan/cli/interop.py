@@ -120,16 +120,17 @@ class FitProjection:
     def run(a):
         import torch
 
-        from vqgan.interop.projection import fit_projection, save_projection
+        from vqgan.interop.projection import _images, fit_projection, save_projection
         from vqgan.train.fit import build_loaders
 
         torch.manual_seed(a.seed)
         model = _load(a.ckpt)
         cfg = _data_config(a, model)
         cfg.train.seed = a.seed
-        train_loader, _ = build_loaders(cfg)
+        train_loader, val_loader = build_loaders(cfg)
+        held_out = _images(next(iter(val_loader)))
         fit = fit_projection(model, train_loader, a.channels, a.steps, a.lr, a.kernel_size, a.source,
-                             a.latent_weight, a.train_decoder, _device(a.device), a.seed)
+                             a.latent_weight, a.train_decoder, _device(a.device), a.seed, eval_images=held_out)
         save_projection(fit.projection, a.output, fit.summary, model if a.train_decoder else None)
         print(json.dumps(fit.summary))
         return 0

@@ -19,6 +19,7 @@ Saved files (:func:`save_projection`)::
     projection/
       projection.json           {"in_channels": 256, "out_channels": 4, "kernel_size": 1,
                                  "source": "quantized", "fit": {"steps": 2000, "final_loss": ...,
+                                 "evaluated_on": "held-out images",
                                  "psnr_through_projection": ..., ...}}
       projection.safetensors    down.weight (N, D, k, k), down.bias (N,), up.weight (D, N, k, k), up.bias (D,),
                                 mean (N,), std (N,)   per-channel statistics of the projected training latents;
@@ -183,6 +184,7 @@ def fit_projection(
     train_decoder: bool = False,
     device: str = "cpu",
     seed: int = 0,
+    eval_images: torch.Tensor | None = None,
 ) -> ProjectionFit:
     """Fit a :class:`LatentProjection` to a tokenizer (see the module docstring for the objective).
 
@@ -198,6 +200,7 @@ def fit_projection(
         train_decoder: train the decoder jointly with the projection.
         device: where to run.
         seed: seed of the initialisation.
+        eval_images: held-out images for the summary figures (default: the first training batch).
     """
     torch.manual_seed(seed)
     model = model.to(device).eval()
@@ -218,8 +221,9 @@ def fit_projection(
     proj.init_pca(z0)
     opt = torch.optim.Adam([*proj.parameters(), *params_dec], lr=lr)
     history: list[float] = []
+    held_out = first if eval_images is None else _images(eval_images).to(device)
     with torch.no_grad():
-        initial, _ = projection_loss(model, proj, first, latent_weight)
+        initial, _ = projection_loss(model, proj, held_out, latent_weight)
     images = first
     for step in range(steps):
         if step:
@@ -234,11 +238,12 @@ def fit_projection(
     model.eval()
     proj.eval()
     with torch.no_grad():
-        final, logs = projection_loss(model, proj, first, latent_weight)
-        z = source_latents(model, first, source)
-        p = proj.project(z)
+        final, logs = projection_loss(model, proj, held_out, latent_weight)
+        # Channel statistics of the projected training latents (the first batch), for normalisation downstream.
+        p = proj.project(source_latents(model, first, source))
         proj.mean.copy_(p.mean((0, 2, 3)))
         proj.std.copy_(p.std((0, 2, 3)).clamp_min(1e-6))
+        z = source_latents(model, held_out, source)
         summary = {
             "steps": steps,
             "lr": lr,
@@ -246,8 +251,9 @@ def fit_projection(
             "train_decoder": train_decoder,
             "initial_loss": float(initial),
             "final_loss": float(final),
-            "psnr_tokenizer": _psnr(model.decode(z), first),
-            "psnr_through_projection": _psnr(model.decode(proj(z)), first),
+            "evaluated_on": "first training batch" if eval_images is None else "held-out images",
+            "psnr_tokenizer": _psnr(model.decode(z), held_out),
+            "psnr_through_projection": _psnr(model.decode(proj(z)), held_out),
             "latent_mse": float(logs["latent_mse"]),
         }
     return ProjectionFit(proj, history, summary)
