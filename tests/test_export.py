@@ -169,7 +169,7 @@ def test_fit_projection_lowers_the_loss_and_round_trips(tmp_path, train_decoder)
     assert (meta["in_channels"], meta["out_channels"], meta["kernel_size"], meta["source"]) == (8, 2, 3, "quantized")
     assert (tmp_path / "proj" / "decoder" / "model.safetensors").is_file() == train_decoder
     back = load_projection(tmp_path / "proj")
-    assert all(torch.equal(a, b) for a, b in zip(proj.state_dict().values(), back.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(proj.state_dict().values(), back.state_dict().values(), strict=True))
 
 
 def test_cli_fit_projection_and_project_latents(tmp_path, capsys):

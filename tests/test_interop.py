@@ -39,6 +39,7 @@ def _one_thread():
 # taming's state-dict layout and a functional reference of its forward pass
 # --------------------------------------------------------------------------------------------------------------
 CH, CH_MULT, NRB, ATTN_LEVELS, Z, EMBED, N_EMBED, IN_CH = 32, (1, 2), 1, (1,), 8, 8, 64, 3
+LEVELS = len(CH_MULT)
 
 
 def taming_layout(ch=CH, ch_mult=CH_MULT, nrb=NRB, attn_levels=ATTN_LEVELS, z=Z, embed=EMBED, n_embed=N_EMBED,
@@ -149,7 +150,7 @@ def _mid(sd, p, h):
     return _res(sd, p + ".mid.block_2", _attn(sd, p + ".mid.attn_1", _res(sd, p + ".mid.block_1", h)))
 
 
-def ref_encode(sd, x, n=len(CH_MULT), nrb=NRB):
+def ref_encode(sd, x, n=LEVELS, nrb=NRB):
     h = _conv(sd, "encoder.conv_in", x, padding=1)
     for i in range(n):
         for j in range(nrb):
@@ -175,7 +176,7 @@ def ref_quantize(sd, z, l2=False):
     return idx.reshape(b, h, w), e[idx].reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
-def ref_decode(sd, zq, n=len(CH_MULT), nrb=NRB):
+def ref_decode(sd, zq, n=LEVELS, nrb=NRB):
     h = _conv(sd, "decoder.conv_in", _conv(sd, "post_quant_conv", zq), padding=1)
     h = _mid(sd, "decoder", h)
     for i in reversed(range(n)):
@@ -188,7 +189,7 @@ def ref_decode(sd, zq, n=len(CH_MULT), nrb=NRB):
     return _conv(sd, "decoder.conv_out", F.silu(_gn(sd, "decoder.norm_out", h)), padding=1)
 
 
-def to_llamagen_keys(sd: dict[str, torch.Tensor], n=len(CH_MULT)) -> dict[str, torch.Tensor]:
+def to_llamagen_keys(sd: dict[str, torch.Tensor], n=LEVELS) -> dict[str, torch.Tensor]:
     """LlamaGen's names for a taming-layout state dict (its Encoder/Decoder ``conv_blocks``, ``res``, ``mid``
     ModuleList; the decoder's blocks are stored deepest level first)."""
     import re
@@ -435,6 +436,26 @@ def test_ours_to_diffusers_and_back(tmp_path, images):
                               quantizer=QuantizerConfig(kind="vq", codebook_size=8, l2_normalize=True)))
     with pytest.raises(ConversionError, match="l2_normalize"):
         to_diffusers(bad)
+
+
+def test_diffusers_pipeline_folder_and_bin_weights(tmp_path, images):
+    ref = _random_diffusers()
+    ref.save_pretrained(tmp_path / "pipe" / "vqvae", safe_serialization=False)  # diffusion_pytorch_model.bin
+    index = {"_class_name": "LDMPipeline", "vqvae": ["diffusers", "VQModel"]}
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(index))
+    assert (tmp_path / "pipe" / "vqvae" / "diffusion_pytorch_model.bin").is_file()
+    model = load_pretrained(tmp_path / "pipe")
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).reconstruction, ref(images).sample, atol=ATOL, rtol=0)
+
+
+def test_taming_transformer_checkpoint_holds_the_tokenizer(tmp_path, taming_sd, images):
+    # A Net2NetTransformer checkpoint stores the tokenizer under first_stage_model.
+    state = {f"first_stage_model.{k}": v for k, v in taming_sd.items()}
+    state["transformer.tok_emb.weight"] = torch.zeros(4, 2)
+    torch.save({"state_dict": state}, tmp_path / "net2net.ckpt")
+    model = load_pretrained(tmp_path / "net2net.ckpt")
+    _check_against_reference(model, taming_sd, images)
 
 
 @pytest.mark.parametrize(
