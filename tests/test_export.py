@@ -119,6 +119,29 @@ def test_torchscript_export_via_cli(tmp_path, inputs, capsys):
     assert json.loads((tmp_path / "ts" / "export.json").read_text())["format"] == "torchscript"
 
 
+@pytest.mark.parametrize("kind", ["fsq", "lfq", "residual", "simvq"])
+def test_torchscript_export_of_every_quantizer(tmp_path, inputs, kind):
+    from vqgan.quantizers import available_quantizers
+
+    if kind not in available_quantizers():
+        pytest.skip(f"quantizer {kind!r} is not registered in this build")
+    torch.manual_seed(0)
+    extra = {"fsq": dict(levels=[5, 5, 4]), "residual": dict(num_stages=2, codebook_size=16),
+             "simvq": dict(codebook_size=16)}.get(kind, {})
+    q = QuantizerConfig(kind=kind, kmeans_init=False, **extra)
+    cfg = ModelConfig(ch=8, ch_mult=[1, 2], z_channels=8, embed_dim=3 if kind == "fsq" else 4, resolution=16,
+                      num_groups=8, quantizer=q)
+    model = VQModel(cfg).eval()
+    export_torchscript(model, tmp_path)
+    enc, _, rec_codes = _reference(model, inputs)
+    _, _, indices = torch.jit.load(str(tmp_path / "encode.pt"))(inputs)
+    assert torch.equal(indices, enc.indices)
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "decode_codes.pt"))(indices), rec_codes,
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="exporter='dynamo'"):  # the legacy ONNX exporter: vq/ema only
+        export_onnx(model, tmp_path, exporter="legacy")
+
+
 def test_export_rejects_bad_resolution(tmp_path):
     with pytest.raises(ValueError, match="multiple of the downsampling factor"):
         export_torchscript(_model(), tmp_path, resolution=15)

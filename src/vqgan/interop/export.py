@@ -12,8 +12,9 @@ Three graphs are written, each with dynamic batch and spatial sizes (multiples o
 continuous ``quant_conv`` outputs, ``quantized`` the code vectors the decoder reads.
 
 ONNX uses torch's ``dynamo`` exporter (``torch.export`` + onnxscript, PyTorch's default since 2.9; needs the
-``onnxscript`` package) or the ``legacy`` TorchScript-based exporter (no extra package, deprecated by PyTorch but
-still shipped); both are checked against PyTorch with onnxruntime in ``tests/test_export.py``.
+``onnxscript`` package; every quantizer kind) or the ``legacy`` TorchScript-based exporter (no extra package,
+deprecated by PyTorch but still shipped, faster; the vq/ema quantizers only); both are checked against PyTorch
+with onnxruntime in ``tests/test_export.py``. TorchScript export works for every quantizer kind.
 """
 
 from __future__ import annotations
@@ -154,6 +155,12 @@ def export_onnx(
             ) from e
     elif exporter != "legacy":
         raise ValueError(f"unknown exporter {exporter!r}; choose 'dynamo' or 'legacy'")
+    elif not isinstance(model.quantize, VectorQuantizer):
+        # The legacy exporter writes invalid Transpose permutations for the movedim calls of the other quantizers.
+        raise ValueError(
+            f"the legacy ONNX exporter supports the vq/ema quantizers only, not {model.config.quantizer.kind!r}; "
+            "use exporter='dynamo' (command line: --onnx-exporter dynamo)"
+        )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
