@@ -39,7 +39,7 @@ def _eval_loader(model, data_ns, batch_size: int | None, max_images: int | None)
     return loader, data
 
 
-def _print_table(result, console_file=sys.stdout) -> None:
+def _print_table(result, console_file=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -54,7 +54,7 @@ def _print_table(result, console_file=sys.stdout) -> None:
     for label, key, fmt in rows:
         if key in m:
             table.add_row(label, fmt.format(m[key]))
-    console = Console(file=console_file)
+    console = Console(file=console_file or sys.stdout)  # looked up now: sys.stdout may have been replaced
     console.print(f"[bold]reconstruction metrics[/bold] of {p['checkpoint']}: {p['num_images']} images, "
                   f"{p['resolution'][0]}x{p['resolution'][1]}, device {p['device']}")
     console.print(table)
