@@ -12,10 +12,25 @@ import string
 import typing
 from typing import Any, Literal, Union
 
+import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vqgan.config import ConfigError, ExperimentConfig, dump_config, load_config, to_dict
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_own_log_handlers():
+    """Tiny models: one thread is fastest, and spin-waiting threads on a busy machine cost ten times more.
+    ``vqgan.cli.main`` adds a handler on the current stderr (a capture that closes with the test): drop it after."""
+    import logging
+
+    n, handlers = torch.get_num_threads(), list(logging.getLogger("vqgan").handlers)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    logging.getLogger("vqgan").handlers[:] = handlers
 
 SETTINGS = settings(
     max_examples=12, deadline=None, derandomize=True,
@@ -99,7 +114,8 @@ def test_dump_then_load_round_trips(tmp_path_factory, cfg):
 def test_random_dotted_overrides_set_exactly_their_keys(data):
     keys = data.draw(st.lists(st.sampled_from(sorted(LEAVES)), min_size=1, max_size=8, unique=True))
     values = {k: data.draw(value_strategy(LEAVES[k])) for k in keys}
-    args = [a for k, v in values.items() for a in (f"--{k}", _cli(v))]
+    # "--key=value": a negative number in scientific notation ("-1e-06") as a separate word looks like an option.
+    args = [f"--{k}={_cli(v)}" for k, v in values.items()]
     loaded = to_dict(load_config(overrides=args))
     default = to_dict(ExperimentConfig())
     for key in LEAVES:

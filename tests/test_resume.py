@@ -33,10 +33,23 @@ from vqgan.train.checkpoint import (
     verify_checkpoint,
 )
 
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_own_log_handlers():
+    """Tiny models: one thread is fastest, and spin-waiting threads on a busy machine cost ten times more.
+    ``vqgan.cli.main`` adds a handler on the current stderr (a capture that closes with the test): drop it after."""
+    import logging
+
+    n, handlers = torch.get_num_threads(), list(logging.getLogger("vqgan").handlers)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    logging.getLogger("vqgan").handlers[:] = handlers
+
 TOL = 1e-6
-MAX_STEPS, KILL_AFTER, KEEP = 14, 5, 2
+MAX_STEPS, KILL_AFTER, KEEP = 12, 5, 2
 # test-taming without LPIPS: EMA codebook with dead-code restarts (random), PatchGAN with BatchNorm, adaptive GAN
-# weight from step 1; 24 crops / batch 4 = 6 batches per epoch, so the 14 steps cross two epoch boundaries.
+# weight from step 1; 24 crops / batch 4 = 6 batches per epoch: killed in the first epoch, resumed into the second.
 ARGS = [
     "fit", "--preset", "test-taming", "--loss.perceptual", "none", "--data.builtin_train_crops", "24",
     "--train.checkpoint_every_n_steps", "1", "--train.val_every_n_steps", "100", "--train.keep_last_k", str(KEEP),
@@ -139,7 +152,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(killed_and_resumed):
             assert torch.allclose(torch.as_tensor(sa[key]).float(), torch.as_tensor(sb[key]).float(), atol=TOL), key
     assert ca["lr_schedulers"] == cb["lr_schedulers"]
     assert ca["vqgan_counters"] == cb["vqgan_counters"]
-    assert ca["vqgan_resume"]["epoch"] == cb["vqgan_resume"]["epoch"] == MAX_STEPS // 6
+    assert {k: ca["vqgan_resume"][k] for k in ("epoch", "batches")} == {k: cb["vqgan_resume"][k] for k in ("epoch", "batches")}
 
 
 def test_nothing_saved_is_lost_and_the_last_k_are_kept(killed_and_resumed):
@@ -147,12 +160,15 @@ def test_nothing_saved_is_lost_and_the_last_k_are_kept(killed_and_resumed):
     assert k["steps_after_kill"] and max(k["steps_after_kill"].values()) == k["resumed_step"]
     assert all(n.endswith(".ckpt") or ".tmp" in n for n in k["after_kill"])
     last_k = [f"step{MAX_STEPS - 1:07d}.ckpt", f"step{MAX_STEPS:07d}.ckpt"]
-    # Lightning also keeps the checkpoint a run was resumed from (a safety net should the resumed run fail too).
-    for run, kept in ((k["a"], last_k), (k["b"], sorted({k["resume_from"].name, *last_k} - {"last.ckpt"}))):
-        names = sorted(p.name for p in (run / "checkpoints").iterdir())
-        steps = [n for n in names if n.startswith("step")]
-        assert steps == kept, names
-        assert "last.ckpt" in names and not any(n.startswith(".") for n in names)  # no temporaries left
+    names = sorted(p.name for p in (k["a"] / "checkpoints").iterdir())
+    assert [n for n in names if n.startswith("step")] == last_k and "last.ckpt" in names
+    # The resumed run keeps the last K too. Lightning also keeps the checkpoint it was resumed from (a safety net
+    # should the resumed run fail as well), and a kill between writing step N and deleting step N - K leaves
+    # that older file behind: extra files, never fewer.
+    names = sorted(p.name for p in (k["b"] / "checkpoints").iterdir())
+    steps = {n for n in names if n.startswith("step")}
+    assert set(last_k) <= steps <= {*last_k, k["resume_from"].name, *k["after_kill"]}, names
+    assert "last.ckpt" in names and not any(n.startswith(".") for n in names)  # no temporaries left
 
 
 def _fake_training_checkpoint(path: Path, step: int) -> Path:
@@ -259,7 +275,7 @@ def test_resumable_sampler_skips_exactly_the_consumed_items():
     assert sorted(order) == data and order != data  # a permutation that depends on (seed, epoch)
     resumed = ResumableSampler(data, seed=3)
     resumed.resume_at(2, 4)
-    assert list(resumed) == order[4:]
+    assert list(resumed)[:6] == order[4:]  # (the consumed ones come last, so the length stays the same)
     assert list(resumed) == order  # the skip applies once
     resumed.resume_at(2, 10)  # a resume at the end of epoch 2 starts epoch 3
     nxt = ResumableSampler(data, seed=3)

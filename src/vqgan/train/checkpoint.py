@@ -225,7 +225,9 @@ class ResumableSampler(Sampler[int]):
         skip = self._start[1] if self._start is not None and self._start[0] == epoch else 0
         self._start = None
         offset = epoch * self.n if self.global_indices else 0
-        yield from (offset + int(i) for i in self.order(epoch)[skip:])
+        # The consumed items move to the end rather than being dropped: the length stays ``n`` (what Lightning's
+        # distributed wrapper expects), and the epoch loop stops after the remaining batches anyway.
+        yield from (offset + int(i) for i in self.order(epoch).roll(-skip))
 
     def __len__(self) -> int:
         return self.n
@@ -287,8 +289,9 @@ class ResumeState(L.Callback):
             return
         self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
         if self.sampler is not None:
-            self.sampler.resume_at(self.epoch, self.batches * self.batch_size)
-            if self.batches * self.batch_size >= self.sampler.n:
+            items = self.batches * self.batch_size * trainer.world_size  # every rank consumed its batches
+            self.sampler.resume_at(self.epoch, items)
+            if items >= self.sampler.n:
                 self.epoch, self.batches = self.epoch + 1, 0
         self._rng = state["rng"]
 
