@@ -242,3 +242,35 @@ def test_skipped_items_reach_the_logs_and_metrics_json(tmp_path, caplog):
     acc = EventAccumulator(str(tmp_path / "run" / "logs")).Reload()
     assert "train/skipped_data" in acc.Tags()["scalars"]
     assert acc.Scalars("train/skipped_data")[-1].value >= sum(train_ds[i] is None for i in range(len(train_ds)))
+
+
+def test_unreadable_videos_are_skipped_and_counted(tmp_path, caplog):
+    import av
+
+    from vqgan.data.video import VideoClips, VideoRecord
+
+    good = tmp_path / "good.mp4"
+    with av.open(str(good), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
+        for i in range(10):
+            frame = np.full((24, 32, 3), 20 * i, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    data = good.read_bytes()
+    bad = {
+        "zero.mp4": b"",
+        "header_only.mp4": data[:64],
+        "noise.avi": np.random.default_rng(2).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "text.mkv": b"not a video\n" * 20,
+    }
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+    records = [VideoRecord(good)] + [VideoRecord(tmp_path / n) for n in bad]
+    ds = VideoClips(records, resolution=16, frames=4, clip_offset="uniform")
+    with caplog.at_level(logging.WARNING):
+        batch = collate_skip([ds[i] for i in range(len(ds))])
+    assert batch["image"].shape == (1, 3, 4, 16, 16) and int(batch["skipped"]) == len(bad)
+    assert all(name in caplog.text for name in bad)
