@@ -35,9 +35,10 @@ class QuantizerConfig:
         l2_normalize: look up with l2-normalised codes and latents (cosine similarity, ViT-VQGAN).
         kmeans_init: initialise the codebook with k-means on the first batch of encoder outputs.
         kmeans_iters: Lloyd iterations for ``kmeans_init``.
-        dead_code_threshold: a code whose running usage count falls below this is restarted from a recent
-            encoder output (0 disables restarts).
-        usage_decay: decay of the running usage count used to find dead codes.
+        dead_code_threshold: a code whose running usage, relative to a uniform share of the hits (1 = used as
+            often as under uniform usage), falls below this is restarted from a current encoder output (0 disables
+            restarts). Relative, so the same value fits any batch size and codebook size.
+        usage_decay: decay of the running usage used to find dead codes (0.95: about 20 steps of memory).
         entropy_weight: weight of an entropy penalty that pushes towards a uniform average code assignment.
         entropy_temperature: temperature of the soft assignment used by the entropy penalty.
     """
@@ -50,8 +51,9 @@ class QuantizerConfig:
     l2_normalize: bool = False
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    dead_code_threshold: float = 1.0
-    usage_decay: float = 0.99
+    # Defaults chosen by benchmarks/codebook.py (EMA, k-means, restarts below half a uniform share).
+    dead_code_threshold: float = 0.5
+    usage_decay: float = 0.95
     entropy_weight: float = 0.0
     entropy_temperature: float = 0.01
     # FSQ (Mentzer et al. 2023): number of levels per dimension; the codebook size is their product.
