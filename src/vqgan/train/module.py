@@ -55,6 +55,11 @@ class VQGANModule(L.LightningModule):
         self.discriminator = (
             PatchDiscriminator(self.cfg.discriminator, out_ch) if self.cfg.loss.disc_weight > 0 else None
         )
+        if self.cfg.train.channels_last:
+            # NHWC weights as well as NHWC inputs (training_step), so that oneDNN / cuDNN don't reorder at every call.
+            self.model.to(memory_format=torch.channels_last)
+            if self.discriminator is not None:
+                self.discriminator.to(memory_format=torch.channels_last)
         self.automatic_optimization = False
         k = self.model.quantize.codebook_size
         self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
@@ -77,7 +82,10 @@ class VQGANModule(L.LightningModule):
         groups = [{"params": self.generator_parameters(), "lr": t.lr, "name": "generator"}]
         if self.discriminator is not None:
             groups.append({"params": self.discriminator_parameters(), "lr": t.lr_disc or t.lr, "name": "discriminator"})
-        opt = torch.optim.Adam(groups, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        # The fused (single-kernel) Adam where the device has one: 3-4x faster than the per-tensor loop on CPU
+        # (benchmarks/train_step.py); same update rule.
+        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+        opt = torch.optim.Adam(groups, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=fused)
         warmup = max(t.warmup_steps, 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _Warmup(warmup))
         return [opt], [{"scheduler": sched, "interval": "step"}]
