@@ -10,12 +10,14 @@ Rows (all read 256-channel latents from the same ``quant_conv``):
 * ``fsq`` (levels 8,5,5,5 = 1000 codes), ``lfq`` (10 bits), ``simvq`` (1024 codes), ``rvq`` (2 EMA stages of 1024
   codes: twice the bits, listed for reference).
 
-Validation metrics are computed on the fixed 256-image validation set of the built-in data after the last step:
-``usage`` (fraction of codes used over the whole set), ``perplexity``, PSNR and SSIM. ``seconds`` is the training
-time of that run. Two runs go at a time, one per core, each with one thread (small convolutions scale badly across
+After the last step: ``usage`` (fraction of codes used) and ``perplexity`` of the trained model in eval mode over
+1,024 random training crops (65,536 tokens, 64 per code, so that a rare code is told from a dead one; no restarts
+happen in eval mode); PSNR, SSIM and ``val_usage`` on the fixed validation grid of the built-in data (120 images,
+7,680 tokens); ``train_usage``, the fraction of codes hit during the last 50 training steps (the run's codebook
+diagnostics); ``restarts`` during training; ``seconds``, the wall-clock time of the run. Two runs go at a time, one per core, each with one thread (small convolutions scale badly across
 threads, and two single-threaded runs keep both cores busy).
 
-    python benchmarks/codebook.py [--steps 600] [--only vanilla default] [--workers 2]
+    python benchmarks/codebook.py [--steps 500] [--only fsq lfq] [--workers 2]
 
 The last line is ``RESULT default_usage=... vanilla_usage=... default_psnr=... vanilla_psnr=...``.
 """
@@ -54,7 +56,8 @@ def quantizers() -> dict[str, QuantizerConfig]:
         "vanilla": QuantizerConfig(kind="vq", codebook_size=1024, codebook_dim=None, kmeans_init=False, dead_code_threshold=0.0),
         "default": default,
         "vq+": QuantizerConfig(
-            kind="vq", codebook_size=1024, codebook_dim=32, l2_normalize=True, kmeans_init=True, dead_code_threshold=0.1
+            kind="vq", codebook_size=1024, codebook_dim=32, l2_normalize=True, kmeans_init=True, dead_code_threshold=0.5,
+            usage_decay=0.95,
         ),
         "fsq": QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5]),
         "lfq": QuantizerConfig(kind="lfq", codebook_size=1024),
@@ -72,7 +75,7 @@ def experiment(name: str, quantizer: QuantizerConfig, steps: int, seed: int) -> 
             z_channels=64, embed_dim=256, num_groups=8, quantizer=quantizer,
         ),
         loss=LossConfig(reconstruction="l1", perceptual="none", disc_weight=0.0),
-        data=DataConfig(kind="builtin", resolution=32, batch_size=32, builtin_scale=0.5, val_size=256),
+        data=DataConfig(kind="builtin", resolution=32, batch_size=32, builtin_scale=0.5),
         train=TrainConfig(
             max_steps=steps, lr=1e-3, betas=[0.9, 0.99], warmup_steps=20, val_every_n_steps=steps,
             log_every_n_steps=50, logger="none", diagnostics_every_n_steps=50, seed=seed, grad_clip=1.0,
@@ -82,9 +85,12 @@ def experiment(name: str, quantizer: QuantizerConfig, steps: int, seed: int) -> 
 
 def run_one(name: str, quantizer: QuantizerConfig, steps: int, seed: int, out_dir: str) -> dict[str, object]:
     """Train one quantizer in this (worker) process and return its row."""
+    import logging
+
     import torch
 
     torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     from vqgan.train.diagnostics import load_diagnostics
     from vqgan.train.fit import fit
 
@@ -96,12 +102,14 @@ def run_one(name: str, quantizer: QuantizerConfig, steps: int, seed: int, out_di
         metrics = fit(cfg, run_dir)
         seconds = time.perf_counter() - start
     diag = load_diagnostics(run_dir)
+    usage = usage_on_training_crops(run_dir, cfg)
     k = math.prod(quantizer.levels) if quantizer.kind == "fsq" else quantizer.codebook_size
     return {
         "quantizer": name,
         "codes": k,
-        "usage": float(metrics["codebook_usage"]),
-        "perplexity": float(metrics["perplexity"]),
+        "usage": usage["usage"],
+        "perplexity": usage["perplexity"],
+        "val_usage": float(metrics["codebook_usage"]),
         "psnr": float(metrics["psnr"]),
         "ssim": float(metrics["ssim"]),
         "train_usage": float(diag["usage"][-1]),
@@ -110,9 +118,38 @@ def run_one(name: str, quantizer: QuantizerConfig, steps: int, seed: int, out_di
     }
 
 
+def usage_on_training_crops(run_dir: Path, cfg: ExperimentConfig, images: int = 1024) -> dict[str, float]:
+    """Codebook usage and perplexity of the trained model (eval mode: no restarts) over ``images`` random training
+    crops, i.e. 64 tokens per code for 1024 codes (the built-in validation grid has only 120 images, 7,680 tokens,
+    too few to tell a rare code from a dead one)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vqgan.data import build_datasets
+    from vqgan.metrics import CodebookUsage
+    from vqgan.train.module import VQGANModule
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    module = VQGANModule(ckpt["hyper_parameters"]["config"])
+    module.load_state_dict(ckpt["state_dict"], strict=False)  # the frozen loss networks are not saved
+    model = module.model.eval()
+    train_set, _ = build_datasets(cfg.data, cfg.train.seed + 1)
+    torch.manual_seed(cfg.train.seed + 1)
+    metric = CodebookUsage(model.quantize.codebook_size, model.quantize.num_stages)
+    seen = 0
+    with torch.no_grad():
+        for batch in DataLoader(train_set, batch_size=256, shuffle=True):
+            metric.update(model.encode(batch["image"]).indices)
+            seen += batch["image"].shape[0]
+            if seen >= images:
+                break
+    stats = metric.compute()
+    return {"usage": float(stats["usage"]), "perplexity": float(stats["perplexity"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=600, help="training steps per quantizer")
+    parser.add_argument("--steps", type=int, default=500, help="training steps per quantizer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=None, help="subset of rows (vanilla and default always run)")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
@@ -134,7 +171,7 @@ def main() -> None:
             rows[n] = f.result()
             print(f"  {n}: done ({rows[n]['seconds']} s)", flush=True)
     print()
-    print(table([rows[n] for n in names], title=f"Codebook health at {args.steps} steps (validation set, 256 images)"))
+    print(table([rows[n] for n in names], title=f"Codebook health at {args.steps} steps"))
     print(f"total {time.perf_counter() - start:.0f} s")
     d, v = rows["default"], rows["vanilla"]
     print(
