@@ -107,12 +107,35 @@ def visualize_model(
             notes.append(why)
             say(why)
     frames = images.transpose(1, 2).flatten(0, 1) if is_video else images
+    stats: dict[str, Any] = {}
     if is_video and is_video_model(model):
-        frames = None  # a 3-D tokenizer does not encode single frames
-        why = "image pictures (grids, latents, atlas) skipped: a spatio-temporal tokenizer encodes clips, not frames"
+        # A 3-D tokenizer encodes clips, not frames: latent space, usage and a token map from the clips.
+        frames = None
+        why = ("image grids, codebook atlas and interpolation skipped: a spatio-temporal tokenizer encodes clips, "
+               "not single frames (see the video pictures)")
         notes.append(why)
         say(why)
-    stats: dict[str, Any] = {}
+        lat = collect_latents(model, images, batch_size=4)
+        codebook = _codebook_in_latent_space(model)
+        stats = latent_statistics(lat["latents"], codebook)
+        k = model.quantize.codebook_size
+        hist = counts if counts is not None else torch.bincount(lat["indices"], minlength=k)[:k]
+        records += [
+            FigureRecord("pca", "PCA of encoder outputs and codes",
+                         str(plot_projection(lat["latents"], lat["indices"], codebook, out / "latent_pca.png", "pca", max_points)),
+                         "Latent space", "spatio-temporal latents of the clips and the codes"),
+            FigureRecord("tsne", "t-SNE of encoder outputs and codes",
+                         str(plot_projection(lat["latents"], lat["indices"], codebook, out / "latent_tsne.png", "tsne", tsne_points)),
+                         "Latent space", f"seeded subsample of at most {tsne_points} encoder outputs"),
+            FigureRecord("latent_stats", "Latent statistics", str(plot_latent_statistics(lat["latents"], codebook, out / "latent_stats.png")),
+                         "Latent space", "per-dimension mean ± std and norm histograms"),
+            FigureRecord("usage_histogram", "Codebook usage histogram",
+                         str(plot_usage_histogram(hist.cpu().numpy(), out / "codebook_usage.png")), "Codebook",
+                         f"hits per code on {len(images)} clips"),
+            FigureRecord("token_map", "Token map (first latent frame)",
+                         str(plot_token_map(images[0][:, 0], lat["index_maps"][0][0], out / "token_map.png", k)), "Codebook",
+                         "codes of the first latent frame over the first frame of the clip"),
+        ]
     if frames is not None:
         # 1. reconstructions with per-image PSNR.
         x = frames[:grid_images]
