@@ -189,7 +189,7 @@ class DataConfig:
     # Resize the shorter side to this before cropping (None: ``resolution``). For the built-in photos a scale
     # factor is used instead, see ``builtin_scale``.
     resize: int | None = None
-    builtin_scale: float = 0.5
+    builtin_scale: float = 1.0
     # Number of random crops per epoch for the built-in dataset, and size of the fixed validation grid.
     builtin_train_crops: int = 4096
     val_size: int = 256
@@ -215,6 +215,9 @@ class TrainConfig:
     """Optimisation, validation, checkpointing and hardware options (passed to a Lightning Trainer)."""
 
     max_steps: int = 1000
+    # Stop after this many minutes of training even if max_steps is not reached (a time budget: the demo
+    # trains for a fixed time whatever the machine). None: no limit.
+    max_time_minutes: float | None = None
     lr: float = 1e-4
     lr_disc: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
@@ -306,6 +309,8 @@ class ExperimentConfig:
                 f"model.arch=video3d needs clips (data.frames_as_images=false) of 1 + k * {m.time_factor} frames "
                 f"(model.temporal_downsample={m.temporal_downsample}); got data.frames={self.data.frames}"
             )
+        if self.train.max_time_minutes is not None and self.train.max_time_minutes <= 0:
+            raise ConfigError(f"train.max_time_minutes={self.train.max_time_minutes} must be positive or null")
         if self.train.max_steps < 1:
             raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")
         if loss.disc_weight < 0 or loss.perceptual_weight < 0:

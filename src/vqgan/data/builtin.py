@@ -70,7 +70,7 @@ class BuiltinPhotos(Dataset):
         self,
         split: str = "train",
         resolution: int = 32,
-        scale: float = 0.5,
+        scale: float = 1.0,
         length: int = 4096,
         flip: bool = True,
         channels: int = 3,

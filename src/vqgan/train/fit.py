@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, extra_callbacks: list[L.
     return L.Trainer(
         default_root_dir=str(run_dir),
         max_steps=max_steps,
+        max_time=None if t.max_time_minutes is None else timedelta(minutes=t.max_time_minutes),
         max_epochs=-1,
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
