@@ -215,11 +215,13 @@ def test_damaged_checkpoints_give_clear_errors(tmp_path):
 def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path, caplog):
     d = tmp_path / "checkpoints"
     assert find_resume_checkpoint(d) is None  # nothing to resume: a fresh start
-    for i, name in enumerate(["step0000001.ckpt", "step0000002.ckpt", "step0000003.ckpt", "last.ckpt"]):
+    names = ["step0000001.ckpt", "step0000002.ckpt", "step0000003.ckpt", "last.ckpt"]
+    for i, name in enumerate(names):
         _fake_training_checkpoint(d / name, i + 1)
-        os.utime(d / name, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+        t = 10**18 - i * 10**9  # timestamps in the reverse order (a copy that lost them): the step decides
+        os.utime(d / name, ns=(t, t))
     (d / ".last.ckpt.tmp4194999").write_bytes(b"partial")  # a writer killed mid-write (no such process)
-    assert [p.name for p in checkpoint_candidates(d)][0] == "last.ckpt"
+    assert [p.name for p in checkpoint_candidates(d)] == names[::-1]
     (d / "last.ckpt").write_bytes((d / "last.ckpt").read_bytes()[:100])  # truncated
     _flip_a_byte_inside(d / "step0000003.ckpt")  # silently corrupt
     assert find_resume_checkpoint(d) == d / "step0000002.ckpt"

@@ -60,15 +60,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` naming the file otherwise."""
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` naming the file otherwise.
+
+    ``mmap=True`` maps the tensors' storage instead of reading it (cheap when only the metadata is wanted)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): probably a write that was interrupted")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {path}: it needs to execute code to unpickle ({str(e).splitlines()[0]}). "
@@ -119,7 +121,7 @@ def verify_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
     if bad is not None:
         raise CheckpointError(f"checkpoint {path} is corrupt: record {bad!r} fails its CRC-32 check")
-    ckpt = load_checkpoint_file(path)
+    ckpt = load_checkpoint_file(path, mmap=True)  # the bytes were just read by the CRC check
     if training:
         missing = [k for k in TRAINING_KEYS if k not in ckpt]
         if missing:
@@ -128,12 +130,23 @@ def verify_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]
 
 
 def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
-    """The ``*.ckpt`` files of ``ckpt_dir``, newest first (by modification time: a file is written in one rename)."""
+    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (read cheaply,
+    tensors memory-mapped), then by modification time. Unreadable files come last (they fail verification).
+    The step, not only the time, decides, so a run folder copied without its timestamps still resumes from its
+    latest state."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
+
+    def key(p: Path) -> tuple[int, int, bool, str]:
+        try:
+            step = int(load_checkpoint_file(p, mmap=True).get("global_step", -1))
+        except (CheckpointError, TypeError, ValueError):
+            step = -1
+        return step, p.stat().st_mtime_ns, p.name == "last.ckpt", p.name
+
     files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt", p.name), reverse=True)
+    return sorted(files, key=key, reverse=True)
 
 
 def remove_stale_temporaries(ckpt_dir: str | Path) -> list[Path]:
