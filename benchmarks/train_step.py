@@ -140,6 +140,24 @@ class Variant:
         _clip(self.disc, self.cfg.train.grad_clip)
 
 
+def saved_activation_mb(v: Variant) -> float:
+    """MiB of tensors the autoencoder's forward pass keeps for its backward pass (what gradient checkpointing
+    trades for recomputation), counted exactly with ``saved_tensors_hooks`` (one count per storage). Unlike the
+    process's peak memory this does not depend on the allocator, so it is comparable across machines."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter):
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = v.model(v.x)
+    del out
+    return sum(storages.values()) / 2**20
+
+
 def build(name: str, args: argparse.Namespace, dev: torch.device) -> Variant:
     cl = args.channels_last or name == "ours_channels_last"
     cfg = experiment(args.resolution, args.ch, checkpointing=name == "ours_ckpt", channels_last=cl)
@@ -206,6 +224,7 @@ def main() -> None:
     n_params = {n: sum(p.numel() for p in v.model.parameters()) for n, v in variants.items()}
     assert n_params["ours"] == n_params["diffusers"], n_params  # same architecture
     flops = {n: count_flops(v.step) for n, v in variants.items()}
+    activations = {n: saved_activation_mb(v) for n, v in variants.items()}
     peak, peak_desc = conv_peak_gflops(dev)
     times = interleaved({n: v.step for n, v in variants.items()}, dev, repeats=args.repeats, warmup=1)
     peak2, _ = conv_peak_gflops(dev)  # again after the steps: the machine may be shared, keep the better one
@@ -230,6 +249,7 @@ def main() -> None:
             "GFLOP/s": flops[n] / t / 1e9,
             "peak MB": memory.get(n, float("nan")),
             "MB/image": memory.get(n, float("nan")) / args.batch,
+            "AE activations MB/image": activations[n] / args.batch,
         })
     print(table(rows))
     print(f"conv peak: {peak:.1f} GFLOP/s ({peak_desc})")
@@ -241,13 +261,15 @@ def main() -> None:
     fraction = flops[best] / ours / 1e9 / peak
     ck = median(times["ours_ckpt"]) / median(times["ours"])
     if memory:
-        print(f"gradient checkpointing: {ck:.2f}x the step time, {memory['ours_ckpt'] / memory['ours']:.2f}x the memory")
+        print(f"gradient checkpointing: {ck:.2f}x the step time, {memory['ours_ckpt'] / memory['ours']:.2f}x the peak "
+              f"memory, {activations['ours_ckpt'] / activations['ours']:.2f}x the autoencoder's saved activations")
         mem = f" memory_ratio_vs_diffusers={memory['ours'] / memory['diffusers']:.3f}"
     else:
         mem = ""
     print(f"RESULT ratio_vs_diffusers={ratio:.3f} peak_fraction={fraction:.3f}{mem} best={best} "
           f"ratio_default_format={ratio_default:.3f} images_per_s={args.batch / ours:.2f} "
-          f"checkpointing_time_ratio={ck:.3f}")
+          f"checkpointing_time_ratio={ck:.3f} "
+          f"checkpointing_activation_ratio={activations['ours_ckpt'] / activations['ours']:.3f}")
 
 
 BATCH = 16
