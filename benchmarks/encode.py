@@ -89,7 +89,9 @@ def codebook_scaling(sizes: list[int], n: int, dim: int, repeats: int, dev: torc
             theirs_i = vq(z_img)[2][2].reshape(-1)
             agree = (ours_i == theirs_i).float().mean().item()
             times = interleaved(
-                {"ours": lambda: nearest_code(z, codebook), "diffusers": lambda: vq(z_img)}, dev, repeats=repeats
+                {"ours": lambda c=codebook: nearest_code(z, c), "diffusers": lambda q=vq, zi=z_img: q(zi)},
+                dev,
+                repeats=repeats,
             )
         t_o, t_d = median(times["ours"]), median(times["diffusers"])
         rows.append({"codes": k, "ours ms": 1000 * t_o, "diffusers ms": 1000 * t_d, "ratio": t_d / t_o,
