@@ -222,7 +222,7 @@ def test_evaluate_command_writes_metrics_and_protocol(tiny_model, tmp_path, alex
     ckpt = _write_checkpoint(tiny_model, tmp_path / "model.ckpt")
     _, lpips_file = alex_reference
     rc = main(["evaluate", "--ckpt", str(ckpt), "--output", str(tmp_path / "ev"), "--progress", "false",
-               "--lpips-weights", str(lpips_file), "--lpips-net", "alex", "--batch-size", "3"])
+               "--lpips-weights", str(lpips_file), "--lpips-net", "alex", "--batch-size", "3", "--whole-split", "false"])
     assert rc == 0
     table = capsys.readouterr().out
     assert "PSNR" in table and "LPIPS" in table and "perplexity" in table
@@ -231,7 +231,7 @@ def test_evaluate_command_writes_metrics_and_protocol(tiny_model, tmp_path, alex
     n = get_preset("test-taming").data.val_size
     assert p["num_images"] == m["num_images"] == n
     assert p["resolution"] == [16, 16]
-    assert "centre" in p["preprocessing"] or "crops" in p["preprocessing"]
+    assert "crops (evenly thinned to at most 8)" in p["preprocessing"]
     assert p["lpips"]["backbone_weights"] == str(lpips_file)
     assert 0 < m["lpips"] and 0 < m["codebook_usage"] <= 1 and m["psnr"] > 0
     # the library on the same data gives the same numbers

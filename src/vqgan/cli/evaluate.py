@@ -20,8 +20,9 @@ def _data_arguments(p, argv: list[str]) -> None:
         _set_data_defaults_from_ckpt(p, ckpt)
 
 
-def _eval_loader(model, data_ns, batch_size: int | None, max_images: int | None):
-    """The validation loader of ``--data`` (fixed order, no augmentation), optionally truncated; and its config."""
+def _eval_loader(model, data_ns, batch_size: int | None, max_images: int | None, whole_split: bool = False):
+    """The validation loader of ``--data`` (fixed order, no augmentation), optionally truncated; and its config.
+    ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to take every image."""
     from torch.utils.data import DataLoader, Subset
 
     from vqgan.config import DataConfig, ExperimentConfig, from_dict
@@ -30,6 +31,8 @@ def _eval_loader(model, data_ns, batch_size: int | None, max_images: int | None)
     data = from_dict(DataConfig, data_ns.as_dict())
     if batch_size:
         data.val_batch_size = batch_size
+    if whole_split:
+        data.val_size = 2**31 - 1
     cfg = ExperimentConfig(model=model.config, data=data)
     _, val = build_datasets(cfg.data, cfg.train.seed)
     if max_images is not None and max_images < len(val):
@@ -82,6 +85,8 @@ class Evaluate:
         p.add_argument("--fid-feature", type=int, default=2048, help="Inception feature layer for rFID (2048 is standard)")
         p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: data.val_batch_size)")
         p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images (default: all)")
+        p.add_argument("--whole-split", type=bool, default=True,
+                       help="evaluate every image of the validation split; false keeps data.val_size (the training-time cap)")
         p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
         p.add_argument("--progress", type=bool, default=True, help="show a progress bar (on stderr)")
         p.add_argument("--json", type=bool, default=False, help="print the result as JSON instead of a table")
@@ -111,7 +116,7 @@ class Evaluate:
 
             fid = ReconstructionFID(a.fid_weights, a.fid_feature)
         model, _ = load_model(a.ckpt)
-        loader, data = _eval_loader(model, a.data, a.batch_size, a.max_images)
+        loader, data = _eval_loader(model, a.data, a.batch_size, a.max_images, a.whole_split)
         result = evaluate_tokenizer(model, loader, data, device, lpips=lpips, fid=fid, progress=a.progress,
                                     checkpoint=str(a.ckpt))
         if a.output:

@@ -129,18 +129,19 @@ def reconstruction_metrics(
 def describe_preprocessing(data: Any) -> str:
     """A one-line description of how a :class:`~vqgan.config.DataConfig` turns files into evaluation images."""
     r = data.resolution
+    capped = data.val_size < 2**31 - 1  # the evaluate command lifts the cap to take the whole split
     mode = "grayscale" if data.channels == 1 else "RGB"
     if data.kind == "builtin":
         return (
-            f"built-in validation photos scaled by {data.builtin_scale}, a fixed grid of non-overlapping {r}x{r} crops "
-            f"(at most {data.val_size}), {mode}, no flip, mapped to [-1, 1]"
+            f"built-in validation photos scaled by {data.builtin_scale}, a fixed grid of non-overlapping {r}x{r} crops"
+            f"{f' (evenly thinned to at most {data.val_size})' if capped else ''}, {mode}, no flip, mapped to [-1, 1]"
         )
     if data.kind == "folder":
         side = max(data.resize or r, r)
         src = data.val_root or f"held-out files of {data.root}"
         return (
             f"{src}: shorter side resized to {side} (PIL bicubic), centre crop {r}x{r}, {mode}, no flip, "
-            f"mapped to [-1, 1] (at most {data.val_size} images)"
+            f"mapped to [-1, 1]{f' (first {data.val_size} images)' if capped else ''}"
         )
     extra = f", {data.frames} frames (stride {data.frame_stride})" if data.kind in ("video_folder", "ucf101") else ""
     return f"data.kind={data.kind} validation split, {r}x{r}{extra}, {mode}, mapped to [-1, 1]"

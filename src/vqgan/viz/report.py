@@ -30,7 +30,8 @@ th{background:#eef0f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .tables{display:flex;flex-wrap:wrap;gap:22px;align-items:flex-start;margin-top:14px}
 .tables h3{font-size:15px;margin:6px 0}
 .grid{display:flex;flex-wrap:wrap;gap:18px}
-figure{margin:0;background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:10px;max-width:100%}
+figure{margin:0;background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:10px;max-width:calc(50% - 32px)}
+@media (max-width:900px){figure{max-width:100%}}
 figure img,figure video{max-width:100%;height:auto;display:block;image-rendering:pixelated}
 figcaption{font-size:12px;color:#4a525c;margin-top:6px;max-width:640px}figcaption b{color:#1d2228}
 pre{background:#fff;border:1px solid #d9dde3;padding:10px;font-size:12px;overflow:auto;max-height:420px}
@@ -93,6 +94,7 @@ def write_report(
     metrics: Mapping[str, Mapping[str, Any]] | None = None,
     notes: Iterable[str] = (),
     subtitle: str = "",
+    appendix: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write the page: a header, notes (e.g. pictures skipped and why), metric tables (one per entry of
     ``metrics``), the figures grouped by ``section`` in order of first appearance, and the configuration."""
@@ -122,6 +124,9 @@ def write_report(
         parts.append(f"<h2 id='sec{i}'>{html.escape(name)}</h2><div class='grid'>")
         parts.extend(_figure(r) for r in recs)
         parts.append("</div>")
+    for name, table in (appendix or {}).items():  # long tables (e.g. the evaluation protocol) after the pictures
+        if table:
+            parts.append(f"<h2>{html.escape(name)}</h2>{_table(table)}")
     if config_text:
         parts.append(f"<h2>Configuration</h2><pre>{html.escape(config_text)}</pre>")
     parts.append("</main></body></html>")
@@ -152,13 +157,14 @@ def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, o
     figures_dir = Path(figures_dir) if figures_dir else run_dir / "visualizations"
     config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else None
     metrics: dict[str, dict[str, Any]] = {}
+    appendix: dict[str, dict[str, Any]] = {}
     if (run_dir / "metrics.json").is_file():
         metrics["Training validation metrics"] = json.loads((run_dir / "metrics.json").read_text())
     for ev in (run_dir / "evaluation.json", figures_dir / "evaluation.json"):
         if ev.is_file():
             data = json.loads(ev.read_text())
             metrics["Evaluation"] = data.get("metrics", {})
-            metrics["Evaluation protocol"] = data.get("protocol", {})
+            appendix["Evaluation protocol"] = data.get("protocol", {})
             break
     notes: list[str] = []
     if (figures_dir / "figures.json").is_file():
@@ -178,7 +184,7 @@ def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, o
             notes.append(f"training diagnostics not shown: {e}")
     out = Path(output) if output else run_dir / "report.html"
     return write_report(out, title or f"vqgan run {run_dir.name}", figures, config_text, metrics, notes,
-                        subtitle=str(run_dir.resolve()))
+                        subtitle=str(run_dir.resolve()), appendix=appendix)
 
 
 # -- headless browser helpers (rendering checks and the README screenshot) -----------------------------------
