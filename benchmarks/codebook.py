@@ -17,7 +17,7 @@ happen in eval mode); PSNR, SSIM and ``val_usage`` on the fixed validation grid 
 diagnostics); ``restarts`` during training; ``seconds``, the wall-clock time of the run. Two runs go at a time, one per core, each with one thread (small convolutions scale badly across
 threads, and two single-threaded runs keep both cores busy).
 
-    python benchmarks/codebook.py [--steps 500] [--only fsq lfq] [--workers 2]
+    python benchmarks/codebook.py [--steps 500] [--only vanilla default fsq] [--workers 2] [--out DIR --reuse]
 
 The last line is ``RESULT default_usage=... vanilla_usage=... default_psnr=... vanilla_psnr=...``.
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -83,8 +84,11 @@ def experiment(name: str, quantizer: QuantizerConfig, steps: int, seed: int) -> 
     )
 
 
-def run_one(name: str, quantizer: QuantizerConfig, steps: int, seed: int, out_dir: str) -> dict[str, object]:
-    """Train one quantizer in this (worker) process and return its row."""
+def run_one(
+    name: str, quantizer: QuantizerConfig, steps: int, seed: int, out_dir: str, reuse: bool = False
+) -> dict[str, object]:
+    """Train one quantizer in this (worker) process and return its row. With ``reuse``, a finished run of the same
+    length in ``out_dir/name`` is evaluated instead of trained again (to resume an interrupted benchmark)."""
     import logging
 
     import torch
@@ -97,10 +101,15 @@ def run_one(name: str, quantizer: QuantizerConfig, steps: int, seed: int, out_di
     run_dir = Path(out_dir) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = experiment(name, quantizer, steps, seed)
-    with open(run_dir / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        start = time.perf_counter()
-        metrics = fit(cfg, run_dir)
-        seconds = time.perf_counter() - start
+    previous = run_dir / "metrics.json"
+    if reuse and previous.is_file() and json.loads(previous.read_text()).get("steps") == steps:
+        metrics = json.loads(previous.read_text())
+        seconds = float(metrics["train_seconds"])
+    else:
+        with open(run_dir / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            start = time.perf_counter()
+            metrics = fit(cfg, run_dir)
+            seconds = time.perf_counter() - start
     diag = load_diagnostics(run_dir)
     usage = usage_on_training_crops(run_dir, cfg)
     k = math.prod(quantizer.levels) if quantizer.kind == "fsq" else quantizer.codebook_size
@@ -151,13 +160,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=500, help="training steps per quantizer")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="*", default=None, help="subset of rows (vanilla and default always run)")
+    parser.add_argument("--only", nargs="*", default=None, help="subset of rows (RESULT needs vanilla and default)")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=str, default=None, help="folder for the runs (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="evaluate finished runs found in --out, train the rest")
     args = parser.parse_args()
 
     all_q = quantizers()
-    names = list(all_q) if not args.only else ["vanilla", "default", *[n for n in args.only if n not in ("vanilla", "default")]]
+    names = list(all_q) if not args.only else list(dict.fromkeys(args.only))
     unknown = [n for n in names if n not in all_q]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(all_q)}")
@@ -166,13 +176,15 @@ def main() -> None:
     start = time.perf_counter()
     rows: dict[str, dict[str, object]] = {}
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {n: pool.submit(run_one, n, all_q[n], args.steps, args.seed, out) for n in names}
+        futures = {n: pool.submit(run_one, n, all_q[n], args.steps, args.seed, out, args.reuse) for n in names}
         for n, f in futures.items():
             rows[n] = f.result()
             print(f"  {n}: done ({rows[n]['seconds']} s)", flush=True)
     print()
     print(table([rows[n] for n in names], title=f"Codebook health at {args.steps} steps"))
     print(f"total {time.perf_counter() - start:.0f} s")
+    if "default" not in rows or "vanilla" not in rows:
+        return
     d, v = rows["default"], rows["vanilla"]
     print(
         f"RESULT default_usage={d['usage']:.4f} vanilla_usage={v['usage']:.4f} "
