@@ -147,7 +147,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(killed_and_resumed):
     assert any("ema" in name for name in ca["state_dict"]) and any("discriminator" in n for n in ca["state_dict"])
     for name, t in ca["state_dict"].items():
         assert torch.allclose(t.float(), cb["state_dict"][name].float(), atol=TOL, rtol=0), name
-    for sa, sb in zip(ca["optimizer_states"][0]["state"].values(), cb["optimizer_states"][0]["state"].values()):
+    states = zip(ca["optimizer_states"][0]["state"].values(), cb["optimizer_states"][0]["state"].values(), strict=True)
+    for sa, sb in states:
         for key in sa:
             assert torch.allclose(torch.as_tensor(sa[key]).float(), torch.as_tensor(sb[key]).float(), atol=TOL), key
     assert ca["lr_schedulers"] == cb["lr_schedulers"]

@@ -85,7 +85,7 @@ def test_pretrained_weights_are_safetensors_and_backbones_weights_only(tmp_path)
     folder = save_pretrained(model, tmp_path / "pretrained")
     assert (folder / WEIGHTS_NAME).is_file() and not list(folder.glob("*.ckpt")) and not list(folder.glob("*.pt"))
     loaded = from_pretrained(folder)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
     marker = tmp_path / "pwned"
     evil = tmp_path / "vgg16.pth"
     torch.save({"features.0.weight": _Payload(marker)}, evil)
