@@ -223,6 +223,9 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    # After the warm-up: a constant rate, or a cosine decay to ``lr * min_lr_ratio`` at ``max_steps``.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     val_every_n_steps: int = 500
     log_every_n_steps: int = 25

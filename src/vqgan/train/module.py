@@ -87,7 +87,8 @@ class VQGANModule(L.LightningModule):
         fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
         opt = torch.optim.Adam(groups, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=fused)
         warmup = max(t.warmup_steps, 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _Warmup(warmup))
+        cosine_steps = t.max_steps if t.lr_schedule == "cosine" else None
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _Warmup(warmup, cosine_steps, t.min_lr_ratio))
         return [opt], [{"scheduler": sched, "interval": "step"}]
 
     def disc_factor(self) -> float:
@@ -232,13 +233,19 @@ class VQGANModule(L.LightningModule):
 
 
 class _Warmup:
-    """Linear learning-rate warm-up (a picklable callable, so scheduler state stays plain data)."""
+    """Linear learning-rate warm-up, then constant or a cosine decay to ``min_ratio`` at ``total`` steps
+    (a picklable callable, so scheduler state stays plain data)."""
 
-    def __init__(self, steps: int):
-        self.steps = steps
+    def __init__(self, steps: int, total: int | None = None, min_ratio: float = 0.1):
+        self.steps, self.total, self.min_ratio = steps, total, min_ratio
 
     def __call__(self, step: int) -> float:
-        return 1.0 if self.steps <= 0 else min(1.0, (step + 1) / self.steps)
+        if self.steps > 0 and step < self.steps:
+            return (step + 1) / self.steps
+        if self.total is None or self.total <= self.steps:
+            return 1.0
+        progress = min(1.0, (step - self.steps) / (self.total - self.steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _forward_state(
