@@ -109,7 +109,7 @@ def conv_peak_gflops(dev: torch.device, repeats: int = 5) -> tuple[float, str]:
 def peak_memory_subprocess(script: Path, args: list[str], timeout: float = 600) -> dict:
     """Run ``script args`` in a fresh Python process that prints one JSON line last; return it parsed.
 
-    Each variant runs alone in its own process, so that ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated``
+    Each variant runs alone in its own process, so that the peak RSS (CPU) or ``torch.cuda.max_memory_allocated``
     (GPU) is that variant's peak and nothing else's.
     """
     env = dict(os.environ)
@@ -121,8 +121,38 @@ def peak_memory_subprocess(script: Path, args: list[str], timeout: float = 600) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MiB."""
+    rss = _proc_status_mb("VmRSS")
+    return rss if rss is not None else max_rss_mb()
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark of this process (Linux: ``/proc/self/clear_refs``), if possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process in MiB: ``VmHWM`` on Linux (per address space, so neither the
+    parent's memory before ``exec`` nor anything before :func:`reset_peak_rss` counts), else ``ru_maxrss``."""
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

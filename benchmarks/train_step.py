@@ -35,12 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     conv_peak_gflops,
     count_flops,
+    current_rss_mb,
     describe_machine,
     device,
     interleaved,
     max_rss_mb,
     median,
     peak_memory_subprocess,
+    reset_peak_rss,
     table,
 )
 
@@ -179,19 +181,12 @@ def measure_memory(name: str, args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        base = _current_rss_mb()
+        base = current_rss_mb()
+        reset_peak_rss()
         for _ in range(2):
             v.step()
         peak = max_rss_mb() - base
     print(json.dumps({"variant": name, "peak_mb": peak}))
-
-
-def _current_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return max_rss_mb()
 
 
 def main() -> None:
