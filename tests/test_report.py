@@ -38,7 +38,7 @@ def report(run_dir):
     from vqgan.cli import main
 
     assert main(["evaluate", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--output", str(run_dir),
-                 "--progress", "false"]) == 0
+                 "--progress", "false", "--whole-split", "false"]) == 0
     assert main(["report", "--run-dir", str(run_dir)]) == 0
     return run_dir / "report.html"
 
