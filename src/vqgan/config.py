@@ -51,8 +51,8 @@ class QuantizerConfig:
     l2_normalize: bool = False
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    # Defaults chosen by benchmarks/codebook.py (EMA, k-means, restarts below half a uniform share).
-    dead_code_threshold: float = 0.5
+    # Defaults chosen by benchmarks/codebook.py (EMA, k-means, restarts below a tenth of a uniform share).
+    dead_code_threshold: float = 0.1
     usage_decay: float = 0.95
     entropy_weight: float = 0.0
     entropy_temperature: float = 0.01
