@@ -19,6 +19,7 @@ from vqgan.config import (
     load_config,
 )
 from vqgan.models import EncodeOutput, PatchDiscriminator, VQModel, VQModelOutput
+from vqgan.models.prior import GPTPrior, MaskGITPrior, PriorModelConfig, PriorOutput
 from vqgan.quantizers import Quantizer, QuantizerOutput, VectorQuantizer, build_quantizer
 from vqgan.registry import create_model, get_preset, list_presets, register_preset
 
@@ -54,9 +55,13 @@ __all__ = [
     "DiscriminatorConfig",
     "EncodeOutput",
     "ExperimentConfig",
+    "GPTPrior",
+    "MaskGITPrior",
     "LossConfig",
     "ModelConfig",
     "PatchDiscriminator",
+    "PriorModelConfig",
+    "PriorOutput",
     "Quantizer",
     "QuantizerConfig",
     "QuantizerOutput",

@@ -35,6 +35,23 @@ def command(name: str, help: str):
     return wrap
 
 
+def preset_from_argv(argv: list[str]) -> str | None:
+    """The value of ``--preset`` in ``argv`` (read before parsing: a preset sets the defaults of the options)."""
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--preset="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def _load_commands() -> None:
     # Imported for their registrations.
     from vqgan.cli import stage1  # noqa: F401

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from vqgan.cli import command
-from vqgan.cli.stage1 import _device, _set_data_defaults_from_ckpt
+from vqgan.cli import command, resolve_device
+from vqgan.cli.stage1 import _set_data_defaults_from_ckpt
 
 
 def _data_arguments(p, argv: list[str]) -> None:
@@ -104,7 +104,7 @@ class Evaluate:
             wanted = ["fid" if m == "rfid" else m for m in wanted]
         want_lpips = "lpips" in wanted if wanted is not None else a.lpips_weights is not None
         want_fid = "fid" in wanted if wanted is not None else a.fid_weights is not None
-        device = _device(a.device)
+        device = resolve_device(a.device)
         # Weight files first: a missing file must cost a second, not an evaluation.
         lpips = fid = None
         if want_lpips:
@@ -190,7 +190,7 @@ class Visualize:
         run_dir = a.run_dir or _infer_run_dir(a.ckpt)
         if a.run_dir is None and run_dir is not None:
             print(f"run folder: {run_dir}")
-        report = run_visualize(a.ckpt, a.output, run_dir, a.data, a.num_images, _device(a.device), a.tsne_points, a.report)
+        report = run_visualize(a.ckpt, a.output, run_dir, a.data, a.num_images, resolve_device(a.device), a.tsne_points, a.report)
         print(f"pictures in {a.output}" + (f"; report {report}" if report else ""))
         return 0
 
@@ -226,7 +226,7 @@ class Report:
 
             data = to_dict(experiment_from_checkpoint(load_checkpoint_file(ckpt)).data)
             print(f"no pictures in {figures}: drawing them from {ckpt}")
-            run_visualize(str(ckpt), figures, run_dir, Namespace(**data), device=_device(a.device), report=False)
+            run_visualize(str(ckpt), figures, run_dir, Namespace(**data), device=resolve_device(a.device), report=False)
         path = report_for_run(run_dir, figures, a.output)
         print(f"report {path}")
         if a.screenshot:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vqgan.cli import command
+from vqgan.cli import command, resolve_device
 
 _STAND_INS_HELP = (
     "read checkpoints that pickle Python objects (Lightning callbacks, argparse namespaces) with inert "
@@ -16,12 +16,6 @@ def _load(path: str, allow_stand_ins: bool = False):
     from vqgan.interop import load_pretrained
 
     return load_pretrained(path, allow_stand_ins=allow_stand_ins)
-
-
-def _device(d: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
 
 
 @command("convert", "Convert a taming, LlamaGen or diffusers tokenizer into our folder format (or ours into diffusers').")
@@ -130,7 +124,7 @@ class FitProjection:
         train_loader, val_loader = build_loaders(cfg)
         held_out = _images(next(iter(val_loader)))
         fit = fit_projection(model, train_loader, a.channels, a.steps, a.lr, a.kernel_size, a.source,
-                             a.latent_weight, a.train_decoder, _device(a.device), a.seed, eval_images=held_out)
+                             a.latent_weight, a.train_decoder, resolve_device(a.device), a.seed, eval_images=held_out)
         save_projection(fit.projection, a.output, fit.summary, model if a.train_decoder else None)
         print(json.dumps(fit.summary))
         return 0
@@ -159,7 +153,7 @@ class ProjectLatents:
         from vqgan.interop.projection import _images, load_projection, source_latents
         from vqgan.train.fit import build_loaders
 
-        device = _device(a.device)
+        device = resolve_device(a.device)
         model = _load(a.ckpt).to(device)
         proj = load_projection(a.projection).to(device)
         if (Path(a.projection) / "decoder").is_dir():

@@ -6,13 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vqgan.cli import command
-
-
-def _device(d: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
+from vqgan.cli import command, preset_from_argv, resolve_device
 
 
 @command("encode", "Encode a dataset with a trained tokenizer into token shards (code indices + labels), resumably.")
@@ -53,19 +47,10 @@ class Encode:
         ds = train if a.split == "train" else val
         source = {"tokenizer": str(Path(a.ckpt).resolve()), "data": to_dict(data), "split": a.split, "seed": a.seed}
         m = encode_dataset(model, ds, a.output, what=a.what, shard_size=a.shard_size, batch_size=a.batch_size,
-                           file_format=a.format, device=_device(a.device), source=source, progress=a.progress)
+                           file_format=a.format, device=resolve_device(a.device), source=source, progress=a.progress)
         print(json.dumps({"output": a.output, "items": m.num_written, "shards": len(m.shards), "complete": m.complete,
                           "token_shape": m.token_shape, "codebook_size": m.codebook_size, "num_classes": m.num_classes}))
         return 0
-
-
-def _preset_from_argv(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
 
 
 @command("fit-prior", "Train a stage-2 prior (GPT or MaskGIT) on a token folder, from a YAML config with dotted overrides.")
@@ -75,7 +60,7 @@ class FitPrior:
         from vqgan.models.prior.config import add_prior_arguments, get_prior_preset, list_prior_presets
 
         # Other sub-commands have their own --preset: read ours only when it is ours.
-        preset = _preset_from_argv(argv) if argv[:1] == ["fit-prior"] else None
+        preset = preset_from_argv(argv) if argv[:1] == ["fit-prior"] else None
         p.add_argument("--preset", type=str, default=None, help=f"start from a prior preset: {', '.join(list_prior_presets())}")
         add_prior_arguments(p, get_prior_preset(preset) if preset else None)
         p.add_argument("--tokens", type=str, default=None, help="token folder written by `vqgan encode`")
@@ -127,7 +112,7 @@ class Sample:
         result = generate_images(
             a.prior, a.output, tokenizer=a.tokenizer, num=a.num, class_=getattr(a, "class"), cfg_scale=a.cfg_scale,
             temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, steps=a.steps, use_cache=not a.no_cache,
-            seed=a.seed, ncol=a.ncol, device=_device(a.device),
+            seed=a.seed, ncol=a.ncol, device=resolve_device(a.device),
         )
         print(json.dumps(result))
         return 0

@@ -5,16 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from vqgan.cli import command
-
-
-def _preset_from_argv(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
+from vqgan.cli import command, preset_from_argv, resolve_device
 
 
 @command("fit", "Train a stage-1 tokenizer (VQ-VAE / VQGAN) from a YAML config with dotted overrides.")
@@ -25,7 +16,7 @@ class Fit:
         from vqgan.registry import get_preset, list_presets
 
         # Only for `vqgan fit`: other sub-commands (fit-prior) have presets of their own.
-        preset = _preset_from_argv(argv) if argv[:1] == ["fit"] else None
+        preset = preset_from_argv(argv) if argv[:1] == ["fit"] else None
         p.add_argument("--preset", type=str, default=None, help=f"start from a named preset: {', '.join(list_presets())}")
         add_experiment_arguments(p, get_preset(preset) if preset else None)
         p.add_argument("--run-dir", type=str, required=True, help="folder for config, checkpoints, samples, logs, metrics")
@@ -74,7 +65,7 @@ class Validate:
 
         cfg = ExperimentConfig(model=model.config, data=data)
         _, val_loader = build_loaders(cfg)
-        metrics = reconstruction_metrics(model, val_loader, _device(a.device))
+        metrics = reconstruction_metrics(model, val_loader, resolve_device(a.device))
         json.dump(metrics, sys.stdout)
         print()
         return 0
@@ -104,10 +95,10 @@ class Reconstruct:
         if Path(a.input).is_file() and Path(a.input).suffix.lower() in VIDEO_EXTENSIONS:  # a video: MP4/GIF out
             from vqgan.viz.video import reconstruct_video_file
 
-            r = reconstruct_video_file(model, a.input, a.output, a.resolution, device=_device(a.device))
+            r = reconstruct_video_file(model, a.input, a.output, a.resolution, device=resolve_device(a.device))
             print(f"{r['file']}: {r['frames']} frames, PSNR {r['psnr']:.2f} dB -> {r['files']['mp4']}")
             return 0
-        records = reconstruct_files(model, a.input, a.output, a.resolution, a.full_size, _device(a.device))
+        records = reconstruct_files(model, a.input, a.output, a.resolution, a.full_size, resolve_device(a.device))
         for r in records:
             print(f"{r['file']}: PSNR {r['psnr']:.2f} dB")
         return 0
@@ -121,24 +112,25 @@ class Presets:
 
     @staticmethod
     def run(a):
+        from vqgan.models.prior.config import describe_prior_presets, get_prior_preset
         from vqgan.registry import describe_presets, get_preset
 
+        priors = describe_prior_presets()
         if a.show:
             import yaml
 
             from vqgan.config import to_dict
 
-            print(yaml.safe_dump(to_dict(get_preset(a.show)), sort_keys=False))
+            cfg = get_prior_preset(a.show) if a.show in priors else get_preset(a.show)
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             return 0
+        print("tokenizers (vqgan fit --preset NAME):")
         for name, desc in describe_presets().items():
-            print(f"{name:28s} {desc}")
+            print(f"  {name:28s} {desc}")
+        print("priors (vqgan fit-prior --preset NAME):")
+        for name, desc in priors.items():
+            print(f"  {name:28s} {desc}")
         return 0
-
-
-def _device(d: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
 
 
 def _set_data_defaults_from_ckpt(p, ckpt: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vqgan.cli import command
+from vqgan.cli import command, resolve_device
 
 
 @command("reconstruct-video", "Reconstruct a video file (or every video under a folder): MP4/GIF side by side, frames, temporal figure.")
@@ -29,7 +29,7 @@ class ReconstructVideo:
         from vqgan.viz.video import reconstruct_video_file
 
         model, _ = load_model(a.ckpt)
-        device = _device(a.device)
+        device = resolve_device(a.device)
         src = Path(a.input)
         files = [src] if src.is_file() else [r.path for r in list_videos(src)]
         for f in files:
@@ -39,8 +39,3 @@ class ReconstructVideo:
             print(json.dumps({k: r[k] for k in ("file", "frames", "psnr", "flicker", "files")}))
         return 0
 
-
-def _device(d: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
