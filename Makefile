@@ -37,7 +37,7 @@ test: install
 
 bench: install
 	$(PY) -m pip install -q -e ".[test]"
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: install
 	$(PY) -m pip install -q ruff
