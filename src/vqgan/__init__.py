@@ -20,7 +20,16 @@ from vqgan.config import (
 )
 from vqgan.models import EncodeOutput, PatchDiscriminator, VQModel, VQModelOutput
 from vqgan.models.prior import GPTPrior, MaskGITPrior, PriorModelConfig, PriorOutput
-from vqgan.quantizers import Quantizer, QuantizerOutput, VectorQuantizer, build_quantizer
+from vqgan.quantizers import (
+    FSQ,
+    LFQ,
+    Quantizer,
+    QuantizerOutput,
+    ResidualQuantizer,
+    SimVQ,
+    VectorQuantizer,
+    build_quantizer,
+)
 from vqgan.registry import create_model, get_preset, list_presets, register_preset
 
 __version__ = "0.1.0"
@@ -54,8 +63,10 @@ __all__ = [
     "DataConfig",
     "DiscriminatorConfig",
     "EncodeOutput",
+    "FSQ",
     "ExperimentConfig",
     "GPTPrior",
+    "LFQ",
     "MaskGITPrior",
     "LossConfig",
     "ModelConfig",
@@ -65,6 +76,8 @@ __all__ = [
     "Quantizer",
     "QuantizerConfig",
     "QuantizerOutput",
+    "ResidualQuantizer",
+    "SimVQ",
     "TrainConfig",
     "VQModel",
     "VQModelOutput",
