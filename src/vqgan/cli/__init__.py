@@ -35,6 +35,19 @@ def command(name: str, help: str):
     return wrap
 
 
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record is emitted (not when the handler was made),
+    so that redirecting stderr (tests, notebooks) never leaves it writing to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
 def preset_from_argv(argv: list[str]) -> str | None:
     """The value of ``--preset`` in ``argv`` (read before parsing: a preset sets the defaults of the options)."""
     for i, a in enumerate(argv):
@@ -82,10 +95,10 @@ def build_parser(argv: list[str]) -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Our own messages only: Lightning configures its loggers itself (a root handler would print them twice).
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     vqgan_log = logging.getLogger("vqgan")
-    if not vqgan_log.handlers:
+    if not any(isinstance(h, _StderrHandler) for h in vqgan_log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         vqgan_log.addHandler(handler)
     vqgan_log.setLevel(logging.INFO)
     if argv[:1] == ["fit"]:  # name a mistyped key and its closest match instead of printing the whole usage

@@ -108,7 +108,10 @@ class BuiltinPhotos(Dataset):
         if len(crops) > limit:
             keep = np.linspace(0, len(crops) - 1, limit).round().astype(int)
             crops = [crops[i] for i in keep]
-        return crops
+        # A fixed shuffle (the set is unchanged): the first validation batch, whose reconstructions are saved
+        # as samples, then spans both photos instead of one strip of sky.
+        order = np.random.default_rng(0).permutation(len(crops))
+        return [crops[i] for i in order]
 
     def set_epoch(self, epoch: int) -> None:
         """New random crops each epoch (called by the training loop)."""
