@@ -233,7 +233,7 @@ def _moving_digits_video3d() -> ExperimentConfig:
         discriminator=DiscriminatorConfig(n_layers=2, ch=16, norm="group", dims=3),
         data=DataConfig(kind="moving_digits", resolution=32, channels=1, frames=9, batch_size=4, flip=False, val_size=8),
         train=TrainConfig(
-            max_steps=120, lr=2e-3, warmup_steps=10, val_every_n_steps=60, log_every_n_steps=10,
+            max_steps=3000, max_time_minutes=5.0, lr=2e-3, warmup_steps=10, val_every_n_steps=250, log_every_n_steps=10,
             diagnostics_every_n_steps=20,
         ),
     )
