@@ -22,10 +22,10 @@ from vqgan.models.prior.sampling import (
     sample_logits,
     token_accuracy,
 )
-from vqgan.models.prior.transformer import KVCache, Transformer
+from vqgan.models.prior.transformer import KVCache, PriorBase, Transformer
 
 
-class GPTPrior(nn.Module):
+class GPTPrior(PriorBase):
     """Causal transformer over ``[class, t_0, ..., t_{N-1}]``; the output at position ``i`` predicts ``t_i``."""
 
     def __init__(self, config: PriorModelConfig):
@@ -35,17 +35,6 @@ class GPTPrior(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.init_weights()
         nn.init.normal_(self.head.weight, std=0.02)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def _labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-        null = torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)
-        if labels is None:
-            return null
-        labels = labels.to(device=device, dtype=torch.long)
-        # Negative labels (unlabelled data) map to the null class.
-        return torch.where(labels < 0, null, labels)
 
     def forward(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, targets: torch.Tensor | None = None
@@ -118,6 +107,7 @@ class GPTPrior(nn.Module):
         n = cfg.num_tokens
         out = torch.empty(b, 0, dtype=torch.long, device=device)
         cache = None
+        last = out  # the previous step's tokens, fed to the cache (set at the end of every step)
         if use_cache:
             dtype = next(self.parameters()).dtype
             cache = KVCache.empty(cfg, labels.shape[0], n, device, dtype)

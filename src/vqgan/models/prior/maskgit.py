@@ -24,7 +24,7 @@ from vqgan.models.prior.sampling import (
     sample_logits,
     token_accuracy,
 )
-from vqgan.models.prior.transformer import Transformer
+from vqgan.models.prior.transformer import PriorBase, Transformer
 
 
 def cosine_schedule(r: torch.Tensor | float) -> torch.Tensor:
@@ -47,7 +47,7 @@ def masked_counts(num_tokens: int, steps: int) -> list[int]:
     return counts
 
 
-class MaskGITPrior(nn.Module):
+class MaskGITPrior(PriorBase):
     """Bidirectional transformer over ``[class, t_0, ..., t_{N-1}]`` where any ``t_i`` may be the mask token
     (index ``vocab_size``); outputs logits over the ``vocab_size`` codes at every map position."""
 
@@ -61,16 +61,6 @@ class MaskGITPrior(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.init_weights()
         nn.init.normal_(self.head.weight, std=0.02)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def _labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-        null = torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)
-        if labels is None:
-            return null
-        labels = labels.to(device=device, dtype=torch.long)
-        return torch.where(labels < 0, null, labels)
 
     def forward(
         self,

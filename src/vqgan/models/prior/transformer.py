@@ -159,3 +159,20 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length += x.shape[1]
         return self.ln_f(x)
+
+
+class PriorBase(nn.Module):
+    """What the GPT and MaskGIT priors share: class labels with the null class, and a parameter count."""
+
+    config: PriorModelConfig
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        null = torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)
+        if labels is None:
+            return null
+        labels = labels.to(device=device, dtype=torch.long)
+        # Negative labels (unlabelled data) map to the null class.
+        return torch.where(labels < 0, null, labels)
