@@ -55,10 +55,11 @@ def main() -> None:
         labels = torch.arange(a.batch) % 10
         kw = dict(labels=labels, cfg_scale=2.0, top_k=100)
         runs = {
-            "gpt, KV cache": lambda: gpt.generate(use_cache=True, generator=torch.Generator().manual_seed(0), **kw),
-            "gpt, no cache (nanoGPT/taming loop)": lambda: gpt.generate(
+            "gpt, KV cache": lambda gpt=gpt, kw=kw: gpt.generate(
+                use_cache=True, generator=torch.Generator().manual_seed(0), **kw),
+            "gpt, no cache (nanoGPT/taming loop)": lambda gpt=gpt, kw=kw: gpt.generate(
                 use_cache=False, generator=torch.Generator().manual_seed(0), **kw),
-            f"maskgit, {a.maskgit_steps} steps": lambda: mg.generate(
+            f"maskgit, {a.maskgit_steps} steps": lambda mg=mg, kw=kw: mg.generate(
                 steps=a.maskgit_steps, generator=torch.Generator().manual_seed(0), **kw),
         }
         for fn in runs.values():  # warm-up

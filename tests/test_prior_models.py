@@ -130,7 +130,7 @@ def test_guided_greedy_decoding_follows_guided_logits(kind):
         else model.generate(labels=labels, cfg_scale=s, top_k=1)
     if kind == "gpt":
         seq = torch.empty(2, 0, dtype=torch.long)
-        for i in range(16):
+        for _ in range(16):
             lc, lu = model(seq, labels).logits[:, -1], model(seq, null).logits[:, -1]
             seq = torch.cat([seq, classifier_free_guidance(lc, lu, s).argmax(-1, keepdim=True)], 1)
         assert torch.equal(got.flatten(1), seq)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from vqgan.data.tokens import TokenDataset, TokenFolderError, encode_dataset, read_manifest
 from vqgan.config import QuantizerConfig
+from vqgan.data.tokens import TokenDataset, TokenFolderError, encode_dataset, read_manifest
 from vqgan.registry import create_model
 
 

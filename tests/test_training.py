@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
-import lightning as L
 
 from vqgan.cli import main
 from vqgan.config import load_config

@@ -5,6 +5,7 @@ small registry of data kinds."""
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from torch.utils.data import Dataset
 
 from vqgan.config import DataConfig

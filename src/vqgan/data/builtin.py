@@ -5,7 +5,7 @@ immunohistochemistry, retina, rocket and both stereo_motorcycle views); validati
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ TRAIN_PHOTOS = (
 VAL_PHOTOS = ("china", "flower")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str) -> np.ndarray:
     if name in VAL_PHOTOS:
         from sklearn.datasets import load_sample_image

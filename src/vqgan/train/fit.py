@@ -14,11 +14,10 @@ import json
 import logging
 import os
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import lightning as L
 import torch

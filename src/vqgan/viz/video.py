@@ -74,8 +74,9 @@ def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float =
         return path
     if suffix not in (".mp4", ".avi", ".mkv", ".mov"):
         raise ValueError(f"unsupported video suffix {suffix!r}: use .mp4, .avi, .mkv, .mov or .gif")
-    import av
     from fractions import Fraction
+
+    import av
 
     t, h, w, _ = frames.shape
     ph, pw = h + h % 2, w + w % 2
