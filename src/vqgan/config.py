@@ -408,11 +408,40 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def sections_from_namespace(cls: type, sections: dict[str, type], ns: Any) -> Any:
+    """Build ``cls`` (a run config made of ``name`` and ``sections``) from a parsed jsonargparse namespace."""
+    data = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
+    return from_dict(cls, {k: data[k] for k in ("name", *sections) if k in data})
+
+
 def experiment_from_namespace(ns: Any) -> ExperimentConfig:
     """Turn a parsed jsonargparse namespace (holding the experiment keys) into an :class:`ExperimentConfig`."""
-    data = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
-    data = {k: data[k] for k in ("name", *EXPERIMENT_SECTIONS) if k in data}
-    return from_dict(ExperimentConfig, data)
+    return sections_from_namespace(ExperimentConfig, EXPERIMENT_SECTIONS, ns)
+
+
+def parse_config_args(
+    add_arguments: Any, path: str | Path | None, overrides: list[str] | None, explain: bool = True
+) -> Any:
+    """Parse ``--config path`` then ``overrides`` with a parser set up by ``add_arguments(parser)``; shared by the
+    stage-1 and prior loaders so both refuse abbreviated keys and name the offending one. ``explain`` adds the
+    closest valid stage-1 key to the message (it knows :class:`ExperimentConfig`'s keys only)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)  # "--model.d" must not mean dropout
+    add_arguments(parser)
+    args = list(overrides or [])
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        args = ["--config", str(path), *args]
+    try:
+        return parser.parse_args(args)
+    except Exception as e:  # jsonargparse raises argparse.ArgumentError with the offending key
+        from vqgan.config_checks import explain_parser_error
+
+        where = f" in {path}" if path else ""
+        message = explain_parser_error(str(e)) if explain else str(e)
+        raise ConfigError(f"invalid configuration{where}: {message}") from None
 
 
 def load_config(
@@ -428,22 +457,8 @@ def load_config(
     Raises:
         ConfigError: an unknown key, a wrong type or an invalid choice, with the key named.
     """
-    from jsonargparse import ArgumentParser
-
     from vqgan.registry import get_preset
 
-    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)  # "--model.d" must not mean dropout
-    add_experiment_arguments(parser, get_preset(preset) if preset else None)
-    args = list(overrides or [])
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        args = ["--config", str(path), *args]
-    try:
-        ns = parser.parse_args(args)
-    except Exception as e:  # jsonargparse raises argparse.ArgumentError with the offending key
-        from vqgan.config_checks import explain_parser_error
-
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}: {explain_parser_error(str(e))}") from None
+    defaults = get_preset(preset) if preset else None
+    ns = parse_config_args(lambda parser: add_experiment_arguments(parser, defaults), path, overrides)
     return experiment_from_namespace(ns)

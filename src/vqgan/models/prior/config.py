@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vqgan.config import ConfigError, _flatten, from_dict, to_dict
+from vqgan.config import ConfigError, _flatten, parse_config_args, sections_from_namespace, to_dict
 
 
 @dataclass
@@ -165,28 +165,15 @@ def add_prior_arguments(parser: Any, defaults: PriorExperimentConfig | None = No
 
 def prior_from_namespace(ns: Any) -> PriorExperimentConfig:
     """A parsed jsonargparse namespace (holding the prior keys) as a :class:`PriorExperimentConfig`."""
-    data = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
-    data = {k: data[k] for k in ("name", *PRIOR_SECTIONS) if k in data}
-    return from_dict(PriorExperimentConfig, data)
+    return sections_from_namespace(PriorExperimentConfig, PRIOR_SECTIONS, ns)
 
 
 def load_prior_config(
     path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
 ) -> PriorExperimentConfig:
     """Preset, then YAML file, then dotted overrides (``["--model.n_layer", "2"]``), as ``vqgan fit-prior``."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    add_prior_arguments(parser, get_prior_preset(preset) if preset else None)
-    args = list(overrides or [])
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        args = ["--config", str(path), *args]
-    try:
-        ns = parser.parse_args(args)
-    except Exception as e:
-        raise ConfigError(f"invalid prior configuration{f' in {path}' if path else ''}: {e}") from None
+    defaults = get_prior_preset(preset) if preset else None
+    ns = parse_config_args(lambda parser: add_prior_arguments(parser, defaults), path, overrides, explain=False)
     return prior_from_namespace(ns)
 
 
