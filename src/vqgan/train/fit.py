@@ -188,7 +188,7 @@ def fit(
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last)
     if module.last_val_step != trainer.global_step:  # validate the final weights unless just done
-        trainer.validate(module, val_loader, verbose=False)
+        trainer.validate(module, val_loader, verbose=False, weights_only=True)
     val = module.last_val_metrics
     metrics = {
         **val,

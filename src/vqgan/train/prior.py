@@ -344,7 +344,7 @@ def fit_prior(
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     if module.last_val_step != trainer.global_step:
-        trainer.validate(module, val_loader, verbose=False)
+        trainer.validate(module, val_loader, verbose=False, weights_only=True)
     metrics = {
         **module.last_val_metrics,
         "steps": trainer.global_step,
