@@ -46,6 +46,28 @@ def test_tiny_presets_shapes_and_round_trip(name):
         torch.testing.assert_close(model.decode(enc.quantized), ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["test-taming", "test-resnet"])
+def test_inference_path_matches_autograd_path(name):
+    """Without autograd the residual blocks work in place; the results are bitwise those of the autograd path and
+    the caller's input is left untouched."""
+    cfg = get_preset(name)
+    torch.manual_seed(0)
+    model = VQModel(cfg.model)
+    x = _batch(cfg, b=3)
+    model(x)  # k-means initialisation
+    model.eval()
+    with torch.enable_grad():
+        ref_latents = model.encode_latents(x)
+        ref_rec = model(x).reconstruction
+    x_before = x.clone()
+    with torch.inference_mode():
+        latents = model.encode_latents(x)
+        rec = model(x).reconstruction
+    torch.testing.assert_close(latents, ref_latents.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(rec, ref_rec.detach(), rtol=0, atol=0)
+    assert torch.equal(x, x_before)
+
+
 def test_grayscale_model():
     cfg = get_preset("test-taming")
     cfg.model.in_channels = 1
