@@ -116,3 +116,7 @@ def test_prior_configs_load_with_overrides():
         load_prior_config(ROOT / "configs" / "prior_gpt.yaml", ["--model.n_layers", "2"])
     with pytest.raises(ConfigError, match="n_head"):
         load_prior_config(overrides=["--model.n_embd", "30", "--model.n_head", "4"]).validate()
+    # Multi-node prior training: machines are a config value like for stage 1.
+    assert load_prior_config(overrides=["--train.num_nodes", "2"]).train.num_nodes == 2
+    with pytest.raises(ConfigError, match="num_nodes"):
+        load_prior_config(overrides=["--train.num_nodes", "0"]).validate()

@@ -335,8 +335,8 @@ def fit_prior(
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
         logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()], accelerator=t.accelerator,
         devices=t.devices if t.devices == "auto" else int(t.devices) if t.devices.isdigit() else t.devices,
-        strategy=t.strategy, precision=t.precision, gradient_clip_val=t.grad_clip, enable_model_summary=False,
-        enable_progress_bar=True,
+        strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, gradient_clip_val=t.grad_clip,
+        enable_model_summary=False, enable_progress_bar=True,
     )
     ckpt_path = resolve_resume(resume, run_dir)
     start = time.perf_counter()

@@ -118,6 +118,8 @@ class PriorTrainConfig:
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
+    # Machines for multi-node training (torchrun / SLURM); ``devices`` is per machine.
+    num_nodes: int = 1
     compile: bool = False
     logger: Literal["tensorboard", "none"] = "tensorboard"
     # Samples drawn after every validation for the code-usage histogram (and an image grid with a tokenizer).
@@ -144,6 +146,8 @@ class PriorExperimentConfig:
             raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size={self.data.batch_size} must be positive")
+        if self.train.num_nodes < 1:
+            raise ConfigError(f"train.num_nodes={self.train.num_nodes} must be at least 1")
         return self
 
 
