@@ -186,7 +186,7 @@ def fit(
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     seconds = time.perf_counter() - start
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)  # full state: the run can resume from it
     if module.last_val_step != trainer.global_step:  # validate the final weights unless just done
         trainer.validate(module, val_loader, verbose=False, weights_only=True)
     val = module.last_val_metrics

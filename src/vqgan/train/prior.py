@@ -342,7 +342,7 @@ def fit_prior(
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     seconds = time.perf_counter() - start
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # full state, to resume
     if module.last_val_step != trainer.global_step:
         trainer.validate(module, val_loader, verbose=False, weights_only=True)
     metrics = {
