@@ -114,7 +114,7 @@ def run_one(
     else:
         with open(run_dir / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             start = time.perf_counter()
-            metrics = fit(cfg, run_dir)
+            metrics = fit(cfg, run_dir, resume="last" if reuse else None)  # an interrupted run continues
             seconds = time.perf_counter() - start
     diag = load_diagnostics(run_dir)
     usage = usage_on_training_crops(run_dir, cfg)

@@ -85,3 +85,23 @@ def test_errors_exit_2_with_the_reason(tmp_path, capsys):
     rc = main(["fit", "--preset", "test-taming", "--run-dir", str(tmp_path / "r"), "--model.resolution", "15", "--data.resolution", "15"])
     assert rc == 2
     assert "model.resolution" in capsys.readouterr().err
+
+
+def test_a_new_run_refuses_a_folder_that_holds_an_earlier_run(tmp_path, capsys):
+    """A second `fit` without --resume would overwrite the first run's config.yaml and mix two runs' checkpoints:
+    it stops before touching anything and says how to continue or where to start; --resume last continues."""
+    run_dir = tmp_path / "run"
+    fit(get_preset("test-taming"), run_dir)
+    config_before = (run_dir / "config.yaml").read_bytes()
+    ckpts_before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    rc = main(["fit", "--preset", "test-taming", "--run-dir", str(run_dir), "--train.max_steps", "4"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(run_dir) in err and "--resume last" in err and "another --run-dir" in err
+    assert (run_dir / "config.yaml").read_bytes() == config_before
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ckpts_before
+    steps = get_preset("test-taming").train.max_steps
+    rc = main(["fit", "--preset", "test-taming", "--run-dir", str(run_dir), "--resume", "last",
+               "--train.max_steps", str(steps + 1)])
+    assert rc == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == steps + 1

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         rc = COMMANDS[name].run(getattr(args, name))
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"vqgan {name}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

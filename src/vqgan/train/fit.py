@@ -86,6 +86,24 @@ def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
     return str(path)
 
 
+class RunDirInUseError(FileExistsError):
+    """A new run was asked for in a folder that already holds an earlier run's checkpoints."""
+
+
+def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
+    """Refuse to start a new run (no ``resume``) in a folder that holds checkpoints of an earlier one: it would
+    overwrite that run's ``config.yaml`` and mix two runs' checkpoints and logs. Raises :class:`RunDirInUseError`
+    saying how to continue the earlier run or where to start the new one."""
+    if resume not in (None, False, "", "false", "False"):
+        return
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
+    if ckpts:
+        raise RunDirInUseError(
+            f"{run_dir} already holds an earlier run ({len(ckpts)} checkpoint(s), e.g. {ckpts[-1].name}). "
+            "Pass --resume last to continue it, or choose another --run-dir (or delete the folder) for a new run."
+        )
+
+
 def _strategy(cfg: ExperimentConfig) -> str:
     """``train.strategy``, with DDP's unused-parameter detection switched on for GAN training: each step runs two
     backward passes (the generator's, then the discriminator's), each reaching only its own network's
@@ -167,6 +185,7 @@ def fit(
     # Mid-epoch resumption is exact here (ResumableSampler + ResumeState), whatever Lightning assumes.
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cfg.train.accelerator == "cpu" or not torch.cuda.is_available():

@@ -34,7 +34,7 @@ from vqgan.data.tokens import TokenDataset, TokenFolderError
 from vqgan.metrics.codebook import codebook_stats
 from vqgan.models.prior import PriorExperimentConfig, build_prior
 from vqgan.train.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
-from vqgan.train.fit import resolve_resume, write_json_atomic
+from vqgan.train.fit import check_run_dir, resolve_resume, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,7 @@ def fit_prior(
     """
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokens_dir = tokens_dir or cfg.data.tokens
     cfg.data.tokens = str(tokens_dir) if tokens_dir is not None else None
