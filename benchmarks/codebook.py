@@ -84,7 +84,7 @@ def experiment(name: str, quantizer: QuantizerConfig, steps: int, seed: int) -> 
         data=DataConfig(kind="builtin", resolution=32, batch_size=32, builtin_scale=0.5),
         train=TrainConfig(
             max_steps=steps, lr=1e-3, betas=[0.9, 0.99], warmup_steps=20, val_every_n_steps=steps,
-            log_every_n_steps=50, logger="none", diagnostics_every_n_steps=50, seed=seed, grad_clip=1.0,
+            log_every_n_steps=min(50, steps), logger="none", diagnostics_every_n_steps=min(50, steps), seed=seed, grad_clip=1.0,
         ),
     )
 
@@ -108,13 +108,17 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = experiment(name, quantizer, steps, seed)
     previous = run_dir / "metrics.json"
-    if reuse and previous.is_file() and json.loads(previous.read_text()).get("steps") == steps:
+    if reuse and previous.is_file():
         metrics = json.loads(previous.read_text())
+        if metrics.get("steps") != steps:
+            raise SystemExit(f"{run_dir} holds a finished run of {metrics.get('steps')} steps, not {steps}: "
+                             "use another --out")
         seconds = float(metrics["train_seconds"])
     else:
         with open(run_dir / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             start = time.perf_counter()
-            metrics = fit(cfg, run_dir, resume="last" if reuse else None)  # an interrupted run continues
+            # With --reuse an interrupted run continues from its last checkpoint (resuming is exact on one device).
+            metrics = fit(cfg, run_dir, resume="last" if reuse else None)
             seconds = time.perf_counter() - start
     diag = load_diagnostics(run_dir)
     usage = usage_on_training_crops(run_dir, cfg)
