@@ -1,7 +1,7 @@
-"""Autoencoders, discriminators and (later) priors."""
+"""Stage-1 tokenizers (image and video), discriminators; the stage-2 priors live in :mod:`vqgan.models.prior`."""
 
 from vqgan.config import ModelConfig
-from vqgan.models.autoencoder import Decoder, Encoder, VQModel
+from vqgan.models.autoencoder import BaseVQModel, Decoder, Encoder, VQModel
 from vqgan.models.discriminator import PatchDiscriminator
 from vqgan.models.outputs import EncodeOutput, VQModelOutput
 from vqgan.models.video import VideoVQModel, reconstruct_video
@@ -14,6 +14,7 @@ def build_model(cfg: ModelConfig) -> VQModel | VideoVQModel:
 
 
 __all__ = [
+    "BaseVQModel",
     "Decoder",
     "EncodeOutput",
     "Encoder",

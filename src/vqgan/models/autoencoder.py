@@ -195,8 +195,75 @@ class ResNetDecoder(nn.Module):
         return self.net(z)
 
 
-class VQModel(nn.Module):
-    """Encoder, 1x1 ``quant_conv``, quantizer, 1x1 ``post_quant_conv``, decoder.
+class BaseVQModel(nn.Module):
+    """The plumbing every tokenizer shares: encoder -> 1x1 ``quant_conv`` -> quantizer -> 1x1 ``post_quant_conv``
+    -> decoder. Subclasses build those five parts (2D for images, 3D for video) and may override
+    :meth:`_prepare_input` (check or reshape the input) and :meth:`_match_input` (give the reconstruction the
+    input's shape).
+
+    ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode.
+    """
+
+    config: ModelConfig
+    encoder: nn.Module
+    decoder: nn.Module
+    quant_conv: nn.Module
+    quantize: Quantizer
+    post_quant_conv: nn.Module
+
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _match_input(self, reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return reconstruction
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the decoder's last layer, used by the adaptive GAN weight."""
+        return self.decoder.last_layer
+
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Continuous latents before quantization, ``(B, embed_dim, *latent_shape)``."""
+        return self.quant_conv(self.encoder(self._prepare_input(x)))
+
+    def encode(self, x: torch.Tensor) -> EncodeOutput:
+        """Encode inputs in [-1, 1] to latents, quantized latents and code indices ``(B, *latent_shape)``."""
+        latents = self.encode_latents(x)
+        q = self.quantize(latents)
+        return EncodeOutput(latents=latents, quantized=q.quantized, indices=q.indices)
+
+    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Decode quantized latents ``(B, embed_dim, *latent_shape)`` to images or clips."""
+        return self.decoder(self.post_quant_conv(quantized))
+
+    def decode_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decode code indices (as returned by :meth:`encode`)."""
+        return self.decode(self.quantize.indices_to_codes(indices))
+
+    def forward(self, x: torch.Tensor) -> VQModelOutput:
+        latents = self.encode_latents(x)
+        q = self.quantize(latents)
+        rec = self._match_input(self.decode(q.quantized), x)
+        return VQModelOutput(rec, q.quantized, q.indices, latents, q.loss, q.losses, q.stats)
+
+    # -- our own folder format ------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (loadable without training code)."""
+        from vqgan.models.pretrained import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, map_location: str = "cpu") -> nn.Module:
+        """Load a folder written by :meth:`save_pretrained` (the class is the one its config names)."""
+        from vqgan.models.pretrained import from_pretrained
+
+        return from_pretrained(directory, map_location)
+
+
+class VQModel(BaseVQModel):
+    """The image tokenizer: taming's encoder/decoder (``arch="taming"``) or the residual VQ-VAE's
+    (``arch="resnet"``) around a quantizer, with 2D 1x1 ``quant_conv`` / ``post_quant_conv``.
 
     ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode.
     """
@@ -211,46 +278,3 @@ class VQModel(nn.Module):
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.quantize: Quantizer = build_quantizer(config.quantizer, config.embed_dim)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the decoder's last layer, used by the adaptive GAN weight."""
-        return self.decoder.last_layer
-
-    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Continuous latents before quantization, ``(B, embed_dim, h, w)``."""
-        return self.quant_conv(self.encoder(x))
-
-    def encode(self, x: torch.Tensor) -> EncodeOutput:
-        """Encode images in [-1, 1] to latents, quantized latents and code indices."""
-        latents = self.encode_latents(x)
-        q = self.quantize(latents)
-        return EncodeOutput(latents=latents, quantized=q.quantized, indices=q.indices)
-
-    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Decode quantized latents ``(B, embed_dim, h, w)`` to images."""
-        return self.decoder(self.post_quant_conv(quantized))
-
-    def decode_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decode code indices (as returned by :meth:`encode`) to images."""
-        return self.decode(self.quantize.indices_to_codes(indices))
-
-    def forward(self, x: torch.Tensor) -> VQModelOutput:
-        latents = self.encode_latents(x)
-        q = self.quantize(latents)
-        rec = self.decode(q.quantized)
-        return VQModelOutput(rec, q.quantized, q.indices, latents, q.loss, q.losses, q.stats)
-
-    # -- our own folder format ------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (loadable without training code)."""
-        from vqgan.models.pretrained import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, map_location: str = "cpu") -> VQModel:
-        """Load a folder written by :meth:`save_pretrained`."""
-        from vqgan.models.pretrained import from_pretrained
-
-        return from_pretrained(directory, map_location)

@@ -25,7 +25,7 @@ from vqgan.layers.conv3d import (
     TemporalAttention,
     Upsample3d,
 )
-from vqgan.models.outputs import EncodeOutput, VQModelOutput
+from vqgan.models.autoencoder import BaseVQModel
 from vqgan.quantizers import Quantizer, build_quantizer
 
 
@@ -144,7 +144,7 @@ class VideoDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class VideoVQModel(nn.Module):
+class VideoVQModel(BaseVQModel):
     """Causal spatio-temporal VQGAN: encoder, 1x1x1 ``quant_conv``, quantizer over ``(B, D, t, h, w)``,
     ``post_quant_conv``, decoder. Same interface and typed outputs as :class:`~vqgan.models.VQModel`; indices are
     ``(B, t, h, w)``. ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode.
@@ -164,11 +164,6 @@ class VideoVQModel(nn.Module):
     def time_factor(self) -> int:
         return self.config.time_factor
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the decoder's last layer, used by the adaptive GAN weight."""
-        return self.decoder.last_layer
-
     def latent_frames(self, frames: int) -> int:
         """Latent frames of a clip of ``frames`` frames (which must be ``1 + k * time_factor``)."""
         s = self.time_factor
@@ -176,7 +171,7 @@ class VideoVQModel(nn.Module):
             raise ValueError(f"clips must have 1 + k * {s} frames for model.temporal_downsample={self.config.temporal_downsample}; got {frames}")
         return 1 + (frames - 1) // s
 
-    def _check(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # a batch of images is a batch of one-frame clips
             x = x.unsqueeze(2)
         if x.dim() != 5:
@@ -184,45 +179,8 @@ class VideoVQModel(nn.Module):
         self.latent_frames(x.shape[2])
         return x
 
-    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Continuous latents before quantization, ``(B, embed_dim, t, h, w)``."""
-        return self.quant_conv(self.encoder(self._check(x)))
-
-    def encode(self, x: torch.Tensor) -> EncodeOutput:
-        """Encode clips in [-1, 1] to latents, quantized latents and code indices ``(B, t, h, w)``."""
-        latents = self.encode_latents(x)
-        q = self.quantize(latents)
-        return EncodeOutput(latents=latents, quantized=q.quantized, indices=q.indices)
-
-    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Decode quantized latents ``(B, embed_dim, t, h, w)`` to clips of ``1 + (t - 1) * s`` frames."""
-        return self.decoder(self.post_quant_conv(quantized))
-
-    def decode_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decode code indices (as returned by :meth:`encode`) to clips."""
-        return self.decode(self.quantize.indices_to_codes(indices))
-
-    def forward(self, x: torch.Tensor) -> VQModelOutput:
-        squeeze = x.dim() == 4
-        latents = self.encode_latents(x)
-        q = self.quantize(latents)
-        rec = self.decode(q.quantized)
-        if squeeze:
-            rec = rec.squeeze(2)
-        return VQModelOutput(rec, q.quantized, q.indices, latents, q.loss, q.losses, q.stats)
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory``."""
-        from vqgan.models.pretrained import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, map_location: str = "cpu") -> nn.Module:
-        """Load a folder written by :meth:`save_pretrained`."""
-        from vqgan.models.pretrained import from_pretrained
-
-        return from_pretrained(directory, map_location)
+    def _match_input(self, reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return reconstruction.squeeze(2) if x.dim() == 4 else reconstruction  # images in, images out
 
 
 @torch.no_grad()
