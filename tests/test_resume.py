@@ -293,6 +293,31 @@ def test_resumable_sampler_skips_exactly_the_consumed_items():
     assert [i - 20 for i in g] == order  # global indices epoch * n + i
 
 
+def test_resumable_sampler_shards_over_ranks_and_resumes_each_shard():
+    """Under DDP every rank takes every W-th position of the epoch's order (padded like DistributedSampler); after
+    k batches of B on every rank, resuming at k * B * W consumed items continues each rank's shard exactly."""
+
+    class OnRank(ResumableSampler):
+        def __init__(self, data, rank, world):
+            super().__init__(data, seed=5)
+            self._rank, self._world = rank, world
+
+        num_replicas = property(lambda self: self._world)
+        rank = property(lambda self: self._rank)
+
+    data, world, batch = list(range(10)), 3, 2
+    full = [OnRank(data, r, world) for r in range(world)]
+    shards = [list(s) for s in full]
+    assert all(len(s) == len(sh) == 4 for s, sh in zip(full, shards, strict=True))  # ceil(10 / 3)
+    assert sorted(set().union(*shards)) == data  # every item on some rank; 2 padded repeats
+    order = list(ResumableSampler(data, seed=5))
+    assert [shards[i % world][i // world] for i in range(10)] == order  # interleaved positions of the order
+    for r in range(world):
+        resumed = OnRank(data, r, world)
+        resumed.resume_at(0, 1 * batch * world)  # one batch of 2 done on each of the 3 ranks
+        assert list(resumed)[: 4 - batch] == shards[r][batch:]
+
+
 def test_resume_from_a_damaged_run_folder_in_process(killed_and_resumed, tmp_path, capsys):
     """The uninterrupted run's folder with its newest checkpoints damaged: ``fit(resume="last")`` continues from
     the previous good one; an explicit damaged ``--resume`` file is refused by the CLI with a message."""

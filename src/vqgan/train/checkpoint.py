@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 log = logging.getLogger(__name__)
 
@@ -202,27 +202,47 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
 
 
 # -- exact resumption: data position and random state ----------------------------------------------------------------
-class ResumableSampler(Sampler[int]):
-    """Shuffled order that is a function of ``(seed, epoch)`` only, and can start part-way into an epoch.
+class ResumableSampler(DistributedSampler):
+    """Shuffled order that is a function of ``(seed, epoch)`` only, can start part-way into an epoch, and shards
+    itself over the processes of a data-parallel run.
 
     A dataset with ``accepts_global_index = True`` receives *global* indices ``epoch * n + i`` (``i`` a permutation
     of ``range(n)``; it takes the index modulo its length), so that its random augmentations can be a function of
     ``(seed, global index)``: the same items in every process, with any number of workers, before and after a
     resume, and new augmentations every epoch. Other datasets receive plain indices in ``range(n)``.
+
+    Under DDP, rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's order, padded to a multiple of
+    ``W`` with its first items, as :class:`~torch.utils.data.DistributedSampler` does. Sharding here rather than in
+    Lightning's wrapper (which re-shuffles the positions; the class is a ``DistributedSampler`` so that Lightning
+    leaves it alone) is what makes a resumed multi-process run exact: after ``k`` batches of ``B`` on every rank,
+    the first ``k * B * W`` items of the order are consumed, and the order rolled by that many continues each
+    rank's shard where it stopped.
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
+        # DistributedSampler.__init__ is not called: it needs the process group, which Lightning creates after the
+        # data loaders are built. The rank and the number of processes are read when iterating.
+        self.dataset = data_source
         self.n, self.seed, self.shuffle = len(data_source), seed, shuffle
+        self.drop_last = False
         self.global_indices = bool(getattr(data_source, "accepts_global_index", False))
         self.epoch = 0
         self._start: tuple[int, int] | None = None  # (epoch, items to skip) after a resume
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        return torch.distributed.get_world_size() if _distributed() else 1
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return torch.distributed.get_rank() if _distributed() else 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
         self.epoch = epoch
 
     def resume_at(self, epoch: int, items: int) -> None:
-        """Make the next iteration of ``epoch`` skip its first ``items`` items (already trained on)."""
+        """Make the next iteration of ``epoch`` skip its first ``items`` items (already trained on, all ranks)."""
         if items >= self.n:
             epoch, items = epoch + 1, 0
         self.epoch, self._start = epoch, (epoch, items)
@@ -238,12 +258,21 @@ class ResumableSampler(Sampler[int]):
         skip = self._start[1] if self._start is not None and self._start[0] == epoch else 0
         self._start = None
         offset = epoch * self.n if self.global_indices else 0
-        # The consumed items move to the end rather than being dropped: the length stays ``n`` (what Lightning's
-        # distributed wrapper expects), and the epoch loop stops after the remaining batches anyway.
-        yield from (offset + int(i) for i in self.order(epoch).roll(-skip))
+        # The consumed items move to the end rather than being dropped: the length stays the same (what the epoch
+        # loop expects), and the loop stops after the remaining batches anyway.
+        order = self.order(epoch).roll(-skip)
+        world, rank = self.num_replicas, self.rank
+        if world > 1:
+            total = -(-self.n // world) * world
+            order = torch.cat([order, order[: total - self.n]])[rank::world]
+        yield from (offset + int(i) for i in order)
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.num_replicas)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def capture_rng_state() -> dict[str, Any]:
