@@ -9,23 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from vqgan.config import ConfigError, ExperimentConfig, ModelConfig, from_dict, load_config
 from vqgan.registry import get_preset, list_presets
 
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_own_log_handlers():
-    """Tiny models: one thread is fastest, and spin-waiting threads on a busy machine cost ten times more.
-    ``vqgan.cli.main`` adds a handler on the current stderr (a capture that closes with the test): drop it after."""
-    import logging
-
-    n, handlers = torch.get_num_threads(), list(logging.getLogger("vqgan").handlers)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    logging.getLogger("vqgan").handlers[:] = handlers
+# One thread, and vqgan log handlers restored after each test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread_and_own_log_handlers")
 
 # (dotted overrides on the test-taming preset, words the message must contain)
 INCONSISTENT = [

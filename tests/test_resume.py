@@ -33,18 +33,8 @@ from vqgan.train.checkpoint import (
     verify_checkpoint,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_own_log_handlers():
-    """Tiny models: one thread is fastest, and spin-waiting threads on a busy machine cost ten times more.
-    ``vqgan.cli.main`` adds a handler on the current stderr (a capture that closes with the test): drop it after."""
-    import logging
-
-    n, handlers = torch.get_num_threads(), list(logging.getLogger("vqgan").handlers)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    logging.getLogger("vqgan").handlers[:] = handlers
+# One thread, and vqgan log handlers restored after each test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread_and_own_log_handlers")
 
 TOL = 1e-6
 MAX_STEPS, KILL_AFTER, KEEP = 12, 5, 2

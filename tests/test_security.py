@@ -14,18 +14,8 @@ from vqgan.config import ConfigError, load_config
 from vqgan.config_checks import check_plain_name, resolve_output_path
 from vqgan.train.checkpoint import CheckpointError, load_checkpoint_file, load_model, verify_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_own_log_handlers():
-    """Tiny models: one thread is fastest, and spin-waiting threads on a busy machine cost ten times more.
-    ``vqgan.cli.main`` adds a handler on the current stderr (a capture that closes with the test): drop it after."""
-    import logging
-
-    n, handlers = torch.get_num_threads(), list(logging.getLogger("vqgan").handlers)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    logging.getLogger("vqgan").handlers[:] = handlers
+# One thread, and vqgan log handlers restored after each test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread_and_own_log_handlers")
 
 
 class _Payload:
