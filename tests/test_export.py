@@ -24,13 +24,8 @@ from vqgan.models import VQModel
 IMAGE_ATOL = 1e-4  # fp32 onnxruntime kernels vs PyTorch's (measured ~5e-6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU their synchronisation dominates."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One intra-op thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(l2: bool = False, codebook_dim: int | None = None) -> VQModel:

@@ -27,13 +27,8 @@ from vqgan.models.pretrained import HubVQModel, from_pretrained, save_pretrained
 ATOL = 1e-5  # fp32, same operations in a different order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU their synchronisation dominates."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One intra-op thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --------------------------------------------------------------------------------------------------------------
 # taming's state-dict layout and a functional reference of its forward pass

@@ -23,14 +23,8 @@ from vqgan.models.prior import (
 )
 from vqgan.models.prior.transformer import KVCache, RotaryEmbedding
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: one intra-op thread is fastest, and avoids spinning threads on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One intra-op thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(kind: str = "gpt", **kw) -> PriorModelConfig:

@@ -12,13 +12,8 @@ from vqgan.config import QuantizerConfig
 from vqgan.data.tokens import TokenDataset, TokenFolderError, encode_dataset, read_manifest
 from vqgan.registry import create_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One intra-op thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Images(Dataset):

@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -20,12 +19,8 @@ from vqgan.registry import get_preset
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One intra-op thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +28,11 @@ def tokens(tmp_path_factory):
     """A tiny stage-1 tokenizer (2 steps) and its token folder of the built-in training crops."""
     from vqgan.train import fit
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("chain")
     fit(get_preset("test-taming"), root / "stage1")
     ckpt = root / "stage1" / "checkpoints" / "last.ckpt"
     out = root / "tokens"
     assert main(["encode", "--ckpt", str(ckpt), "--output", str(out), "--shard-size", "16", "--progress", "false"]) == 0
-    torch.set_num_threads(n)
     return ckpt, out
 
 
