@@ -32,7 +32,7 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Without autograd (encoding, decoding, validation) the activations and the residual sum are computed in
-        # place on tensors this block just created: fewer allocations, about 3% faster encoding on CPU.
+        # place on tensors this block just created: fewer allocations (2.7% faster encoding in one CPU measurement).
         inplace = not torch.is_grad_enabled()
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))

@@ -68,11 +68,16 @@ def write_json_atomic(data: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _wants_resume(resume: str | bool | None) -> bool:
+    """Whether ``--resume`` asks to resume (``None``, ``False``, ``""`` and ``"false"`` mean a new run)."""
+    return resume not in (None, False, "", "false", "False")
+
+
 def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
     """``True``/``"last"`` -> the newest *good* checkpoint of ``RUN_DIR/checkpoints`` (a corrupt or truncated
     newest file falls back to the previous one; ``None`` when the folder has none); a path -> that file, verified;
     else ``None``."""
-    if resume in (None, False, "", "false", "False"):
+    if not _wants_resume(resume):
         return None
     if resume in (True, "true", "True", "last"):
         found = find_resume_checkpoint(run_dir / "checkpoints")
@@ -94,7 +99,7 @@ def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
     """Refuse to start a new run (no ``resume``) in a folder that holds checkpoints of an earlier one: it would
     overwrite that run's ``config.yaml`` and mix two runs' checkpoints and logs. Raises :class:`RunDirInUseError`
     saying how to continue the earlier run or where to start the new one."""
-    if resume not in (None, False, "", "false", "False"):
+    if _wants_resume(resume):
         return
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     if ckpts:
