@@ -121,7 +121,7 @@ def test_python_api_gets_the_same_type_checks():
 def test_every_preset_is_valid():
     for name in list_presets():
         get_preset(name).validate()
-    assert ModelConfig().downsample_factor == 4
+    assert ModelConfig().spatial_factor == 4
 
 
 def test_cli_subprocess_exit_code_and_stderr(tmp_path):
