@@ -311,3 +311,53 @@ def test_seed004_smoke_vqgan():
     convs = [mod for mod in disc.modules() if isinstance(mod, nn.Conv2d)]
     assert convs[0].out_channels == 64 and sum(c.stride == (2, 2) for c in convs) == 3
 
+
+
+# -- the options the seeds needed -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["--model.quantizer.kind", "ema", "--model.quantizer.beta_on", "codebook"], "kind=ema has no codebook loss"),
+        (["--model.quantizer.kind", "fsq", "--model.quantizer.beta_on", "codebook"], "kind=fsq has no codebook loss"),
+        (["--model.quantizer.kind", "residual", "--model.quantizer.stage_kind", "ema", "--model.quantizer.beta_on",
+          "codebook"], "stage_kind=ema has no codebook loss"),
+        (["--model.decoder_ch_mult", "[1,2]"], "must hold 3 positive multipliers"),
+        (["--model.decoder_ch", "0"], "model.decoder_ch=0 must be positive"),
+        (["--model.downsample_factor", "8"], "model.downsample_factor=8 differs from the architecture's factor 4"),
+        (["--model.decoder_ch", "6", "--model.num_groups", "4"], "must divide every decoder width"),
+    ],
+)
+def test_new_options_refuse_what_they_cannot_do(overrides, match):
+    cfg = load_config(CONFIGS / "quickstart.yaml", overrides)
+    with pytest.raises(ConfigError, match=match):
+        cfg.validate()
+
+
+def test_beta_on_codebook_for_simvq_and_residual_vq():
+    torch.manual_seed(0)
+    z = torch.randn(2, 8, 3, 3)
+    for kind in ("simvq", "residual"):
+        cfg = load_config(CONFIGS / "quickstart.yaml", [
+            "--model.quantizer.kind", kind, "--model.quantizer.stage_kind", "vq", "--model.quantizer.beta_on", "codebook",
+            "--model.quantizer.kmeans_init", "false", "--model.quantizer.dead_code_threshold", "0", "--model.embed_dim",
+            "8", "--model.quantizer.codebook_size", "16"]).validate()
+        out = build_quantizer(cfg.model.quantizer, 8).eval()(z)
+        key = "" if kind == "simvq" else "_stage0"
+        expected = out.losses[f"commitment{key}"] + 0.25 * out.losses[f"codebook{key}"]
+        torch.testing.assert_close(out.loss, expected)
+        assert out.losses[f"codebook{key}"] > 0  # the two terms have equal values: the test tells the weights apart
+
+
+def test_mirrored_decoder_is_unchanged_and_video_refuses_own_widths():
+    """The default (no decoder widths of its own) keeps taming's decoder parameter for parameter, so taming
+    checkpoints still load; the 3D video tokenizer has no decoder widths of its own and says so."""
+    cfg = load_config(CONFIGS / "quickstart.yaml").model
+    own = dataclasses.replace(cfg, decoder_ch=cfg.ch, decoder_ch_mult=list(cfg.ch_mult))
+    with torch.device("meta"):
+        mirror, narrowing = build_model(cfg), build_model(own)
+    shapes = {k: tuple(v.shape) for k, v in mirror.decoder.state_dict().items()}
+    assert shapes["up.1.upsample.conv.weight"] == (64, 64, 3, 3)  # taming: the upsampling conv keeps the width
+    narrow = {k: tuple(v.shape) for k, v in narrowing.decoder.state_dict().items()}
+    assert narrow["up.1.upsample.conv.weight"] == (32, 64, 3, 3)  # own widths: it narrows to the next level's
+    with pytest.raises(ConfigError, match="not available for model.arch=video3d"):
+        load_config(CONFIGS / "moving_digits_video.yaml", ["--model.decoder_ch", "8"]).validate()
