@@ -35,9 +35,11 @@ def read_scalars(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
 
     files = sorted(Path(run_dir, LOG_DIR).rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
     if not files:
+        # W&B's offline files (RUN_DIR/wandb) have no public reader outside W&B's own tools (`wandb sync`).
+        wandb = " (this run logged to W&B: see its curves there)" if Path(run_dir, "wandb").is_dir() else ""
         raise FileNotFoundError(
-            f"no TensorBoard event files under {Path(run_dir, LOG_DIR)}: the loss curves are read from the run's "
-            "TensorBoard logs (train with --train.logger tensorboard, the default)"
+            f"no TensorBoard event files under {Path(run_dir, LOG_DIR)}{wandb}: the loss curves are read from the "
+            "run's TensorBoard logs (train with --train.logger tensorboard, the default)"
         )
     merged: dict[str, dict[int, float]] = {}
     for f in files:
