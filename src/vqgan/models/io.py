@@ -38,8 +38,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint that can't be used: missing, truncated, corrupt, unsafe, of the wrong kind or incompatible."""
 
 
-def describe_file(path: str | Path) -> str:
-    """A short guess of what a file that ``torch.load`` can't read is, from its first bytes."""
+def describe_file(path: str | Path) -> str | None:
+    """A short guess of what a file that ``torch.load`` can't read is, from its first bytes (``None``: binary data
+    of no known format, such as a damaged checkpoint)."""
     with open(path, "rb") as f:
         head = f.read(16)
     for magic, what in _MAGIC.items():
@@ -52,13 +53,17 @@ def describe_file(path: str | Path) -> str:
     try:
         text = Path(path).read_bytes()[:4096].decode("utf-8")
     except UnicodeDecodeError:
-        return "a binary file of unknown format"
+        return None
     return "a JSON file" if text.lstrip().startswith(("{", "[")) else "a text file (YAML, CSV or similar)"
 
 
 def not_a_checkpoint_message(path: str | Path) -> str:
     """The error for a file that is not a PyTorch checkpoint at all: what it looks like, and what to pass."""
-    return (f"{path} is not a PyTorch checkpoint: it looks like {describe_file(path)}. Pass a `.ckpt` written by "
+    what = describe_file(path)
+    if what is None or what.startswith(("a text", "a JSON")):  # maybe a damaged checkpoint: don't rule it out
+        looks = "its first bytes match no known format" if what is None else f"it looks like {what}"
+        return f"checkpoint {path} is corrupt or truncated, or not a PyTorch checkpoint: {looks}"
+    return (f"{path} is not a PyTorch checkpoint: it looks like {what}. Pass a `.ckpt` written by "
             "`vqgan fit` / `vqgan fit-prior`, a pretrained folder, or (for `vqgan convert`) a taming .ckpt, "
             "a LlamaGen .pt or a diffusers folder")
 
