@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         # A damaged or unsafe checkpoint, or a run stopped by non-finite losses: a message, not a traceback.
         # (Imported here: those modules load torch, and they are loaded already when one of these is raised.)
-        from vqgan.train.checkpoint import CheckpointError
+        from vqgan.models.io import CheckpointError
         from vqgan.train.module import NonFiniteLossError
 
         if not isinstance(e, (CheckpointError, NonFiniteLossError)):

@@ -94,7 +94,7 @@ class Evaluate:
     @staticmethod
     def run(a):
         from vqgan.metrics.evaluate import METRIC_NAMES, evaluate_tokenizer
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
 
         wanted = [m.strip().lower() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
         if wanted is not None:
@@ -148,7 +148,7 @@ def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, dat
     import torch
 
     from vqgan.config import dump_config
-    from vqgan.train.checkpoint import load_model
+    from vqgan.models.io import load_model
     from vqgan.viz.report import report_for_run
     from vqgan.viz.visualize import visualize_model
 
@@ -222,7 +222,7 @@ class Report:
             from jsonargparse import Namespace
 
             from vqgan.config import to_dict
-            from vqgan.train.checkpoint import experiment_from_checkpoint, load_checkpoint_file
+            from vqgan.models.io import experiment_from_checkpoint, load_checkpoint_file
 
             data = to_dict(experiment_from_checkpoint(load_checkpoint_file(ckpt)).data)
             print(f"no pictures in {figures}: drawing them from {ckpt}")

@@ -37,7 +37,7 @@ class Encode:
         from vqgan.config import DataConfig, from_dict, to_dict
         from vqgan.data import build_datasets
         from vqgan.data.tokens import encode_dataset
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
 
         model, _ = load_model(a.ckpt)
         data = from_dict(DataConfig, a.data.as_dict())
@@ -107,7 +107,7 @@ class Sample:
 
     @staticmethod
     def run(a):
-        from vqgan.train.prior import generate_images
+        from vqgan.inference import generate_images
 
         result = generate_images(
             a.prior, a.output, tokenizer=a.tokenizer, num=a.num, class_=getattr(a, "class"), cfg_scale=a.cfg_scale,

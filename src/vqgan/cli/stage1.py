@@ -56,7 +56,7 @@ class Validate:
     def run(a):
         from vqgan.config import DataConfig, from_dict
         from vqgan.metrics.evaluate import reconstruction_metrics
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
         from vqgan.train.fit import build_loaders
 
         model, exp = load_model(a.ckpt)
@@ -85,7 +85,7 @@ class Reconstruct:
     @staticmethod
     def run(a):
         from vqgan.inference import reconstruct_files
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
 
         model, _ = load_model(a.ckpt)
         from pathlib import Path
@@ -138,7 +138,7 @@ def _set_data_defaults_from_ckpt(p, ckpt: str) -> None:
     from pathlib import Path
 
     from vqgan.config import to_dict
-    from vqgan.train.checkpoint import experiment_from_checkpoint, load_checkpoint_file
+    from vqgan.models.io import experiment_from_checkpoint, load_checkpoint_file
 
     if not Path(ckpt).is_file():
         return

@@ -25,7 +25,7 @@ class ReconstructVideo:
         from pathlib import Path
 
         from vqgan.data.video import list_videos
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
         from vqgan.viz.video import reconstruct_video_file
 
         model, _ = load_model(a.ckpt)

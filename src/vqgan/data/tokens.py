@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vqgan.progress import progress_bar
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -164,8 +166,6 @@ def encode_dataset(
     Returns:
         the manifest (``manifest.complete`` tells whether every shard is written).
     """
-    from tqdm.auto import tqdm
-
     root = Path(output)
     root.mkdir(parents=True, exist_ok=True)
     if what not in ("indices", "quantized", "continuous"):
@@ -189,41 +189,40 @@ def encode_dataset(
         manifest = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=dict(source or {}))
     done = len(manifest.shards)
     written = 0
-    bar = tqdm(total=n, initial=manifest.num_written, desc=f"encode {what}", unit="img", disable=not progress)
     max_label = -1
-    for s in range(done, manifest.num_shards):
-        if max_shards is not None and written >= max_shards:
-            break
-        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-        subset = torch.utils.data.Subset(dataset, range(lo, hi))
-        parts: dict[str, list[torch.Tensor]] = {"labels": [], what: []}
-        for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-            x = batch["image"].to(device)
-            labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
-            parts["labels"].append(labels.long().cpu())
-            enc = model.encode(x)
-            if what == "indices":
-                if enc.indices.dim() != 3:
-                    raise TokenFolderError(
-                        f"indices of shape {tuple(enc.indices.shape)}: the priors model one index per position; "
-                        "multi-stage (residual) codes are not supported for `what=indices`"
-                    )
-                parts[what].append(enc.indices.to(_index_dtype(codebook_size)).cpu())
-            else:
-                parts[what].append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
-            bar.update(x.shape[0])
-        arrays = {("indices" if what == "indices" else "latents"): torch.cat(parts[what]), "labels": torch.cat(parts["labels"])}
-        max_label = max(max_label, int(arrays["labels"].max()))
-        stem = f"shard_{s:05d}"
-        _save_shard(root, stem, arrays, file_format)
-        if not manifest.token_shape:
-            manifest.token_shape = list(arrays["indices" if what == "indices" else "latents"].shape[1:])
-        if not manifest.class_names and max_label + 1 > manifest.num_classes:
-            manifest.num_classes = max_label + 1
-        manifest.shards.append({"file": stem, "count": hi - lo})
-        _write_manifest(root, manifest)
-        written += 1
-    bar.close()
+    with progress_bar(n, f"encode {what}", progress, completed=manifest.num_written) as advance:
+        for s in range(done, manifest.num_shards):
+            if max_shards is not None and written >= max_shards:
+                break
+            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+            subset = torch.utils.data.Subset(dataset, range(lo, hi))
+            parts: dict[str, list[torch.Tensor]] = {"labels": [], what: []}
+            for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+                x = batch["image"].to(device)
+                labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
+                parts["labels"].append(labels.long().cpu())
+                enc = model.encode(x)
+                if what == "indices":
+                    if enc.indices.dim() != 3:
+                        raise TokenFolderError(
+                            f"indices of shape {tuple(enc.indices.shape)}: the priors model one index per position; "
+                            "multi-stage (residual) codes are not supported for `what=indices`"
+                        )
+                    parts[what].append(enc.indices.to(_index_dtype(codebook_size)).cpu())
+                else:
+                    parts[what].append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
+                advance(x.shape[0])
+            arrays = {("indices" if what == "indices" else "latents"): torch.cat(parts[what]), "labels": torch.cat(parts["labels"])}
+            max_label = max(max_label, int(arrays["labels"].max()))
+            stem = f"shard_{s:05d}"
+            _save_shard(root, stem, arrays, file_format)
+            if not manifest.token_shape:
+                manifest.token_shape = list(arrays["indices" if what == "indices" else "latents"].shape[1:])
+            if not manifest.class_names and max_label + 1 > manifest.num_classes:
+                manifest.num_classes = max_label + 1
+            manifest.shards.append({"file": stem, "count": hi - lo})
+            _write_manifest(root, manifest)
+            written += 1
     return manifest
 
 
@@ -281,3 +280,15 @@ class TokenDataset(Dataset):
             raise TokenFolderError("code histograms exist only for index folders")
         data = self.data if self.indices is None else self.data[self.indices]
         return torch.bincount(data.flatten(), minlength=self.manifest.codebook_size)
+
+
+def resolve_token_folders(tokens: str | Path) -> tuple[Path, Path | None]:
+    """``TOKENS`` itself (a folder with a manifest) or ``TOKENS/train``, and ``TOKENS/val`` if it exists."""
+    root = Path(tokens)
+    if (root / "manifest.json").is_file():
+        val = root / "val"
+        return root, val if (val / "manifest.json").is_file() else None
+    if (root / "train" / "manifest.json").is_file():
+        val = root / "val"
+        return root / "train", val if (val / "manifest.json").is_file() else None
+    raise TokenFolderError(f"no token folder at {root} (expected {root}/manifest.json): run `vqgan encode` first")

@@ -30,10 +30,12 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from vqgan.config import ConfigError, dump_config, from_dict, to_dict
-from vqgan.data.tokens import TokenDataset, TokenFolderError
-from vqgan.metrics.codebook import codebook_stats
+from vqgan.data.tokens import TokenDataset, TokenFolderError, resolve_token_folders
+from vqgan.inference import decode_tokens
+from vqgan.metrics.codebook import sample_code_metrics
+from vqgan.models.io import CheckpointError, load_model
 from vqgan.models.prior import PriorExperimentConfig, build_prior
-from vqgan.train.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
+from vqgan.train.checkpoint import AtomicCheckpointIO
 from vqgan.train.fit import check_run_dir, resolve_resume, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -119,21 +121,6 @@ class PriorModule(L.LightningModule):
         self.last_val_step = self.global_step
 
 
-def sample_code_metrics(tokens: torch.Tensor, data_histogram: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Code usage and perplexity of sampled tokens, and the total-variation distance between their code
-    distribution and the data's (0: identical histograms, 1: disjoint)."""
-    k = data_histogram.numel()
-    counts = torch.bincount(tokens.flatten().long().cpu(), minlength=k)[:k].float()
-    stats = codebook_stats(counts)
-    p = counts / counts.sum().clamp_min(1)
-    q = data_histogram.float().cpu() / data_histogram.float().sum().clamp_min(1)
-    return {
-        "code_usage": stats["usage"],
-        "code_perplexity": stats["perplexity"],
-        "code_tv_distance": 0.5 * (p - q).abs().sum(),
-    }
-
-
 class WarmupCosine:
     """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` steps (picklable)."""
 
@@ -163,6 +150,7 @@ class PriorSamples(L.Callback):
             return
         step = trainer.global_step
         self.directory.mkdir(parents=True, exist_ok=True)
+        from vqgan.viz.plots import save_code_histogram
         from vqgan.viz.samples import image_grid, save_image_grid
 
         save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
@@ -180,55 +168,7 @@ class PriorSamples(L.Callback):
         pl_module.last_samples = None
 
 
-@torch.no_grad()
-def decode_tokens(tokenizer: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Decode ``(B, h, w)`` code indices with a stage-1 tokenizer to images in [-1, 1] (clamped)."""
-    device = next(tokenizer.parameters()).device
-    out = [
-        tokenizer.decode_codes(tokens[i : i + batch_size].to(device)).clamp(-1, 1).cpu()
-        for i in range(0, tokens.shape[0], batch_size)
-    ]
-    return torch.cat(out)
-
-
-def save_code_histogram(tokens: torch.Tensor, data_histogram: torch.Tensor, path: str | Path) -> Path:
-    """Bar plot: share of every code (sorted by data frequency) in the data and in the samples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = data_histogram.numel()
-    counts = torch.bincount(tokens.flatten().long().cpu(), minlength=k)[:k].float()
-    q = data_histogram.float().cpu()
-    order = torch.argsort(q, descending=True)
-    p_s, p_d = (counts / counts.sum().clamp_min(1))[order], (q / q.sum().clamp_min(1))[order]
-    fig, ax = plt.subplots(figsize=(6, 2.5), dpi=100)
-    ax.plot(p_d.numpy(), label="data", lw=1)
-    ax.plot(p_s.numpy(), label="samples", lw=1, alpha=0.8)
-    ax.set_xlabel("code (sorted by data frequency)")
-    ax.set_ylabel("share")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # -- data ------------------------------------------------------------------------------------------------------
-def resolve_token_folders(tokens: str | Path) -> tuple[Path, Path | None]:
-    """``TOKENS`` itself (a folder with a manifest) or ``TOKENS/train``, and ``TOKENS/val`` if it exists."""
-    root = Path(tokens)
-    if (root / "manifest.json").is_file():
-        val = root / "val"
-        return root, val if (val / "manifest.json").is_file() else None
-    if (root / "train" / "manifest.json").is_file():
-        val = root / "val"
-        return root / "train", val if (val / "manifest.json").is_file() else None
-    raise TokenFolderError(f"no token folder at {root} (expected {root}/manifest.json): run `vqgan encode` first")
-
-
 def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = None):
     """Training and validation loaders over token folders, and the training dataset (for its histogram)."""
     d = cfg.data
@@ -359,8 +299,6 @@ def fit_prior(
 
 
 def _load_tokenizer(tokenizer: str | Path | None, manifest) -> torch.nn.Module | None:
-    from vqgan.train.checkpoint import load_model
-
     path = tokenizer or manifest.source.get("tokenizer")
     if path is None or not Path(path).exists():
         return None
@@ -371,106 +309,3 @@ def _load_tokenizer(tokenizer: str | Path | None, manifest) -> torch.nn.Module |
             raise
         log.warning("not decoding validation samples: tokenizer %s could not be loaded (%s)", path, e)
         return None
-
-
-def load_prior(path: str | Path, map_location: str = "cpu"):
-    """A prior (eval mode) from a training checkpoint written by :func:`fit_prior`.
-
-    Returns ``(model, PriorExperimentConfig, tokens_metadata)``.
-    """
-    from vqgan.models.pretrained import load_state_dict_strict
-
-    ckpt = load_checkpoint_file(path, map_location)
-    try:
-        hp = ckpt["hyper_parameters"]
-        cfg = from_dict(PriorExperimentConfig, hp["config"])
-    except KeyError:
-        raise CheckpointError(f"{path} is not a prior checkpoint (no hyper_parameters.config)") from None
-    model = build_prior(cfg.model)
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-    load_state_dict_strict(model, state, source=str(path))
-    return model.eval(), cfg, hp.get("tokens", {})
-
-
-def resolve_class(class_: str | int | None, num_classes: int, class_names: list[str], num: int) -> torch.Tensor | None:
-    """Labels ``(num,)`` for ``--class``: ``None`` (unconditional), an index, a class name, or ``all`` (cycle)."""
-    if class_ is None or class_ == "":
-        return None
-    if num_classes == 0:
-        raise ValueError("this prior is unconditional (model.num_classes=0); drop --class")
-    if str(class_) == "all":
-        return torch.arange(num) % num_classes
-    if str(class_).lstrip("-").isdigit():
-        k = int(class_)
-    elif class_ in class_names:
-        k = class_names.index(class_)
-    else:
-        raise ValueError(f"--class {class_!r}: not an index in [0, {num_classes}) nor one of {class_names}")
-    if not 0 <= k < num_classes:
-        raise ValueError(f"--class {k} is out of range [0, {num_classes})")
-    return torch.full((num,), k, dtype=torch.long)
-
-
-@torch.no_grad()
-def generate_images(
-    prior: str | Path,
-    output: str | Path,
-    tokenizer: str | Path | None = None,
-    num: int = 16,
-    class_: str | int | None = None,
-    cfg_scale: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    steps: int = 8,
-    use_cache: bool = True,
-    seed: int = 0,
-    ncol: int = 8,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Sample ``num`` token maps from a prior checkpoint, decode them with the tokenizer and write
-    ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels) and
-    ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there)."""
-    from safetensors.torch import save_file
-
-    from vqgan.train.checkpoint import load_model
-    from vqgan.viz.samples import save_image_grid, save_images
-
-    model, cfg, meta = load_prior(prior, device)
-    tok_path = tokenizer or meta.get("source", {}).get("tokenizer")
-    if tok_path is None:
-        raise ValueError("no tokenizer known for this prior: pass --tokenizer FILE")
-    tok, _ = load_model(tok_path, device)
-    if tok.quantize.codebook_size != cfg.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer {tok_path} has {tok.quantize.codebook_size} codes but the prior models {cfg.model.vocab_size}"
-        )
-    names = list(meta.get("class_names", []))
-    labels = resolve_class(class_, cfg.model.num_classes, names, num)
-    g = torch.Generator(device=device).manual_seed(seed)
-    kw: dict[str, Any] = dict(num=num, labels=None if labels is None else labels.to(device), temperature=temperature,
-                              top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=g)
-    start = time.perf_counter()
-    if cfg.model.kind == "maskgit":
-        tokens = model.generate(steps=min(steps, cfg.model.num_tokens), **kw)
-    else:
-        tokens = model.generate(use_cache=use_cache, **kw)
-    seconds = time.perf_counter() - start
-    images = decode_tokens(tok, tokens)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, out / "grid.png", ncol=ncol)
-    save_images(images, out / "images", [f"sample_{i:04d}" for i in range(num)])
-    lab = labels if labels is not None else torch.full((num,), -1, dtype=torch.long)
-    save_file({"tokens": tokens.cpu().contiguous(), "labels": lab.contiguous()}, str(out / "tokens.safetensors"))
-    result: dict[str, Any] = {"output": str(out), "num": num, "kind": cfg.model.kind, "sample_seconds": round(seconds, 3)}
-    tokens_dir = cfg.data.tokens
-    if tokens_dir is not None:
-        try:
-            hist = TokenDataset(resolve_token_folders(tokens_dir)[0]).code_histogram()
-            result.update({k: round(float(v), 4) for k, v in sample_code_metrics(tokens, hist).items()})
-            save_code_histogram(tokens, hist, out / "codes.png")
-        except TokenFolderError:
-            pass
-    return result

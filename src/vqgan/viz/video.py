@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqgan.metrics.reconstruction import psnr, to_unit
+from vqgan.metrics.reconstruction import psnr, to_uint8, to_unit
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -20,7 +20,7 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     v = to_unit(video.detach().float().cpu())
     if v.shape[0] == 1:
         v = v.expand(3, -1, -1, -1)
-    return (v.permute(1, 2, 3, 0).numpy() * 255).round().astype(np.uint8)
+    return to_uint8(v).permute(1, 2, 3, 0).numpy()
 
 
 def side_by_side(original: torch.Tensor, reconstruction: torch.Tensor, gap: int = 2) -> torch.Tensor:
