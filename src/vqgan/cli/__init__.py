@@ -80,7 +80,7 @@ def _load_commands() -> None:
     # Imported for their registrations.
     from vqgan.cli import stage1  # noqa: F401
 
-    for optional in ("evaluate", "prior", "interop", "video"):
+    for optional in ("evaluate", "prior", "interop", "video", "pipeline"):
         try:
             __import__(f"vqgan.cli.{optional}")
         except ModuleNotFoundError as e:
