@@ -229,6 +229,12 @@ class DataConfig:
     builtin_scale: float = 1.0
     # Number of random crops per epoch for the built-in dataset, and size of the fixed validation grid.
     builtin_train_crops: int = 4096
+    # Colour augmentation of the built-in training crops (validation crops are never changed): a random hue
+    # rotation of up to ``builtin_hue`` turns of the colour circle (0.5: any hue) and a random saturation factor in
+    # [1 - builtin_saturation, 1 + builtin_saturation]. The training photos hold almost no green; without it the
+    # quick-start model turns green leaves blue (benchmarks/colour.py). Off by default, on in the quick-start.
+    builtin_hue: float = 0.0
+    builtin_saturation: float = 0.0
     val_size: int = 256
     batch_size: int = 16
     val_batch_size: int | None = None

@@ -1,9 +1,16 @@
 """Using trained models, with torch only (no Lightning): reconstruct image files with a tokenizer, and sample
-images from a prior (generate token maps, decode them with the tokenizer, write grids and files)."""
+images from a prior (generate token maps, decode them with the tokenizer, write grids and files).
+
+Bad input: a folder's unreadable files (corrupt, truncated, not an image) are skipped with a warning that names
+each one, and counted (:attr:`Reconstructions.skipped`), so that one bad file never loses the rest of the folder;
+a single file named on its own that can't be read raises ``ValueError`` with a one-line message.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +18,45 @@ import torch
 from PIL import Image
 
 from vqgan.config import ConfigError
-from vqgan.data.images import IMAGE_EXTENSIONS, list_images
+from vqgan.data.images import IMAGE_EXTENSIONS, list_images, load_image
 from vqgan.data.tokens import TokenDataset, TokenFolderError, resolve_token_folders
-from vqgan.data.transforms import crop, resize_shorter, to_mode, to_tensor
+from vqgan.data.transforms import crop, resize_shorter, to_tensor
 from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.metrics.reconstruction import psnr, to_unit
 from vqgan.models.io import load_model, load_prior
 from vqgan.viz.samples import to_pil
 
 
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reconstructions:
+    """What :func:`reconstruct_files` did.
+
+    Attributes:
+        records: one ``{"file", "psnr", "size"}`` per reconstructed image, in file order.
+        skipped: one ``{"file", "error"}`` per file that could not be read (each also logged as a warning).
+    """
+
+    records: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+
 @torch.no_grad()
 def reconstruct_files(
     model: torch.nn.Module, input_path: str | Path, output_dir: str | Path, resolution: int | None = None,
     full_size: bool = False, device: str = "cpu",
-) -> list[dict]:
+) -> Reconstructions:
     """Reconstruct an image file or every image under a folder.
 
     Each image is resized (shorter side) and centre-cropped to ``resolution`` (default: the model's), or, with
     ``full_size``, kept whole and cropped to a multiple of the downsampling factor. Writes ``NAME_rec.png`` and a
-    side-by-side ``NAME_compare.png`` (original | reconstruction) per image; returns per-image PSNR records.
+    side-by-side ``NAME_compare.png`` (original | reconstruction) per image; returns per-image PSNR records and
+    the files skipped because they could not be read.
+
+    Raises:
+        ValueError: ``input_path`` is a single file that is not an image or can't be read.
     """
     input_path, output_dir = Path(input_path), Path(output_dir)
     files = [input_path] if input_path.is_file() else list_images(input_path)
@@ -40,10 +67,16 @@ def reconstruct_files(
     res = resolution or cfg.resolution
     f = cfg.spatial_factor
     model = model.to(device).eval()
-    records = []
+    out = Reconstructions()
     for path in files:
-        with Image.open(path) as img:
-            img = to_mode(img, cfg.in_channels)
+        try:
+            img = load_image(path, cfg.in_channels)
+        except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
+            if input_path.is_file():
+                raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+            log.warning("skipping unreadable image %s: %s: %s", path, type(e).__name__, e)
+            out.skipped.append({"file": str(path), "error": f"{type(e).__name__}: {e}"})
+            continue
         if full_size:
             w, h = (img.width // f) * f, (img.height // f) * f
             img = img.crop((0, 0, w, h))
@@ -54,8 +87,8 @@ def reconstruct_files(
         stem = path.stem
         to_pil(to_unit(rec[0])).save(output_dir / f"{stem}_rec.png")
         to_pil(to_unit(torch.cat([x[0], rec[0]], dim=-1))).save(output_dir / f"{stem}_compare.png")
-        records.append({"file": str(path), "psnr": float(psnr(x, rec)[0]), "size": [img.height, img.width]})
-    return records
+        out.records.append({"file": str(path), "psnr": float(psnr(x, rec)[0]), "size": [img.height, img.width]})
+    return out
 
 
 @torch.no_grad()

@@ -112,7 +112,7 @@ def _quickstart() -> ExperimentConfig:
             quantizer=QuantizerConfig(kind="ema", codebook_size=1024, codebook_dim=None),
         ),
         loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
-        data=DataConfig(kind="builtin", resolution=32, batch_size=16, builtin_scale=1.0),
+        data=DataConfig(kind="builtin", resolution=32, batch_size=16, builtin_scale=1.0, builtin_hue=0.5),
         train=TrainConfig(
             max_steps=2100, max_time_minutes=4.75, lr=2e-3, betas=[0.9, 0.99], val_every_n_steps=350, warmup_steps=50,
             lr_schedule="cosine",

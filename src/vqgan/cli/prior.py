@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vqgan.cli import command, preset_from_argv, resolve_device
+from vqgan.cli import command, preset_from_argv, report_skipped, resolve_device
 
 
 @command("encode", "Encode a dataset with a trained tokenizer into token shards (code indices + labels), resumably.")
@@ -48,9 +48,10 @@ class Encode:
         source = {"tokenizer": str(Path(a.ckpt).resolve()), "data": to_dict(data), "split": a.split, "seed": a.seed}
         m = encode_dataset(model, ds, a.output, what=a.what, shard_size=a.shard_size, batch_size=a.batch_size,
                            file_format=a.format, device=resolve_device(a.device), source=source, progress=a.progress)
-        print(json.dumps({"output": a.output, "items": m.num_written, "shards": len(m.shards), "complete": m.complete,
-                          "token_shape": m.token_shape, "codebook_size": m.codebook_size, "num_classes": m.num_classes}))
-        return 0
+        print(json.dumps({"output": a.output, "items": m.num_written, "skipped": m.skipped, "shards": len(m.shards),
+                          "complete": m.complete, "token_shape": m.token_shape, "codebook_size": m.codebook_size,
+                          "num_classes": m.num_classes}))
+        return report_skipped("encode", m.skipped, m.num_written + m.skipped)
 
 
 @command("fit-prior", "Train a stage-2 prior (GPT or MaskGIT) on a token folder, from a YAML config with dotted overrides.")

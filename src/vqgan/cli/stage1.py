@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from vqgan.cli import command, preset_from_argv, resolve_device
+from vqgan.cli import command, preset_from_argv, report_skipped, resolve_device
 
 
 @command("fit", "Train a stage-1 tokenizer (VQ-VAE / VQGAN) from a YAML config with dotted overrides.")
@@ -93,15 +93,19 @@ class Reconstruct:
         from vqgan.data.video import VIDEO_EXTENSIONS
 
         if Path(a.input).is_file() and Path(a.input).suffix.lower() in VIDEO_EXTENSIONS:  # a video: MP4/GIF out
+            from vqgan.data.video import VideoDecodeError
             from vqgan.viz.video import reconstruct_video_file
 
-            r = reconstruct_video_file(model, a.input, a.output, a.resolution, device=resolve_device(a.device))
+            try:
+                r = reconstruct_video_file(model, a.input, a.output, a.resolution, device=resolve_device(a.device))
+            except VideoDecodeError as e:
+                raise ValueError(f"cannot read video {e}") from None
             print(f"{r['file']}: {r['frames']} frames, PSNR {r['psnr']:.2f} dB -> {r['files']['mp4']}")
             return 0
-        records = reconstruct_files(model, a.input, a.output, a.resolution, a.full_size, resolve_device(a.device))
-        for r in records:
+        out = reconstruct_files(model, a.input, a.output, a.resolution, a.full_size, resolve_device(a.device))
+        for r in out.records:
             print(f"{r['file']}: PSNR {r['psnr']:.2f} dB")
-        return 0
+        return report_skipped("reconstruct", len(out.skipped), len(out.records) + len(out.skipped))
 
 
 @command("presets", "List the named presets (architectures and experiments).")

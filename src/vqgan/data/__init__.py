@@ -38,7 +38,10 @@ def register_data(kind: str) -> Callable:
 @register_data("builtin")
 def _builtin(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     common = dict(resolution=cfg.resolution, scale=cfg.builtin_scale, channels=cfg.channels, seed=seed)
-    train = BuiltinPhotos("train", length=cfg.builtin_train_crops, flip=cfg.flip, **common)
+    train = BuiltinPhotos(
+        "train", length=cfg.builtin_train_crops, flip=cfg.flip, hue=cfg.builtin_hue, saturation=cfg.builtin_saturation,
+        **common,
+    )
     val = BuiltinPhotos("val", length=cfg.val_size, **common)
     return train, val
 

@@ -52,7 +52,8 @@ class TokenManifest:
         class_names: names of the classes, when known.
         file_format: ``safetensors`` or ``npy``.
         source: free-form provenance (tokenizer checkpoint, data config).
-        shards: ``{"file": stem, "count": n}`` of every completed shard, in order.
+        shards: ``{"file": stem, "count": n, "skipped": k}`` of every completed shard, in order (``k`` items of the
+            shard could not be read and were left out, see :attr:`skipped`).
     """
 
     what: str = "indices"
@@ -79,6 +80,11 @@ class TokenManifest:
     @property
     def num_written(self) -> int:
         return sum(s["count"] for s in self.shards)
+
+    @property
+    def skipped(self) -> int:
+        """Items of the source dataset left out because they could not be read (corrupt or truncated files)."""
+        return sum(s.get("skipped", 0) for s in self.shards)
 
 
 def read_manifest(root: str | Path) -> TokenManifest:
@@ -163,9 +169,14 @@ def encode_dataset(
         shard_size: items per shard (the unit of resumption).
         max_shards: stop after writing this many new shards (for tests of resumption).
 
+    Items the dataset can't read (``None``, e.g. a corrupt image of an :class:`~vqgan.data.ImageFolder`, already
+    logged by the dataset) are left out and counted per shard (``manifest.skipped``), as training does.
+
     Returns:
         the manifest (``manifest.complete`` tells whether every shard is written).
     """
+    from vqgan.data.images import collate_skip
+
     root = Path(output)
     root.mkdir(parents=True, exist_ok=True)
     if what not in ("indices", "quantized", "continuous"):
@@ -197,7 +208,14 @@ def encode_dataset(
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
             subset = torch.utils.data.Subset(dataset, range(lo, hi))
             parts: dict[str, list[torch.Tensor]] = {"labels": [], what: []}
-            for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+            skipped = 0
+            loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip)
+            for batch in loader:
+                lost = int(batch.pop("skipped"))
+                skipped += lost
+                if "image" not in batch:  # every item of the batch was unreadable
+                    advance(lost)
+                    continue
                 x = batch["image"].to(device)
                 labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
                 parts["labels"].append(labels.long().cpu())
@@ -211,16 +229,20 @@ def encode_dataset(
                     parts[what].append(enc.indices.to(_index_dtype(codebook_size)).cpu())
                 else:
                     parts[what].append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
-                advance(x.shape[0])
-            arrays = {("indices" if what == "indices" else "latents"): torch.cat(parts[what]), "labels": torch.cat(parts["labels"])}
-            max_label = max(max_label, int(arrays["labels"].max()))
+                advance(x.shape[0] + lost)
             stem = f"shard_{s:05d}"
-            _save_shard(root, stem, arrays, file_format)
-            if not manifest.token_shape:
-                manifest.token_shape = list(arrays["indices" if what == "indices" else "latents"].shape[1:])
-            if not manifest.class_names and max_label + 1 > manifest.num_classes:
-                manifest.num_classes = max_label + 1
-            manifest.shards.append({"file": stem, "count": hi - lo})
+            if parts[what]:
+                arrays = {("indices" if what == "indices" else "latents"): torch.cat(parts[what]), "labels": torch.cat(parts["labels"])}
+                max_label = max(max_label, int(arrays["labels"].max()))
+                _save_shard(root, stem, arrays, file_format)
+                if not manifest.token_shape:
+                    manifest.token_shape = list(arrays["indices" if what == "indices" else "latents"].shape[1:])
+                if not manifest.class_names and max_label + 1 > manifest.num_classes:
+                    manifest.num_classes = max_label + 1
+            if skipped:
+                log.warning("shard %d: %d of %d items could not be read and were left out", s, skipped, hi - lo)
+            # A shard whose every item was unreadable is recorded with no file (count 0), so that resumption moves on.
+            manifest.shards.append({"file": stem if parts[what] else None, "count": hi - lo - skipped, "skipped": skipped})
             _write_manifest(root, manifest)
             written += 1
     return manifest
@@ -250,9 +272,13 @@ class TokenDataset(Dataset):
         key = "indices" if m.what == "indices" else "latents"
         data, labels = [], []
         for s in m.shards:
+            if not s["count"]:  # every item of that shard was unreadable
+                continue
             arrays = load_shard(self.root, s["file"], m.file_format)
             data.append(arrays[key])
             labels.append(arrays["labels"])
+        if not data:
+            raise TokenFolderError(f"{self.root} holds no items: every item of its source could not be read")
         self.key = "tokens" if key == "indices" else "latents"
         self.data = torch.cat(data)
         self.data = self.data.long() if key == "indices" else self.data.float()

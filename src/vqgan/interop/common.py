@@ -91,7 +91,7 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     if not allow_stand_ins or not names:
         listed = f" It names: {', '.join(names)}." if names else ""
         hint = (
-            " Pass allow_stand_ins=True (command line: --allow-stand-ins) to read the tensors with inert "
+            " Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors with inert "
             "placeholders in place of those objects; nothing from the file is executed either way."
             if names
             else ""
