@@ -1,6 +1,7 @@
 """Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer).
 
-Every ``train.diagnostics_every_n_steps`` steps :class:`CodebookDiagnostics` records, for the quantizer of the
+Every ``train.diagnostics_every_n_steps`` steps, and once more at the end of training (so that a run shorter than
+the interval has them too), :class:`CodebookDiagnostics` records, for the quantizer of the
 model (the first stage of a residual quantizer):
 
 * ``usage`` (fraction of codes hit since the previous record), ``perplexity`` (of those hits), ``dead_codes``
@@ -54,9 +55,13 @@ def load_diagnostics(run_dir: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(run_dir) / DIAGNOSTICS_FILE
     if not path.is_file():
+        written = "no run folder" if not path.parent.is_dir() else (
+            "a run folder without them: its run was trained with train.diagnostics_every_n_steps=0, stopped before "
+            "its first record, or predates diagnostics"
+        )
         raise FileNotFoundError(
-            f"no codebook diagnostics at {path}: they are written during `vqgan fit` every "
-            "train.diagnostics_every_n_steps steps (0 disables them); train with it above 0"
+            f"no codebook diagnostics at {path} ({path.parent} is {written}). `vqgan fit` writes them every "
+            "train.diagnostics_every_n_steps steps and at the end of the run, unless that setting is 0"
         )
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
@@ -112,6 +117,11 @@ class CodebookDiagnostics(L.Callback):
     ) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_step:
+            self.record(trainer, pl_module, step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step != self._last_step and step > 0:
             self.record(trainer, pl_module, step)
 
     # -- recording ------------------------------------------------------------------------------------------
