@@ -97,6 +97,13 @@ def test_trainer_limits_and_cadences(tmp_path):
     assert (t.max_steps, t.max_epochs, t.check_val_every_n_epoch) == (-1, 6, 2)
     periodic = [c for c in t.checkpoint_callbacks if c.filename.startswith("step")][0]
     assert periodic._every_n_epochs == 3 and periodic._every_n_train_steps == 0
+    # The prior's Trainer comes from the same builder: its checkpoints are guarded against non-finite steps too.
+    from vqgan.train.checkpoint import GuardedModelCheckpoint
+
+    t = build_trainer(PriorTrainConfig(logger="none", accelerator="cpu"), tmp_path, [], "prior")
+    assert len(t.checkpoint_callbacks) == 2
+    assert all(isinstance(c, GuardedModelCheckpoint) for c in t.checkpoint_callbacks)
+    assert t.checkpoint_callbacks[0].monitor == "val/loss" and t.checkpoint_callbacks[0].mode == "min"
 
 
 def test_progress_label_shows_steps_or_epochs():

@@ -55,13 +55,13 @@ def load_diagnostics(run_dir: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(run_dir) / DIAGNOSTICS_FILE
     if not path.is_file():
-        written = "no run folder" if not path.parent.is_dir() else (
-            "a run folder without them: its run was trained with train.diagnostics_every_n_steps=0, stopped before "
-            "its first record, or predates diagnostics"
+        reason = f"{path.parent} does not exist" if not path.parent.is_dir() else (
+            f"{path.parent} holds none: its run had train.diagnostics_every_n_steps=0, stopped before its first "
+            "record, or predates them"
         )
         raise FileNotFoundError(
-            f"no codebook diagnostics at {path} ({path.parent} is {written}). `vqgan fit` writes them every "
-            "train.diagnostics_every_n_steps steps and at the end of the run, unless that setting is 0"
+            f"no codebook diagnostics at {path}: {reason}. `vqgan fit` writes them every "
+            "train.diagnostics_every_n_steps steps and at the end of every run (0 disables them)"
         )
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
