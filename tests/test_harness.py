@@ -342,12 +342,16 @@ def test_wandb_offline_run_logs_losses_usage_and_images(tmp_path, monkeypatch):
     cfg = get_preset("test-resnet")
     cfg.train.logger = "wandb"
     run = tmp_path / "run"
-    fit(cfg, run, run_name="offline-test")
-    import wandb
-
-    wandb.finish()
+    fit(cfg, run, run_name="offline-test")  # finishes its W&B run
     [run_folder] = list((run / "wandb").glob("offline-run-*"))
     [record_file] = list(run_folder.glob("*.wandb"))
+    import time
+
+    for _ in range(120):  # W&B's service process writes the file; wait for the run's exit record
+        kinds = [rec.WhichOneof("record_type") for rec in _wandb_records(record_file)]
+        if "exit" in kinds:
+            break
+        time.sleep(0.5)
     keys = set()
     for rec in _wandb_records(record_file):
         if rec.WhichOneof("record_type") == "history":

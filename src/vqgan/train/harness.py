@@ -371,9 +371,15 @@ def run_training(
 
 
 def finish_run(result: RunResult, run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Write ``RUN_DIR/metrics.json`` on rank zero only and return ``metrics``."""
+    """Write ``RUN_DIR/metrics.json`` on rank zero only, close the W&B run (so that a next ``fit`` in the same
+    process starts its own instead of logging into this one), and return ``metrics``."""
+    from lightning.pytorch.loggers import WandbLogger
+
     if result.trainer.is_global_zero:
         write_json_atomic(metrics, Path(run_dir) / "metrics.json")
+    for logger in result.trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
     return metrics
 
 
