@@ -131,11 +131,16 @@ def _seed000() -> ExperimentConfig:
         ),
         loss=LossConfig(
             reconstruction="l2", perceptual="lpips", perceptual_weight=0.1, disc_weight=0.1, adaptive_weight=False,
-            disc_start=2000,
+            # The discriminator follows seed 000's per-chunk schedule (data.gan_epochs_per_chunk), not a step count.
+            disc_start=0,
         ),
         discriminator=DiscriminatorConfig(n_layers=3, ch=64, norm="none", spectral_norm=True),
-        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center"),
-        train=TrainConfig(max_steps=50000, lr=2e-4),
+        # Seed 000's schedule: per chunk of videos, epochs_per_batch=10 reconstruction passes then
+        # gan_epochs_per_batch=5 GAN passes; the whole pass over the chunks num_epoch=3 times. The seed does not state
+        # its chunk size; 500 videos (~19 chunks of UCF101's split-1 training list) fits a 64 GB host.
+        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center",
+                        videos_per_chunk=500, epochs_per_chunk=10, gan_epochs_per_chunk=5),
+        train=TrainConfig(max_epochs=3, lr=2e-4),
     )
 
 

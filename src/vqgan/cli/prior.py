@@ -65,23 +65,26 @@ class FitPrior:
         p.add_argument("--preset", type=str, default=None, help=f"start from a prior preset: {', '.join(list_prior_presets())}")
         add_prior_arguments(p, get_prior_preset(preset) if preset else None)
         p.add_argument("--tokens", type=str, default=None, help="token folder written by `vqgan encode`")
-        p.add_argument("--run-dir", type=str, required=True, help="folder for config, checkpoints, samples, logs, metrics")
-        p.add_argument("--max-steps", type=int, default=None, help="shortcut for --train.max_steps")
-        p.add_argument("--resume", type=str, default=None, help="'last' (RUN_DIR/checkpoints/last.ckpt) or a checkpoint path")
+        p.add_argument("--run-dir", type=str, default=None, help="folder for config, checkpoints, samples, logs, metrics")
+        p.add_argument("--run-name", type=str, default=None, help="name of the run (W&B); without --run-dir it trains in runs/NAME")
+        p.add_argument("--max-steps", type=int, default=None, help="train this many steps (sets train.max_steps and clears train.max_epochs)")
+        p.add_argument("--resume", type=str, default=None, help="'last' (the newest good checkpoint of the run) or a checkpoint path")
         p.add_argument("--tokenizer", type=str, default=None, help="stage-1 checkpoint to decode validation samples "
                        "(default: the one recorded in the token folder)")
 
     @staticmethod
     def run(a):
         from vqgan.models.prior.config import prior_from_namespace
+        from vqgan.train.harness import is_rank_zero
         from vqgan.train.prior import fit_prior
 
         cfg = prior_from_namespace(a)
-        if a.max_steps is not None:
-            cfg.train.max_steps = a.max_steps
-        metrics = fit_prior(cfg, a.tokens, a.run_dir, resume=a.resume, tokenizer=a.tokenizer)
-        keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps", "train_seconds")
-        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+        if a.max_steps is not None:  # "train N steps", also for a config that counts epochs
+            cfg.train.max_steps, cfg.train.max_epochs = a.max_steps, None
+        metrics = fit_prior(cfg, a.tokens, a.run_dir, resume=a.resume, tokenizer=a.tokenizer, run_name=a.run_name)
+        if is_rank_zero():  # under DDP every rank returns here; one summary
+            keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps", "train_seconds")
+            print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
         return 0
 
 

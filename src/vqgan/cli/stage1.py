@@ -19,23 +19,27 @@ class Fit:
         preset = preset_from_argv(argv) if argv[:1] == ["fit"] else None
         p.add_argument("--preset", type=str, default=None, help=f"start from a named preset: {', '.join(list_presets())}")
         add_experiment_arguments(p, get_preset(preset) if preset else None)
-        p.add_argument("--run-dir", type=str, required=True, help="folder for config, checkpoints, samples, logs, metrics")
-        p.add_argument("--max-steps", type=int, default=None, help="shortcut for --train.max_steps")
-        p.add_argument("--resume", type=str, default=None, help="'last' (RUN_DIR/checkpoints/last.ckpt) or a checkpoint path")
+        p.add_argument("--run-dir", type=str, default=None, help="folder for config, checkpoints, samples, logs, metrics")
+        p.add_argument("--run-name", type=str, default=None, help="name of the run (W&B); without --run-dir it trains in runs/NAME")
+        p.add_argument("--max-steps", type=int, default=None, help="train this many steps (sets train.max_steps and clears train.max_epochs)")
+        p.add_argument("--resume", type=str, default=None, help="'last' (the newest good checkpoint of the run) or a checkpoint path")
         p.add_argument("--debug", type=bool, default=False, help="a handful of steps, 2 validation batches, no online logging")
 
     @staticmethod
     def run(a):
         from vqgan.config import experiment_from_namespace
         from vqgan.train import fit
+        from vqgan.train.harness import is_rank_zero
 
         cfg = experiment_from_namespace(a)
-        if a.max_steps is not None:
-            cfg.train.max_steps = a.max_steps
+        if a.max_steps is not None:  # "train N steps", also for a config that counts epochs
+            cfg.train.max_steps, cfg.train.max_epochs = a.max_steps, None
         if a.debug:
             cfg.train.debug = True
-        metrics = fit(cfg, a.run_dir, resume=a.resume)
-        print(json.dumps({k: metrics[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")}))
+        metrics = fit(cfg, a.run_dir, resume=a.resume, run_name=a.run_name)
+        if is_rank_zero():  # under DDP every rank returns here; one summary
+            keys = ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")
+            print(json.dumps({k: metrics[k] for k in keys}))
         return 0
 
 

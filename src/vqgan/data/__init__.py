@@ -117,7 +117,8 @@ def _video_datasets(
     val = VideoClips(val_records, clip_offset="uniform", **common)
     split = cfg.frames_as_images or cfg.patch_size is not None
     if cfg.videos_per_chunk:
-        train = VideoChunks(train, cfg.videos_per_chunk, cfg.epochs_per_chunk, cfg.frames_as_images, cfg.patch_size, seed)
+        train = VideoChunks(train, cfg.videos_per_chunk, cfg.epochs_per_chunk, cfg.frames_as_images, cfg.patch_size, seed,
+                            gan_epochs_per_chunk=cfg.gan_epochs_per_chunk)
     elif split:
         train = Exploded(train, per_clip, cfg.frames_as_images, cfg.patch_size)
     if split:

@@ -78,9 +78,13 @@ def load_diagnostics(run_dir: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(run_dir) / DIAGNOSTICS_FILE
     if not path.is_file():
+        reason = f"{path.parent} does not exist" if not path.parent.is_dir() else (
+            f"{path.parent} holds none: its run had train.diagnostics_every_n_steps=0, stopped before its first "
+            "record, or predates them"
+        )
         raise FileNotFoundError(
-            f"no codebook diagnostics at {path}: they are written during `vqgan fit` every "
-            "train.diagnostics_every_n_steps steps (0 disables them); train with it above 0"
+            f"no codebook diagnostics at {path}: {reason}. `vqgan fit` writes them every "
+            "train.diagnostics_every_n_steps steps and at the end of every run (0 disables them)"
         )
     with np.load(path) as data:
         return {k: data[k] for k in data.files}

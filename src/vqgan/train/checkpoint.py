@@ -123,15 +123,24 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
     for p in remove_stale_temporaries(ckpt_dir):
         log.warning("removed %s, a checkpoint write that was interrupted", p)
     problems = []
-    for path in checkpoint_candidates(ckpt_dir):
+    candidates = checkpoint_candidates(ckpt_dir)
+    for i, path in enumerate(candidates):
         try:
             verify_checkpoint(path)
         except CheckpointError as e:
             log.warning("cannot resume from %s, trying the previous checkpoint: %s", path, e)
             problems.append(str(e))
             continue
+        # Files that cannot even be opened sort last (their step is unknown), yet may be the newest ones written
+        # (a truncated last.ckpt): report them too, never skip them silently.
+        for other in candidates[i + 1 :]:
+            try:
+                load_checkpoint_file(other, mmap=True)
+            except CheckpointError as e:
+                log.warning("cannot resume from %s, skipped: %s", other, e)
+                problems.append(str(e))
         if problems:
-            log.warning("resuming from %s (the newer checkpoints are unusable)", path)
+            log.warning("resuming from %s (%d damaged checkpoint(s) skipped)", path, len(problems))
         return path
     if problems:
         raise CheckpointError(f"no usable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(problems))

@@ -1,6 +1,7 @@
 """Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer).
 
-Every ``train.diagnostics_every_n_steps`` steps :class:`CodebookDiagnostics` records, for the quantizer of the
+Every ``train.diagnostics_every_n_steps`` steps, and once more at the end of training (so that a run shorter than
+the interval has them too), :class:`CodebookDiagnostics` records, for the quantizer of the
 model (the first stage of a residual quantizer):
 
 * ``usage`` (fraction of codes hit since the previous record), ``perplexity`` (of those hits), ``dead_codes``
@@ -96,6 +97,11 @@ class CodebookDiagnostics(L.Callback):
     ) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_step:
+            self.record(trainer, pl_module, step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step != self._last_step and step > 0:
             self.record(trainer, pl_module, step)
 
     # -- recording ------------------------------------------------------------------------------------------
