@@ -154,7 +154,6 @@ def test_single_backward_matches_taming_gradients() -> None:
 
     torch.manual_seed(2)  # the same random dead-code restarts in both forward passes
     out = ref.model(x)
-    rec = out.reconstruction
     g = _taming_generator_loss(ref, x, out)
     params = ref.generator_parameters()
     g.loss.backward(inputs=params)

@@ -117,9 +117,9 @@ def _video(path: Path) -> None:
 def world(tmp_path_factory, one_thread):
     """The user's working directory (see the module docstring); the tests run with it as the current folder."""
     from vqgan.interop.projection import fit_projection, save_projection
+    from vqgan.models.io import load_model
     from vqgan.registry import get_preset
     from vqgan.train import fit
-    from vqgan.models.io import load_model
 
     w = tmp_path_factory.mktemp("readme")
     shutil.copytree(ROOT / "configs", w / "configs")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from vqgan.config import ConfigError
 from vqgan.data.images import IMAGE_EXTENSIONS, list_images, load_image
@@ -25,7 +24,6 @@ from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.metrics.reconstruction import psnr, to_unit
 from vqgan.models.io import load_model, load_prior
 from vqgan.viz.samples import to_pil
-
 
 log = logging.getLogger(__name__)
 

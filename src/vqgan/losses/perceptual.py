@@ -121,7 +121,6 @@ class VGGFeatureLoss(nn.Module):
 
     def __init__(self, backbone_weights: str | None = None, random_backbone: bool = False):
         super().__init__()
-        import torchvision
 
         if random_backbone:
             # Only the convolutional part (vgg16 is VGG(make_layers(cfgs["D"]))): building the 120M-parameter

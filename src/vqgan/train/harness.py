@@ -27,7 +27,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from torch.utils.data import DataLoader
 
 from vqgan.config import ConfigError, TrainerSettings, dump_config
-from vqgan.train.checkpoint import AtomicCheckpointIO, GuardedModelCheckpoint, find_resume_checkpoint, verify_checkpoint
+from vqgan.train.checkpoint import (
+    AtomicCheckpointIO,
+    GuardedModelCheckpoint,
+    find_resume_checkpoint,
+    verify_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 

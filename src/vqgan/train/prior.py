@@ -17,7 +17,6 @@ sampled and their code histogram is compared with the data's (usage, perplexity,
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 

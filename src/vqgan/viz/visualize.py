@@ -27,6 +27,7 @@ import torch
 
 from vqgan.metrics.reconstruction import frames, psnr
 from vqgan.viz.codebook import plot_token_map, save_codebook_atlas
+from vqgan.viz.curves import loss_curve_figures
 from vqgan.viz.grids import save_comparison
 from vqgan.viz.latent import (
     _codebook_in_latent_space,
@@ -36,7 +37,6 @@ from vqgan.viz.latent import (
     plot_projection,
     save_interpolation,
 )
-from vqgan.viz.curves import loss_curve_figures
 from vqgan.viz.plots import FigureRecord, diagnostics_figures, plot_usage_histogram
 
 log = logging.getLogger(__name__)

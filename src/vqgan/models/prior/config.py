@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vqgan.config import ConfigError, TrainerSettings, _flatten, parse_config_args, sections_from_namespace, to_dict
+from vqgan.config import (
+    ConfigError,
+    TrainerSettings,
+    _flatten,
+    parse_config_args,
+    sections_from_namespace,
+    to_dict,
+)
 
 
 @dataclass
