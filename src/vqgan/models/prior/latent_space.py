@@ -1,0 +1,55 @@
+"""From a flow prior's latents back to images: (the prior's samples are already denormalised) -> unproject (seed 004's
+option A) -> optionally snap to the nearest codes -> the tokenizer's decoder.
+
+Snapping runs the tokenizer's quantizer on the (unprojected) latents, so the decoder reads code vectors, the only
+inputs it saw in training. Without snapping the decoder reads whatever the flow produced; with continuous
+(pre-quantization) latents that is off the codebook by construction. ``benchmarks/priors.py`` measures both.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def latents_to_quantized(
+    tokenizer: nn.Module, latents: torch.Tensor, projection: nn.Module | None = None, snap: bool = False
+) -> torch.Tensor:
+    """Latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units as the decoder's input
+    ``(B, embed_dim, h, w)``: through ``projection.unproject`` when given, then through the quantizer with
+    ``snap``."""
+    z = latents if projection is None else projection.unproject(latents)
+    embed_dim = tokenizer.config.embed_dim
+    if z.shape[1] != embed_dim:
+        raise ValueError(
+            f"latents of {z.shape[1]} channels but the tokenizer decodes {embed_dim}: "
+            + ("pass the projection the prior was trained through" if projection is None else "wrong projection")
+        )
+    if snap:
+        was = tokenizer.quantize.training
+        tokenizer.quantize.eval()
+        z = tokenizer.quantize(z).quantized
+        tokenizer.quantize.train(was)
+    return z
+
+
+@torch.no_grad()
+def decode_latents(
+    tokenizer: nn.Module,
+    latents: torch.Tensor,
+    projection: nn.Module | None = None,
+    snap: bool = False,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Decode a flow prior's latents to images in [-1, 1] (clamped), ``batch_size`` at a time, on the tokenizer's
+    device; returns CPU images."""
+    device = next(tokenizer.parameters()).device
+    out = []
+    for i in range(0, latents.shape[0], batch_size):
+        z = latents[i : i + batch_size].to(device)
+        if projection is not None:
+            projection = projection.to(device)
+        z = latents_to_quantized(tokenizer, z, projection, snap)
+        out.append(tokenizer.decode(z).clamp(-1, 1).cpu())
+    return torch.cat(out)

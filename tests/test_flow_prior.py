@@ -1,0 +1,291 @@
+"""The flow-matching prior (issue 14): the objective against a hand computation, the ODE solvers' orders, a prior
+that overfits a handful of latent maps and reproduces them, classifier-free guidance, class conditioning, the
+whole-set normalisation statistics, the latent folders and the decode path (unproject -> snap -> decode)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vqgan.config import ConfigError, ModelConfig, QuantizerConfig
+from vqgan.data.latents import LatentDataset, LatentStatistics, latent_statistics
+from vqgan.data.tokens import TokenFolderError, encode_dataset
+from vqgan.interop.projection import LatentProjection, ProjectionConfig, fit_projection
+from vqgan.models import VQModel
+from vqgan.models.prior import FlowPrior, PriorModelConfig, build_prior, flow_matching_target, solve_ode
+from vqgan.models.prior.flow import sample_time
+from vqgan.models.prior.latent_space import decode_latents
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _flow_config(**kw) -> PriorModelConfig:
+    base = dict(kind="flow", token_height=4, token_width=4, latent_channels=2, n_layer=2, n_head=2, n_embd=32,
+                num_classes=4, cond_dropout=0.3)
+    return PriorModelConfig(**{**base, **kw})
+
+
+def _randomised(model: FlowPrior, seed: int = 0) -> FlowPrior:
+    """adaLN-Zero starts every block (and the output) at zero: give all weights random values so that the
+    network's output depends on its inputs before any training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def _tokenizer(embed_dim: int = 8) -> VQModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=embed_dim,
+                      resolution=16, num_groups=8,
+                      quantizer=QuantizerConfig(kind="vq", codebook_size=32, kmeans_init=False))
+    return VQModel(cfg).eval()
+
+
+# -- the objective -------------------------------------------------------------------------------------------
+def test_flow_matching_target_and_loss_equal_a_hand_computation():
+    x0 = torch.tensor([[1.0, -2.0], [0.5, 0.0]]).view(2, 1, 1, 2)
+    x1 = torch.tensor([[3.0, 2.0], [-1.5, 4.0]]).view(2, 1, 1, 2)
+    t = torch.tensor([0.25, 0.5])
+    x_t, v = flow_matching_target(x0, x1, t)
+    # x_t = (1 - t) x0 + t x1; v = x1 - x0, element by element.
+    assert x_t.flatten().tolist() == [0.75 * 1 + 0.25 * 3, 0.75 * -2 + 0.25 * 2, 0.5 * 0.5 + 0.5 * -1.5, 0.5 * 0 + 0.5 * 4]
+    assert v.flatten().tolist() == [2.0, 4.0, -2.0, 4.0]
+
+    model = _randomised(build_prior(_flow_config(num_classes=0)))
+    model.set_statistics(torch.tensor([0.5, -1.0]), torch.tensor([2.0, 0.5]))
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(3, 2, 4, 4, generator=g)
+    noise = torch.randn(3, 2, 4, 4, generator=g)
+    t = torch.tensor([0.1, 0.6, 0.9])
+    out = model.training_loss(latents, noise=noise, t=t)
+    x1n = (latents - torch.tensor([0.5, -1.0]).view(1, 2, 1, 1)) / torch.tensor([2.0, 0.5]).view(1, 2, 1, 1)
+    xt = (1 - t.view(3, 1, 1, 1)) * noise + t.view(3, 1, 1, 1) * x1n
+    expected = ((model(xt, t) - (x1n - noise)) ** 2).mean()
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert set(out.logs) == {"loss_t<0.5", "loss_t>=0.5"}
+
+
+def test_time_sampling_uniform_and_logit_normal():
+    g = torch.Generator().manual_seed(0)
+    u = sample_time(20000, "uniform", generator=g)
+    ln = sample_time(20000, "logit_normal", 0.0, 1.0, generator=g)
+    assert 0 < float(u.min()) and float(u.max()) < 1 and float(ln.min()) > 0 and float(ln.max()) < 1
+    assert float(u.mean()) == pytest.approx(0.5, abs=0.01)
+    # The logit-normal concentrates on the middle of the path: its logit is N(0, 1).
+    logit = torch.log(ln / (1 - ln))
+    assert float(logit.mean()) == pytest.approx(0.0, abs=0.03) and float(logit.std()) == pytest.approx(1.0, abs=0.03)
+    assert float(((u - 0.5).abs() < 0.25).float().mean()) < float(((ln - 0.5).abs() < 0.25).float().mean())
+    with pytest.raises(ValueError, match="time sampling"):
+        sample_time(2, "beta")  # type: ignore[arg-type]
+
+
+def test_solvers_converge_at_their_order_on_a_known_ode():
+    # dx/dt = x cos(t) has the solution x(1) = x(0) exp(sin 1).
+    x0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+    exact = x0 * math.exp(math.sin(1.0))
+
+    def velocity(x, t):
+        return x * torch.cos(t)[:, None]
+
+    err = {(m, n): float((solve_ode(velocity, x0, n, m) - exact).abs().max()) for m in ("euler", "heun") for n in (4, 8)}
+    assert err["euler", 8] / err["euler", 4] == pytest.approx(0.5, abs=0.1)  # first order
+    assert err["heun", 8] / err["heun", 4] == pytest.approx(0.25, abs=0.06)  # second order
+    assert err["heun", 4] < err["euler", 4] / 2
+    final, trajectory = solve_ode(velocity, x0, 5, "heun", return_trajectory=True)
+    assert len(trajectory) == 6 and torch.equal(trajectory[0], x0) and torch.equal(trajectory[-1], final)
+    with pytest.raises(ValueError, match="sampler"):
+        solve_ode(velocity, x0, 4, "rk4")  # type: ignore[arg-type]
+
+
+# -- a prior that overfits four latent maps -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def overfit(one_thread):
+    torch.manual_seed(0)
+    model = build_prior(_flow_config())
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(4, 2, 4, 4, generator=g) * 2 + 1
+    labels = torch.arange(4)
+    stats = latent_statistics([data[:3], data[3:]])
+    model.set_statistics(stats.mean.float(), stats.std.float())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    idx = torch.arange(4).repeat(8)
+    for _ in range(300):
+        loss = model.training_loss(data[idx], labels[idx], generator=g).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), data
+
+
+def test_overfit_prior_reproduces_its_maps_with_many_euler_steps(overfit):
+    model, data = overfit
+    labels = torch.arange(8) % 4
+    samples = model.generate(labels=labels, steps=100, sampler="euler", generator=torch.Generator().manual_seed(1))
+    rel = (samples - data[labels]).flatten(1).norm(dim=1) / data[labels].flatten(1).norm(dim=1)
+    assert float(rel.max()) < 0.3, rel  # every sample lands on its class's map
+    # ... and far closer to it than to the other maps (the nearest other map is >= 60% of a map's norm away).
+    others = torch.cdist(samples.flatten(1), data.flatten(1))
+    others[torch.arange(8), labels] = float("inf")
+    assert float((others.min(1).values / data[labels].flatten(1).norm(dim=1)).min()) > 2 * float(rel.max())
+
+
+def test_heun_with_few_steps_is_closer_to_the_ode_solution_than_euler(overfit):
+    model, _ = overfit
+    noise = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    # Unconditional samples: the flow to a four-point distribution curves, so the solver's order shows.
+    reference = model.generate(noise=noise, steps=200, sampler="euler")
+    for steps in (3, 6):
+        euler = model.generate(noise=noise, steps=steps, sampler="euler")
+        heun = model.generate(noise=noise, steps=steps, sampler="heun")
+        assert float((heun - reference).norm()) < float((euler - reference).norm()), steps
+
+
+def test_guidance_one_is_the_conditional_model_and_guidance_mixes_velocities(overfit):
+    model, _ = overfit
+    g = torch.Generator().manual_seed(3)
+    x, t, labels = torch.randn(4, 2, 4, 4, generator=g), torch.rand(4, generator=g), torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(model.velocity(x, t, labels, cfg_scale=1.0), model(x, t, labels))
+    cond, uncond = model(x, t, labels), model(x, t, None)
+    torch.testing.assert_close(model.velocity(x, t, labels, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-5, rtol=1e-5)
+    noise = torch.randn(4, 2, 4, 4, generator=g)
+    a = model.generate(labels=labels, noise=noise, steps=4, cfg_scale=1.0)
+    b = model.generate(labels=labels, noise=noise, steps=4, cfg_scale=2.0)
+    assert not torch.allclose(a, b)
+
+
+def test_class_conditioning_changes_samples(overfit):
+    model, data = overfit
+    noise = torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(4)).repeat(2, 1, 1, 1)
+    labels = torch.tensor([0, 1, 2, 3, 1, 2, 3, 0])
+    s = model.generate(labels=labels, noise=noise, steps=20)
+    # Same noise, another class: another map (the one of that class).
+    assert float((s[:4] - s[4:]).flatten(1).norm(dim=1).min()) > 3.0
+    nearest = torch.cdist(s.flatten(1), data.flatten(1)).argmin(1)
+    assert torch.equal(nearest, labels)
+
+
+def test_flow_config_is_validated():
+    with pytest.raises(ConfigError, match="patch_size"):
+        _flow_config(patch_size=3).validate()
+    model = build_prior(_flow_config(patch_size=2, token_height=4, token_width=8))
+    assert model(torch.zeros(2, 2, 4, 8), torch.rand(2)).shape == (2, 2, 4, 8)
+    with pytest.raises(ValueError, match="this prior models"):
+        model(torch.zeros(2, 2, 4, 4), torch.rand(2))
+
+
+# -- normalisation and latent folders ------------------------------------------------------------------------
+def test_streamed_statistics_equal_a_direct_computation():
+    g = torch.Generator().manual_seed(5)
+    data = torch.randn(37, 3, 5, 4, generator=g) * torch.tensor([1.0, 10.0, 0.1]).view(1, 3, 1, 1) + 100.0
+    stats = latent_statistics(data[i : i + 8] for i in range(0, 37, 8))  # uneven batches, a large offset
+    flat = data.double().transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(stats.mean, flat.mean(1), atol=1e-10, rtol=1e-12)
+    torch.testing.assert_close(stats.std, flat.std(1), atol=1e-10, rtol=1e-10)
+    assert stats.count == 37 * 5 * 4
+    with pytest.raises(ValueError, match="no latents"):
+        latent_statistics([])
+    with pytest.raises(ValueError, match="at least two"):
+        _ = LatentStatistics().update(torch.zeros(1, 2, 1, 1)).std
+
+
+class _Images(torch.utils.data.Dataset):
+    classes = ["a", "b"]
+
+    def __init__(self, n: int):
+        g = torch.Generator().manual_seed(6)
+        self.x = torch.rand(n, 3, 16, 16, generator=g) * 2 - 1
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": torch.tensor(i % 2)}
+
+
+def test_latent_dataset_reads_continuous_shards_projects_and_matches_direct_statistics(tmp_path):
+    tok = _tokenizer()
+    images = _Images(10)
+    m = encode_dataset(tok, images, tmp_path / "lat", what="continuous", shard_size=4, batch_size=4, progress=False)
+    assert m.complete and m.what == "continuous" and m.token_shape == [8, 8, 8]
+    ds = LatentDataset(tmp_path / "lat")
+    with torch.no_grad():
+        direct = tok.encode_latents(images.x)
+    torch.testing.assert_close(ds.latents, direct, atol=1e-5, rtol=1e-5)
+    assert ds[3]["label"] == 1 and ds.latent_shape == (8, 8, 8)
+    stats = ds.subset(range(1, 10)).statistics(batch_size=3)
+    flat = direct[1:].double().transpose(0, 1).reshape(8, -1)
+    torch.testing.assert_close(stats.mean, flat.mean(1), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(stats.std, flat.std(1), atol=1e-6, rtol=1e-6)
+
+    proj = LatentProjection(ProjectionConfig(8, 4, source="continuous"))
+    projected = LatentDataset(tmp_path / "lat", projection=proj)
+    with torch.no_grad():
+        torch.testing.assert_close(projected.latents, proj.project(direct), atol=1e-5, rtol=1e-5)
+    with pytest.raises(TokenFolderError, match="reads quantized latents"):
+        LatentDataset(tmp_path / "lat", projection=LatentProjection(ProjectionConfig(8, 4, source="quantized")))
+    encode_dataset(tok, images, tmp_path / "idx", what="indices", shard_size=4, progress=False)
+    with pytest.raises(TokenFolderError, match="--what continuous"):
+        LatentDataset(tmp_path / "idx")
+
+
+def test_continuous_encoding_resumes(tmp_path):
+    tok, images = _tokenizer(), _Images(10)
+    part = encode_dataset(tok, images, tmp_path / "lat", what="continuous", shard_size=4, max_shards=1, progress=False)
+    assert not part.complete and len(part.shards) == 1
+    full = encode_dataset(tok, images, tmp_path / "lat", what="continuous", shard_size=4, progress=False)
+    assert full.complete and len(full.shards) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(LatentDataset(tmp_path / "lat").latents, tok.encode_latents(images.x), atol=1e-5, rtol=1e-5)
+
+
+# -- projection and decoding ---------------------------------------------------------------------------------
+def test_unproject_project_round_trip_and_decode_through_an_invertible_projection():
+    tok = _tokenizer()
+    x = _Images(4).x
+    with torch.no_grad():
+        enc = tok.encode(x)
+    proj = LatentProjection(ProjectionConfig(8, 8, source="quantized"))
+    proj.init_pca(enc.quantized)  # full rank: an invertible linear map and its inverse
+    with torch.no_grad():
+        p = proj.project(enc.quantized)
+        torch.testing.assert_close(proj.unproject(p), enc.quantized, atol=1e-4, rtol=0)
+        images = decode_latents(tok, p, proj)
+        torch.testing.assert_close(images, tok.decode(enc.quantized).clamp(-1, 1), atol=1e-4, rtol=0)
+        # Snapped to the nearest codes, the latents decode exactly as the codes themselves.
+        torch.testing.assert_close(decode_latents(tok, p, proj, snap=True),
+                                   tok.decode_codes(enc.indices).clamp(-1, 1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="pass the projection"):
+        decode_latents(tok, p[:, :4])
+
+
+def test_sample_unproject_decode_writes_images_of_the_right_size(tmp_path):
+    from PIL import Image
+
+    from vqgan.viz.samples import save_image_grid, save_images
+
+    tok = _tokenizer()
+    proj = LatentProjection(ProjectionConfig(8, 4)).eval()
+    prior = _randomised(build_prior(_flow_config(latent_channels=4, token_height=8, token_width=8, num_classes=0)))
+    latents = prior.generate(num=3, steps=2, generator=torch.Generator().manual_seed(8))
+    assert latents.shape == (3, 4, 8, 8)
+    images = decode_latents(tok, latents, proj, snap=True)
+    assert images.shape == (3, 3, 16, 16) and float(images.abs().max()) <= 1
+    save_images(images, tmp_path / "images", [f"s{i}" for i in range(3)])
+    save_image_grid(images, tmp_path / "grid.png", ncol=3)
+    assert Image.open(tmp_path / "images" / "s0.png").size == (16, 16)
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_fit_projection_can_train_the_encoder_jointly():
+    model = _tokenizer()
+    g = torch.Generator().manual_seed(9)
+    batches = [torch.rand(4, 3, 16, 16, generator=g) * 2 - 1 for _ in range(2)]
+    enc_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    fit = fit_projection(model, batches, out_channels=2, steps=10, lr=3e-3, source="continuous", train_encoder=True)
+    assert fit.summary["train_encoder"] and fit.summary["final_loss"] < fit.summary["initial_loss"]
+    assert any(not torch.equal(enc_before[k], v) for k, v in model.encoder.state_dict().items())
+    assert all(not p.requires_grad for p in model.parameters())
