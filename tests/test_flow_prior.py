@@ -289,3 +289,16 @@ def test_fit_projection_can_train_the_encoder_jointly():
     assert fit.summary["train_encoder"] and fit.summary["final_loss"] < fit.summary["initial_loss"]
     assert any(not torch.equal(enc_before[k], v) for k, v in model.encoder.state_dict().items())
     assert all(not p.requires_grad for p in model.parameters())
+
+
+def test_trajectory_images_run_from_noise_to_the_sample():
+    from vqgan.models.prior.latent_space import trajectory_images
+
+    tok = _tokenizer()
+    prior = _randomised(build_prior(_flow_config(latent_channels=8, token_height=8, token_width=8, num_classes=0)))
+    final, trajectory = prior.generate(num=2, steps=8, sampler="euler", return_trajectory=True,
+                                       generator=torch.Generator().manual_seed(10))
+    grid = trajectory_images(tok, trajectory, columns=5)
+    assert grid.shape == (2 * 5, 3, 16, 16)
+    torch.testing.assert_close(grid[4::5], decode_latents(tok, final))  # the last column is the sample
+    torch.testing.assert_close(grid[0::5], decode_latents(tok, trajectory[0]))  # the first, the noise

@@ -53,3 +53,20 @@ def decode_latents(
         z = latents_to_quantized(tokenizer, z, projection, snap)
         out.append(tokenizer.decode(z).clamp(-1, 1).cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def trajectory_images(
+    tokenizer: nn.Module,
+    trajectory: list[torch.Tensor],
+    columns: int = 6,
+    projection: nn.Module | None = None,
+    snap: bool = False,
+) -> torch.Tensor:
+    """Decoded states of an ODE trajectory (as returned by ``FlowPrior.generate(return_trajectory=True)``):
+    ``columns`` equally spaced states from the noise (t = 0) to the sample (t = 1) for every sample, in row-major
+    order ``(B * columns, C, H, W)``, for an image grid of ``columns`` columns (one row per sample)."""
+    columns = max(2, min(columns, len(trajectory)))
+    idx = torch.linspace(0, len(trajectory) - 1, columns).round().long().tolist()
+    images = [decode_latents(tokenizer, trajectory[i], projection, snap) for i in idx]
+    return torch.stack(images, 1).flatten(0, 1)
