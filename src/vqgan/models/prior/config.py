@@ -115,6 +115,8 @@ class PriorDataConfig:
             ``val_fraction`` of the training maps.
         val_fraction: share of the maps held out for validation when there is no validation folder.
         batch_size, val_batch_size, num_workers: loader options.
+        projection: ``kind: flow`` only: a folder written by ``vqgan fit-projection`` (seed 004's option A); the
+            latents are projected through it to ``N`` channels, and samples unprojected before decoding.
     """
 
     tokens: str | None = None
@@ -123,6 +125,7 @@ class PriorDataConfig:
     batch_size: int = 32
     val_batch_size: int | None = None
     num_workers: int = 0
+    projection: str | None = None
 
 
 @dataclass
@@ -284,6 +287,28 @@ def _quickstart_maskgit() -> PriorExperimentConfig:
     return PriorExperimentConfig(
         model=PriorModelConfig(kind="maskgit", vocab_size=1024, token_height=8, token_width=8, n_layer=4, n_head=4,
                                n_embd=128, dropout=0.1, num_classes=9),
+        data=PriorDataConfig(batch_size=64),
+        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
+    )
+
+
+@register_prior_preset("test-flow", "tiny class-conditional flow-matching DiT for tests (2 layers, 32 wide)")
+def _test_flow() -> PriorExperimentConfig:
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="flow", token_height=8, token_width=8, latent_channels=8, n_layer=2, n_head=2,
+                               n_embd=32, num_classes=9, sample_steps=4),
+        data=PriorDataConfig(batch_size=8, val_fraction=0.25),
+        train=_tiny_train(),
+    )
+
+
+@register_prior_preset("quickstart-flow", "flow-matching DiT over the quickstart tokenizer's 8x8 latents (CPU-sized)")
+def _quickstart_flow() -> PriorExperimentConfig:
+    # Same depth and width as the GPT and MaskGIT presets; latent channels and map size come from the latent
+    # folder (`vqgan encode --what continuous`). Heun with 16 steps: 32 network evaluations per sample.
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="flow", token_height=8, token_width=8, latent_channels=32, n_layer=4, n_head=4,
+                               n_embd=128, num_classes=9, sampler="heun", sample_steps=16),
         data=PriorDataConfig(batch_size=64),
         train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
     )
