@@ -14,7 +14,7 @@ flow prior models the tokenizer's continuous (pre-quantization) latents, normali
 and is decoded with and without snapping to the nearest codes. The VQGAN tokenizer adds a PatchGAN hinge loss to
 the VQ-VAE's objective (no perceptual term: its VGG weights would need a download).
 
-    python benchmarks/priors.py [--budget-seconds 60] [--tokenizer-seconds 75] [--data smoke photos]
+    python benchmarks/priors.py [--budget-seconds 60] [--clock cpu] [--tokenizer-steps 500] [--data smoke photos]
     python benchmarks/priors.py --dry-run      # seconds: every path, tiny sizes
 
 Sample grids and ODE-trajectory figures go to ``--out`` (docs/priors/). The machine may be shared: timings are
@@ -66,11 +66,11 @@ class Sizes:
     tok_ch: int = 32
     codebook: int = 512
     embed_dim: int = 8
-    n_layer: int = 4
-    n_embd: int = 128
-    batch: int = 64
+    n_layer: int = 3
+    n_embd: int = 96
+    batch: int = 32
     num_samples: int = 128
-    flow_steps: int = 16
+    flow_steps: int = 8
     maskgit_steps: int = 8
 
 
@@ -120,8 +120,8 @@ def datasets(name: str, work: Path, s: Sizes):
     return cfg, train, torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
 
 
-def tokenizer_config(data: DataConfig, s: Sizes, gan: bool, seconds: float, dry: bool) -> ExperimentConfig:
-    steps = 2 if dry else 100_000
+def tokenizer_config(data: DataConfig, s: Sizes, gan: bool, steps: int, seconds: float, dry: bool) -> ExperimentConfig:
+    steps = 2 if dry else steps
     model = ModelConfig(resolution=s.resolution, ch=s.tok_ch, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[],
                         z_channels=s.tok_ch, embed_dim=s.embed_dim, num_groups=min(16, s.tok_ch),
                         quantizer=QuantizerConfig(kind="ema", codebook_size=s.codebook))
@@ -130,7 +130,7 @@ def tokenizer_config(data: DataConfig, s: Sizes, gan: bool, seconds: float, dry:
     if gan:
         # Hinge PatchGAN from the start of the second third of the (time-limited) run, taming's adaptive weight.
         loss = LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.5, adaptive_weight=True,
-                          disc_start=1 if dry else 150, disc_weight_max=0.75)
+                          disc_start=1 if dry else steps // 3, disc_weight_max=0.75)
         disc = DiscriminatorConfig(n_layers=2, ch=s.tok_ch)
     train = TrainConfig(max_steps=steps, max_time_minutes=seconds / 60, lr=2e-3, betas=[0.9, 0.99], warmup_steps=0 if dry else 50,
                         val_every_n_steps=steps, logger="none", diagnostics_every_n_steps=0, accelerator="cpu",
@@ -169,13 +169,16 @@ def prior_config(kind: str, s: Sizes, codes: dict[str, torch.Tensor], num_classe
 
 
 def train_prior(model: torch.nn.Module, data: torch.Tensor, labels: torch.Tensor | None, seconds: float,
-                batch: int, max_steps: int | None = None) -> dict:
-    """AdamW (lr 1e-3 after 50 warm-up steps, betas 0.9/0.95, clip 1) on random batches until ``seconds`` pass."""
+                batch: int, max_steps: int | None = None, clock: str = "wall") -> dict:
+    """AdamW (lr 1e-3 after 50 warm-up steps, betas 0.9/0.95, clip 1) on random batches until ``seconds`` of
+    ``clock`` pass: ``wall`` (wall-clock) or ``cpu`` (this process's CPU time: the same compute for every prior
+    whatever else loads the machine)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
     model.train()
-    steps, losses, start = 0, [], time.perf_counter()
-    while time.perf_counter() - start < seconds and (max_steps is None or steps < max_steps):
+    now = time.perf_counter if clock == "wall" else time.process_time
+    steps, losses, start, wall0, cpu0 = 0, [], now(), time.perf_counter(), time.process_time()
+    while now() - start < seconds and (max_steps is None or steps < max_steps):
         for group in opt.param_groups:
             group["lr"] = 1e-3 * min(1.0, (steps + 1) / 50)
         i = torch.randint(0, len(data), (batch,), generator=g)
@@ -188,7 +191,8 @@ def train_prior(model: torch.nn.Module, data: torch.Tensor, labels: torch.Tensor
         losses.append(float(out.loss.detach()))
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
-    return {"steps": steps, "train_s": time.perf_counter() - start, "final_loss": sum(tail) / len(tail)}
+    return {"steps": steps, "train_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0,
+            "final_loss": sum(tail) / len(tail)}
 
 
 @torch.no_grad()
@@ -238,17 +242,22 @@ def run_data(name: str, a, s: Sizes, work: Path, out: Path, vqgan_too: bool) -> 
 
     tokenizers = [("vqvae", False)] + ([("vqgan", True)] if vqgan_too else [])
     rows, result = [], {}
+
+    def add(row: dict) -> None:  # printed as it comes: a long run shows its progress
+        rows.append(row)
+        print("row:", " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
     for tok_name, gan in tokenizers:
         t0 = time.perf_counter()
-        tok, tok_metrics = train_tokenizer(tokenizer_config(data_cfg, s, gan, a.tokenizer_seconds, a.dry_run),
+        tok, tok_metrics = train_tokenizer(tokenizer_config(data_cfg, s, gan, a.tokenizer_steps, a.tokenizer_seconds, a.dry_run),
                                            work / name / f"tok_{tok_name}")
         tok_s = time.perf_counter() - t0
         codes = encode_all(tok, train_set)
         with torch.no_grad():
             rec = torch.cat([tok(ref[i : i + 64]).reconstruction.clamp(-1, 1) for i in range(0, len(ref), 64)])
         psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, ref)))
-        rows.append({"data": name, "tokenizer": tok_name, "prior": "(reconstructions)", "params": "-",
-                     "steps": tok_metrics.get("steps", 0), "train_s": round(tok_s, 1), "s_per_image": "-",
+        add({"data": name, "tokenizer": tok_name, "prior": "(reconstructions)", "params": "-",
+                     "steps": tok_metrics.get("steps", 0), "train_s": round(tok_s, 1), "cpu_s": "-", "s_per_image": "-",
                      **{k: round(v, 4) for k, v in distances(rec, ref).items()}, "note": f"PSNR {psnr:.2f} dB"})
         kinds = ["gpt", "maskgit", "flow"] if tok_name == "vqvae" else ["flow"]
         for kind in kinds:
@@ -261,7 +270,7 @@ def run_data(name: str, a, s: Sizes, work: Path, out: Path, vqgan_too: bool) -> 
                 train_data = codes["latents"]
             else:
                 train_data = codes["indices"]
-            fit = train_prior(prior, train_data, labels, a.budget_seconds, s.batch, 2 if a.dry_run else None)
+            fit = train_prior(prior, train_data, labels, a.budget_seconds, s.batch, 2 if a.dry_run else None, a.clock)
             samples, spi = sample(kind, prior, n, sample_labels, s)
             params = sum(p.numel() for p in prior.parameters())
             decodes = {"": None}
@@ -274,8 +283,9 @@ def run_data(name: str, a, s: Sizes, work: Path, out: Path, vqgan_too: bool) -> 
                 d = distances(images, ref)
                 grid = out / f"{name}_{tok_name}_{kind}{'_snap' if snap else ''}.png"
                 save_image_grid(images[:32], grid, ncol=8)
-                rows.append({"data": name, "tokenizer": tok_name, "prior": kind + suffix, "params": params,
-                             "steps": fit["steps"], "train_s": round(fit["train_s"], 1), "s_per_image": round(spi, 4),
+                add({"data": name, "tokenizer": tok_name, "prior": kind + suffix, "params": params,
+                             "steps": fit["steps"], "train_s": round(fit["train_s"], 1), "cpu_s": round(fit["cpu_s"], 1),
+                             "s_per_image": round(spi, 4),
                              **{k: round(v, 4) for k, v in d.items()}, "note": f"loss {fit['final_loss']:.3f}"})
                 result[f"{name}_{tok_name}_{kind}{'_snap' if snap else ''}"] = d["swd_features"]
             if kind == "flow":
@@ -290,10 +300,14 @@ def run_data(name: str, a, s: Sizes, work: Path, out: Path, vqgan_too: bool) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget-seconds", type=float, default=60.0, help="training wall-clock per prior")
-    ap.add_argument("--tokenizer-seconds", type=float, default=75.0, help="training wall-clock per tokenizer")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="what the prior budget counts: wall-clock, or this process's CPU seconds (fair under load)")
+    ap.add_argument("--tokenizer-steps", type=int, default=500, help="training steps per tokenizer (batch 16)")
+    ap.add_argument("--tokenizer-seconds", type=float, default=300.0, help="wall-clock cap per tokenizer")
     ap.add_argument("--data", nargs="+", default=["smoke", "photos"], choices=["smoke", "photos"])
     ap.add_argument("--no-vqgan", action="store_true", help="skip the VQGAN tokenizer (VQ-VAE vs VQGAN on smoke)")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: on a shared machine, spinning threads cost more than they give)")
     ap.add_argument("--out", type=str, default=str(ROOT / "docs" / "priors"), help="folder for grids and results")
     ap.add_argument("--work", type=str, default=None, help="folder for tokenizer runs and the simulated plumes")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes, two steps each: checks every path in seconds")
@@ -306,7 +320,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"# CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}; machine possibly shared: timings "
           f"are wall-clock under its load. Priors: {s.n_layer} layers x {s.n_embd} wide, batch {s.batch}, "
-          f"{a.budget_seconds:g} s each; tokenizers: {a.tokenizer_seconds:g} s each, {s.resolution}x{s.resolution} -> "
+          f"{a.budget_seconds:g} {a.clock} s each; tokenizers: {a.tokenizer_steps} steps (at most {a.tokenizer_seconds:g} s) each, {s.resolution}x{s.resolution} -> "
           f"{s.resolution // 4}x{s.resolution // 4}, {s.codebook} codes of {s.embed_dim} channels.")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.work) if a.work else Path(tmp)

@@ -302,3 +302,28 @@ def test_trajectory_images_run_from_noise_to_the_sample():
     assert grid.shape == (2 * 5, 3, 16, 16)
     torch.testing.assert_close(grid[4::5], decode_latents(tok, final))  # the last column is the sample
     torch.testing.assert_close(grid[0::5], decode_latents(tok, trajectory[0]))  # the first, the noise
+
+
+def test_priors_benchmark_dry_run(tmp_path, monkeypatch, capsys):
+    """benchmarks/priors.py --dry-run: every path (tokenizers, the three priors, the VQGAN latents, grids and the
+    trajectory figure, the table and the RESULT line) at tiny sizes."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "priors.py"
+    spec = importlib.util.spec_from_file_location("priors_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["priors.py", "--dry-run", "--out", str(tmp_path / "out"),
+                                      "--work", str(tmp_path / "work")])
+    bench.main()
+    out = capsys.readouterr().out
+    result = out.strip().splitlines()[-1]
+    assert result.startswith("RESULT ")
+    keys = {kv.split("=")[0] for kv in result.split()[1:]}
+    assert {"smoke_vqvae_gpt", "smoke_vqvae_maskgit", "smoke_vqvae_flow", "smoke_vqgan_flow", "photos_vqvae_flow"} <= keys
+    assert "ranking real < blurred < noise" in out
+    for name in ("smoke_vqvae_gpt", "smoke_vqvae_maskgit", "smoke_vqvae_flow", "photos_vqvae_flow_trajectory"):
+        assert (tmp_path / "out" / f"{name}.png").is_file()
