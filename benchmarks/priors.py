@@ -6,8 +6,8 @@ For every prior: parameters, training steps and seconds, sampling seconds per im
 decoded samples and held-out real images (``vqgan.metrics.distribution.image_set_distances``: sliced Wasserstein
 on 32x32 pixels and on a seeded random-conv embedding, plus per-channel colour W1; lower is better; no download).
 The distances first rank, on this benchmark's own data, held-out real images against uniform noise and blurred
-copies: the figure is meaningful only if real < blurred < noise there. The tokenizer's reconstructions of the
-held-out images are the floor any prior over that tokenizer can reach.
+copies: the figure is meaningful only if real < blurred < noise there. The tokenizer's reconstructions of held-out
+images (the half not used as the reference) are the floor any prior over that tokenizer can reach.
 
 The three priors share depth, width and heads, batch, optimiser (AdamW, warm-up, constant rate) and budget; the
 flow prior models the tokenizer's continuous (pre-quantization) latents, normalised with whole-set statistics,
@@ -216,7 +216,7 @@ def distances(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]
     return image_set_distances(images, reference, seed=0)
 
 
-def sanity_rows(held: torch.Tensor) -> tuple[list[dict], torch.Tensor]:
+def sanity_rows(held: torch.Tensor) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
     """Reference = first half of the held-out images; candidates: the other half, uniform noise, blurred copies."""
     half = len(held) // 2
     ref, real = held[:half], held[half : 2 * half]
@@ -224,13 +224,13 @@ def sanity_rows(held: torch.Tensor) -> tuple[list[dict], torch.Tensor]:
     blurred = F.avg_pool2d(real, 5, stride=1, padding=2, count_include_pad=False)
     rows = [{"images": name, **{k: round(v, 4) for k, v in distances(x, ref).items()}}
             for name, x in (("held-out real", real), ("blurred real (5x5 box)", blurred), ("uniform noise", noise))]
-    return rows, ref
+    return rows, ref, real
 
 
 # -- one data set ---------------------------------------------------------------------------------------------
 def run_data(name: str, a, s: Sizes, work: Path, out: Path, vqgan_too: bool) -> tuple[list[dict], dict[str, float]]:
     data_cfg, train_set, held, held_labels = datasets(name, work, s)
-    sanity, ref = sanity_rows(held)
+    sanity, ref, real = sanity_rows(held)
     print(table(sanity, f"\n## {name}: sanity of the distance ({len(ref)} reference images; lower = closer)"))
     ok = all(sanity[0][k] < sanity[1][k] < sanity[2][k] for k in ("swd_pixels", "swd_features"))
     print(f"ranking real < blurred < noise on pixels and features: {'yes' if ok else 'NO'}")
@@ -253,9 +253,10 @@ def run_data(name: str, a, s: Sizes, work: Path, out: Path, vqgan_too: bool) -> 
                                            work / name / f"tok_{tok_name}")
         tok_s = time.perf_counter() - t0
         codes = encode_all(tok, train_set)
+        # The tokenizer's reconstructions of the other held-out half: comparable with the "held-out real" row.
         with torch.no_grad():
-            rec = torch.cat([tok(ref[i : i + 64]).reconstruction.clamp(-1, 1) for i in range(0, len(ref), 64)])
-        psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, ref)))
+            rec = torch.cat([tok(real[i : i + 64]).reconstruction.clamp(-1, 1) for i in range(0, len(real), 64)])
+        psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, real)))
         add({"data": name, "tokenizer": tok_name, "prior": "(reconstructions)", "params": "-",
                      "steps": tok_metrics.get("steps", 0), "train_s": round(tok_s, 1), "cpu_s": "-", "s_per_image": "-",
                      **{k: round(v, 4) for k, v in distances(rec, ref).items()}, "note": f"PSNR {psnr:.2f} dB"})

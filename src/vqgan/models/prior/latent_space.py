@@ -8,6 +8,10 @@ inputs it saw in training. Without snapping the decoder reads whatever the flow 
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -70,3 +74,65 @@ def trajectory_images(
     idx = torch.linspace(0, len(trajectory) - 1, columns).round().long().tolist()
     images = [decode_latents(tokenizer, trajectory[i], projection, snap) for i in idx]
     return torch.stack(images, 1).flatten(0, 1)
+
+
+def load_latent_decoder(
+    tokenizer: str | Path, projection: str | Path | None = None, map_location: str = "cpu"
+) -> tuple[nn.Module, nn.Module | None]:
+    """The tokenizer and projection that turn a flow prior's latents into images. A projection folder holding
+    ``decoder/`` (fitted with ``--train-decoder`` or ``--train-encoder``) decodes with that fine-tuned tokenizer."""
+    from vqgan import load_model
+    from vqgan.interop.projection import load_projection
+
+    proj = None
+    if projection is not None:
+        proj = load_projection(projection, map_location)
+        if (Path(projection) / "decoder").is_dir():
+            tokenizer = Path(projection) / "decoder"
+    model, _ = load_model(tokenizer, map_location)
+    return model.eval(), proj
+
+
+@dataclass
+class LatentSamples:
+    """Result of :func:`sample_latent_images`.
+
+    Attributes:
+        latents: sampled latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units.
+        images: decoded images in [-1, 1], ``(B, C, H, W)``.
+        seconds: wall-clock seconds of the ODE integration (not the decoding).
+        trajectory: decoded states of the ODE for every sample, ``(B * columns, C, H, W)`` row-major, or None.
+    """
+
+    latents: torch.Tensor
+    images: torch.Tensor
+    seconds: float
+    trajectory: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def sample_latent_images(
+    prior: nn.Module,
+    tokenizer: nn.Module,
+    num: int | None = None,
+    labels: torch.Tensor | None = None,
+    projection: nn.Module | None = None,
+    snap: bool = False,
+    steps: int | None = None,
+    sampler: str | None = None,
+    cfg_scale: float | None = None,
+    generator: torch.Generator | None = None,
+    trajectory_columns: int = 0,
+) -> LatentSamples:
+    """Sample a flow prior (see :meth:`FlowPrior.generate`) and decode the samples; with ``trajectory_columns``,
+    also the decoded ODE trajectory of every sample."""
+    start = time.perf_counter()
+    out = prior.generate(num=num, labels=labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                         generator=generator, return_trajectory=trajectory_columns > 0)
+    seconds = time.perf_counter() - start
+    latents, trajectory = out if trajectory_columns > 0 else (out, None)
+    images = decode_latents(tokenizer, latents, projection, snap)
+    traj = None
+    if trajectory is not None:
+        traj = trajectory_images(tokenizer, trajectory, trajectory_columns, projection, snap)
+    return LatentSamples(latents.cpu(), images, seconds, traj)
