@@ -48,7 +48,7 @@ from vqgan.config import (  # noqa: E402
     QuantizerConfig,
     TrainConfig,
 )
-from vqgan.data.latents import latent_statistics  # noqa: E402
+from vqgan.interop.projection import channel_statistics  # noqa: E402
 from vqgan.metrics.distribution import image_set_distances  # noqa: E402
 from vqgan.models.prior import PriorModelConfig, build_prior  # noqa: E402
 from vqgan.models.prior.latent_space import decode_latents, trajectory_images  # noqa: E402
@@ -266,8 +266,9 @@ def run_data(name: str, a, s: Sizes, work: Path, out: Path, vqgan_too: bool) -> 
             prior = build_prior(prior_config(kind, s, codes, num_classes))
             labels = codes["labels"] if num_classes else None
             if kind == "flow":
-                stats = latent_statistics(codes["latents"][i : i + 1024] for i in range(0, len(codes["latents"]), 1024))
-                prior.set_statistics(stats.mean.float(), stats.std.float())
+                lat = codes["latents"]
+                mean, std, _ = channel_statistics(lat[i : i + 1024] for i in range(0, len(lat), 1024))
+                prior.set_statistics(mean, std)
                 train_data = codes["latents"]
             else:
                 train_data = codes["indices"]

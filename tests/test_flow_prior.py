@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from vqgan.config import ConfigError, ModelConfig, QuantizerConfig
-from vqgan.data.latents import LatentDataset, LatentStatistics, latent_statistics
+from vqgan.data.latents import LatentDataset
 from vqgan.data.tokens import TokenFolderError, encode_dataset
-from vqgan.interop.projection import LatentProjection, ProjectionConfig, fit_projection
+from vqgan.interop.projection import LatentProjection, ProjectionConfig, channel_statistics, fit_projection
 from vqgan.models import VQModel
 from vqgan.models.prior import FlowPrior, PriorModelConfig, build_prior, flow_matching_target, solve_ode
 from vqgan.models.prior.flow import sample_time
@@ -109,8 +109,8 @@ def overfit(one_thread):
     g = torch.Generator().manual_seed(0)
     data = torch.randn(4, 2, 4, 4, generator=g) * 2 + 1
     labels = torch.arange(4)
-    stats = latent_statistics([data[:3], data[3:]])
-    model.set_statistics(stats.mean.float(), stats.std.float())
+    mean, std, _ = channel_statistics([data[:3], data[3:]])
+    model.set_statistics(mean, std)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     idx = torch.arange(4).repeat(8)
     for _ in range(300):
@@ -178,20 +178,6 @@ def test_flow_config_is_validated():
 
 
 # -- normalisation and latent folders ------------------------------------------------------------------------
-def test_streamed_statistics_equal_a_direct_computation():
-    g = torch.Generator().manual_seed(5)
-    data = torch.randn(37, 3, 5, 4, generator=g) * torch.tensor([1.0, 10.0, 0.1]).view(1, 3, 1, 1) + 100.0
-    stats = latent_statistics(data[i : i + 8] for i in range(0, 37, 8))  # uneven batches, a large offset
-    flat = data.double().transpose(0, 1).reshape(3, -1)
-    torch.testing.assert_close(stats.mean, flat.mean(1), atol=1e-10, rtol=1e-12)
-    torch.testing.assert_close(stats.std, flat.std(1), atol=1e-10, rtol=1e-10)
-    assert stats.count == 37 * 5 * 4
-    with pytest.raises(ValueError, match="no latents"):
-        latent_statistics([])
-    with pytest.raises(ValueError, match="at least two"):
-        _ = LatentStatistics().update(torch.zeros(1, 2, 1, 1)).std
-
-
 class _Images(torch.utils.data.Dataset):
     classes = ["a", "b"]
 
@@ -216,10 +202,11 @@ def test_latent_dataset_reads_continuous_shards_projects_and_matches_direct_stat
         direct = tok.encode_latents(images.x)
     torch.testing.assert_close(ds.latents, direct, atol=1e-5, rtol=1e-5)
     assert ds[3]["label"] == 1 and ds.latent_shape == (8, 8, 8)
-    stats = ds.subset(range(1, 10)).statistics(batch_size=3)
-    flat = direct[1:].double().transpose(0, 1).reshape(8, -1)
-    torch.testing.assert_close(stats.mean, flat.mean(1), atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(stats.std, flat.std(1), atol=1e-6, rtol=1e-6)
+    # Whole-set statistics (streamed in uneven batches) equal a direct computation over a subset's latents.
+    mean, std = ds.subset(range(1, 10)).statistics(batch_size=4)
+    flat = direct[1:].transpose(0, 1).reshape(8, -1)
+    torch.testing.assert_close(mean, flat.mean(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(std, flat.std(1), atol=1e-5, rtol=1e-5)
 
     proj = LatentProjection(ProjectionConfig(8, 4, source="continuous"))
     projected = LatentDataset(tmp_path / "lat", projection=proj)
@@ -327,3 +314,82 @@ def test_priors_benchmark_dry_run(tmp_path, monkeypatch, capsys):
     assert "ranking real < blurred < noise" in out
     for name in ("smoke_vqvae_gpt", "smoke_vqvae_maskgit", "smoke_vqvae_flow", "photos_vqvae_flow_trajectory"):
         assert (tmp_path / "out" / f"{name}.png").is_file()
+
+
+# -- through the commands: fit-prior and sample ---------------------------------------------------------------
+def test_prior_flow_yaml_is_the_quickstart_flow_preset():
+    from pathlib import Path
+
+    from vqgan.config import to_dict
+    from vqgan.models.prior import get_prior_preset, load_prior_config
+
+    yaml = load_prior_config(Path(__file__).resolve().parents[1] / "configs" / "prior_flow.yaml")
+    preset = get_prior_preset("quickstart-flow")
+    yaml.name = preset.name
+    assert to_dict(yaml) == to_dict(preset)
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory, one_thread):
+    """A test-taming tokenizer (saved as our folder format), its continuous latents, and a test-flow prior run."""
+    from vqgan.cli import main as cli
+    from vqgan.registry import create_model
+
+    root = tmp_path_factory.mktemp("flow")
+    torch.manual_seed(0)
+    tok = create_model("test-taming").eval()
+    tok.save_pretrained(str(root / "tok"))
+    data = ["--data.resolution", "16", "--data.builtin_train_crops", "24", "--data.val_size", "8"]
+    assert cli(["encode", "--ckpt", str(root / "tok"), "--what", "continuous", "--output", str(root / "lat"),
+                "--progress", "false", *data]) == 0
+    assert cli(["fit-prior", "--preset", "test-flow", "--tokens", str(root / "lat"), "--run-dir", str(root / "run"),
+                "--train.logger", "tensorboard"]) == 0
+    return root
+
+
+def test_fit_prior_trains_a_flow_prior_on_latents_and_stores_the_statistics(flow_run):
+    import json
+
+    from vqgan.models.io import load_prior
+
+    run = flow_run / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and math.isfinite(metrics["loss"])
+    for name in ("step_0000004.png", "trajectory_0000004.png", "loss.png"):
+        assert (run / "samples" / name).is_file(), name
+    model, cfg, meta = load_prior(run / "checkpoints" / "last.ckpt")
+    assert isinstance(model, FlowPrior) and cfg.model.latent_channels == 8 and meta["what"] == "continuous"
+    # The statistics in the checkpoint are those of the training latents (the held-out quarter excluded).
+    ds = LatentDataset(flow_run / "lat")
+    n = len(ds)
+    val = set(torch.linspace(0, n - 1, max(1, round(n * 0.25))).round().long().tolist())
+    mean, std = ds.subset([i for i in range(n) if i not in val]).statistics()
+    torch.testing.assert_close(model.latent_mean, mean)
+    torch.testing.assert_close(model.latent_std, std)
+
+
+def test_sample_decodes_a_flow_prior_to_images_of_the_tokenizer_size(flow_run, capsys):
+    import json
+
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from vqgan.cli import main as cli
+
+    out = flow_run / "samples"
+    assert cli(["sample", "--prior", str(flow_run / "run" / "checkpoints" / "last.ckpt"), "--num", "5",
+                "--class", "all", "--steps", "3", "--sampler", "euler", "--snap", "true", "--output", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["kind"], result["steps"], result["sampler"], result["snap"]) == ("flow", 3, "euler", True)
+    assert Image.open(out / "images" / "sample_0000.png").size == (16, 16)
+    assert len(list((out / "images").glob("*.png"))) == 5 and (out / "grid.png").is_file()
+    assert Image.open(out / "trajectory.png").size[0] > Image.open(out / "grid.png").size[0] / 2  # 4 columns
+    saved = load_file(str(out / "latents.safetensors"))
+    assert saved["latents"].shape == (5, 8, 8, 8) and saved["labels"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_fit_prior_refuses_the_wrong_kind_of_folder(flow_run, tmp_path):
+    from vqgan.cli import main as cli
+
+    assert cli(["fit-prior", "--preset", "test-gpt", "--tokens", str(flow_run / "lat"),
+                "--run-dir", str(tmp_path / "r")]) != 0

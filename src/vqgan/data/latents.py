@@ -1,76 +1,19 @@
 """Continuous latents for the flow-matching prior: a dataset over latent shards written by ``vqgan encode --what
 continuous`` or ``--what quantized`` (seed 004's option B, and option C with a tokenizer of ``N``-channel latents),
 optionally passed through a learned projection (option A, :mod:`vqgan.interop.projection`), and per-channel
-statistics of the whole set for normalisation.
-
-The statistics are streamed over batches with the parallel update of Chan et al. (1979) in float64, so that they
-cover every latent of the set without holding more than one batch in float64 (torch and torchmetrics have no
-streaming per-channel variance).
+statistics of the whole set for normalisation (streamed with the projection's
+:func:`~vqgan.interop.projection.channel_statistics`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from vqgan.data.tokens import TokenDataset, TokenFolderError, TokenManifest
-
-
-@dataclass
-class LatentStatistics:
-    """Running per-channel count, mean and sum of squared deviations of latents ``(B, C, *spatial)``.
-
-    Attributes:
-        count: values seen per channel (items times positions).
-        mean: ``(C,)`` float64 running mean.
-        m2: ``(C,)`` float64 running sum of squared deviations from the mean.
-    """
-
-    count: int = 0
-    mean: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
-    m2: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
-
-    def update(self, batch: torch.Tensor) -> LatentStatistics:
-        """Merge one batch (Chan et al.'s pairwise update of mean and ``M2``)."""
-        x = batch.detach().double().transpose(0, 1).reshape(batch.shape[1], -1)
-        n_b = x.shape[1]
-        if n_b == 0:
-            return self
-        mean_b = x.mean(1)
-        m2_b = (x - mean_b[:, None]).pow(2).sum(1)
-        if self.count == 0:
-            self.count, self.mean, self.m2 = n_b, mean_b.cpu(), m2_b.cpu()
-            return self
-        if mean_b.shape != self.mean.shape:
-            raise ValueError(f"batch of {mean_b.shape[0]} channels after {self.mean.shape[0]}")
-        n = self.count + n_b
-        delta = mean_b.cpu() - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b.cpu() + delta.pow(2) * (self.count * n_b / n)
-        self.count = n
-        return self
-
-    @property
-    def std(self) -> torch.Tensor:
-        """Unbiased per-channel standard deviation ``(C,)`` (float64)."""
-        if self.count < 2:
-            raise ValueError("standard deviation needs at least two values per channel")
-        return (self.m2 / (self.count - 1)).sqrt()
-
-
-def latent_statistics(batches: Iterable[torch.Tensor | dict[str, torch.Tensor]]) -> LatentStatistics:
-    """Per-channel statistics of every latent in ``batches`` (tensors ``(B, C, *spatial)`` or dicts with
-    ``latents``, e.g. a DataLoader over a :class:`LatentDataset`)."""
-    stats = LatentStatistics()
-    for batch in batches:
-        stats.update(batch["latents"] if isinstance(batch, dict) else batch)
-    if stats.count == 0:
-        raise ValueError("latent_statistics: no latents")
-    return stats
 
 
 class LatentDataset(Dataset):
@@ -139,10 +82,14 @@ class LatentDataset(Dataset):
         view.indices = idx if self.indices is None else self.indices[idx]
         return view
 
-    def statistics(self, batch_size: int = 1024) -> LatentStatistics:
-        """Per-channel statistics of every latent of this (subset of the) set, streamed in batches."""
+    def statistics(self, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and standard deviation ``(C,)`` of every latent of this (subset of the) set, streamed
+        in batches."""
+        from vqgan.interop.projection import channel_statistics
+
         data = self.latents if self.indices is None else self.latents[self.indices]
-        return latent_statistics(data[i : i + batch_size] for i in range(0, len(data), batch_size))
+        mean, std, _ = channel_statistics(data[i : i + batch_size] for i in range(0, len(data), batch_size))
+        return mean, std
 
 
 def is_latent_folder(root: str | Path) -> bool:

@@ -50,6 +50,8 @@ class PriorModelConfig:
         sampler: ODE solver for sampling: ``euler`` or ``heun`` (second order, two evaluations per step).
         sample_steps: ODE steps for samples (validation grids and ``vqgan sample``'s default).
         guidance: classifier-free guidance scale of those samples (1: the conditional model, no guidance).
+        snap_to_codes: decode samples after snapping them to the tokenizer's nearest codes (off: the decoder reads
+            the sampled latents as they are; ``benchmarks/priors.py`` measures both).
 
     ``kind="flow"`` (flow matching over continuous latents, :mod:`vqgan.models.prior.flow`) reads ``token_height``
     and ``token_width`` as the latent map size, ignores ``vocab_size``, ``rope`` and ``bias``, and alone uses the
@@ -78,6 +80,7 @@ class PriorModelConfig:
     sampler: Literal["euler", "heun"] = "heun"
     sample_steps: int = 16
     guidance: float = 1.0
+    snap_to_codes: bool = False
 
     @property
     def num_tokens(self) -> int:
