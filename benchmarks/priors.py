@@ -232,8 +232,9 @@ def run_data(name: str, a, s: Sizes, work: Path, out: Path, vqgan_too: bool) -> 
     data_cfg, train_set, held, held_labels = datasets(name, work, s)
     sanity, ref, real = sanity_rows(held)
     print(table(sanity, f"\n## {name}: sanity of the distance ({len(ref)} reference images; lower = closer)"))
-    ok = all(sanity[0][k] < sanity[1][k] < sanity[2][k] for k in ("swd_pixels", "swd_features"))
-    print(f"ranking real < blurred < noise on pixels and features: {'yes' if ok else 'NO'}")
+    ranks = {k: "yes" if sanity[0][k] < sanity[1][k] < sanity[2][k] else "NO" for k in ("swd_pixels", "swd_features", "colour")}
+    print("ranking real < blurred < noise: " + ", ".join(f"{k} {v}" for k, v in ranks.items())
+          + " (swd_features, the RESULT figure, is the one that must hold)")
     save_image_grid(ref[:32], out / f"{name}_real.png", ncol=8)
     ref_labels = None if held_labels is None else held_labels[: len(ref)]
     num_classes = len(getattr(train_set, "classes", []) or [])
