@@ -37,6 +37,14 @@ def test_every_test_preset_builds_and_scores(name):
     cfg = get_prior_preset(name).model
     torch.manual_seed(0)
     model = build_prior(cfg)
+    if cfg.kind == "flow":
+        latents = torch.randn(8, cfg.latent_channels, cfg.token_height, cfg.token_width)
+        out = model.training_loss(latents, torch.arange(8) % 2)
+        # adaLN-Zero starts at velocity 0: the loss is E|x1 - x0|^2 = 2 for unit-variance data and noise.
+        assert out.velocity.shape == latents.shape and abs(float(out.loss) - 2.0) < 0.3
+        out.loss.backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)
+        return
     tokens = torch.randint(0, cfg.vocab_size, (2, cfg.token_height, cfg.token_width))
     out = model.training_loss(tokens, torch.tensor([0, 1]))
     assert out.logits.shape[-1] == cfg.vocab_size

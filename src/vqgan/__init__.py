@@ -20,7 +20,7 @@ from vqgan.config import (
 )
 from vqgan.models import EncodeOutput, PatchDiscriminator, VQModel, VQModelOutput
 from vqgan.models.io import CheckpointError, load_model, load_prior
-from vqgan.models.prior import GPTPrior, MaskGITPrior, PriorModelConfig, PriorOutput
+from vqgan.models.prior import FlowPrior, GPTPrior, MaskGITPrior, PriorModelConfig, PriorOutput
 from vqgan.quantizers import (
     FSQ,
     LFQ,
@@ -61,6 +61,7 @@ __all__ = [
     "EncodeOutput",
     "FSQ",
     "ExperimentConfig",
+    "FlowPrior",
     "GPTPrior",
     "LFQ",
     "MaskGITPrior",

@@ -130,15 +130,22 @@ def generate_images(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    steps: int = 8,
+    steps: int | None = None,
     use_cache: bool = True,
     seed: int = 0,
     ncol: int = 8,
     device: str = "cpu",
+    sampler: str | None = None,
+    snap: bool | None = None,
 ) -> dict[str, Any]:
     """Sample ``num`` token maps from a prior checkpoint, decode them with the tokenizer and write
     ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels) and
-    ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there)."""
+    ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there).
+
+    A flow prior's samples are latents: it writes ``OUTPUT/latents.safetensors`` instead of the tokens, and
+    ``OUTPUT/trajectory.png`` (the decoded ODE states of the first samples, noise on the left). ``steps``: MaskGIT
+    decoding steps (default 8) or the flow's ODE steps (default: the prior's ``sample_steps``); ``sampler``
+    (``euler``/``heun``) and ``snap`` (to the nearest codes before decoding) default to the prior's config."""
     from safetensors.torch import save_file
 
     from vqgan.viz.plots import save_code_histogram
@@ -148,6 +155,9 @@ def generate_images(
     tok_path = tokenizer or meta.get("source", {}).get("tokenizer")
     if tok_path is None:
         raise ValueError("no tokenizer known for this prior: pass --tokenizer FILE")
+    if cfg.model.kind == "flow":
+        return _generate_flow_images(model, cfg, meta, tok_path, output, num, class_, cfg_scale, steps, sampler, snap,
+                                     seed, ncol, device)
     tok, _ = load_model(tok_path, device)
     if tok.quantize.codebook_size != cfg.model.vocab_size:
         raise ConfigError(
@@ -160,7 +170,7 @@ def generate_images(
                               top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=g)
     start = time.perf_counter()
     if cfg.model.kind == "maskgit":
-        tokens = model.generate(steps=min(steps, cfg.model.num_tokens), **kw)
+        tokens = model.generate(steps=min(steps or 8, cfg.model.num_tokens), **kw)
     else:
         tokens = model.generate(use_cache=use_cache, **kw)
     seconds = time.perf_counter() - start
@@ -181,3 +191,32 @@ def generate_images(
         except TokenFolderError:
             pass
     return result
+
+
+def _generate_flow_images(model, cfg, meta: dict[str, Any], tok_path: str | Path, output: str | Path, num: int,
+                          class_: str | int | None, cfg_scale: float, steps: int | None, sampler: str | None,
+                          snap: bool | None, seed: int, ncol: int, device: str) -> dict[str, Any]:
+    """:func:`generate_images` for a flow prior: sampled latents -> (unprojected) -> (snapped) -> decoded."""
+    from safetensors.torch import save_file
+
+    from vqgan.models.prior.latent_space import load_latent_decoder, sample_latent_images
+    from vqgan.viz.samples import save_image_grid, save_images
+
+    tok, projection = load_latent_decoder(tok_path, meta.get("projection"), device)
+    snap = cfg.model.snap_to_codes if snap is None else snap
+    labels = resolve_class(class_, cfg.model.num_classes, list(meta.get("class_names", [])), num)
+    g = torch.Generator(device=device).manual_seed(seed)
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = min(6, (steps or cfg.model.sample_steps) + 1)
+    res = sample_latent_images(model, tok, num=num, labels=None if labels is None else labels.to(device),
+                               projection=projection, snap=snap, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                               generator=g, trajectory_columns=columns)
+    save_image_grid(res.images, out_dir / "grid.png", ncol=ncol)
+    save_images(res.images, out_dir / "images", [f"sample_{i:04d}" for i in range(num)])
+    rows = min(4, num)
+    save_image_grid(res.trajectory[: rows * columns], out_dir / "trajectory.png", ncol=columns)
+    lab = labels if labels is not None else torch.full((num,), -1, dtype=torch.long)
+    save_file({"latents": res.latents.contiguous(), "labels": lab.contiguous()}, str(out_dir / "latents.safetensors"))
+    return {"output": str(out_dir), "num": num, "kind": "flow", "sample_seconds": round(res.seconds, 3),
+            "steps": steps or cfg.model.sample_steps, "sampler": sampler or cfg.model.sampler, "snap": snap}

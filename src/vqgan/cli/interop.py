@@ -106,6 +106,8 @@ class FitProjection:
         p.add_argument("--latent-weight", type=float, default=0.1, help="weight of the latent reconstruction term")
         p.add_argument("--train-decoder", type=bool, default=False,
                        help="train the decoder jointly (saved under OUTPUT/decoder/)")
+        p.add_argument("--train-encoder", type=bool, default=False,
+                       help="train the encoder jointly too: the projection at the encoder output (saved under OUTPUT/decoder/)")
         p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
         p.add_argument("--seed", type=int, default=0, help="random seed")
         _add_data(p)
@@ -124,8 +126,9 @@ class FitProjection:
         train_loader, val_loader = build_loaders(cfg)
         held_out = _images(next(iter(val_loader)))
         fit = fit_projection(model, train_loader, a.channels, a.steps, a.lr, a.kernel_size, a.source,
-                             a.latent_weight, a.train_decoder, resolve_device(a.device), a.seed, eval_images=held_out)
-        save_projection(fit.projection, a.output, fit.summary, model if a.train_decoder else None)
+                             a.latent_weight, a.train_decoder, resolve_device(a.device), a.seed, eval_images=held_out,
+                             train_encoder=a.train_encoder)
+        save_projection(fit.projection, a.output, fit.summary, model if a.train_decoder or a.train_encoder else None)
         print(json.dumps(fit.summary))
         return 0
 

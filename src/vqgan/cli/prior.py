@@ -1,5 +1,5 @@
-"""Stage-2 commands: ``encode`` (dataset -> token shards), ``fit-prior`` (train a GPT or MaskGIT prior on them)
-and ``sample`` (generate token maps and decode them into images)."""
+"""Stage-2 commands: ``encode`` (dataset -> token or latent shards), ``fit-prior`` (train a GPT or MaskGIT prior
+on the tokens, or a flow prior on the latents) and ``sample`` (generate and decode images)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class Encode:
         return report_skipped("encode", m.skipped, m.num_written + m.skipped)
 
 
-@command("fit-prior", "Train a stage-2 prior (GPT or MaskGIT) on a token folder, from a YAML config with dotted overrides.")
+@command("fit-prior", "Train a stage-2 prior (GPT or MaskGIT on a token folder, flow on a latent folder), from a YAML config with dotted overrides.")
 class FitPrior:
     @staticmethod
     def build(p, argv):
@@ -102,7 +102,12 @@ class Sample:
         p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
         p.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes")
         p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep codes up to this probability mass")
-        p.add_argument("--steps", type=int, default=8, help="MaskGIT decoding steps")
+        p.add_argument("--steps", type=int, default=None,
+                       help="MaskGIT decoding steps (default 8) or a flow prior's ODE steps (default: its sample_steps)")
+        p.add_argument("--sampler", type=str, default=None, choices=["euler", "heun"],
+                       help="flow prior: ODE solver (default: the prior's)")
+        p.add_argument("--snap", type=bool, default=None,
+                       help="flow prior: snap sampled latents to the nearest codes before decoding (default: the prior's)")
         p.add_argument("--no-cache", type=bool, default=False, help="GPT: recompute the whole prefix at every step")
         p.add_argument("--seed", type=int, default=0, help="random seed")
         p.add_argument("--ncol", type=int, default=8, help="images per row of the grid")
@@ -116,7 +121,7 @@ class Sample:
         result = generate_images(
             a.prior, a.output, tokenizer=a.tokenizer, num=a.num, class_=getattr(a, "class"), cfg_scale=a.cfg_scale,
             temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, steps=a.steps, use_cache=not a.no_cache,
-            seed=a.seed, ncol=a.ncol, device=resolve_device(a.device),
+            seed=a.seed, ncol=a.ncol, device=resolve_device(a.device), sampler=a.sampler, snap=a.snap,
         )
         print(json.dumps(result))
         return 0

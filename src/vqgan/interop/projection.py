@@ -24,7 +24,7 @@ Saved files (:func:`save_projection`)::
       projection.safetensors    down.weight (N, D, k, k), down.bias (N,), up.weight (D, N, k, k), up.bias (D,),
                                 mean (N,), std (N,)   per-channel statistics of the projected training latents;
                                                       ``normalize(p) = (p - mean) / std`` for the flow model
-      decoder/                  (only with train_decoder=True) the tokenizer with its fine-tuned decoder,
+      decoder/                  (only with train_decoder or train_encoder) the tokenizer with its fine-tuned decoder,
                                 our folder format (config.json + model.safetensors)
 """
 
@@ -128,11 +128,12 @@ def source_latents(model: nn.Module, images: torch.Tensor, source: str) -> torch
 
 
 def projection_loss(
-    model: nn.Module, projection: LatentProjection, images: torch.Tensor, latent_weight: float = 0.1
+    model: nn.Module, projection: LatentProjection, images: torch.Tensor, latent_weight: float = 0.1,
+    train_encoder: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Reconstruction through the projection and the decoder, plus a latent reconstruction term. Pure: images in,
-    ``(loss, logs)`` out. The tokenizer's encoder runs without gradients."""
-    with torch.no_grad():
+    ``(loss, logs)`` out. The tokenizer's encoder runs without gradients unless ``train_encoder``."""
+    with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         z = source_latents(model, images, projection.config.source)
     z_hat = projection(z)
     rec = F.mse_loss(model.decode(z_hat), images)
@@ -198,6 +199,7 @@ def fit_projection(
     device: str = "cpu",
     seed: int = 0,
     eval_images: torch.Tensor | None = None,
+    train_encoder: bool = False,
 ) -> ProjectionFit:
     """Fit a :class:`LatentProjection` to a tokenizer (see the module docstring for the objective).
 
@@ -211,6 +213,10 @@ def fit_projection(
         kernel_size, source: see :class:`ProjectionConfig`.
         latent_weight: weight of the latent reconstruction term.
         train_decoder: train the decoder jointly with the projection.
+        train_encoder: also train the encoder (and ``quant_conv``), so the projection sits at the output of an
+            encoder trained jointly with it (seed 004's "projection layer in the encoder output"); the codebook
+            stays fixed, but code indices may change. With ``source="quantized"`` gradients reach the encoder
+            through the straight-through estimator.
         device: where to run.
         seed: seed of the initialisation.
         eval_images: held-out images for the summary figures (default: the first training batch).
@@ -219,12 +225,14 @@ def fit_projection(
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    params_dec: list[nn.Parameter] = []
-    if train_decoder:
-        for mod in (model.decoder, model.post_quant_conv):
+    params_model: list[nn.Parameter] = []
+    trained = [model.decoder, model.post_quant_conv] if train_decoder else []
+    trained += [model.encoder, model.quant_conv] if train_encoder else []
+    if trained:
+        for mod in trained:
             for p in mod.parameters():
                 p.requires_grad_(True)
-                params_dec.append(p)
+                params_model.append(p)
     d = model.config.embed_dim
     proj = LatentProjection(ProjectionConfig(d, out_channels, kernel_size, source)).to(device)
     it = _cycle(batches)
@@ -232,7 +240,7 @@ def fit_projection(
     with torch.no_grad():
         z0 = source_latents(model, first, source)
     proj.init_pca(z0)
-    opt = torch.optim.Adam([*proj.parameters(), *params_dec], lr=lr)
+    opt = torch.optim.Adam([*proj.parameters(), *params_model], lr=lr)
     history: list[float] = []
     held_out = first if eval_images is None else _images(eval_images).to(device)
     with torch.no_grad():
@@ -241,7 +249,7 @@ def fit_projection(
     for step in range(steps):
         if step:
             images = next(it).to(device)
-        loss, _ = projection_loss(model, proj, images, latent_weight)
+        loss, _ = projection_loss(model, proj, images, latent_weight, train_encoder)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -264,6 +272,7 @@ def fit_projection(
             "lr": lr,
             "latent_weight": latent_weight,
             "train_decoder": train_decoder,
+            "train_encoder": train_encoder,
             "initial_loss": float(initial),
             "final_loss": float(final),
             "evaluated_on": "first training batch" if eval_images is None else "held-out images",
@@ -281,7 +290,7 @@ def save_projection(
     model: nn.Module | None = None,
 ) -> Path:
     """Write ``projection.json`` and ``projection.safetensors`` (and ``decoder/`` when ``model`` is given: the
-    tokenizer whose decoder was trained jointly)."""
+    tokenizer whose decoder, and encoder with ``train_encoder``, was trained jointly)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {**asdict(projection.config), "fit": summary or {}}

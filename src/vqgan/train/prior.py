@@ -1,4 +1,5 @@
-"""Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``.
+"""Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching prior
+on a latent folder (``vqgan encode --what continuous|quantized``).
 
 The run folder mirrors stage 1's::
 
@@ -6,12 +7,16 @@ The run folder mirrors stage 1's::
     RUN_DIR/checkpoints/last.ckpt      latest state (resume from it); best.ckpt (lowest val/loss); stepNNNNNNN.ckpt
     RUN_DIR/samples/codes_*.png        code-usage histogram of sampled tokens against the data's
     RUN_DIR/samples/step_*.png         decoded samples, when a tokenizer is known
+    RUN_DIR/samples/trajectory_*.png   flow priors: decoded ODE states from noise (left) to sample (right)
+    RUN_DIR/samples/loss.png           training and validation loss over the steps (from the TensorBoard logs)
     RUN_DIR/logs/                      TensorBoard event files
     RUN_DIR/metrics.json               final validation metrics and run statistics
 
 Token metrics: loss (cross-entropy in nats), perplexity ``exp(loss)`` and accuracy, on the predicted positions
 (all positions for GPT, the masked ones for MaskGIT). After every validation, ``train.num_samples`` token maps are
 sampled and their code histogram is compared with the data's (usage, perplexity, total-variation distance).
+A flow prior logs its flow-matching loss (also on each half of the path); its latents are normalised with
+statistics of the whole training set, computed before training and stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from vqgan.config import ConfigError, from_dict, to_dict
-from vqgan.data.tokens import TokenDataset, TokenFolderError, resolve_token_folders
+from vqgan.data.latents import LatentDataset
+from vqgan.data.tokens import TokenDataset, TokenFolderError, read_manifest, resolve_token_folders
 from vqgan.inference import decode_tokens
 from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.models.io import CheckpointError, load_model
@@ -37,7 +43,8 @@ log = logging.getLogger(__name__)
 
 
 class PriorModule(L.LightningModule):
-    """A prior, its optimiser (AdamW, warm-up then cosine decay) and token metrics.
+    """A prior, its optimiser (AdamW, warm-up then cosine decay) and its metrics (token metrics for GPT and
+    MaskGIT, the flow-matching loss for a flow prior).
 
     Args:
         config: a :class:`PriorExperimentConfig` as a plain dict (checkpoints stay plain data).
@@ -50,6 +57,8 @@ class PriorModule(L.LightningModule):
         self.save_hyperparameters({"config": config, "tokens": tokens or {}})
         self.cfg: PriorExperimentConfig = from_dict(PriorExperimentConfig, config)
         self.model = build_prior(self.cfg.model)
+        self.flow = self.cfg.model.kind == "flow"
+        self.key = "latents" if self.flow else "tokens"  # what the batches hold
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
         self.register_buffer("data_histogram", torch.zeros(self.cfg.model.vocab_size), persistent=False)
         self.last_val_metrics: dict[str, float] = {}
@@ -69,8 +78,8 @@ class PriorModule(L.LightningModule):
         return [opt], [lr_scheduler(opt, t, self._trainer)]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        out = self.model.training_loss(batch["tokens"], batch.get("label"))
-        b = batch["tokens"].shape[0]
+        out = self.model.training_loss(batch[self.key], batch.get("label"))
+        b = batch[self.key].shape[0]
         if not bool(torch.isfinite(out.loss)):
             from vqgan.train.module import NonFiniteLossError
 
@@ -87,29 +96,37 @@ class PriorModule(L.LightningModule):
             # rank must step, so there the update happens and only the checkpoints are held back.
             return None if self.trainer.world_size == 1 else out.loss
         self.counters["nonfinite_streak"] = 0
-        logs = {
-            "train/loss": out.loss.detach(),
-            "train/perplexity": out.loss.detach().exp(),
-            "train/accuracy": out.accuracy,
-        }
+        if self.flow:
+            logs = {"train/loss": out.loss.detach(), **{f"train/{k}": v for k, v in out.logs.items()}}
+        else:
+            logs = {
+                "train/loss": out.loss.detach(),
+                "train/perplexity": out.loss.detach().exp(),
+                "train/accuracy": out.accuracy,
+            }
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=b)
         self.log("loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
         return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        # MaskGIT's masks are random: draw them from a generator fixed per batch so validation is comparable.
-        g = torch.Generator(device=batch["tokens"].device).manual_seed(10_000 + batch_idx)
-        out = self.model.training_loss(batch["tokens"], batch.get("label"), generator=g)
-        self.val_loss.update(out.loss, weight=batch["tokens"].shape[0])
-        self.val_acc.update(out.accuracy, weight=batch["tokens"].shape[0])
+        # MaskGIT's masks and the flow's noise and times are random: draw them from a generator fixed per batch
+        # so validation is comparable.
+        x = batch[self.key]
+        g = torch.Generator(device=x.device).manual_seed(10_000 + batch_idx)
+        out = self.model.training_loss(x, batch.get("label"), generator=g)
+        self.val_loss.update(out.loss, weight=x.shape[0])
+        if out.accuracy is not None:
+            self.val_acc.update(out.accuracy, weight=x.shape[0])
 
     def sample(self, num: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``num`` token maps with the training config's sampling options; classes cycle when conditional."""
+        """``num`` token maps (latents for a flow prior, with the model's sampler, steps and guidance) with the
+        training config's sampling options; classes cycle when conditional."""
         m, t = self.cfg.model, self.cfg.train
         labels = torch.arange(num, device=self.device) % m.num_classes if m.num_classes > 0 else None
         g = torch.Generator(device=self.device).manual_seed(seed)
-        kw = dict(labels=labels, num=num, temperature=t.sample_temperature, top_k=t.sample_top_k,
-                  top_p=t.sample_top_p, generator=g)
+        kw = dict(labels=labels, num=num, generator=g)
+        if not self.flow:
+            kw.update(temperature=t.sample_temperature, top_k=t.sample_top_k, top_p=t.sample_top_p)
         if m.kind == "maskgit":
             kw["steps"] = min(t.maskgit_steps, m.num_tokens)
         was = self.model.training
@@ -120,13 +137,17 @@ class PriorModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
-        metrics = {"val/loss": loss, "val/perplexity": loss.exp(), "val/accuracy": self.val_acc.compute()}
+        metrics = {"val/loss": loss}
+        if not self.flow:
+            metrics.update({"val/perplexity": loss.exp(), "val/accuracy": self.val_acc.compute()})
         self.val_loss.reset()
         self.val_acc.reset()
         if self.cfg.train.num_samples > 0 and not self.trainer.sanity_checking:
             tokens, labels = self.sample(self.cfg.train.num_samples, seed=self.cfg.train.seed)
             self.last_samples, self.last_sample_labels = tokens, labels
-            metrics.update({f"val/sample_{k}": v for k, v in sample_code_metrics(tokens, self.data_histogram).items()})
+            if not self.flow:
+                codes = sample_code_metrics(tokens, self.data_histogram)
+                metrics.update({f"val/sample_{k}": v for k, v in codes.items()})
         self.log_dict(metrics, prog_bar=False)
         self.log("val_loss", metrics["val/loss"], prog_bar=True, logger=False)
         self.last_val_metrics = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
@@ -137,11 +158,50 @@ class PriorModule(L.LightningModule):
 
 class PriorSamples(L.Callback):
     """After every validation: the code-usage histogram of the module's samples against the data's as a PNG and
-    in TensorBoard, and, with a tokenizer, the decoded samples as an image grid."""
+    in TensorBoard, and, with a tokenizer, the decoded samples as an image grid. A flow prior's latents are
+    decoded through ``projection`` (when it was trained on projected latents) and, with ``snap``, the nearest
+    codes; a figure of its ODE trajectory follows every grid. At the end of training, the loss over the steps."""
 
-    def __init__(self, directory: str | Path, tokenizer: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        directory: str | Path,
+        tokenizer: torch.nn.Module | None = None,
+        projection: torch.nn.Module | None = None,
+        snap: bool = False,
+    ):
         self.directory = Path(directory)
-        self.tokenizer = tokenizer
+        self.tokenizer, self.projection, self.snap = tokenizer, projection, snap
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: PriorModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from vqgan.viz.curves import plot_scalar_curves, read_scalars
+
+        try:
+            scalars = read_scalars(Path(trainer.default_root_dir))
+        except FileNotFoundError:  # no TensorBoard logger (train.logger none)
+            return
+        tags = [t for t in ("train/loss", "val/loss") if t in scalars]
+        if tags:
+            plot_scalar_curves(scalars, tags, self.directory / "loss.png", ylabel=f"{pl_module.cfg.model.kind} loss")
+
+    def _flow_figures(self, pl_module: PriorModule, latents: torch.Tensor, step: int) -> torch.Tensor:
+        from vqgan.models.prior.latent_space import decode_latents, trajectory_images
+        from vqgan.viz.samples import save_image_grid
+
+        model = pl_module.model
+        labels = pl_module.last_sample_labels
+        k = min(4, latents.shape[0])
+        g = torch.Generator(device=pl_module.device).manual_seed(pl_module.cfg.train.seed)
+        was = model.training
+        model.eval()
+        _, trajectory = model.generate(num=k, labels=None if labels is None else labels[:k], generator=g,
+                                       return_trajectory=True)
+        model.train(was)
+        columns = min(6, len(trajectory))
+        frames = trajectory_images(self.tokenizer, trajectory, columns, self.projection, self.snap)
+        save_image_grid(frames, self.directory / f"trajectory_{step:07d}.png", ncol=columns)
+        return decode_latents(self.tokenizer, latents, self.projection, self.snap)
 
     @torch.no_grad()
     def on_validation_end(self, trainer: L.Trainer, pl_module: PriorModule) -> None:
@@ -154,13 +214,17 @@ class PriorSamples(L.Callback):
         from vqgan.viz.plots import save_code_histogram
         from vqgan.viz.samples import image_grid, save_image_grid
 
-        save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
-        for logger in trainer.loggers:
-            exp = getattr(logger, "experiment", None)
-            if hasattr(exp, "add_histogram"):
-                exp.add_histogram("samples/codes", tokens.flatten().cpu(), step)
+        if not pl_module.flow:
+            save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
+            for logger in trainer.loggers:
+                exp = getattr(logger, "experiment", None)
+                if hasattr(exp, "add_histogram"):
+                    exp.add_histogram("samples/codes", tokens.flatten().cpu(), step)
         if self.tokenizer is not None:
-            images = decode_tokens(self.tokenizer, tokens)
+            if pl_module.flow:
+                images = self._flow_figures(pl_module, tokens, step)
+            else:
+                images = decode_tokens(self.tokenizer, tokens)
             save_image_grid(images, self.directory / f"step_{step:07d}.png")
             for logger in trainer.loggers:
                 exp = getattr(logger, "experiment", None)
@@ -170,8 +234,9 @@ class PriorSamples(L.Callback):
 
 
 # -- data ------------------------------------------------------------------------------------------------------
-def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = None):
-    """Training and validation loaders over token folders, and the training dataset (for its histogram)."""
+def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = None, projection=None):
+    """Training and validation loaders over token folders (latent folders for a flow prior, projected through
+    ``projection`` when given), and the training dataset (for its histogram or statistics)."""
     d = cfg.data
     root = tokens or d.tokens
     if root is None:
@@ -179,11 +244,23 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
     train_dir, val_dir = resolve_token_folders(root)
     if d.val_tokens is not None:
         val_dir = Path(d.val_tokens)
-    full = TokenDataset(train_dir)
-    if full.key != "tokens":
-        raise TokenFolderError(f"{train_dir} holds {full.manifest.what} latents; priors train on `--what indices`")
+    flow = cfg.model.kind == "flow"
+    what = read_manifest(train_dir).what
+    if flow and what == "indices":
+        raise TokenFolderError(
+            f"{train_dir} holds code indices; a flow prior trains on latents: `vqgan encode --what continuous`"
+        )
+    if not flow and what != "indices":
+        raise TokenFolderError(
+            f"{train_dir} holds {what} latents; GPT and MaskGIT train on `--what indices` (or use model.kind=flow)"
+        )
+
+    def load(folder: Path) -> TokenDataset | LatentDataset:
+        return LatentDataset(folder, projection) if flow else TokenDataset(folder)
+
+    full = load(train_dir)
     if val_dir is not None:
-        train_ds, val_ds = full, TokenDataset(val_dir)
+        train_ds, val_ds = full, load(val_dir)
     else:
         # Hold out an evenly spread, deterministic subset.
         n = len(full)
@@ -198,11 +275,17 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
     return train, val, train_ds
 
 
-def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest) -> None:
-    """Take the vocabulary, map size and classes from the token folder (they are facts of the data)."""
+def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest, latent_shape: tuple[int, ...] | None = None) -> None:
+    """Take the vocabulary, map size and classes from the token folder (they are facts of the data); for a flow
+    prior, the latent channels and map size from ``latent_shape`` ``(C, h, w)`` (after any projection)."""
     m = cfg.model
-    h, w = manifest.token_shape
     changes = {}
+    if latent_shape is not None:
+        c, h, w = latent_shape
+        if m.latent_channels != c:
+            changes["latent_channels"] = c
+    else:
+        h, w = manifest.token_shape
     if m.vocab_size != manifest.codebook_size:
         changes["vocab_size"] = manifest.codebook_size
     if (m.token_height, m.token_width) != (h, w):
@@ -240,9 +323,15 @@ def fit_prior(
     cfg.train.validate()
 
     def build() -> RunParts:
-        train_loader, val_loader, train_ds = build_token_loaders(cfg, tokens_dir)
+        flow = cfg.model.kind == "flow"
+        projection = None
+        if flow and cfg.data.projection is not None:
+            from vqgan.interop.projection import load_projection
+
+            projection = load_projection(cfg.data.projection)
+        train_loader, val_loader, train_ds = build_token_loaders(cfg, tokens_dir, projection)
         manifest = train_ds.manifest
-        sync_model_with_tokens(cfg, manifest)
+        sync_model_with_tokens(cfg, manifest, train_ds.latent_shape if flow else None)
         cfg.validate()
         if train_ds.labels.max() >= max(cfg.model.num_classes, 1) and cfg.model.num_classes > 0:
             raise ConfigError(
@@ -250,13 +339,20 @@ def fit_prior(
             )
         meta = {
             "codebook_size": manifest.codebook_size, "token_shape": manifest.token_shape,
-            "class_names": manifest.class_names, "source": manifest.source,
+            "class_names": manifest.class_names, "source": manifest.source, "what": manifest.what,
         }
+        if projection is not None:
+            meta["projection"] = str(Path(cfg.data.projection).resolve())
         module = PriorModule(to_dict(cfg), meta)
-        module.data_histogram.copy_(train_ds.code_histogram().float())
+        if flow:
+            # Whole-set statistics of the training latents, streamed once; stored in the checkpoint.
+            module.model.set_statistics(*train_ds.statistics())
+        else:
+            module.data_histogram.copy_(train_ds.code_histogram().float())
         if cfg.train.compile:
             module.model = torch.compile(module.model)
-        samples = PriorSamples(run_dir / "samples", _load_tokenizer(tokenizer, manifest))
+        tok = _load_tokenizer(tokenizer, manifest, meta.get("projection"))
+        samples = PriorSamples(run_dir / "samples", tok, projection, cfg.model.snap_to_codes)
         return RunParts(module, train_loader, val_loader, cfg, [samples],
                         trainer_kwargs={"gradient_clip_val": cfg.train.grad_clip})
 
@@ -268,8 +364,10 @@ def fit_prior(
     return finish_run(result, run_dir, metrics)
 
 
-def _load_tokenizer(tokenizer: str | Path | None, manifest) -> torch.nn.Module | None:
+def _load_tokenizer(tokenizer: str | Path | None, manifest, projection: str | None = None) -> torch.nn.Module | None:
     path = tokenizer or manifest.source.get("tokenizer")
+    if projection is not None and (Path(projection) / "decoder").is_dir():
+        path = Path(projection) / "decoder"  # the decoder fine-tuned through the projection
     if path is None or not Path(path).exists():
         return None
     try:

@@ -87,3 +87,25 @@ def loss_curve_figures(run_dir: str | Path, out: str | Path) -> list[FigureRecor
     path = plot_loss_curves(scalars, Path(out) / "loss_curves.png")
     return [FigureRecord("loss_curves", "Loss curves", str(path), "Training",
                          f"from the run's TensorBoard logs, up to step {last}: {', '.join(shown)}")]
+
+
+def plot_scalar_curves(
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]], tags: list[str], path: str | Path, ylabel: str = "loss"
+) -> Path:
+    """Some of :func:`read_scalars`' curves on one panel (e.g. a prior's ``train/loss`` and ``val/loss``); a
+    curve of many points is drawn with its running mean over 5% of them."""
+    fig, ax = new_figure(6, 3)
+    for tag in tags:
+        steps, values = scalars[tag]
+        k = max(1, len(values) // 20)
+        color = None
+        if k > 1:
+            (raw,) = ax.plot(steps, values, lw=0.6, alpha=0.35)
+            color = raw.get_color()
+            values, steps = np.convolve(values, np.ones(k) / k, mode="valid"), steps[k - 1 :]
+        ax.plot(steps, values, marker="o" if len(steps) < 20 else None, ms=3, lw=1.2, label=tag, color=color)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -1,5 +1,5 @@
-"""Stage-2 priors over a tokenizer's code indices: an autoregressive GPT and MaskGIT, both class-conditional with
-classifier-free guidance. :func:`build_prior` maps a :class:`PriorModelConfig` to the model."""
+"""Stage-2 priors: over a tokenizer's code indices, an autoregressive GPT and MaskGIT; over its continuous latents, a
+flow-matching DiT. All class-conditional with classifier-free guidance. :func:`build_prior` maps a :class:`PriorModelConfig` to the model."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from vqgan.models.prior.config import (
     load_prior_config,
     register_prior_preset,
 )
+from vqgan.models.prior.flow import FlowOutput, FlowPrior, flow_matching_loss, flow_matching_target, solve_ode
 from vqgan.models.prior.gpt import GPTPrior
 from vqgan.models.prior.maskgit import MaskGITPrior, cosine_schedule, masked_counts
 from vqgan.models.prior.sampling import PriorOutput, classifier_free_guidance, filter_logits, sample_logits
 
-PRIORS: dict[str, type[nn.Module]] = {"gpt": GPTPrior, "maskgit": MaskGITPrior}
+PRIORS: dict[str, type[nn.Module]] = {"gpt": GPTPrior, "maskgit": MaskGITPrior, "flow": FlowPrior}
 
 
-def build_prior(config: PriorModelConfig) -> GPTPrior | MaskGITPrior:
+def build_prior(config: PriorModelConfig) -> GPTPrior | MaskGITPrior | FlowPrior:
     """The prior of kind ``config.kind``."""
     if config.kind not in PRIORS:
         raise ValueError(f"model.kind={config.kind!r}; choose one of {sorted(PRIORS)}")
@@ -30,6 +31,8 @@ def build_prior(config: PriorModelConfig) -> GPTPrior | MaskGITPrior:
 
 
 __all__ = [
+    "FlowOutput",
+    "FlowPrior",
     "GPTPrior",
     "MaskGITPrior",
     "PRIORS",
@@ -42,10 +45,13 @@ __all__ = [
     "classifier_free_guidance",
     "cosine_schedule",
     "filter_logits",
+    "flow_matching_loss",
+    "flow_matching_target",
     "get_prior_preset",
     "list_prior_presets",
     "load_prior_config",
     "masked_counts",
     "register_prior_preset",
     "sample_logits",
+    "solve_ode",
 ]

@@ -29,8 +29,8 @@ class PriorModelConfig:
     """Transformer prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT and conditioning need).
 
     Attributes:
-        kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021) or ``maskgit`` (bidirectional, masked
-            token modelling, Chang et al. 2022).
+        kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021), ``maskgit`` (bidirectional, masked
+            token modelling, Chang et al. 2022) or ``flow`` (rectified flow over continuous latents).
         vocab_size: number of codes of the tokenizer (its codebook size).
         token_height, token_width: the token map of one image; the sequence length is their product.
         n_layer, n_head, n_embd: transformer depth, heads and width.
@@ -42,9 +42,23 @@ class PriorModelConfig:
             class is always added, used for unlabelled data and classifier-free guidance (Ho & Salimans 2022).
         cond_dropout: probability of replacing a label by the null class during training (needed for guidance).
         mlp_ratio: hidden width of the MLP in units of ``n_embd``.
+        latent_channels: channels of the latents it models (``N`` of seed 004's projection, or ``embed_dim``).
+        patch_size: side of the latent patches that become transformer tokens (DiT, Peebles & Xie 2023).
+        time_sampling: ``uniform`` t ~ U(0, 1) (Lipman et al. 2023; Liu et al. 2023) or ``logit_normal``
+            t = sigmoid(N(logit_mean, logit_std)) (Esser et al. 2024), which trains the middle of the path more.
+        logit_mean, logit_std: parameters of the logit-normal time distribution.
+        sampler: ODE solver for sampling: ``euler`` or ``heun`` (second order, two evaluations per step).
+        sample_steps: ODE steps for samples (validation grids and ``vqgan sample``'s default).
+        guidance: classifier-free guidance scale of those samples (1: the conditional model, no guidance).
+        snap_to_codes: decode samples after snapping them to the tokenizer's nearest codes (off: the decoder reads
+            the sampled latents as they are; ``benchmarks/priors.py`` measures both).
+
+    ``kind="flow"`` (flow matching over continuous latents, :mod:`vqgan.models.prior.flow`) reads ``token_height``
+    and ``token_width`` as the latent map size, ignores ``vocab_size``, ``rope`` and ``bias``, and alone uses the
+    fields from ``latent_channels`` on.
     """
 
-    kind: Literal["gpt", "maskgit"] = "gpt"
+    kind: Literal["gpt", "maskgit", "flow"] = "gpt"
     vocab_size: int = 1024
     token_height: int = 8
     token_width: int = 8
@@ -58,6 +72,15 @@ class PriorModelConfig:
     num_classes: int = 0
     cond_dropout: float = 0.1
     mlp_ratio: int = 4
+    latent_channels: int = 4
+    patch_size: int = 1
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    sampler: Literal["euler", "heun"] = "heun"
+    sample_steps: int = 16
+    guidance: float = 1.0
+    snap_to_codes: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -82,6 +105,13 @@ class PriorModelConfig:
             raise ConfigError(f"model.cond_dropout={self.cond_dropout} must be in [0, 1)")
         if min(self.token_height, self.token_width) < 1:
             raise ConfigError("model.token_height and model.token_width must be positive")
+        if self.kind == "flow":
+            if self.patch_size < 1 or self.token_height % self.patch_size or self.token_width % self.patch_size:
+                raise ConfigError(
+                    f"model.patch_size={self.patch_size} must divide the latent map {self.token_height}x{self.token_width}"
+                )
+            if self.latent_channels < 1 or self.sample_steps < 1 or self.logit_std <= 0:
+                raise ConfigError("model.latent_channels, model.sample_steps and model.logit_std must be positive")
         return self
 
 
@@ -95,6 +125,8 @@ class PriorDataConfig:
             ``val_fraction`` of the training maps.
         val_fraction: share of the maps held out for validation when there is no validation folder.
         batch_size, val_batch_size, num_workers: loader options.
+        projection: ``kind: flow`` only: a folder written by ``vqgan fit-projection`` (seed 004's option A); the
+            latents are projected through it to ``N`` channels, and samples unprojected before decoding.
     """
 
     tokens: str | None = None
@@ -103,6 +135,7 @@ class PriorDataConfig:
     batch_size: int = 32
     val_batch_size: int | None = None
     num_workers: int = 0
+    projection: str | None = None
 
 
 @dataclass
@@ -255,6 +288,28 @@ def _quickstart_maskgit() -> PriorExperimentConfig:
     return PriorExperimentConfig(
         model=PriorModelConfig(kind="maskgit", vocab_size=1024, token_height=8, token_width=8, n_layer=4, n_head=4,
                                n_embd=128, dropout=0.1, num_classes=9),
+        data=PriorDataConfig(batch_size=64),
+        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
+    )
+
+
+@register_prior_preset("test-flow", "tiny class-conditional flow-matching DiT for tests (2 layers, 32 wide)")
+def _test_flow() -> PriorExperimentConfig:
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="flow", token_height=8, token_width=8, latent_channels=8, n_layer=2, n_head=2,
+                               n_embd=32, num_classes=9, sample_steps=4),
+        data=PriorDataConfig(batch_size=8, val_fraction=0.25),
+        train=_tiny_train(),
+    )
+
+
+@register_prior_preset("quickstart-flow", "flow-matching DiT over the quickstart tokenizer's 8x8 latents (CPU-sized)")
+def _quickstart_flow() -> PriorExperimentConfig:
+    # Same depth and width as the GPT and MaskGIT presets; latent channels and map size come from the latent
+    # folder (`vqgan encode --what continuous`). Heun with 16 steps: 32 network evaluations per sample.
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="flow", token_height=8, token_width=8, latent_channels=32, n_layer=4, n_head=4,
+                               n_embd=128, num_classes=9, sampler="heun", sample_steps=16),
         data=PriorDataConfig(batch_size=64),
         train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
     )
