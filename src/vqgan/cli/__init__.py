@@ -1,39 +1,134 @@
-"""The ``vqgan`` command. Thin: parse options, build a config, call library functions.
+"""The ``vqgan`` command: a table of sub-commands, each a typed, documented function.
 
-Each sub-command lives in a small module of this package and registers itself with :func:`command`; the library
-never imports this package.
+A sub-command is a function registered with :func:`command` in one of this package's modules. jsonargparse builds
+its options from the function's signature and docstring, as litgpt's ``__main__`` does, so ``--help`` and the Python
+API cannot drift:
+
+* a parameter ``run_dir: str`` becomes ``--run-dir`` (``--run_dir`` is accepted too; a trailing ``_`` is dropped,
+  ``class_`` -> ``--class``); its type checks the value and its ``Args:`` line is the help;
+* a parameter ``config`` typed with a run config dataclass (:class:`~vqgan.config.ExperimentConfig`) becomes
+  ``--preset NAME``, ``--config FILE`` and one dotted option per field (``--model.quantizer.kind``), whose help is
+  the dataclasses' ``Attributes:`` docs (:func:`vqgan.config.add_run_config_arguments`);
+* the options many commands share (``--device``, ``--ckpt``, ``--output``) are documented once, in
+  :data:`SHARED_HELP`, and ``--device auto`` is resolved once, in :func:`main`.
+
+:func:`main` hands a function only what the command line gave (jsonargparse's ``defaults=False``): the function's
+own defaults fill the rest, and a config given in part (``--data.root X``) overrides the one it starts from (the
+preset, or the checkpoint's data). A parse error is one line and exits 2, naming an unknown key's closest match; an
+error raised by the command is one line and returns 2 (configuration, missing file) or 1 (damaged checkpoint,
+non-finite run).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import inspect
 import logging
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from jsonargparse import ArgumentParser
+from vqgan.registry import Registry
 
 
 @dataclass
 class Command:
-    name: str
-    help: str
-    build: Callable[[ArgumentParser, list[str]], None]
-    run: Callable[[object], int | None]
+    """A sub-command: the function it runs and, when it takes a run config, the presets that seed it."""
+
+    fn: Callable[..., int | None]
+    presets: Registry | None = None
+
+    @property
+    def help(self) -> str:
+        return inspect.cleandoc(self.fn.__doc__ or "").split("\n")[0]
 
 
-COMMANDS: dict[str, Command] = {}
+COMMANDS: Registry[Command] = Registry("command")
+
+#: Help of the parameters several commands share, written once (a function's own ``Args:`` line wins).
+SHARED_HELP = {
+    "device": "cpu, cuda, cuda:N, or auto (cuda when available)",
+    "ckpt": "the tokenizer: a training checkpoint (.ckpt) or a pretrained folder",
+    "output": "output folder",
+    "data": "what to evaluate: a folder of images (all of them, at the model's resolution), a YAML file of data "
+    "options, or --data.KEY options over the checkpoint's data (default: the checkpoint's validation data)",
+    "seed": "random seed",
+    "progress": "show a progress bar (on stderr)",
+}
+
+_MODULES = ("stage1", "evaluate", "prior", "interop", "video")
 
 
-def command(name: str, help: str):
-    """Register a sub-command: decorate a class with static ``build(parser, argv)`` and ``run(args)``."""
+def command(name: str, presets: Registry | None = None) -> Callable:
+    """Register ``fn`` as the sub-command ``name``; ``presets`` seed its run config (``--preset``)."""
 
-    def wrap(cls):
-        COMMANDS[name] = Command(name, help, cls.build, cls.run)
-        return cls
+    def wrap(fn: Callable[..., int | None]) -> Callable[..., int | None]:
+        COMMANDS.register(name)(Command(fn, presets))
+        return fn
 
     return wrap
 
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def _load_commands() -> None:
+    import importlib
+
+    for module in _MODULES:  # imported for their registrations
+        importlib.import_module(f"vqgan.cli.{module}")
+
+
+def _run_config_class(fn: Callable) -> type | None:
+    hint = typing.get_type_hints(fn).get("config")
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def command_parser(name: str, prog: str | None = None):
+    """The jsonargparse parser of sub-command ``name``, built from its function's signature and docstring."""
+    from jsonargparse import ArgumentParser
+
+    from vqgan.config import add_run_config_arguments
+
+    _load_commands()
+    cmd = COMMANDS[name]
+    doc = inspect.cleandoc(cmd.fn.__doc__ or "").split("\n\nArgs:")[0]
+    parser = ArgumentParser(prog=prog or f"vqgan {name}", description=doc, exit_on_error=False, allow_abbrev=False)
+    config_cls = _run_config_class(cmd.fn)
+    if config_cls is not None:
+        add_run_config_arguments(parser, config_cls, cmd.presets)
+    parser.add_function_arguments(cmd.fn, skip={"config"} if config_cls else None, as_group=False)
+    params = set(inspect.signature(cmd.fn).parameters) - {"config"}
+    for action in parser._actions:  # the function's own options: dashes, and the shared help
+        if action.dest in params and action.option_strings:
+            dashed = "--" + action.dest.rstrip("_").replace("_", "-")
+            for alias in (dashed, "--" + action.dest.rstrip("_")):
+                parser._option_string_actions[alias] = action
+            action.option_strings = [dashed]
+            action.help = action.help or SHARED_HELP.get(action.dest)
+    return parser
+
+
+def build_parser():
+    """The ``vqgan`` parser: one sub-command per registered function (as litgpt's ``__main__``)."""
+    from jsonargparse import ArgumentParser
+
+    _load_commands()
+    parser = ArgumentParser(
+        prog="vqgan", exit_on_error=False, allow_abbrev=False,
+        description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
+    )
+    sub = parser.add_subcommands(dest="command", required=True)
+    for name in COMMANDS.names():
+        sub.add_subcommand(name, command_parser(name), help=COMMANDS[name].help)
+    return parser
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -48,74 +143,52 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value) -> None:
         pass
 
-def preset_from_argv(argv: list[str]) -> str | None:
-    """The value of ``--preset`` in ``argv`` (read before parsing: a preset sets the defaults of the options)."""
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
+
+def _log_to_stderr() -> None:
+    # Our own messages only: Lightning configures its loggers itself (a root handler would print them twice).
+    log = logging.getLogger("vqgan")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    import torch
+def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
+    """The function's keyword arguments from the parsed namespace (only what was given)."""
+    from vqgan.config import run_config_from_namespace
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def _load_commands() -> None:
-    # Imported for their registrations.
-    from vqgan.cli import stage1  # noqa: F401
-
-    for optional in ("evaluate", "prior", "interop", "video"):
-        try:
-            __import__(f"vqgan.cli.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"vqgan.cli.{optional}":
-                raise
-
-
-def build_parser(argv: list[str]) -> ArgumentParser:
-    _load_commands()
-    parser = ArgumentParser(
-        prog="vqgan",
-        description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
-        exit_on_error=True,
-    )
-    sub = parser.add_subcommands(dest="command", required=True)
-    for name, cmd in COMMANDS.items():
-        p = ArgumentParser(description=cmd.help)
-        cmd.build(p, argv)
-        sub.add_subcommand(name, p, help=cmd.help)
-    return parser
+    values = ns.as_dict() if hasattr(ns, "as_dict") else dict(vars(ns))
+    params = inspect.signature(cmd.fn).parameters
+    kwargs = {k: v for k, v in values.items() if k in params and k != "config"}
+    config_cls = _run_config_class(cmd.fn)
+    if config_cls is not None:
+        kwargs["config"] = run_config_from_namespace(config_cls, ns)
+    if "device" in params:
+        kwargs["device"] = resolve_device(kwargs.get("device", params["device"].default))
+    return kwargs
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # Our own messages only: Lightning configures its loggers itself (a root handler would print them twice).
-    vqgan_log = logging.getLogger("vqgan")
-    if not any(isinstance(h, _StderrHandler) for h in vqgan_log.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        vqgan_log.addHandler(handler)
-    vqgan_log.setLevel(logging.INFO)
-    if argv[:1] == ["fit"]:  # name a mistyped key and its closest match instead of printing the whole usage
-        from vqgan.config import EXPERIMENT_SECTIONS
-        from vqgan.config_checks import unknown_cli_keys
+    """Run ``vqgan ARGV``; returns the exit code (a parse error exits 2, ``--help`` exits 0)."""
+    from vqgan.registry import UnknownNameError
 
-        problem = unknown_cli_keys(argv[1:], tuple(EXPERIMENT_SECTIONS))
-        if problem:
-            print(f"vqgan fit: error: {problem}", file=sys.stderr)
-            return 2
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    name = args.command
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _log_to_stderr()
+    _load_commands()
+    if not argv or argv[0].startswith("-"):  # `vqgan --help`, or no command at all
+        _parse(build_parser(), argv, "vqgan", None)
+    try:
+        cmd = COMMANDS[argv[0]]
+    except UnknownNameError as e:
+        print(f"vqgan: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    name = argv[0]
+    ns = _parse(command_parser(name), argv[1:], f"vqgan {name}", _run_config_class(cmd.fn))
     from vqgan.config import ConfigError
 
     try:
-        rc = COMMANDS[name].run(getattr(args, name))
+        rc = cmd.fn(**_kwargs(cmd, ns))
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"vqgan {name}: error: {e}", file=sys.stderr)
         return 2
@@ -130,6 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vqgan {name}: error: {e}", file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def _parse(parser, argv: list[str], prog: str, config_cls: type | None):
+    """Parse what was given (no defaults); a mistake is one line on stderr and exit code 2."""
+    from vqgan.config_checks import describe_parse_error
+
+    try:
+        return parser.parse_args(argv, defaults=False)
+    except argparse.ArgumentError as e:
+        print(f"{prog}: error: {describe_parse_error(parser, argv, e, config_cls)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
