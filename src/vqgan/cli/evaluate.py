@@ -12,15 +12,17 @@ from vqgan.cli.stage1 import eval_data
 from vqgan.config import DataConfig
 
 
-def _eval_loader(model, exp, data, batch_size: int | None, max_images: int | None, whole_split: bool = False):
-    """The validation loader of ``--data`` (fixed order, no augmentation), optionally truncated; and its config.
-    ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to take every image."""
+def _eval_loader(model, data, batch_size: int | None, max_images: int | None, whole_split: bool = False,
+                 checkpoint_data: DataConfig | None = None):
+    """The validation loader of ``--data`` (fixed order, no augmentation; see :func:`eval_data`), optionally
+    truncated; and its config. ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to
+    take every image."""
     from torch.utils.data import DataLoader, Subset
 
     from vqgan.config import ExperimentConfig
     from vqgan.data import build_datasets, collate_skip
 
-    data = eval_data(data, exp.data if exp else None, model.config)
+    data = eval_data(data, checkpoint_data, model.config)
     if batch_size:
         data.val_batch_size = batch_size
     if whole_split:
@@ -113,7 +115,7 @@ def evaluate(
 
         fid = ReconstructionFID(fid_weights, fid_feature)
     model, exp = load_model(ckpt)
-    loader, data_cfg = _eval_loader(model, exp, data, batch_size, max_images, whole_split)
+    loader, data_cfg = _eval_loader(model, data, batch_size, max_images, whole_split, exp.data if exp else None)
     result = evaluate_tokenizer(model, loader, data_cfg, device, lpips=lpips, fid=fid, progress=progress,
                                 checkpoint=str(ckpt))
     if output:
@@ -151,7 +153,7 @@ def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, dat
 
     model, exp = load_model(ckpt)
     model = model.to(device)
-    loader, _ = _eval_loader(model, exp, data, None, num_images)
+    loader, _ = _eval_loader(model, data, None, num_images, checkpoint_data=exp.data if exp else None)
     batches = [b["image"] for b in loader if "image" in b]
     if not batches:
         raise ValueError("no readable images to visualize")
