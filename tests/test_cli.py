@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from vqgan.cli import COMMANDS, build_parser, command_parser, main
+from vqgan.config import to_dict
 from vqgan.registry import get_preset
 from vqgan.train import fit
 
@@ -179,7 +180,7 @@ def test_preset_and_config_apply_where_they_stand(tmp_path):
 
     p = command_parser("fit")
     ns = p.parse_args(["--preset", "test-taming", "--model.ch", "12", "--run-dir", "r"], defaults=False)
-    from vqgan.config import ExperimentConfig, run_config_from_namespace, to_dict
+    from vqgan.config import ExperimentConfig, run_config_from_namespace
 
     cfg = run_config_from_namespace(ExperimentConfig, ns)
     expected = get_preset("test-taming")
@@ -189,6 +190,17 @@ def test_preset_and_config_apply_where_they_stand(tmp_path):
     yaml_file.write_text("model:\n  ch: 24\ntrain:\n  lr: 0.5\n")
     cfg = load_config(yaml_file, ["--train.lr", "0.25"], preset="test-resnet")
     assert (cfg.model.ch, cfg.model.arch, cfg.train.lr, cfg.name) == (24, "resnet", 0.25, "test-resnet")
+
+
+def test_print_config_prints_the_resolved_run_and_trains_nothing(tmp_path, capsys):
+    import yaml
+
+    run = tmp_path / "run"
+    assert main(["fit", "--preset", "test-resnet", "--train.lr", "0.5", "--run-dir", str(run), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = to_dict(get_preset("test-resnet"))
+    expected["train"]["lr"] = 0.5
+    assert printed == expected and not run.exists()
 
 
 def test_a_new_run_refuses_a_folder_that_holds_an_earlier_run(tmp_path, capsys):

@@ -490,6 +490,8 @@ def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> Non
         )
     parser.add_argument("--config", action=ActionConfigFile,
                         help="YAML file of options (see configs/); the options after it override it")
+    parser.add_argument("--print-config", "--print_config", action="store_true",
+                        help="print the resolved configuration as YAML instead of running")
     parser.add_class_arguments(cls, None)
 
 
@@ -527,7 +529,7 @@ def parse_run_config(
 
     from vqgan.config_checks import describe_parse_error
 
-    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)  # "--model.d" must not mean dropout
+    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False, print_config=None)  # "--model.d" is not dropout
     add_run_config_arguments(parser, cls, presets)
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")

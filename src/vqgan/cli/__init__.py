@@ -100,7 +100,9 @@ def command_parser(name: str, prog: str | None = None):
     _load_commands()
     cmd = COMMANDS[name]
     doc = inspect.cleandoc(cmd.fn.__doc__ or "").split("\n\nArgs:")[0]
-    parser = ArgumentParser(prog=prog or f"vqgan {name}", description=doc, exit_on_error=False, allow_abbrev=False)
+    # jsonargparse's own --print_config would print only what was given: add_run_config_arguments has ours.
+    parser = ArgumentParser(prog=prog or f"vqgan {name}", description=doc, exit_on_error=False, allow_abbrev=False,
+                            print_config=None)
     config_cls = _run_config_class(cmd.fn)
     if config_cls is not None:
         add_run_config_arguments(parser, config_cls, cmd.presets)
@@ -188,7 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     from vqgan.config import ConfigError
 
     try:
-        rc = cmd.fn(**_kwargs(cmd, ns))
+        kwargs = _kwargs(cmd, ns)
+        if ns.get("print_config"):
+            import yaml
+
+            from vqgan.config import to_dict
+
+            print(yaml.safe_dump(to_dict(kwargs["config"]), sort_keys=False), end="")
+            return 0
+        rc = cmd.fn(**kwargs)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"vqgan {name}: error: {e}", file=sys.stderr)
         return 2
