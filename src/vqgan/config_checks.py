@@ -154,14 +154,15 @@ def describe_parse_error(parser: Any, argv: list[str], error: Exception, root: t
         root: the dataclass (or mapping of top-level type hints) whose dotted keys the options are.
     """
     known = parser._option_string_actions  # argparse's own table of option strings
+    sections = {k: v for k, v in _fields(root).items() if _dataclass_in(v)}  # the options with dotted keys
     for token in argv:
         if not token.startswith("--") or len(token) == 2:
             continue
         key = token[2:].split("=", 1)[0].rstrip("+")
         if f"--{key}" in known or ("." in key and not _unknown_part(key, root)):
             continue
-        if "." in key:
-            return key_hint(key, root)
+        if "." in key and difflib.get_close_matches(key.split(".")[0], list(sections), n=1):
+            return key_hint(key, sections)
         shown = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
         close = difflib.get_close_matches(f"--{key}", shown, n=1)
         return f"unknown option --{key}" + (f"; did you mean {close[0]}?" if close else "") + " (see --help)"

@@ -179,14 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     _load_commands()
     if not argv or argv[0].startswith("-"):  # `vqgan --help`, or no command at all
-        _parse(build_parser(), argv, "vqgan", None)
+        _parse(build_parser(), argv, "vqgan", {})
+    # The sub-command is the first word, as for jsonargparse's own sub-commands; picking it here builds only its
+    # parser (all fifteen take a second) and lets its mistakes be explained against its own options.
     try:
         cmd = COMMANDS[argv[0]]
     except UnknownNameError as e:
         print(f"vqgan: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     name = argv[0]
-    ns = _parse(command_parser(name), argv[1:], f"vqgan {name}", _run_config_class(cmd.fn))
+    ns = _parse(command_parser(name), argv[1:], f"vqgan {name}", _option_types(cmd.fn))
     from vqgan.config import ConfigError
 
     try:
@@ -215,14 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     return int(rc or 0)
 
 
-def _parse(parser, argv: list[str], prog: str, config_cls: type | None):
+def _option_types(fn: Callable) -> dict[str, Any]:
+    """Name -> type of a command's top-level options: its run config's fields and its own parameters."""
+    config_cls = _run_config_class(fn)
+    own = {k: v for k, v in typing.get_type_hints(fn).items() if k not in ("config", "return")}
+    return {**(typing.get_type_hints(config_cls) if config_cls else {}), **own}
+
+
+def _parse(parser, argv: list[str], prog: str, option_types: dict[str, Any]):
     """Parse what was given (no defaults); a mistake is one line on stderr and exit code 2."""
     from vqgan.config_checks import describe_parse_error
 
     try:
         return parser.parse_args(argv, defaults=False)
     except argparse.ArgumentError as e:
-        print(f"{prog}: error: {describe_parse_error(parser, argv, e, config_cls)}", file=sys.stderr)
+        print(f"{prog}: error: {describe_parse_error(parser, argv, e, option_types)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
