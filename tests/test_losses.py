@@ -144,3 +144,37 @@ def test_generator_loss_composition_and_logs():
     assert set(out.logs) >= {"rec", "vq", "g_adv", "d_weight", "total", "nll"}
     before = loss.generator_loss(x, rec, vq, None, None, disc_factor=0.0)
     assert before.loss.item() == pytest.approx(1.25) and "g_adv" not in before.logs
+
+
+def test_vgg_feature_loss_taps_are_relu1_2_to_relu4_3():
+    """Seed 004 ("Perceptual Loss"): VGG16 features at relu1_2, relu2_2, relu3_3, relu4_3. The names are derived
+    from torchvision's vgg16 layout (block b = after b-1 max-pools, j-th ReLU of the block), not copied."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg16(weights=None).features.eval()
+    names, block, relu = {}, 1, 0
+    for i, layer in enumerate(reference):
+        if isinstance(layer, torch.nn.MaxPool2d):
+            block, relu = block + 1, 0
+        elif isinstance(layer, torch.nn.ReLU):
+            relu += 1
+            names[f"relu{block}_{relu}"] = i
+    taps = [names[n] for n in ("relu1_2", "relu2_2", "relu3_3", "relu4_3")]
+    assert taps == [3, 8, 15, 22]
+    assert list(VGGFeatureLoss.LAYERS) == taps
+
+    # The features it compares are those tensors, for a random backbone copied into torchvision's network.
+    ours = VGGFeatureLoss(random_backbone=True)
+    reference[: len(ours.features)].load_state_dict(ours.features.state_dict())
+    captured = {}
+    for name in ("relu1_2", "relu2_2", "relu3_3", "relu4_3"):
+        reference[names[name]].register_forward_hook(lambda m, i, o, n=name: captured.__setitem__(n, o.clone()))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    normalized = ((x + 1) / 2 - ours.mean) / ours.std
+    with torch.no_grad():
+        reference(normalized)
+        feats = ours._feats(x)
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 512]
+    for f, name in zip(feats, ("relu1_2", "relu2_2", "relu3_3", "relu4_3"), strict=True):
+        torch.testing.assert_close(f, captured[name])

@@ -142,7 +142,7 @@ def test_projection_and_latent_plots(model, images, tmp_path):
 
 def test_codebook_atlas_and_token_map(model, images, tmp_path):
     patches = decode_code_patches(model, torch.tensor([0, 3]), tokens=2)
-    f = model.config.downsample_factor
+    f = model.config.spatial_factor
     assert patches.shape == (2, 3, 2 * f, 2 * f)
     with torch.no_grad():  # a patch is the decode of a map filled with that code
         expect = model.decode_codes(torch.full((1, 2, 2), 3, dtype=torch.long)).clamp(-1, 1)

@@ -29,8 +29,12 @@ class QuantizerConfig:
         codebook_size: number of codes.
         codebook_dim: dimension of the lookup space. ``None`` looks up in ``embed_dim``; a smaller value projects
             to a low-dimensional space first (factorized codes, Yu et al. 2021 "ViT-VQGAN", LlamaGen).
-        beta: commitment weight, applied to the encoder term ``||sg[e] - z||^2`` as in the VQ-VAE paper (taming's
-            ``legacy=True`` puts it on the codebook term instead; we don't).
+        beta: weight of one of the two VQ terms, the other one has weight 1 (see ``beta_on``).
+        beta_on: which term ``beta`` weights. ``commitment`` (default): the encoder term ``||sg[e] - z||^2``, as in
+            the VQ-VAE paper (eq. 3), loss ``||e - sg[z]||^2 + beta ||sg[e] - z||^2``. ``codebook``: the codebook
+            term, loss ``||sg[e] - z||^2 + beta ||e - sg[z]||^2`` (taming's ``legacy=True`` placement, and seed
+            003's "refined loss"). Only quantizers with both terms accept ``codebook`` (``vq``, ``simvq``, and
+            ``residual`` over those): ``ema``, ``fsq`` and ``lfq`` have no codebook gradient term to weight.
         decay: EMA decay of the codebook statistics (``ema`` only).
         l2_normalize: look up with l2-normalised codes and latents (cosine similarity, ViT-VQGAN).
         kmeans_init: initialise the codebook with k-means on the first batch of encoder outputs.
@@ -54,6 +58,7 @@ class QuantizerConfig:
     codebook_size: int = 1024
     codebook_dim: int | None = None
     beta: float = 0.25
+    beta_on: Literal["commitment", "codebook"] = "commitment"
     decay: float = 0.99
     l2_normalize: bool = False
     kmeans_init: bool = True
@@ -80,7 +85,7 @@ class ModelConfig:
     ``arch="resnet"`` is the small residual VQ-VAE of van den Oord et al. 2017 (strided convs, a stack of residual
     blocks, transposed convs in the decoder), as in seed 003.
 
-    The downsampling factor is ``2 ** (len(ch_mult) - 1)``.
+    The downsampling factor is ``2 ** (len(ch_mult) - 1)`` (:attr:`spatial_factor`).
 
     Attributes:
         arch: ``taming`` (Esser et al. 2021), ``resnet`` (van den Oord et al. 2017) or ``video3d`` (a causal
@@ -98,6 +103,17 @@ class ModelConfig:
         dropout: dropout in the residual blocks.
         num_groups: GroupNorm groups (must divide every block width).
         upsample: decoder upsampling: ``nearest`` + conv (taming) or ``transposed`` convolutions.
+        decoder_ch: base width of the decoder; ``None`` mirrors the encoder (``ch``).
+        decoder_ch_mult: width multipliers of the decoder levels, listed from the highest resolution to the latent
+            one as ``ch_mult`` is (same length: the decoder undoes every downsampling); ``None`` mirrors the
+            encoder. When either is set, every upsampling layer also narrows to the next level's width, so that no
+            convolution at a resolution is wider than that resolution's width (seed 004's light decoder,
+            128 -> 64 -> 32 -> 16); with both ``None`` the decoder is taming's, whose checkpoints load unchanged.
+        output_activation: ``tanh`` squashes the reconstruction into (-1, 1), the data range (seed 004); ``none``
+            leaves it unbounded (taming).
+        downsample_factor: the downsampling factor a config states (seed 000's Key Parameters); ``None`` states
+            nothing. When given it must equal the architecture's factor ``2 ** (len(ch_mult) - 1)``, checked by
+            :meth:`ExperimentConfig.validate`.
         gradient_checkpointing: recompute the encoder's and decoder's activations in the backward pass instead of
             storing them (torch.utils.checkpoint): less memory per image for more compute.
         quantizer: the vector quantizer between encoder and decoder.
@@ -120,6 +136,10 @@ class ModelConfig:
     dropout: float = 0.0
     num_groups: int = 32
     upsample: Literal["nearest", "transposed"] = "nearest"
+    decoder_ch: int | None = None
+    decoder_ch_mult: list[int] | None = None
+    output_activation: Literal["none", "tanh"] = "none"
+    downsample_factor: int | None = None
     # benchmarks/train_step.py measures gradient checkpointing's memory saving and its cost.
     gradient_checkpointing: bool = False
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -127,8 +147,20 @@ class ModelConfig:
     temporal_attention: bool = True
 
     @property
-    def downsample_factor(self) -> int:
+    def spatial_factor(self) -> int:
+        """The architecture's spatial downsampling factor, ``2 ** (len(ch_mult) - 1)``."""
         return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def decoder_widths(self) -> list[int]:
+        """Width of the decoder at each level, from the highest resolution to the latent one."""
+        ch = self.ch if self.decoder_ch is None else self.decoder_ch
+        mult = self.ch_mult if self.decoder_ch_mult is None else self.decoder_ch_mult
+        return [ch * m for m in mult]
+
+    @property
+    def decoder_mirrors_encoder(self) -> bool:
+        return self.decoder_ch is None and self.decoder_ch_mult is None
 
     @property
     def time_factor(self) -> int:
@@ -137,7 +169,7 @@ class ModelConfig:
 
     @property
     def latent_resolution(self) -> int:
-        return self.resolution // self.downsample_factor
+        return self.resolution // self.spatial_factor
 
 
 @dataclass
@@ -165,8 +197,11 @@ class LossConfig:
 
     The generator minimises ``w_rec * rec + w_p * perceptual + vq + d_factor * lambda * gan`` where ``lambda`` is
     taming's adaptive weight (ratio of last-layer gradient norms, Esser et al. 2021 eq. 7) times ``disc_weight``,
-    and ``d_factor`` is 0 before ``disc_start`` and ramps to ``disc_weight_max`` over ``disc_ramp_steps``.
-    ``disc_weight = 0`` trains a plain VQ-VAE and builds no discriminator.
+    and ``d_factor`` is 0 before ``disc_start`` and ramps to ``disc_weight_max`` over ``disc_ramp_steps`` (a step
+    to ``disc_weight_max`` at ``disc_start`` when ``disc_ramp_steps = 0``). ``d_factor`` also weights the
+    discriminator's own loss. This is taming's ``disc_weight * disc_factor``: with ``adaptive_weight = false`` the
+    generator's adversarial weight is ``disc_weight * disc_weight_max`` from ``disc_start`` on (docs/seeds.md, seed
+    004). ``disc_weight = 0`` trains a plain VQ-VAE and builds no discriminator.
 
     Attributes:
         reconstruction: pixel loss: ``l1``, ``l2`` or ``masked_l2`` (per-pixel weights, seed 004).
@@ -371,11 +406,19 @@ class ExperimentConfig:
         check_types(self)  # the Python API gets the same type checks as YAML and the command line
         check_plain_name(self.name)
         m, q, loss = self.model, self.model.quantizer, self.loss
-        if m.resolution % m.downsample_factor:
+        if m.downsample_factor is not None and m.downsample_factor != m.spatial_factor:
+            raise ConfigError(
+                f"model.downsample_factor={m.downsample_factor} differs from the architecture's factor "
+                f"{m.spatial_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult}); change "
+                "model.ch_mult, or set model.downsample_factor to null"
+            )
+        if m.resolution % m.spatial_factor:
             raise ConfigError(
                 f"model.resolution={m.resolution} is not divisible by the downsampling factor "
-                f"{m.downsample_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult})"
+                f"{m.spatial_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult})"
             )
+        self._validate_decoder()
+        self._validate_beta_on()
         if self.data.resolution != m.resolution and self.data.patch_size is None:
             raise ConfigError(
                 f"data.resolution={self.data.resolution} differs from model.resolution={m.resolution}; "
@@ -437,6 +480,38 @@ class ExperimentConfig:
         if d.kind == "folder" and not d.root:
             raise ConfigError("data.kind=folder needs data.root (a folder of images)")
         return self
+
+    def _validate_decoder(self) -> None:
+        m = self.model
+        if m.decoder_ch is not None and m.decoder_ch < 1:
+            raise ConfigError(f"model.decoder_ch={m.decoder_ch} must be positive or null")
+        if m.decoder_ch_mult is not None:
+            if len(m.decoder_ch_mult) != len(m.ch_mult) or min(m.decoder_ch_mult) < 1:
+                raise ConfigError(
+                    f"model.decoder_ch_mult={m.decoder_ch_mult} must hold {len(m.ch_mult)} positive multipliers, one "
+                    f"per level of model.ch_mult={m.ch_mult} (the decoder undoes every downsampling), or be null"
+                )
+        if m.arch == "video3d" and not m.decoder_mirrors_encoder:
+            raise ConfigError(
+                "model.decoder_ch and model.decoder_ch_mult are not available for model.arch=video3d (its decoder "
+                "mirrors the encoder); set both to null"
+            )
+        widths = m.decoder_widths
+        if m.arch == "taming" and any(w % min(m.num_groups, w) for w in widths):
+            raise ConfigError(
+                f"model.num_groups={m.num_groups} must divide every decoder width {widths} "
+                "(model.decoder_ch * model.decoder_ch_mult)"
+            )
+
+    def _validate_beta_on(self) -> None:
+        q = self.model.quantizer
+        kind = q.stage_kind if q.kind == "residual" else q.kind
+        if q.beta_on == "codebook" and kind not in ("vq", "simvq"):
+            where = f"model.quantizer.kind=residual with stage_kind={kind}" if q.kind == "residual" else f"model.quantizer.kind={kind}"
+            raise ConfigError(
+                f"model.quantizer.beta_on=codebook needs a codebook learned by gradients (kind vq or simvq): "
+                f"{where} has no codebook loss term for beta to weight; use beta_on=commitment"
+            )
 
 
 class ConfigError(ValueError):

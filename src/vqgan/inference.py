@@ -35,7 +35,7 @@ def reconstruct_files(
     output_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     res = resolution or cfg.resolution
-    f = cfg.downsample_factor
+    f = cfg.spatial_factor
     model = model.to(device).eval()
     records = []
     for path in files:

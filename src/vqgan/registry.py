@@ -248,7 +248,7 @@ def _seed000() -> ExperimentConfig:
 
     hidden_dims 64-128-256-512 (model.ch 64, ch_mult 1 2 4 8), latent_dim 32 (z_channels/embed_dim), 512 EMA codes
     with dead-code revival, LPIPS weight 0.1, spectral-norm PatchGAN with weight 0.1, transposed-conv upsampling,
-    attention at 8x8. Point data.root at the UCF-101 folder (class folders of .avi); the split lists
+    attention at 8x8, downsample_factor 8 (checked against ch_mult). Point data.root at the UCF-101 folder (class folders of .avi); the split lists
     (ucfTrainTestlist/) are looked up next to it, or set data.annotations.
       vqgan fit --config configs/ucf101_vqgan.yaml --data.root data/UCF-101 --run-dir runs/ucf101
     Seed 000's options: patch-based processing (--data.patch_size 32 tiles every 64x64 frame into four 32x32
@@ -260,7 +260,7 @@ def _seed000() -> ExperimentConfig:
     return ExperimentConfig(
         model=ModelConfig(
             resolution=64, ch=64, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=32,
-            embed_dim=32, upsample="transposed",
+            embed_dim=32, upsample="transposed", downsample_factor=8,
             quantizer=QuantizerConfig(kind="ema", codebook_size=512, beta=0.25),
         ),
         loss=LossConfig(
@@ -297,14 +297,18 @@ def _seed001() -> ExperimentConfig:
 def _seed003() -> ExperimentConfig:
     """Seed 003: residual VQ-VAE (van den Oord et al. 2017) on CelebA 128x128.
 
-    Hidden 256, 4 residual blocks, 512 codes of dimension 128, MSE + VQ loss, lr 2.25e-4. Point data.root at
+    Hidden 256, 4 residual blocks, 512 codes of dimension 128, MSE + the seed's VQ loss (weight 1 on the encoder
+    term, 0.25 on the codebook term: model.quantizer.beta_on codebook), lr 2.25e-4. Point data.root at
     img_align_celeba/.
     """
     return ExperimentConfig(
         model=ModelConfig(
             arch="resnet", resolution=128, ch=256, ch_mult=[1, 1, 1], num_res_blocks=4, z_channels=128, embed_dim=128,
             upsample="transposed",
-            quantizer=QuantizerConfig(kind="vq", codebook_size=512, beta=0.25, kmeans_init=False, dead_code_threshold=0.0),
+            # The seed's "refined loss": weight 1 on the encoder term, 0.25 on the codebook term.
+            quantizer=QuantizerConfig(
+                kind="vq", codebook_size=512, beta=0.25, beta_on="codebook", kmeans_init=False, dead_code_threshold=0.0
+            ),
         ),
         loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
         data=DataConfig(kind="folder", root="data/celeba/img_align_celeba", resolution=128, batch_size=64, crop="center", flip=False),
@@ -313,9 +317,12 @@ def _seed003() -> ExperimentConfig:
 
 
 def _seed004_model() -> ModelConfig:
+    # Encoder 128-256-512-1024 (64 -> 8), light decoder 128-64-32-16 (8 -> 64) with a tanh output, attention at 8x8;
+    # the seed's VQ loss is codebook + 0.1 * commitment: a gradient-learned codebook without EMA, k-means or restarts.
     return ModelConfig(
         resolution=64, ch=128, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=256,
-        embed_dim=256, quantizer=QuantizerConfig(kind="ema", codebook_size=1024, beta=0.1),
+        embed_dim=256, decoder_ch=16, decoder_ch_mult=[1, 2, 4, 8], output_activation="tanh",
+        quantizer=QuantizerConfig(kind="vq", codebook_size=1024, beta=0.1, kmeans_init=False, dead_code_threshold=0.0),
     )
 
 
@@ -323,7 +330,9 @@ def _seed004_model() -> ModelConfig:
 def _seed004_vqvae() -> ExperimentConfig:
     """Seed 004, VQ-VAE variant: 64x64 smoke plumes (procedural, with masks), masked L2 + VQ loss.
 
-    Attention at 8x8, 1024 codes of dimension 256, commitment 0.1.
+    Encoder 128-256-512-1024 and light decoder 128-64-32-16 with a tanh output, attention at 8x8, 1024
+    gradient-learned codes of dimension 256 (codebook + 0.1 * commitment; no EMA, k-means or restarts: see
+    docs/seeds.md).
     """
     return ExperimentConfig(
         model=_seed004_model(),
@@ -335,16 +344,20 @@ def _seed004_vqvae() -> ExperimentConfig:
 
 @register_preset("seed004-smoke-vqgan", "seed 004: 64x64 smoke VQGAN, VGG16 perceptual, adv 0.5, disc start 10k")
 def _seed004_vqgan() -> ExperimentConfig:
-    """Seed 004, VQGAN variant: + VGG16 feature loss (relu1_2..relu4_3), PatchGAN hinge loss.
+    """Seed 004, VQGAN variant: the VQ-VAE variant's model + VGG16 feature loss and a PatchGAN hinge loss.
 
-    Adaptive weight, discriminator from step 10k ramping to 0.75. VGG16 weights from a local file:
-    --loss.backbone_weights /path/to/vgg16-397923af.pth
+    The model: encoder 128-256-512-1024, decoder 128-64-32-16, tanh, 1024x256 gradient-learned codes, commitment
+    0.1. VGG16 feature loss (relu1_2..relu4_3, weight 1.0) and a PatchGAN hinge loss with the plain weight 0.5
+    times 0.75 from step 10000 on (no adaptive weight, no ramp; docs/seeds.md says why and how to turn the
+    project's options on). VGG16 weights from a local file: --loss.backbone_weights /path/to/vgg16-397923af.pth
     """
+    # --adversarial-weight 0.5 is taming's disc_weight and --disc-weight-max 0.75 the value the adversarial factor
+    # takes at --disc-start (taming's disc_factor): plain weights, no adaptive weight, no ramp (docs/seeds.md).
     return ExperimentConfig(
         model=_seed004_model(),
         loss=LossConfig(
-            reconstruction="masked_l2", perceptual="vgg", perceptual_weight=1.0, disc_weight=0.5, adaptive_weight=True,
-            disc_start=10000, disc_ramp_steps=2000, disc_weight_max=0.75,
+            reconstruction="masked_l2", perceptual="vgg", perceptual_weight=1.0, disc_weight=0.5, adaptive_weight=False,
+            disc_start=10000, disc_ramp_steps=0, disc_weight_max=0.75,
         ),
         discriminator=DiscriminatorConfig(n_layers=3, ch=64),
         data=DataConfig(kind="smoke", resolution=64, batch_size=32, flip=False),

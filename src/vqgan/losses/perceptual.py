@@ -114,7 +114,11 @@ class VGGFeatureLoss(nn.Module):
         import torchvision
 
         if random_backbone:
-            features = torchvision.models.vgg16(weights=None).features
+            # Only the convolutional part (vgg16 is VGG(make_layers(cfgs["D"]))): building the 120M-parameter
+            # classifier too would cost seconds for layers that are thrown away.
+            from torchvision.models import vgg
+
+            features = vgg.make_layers(vgg.cfgs["D"])
         else:
             features = load_backbone_features("vgg", backbone_weights)
         self.features = features[: self.LAYERS[-1] + 1].eval().requires_grad_(False)

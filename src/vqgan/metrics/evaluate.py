@@ -177,7 +177,7 @@ def evaluate_tokenizer(
     }
     if cfg is not None:
         protocol["tokens_per_image"] = [cfg.latent_resolution, cfg.latent_resolution]
-        protocol["downsample_factor"] = cfg.downsample_factor
+        protocol["downsample_factor"] = cfg.spatial_factor
     if lpips is not None:
         protocol["lpips"] = {
             "backbone": getattr(lpips, "net", None),
