@@ -71,6 +71,12 @@ def test_options_are_the_functions_parameters():
     assert ns.class_ == "all"
     with pytest.raises(Exception, match="onnx"):
         command_parser("export").parse_args(["--ckpt", "c", "--output", "o", "--format", "pdf"])
+    # a parameter named `config` that is not a run config (convert's taming YAML) is an ordinary option
+    from vqgan.cli import _kwargs
+
+    ns = command_parser("convert").parse_args(["--input", "i", "--output", "o", "--config", "t.yaml", "--from", "taming"],
+                                              defaults=False)
+    assert _kwargs(COMMANDS["convert"], ns) == {"input": "i", "output": "o", "config": "t.yaml", "from_": "taming"}
 
 
 def _help(capsys, name):

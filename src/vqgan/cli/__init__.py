@@ -107,7 +107,7 @@ def command_parser(name: str, prog: str | None = None):
     if config_cls is not None:
         add_run_config_arguments(parser, config_cls, cmd.presets)
     parser.add_function_arguments(cmd.fn, skip={"config"} if config_cls else None, as_group=False)
-    params = set(inspect.signature(cmd.fn).parameters) - {"config"}
+    params = set(inspect.signature(cmd.fn).parameters) - ({"config"} if config_cls else set())
     for action in parser._actions:  # the function's own options: dashes, and the shared help
         if action.dest in params and action.option_strings:
             dashed = "--" + action.dest.rstrip("_").replace("_", "-")
@@ -162,8 +162,8 @@ def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
 
     values = ns.as_dict() if hasattr(ns, "as_dict") else dict(vars(ns))
     params = inspect.signature(cmd.fn).parameters
-    kwargs = {k: v for k, v in values.items() if k in params and k != "config"}
     config_cls = _run_config_class(cmd.fn)
+    kwargs = {k: v for k, v in values.items() if k in params and not (k == "config" and config_cls)}
     if config_cls is not None:
         kwargs["config"] = run_config_from_namespace(config_cls, ns)
     if "device" in params:
