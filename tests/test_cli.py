@@ -162,7 +162,7 @@ def test_errors_exit_2_with_the_reason(tmp_path, capsys):
     "argv, words",
     [
         (["fit", "--preset", "test-taming", "--model.chh", "3"], ["unknown key 'model.chh'", "did you mean 'model.ch'?"]),
-        (["fit", "--preset", "test-tamin"], ["unknown preset 'test-tamin'", "did you mean 'test-taming'?"]),
+        (["fit", "--preset", "test-tamin"], ["unknown preset 'test-tamin'", "did you mean 'test-taming'?", "choose one of"]),
         (["fit", "--max_step", "3"], ["unknown option --max_step", "did you mean --max-steps?"]),
         (["validate", "--ckpt", "c", "--data.kindd", "folder"], ["unknown key 'data.kindd'", "'data.kind'"]),
         (["reconstruct", "--ckptt", "c"], ["did you mean --ckpt?"]),

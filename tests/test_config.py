@@ -63,7 +63,7 @@ def test_one_registry_for_presets_quantizers_data_and_commands():
     from vqgan.config import QuantizerConfig
     from vqgan.quantizers import build_quantizer
 
-    with pytest.raises(ValueError, match="unknown quantizer kind 'fsqq'; did you mean 'fsq'"):
+    with pytest.raises(ValueError, match=r"unknown quantizer kind 'fsqq' \(did you mean 'fsq'\?\)"):
         build_quantizer(QuantizerConfig(kind="fsqq"), 8)
 
 
@@ -85,7 +85,7 @@ def test_registry_mechanism():
     assert reg["b-one"] is one and reg.names("b") == ["b-one"]
     with pytest.raises(UnknownNameError) as info:
         reg["b-onr"]
-    assert str(info.value) == "unknown widget 'b-onr'; did you mean 'b-one'? Available: a-two, b-one"
+    assert str(info.value) == "unknown widget 'b-onr' (did you mean 'b-one'?); choose one of a-two, b-one"
 
 
 def test_dump_load_round_trip(tmp_path):

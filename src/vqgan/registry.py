@@ -75,8 +75,8 @@ class Registry(Generic[T]):
     def __getitem__(self, name: str) -> T:
         if name not in self._entries:
             close = difflib.get_close_matches(str(name), list(self._entries), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"unknown {self.what} {name!r}{hint} Available: {', '.join(self.names())}")
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {', '.join(self.names())}")
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:

@@ -59,9 +59,6 @@ SHARED_HELP = {
     "progress": "show a progress bar (on stderr)",
 }
 
-_MODULES = ("stage1", "evaluate", "prior", "interop", "video")
-
-
 def command(name: str, presets: Registry | None = None) -> Callable:
     """Register ``fn`` as the sub-command ``name``; ``presets`` seed its run config (``--preset``)."""
 
@@ -79,13 +76,6 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def _load_commands() -> None:
-    import importlib
-
-    for module in _MODULES:  # imported for their registrations
-        importlib.import_module(f"vqgan.cli.{module}")
-
-
 def _run_config_class(fn: Callable) -> type | None:
     hint = typing.get_type_hints(fn).get("config")
     return hint if dataclasses.is_dataclass(hint) else None
@@ -97,7 +87,6 @@ def command_parser(name: str, prog: str | None = None):
 
     from vqgan.config import add_run_config_arguments
 
-    _load_commands()
     cmd = COMMANDS[name]
     doc = inspect.cleandoc(cmd.fn.__doc__ or "").split("\n\nArgs:")[0]
     # jsonargparse's own --print_config would print only what was given: add_run_config_arguments has ours.
@@ -122,7 +111,6 @@ def build_parser():
     """The ``vqgan`` parser: one sub-command per registered function (as litgpt's ``__main__``)."""
     from jsonargparse import ArgumentParser
 
-    _load_commands()
     parser = ArgumentParser(
         prog="vqgan", exit_on_error=False, allow_abbrev=False,
         description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
@@ -177,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     _log_to_stderr()
-    _load_commands()
     if not argv or argv[0].startswith("-"):  # `vqgan --help`, or no command at all
         _parse(build_parser(), argv, "vqgan", {})
     # The sub-command is the first word, as for jsonargparse's own sub-commands; picking it here builds only its
@@ -234,6 +221,9 @@ def _parse(parser, argv: list[str], prog: str, option_types: dict[str, Any]):
         print(f"{prog}: error: {describe_parse_error(parser, argv, e, option_types)}", file=sys.stderr)
         raise SystemExit(2) from None
 
+
+# The sub-commands, imported for their registrations (they import `command` from here, hence at the end).
+from vqgan.cli import evaluate, interop, prior, stage1, video  # noqa: E402, F401
 
 if __name__ == "__main__":
     raise SystemExit(main())
