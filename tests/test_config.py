@@ -133,3 +133,14 @@ def test_every_preset_is_valid():
         cfg = get_preset(name)
         if isinstance(cfg, ExperimentConfig):
             cfg.validate()
+
+
+def test_replace_keys_changes_nested_keys_and_refuses_unknown_ones():
+    from vqgan.config import replace_keys
+
+    base = get_preset("test-taming")
+    cfg = replace_keys(base, {"model": {"quantizer": {"codebook_size": 64}}, "train": {"lr": 0.5}})
+    assert (cfg.model.quantizer.codebook_size, cfg.train.lr) == (64, 0.5)
+    assert cfg.model.ch == base.model.ch and base.train.lr != 0.5  # the rest kept, the original untouched
+    with pytest.raises(ConfigError, match="codebook_sise"):
+        replace_keys(base, {"model": {"quantizer": {"codebook_sise": 64}}})

@@ -543,6 +543,17 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def replace_keys(config: Any, changes: dict[str, Any]) -> Any:
+    """A copy of the config dataclass with the (nested) keys of ``changes`` replaced, e.g.
+    ``{"train": {"max_steps": 3}}``; an unknown key is refused with the valid ones (:func:`from_dict`)."""
+
+    def merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in new.items()}}
+
+    return from_dict(type(config), merge(to_dict(config), changes))
+
+
 def dump_config(config: Any, path: str | Path) -> Path:
     """Write a config dataclass as YAML (the resolved config saved with every run)."""
     path = Path(path)

@@ -56,7 +56,7 @@ def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: D
 
     import yaml
 
-    from vqgan.config import ConfigError, from_dict, to_dict
+    from vqgan.config import ConfigError, replace_keys
 
     if isinstance(data, DataConfig):
         return data
@@ -75,8 +75,7 @@ def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: D
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"--data {path}: expected a mapping of data options, got {type(data).__name__}")
-    data = data.as_dict() if hasattr(data, "as_dict") else dict(data)
-    return from_dict(DataConfig, {**to_dict(base), **data})
+    return replace_keys(base, data.as_dict() if hasattr(data, "as_dict") else dict(data))
 
 
 @command("validate")
