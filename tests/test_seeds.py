@@ -123,8 +123,7 @@ def adversarial_weights(cfg: ExperimentConfig, step: int) -> tuple[float, float]
     rec = torch.full((1, 3, 4, 4), 0.5, requires_grad=True)
     mask = torch.ones(1, 1, 4, 4)
     logits_fake, logits_real = torch.tensor([[0.3, -0.7]]), torch.tensor([[0.2, 1.4]])
-    # last_layer=None: the plain weight (the adaptive one needs the decoder; the seeds that use it say so).
-    g = loss.generator_loss(x, rec, torch.tensor(0.0), logits_fake, None, factor, mask)
+    g = loss.generator_loss(x, rec, torch.tensor(0.0), logits_fake, factor, mask)
     nll = loss.nll(x, rec, mask).loss
     g_adv = -logits_fake.mean()  # hinge generator loss
     w_g = float((g.loss - nll) / g_adv)

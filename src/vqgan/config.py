@@ -265,6 +265,9 @@ class DataConfig:
         resize: resize the shorter side to this before cropping (``None``: ``resolution``).
         builtin_scale: the built-in photos are scaled by this factor before cropping.
         builtin_train_crops: random crops per epoch of the built-in and synthetic datasets.
+        builtin_hue: colour augmentation of the built-in training crops: a random hue rotation of up to this many
+            turns of the colour circle (0.5: any hue; validation crops are never changed).
+        builtin_saturation: a random saturation factor in [1 - this, 1 + this] for the built-in training crops.
         val_size: at most this many validation images (the built-in photos: a fixed grid of crops).
         batch_size: training batch size (per process).
         val_batch_size: validation batch size (``None``: ``batch_size``).
@@ -278,7 +281,9 @@ class DataConfig:
         split: UCF101 train/test split (1, 2 or 3).
         annotations: UCF101: folder with classInd.txt and the split lists (``None``: searched next to ``root``).
         videos_per_chunk: process the videos in chunks of this many (seed 000, for machines that can't hold them all).
-        epochs_per_chunk: passes over each chunk before moving to the next.
+        epochs_per_chunk: reconstruction passes over each chunk (seed 000's epochs_per_batch).
+        gan_epochs_per_chunk: further passes over each chunk with the discriminator on (seed 000: 5); with 0 the
+            discriminator follows ``loss.disc_start``.
     """
 
     kind: DataKind = "builtin"
@@ -291,6 +296,10 @@ class DataConfig:
     resize: int | None = None
     builtin_scale: float = 1.0
     builtin_train_crops: int = 4096
+    # Colour augmentation: the training photos hold almost no green; without it the quick-start model turns green
+    # leaves blue (benchmarks/colour.py). Off by default, on in the quick-start.
+    builtin_hue: float = 0.0
+    builtin_saturation: float = 0.0
     val_size: int = 256
     batch_size: int = 16
     val_batch_size: int | None = None
@@ -303,54 +312,62 @@ class DataConfig:
     patch_size: int | None = None
     split: int = 1
     annotations: str | None = None
+    # Seed 000's chunked training (video folders): load ``videos_per_chunk`` videos, make ``epochs_per_chunk``
+    # passes over them, then ``gan_epochs_per_chunk`` more passes with the discriminator on, then the next chunk.
+    # With ``gan_epochs_per_chunk > 0`` the discriminator runs only in those passes (seed 000: 10 then 5); with 0
+    # it follows ``loss.disc_start``. One epoch of the run visits every chunk once (``train.max_epochs``: seed 000's
+    # ``num_epoch``).
     videos_per_chunk: int | None = None
     epochs_per_chunk: int = 1
+    gan_epochs_per_chunk: int = 0
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation, validation, checkpointing and hardware options (passed to a Lightning Trainer).
+class TrainerSettings:
+    """What every training run sets, stage 1 and the priors alike: length, optimiser, schedule, validation,
+    checkpoints, logging and hardware (the Lightning Trainer is built from these, ``vqgan.train.harness``).
+    Stage 1's :class:`TrainConfig` and the priors' ``PriorTrainConfig`` extend it, so both read ``train.*``.
 
     Attributes:
-        max_steps: training steps (optimizer steps of the autoencoder).
-        max_time_minutes: stop after this many minutes even if ``max_steps`` is not reached (a time budget: the
-            demo trains for a fixed time whatever the machine); ``None``: no limit.
-        lr: learning rate of the autoencoder (Adam).
-        lr_disc: learning rate of the discriminator (``None``: ``lr``).
+        max_steps: optimizer steps to train (ignored when ``max_epochs`` is set).
+        max_epochs: train this many epochs instead of ``max_steps`` (seeds 003/004 count epochs; seed 000 counts
+            passes over all chunks). ``None``: ``max_steps`` is the limit.
+        max_time_minutes: stop after this many minutes even if the step or epoch limit is not reached (the demo's
+            time budget). ``None``: no limit.
+        lr: learning rate.
         betas: Adam's betas.
-        weight_decay: Adam weight decay.
-        warmup_steps: steps of linear learning-rate warm-up.
-        lr_schedule: after the warm-up: ``constant``, or ``cosine`` decay to ``lr * min_lr_ratio`` at ``max_steps``.
-        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of ``lr``.
-        grad_clip: clip the gradient norm to this (``None``: no clipping).
-        val_every_n_steps: validate every N steps.
-        log_every_n_steps: log training metrics every N steps.
-        checkpoint_every_n_steps: also keep a checkpoint every N steps (``None``: at validations only).
-        keep_last_k: step checkpoints kept (-1: all).
-        monitor: metric that picks ``best.ckpt``.
-        monitor_mode: whether the monitored metric is better when ``max`` or ``min``.
-        seed: random seed (weights, data order, crops).
-        precision: Lightning precision: ``32-true``, ``bf16-mixed``, ``16-mixed`` ...
-        accelerator: Lightning accelerator: ``auto``, ``cpu``, ``gpu`` ...
-        devices: devices per machine (``auto``, a count, or a list).
-        strategy: Lightning strategy: ``auto``, ``ddp``, ``fsdp`` ...
-        num_nodes: machines (torchrun / SLURM); ``devices`` is per machine.
-        compile: ``torch.compile`` the autoencoder.
-        channels_last: train in channels-last memory format (faster convolutions on some hardware).
-        logger: ``tensorboard``, ``wandb`` (needs the ``wandb`` extra) or ``none``.
-        wandb_project: Weights & Biases project (``logger=wandb``).
-        debug: seed 002's debug mode: a handful of batches, validation on a few batches, no online logging.
-        max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient (each is
-            skipped).
-        diagnostics_every_n_steps: record codebook diagnostics (usage, code norms, gradients) every N steps; 0
-            disables.
-        samples_every_n_steps: has no effect; accepted so that configs saved by earlier versions still load.
+        weight_decay: weight decay.
+        warmup_steps: linear learning-rate warm-up from ``lr / warmup_steps`` to ``lr``.
+        lr_schedule: after the warm-up, ``constant``, or ``cosine`` decay to ``lr * min_lr_ratio`` at the last step.
+        min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
+        grad_clip: clip the gradients' global norm to this (``None``: no clipping).
+        val_every_n_steps: validate every N optimizer steps (ignored when ``val_every_n_epochs`` is set).
+        val_every_n_epochs: validate at the end of every N-th epoch (seed 004: every epoch). ``None``: by steps.
+        log_every_n_steps: logging interval of the training losses.
+        checkpoint_every_n_steps: periodic ``stepNNNNNNN.ckpt`` every N steps (``None``: at every validation).
+        checkpoint_every_n_epochs: periodic checkpoint at the end of every N-th epoch (seed 004: 5) instead.
+        keep_last_k: periodic checkpoints kept (``-1``: all); ``best.ckpt`` and ``last.ckpt`` come on top.
+        monitor: validation metric that picks ``best.ckpt``.
+        monitor_mode: whether ``monitor`` is better when higher (``max``) or lower (``min``).
+        seed: seed of weights, data order and augmentations.
+        precision: Lightning precision (``32-true``, ``bf16-mixed``, ``16-mixed``...).
+        accelerator: ``auto``, ``cpu``, ``gpu``...
+        devices: devices per machine (``auto``, a count or a list).
+        strategy: Lightning strategy (``auto``, ``ddp``, ``fsdp``...).
+        num_nodes: machines for multi-node training (torchrun / SLURM).
+        compile: ``torch.compile`` the model.
+        logger: ``tensorboard`` (``RUN_DIR/logs``), ``wandb`` (``RUN_DIR/wandb`` as well as TensorBoard; needs
+            ``pip install wandb``; ``WANDB_MODE=offline`` keeps it local) or ``none``.
+        wandb_project: W&B project (default ``vqgan``).
+        debug: a handful of steps, validation on two batches, no online logging (seed 002's DEBUG mode).
+        max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient (each one
+            is skipped, and no checkpoint is written while they last).
     """
 
     max_steps: int = 1000
+    max_epochs: int | None = None
     max_time_minutes: float | None = None
     lr: float = 1e-4
-    lr_disc: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -358,8 +375,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     val_every_n_steps: int = 500
+    val_every_n_epochs: int | None = None
     log_every_n_steps: int = 25
     checkpoint_every_n_steps: int | None = None
+    checkpoint_every_n_epochs: int | None = None
     keep_last_k: int = 3
     monitor: str = "val/psnr"
     monitor_mode: Literal["max", "min"] = "max"
@@ -370,11 +389,74 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     compile: bool = False
-    channels_last: bool = False
     logger: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     wandb_project: str | None = None
     debug: bool = False
     max_nonfinite_steps: int = 20
+
+    def validate(self) -> TrainerSettings:
+        """Check the values and their combinations; raise :class:`ConfigError` naming the ``train.*`` key."""
+        minimums = [
+            ("train.max_steps", self.max_steps, 1),
+            ("train.max_epochs", self.max_epochs, 1),
+            ("train.max_nonfinite_steps", self.max_nonfinite_steps, 1),
+            ("train.val_every_n_steps", self.val_every_n_steps, 1),
+            ("train.val_every_n_epochs", self.val_every_n_epochs, 1),
+            ("train.checkpoint_every_n_steps", self.checkpoint_every_n_steps, 1),
+            ("train.checkpoint_every_n_epochs", self.checkpoint_every_n_epochs, 1),
+            ("train.num_nodes", self.num_nodes, 1),
+            ("train.warmup_steps", self.warmup_steps, 0),
+        ]
+        for key, value, low in minimums:
+            if value is not None and value < low:
+                raise ConfigError(f"{key}={value} must be at least {low}")
+        if self.max_time_minutes is not None and self.max_time_minutes <= 0:
+            raise ConfigError(f"train.max_time_minutes={self.max_time_minutes} must be positive or null")
+        if self.keep_last_k < 1 and self.keep_last_k != -1:
+            raise ConfigError(f"train.keep_last_k={self.keep_last_k} must be at least 1 (or -1 to keep every checkpoint)")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr={self.lr} must be positive")
+        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_epochs is not None:
+            raise ConfigError(
+                f"train.checkpoint_every_n_steps={self.checkpoint_every_n_steps} and "
+                f"train.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs}: choose one cadence (set the other "
+                "to null)"
+            )
+        if self.val_every_n_epochs is not None and self.checkpoint_every_n_steps is not None:
+            raise ConfigError(
+                f"train.checkpoint_every_n_steps={self.checkpoint_every_n_steps} with "
+                f"train.val_every_n_epochs={self.val_every_n_epochs}: checkpoint by epochs too "
+                "(train.checkpoint_every_n_epochs), or validate by steps (train.val_every_n_epochs=null)"
+            )
+        if self.max_epochs is not None and self.val_every_n_epochs is not None and self.val_every_n_epochs > self.max_epochs:
+            raise ConfigError(
+                f"train.val_every_n_epochs={self.val_every_n_epochs} exceeds train.max_epochs={self.max_epochs}: "
+                "the run would never validate"
+            )
+        if self.max_epochs is not None and self.checkpoint_every_n_epochs is not None and (
+            self.checkpoint_every_n_epochs > self.max_epochs
+        ):
+            raise ConfigError(
+                f"train.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs} exceeds "
+                f"train.max_epochs={self.max_epochs}: no periodic checkpoint would be written"
+            )
+        return self
+
+
+@dataclass
+class TrainConfig(TrainerSettings):
+    """Stage-1 training: the shared :class:`TrainerSettings` and what only the tokenizer needs.
+
+    Attributes:
+        lr_disc: the discriminator's learning rate (``None``: ``lr``).
+        channels_last: NHWC memory format for images (faster convolutions on most hardware).
+        diagnostics_every_n_steps: codebook diagnostics (usage, code norms, gradients) every N steps, and at the
+            end of the run; 0 disables them.
+        samples_every_n_steps: reserved; reconstruction samples are written at every validation.
+    """
+
+    lr_disc: float | None = None
+    channels_last: bool = False
     diagnostics_every_n_steps: int = 50
     samples_every_n_steps: int | None = None
 
@@ -456,29 +538,29 @@ class ExperimentConfig:
                 f"model.arch=video3d needs clips (data.frames_as_images=false) of 1 + k * {m.time_factor} frames "
                 f"(model.temporal_downsample={m.temporal_downsample}); got data.frames={self.data.frames}"
             )
-        if self.train.max_time_minutes is not None and self.train.max_time_minutes <= 0:
-            raise ConfigError(f"train.max_time_minutes={self.train.max_time_minutes} must be positive or null")
-        if self.train.max_steps < 1:
-            raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")
         if loss.disc_weight < 0 or loss.perceptual_weight < 0:
             raise ConfigError("loss.disc_weight and loss.perceptual_weight must be non-negative")
         t, d = self.train, self.data
-        minimums = [
-            ("train.max_nonfinite_steps", t.max_nonfinite_steps, 1),
-            ("train.val_every_n_steps", t.val_every_n_steps, 1),
-            ("train.checkpoint_every_n_steps", t.checkpoint_every_n_steps, 1),
-            ("data.batch_size", d.batch_size, 1),
-            ("data.num_workers", d.num_workers, 0),
-        ]
-        for key, value, low in minimums:
-            if value is not None and value < low:
+        t.validate()
+        for key, value, low in [("data.batch_size", d.batch_size, 1), ("data.num_workers", d.num_workers, 0)]:
+            if value < low:
                 raise ConfigError(f"{key}={value} must be at least {low}")
-        if t.keep_last_k < 1 and t.keep_last_k != -1:
-            raise ConfigError(f"train.keep_last_k={t.keep_last_k} must be at least 1 (or -1 to keep every checkpoint)")
-        if not t.lr > 0:
-            raise ConfigError(f"train.lr={t.lr} must be positive")
         if d.kind == "folder" and not d.root:
             raise ConfigError("data.kind=folder needs data.root (a folder of images)")
+        if d.epochs_per_chunk < 1 or d.gan_epochs_per_chunk < 0:
+            raise ConfigError(
+                f"data.epochs_per_chunk={d.epochs_per_chunk} must be at least 1 and "
+                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} at least 0"
+            )
+        if d.gan_epochs_per_chunk > 0 and not d.videos_per_chunk:
+            raise ConfigError(
+                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} schedules the discriminator within chunks: set "
+                "data.videos_per_chunk (chunked video training) too"
+            )
+        if d.gan_epochs_per_chunk > 0 and loss.disc_weight == 0:
+            raise ConfigError(
+                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} needs a discriminator (loss.disc_weight > 0)"
+            )
         return self
 
     def _validate_decoder(self) -> None:

@@ -233,7 +233,7 @@ def _quickstart() -> ExperimentConfig:
             quantizer=QuantizerConfig(kind="ema", codebook_size=1024, codebook_dim=None),
         ),
         loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
-        data=DataConfig(kind="builtin", resolution=32, batch_size=16, builtin_scale=1.0),
+        data=DataConfig(kind="builtin", resolution=32, batch_size=16, builtin_scale=1.0, builtin_hue=0.5),
         train=TrainConfig(
             max_steps=2100, max_time_minutes=4.75, lr=2e-3, betas=[0.9, 0.99], val_every_n_steps=350, warmup_steps=50,
             lr_schedule="cosine",
@@ -251,10 +251,11 @@ def _seed000() -> ExperimentConfig:
     attention at 8x8, downsample_factor 8 (checked against ch_mult). Point data.root at the UCF-101 folder (class folders of .avi); the split lists
     (ucfTrainTestlist/) are looked up next to it, or set data.annotations.
       vqgan fit --config configs/ucf101_vqgan.yaml --data.root data/UCF-101 --run-dir runs/ucf101
-    Seed 000's options: patch-based processing (--data.patch_size 32 tiles every 64x64 frame into four 32x32
-    patches; also set --model.resolution 32), and processing the dataset in chunks of videos for machines that
-    can't hold it all (--data.videos_per_chunk 500 --data.epochs_per_chunk 10: load 500 videos' frames, train 10
-    passes, move on). LPIPS needs the VGG16 weights from a local file:
+    Seed 000's schedule: chunks of 500 videos (data.videos_per_chunk); per chunk 10 reconstruction passes
+    (data.epochs_per_chunk, the seed's epochs_per_batch) then 5 passes with the discriminator
+    (data.gan_epochs_per_chunk, gan_epochs_per_batch); 3 passes over all chunks (train.max_epochs, num_epoch).
+    Patch-based processing: --data.patch_size 32 tiles every 64x64 frame into four 32x32 patches (also set
+    --model.resolution 32). LPIPS needs the VGG16 weights from a local file:
     --loss.backbone_weights /path/to/vgg16-397923af.pth
     """
     return ExperimentConfig(
@@ -265,11 +266,16 @@ def _seed000() -> ExperimentConfig:
         ),
         loss=LossConfig(
             reconstruction="l2", perceptual="lpips", perceptual_weight=0.1, disc_weight=0.1, adaptive_weight=False,
-            disc_start=2000,
+            # The discriminator follows seed 000's per-chunk schedule (data.gan_epochs_per_chunk), not a step count.
+            disc_start=0,
         ),
         discriminator=DiscriminatorConfig(n_layers=3, ch=64, norm="none", spectral_norm=True),
-        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center"),
-        train=TrainConfig(max_steps=50000, lr=2e-4),
+        # Seed 000's schedule: per chunk of videos, epochs_per_batch=10 reconstruction passes then
+        # gan_epochs_per_batch=5 GAN passes; the whole pass over the chunks num_epoch=3 times. The seed does not state
+        # its chunk size; 500 videos (~19 chunks of UCF101's split-1 training list) fits a 64 GB host.
+        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center",
+                        videos_per_chunk=500, epochs_per_chunk=10, gan_epochs_per_chunk=5),
+        train=TrainConfig(max_epochs=3, lr=2e-4),
     )
 
 

@@ -69,6 +69,17 @@ def command(name: str, presets: Registry | None = None) -> Callable:
     return wrap
 
 
+def report_skipped(name: str, skipped: int, total: int) -> int:
+    """The exit status of a command that reads user files and skips the unreadable ones (each already logged as a
+    warning naming the file): 0 when none was skipped; else a summary line on stderr and 1, so that scripts notice,
+    although every readable file was processed and written."""
+    if not skipped:
+        return 0
+    print(f"vqgan {name}: skipped {skipped} of {total} input file(s) that could not be read (see the warnings "
+          "above); the others were processed", file=sys.stderr)
+    return 1
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
     import torch
@@ -159,23 +170,29 @@ def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
     return kwargs
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``vqgan ARGV``; returns the exit code (a parse error exits 2, ``--help`` exits 0)."""
+def parse_command(argv: list[str]) -> tuple[str, Any]:
+    """Parse ``vqgan ARGV`` without running anything: the sub-command's name and the options given. A mistake is
+    one line on stderr and exit code 2; ``--help`` prints and exits 0."""
     from vqgan.registry import UnknownNameError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _log_to_stderr()
     if not argv or argv[0].startswith("-"):  # `vqgan --help`, or no command at all
         _parse(build_parser(), argv, "vqgan", {})
     # The sub-command is the first word, as for jsonargparse's own sub-commands; picking it here builds only its
-    # parser (all fifteen take a second) and lets its mistakes be explained against its own options.
+    # parser (all of them take a second) and lets its mistakes be explained against its own options.
     try:
         cmd = COMMANDS[argv[0]]
     except UnknownNameError as e:
         print(f"vqgan: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    name = argv[0]
-    ns = _parse(command_parser(name), argv[1:], f"vqgan {name}", _option_types(cmd.fn))
+    return argv[0], _parse(command_parser(argv[0]), argv[1:], f"vqgan {argv[0]}", _option_types(cmd.fn))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``vqgan ARGV``; returns the exit code (a parse error exits 2, ``--help`` exits 0)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _log_to_stderr()
+    name, ns = parse_command(argv)
+    cmd = COMMANDS[name]
     from vqgan.config import ConfigError
 
     try:
@@ -194,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         # A damaged or unsafe checkpoint, or a run stopped by non-finite losses: a message, not a traceback.
         # (Imported here: those modules load torch, and they are loaded already when one of these is raised.)
-        from vqgan.train.checkpoint import CheckpointError
+        from vqgan.models.io import CheckpointError
         from vqgan.train.module import NonFiniteLossError
 
         if not isinstance(e, (CheckpointError, NonFiniteLossError)):
@@ -223,7 +240,7 @@ def _parse(parser, argv: list[str], prog: str, option_types: dict[str, Any]):
 
 
 # The sub-commands, imported for their registrations (they import `command` from here, hence at the end).
-from vqgan.cli import evaluate, interop, prior, stage1, video  # noqa: E402, F401
+from vqgan.cli import evaluate, interop, pipeline, prior, stage1, video  # noqa: E402, F401
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,10 +13,12 @@ from vqgan.config import DataConfig
 
 
 def _eval_loader(model, data, batch_size: int | None, max_images: int | None, whole_split: bool = False,
-                 checkpoint_data: DataConfig | None = None):
+                 batch_idx: int = 0, checkpoint_data: DataConfig | None = None):
     """The validation loader of ``--data`` (fixed order, no augmentation; see :func:`eval_data`), optionally
     truncated; and its config. ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to
-    take every image."""
+    take every image. ``batch_idx`` (seed 000's ``--batch_idx``) takes the ``batch_idx``-th group of ``max_images``
+    items instead of the first; with chunked video data (``data.videos_per_chunk``) a group is one chunk: the items
+    of ``videos_per_chunk`` validation videos (at most ``max_images`` of them)."""
     from torch.utils.data import DataLoader, Subset
 
     from vqgan.config import ExperimentConfig
@@ -29,11 +31,28 @@ def _eval_loader(model, data, batch_size: int | None, max_images: int | None, wh
         data.val_size = 2**31 - 1
     cfg = ExperimentConfig(model=model.config, data=data)
     _, val = build_datasets(cfg.data, cfg.train.seed)
-    if max_images is not None and max_images < len(val):
+    if batch_idx:
+        val = Subset(val, _batch_range(data, len(val), batch_idx, max_images))
+    elif max_images is not None and max_images < len(val):
         val = Subset(val, range(max_images))
     loader = DataLoader(val, batch_size=data.val_batch_size or data.batch_size, shuffle=False,
                         num_workers=data.num_workers, collate_fn=collate_skip)
     return loader, data
+
+
+def _batch_range(data, n: int, batch_idx: int, max_images: int | None) -> range:
+    """Positions of group ``batch_idx`` of an evaluation set of ``n`` items (see :func:`_eval_loader`)."""
+    from vqgan.data import pieces_per_clip
+
+    size = max_images or n
+    if data.videos_per_chunk:  # one chunk of videos, as seed 000 loads them
+        size = data.videos_per_chunk * pieces_per_clip(data.frames, data.frames_as_images, data.resolution,
+                                                       data.patch_size)
+    if batch_idx < 0 or batch_idx * size >= n:
+        raise ValueError(f"--batch-idx {batch_idx}: the evaluation set has {n} items, i.e. batches 0 to "
+                         f"{(n - 1) // size} of {size}")
+    start = batch_idx * size
+    return range(start, min(n, start + size, start + (max_images or size)))
 
 
 def _print_table(result, console_file=None) -> None:
@@ -115,7 +134,8 @@ def evaluate(
 
         fid = ReconstructionFID(fid_weights, fid_feature)
     model, exp = load_model(ckpt)
-    loader, data_cfg = _eval_loader(model, data, batch_size, max_images, whole_split, exp.data if exp else None)
+    loader, data_cfg = _eval_loader(model, data, batch_size, max_images, whole_split,
+                                    checkpoint_data=exp.data if exp else None)
     result = evaluate_tokenizer(model, loader, data_cfg, device, lpips=lpips, fid=fid, progress=progress,
                                 checkpoint=str(ckpt))
     if output:
@@ -141,7 +161,8 @@ def _infer_run_dir(ckpt: str) -> Path | None:
 
 
 def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, data: DataConfig | str | None = None,
-                  num_images: int = 64, device: str = "cpu", tsne_points: int = 600, report: bool = True) -> Path | None:
+                  num_images: int = 64, device: str = "cpu", tsne_points: int = 600, report: bool = True,
+                  batch_idx: int = 0) -> Path | None:
     """Load ``ckpt``, take the first ``num_images`` evaluation images, write every picture into ``output`` and
     (with ``report``) ``output/report.html``; returns the report's path."""
     import torch
@@ -153,7 +174,8 @@ def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, dat
 
     model, exp = load_model(ckpt)
     model = model.to(device)
-    loader, _ = _eval_loader(model, data, None, num_images, checkpoint_data=exp.data if exp else None)
+    loader, _ = _eval_loader(model, data, None, num_images, batch_idx=batch_idx,
+                             checkpoint_data=exp.data if exp else None)
     batches = [b["image"] for b in loader if "image" in b]
     if not batches:
         raise ValueError("no readable images to visualize")
@@ -176,6 +198,7 @@ def visualize(
     run_dir: str | None = None,
     data: DataConfig | str | None = None,
     num_images: int = 64,
+    batch_idx: int = 0,
     tsne_points: int = 600,
     report: bool = True,
     device: str = "auto",
@@ -187,13 +210,15 @@ def visualize(
         run_dir: training run folder, for its diagnostics, config and metrics (default: inferred from
             RUN_DIR/checkpoints/*.ckpt).
         num_images: evaluation images used for the pictures.
+        batch_idx: which batch of --num-images evaluation images to draw (seed 000's --batch_idx); with chunked
+            video data (data.videos_per_chunk), which chunk of videos.
         tsne_points: encoder outputs shown by t-SNE (seeded subsample).
         report: also write OUTPUT/report.html.
     """
     inferred = run_dir or _infer_run_dir(ckpt)
     if run_dir is None and inferred is not None:
         print(f"run folder: {inferred}")
-    written = run_visualize(ckpt, output, inferred, data, num_images, device, tsne_points, report)
+    written = run_visualize(ckpt, output, inferred, data, num_images, device, tsne_points, report, batch_idx)
     print(f"pictures in {output}" + (f"; report {written}" if written else ""))
     return 0
 

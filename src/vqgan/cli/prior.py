@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from vqgan.cli import command
+from vqgan.cli import command, report_skipped
 from vqgan.cli.stage1 import eval_data
 from vqgan.config import DataConfig
 from vqgan.models.prior.config import PRIOR_PRESETS, PriorExperimentConfig
@@ -53,15 +53,17 @@ def encode(
     source = {"tokenizer": str(Path(ckpt).resolve()), "data": to_dict(data_cfg), "split": split, "seed": seed}
     m = encode_dataset(model, train if split == "train" else val, output, what=what, shard_size=shard_size,
                        batch_size=batch_size, file_format=format, device=device, source=source, progress=progress)
-    print(json.dumps({"output": output, "items": m.num_written, "shards": len(m.shards), "complete": m.complete,
-                      "token_shape": m.token_shape, "codebook_size": m.codebook_size, "num_classes": m.num_classes}))
-    return 0
+    print(json.dumps({"output": output, "items": m.num_written, "skipped": m.skipped, "shards": len(m.shards),
+                      "complete": m.complete, "token_shape": m.token_shape, "codebook_size": m.codebook_size,
+                      "num_classes": m.num_classes}))
+    return report_skipped("encode", m.skipped, m.num_written + m.skipped)
 
 
 @command("fit-prior", presets=PRIOR_PRESETS)
 def fit_prior(
     config: PriorExperimentConfig,
-    run_dir: str,
+    run_dir: str | None = None,
+    run_name: str | None = None,
     tokens: str | None = None,
     max_steps: int | None = None,
     resume: str | None = None,
@@ -72,18 +74,21 @@ def fit_prior(
     Args:
         config: the prior run: --preset, --config and the dotted options below.
         run_dir: folder for the resolved config, checkpoints, samples, logs and metrics.
+        run_name: name of the run (W&B); without --run-dir it trains in runs/NAME.
         tokens: token folder written by `vqgan encode` (overrides --data.tokens).
-        max_steps: shortcut for --train.max_steps.
-        resume: 'last' (RUN_DIR/checkpoints/last.ckpt) or a checkpoint path.
+        max_steps: train this many steps (sets train.max_steps and clears train.max_epochs).
+        resume: 'last' (the newest good checkpoint of the run) or a checkpoint path.
         tokenizer: stage-1 checkpoint to decode validation samples (default: the one recorded in the token folder).
     """
+    from vqgan.train.harness import is_rank_zero
     from vqgan.train.prior import fit_prior as train_prior
 
-    if max_steps is not None:
-        config.train.max_steps = max_steps
-    metrics = train_prior(config, tokens, run_dir, resume=resume, tokenizer=tokenizer)
-    keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps", "train_seconds")
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+    if max_steps is not None:  # "train N steps", also for a config that counts epochs
+        config.train.max_steps, config.train.max_epochs = max_steps, None
+    metrics = train_prior(config, tokens, run_dir, resume=resume, tokenizer=tokenizer, run_name=run_name)
+    if is_rank_zero():  # under DDP every rank returns here; one summary
+        keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps", "train_seconds")
+        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
     return 0
 
 
@@ -119,7 +124,7 @@ def sample(
         no_cache: GPT: recompute the whole prefix at every step.
         ncol: images per row of the grid.
     """
-    from vqgan.train.prior import generate_images
+    from vqgan.inference import generate_images
 
     result = generate_images(
         prior, output, tokenizer=tokenizer, num=num, class_=class_, cfg_scale=cfg_scale, temperature=temperature,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vqgan.cli import command
+from vqgan.cli import command, report_skipped
 from vqgan.config import DataConfig, ExperimentConfig
 from vqgan.registry import PRESETS
 
@@ -16,7 +16,8 @@ from vqgan.registry import PRESETS
 @command("fit", presets=PRESETS)
 def fit(
     config: ExperimentConfig,
-    run_dir: str,
+    run_dir: str | None = None,
+    run_name: str | None = None,
     max_steps: int | None = None,
     resume: str | None = None,
     debug: bool = False,
@@ -26,19 +27,22 @@ def fit(
     Args:
         config: the experiment: --preset, --config and the dotted options below.
         run_dir: folder for the resolved config, checkpoints, samples, logs and metrics.
-        max_steps: shortcut for --train.max_steps.
-        resume: 'last' (RUN_DIR/checkpoints/last.ckpt) or a checkpoint path.
+        run_name: name of the run (W&B); without --run-dir it trains in runs/NAME.
+        max_steps: train this many steps (sets train.max_steps and clears train.max_epochs).
+        resume: 'last' (the newest good checkpoint of the run) or a checkpoint path.
         debug: a handful of steps, 2 validation batches, no online logging.
     """
     from vqgan.train import fit as train
+    from vqgan.train.harness import is_rank_zero
 
-    if max_steps is not None:
-        config.train.max_steps = max_steps
+    if max_steps is not None:  # "train N steps", also for a config that counts epochs
+        config.train.max_steps, config.train.max_epochs = max_steps, None
     if debug:
         config.train.debug = True
-    metrics = train(config, run_dir, resume=resume)
-    keys = ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")
-    print(json.dumps({k: metrics[k] for k in keys}))
+    metrics = train(config, run_dir, resume=resume, run_name=run_name)
+    if is_rank_zero():  # under DDP every rank returns here; one summary
+        keys = ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")
+        print(json.dumps({k: metrics[k] for k in keys}))
     return 0
 
 
@@ -110,14 +114,19 @@ def reconstruct(
 
     model, _ = load_model(ckpt)
     if Path(input).is_file() and Path(input).suffix.lower() in VIDEO_EXTENSIONS:  # a video: MP4/GIF out
+        from vqgan.data.video import VideoDecodeError
         from vqgan.viz.video import reconstruct_video_file
 
-        r = reconstruct_video_file(model, input, output, resolution, device=device)
+        try:
+            r = reconstruct_video_file(model, input, output, resolution, device=device)
+        except VideoDecodeError as e:
+            raise ValueError(f"cannot read video {e}") from None
         print(f"{r['file']}: {r['frames']} frames, PSNR {r['psnr']:.2f} dB -> {r['files']['mp4']}")
         return 0
-    for r in reconstruct_files(model, input, output, resolution, full_size, device):
+    out = reconstruct_files(model, input, output, resolution, full_size, device)
+    for r in out.records:
         print(f"{r['file']}: PSNR {r['psnr']:.2f} dB")
-    return 0
+    return report_skipped("reconstruct", len(out.skipped), len(out.records) + len(out.skipped))
 
 
 @command("presets")

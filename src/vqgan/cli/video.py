@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 
-from vqgan.cli import command
+from vqgan.cli import command, report_skipped
+
+log = logging.getLogger("vqgan.cli")
 
 
 @command("reconstruct-video")
@@ -30,14 +33,23 @@ def reconstruct_video(
     from pathlib import Path
 
     from vqgan import load_model
-    from vqgan.data.video import list_videos
+    from vqgan.data.video import VideoDecodeError, list_videos
     from vqgan.viz.video import reconstruct_video_file
 
     model, _ = load_model(ckpt)
     src = Path(input)
     files = [src] if src.is_file() else [r.path for r in list_videos(src)]
+    skipped = 0
     for f in files:
-        r = reconstruct_video_file(model, f, output, resolution, max_frames, frame_stride, device,
-                                   tuple(formats or ("mp4", "gif")))
+        try:
+            r = reconstruct_video_file(model, f, output, resolution, max_frames, frame_stride, device,
+                                       tuple(formats or ("mp4", "gif")))
+        except VideoDecodeError as e:
+            if src.is_file():  # the one file asked for: a one-line error
+                raise ValueError(f"cannot read video {e}") from None
+            # A broken video in a folder is skipped and counted, as training does; the others are written.
+            skipped += 1
+            log.warning("skipping unreadable video %s", e)
+            continue
         print(json.dumps({k: r[k] for k in ("file", "frames", "psnr", "flicker", "files")}))
-    return 0
+    return report_skipped("reconstruct-video", skipped, len(files))

@@ -31,7 +31,6 @@ Saved files (:func:`save_projection`)::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqgan.interop.common import ConversionError
+from vqgan.metrics.reconstruction import psnr
 
 PROJECTION_CONFIG = "projection.json"
 PROJECTION_WEIGHTS = "projection.safetensors"
@@ -167,11 +167,6 @@ def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
             raise ValueError("fit_projection: no batches")
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
-
-
 def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-channel mean and (unbiased) standard deviation of ``(B, C, *spatial)`` tensors over every batch, in one
     streamed pass: running sums of ``x`` and ``x^2`` in float64 (no batch is kept). Returns ``(mean, std, n)``,
@@ -272,8 +267,9 @@ def fit_projection(
             "initial_loss": float(initial),
             "final_loss": float(final),
             "evaluated_on": "first training batch" if eval_images is None else "held-out images",
-            "psnr_tokenizer": _psnr(model.decode(z), held_out),
-            "psnr_through_projection": _psnr(model.decode(proj(z)), held_out),
+            # Mean of per-image PSNRs, as every other PSNR this package reports.
+            "psnr_tokenizer": float(psnr(model.decode(z), held_out).mean()),
+            "psnr_through_projection": float(psnr(model.decode(proj(z)), held_out).mean()),
             "latent_mse": float(logs["latent_mse"]),
             "statistics_positions": count,
         }

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vqgan.config import ConfigError, parse_run_config
+from vqgan.config import ConfigError, TrainerSettings, parse_run_config
 from vqgan.registry import Registry, preset_config
 
 
@@ -104,56 +104,27 @@ class PriorDataConfig:
 
 
 @dataclass
-class PriorTrainConfig:
-    """Optimisation (AdamW, linear warm-up then cosine decay), validation, checkpoints and hardware.
+class PriorTrainConfig(TrainerSettings):
+    """Stage-2 training: the shared :class:`~vqgan.config.TrainerSettings` (here with AdamW, linear warm-up then
+    cosine decay, and ``best.ckpt`` by the lowest validation loss) and the validation samples.
 
     Attributes:
-        max_steps: training steps.
-        lr: peak learning rate (AdamW).
-        min_lr_ratio: final learning rate of the cosine decay, as a fraction of ``lr``.
-        betas: AdamW's betas.
-        weight_decay: AdamW weight decay.
-        warmup_steps: steps of linear learning-rate warm-up.
-        grad_clip: clip the gradient norm to this (``None``: no clipping).
-        val_every_n_steps: validate (and sample) every N steps.
-        log_every_n_steps: log training metrics every N steps.
-        checkpoint_every_n_steps: also keep a checkpoint every N steps (``None``: at validations only).
-        keep_last_k: step checkpoints kept.
-        seed: random seed.
-        precision: Lightning precision: ``32-true``, ``bf16-mixed`` ...
-        accelerator: Lightning accelerator: ``auto``, ``cpu``, ``gpu`` ...
-        devices: devices per machine (``auto``, a count, or a list).
-        strategy: Lightning strategy: ``auto``, ``ddp``, ``fsdp`` ...
-        num_nodes: machines for multi-node training (torchrun / SLURM); ``devices`` is per machine.
-        compile: ``torch.compile`` the prior.
-        logger: ``tensorboard`` or ``none``.
-        num_samples: samples drawn after every validation for the code-usage histogram (and an image grid when a
-            tokenizer is known).
-        sample_temperature: softmax temperature of the validation samples.
-        sample_top_k: keep the k most likely codes when sampling (``None``: all).
-        sample_top_p: nucleus sampling mass for the validation samples (``None``: off).
-        maskgit_steps: MaskGIT decoding steps for the validation samples.
+        num_samples: token maps sampled after every validation for the code-usage histogram (and an image grid
+            with a tokenizer).
+        sample_temperature: softmax temperature of those maps.
+        sample_top_k: keep the k most likely codes when sampling them (``None``: all).
+        sample_top_p: nucleus sampling mass for them (``None``: off).
+        maskgit_steps: MaskGIT decoding steps for those maps.
     """
 
     max_steps: int = 2000
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.01
     warmup_steps: int = 100
-    grad_clip: float | None = 1.0
-    val_every_n_steps: int = 500
-    log_every_n_steps: int = 25
-    checkpoint_every_n_steps: int | None = None
-    keep_last_k: int = 3
-    seed: int = 0
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    compile: bool = False
-    logger: Literal["tensorboard", "none"] = "tensorboard"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    monitor: str = "val/loss"
+    monitor_mode: Literal["max", "min"] = "min"
     num_samples: int = 16
     sample_temperature: float = 1.0
     sample_top_k: int | None = None
@@ -179,12 +150,9 @@ class PriorExperimentConfig:
 
     def validate(self) -> PriorExperimentConfig:
         self.model.validate()
-        if self.train.max_steps < 1:
-            raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")
+        self.train.validate()
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size={self.data.batch_size} must be positive")
-        if self.train.num_nodes < 1:
-            raise ConfigError(f"train.num_nodes={self.train.num_nodes} must be at least 1")
         return self
 
 
