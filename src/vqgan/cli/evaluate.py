@@ -112,7 +112,7 @@ def evaluate(
         whole_split: evaluate every image of the validation split; false keeps data.val_size (the training-time cap).
         json_: print the result as JSON instead of a table.
     """
-    from vqgan import load_model
+    from vqgan.models.io import load_model
     from vqgan.metrics.evaluate import METRIC_NAMES, evaluate_tokenizer
 
     wanted = [m.strip().lower() for m in metrics.split(",") if m.strip()] if metrics else None
@@ -168,7 +168,7 @@ def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, dat
     import torch
 
     from vqgan.config import dump_config
-    from vqgan.train.checkpoint import load_model
+    from vqgan.models.io import load_model
     from vqgan.viz.report import report_for_run
     from vqgan.viz.visualize import visualize_model
 

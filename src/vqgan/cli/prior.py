@@ -40,7 +40,7 @@ def encode(
         format: shard file format.
         seed: seed of the dataset's random crops.
     """
-    from vqgan import load_model
+    from vqgan.models.io import load_model
     from vqgan.config import to_dict
     from vqgan.data import build_datasets
     from vqgan.data.tokens import encode_dataset

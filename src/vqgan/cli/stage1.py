@@ -85,7 +85,7 @@ def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: D
 @command("validate")
 def validate(ckpt: str, data: DataConfig | str | None = None, device: str = "auto") -> int:
     """Print PSNR, SSIM, codebook usage and perplexity of a checkpoint as one JSON object."""
-    from vqgan import load_model
+    from vqgan.models.io import load_model
     from vqgan.metrics.evaluate import reconstruction_metrics
     from vqgan.train.fit import build_loaders
 
@@ -108,7 +108,7 @@ def reconstruct(
         resolution: resize and centre-crop side (default: the model's).
         full_size: keep whole images (cropped to a multiple of the downsampling) instead of the model's crop.
     """
-    from vqgan import load_model
+    from vqgan.models.io import load_model
     from vqgan.data.video import VIDEO_EXTENSIONS
     from vqgan.inference import reconstruct_files
 

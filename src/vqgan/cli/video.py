@@ -32,7 +32,7 @@ def reconstruct_video(
     """
     from pathlib import Path
 
-    from vqgan import load_model
+    from vqgan.models.io import load_model
     from vqgan.data.video import VideoDecodeError, list_videos
     from vqgan.viz.video import reconstruct_video_file
 
