@@ -82,20 +82,10 @@ def _print_table(result, console_file=None) -> None:
 
 @command("evaluate")
 def evaluate(
-    ckpt: str,
-    data: DataConfig | str | None = None,
-    output: str | None = None,
-    metrics: str | None = None,
-    lpips_weights: str | None = None,
-    lpips_net: str = "vgg",
-    fid_weights: str | None = None,
-    fid_feature: int = 2048,
-    batch_size: int | None = None,
-    max_images: int | None = None,
-    whole_split: bool = True,
-    device: str = "auto",
-    progress: bool = True,
-    json_: bool = False,
+    ckpt: str, data: DataConfig | str | None = None, output: str | None = None, metrics: str | None = None,
+    lpips_weights: str | None = None, lpips_net: str = "vgg", fid_weights: str | None = None,
+    fid_feature: int = 2048, batch_size: int | None = None, max_images: int | None = None,
+    whole_split: bool = True, device: str = "auto", progress: bool = True, json_: bool = False,
 ) -> int:
     """Reconstruction metrics of a tokenizer over a whole evaluation set (PSNR, SSIM, LPIPS, rFID, codebook) with their protocol.
 
@@ -193,14 +183,8 @@ def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, dat
 
 @command("visualize")
 def visualize(
-    ckpt: str,
-    output: str,
-    run_dir: str | None = None,
-    data: DataConfig | str | None = None,
-    num_images: int = 64,
-    batch_idx: int = 0,
-    tsne_points: int = 600,
-    report: bool = True,
+    ckpt: str, output: str, run_dir: str | None = None, data: DataConfig | str | None = None,
+    num_images: int = 64, batch_idx: int = 0, tsne_points: int = 600, report: bool = True,
     device: str = "auto",
 ) -> int:
     """Every picture of a tokenizer: reconstructions, latent projections, codebook atlas and usage, token maps, interpolation, video, training diagnostics; and the HTML report.

@@ -18,14 +18,9 @@ def _load(path: str, allow_stand_ins: bool = False):
 
 @command("convert")
 def convert(
-    input: str,
-    output: str,
-    from_: Literal["auto", "taming", "llamagen", "diffusers", "vqgan"] = "auto",
-    to: Literal["vqgan", "diffusers"] = "vqgan",
-    config: str | None = None,
-    allow_stand_ins: bool = False,
-    l2_normalize: bool | None = None,
-    use_ema: bool = False,
+    input: str, output: str, from_: Literal["auto", "taming", "llamagen", "diffusers", "vqgan"] = "auto",
+    to: Literal["vqgan", "diffusers"] = "vqgan", config: str | None = None, allow_stand_ins: bool = False,
+    l2_normalize: bool | None = None, use_ema: bool = False,
 ) -> int:
     """Convert a taming, LlamaGen or diffusers tokenizer into our folder format (or ours into diffusers').
 
@@ -57,13 +52,8 @@ def convert(
 
 @command("export")
 def export(
-    ckpt: str,
-    output: str,
-    format: Literal["onnx", "torchscript"] = "onnx",
-    resolution: int | None = None,
-    onnx_exporter: Literal["dynamo", "legacy"] = "dynamo",
-    opset: int = 18,
-    allow_stand_ins: bool = False,
+    ckpt: str, output: str, format: Literal["onnx", "torchscript"] = "onnx", resolution: int | None = None,
+    onnx_exporter: Literal["dynamo", "legacy"] = "dynamo", opset: int = 18, allow_stand_ins: bool = False,
 ) -> int:
     """Export a tokenizer's encode / decode / decode_codes graphs to ONNX or TorchScript.
 
@@ -98,18 +88,9 @@ def _loaders(model, data: DataConfig | str | None, seed: int):
 
 @command("fit-projection")
 def fit_projection(
-    ckpt: str,
-    output: str,
-    channels: int = 4,
-    steps: int = 500,
-    lr: float = 1e-3,
-    kernel_size: int = 1,
-    source: Literal["quantized", "continuous"] = "quantized",
-    latent_weight: float = 0.1,
-    train_decoder: bool = False,
-    data: DataConfig | str | None = None,
-    seed: int = 0,
-    device: str = "auto",
+    ckpt: str, output: str, channels: int = 4, steps: int = 500, lr: float = 1e-3, kernel_size: int = 1,
+    source: Literal["quantized", "continuous"] = "quantized", latent_weight: float = 0.1,
+    train_decoder: bool = False, data: DataConfig | str | None = None, seed: int = 0, device: str = "auto",
 ) -> int:
     """Fit a learned projection of a tokenizer's latents to N channels (for downstream models).
 
@@ -144,14 +125,8 @@ def fit_projection(
 
 @command("project-latents")
 def project_latents(
-    ckpt: str,
-    projection: str,
-    output: str,
-    split: Literal["train", "val"] = "val",
-    normalize: bool = True,
-    max_items: int | None = None,
-    data: DataConfig | str | None = None,
-    device: str = "auto",
+    ckpt: str, projection: str, output: str, split: Literal["train", "val"] = "val", normalize: bool = True,
+    max_items: int | None = None, data: DataConfig | str | None = None, device: str = "auto",
 ) -> int:
     """Encode images and write their projected N-channel latents (one safetensors file).
 

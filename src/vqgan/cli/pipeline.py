@@ -12,14 +12,9 @@ from vqgan.registry import PRESETS
 
 @command("pipeline", presets=PRESETS)
 def pipeline(
-    config: ExperimentConfig,
-    run_dir: str,
-    prior: PriorExperimentConfig | None = None,
-    prior_config: str | None = None,
-    prior_preset: str = "quickstart-gpt",
-    num_samples: int = 16,
-    ncol: int = 8,
-    device: str = "auto",
+    config: ExperimentConfig, run_dir: str, prior: PriorExperimentConfig | None = None,
+    prior_config: str | None = None, prior_preset: str = "quickstart-gpt", num_samples: int = 16,
+    ncol: int = 8, device: str = "auto",
 ) -> int:
     """Run both stages from one config: train the tokenizer, encode its training set, train a prior, write a sample grid (seed 002's `make ffhq`).
 

@@ -15,17 +15,10 @@ from vqgan.models.prior.config import PRIOR_PRESETS, PriorExperimentConfig
 
 @command("encode")
 def encode(
-    ckpt: str,
-    output: str,
-    data: DataConfig | str | None = None,
-    what: Literal["indices", "quantized", "continuous"] = "indices",
-    split: Literal["train", "val"] = "train",
-    shard_size: int = 1024,
-    batch_size: int = 64,
-    format: Literal["safetensors", "npy"] = "safetensors",
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
+    ckpt: str, output: str, data: DataConfig | str | None = None,
+    what: Literal["indices", "quantized", "continuous"] = "indices", split: Literal["train", "val"] = "train",
+    shard_size: int = 1024, batch_size: int = 64, format: Literal["safetensors", "npy"] = "safetensors",
+    seed: int = 0, device: str = "auto", progress: bool = True,
 ) -> int:
     """Encode a dataset with a trained tokenizer into token shards (code indices + labels), resumably.
 
@@ -61,12 +54,8 @@ def encode(
 
 @command("fit-prior", presets=PRIOR_PRESETS)
 def fit_prior(
-    config: PriorExperimentConfig,
-    run_dir: str | None = None,
-    run_name: str | None = None,
-    tokens: str | None = None,
-    max_steps: int | None = None,
-    resume: str | None = None,
+    config: PriorExperimentConfig, run_dir: str | None = None, run_name: str | None = None,
+    tokens: str | None = None, max_steps: int | None = None, resume: str | None = None,
     tokenizer: str | None = None,
 ) -> int:
     """Train a stage-2 prior (GPT or MaskGIT) on a token folder, from a preset or a YAML config with dotted overrides.
@@ -94,20 +83,9 @@ def fit_prior(
 
 @command("sample")
 def sample(
-    prior: str,
-    output: str,
-    tokenizer: str | None = None,
-    num: int = 16,
-    class_: str | None = None,
-    cfg_scale: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    steps: int = 8,
-    no_cache: bool = False,
-    seed: int = 0,
-    ncol: int = 8,
-    device: str = "auto",
+    prior: str, output: str, tokenizer: str | None = None, num: int = 16, class_: str | None = None,
+    cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+    steps: int = 8, no_cache: bool = False, seed: int = 0, ncol: int = 8, device: str = "auto",
 ) -> int:
     """Sample images from a trained prior and tokenizer: an image grid and the individual images.
 

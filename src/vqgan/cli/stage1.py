@@ -15,12 +15,8 @@ from vqgan.registry import PRESETS
 
 @command("fit", presets=PRESETS)
 def fit(
-    config: ExperimentConfig,
-    run_dir: str | None = None,
-    run_name: str | None = None,
-    max_steps: int | None = None,
-    resume: str | None = None,
-    debug: bool = False,
+    config: ExperimentConfig, run_dir: str | None = None, run_name: str | None = None,
+    max_steps: int | None = None, resume: str | None = None, debug: bool = False,
 ) -> int:
     """Train a stage-1 tokenizer (VQ-VAE / VQGAN) from a preset or a YAML config, with dotted overrides.
 

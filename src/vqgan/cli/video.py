@@ -12,14 +12,8 @@ log = logging.getLogger("vqgan.cli")
 
 @command("reconstruct-video")
 def reconstruct_video(
-    ckpt: str,
-    input: str,
-    output: str,
-    resolution: int | None = None,
-    max_frames: int = 33,
-    frame_stride: int = 1,
-    formats: list[str] | None = None,
-    device: str = "auto",
+    ckpt: str, input: str, output: str, resolution: int | None = None, max_frames: int = 33,
+    frame_stride: int = 1, formats: list[str] | None = None, device: str = "auto",
 ) -> int:
     """Reconstruct a video file (or every video under a folder): MP4/GIF side by side, frames, temporal figure.
 
