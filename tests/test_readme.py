@@ -177,17 +177,16 @@ def vqgan_argv(args: list[str]) -> list[str] | None:
 
 def missing_inputs(argv: list[str]) -> list[str]:
     missing = [v for k, v in zip(argv, argv[1:], strict=False) if k in INPUTS and not Path(v).exists()]
-    if "--config" in argv and "--data.root" not in argv and Path(argv[argv.index("--config") + 1]).is_file():
-        import yaml
-
-        config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {}
-        root = (config.get("data") or {}).get("root")
-        if root and not Path(root).exists():
-            missing.append(f"{root} (the config's data.root)")
     if "--resume" in argv and "--run-dir" in argv:
         run = argv[argv.index("--run-dir") + 1]
         if not (Path(run) / "checkpoints").is_dir():
             missing.append(f"{run} (a run to resume)")
+    if "--config" in argv and "--data.root" not in argv:  # a config that names a dataset of its own
+        import yaml
+
+        root = (yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()).get("data") or {}).get("root")
+        if root and not Path(root).exists():
+            missing.append(f"{root} (the config's data.root)")
     return missing
 
 

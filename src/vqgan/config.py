@@ -284,6 +284,8 @@ class DataConfig:
         epochs_per_chunk: reconstruction passes over each chunk (seed 000's epochs_per_batch).
         gan_epochs_per_chunk: further passes over each chunk with the discriminator on (seed 000: 5); with 0 the
             discriminator follows ``loss.disc_start``.
+        test_chunk: seed 000's ``--test_batch``: validate on this chunk of the training videos (which training
+            then never sees) instead of the dataset's test list; ``None``: the test list.
     """
 
     kind: DataKind = "builtin"
@@ -320,6 +322,8 @@ class DataConfig:
     videos_per_chunk: int | None = None
     epochs_per_chunk: int = 1
     gan_epochs_per_chunk: int = 0
+    # The chunks of ``test_chunk`` come in a fixed order that does not depend on ``train.seed``.
+    test_chunk: int | None = None
 
 
 @dataclass
@@ -556,6 +560,11 @@ class ExperimentConfig:
             raise ConfigError(
                 f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} schedules the discriminator within chunks: set "
                 "data.videos_per_chunk (chunked video training) too"
+            )
+        if d.test_chunk is not None and (not d.videos_per_chunk or d.test_chunk < 0):
+            raise ConfigError(
+                f"data.test_chunk={d.test_chunk} holds out one chunk of the training videos: it needs "
+                "data.videos_per_chunk and a value of at least 0"
             )
         if d.gan_epochs_per_chunk > 0 and loss.disc_weight == 0:
             raise ConfigError(
