@@ -192,17 +192,12 @@ def missing_inputs(argv: list[str]) -> list[str]:
 
 def parse(argv: list[str]) -> None:
     """Parse ``argv`` with the real parser, as `vqgan` does before running anything."""
-    from vqgan.cli import build_parser
-    from vqgan.config import EXPERIMENT_SECTIONS
-    from vqgan.config_checks import unknown_cli_keys
+    from vqgan.cli import parse_command
 
-    if argv[:1] == ["fit"]:
-        problem = unknown_cli_keys(argv[1:], tuple(EXPERIMENT_SECTIONS))
-        assert not problem, problem
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            build_parser(argv).parse_args(argv)
+            parse_command(argv)
     except SystemExit as e:
         raise AssertionError(f"`vqgan {' '.join(argv)}` does not parse: {err.getvalue()[-1500:]}") from e
 

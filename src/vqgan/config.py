@@ -45,6 +45,13 @@ class QuantizerConfig:
         usage_decay: decay of the running usage used to find dead codes (0.95: about 20 steps of memory).
         entropy_weight: weight of an entropy penalty that pushes towards a uniform average code assignment.
         entropy_temperature: temperature of the soft assignment used by the entropy penalty.
+        levels: FSQ (Mentzer et al. 2023): number of levels per dimension; the codebook size is their product.
+        num_stages: residual VQ: number of quantization stages, each quantizing what the previous ones left.
+        stage_kind: residual VQ: the quantizer kind used at every stage.
+        lfq_sample_entropy_weight: LFQ (MAGVIT-v2): weight of the per-sample entropy term (confident assignments).
+        lfq_codebook_entropy_weight: LFQ (MAGVIT-v2): weight of the codebook (batch) entropy term (diverse codes).
+        search_chunk_size: codes compared per chunk in the nearest-code search, so that huge codebooks never
+            materialise a full distance matrix.
     """
 
     kind: QuantizerKind = "ema"
@@ -61,15 +68,11 @@ class QuantizerConfig:
     usage_decay: float = 0.95
     entropy_weight: float = 0.0
     entropy_temperature: float = 0.01
-    # FSQ (Mentzer et al. 2023): number of levels per dimension; the codebook size is their product.
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
-    # Residual VQ: number of stages and the quantizer kind used at every stage.
     num_stages: int = 1
     stage_kind: Literal["vq", "ema", "simvq", "fsq", "lfq"] = "ema"
-    # LFQ (MAGVIT-v2): weights of the per-sample entropy and of the codebook (batch) entropy terms.
     lfq_sample_entropy_weight: float = 0.1
     lfq_codebook_entropy_weight: float = 0.1
-    # Chunk size of the nearest-code search, so that huge codebooks never materialise a full distance matrix.
     search_chunk_size: int = 8192
 
 
@@ -85,6 +88,21 @@ class ModelConfig:
     The downsampling factor is ``2 ** (len(ch_mult) - 1)`` (:attr:`spatial_factor`).
 
     Attributes:
+        arch: ``taming`` (Esser et al. 2021), ``resnet`` (van den Oord et al. 2017) or ``video3d`` (a causal
+            spatio-temporal tokenizer, MAGVIT-v2 style).
+        in_channels: image channels (3 for RGB, 1 for grey).
+        out_channels: channels the decoder outputs (``None``: ``in_channels``).
+        resolution: side of the square training crops, in pixels.
+        ch: base width: channels of the first encoder level.
+        ch_mult: width multiplier of each resolution level; one level fewer than entries halves the resolution.
+        num_res_blocks: residual blocks per resolution level.
+        attn_resolutions: resolutions (in pixels) at which the taming encoder/decoder add self-attention.
+        mid_attention: self-attention in the middle block (at the latent resolution).
+        z_channels: channels of the encoder output before the projection to ``embed_dim``.
+        embed_dim: channels of the latents that are quantized.
+        dropout: dropout in the residual blocks.
+        num_groups: GroupNorm groups (must divide every block width).
+        upsample: decoder upsampling: ``nearest`` + conv (taming) or ``transposed`` convolutions.
         decoder_ch: base width of the decoder; ``None`` mirrors the encoder (``ch``).
         decoder_ch_mult: width multipliers of the decoder levels, listed from the highest resolution to the latent
             one as ``ch_mult`` is (same length: the decoder undoes every downsampling); ``None`` mirrors the
@@ -96,6 +114,12 @@ class ModelConfig:
         downsample_factor: the downsampling factor a config states (seed 000's Key Parameters); ``None`` states
             nothing. When given it must equal the architecture's factor ``2 ** (len(ch_mult) - 1)``, checked by
             :meth:`ExperimentConfig.validate`.
+        gradient_checkpointing: recompute the encoder's and decoder's activations in the backward pass instead of
+            storing them (torch.utils.checkpoint): less memory per image for more compute.
+        quantizer: the vector quantizer between encoder and decoder.
+        temporal_downsample: ``video3d``: number of 2x temporal downsamplings (clips then hold
+            ``1 + k * 2**temporal_downsample`` frames).
+        temporal_attention: ``video3d``: causal temporal attention in the middle block.
     """
 
     arch: Literal["taming", "resnet", "video3d"] = "taming"
@@ -116,12 +140,9 @@ class ModelConfig:
     decoder_ch_mult: list[int] | None = None
     output_activation: Literal["none", "tanh"] = "none"
     downsample_factor: int | None = None
-    # Recompute the encoder's and decoder's activations in the backward pass instead of storing them
-    # (torch.utils.checkpoint): less memory per image for more compute (benchmarks/train_step.py measures both).
+    # benchmarks/train_step.py measures gradient checkpointing's memory saving and its cost.
     gradient_checkpointing: bool = False
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    # arch="video3d" (causal spatio-temporal tokenizer, MAGVIT-v2 style): number of 2x temporal downsamplings
-    # (clips then hold 1 + k * 2**temporal_downsample frames) and causal temporal attention in the middle block.
     temporal_downsample: int = 0
     temporal_attention: bool = True
 
@@ -181,20 +202,38 @@ class LossConfig:
     discriminator's own loss. This is taming's ``disc_weight * disc_factor``: with ``adaptive_weight = false`` the
     generator's adversarial weight is ``disc_weight * disc_weight_max`` from ``disc_start`` on (docs/seeds.md, seed
     004). ``disc_weight = 0`` trains a plain VQ-VAE and builds no discriminator.
+
+    Attributes:
+        reconstruction: pixel loss: ``l1``, ``l2`` or ``masked_l2`` (per-pixel weights, seed 004).
+        reconstruction_weight: weight of the pixel loss.
+        mask_threshold: ``masked_l2``: foreground is ``target > mask_threshold`` (``None``: the dataset's masks).
+        mask_foreground_weight: ``masked_l2``: weight of foreground pixels.
+        mask_background_weight: ``masked_l2``: weight of background pixels.
+        perceptual: perceptual loss: ``lpips`` (Zhang et al. 2018), ``vgg`` (VGG16 feature distances) or ``none``.
+        perceptual_weight: weight of the perceptual loss.
+        lpips_net: LPIPS backbone: ``vgg`` or ``alex``.
+        backbone_weights: local file with the torchvision backbone weights (vgg16 or alexnet state dict); never
+            downloaded.
+        random_backbone: a randomly initialised perceptual backbone, only when asked for explicitly (tests, smoke
+            runs).
+        gan_loss: adversarial loss: ``hinge`` (taming) or ``non_saturating``.
+        disc_weight: weight of the adversarial term (0: no discriminator, a plain VQ-VAE).
+        adaptive_weight: scale the adversarial term by taming's ratio of last-layer gradient norms (eq. 7).
+        disc_start: step at which the adversarial term starts.
+        disc_ramp_steps: steps over which the adversarial factor ramps from 0 to ``disc_weight_max`` (0: a jump).
+        disc_weight_max: adversarial factor after the ramp.
+        adaptive_weight_max: upper bound of the adaptive weight (taming clamps to 1e4).
     """
 
     reconstruction: Literal["l1", "l2", "masked_l2"] = "l1"
     reconstruction_weight: float = 1.0
-    # masked_l2 (seed 004): per-pixel weights; from the dataset's mask, or from ``target > mask_threshold``.
     mask_threshold: float | None = None
     mask_foreground_weight: float = 1.0
     mask_background_weight: float = 0.1
     perceptual: Literal["none", "lpips", "vgg"] = "lpips"
     perceptual_weight: float = 1.0
     lpips_net: Literal["vgg", "alex"] = "vgg"
-    # Local file with the torchvision backbone weights (vgg16 or alexnet state dict). Never downloaded.
     backbone_weights: str | None = None
-    # A randomly initialised backbone, only when asked for explicitly (tests, smoke runs).
     random_backbone: bool = False
     gan_loss: Literal["hinge", "non_saturating"] = "hinge"
     disc_weight: float = 0.8
@@ -202,7 +241,6 @@ class LossConfig:
     disc_start: int = 10000
     disc_ramp_steps: int = 0
     disc_weight_max: float = 1.0
-    # Upper bound of the adaptive weight (taming clamps to 1e4).
     adaptive_weight_max: float = 1e4
 
 
@@ -214,6 +252,40 @@ class DataConfig:
     """Where images (or videos) come from and how they are prepared.
 
     Images are returned as float tensors in [-1, 1], shape (C, H, W) (videos: (C, T, H, W)).
+
+    Attributes:
+        kind: ``builtin`` (photos shipped with scikit-image), ``folder`` (any folder of images, searched
+            recursively), ``video_folder``, ``ucf101``, ``moving_digits``, ``smoke`` or ``smoke_video`` (synthetic).
+        root: folder of the images or videos.
+        val_root: folder of the validation images (``None``: an evenly spread tenth of ``root`` is held out).
+        resolution: side of the square crops, in pixels.
+        channels: image channels (3 for RGB, 1 for grey).
+        crop: ``random`` crops for training, or ``center`` crops.
+        flip: random horizontal flips for training.
+        resize: resize the shorter side to this before cropping (``None``: ``resolution``).
+        builtin_scale: the built-in photos are scaled by this factor before cropping.
+        builtin_train_crops: random crops per epoch of the built-in and synthetic datasets.
+        builtin_hue: colour augmentation of the built-in training crops: a random hue rotation of up to this many
+            turns of the colour circle (0.5: any hue; validation crops are never changed).
+        builtin_saturation: a random saturation factor in [1 - this, 1 + this] for the built-in training crops.
+        val_size: at most this many validation images (the built-in photos: a fixed grid of crops).
+        batch_size: training batch size (per process).
+        val_batch_size: validation batch size (``None``: ``batch_size``).
+        num_workers: data loader worker processes.
+        frames: frames per clip (videos).
+        frame_stride: keep every N-th frame of a video.
+        fps: resample videos to this frame rate (``None``: as stored).
+        clip_offset: where a training clip starts: ``random`` or ``uniform`` (centred).
+        frames_as_images: train an image tokenizer on the frames of the clips (seed 000).
+        patch_size: cut every frame into patches of this side (seed 000's patch-based processing).
+        split: UCF101 train/test split (1, 2 or 3).
+        annotations: UCF101: folder with classInd.txt and the split lists (``None``: searched next to ``root``).
+        videos_per_chunk: process the videos in chunks of this many (seed 000, for machines that can't hold them all).
+        epochs_per_chunk: reconstruction passes over each chunk (seed 000's epochs_per_batch).
+        gan_epochs_per_chunk: further passes over each chunk with the discriminator on (seed 000: 5); with 0 the
+            discriminator follows ``loss.disc_start``.
+        test_chunk: seed 000's ``--test_batch``: validate on this chunk of the training videos (which training
+            then never sees) instead of the dataset's test list; ``None``: the test list.
     """
 
     kind: DataKind = "builtin"
@@ -223,23 +295,17 @@ class DataConfig:
     channels: int = 3
     crop: Literal["random", "center"] = "random"
     flip: bool = True
-    # Resize the shorter side to this before cropping (None: ``resolution``). For the built-in photos a scale
-    # factor is used instead, see ``builtin_scale``.
     resize: int | None = None
     builtin_scale: float = 1.0
-    # Number of random crops per epoch for the built-in dataset, and size of the fixed validation grid.
     builtin_train_crops: int = 4096
-    # Colour augmentation of the built-in training crops (validation crops are never changed): a random hue
-    # rotation of up to ``builtin_hue`` turns of the colour circle (0.5: any hue) and a random saturation factor in
-    # [1 - builtin_saturation, 1 + builtin_saturation]. The training photos hold almost no green; without it the
-    # quick-start model turns green leaves blue (benchmarks/colour.py). Off by default, on in the quick-start.
+    # Colour augmentation: the training photos hold almost no green; without it the quick-start model turns green
+    # leaves blue (benchmarks/colour.py). Off by default, on in the quick-start.
     builtin_hue: float = 0.0
     builtin_saturation: float = 0.0
     val_size: int = 256
     batch_size: int = 16
     val_batch_size: int | None = None
     num_workers: int = 0
-    # Video options.
     frames: int = 8
     frame_stride: int = 1
     fps: float | None = None
@@ -247,7 +313,6 @@ class DataConfig:
     frames_as_images: bool = False
     patch_size: int | None = None
     split: int = 1
-    # UCF101: folder with classInd.txt and the split lists (None: searched next to ``root``).
     annotations: str | None = None
     # Seed 000's chunked training (video folders): load ``videos_per_chunk`` videos, make ``epochs_per_chunk``
     # passes over them, then ``gan_epochs_per_chunk`` more passes with the discriminator on, then the next chunk.
@@ -257,9 +322,7 @@ class DataConfig:
     videos_per_chunk: int | None = None
     epochs_per_chunk: int = 1
     gan_epochs_per_chunk: int = 0
-    # Seed 000's ``--test_batch``: validate on this chunk of the training videos (chunks of ``videos_per_chunk`` in a
-    # fixed order that does not depend on ``train.seed``), which training then never sees, instead of on the
-    # dataset's own test list. None: the test list.
+    # The chunks of ``test_chunk`` come in a fixed order that does not depend on ``train.seed``.
     test_chunk: int | None = None
 
 
@@ -404,7 +467,16 @@ class TrainConfig(TrainerSettings):
 
 @dataclass
 class ExperimentConfig:
-    """A whole stage-1 run."""
+    """A whole stage-1 run.
+
+    Attributes:
+        name: name of the run (a plain name: labels and file names).
+        model: the autoencoder.
+        loss: the stage-1 objective.
+        discriminator: the PatchGAN discriminator (built when ``loss.disc_weight > 0``).
+        data: the images or videos.
+        train: optimisation, validation, checkpoints and hardware.
+    """
 
     name: str = "vqgan"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -562,6 +634,17 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def replace_keys(config: Any, changes: dict[str, Any]) -> Any:
+    """A copy of the config dataclass with the (nested) keys of ``changes`` replaced, e.g.
+    ``{"train": {"max_steps": 3}}``; an unknown key is refused with the valid ones (:func:`from_dict`)."""
+
+    def merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in new.items()}}
+
+    return from_dict(type(config), merge(to_dict(config), changes))
+
+
 def dump_config(config: Any, path: str | Path) -> Path:
     """Write a config dataclass as YAML (the resolved config saved with every run)."""
     path = Path(path)
@@ -570,73 +653,70 @@ def dump_config(config: Any, path: str | Path) -> Path:
     return path
 
 
-EXPERIMENT_SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "loss": LossConfig,
-    "discriminator": DiscriminatorConfig,
-    "data": DataConfig,
-    "train": TrainConfig,
-}
-
-
-def add_experiment_arguments(parser: Any, defaults: ExperimentConfig | None = None) -> None:
-    """Add ``--config`` (YAML) and every field of :class:`ExperimentConfig` as a dotted option
-    (``--model.quantizer.kind``) to a jsonargparse parser; ``defaults`` (e.g. a preset) seed the values."""
+def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> None:
+    """Add a run config's options to a jsonargparse parser: ``--preset NAME`` (when ``presets``, a
+    :class:`~vqgan.registry.Registry` of factories), ``--config FILE`` (YAML) and every field of the dataclass
+    ``cls`` as a dotted option at the top level (``--model.quantizer.kind``), documented by the dataclasses'
+    ``Attributes:``. ``--preset`` and ``--config`` apply where they stand: the options after them override them."""
     from jsonargparse import ActionConfigFile
 
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with an experiment configuration")
-    parser.add_argument("--name", type=str, default="vqgan", help="name of the run")
-    for key, cls in EXPERIMENT_SECTIONS.items():
-        parser.add_class_arguments(cls, key, help=(cls.__doc__ or "").strip().split("\n")[0])
-    if defaults is not None:
-        parser.set_defaults(_flatten({**to_dict(defaults)}))
+    if presets is not None:
+        parser.add_argument(
+            "--preset", action=_preset_action(presets), metavar="NAME",
+            help=f"start from a named preset (the options after it override it): {', '.join(presets.names())}",
+        )
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="YAML file of options (see configs/); the options after it override it")
+    parser.add_argument("--print-config", "--print_config", action="store_true",
+                        help="print the resolved configuration as YAML instead of running")
+    parser.add_class_arguments(cls, None)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _preset_action(presets: Any) -> type:
+    """An argparse action that sets every option to the values of the named preset, where it stands."""
+    import argparse
+
+    class PresetAction(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            from vqgan.registry import preset_config
+
+            try:
+                cfg = preset_config(presets, value)
+            except KeyError as e:
+                raise argparse.ArgumentError(self, str(e)) from None
+            namespace.update(parser.parse_object(to_dict(cfg), defaults=False))
+            setattr(namespace, self.dest, value)
+
+    return PresetAction
 
 
-def sections_from_namespace(cls: type, sections: dict[str, type], ns: Any) -> Any:
-    """Build ``cls`` (a run config made of ``name`` and ``sections``) from a parsed jsonargparse namespace."""
+def run_config_from_namespace(cls: type, ns: Any) -> Any:
+    """Build the run config ``cls`` from a parsed jsonargparse namespace; fields not given keep their defaults."""
     data = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
-    return from_dict(cls, {k: data[k] for k in ("name", *sections) if k in data})
+    names = {f.name for f in dataclasses.fields(cls)}
+    return from_dict(cls, {k: v for k, v in data.items() if k in names})
 
 
-def experiment_from_namespace(ns: Any) -> ExperimentConfig:
-    """Turn a parsed jsonargparse namespace (holding the experiment keys) into an :class:`ExperimentConfig`."""
-    return sections_from_namespace(ExperimentConfig, EXPERIMENT_SECTIONS, ns)
-
-
-def parse_config_args(
-    add_arguments: Any, path: str | Path | None, overrides: list[str] | None, explain: bool = True
+def parse_run_config(
+    cls: type, presets: Any, path: str | Path | None, overrides: list[str] | None, preset: str | None
 ) -> Any:
-    """Parse ``--config path`` then ``overrides`` with a parser set up by ``add_arguments(parser)``; shared by the
-    stage-1 and prior loaders so both refuse abbreviated keys and name the offending one. ``explain`` adds the
-    closest valid stage-1 key to the message (it knows :class:`ExperimentConfig`'s keys only)."""
+    """Preset, then YAML file, then dotted ``overrides``, parsed as the command line parses them (abbreviated keys
+    refused, an unknown key named with its closest match); shared by :func:`load_config` and the prior's loader."""
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)  # "--model.d" must not mean dropout
-    add_arguments(parser)
-    args = list(overrides or [])
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        args = ["--config", str(path), *args]
-    try:
-        return parser.parse_args(args)
-    except Exception as e:  # jsonargparse raises argparse.ArgumentError with the offending key
-        from vqgan.config_checks import explain_parser_error
+    from vqgan.config_checks import describe_parse_error
 
+    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False, print_config=None)  # "--model.d" is not dropout
+    add_run_config_arguments(parser, cls, presets)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    args = [*(["--preset", preset] if preset else []), *(["--config", str(path)] if path else []), *(overrides or [])]
+    try:
+        ns = parser.parse_args(args, defaults=False)
+    except Exception as e:  # jsonargparse raises argparse.ArgumentError
         where = f" in {path}" if path else ""
-        message = explain_parser_error(str(e)) if explain else str(e)
-        raise ConfigError(f"invalid configuration{where}: {message}") from None
+        raise ConfigError(f"invalid configuration{where}: {describe_parse_error(parser, args, e, cls)}") from None
+    return run_config_from_namespace(cls, ns)
 
 
 def load_config(
@@ -652,8 +732,6 @@ def load_config(
     Raises:
         ConfigError: an unknown key, a wrong type or an invalid choice, with the key named.
     """
-    from vqgan.registry import get_preset
+    from vqgan.registry import PRESETS
 
-    defaults = get_preset(preset) if preset else None
-    ns = parse_config_args(lambda parser: add_experiment_arguments(parser, defaults), path, overrides)
-    return experiment_from_namespace(ns)
+    return parse_run_config(ExperimentConfig, PRESETS, path, overrides, preset)

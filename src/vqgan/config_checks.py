@@ -2,18 +2,20 @@
 hints (so that the Python API is checked like the command line), unknown keys with the valid ones and the
 closest match, and output paths that must stay inside the run folder.
 
-Used by :meth:`vqgan.config.ExperimentConfig.validate`, :func:`vqgan.config.load_config` and the ``vqgan`` command.
+Used by :meth:`vqgan.config.ExperimentConfig.validate`, :func:`vqgan.config.load_config` and the ``vqgan`` command
+(:func:`describe_parse_error` turns what jsonargparse refused into one line naming the key).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
+
+import yaml
 
 
 def _config_error(message: str) -> Exception:
@@ -78,61 +80,101 @@ def check_types(config: Any, prefix: str = "") -> None:
 
 
 # -- unknown keys --------------------------------------------------------------------------------------------------
-def key_hint(key: str, root: type | None = None) -> str:
-    """``unknown key 'model.chh'; did you mean 'model.ch'? valid keys of model: ...`` for a dotted key."""
+Fields = dict[str, Any]  # the top level of a set of options: name -> type hint
+
+
+def _fields(root: type | Fields | None) -> Fields:
     if root is None:
         from vqgan.config import ExperimentConfig
 
         root = ExperimentConfig
-    cls, parts, known = root, key.split("."), []
+    return dict(root) if isinstance(root, dict) else typing.get_type_hints(root)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass of a hint (``DataConfig``, or ``DataConfig | str | None``), else ``None``."""
+    for h in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(h):
+            return h
+    return None
+
+
+def _unknown_part(key: str, root: type | Fields | None) -> bool:
+    """Whether some part of the dotted ``key`` names no field."""
+    fields: Fields | None = _fields(root)
+    for part in key.split("."):
+        if fields is None or part not in fields:
+            return True
+        cls = _dataclass_in(fields[part])
+        fields = typing.get_type_hints(cls) if cls else None
+    return False
+
+
+def key_hint(key: str, root: type | Fields | None = None) -> str:
+    """``unknown key 'model.chh'; did you mean 'model.ch'? Valid keys of model: ...`` for a dotted key of the
+    dataclass ``root`` (default :class:`~vqgan.config.ExperimentConfig`) or of a mapping of top-level hints."""
+    fields, parts, known = _fields(root), key.split("."), []
     for part in parts[:-1]:
-        hints = typing.get_type_hints(cls)
-        if part in hints and dataclasses.is_dataclass(hints[part]):
-            cls, known = hints[part], [*known, part]
-        else:
+        cls = _dataclass_in(fields.get(part))
+        if cls is None:
             break
+        fields, known = typing.get_type_hints(cls), [*known, part]
     section = ".".join(known)
     wrong = parts[len(known)]
-    names = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(wrong, names, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(wrong, list(fields), n=1, cutoff=0.6)
     dotted = (section + "." if section else "") + (close[0] if close else "")
     msg = f"unknown key {key!r}"
     msg += f"; did you mean {dotted!r}?" if close else "."
-    return msg + f" Valid keys of {section or 'the experiment'}: {', '.join(names)}"
+    return msg + f" Valid keys of {section or 'the run'}: {', '.join(fields)}"
 
 
-def explain_parser_error(message: str) -> str:
-    """Add :func:`key_hint` to jsonargparse's messages about unknown keys (which list no valid choices)."""
-    keys = []
-    if m := re.search(r"[Uu]nrecognized arguments: (.*)", message):
-        keys = [t[2:].split("=", 1)[0] for t in m.group(1).split() if t.startswith("--")]
-    elif m := re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message):
-        keys = [f"{m.group(1)}.{m.group(2)}"]
-    elif m := re.search(r"(?:Option|Key) '([\w.]+)' is not (?:accepted|expected)", message):
-        keys = [m.group(1)]
-    hints = [key_hint(k) for k in keys if "." in k or k.isidentifier()]
-    return message if not hints else message.rstrip() + "\n" + "\n".join(hints)
-
-
-def unknown_cli_keys(argv: list[str], sections: tuple[str, ...]) -> str | None:
-    """The first ``--section.key`` option of ``argv`` that names no field (for ``sections`` of the experiment),
-    explained by :func:`key_hint`; ``None`` when all are known. Lets the command line say what a typo should have
-    been instead of printing its whole usage."""
-    from vqgan.config import ExperimentConfig
-
-    for token in argv:
-        if not token.startswith("--") or "." not in token:
-            continue
-        key = token[2:].split("=", 1)[0]
-        if key.split(".", 1)[0] not in sections:
-            continue
-        cls: Any = ExperimentConfig
-        for part in key.split("."):
-            hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
-            if part not in hints:
-                return key_hint(key)
-            cls = hints[part]
+def _unknown_yaml_key(data: Any, root: type | Fields | None, prefix: str = "") -> str | None:
+    """The first dotted key of a loaded YAML mapping that names no field of ``root``."""
+    if not isinstance(data, dict):
+        return None
+    fields = _fields(root)
+    for k, v in data.items():
+        if k not in fields:
+            return prefix + str(k)
+        cls = _dataclass_in(fields[k])
+        if cls is not None and (found := _unknown_yaml_key(v, cls, f"{prefix}{k}.")):
+            return found
     return None
+
+
+def describe_parse_error(parser: Any, argv: list[str], error: Exception, root: type | Fields | None = None) -> str:
+    """One line for a mistake jsonargparse refused. An option the parser does not know, or a key of a ``--config``
+    file that names no field, is named with its closest match (:func:`key_hint`); anything else is jsonargparse's own
+    message on one line. Found from the parser's table and the dataclasses, not by reading the message.
+
+    Args:
+        parser: the parser that refused ``argv``.
+        argv: what it was given.
+        error: what it raised.
+        root: the dataclass (or mapping of top-level type hints) whose dotted keys the options are.
+    """
+    known = parser._option_string_actions  # argparse's own table of option strings
+    sections = {k: v for k, v in _fields(root).items() if _dataclass_in(v)}  # the options with dotted keys
+    for token in argv:
+        if not token.startswith("--") or len(token) == 2:
+            continue
+        key = token[2:].split("=", 1)[0].rstrip("+")
+        if f"--{key}" in known or ("." in key and not _unknown_part(key, root)):
+            continue
+        if "." in key and difflib.get_close_matches(key.split(".")[0], list(sections), n=1):
+            return key_hint(key, sections)
+        shown = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+        close = difflib.get_close_matches(f"--{key}", shown, n=1)
+        return f"unknown option --{key}" + (f"; did you mean {close[0]}?" if close else "") + " (see --help)"
+    files = [argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--config"]
+    for file in files + [t.split("=", 1)[1] for t in argv if t.startswith("--config=")]:
+        try:
+            data = yaml.safe_load(Path(file).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if (wrong := _unknown_yaml_key(data, root)) is not None:
+            return f"{file}: {key_hint(wrong, root)}"
+    return " ".join(str(error).split())
 
 
 # -- paths ---------------------------------------------------------------------------------------------------------

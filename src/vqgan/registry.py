@@ -1,5 +1,17 @@
-"""Named presets: full experiment configurations registered by name (as timm's ``register_model`` or
-LlamaGen's ``VQ_models``), with a tiny ``test-*`` preset for every architecture.
+"""One registry for every "name -> thing" table of the package, and the stage-1 presets.
+
+:class:`Registry` is the one mechanism (timm's ``register_model``, LlamaGen's ``VQ_models``): a name, a decorator
+that fills it, a lookup that names the closest match on a typo. It holds the stage-1 presets (:data:`PRESETS`,
+below), the prior presets (:data:`vqgan.models.prior.config.PRIOR_PRESETS`), the quantizer kinds
+(:data:`vqgan.quantizers.QUANTIZERS`), the data kinds (:data:`vqgan.data.DATA_KINDS`) and the ``vqgan``
+sub-commands.
+
+A preset is a function returning a full experiment configuration, with a tiny ``test-*`` preset for every
+architecture. The preset is the one source of truth: the files in ``configs/`` are generated from it
+(:data:`CONFIG_FILES`, ``vqgan presets --write-configs configs/``), not kept equal by hand. Python and not YAML holds
+the preset because presets share parts (every tiny quantizer preset is ``test-taming`` with another quantizer),
+because the package must work installed, without the repository's ``configs/``, and because a comment beside a
+value in Python survives a refactoring that a YAML copy does not.
 
 >>> from vqgan.registry import create_model, list_presets
 >>> model = create_model("test-taming")
@@ -8,7 +20,11 @@ LlamaGen's ``VQ_models``), with a tiny ``test-*`` preset for every architecture.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import difflib
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Generic, TypeVar
 
 from vqgan.config import (
     DataConfig,
@@ -18,40 +34,97 @@ from vqgan.config import (
     ModelConfig,
     QuantizerConfig,
     TrainConfig,
+    to_dict,
 )
 
-_PRESETS: dict[str, Callable[[], ExperimentConfig]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError, ValueError):
+    """A name that no entry of a :class:`Registry` has; the message names the closest ones. Both a ``KeyError``
+    (a failed lookup) and a ``ValueError`` (a bad value in a config), so either ``except`` catches it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Named entries filled by a decorator: ``@REG.register("name", "one line of help")``.
+
+    Args:
+        what: what an entry is, for messages (``"preset"``, ``"quantizer kind"``).
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._entries: dict[str, T] = {}
+        self._help: dict[str, str] = {}
+
+    def register(self, name: str, help: str = "") -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; ``help`` defaults to the first line of its docstring."""
+
+        def wrap(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.what} {name!r} is already registered")
+            self._entries[name] = obj
+            self._help[name] = help or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+            return obj
+
+        return wrap
+
+    def __getitem__(self, name: str) -> T:
+        if name not in self._entries:
+            close = difflib.get_close_matches(str(name), list(self._entries), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {', '.join(self.names())}")
+        return self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self, prefix: str = "") -> list[str]:
+        """Registered names starting with ``prefix``, sorted."""
+        return sorted(n for n in self._entries if n.startswith(prefix))
+
+    def describe(self) -> dict[str, str]:
+        """``{name: one line of help}``, sorted by name."""
+        return {n: self._help[n] for n in self.names()}
+
+
+# -- stage-1 presets ------------------------------------------------------------------------------------------
+PRESETS: Registry[Callable[[], ExperimentConfig]] = Registry("preset")
 
 
 def register_preset(name: str, description: str = "") -> Callable:
-    """Decorator registering ``fn() -> ExperimentConfig`` under ``name``."""
-
-    def wrap(fn: Callable[[], ExperimentConfig]) -> Callable[[], ExperimentConfig]:
-        if name in _PRESETS:
-            raise ValueError(f"preset {name!r} is already registered")
-        _PRESETS[name] = fn
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
-        return fn
-
-    return wrap
+    """Decorator registering ``fn() -> ExperimentConfig`` under ``name`` (the first docstring line is the default
+    description; the whole docstring heads the preset's generated YAML file, if it has one)."""
+    return PRESETS.register(name, description)
 
 
-def get_preset(name: str) -> ExperimentConfig:
-    """A fresh copy of the preset's :class:`ExperimentConfig`."""
-    if name not in _PRESETS:
-        raise KeyError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    cfg = copy.deepcopy(_PRESETS[name]())
+def preset_config(presets: Registry[Callable[[], T]], name: str) -> T:
+    """A fresh copy of the run config made by the factory ``presets[name]``, named after the preset."""
+    cfg = copy.deepcopy(presets[name]())
     cfg.name = name
     return cfg
 
 
+def get_preset(name: str) -> ExperimentConfig:
+    """A fresh copy of the preset's :class:`ExperimentConfig`, named after the preset."""
+    return preset_config(PRESETS, name)
+
+
 def list_presets(prefix: str = "") -> list[str]:
-    return sorted(n for n in _PRESETS if n.startswith(prefix))
+    return PRESETS.names(prefix)
 
 
 def describe_presets() -> dict[str, str]:
-    return {n: _DESCRIPTIONS[n] for n in list_presets()}
+    return PRESETS.describe()
 
 
 def create_model(name: str, **model_overrides):
@@ -64,6 +137,48 @@ def create_model(name: str, **model_overrides):
             raise TypeError(f"ModelConfig has no field {k!r}")
         setattr(cfg, k, v)
     return build_model(cfg)
+
+
+# -- the files in configs/, generated from presets ------------------------------------------------------------
+#: ``configs/`` file -> (``"stage1"`` or ``"prior"``, preset name). Every file there is generated from its preset.
+CONFIG_FILES: dict[str, tuple[str, str]] = {
+    "quickstart.yaml": ("stage1", "quickstart"),
+    "ucf101_vqgan.yaml": ("stage1", "seed000-ucf101-vqgan"),
+    "ffhq_vqgan_f16.yaml": ("stage1", "seed001-taming-f16-1024"),
+    "celeba_vqvae.yaml": ("stage1", "seed003-celeba-vqvae"),
+    "smoke_vqvae.yaml": ("stage1", "seed004-smoke-vqvae"),
+    "smoke_vqgan.yaml": ("stage1", "seed004-smoke-vqgan"),
+    "moving_digits_video.yaml": ("stage1", "moving-digits-video3d"),
+    "prior_gpt.yaml": ("prior", "quickstart-gpt"),
+    "prior_maskgit.yaml": ("prior", "quickstart-maskgit"),
+}
+
+
+def preset_yaml(name: str, stage: str = "stage1") -> str:
+    """The YAML text of a preset: its docstring as ``#`` comments, then every value (what ``configs/`` holds)."""
+    import yaml
+
+    if stage == "prior":
+        from vqgan.models.prior.config import PRIOR_PRESETS as registry
+        from vqgan.models.prior.config import get_prior_preset as get
+    else:
+        registry, get = PRESETS, get_preset
+    lines = inspect.cleandoc(registry[name].__doc__ or registry.describe()[name]).splitlines()
+    lines.append(f"Generated from the preset {name!r} by `vqgan presets --write-configs configs/`: change the preset in")
+    lines.append("the package and regenerate; every key can be overridden on the command line (`vqgan fit --help`).")
+    header = "".join(f"# {line}".rstrip() + "\n" for line in lines)
+    return header + yaml.safe_dump(to_dict(get(name)), sort_keys=False)
+
+
+def write_config_files(folder: str | Path) -> list[Path]:
+    """Write every file of :data:`CONFIG_FILES` into ``folder``; returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file, (stage, name) in CONFIG_FILES.items():
+        (folder / file).write_text(preset_yaml(name, stage))
+        written.append(folder / file)
+    return written
 
 
 # -- tiny presets for tests ---------------------------------------------------------------------------------
@@ -101,6 +216,12 @@ def _test_resnet() -> ExperimentConfig:
 # -- the quick-start model of the demo ----------------------------------------------------------------------
 @register_preset("quickstart", "demo tokenizer: 32x32 built-in crops to 8x8 tokens, 1024 codes, 5 CPU minutes")
 def _quickstart() -> ExperimentConfig:
+    """Quick-start tokenizer of `make demo`: 32x32 crops of the built-in photos -> 8x8 tokens, 1024 codes.
+
+    2100 steps, stopped after 4.75 minutes (train.max_time_minutes) on a slower machine; --train.max_time_minutes
+    null lifts that. Override any key on the command line, e.g. --train.max_steps 1000
+    --model.quantizer.codebook_size 512.
+    """
     # Sized for two CPU cores: a narrow taming model (ch 32, f4) sees more images in the time budget than a wider
     # one, and the L2 objective is the one PSNR measures. A cosine decay of the
     # learning rate gains about 1 dB over a constant rate at 700 steps. 2100 steps take about 4.3 minutes on two
@@ -123,6 +244,20 @@ def _quickstart() -> ExperimentConfig:
 # -- one preset per seed system -----------------------------------------------------------------------------
 @register_preset("seed000-ucf101-vqgan", "seed 000: UCF101 frames, hidden_dims 64-128-256-512, latent 32, 512 codes")
 def _seed000() -> ExperimentConfig:
+    """Seed 000: VQGAN on UCF101 frames (frames used as independent images).
+
+    hidden_dims 64-128-256-512 (model.ch 64, ch_mult 1 2 4 8), latent_dim 32 (z_channels/embed_dim), 512 EMA codes
+    with dead-code revival, LPIPS weight 0.1, spectral-norm PatchGAN with weight 0.1, transposed-conv upsampling,
+    attention at 8x8, downsample_factor 8 (checked against ch_mult). Point data.root at the UCF-101 folder (class folders of .avi); the split lists
+    (ucfTrainTestlist/) are looked up next to it, or set data.annotations.
+      vqgan fit --config configs/ucf101_vqgan.yaml --data.root data/UCF-101 --run-dir runs/ucf101
+    Seed 000's schedule: chunks of 500 videos (data.videos_per_chunk); per chunk 10 reconstruction passes
+    (data.epochs_per_chunk, the seed's epochs_per_batch) then 5 passes with the discriminator
+    (data.gan_epochs_per_chunk, gan_epochs_per_batch); 3 passes over all chunks (train.max_epochs, num_epoch).
+    Patch-based processing: --data.patch_size 32 tiles every 64x64 frame into four 32x32 patches (also set
+    --model.resolution 32). LPIPS needs the VGG16 weights from a local file:
+    --loss.backbone_weights /path/to/vgg16-397923af.pth
+    """
     return ExperimentConfig(
         model=ModelConfig(
             resolution=64, ch=64, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=32,
@@ -146,6 +281,11 @@ def _seed000() -> ExperimentConfig:
 
 @register_preset("seed001-taming-f16-1024", "seeds 001/002: taming VQGAN f16, 1024 codes, FFHQ 256")
 def _seed001() -> ExperimentConfig:
+    """Seeds 001/002: taming-transformers' VQGAN f16 with 1024 codes on FFHQ 256x256 (Esser et al. 2021).
+
+    Point data.root at a folder of FFHQ images (any layout, searched recursively). The LPIPS backbone is read
+    from a local file: --loss.backbone_weights /path/to/vgg16-397923af.pth
+    """
     return ExperimentConfig(
         model=ModelConfig(
             resolution=256, ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], z_channels=256,
@@ -161,6 +301,12 @@ def _seed001() -> ExperimentConfig:
 
 @register_preset("seed003-celeba-vqvae", "seed 003: CelebA 128 residual VQ-VAE, 512x128 codes, lr 2.25e-4")
 def _seed003() -> ExperimentConfig:
+    """Seed 003: residual VQ-VAE (van den Oord et al. 2017) on CelebA 128x128.
+
+    Hidden 256, 4 residual blocks, 512 codes of dimension 128, MSE + the seed's VQ loss (weight 1 on the encoder
+    term, 0.25 on the codebook term: model.quantizer.beta_on codebook), lr 2.25e-4. Point data.root at
+    img_align_celeba/.
+    """
     return ExperimentConfig(
         model=ModelConfig(
             arch="resnet", resolution=128, ch=256, ch_mult=[1, 1, 1], num_res_blocks=4, z_channels=128, embed_dim=128,
@@ -194,6 +340,12 @@ def _seed004_epochs(**kw) -> TrainConfig:
 
 @register_preset("seed004-smoke-vqvae", "seed 004: 64x64 smoke VQ-VAE, masked L2, attention at 8x8, 1024x256 codes")
 def _seed004_vqvae() -> ExperimentConfig:
+    """Seed 004, VQ-VAE variant: 64x64 smoke plumes (procedural, with masks), masked L2 + VQ loss.
+
+    Encoder 128-256-512-1024 and light decoder 128-64-32-16 with a tanh output, attention at 8x8, 1024
+    gradient-learned codes of dimension 256 (codebook + 0.1 * commitment; no EMA, k-means or restarts: see
+    docs/seeds.md).
+    """
     return ExperimentConfig(
         model=_seed004_model(),
         loss=LossConfig(reconstruction="masked_l2", perceptual="none", disc_weight=0.0),
@@ -204,6 +356,13 @@ def _seed004_vqvae() -> ExperimentConfig:
 
 @register_preset("seed004-smoke-vqgan", "seed 004: 64x64 smoke VQGAN, VGG16 perceptual, adv 0.5, disc start 10k")
 def _seed004_vqgan() -> ExperimentConfig:
+    """Seed 004, VQGAN variant: the VQ-VAE variant's model + VGG16 feature loss and a PatchGAN hinge loss.
+
+    The model: encoder 128-256-512-1024, decoder 128-64-32-16, tanh, 1024x256 gradient-learned codes, commitment
+    0.1. VGG16 feature loss (relu1_2..relu4_3, weight 1.0) and a PatchGAN hinge loss with the plain weight 0.5
+    times 0.75 from step 10000 on (no adaptive weight, no ramp; docs/seeds.md says why and how to turn the
+    project's options on). VGG16 weights from a local file: --loss.backbone_weights /path/to/vgg16-397923af.pth
+    """
     # --adversarial-weight 0.5 is taming's disc_weight and --disc-weight-max 0.75 the value the adversarial factor
     # takes at --disc-start (taming's disc_factor): plain weights, no adaptive weight, no ramp (docs/seeds.md).
     return ExperimentConfig(
@@ -242,6 +401,15 @@ def _test_video3d() -> ExperimentConfig:
 
 @register_preset("moving-digits-video3d", "causal 3D tokenizer on synthetic moving digits (9x32x32, f4 t2, CPU-sized)")
 def _moving_digits_video3d() -> ExperimentConfig:
+    """Causal spatio-temporal tokenizer (model.arch: video3d, MAGVIT-v2-style causal 3D convolutions).
+
+    Trained on synthetic moving digits (scikit-learn's 8x8 digits, Moving-MNIST style): 9-frame 32x32 grey clips,
+    4x spatial and 2x temporal downsampling (9 frames -> 5 latent frames of 8x8 codes), 256 codes. CPU-sized: a
+    few minutes.
+      vqgan fit --config configs/moving_digits_video.yaml --run-dir runs/moving_digits
+      vqgan reconstruct-video --ckpt runs/moving_digits/checkpoints/last.ckpt --input clip.mp4 --output out/
+    The 3D PatchGAN (discriminator.dims: 3) starts at loss.disc_start; raise train.max_steps to use it.
+    """
     # 8 channels at full resolution: about 3 GFLOP per clip for forward + backward, so that a CPU run takes minutes.
     model = _moving_digits_video3d_model(8, 256)
     return ExperimentConfig(

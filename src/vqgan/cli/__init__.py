@@ -1,61 +1,72 @@
-"""The ``vqgan`` command. Thin: parse options, build a config, call library functions.
+"""The ``vqgan`` command: a table of sub-commands, each a typed, documented function.
 
-Each sub-command lives in a small module of this package and registers itself with :func:`command`; the library
-never imports this package.
+A sub-command is a function registered with :func:`command` in one of this package's modules. jsonargparse builds
+its options from the function's signature and docstring, as litgpt's ``__main__`` does, so ``--help`` and the Python
+API cannot drift:
+
+* a parameter ``run_dir: str`` becomes ``--run-dir`` (``--run_dir`` is accepted too; a trailing ``_`` is dropped,
+  ``class_`` -> ``--class``); its type checks the value and its ``Args:`` line is the help;
+* a parameter ``config`` typed with a run config dataclass (:class:`~vqgan.config.ExperimentConfig`) becomes
+  ``--preset NAME``, ``--config FILE`` and one dotted option per field (``--model.quantizer.kind``), whose help is
+  the dataclasses' ``Attributes:`` docs (:func:`vqgan.config.add_run_config_arguments`);
+* the options many commands share (``--device``, ``--ckpt``, ``--output``) are documented once, in
+  :data:`SHARED_HELP`, and ``--device auto`` is resolved once, in :func:`main`.
+
+:func:`main` hands a function only what the command line gave (jsonargparse's ``defaults=False``): the function's
+own defaults fill the rest, and a config given in part (``--data.root X``) overrides the one it starts from (the
+preset, or the checkpoint's data). A parse error is one line and exits 2, naming an unknown key's closest match; an
+error raised by the command is one line and returns 2 (configuration, missing file) or 1 (damaged checkpoint,
+non-finite run).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import inspect
 import logging
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from jsonargparse import ArgumentParser
+from vqgan.registry import Registry
 
 
 @dataclass
 class Command:
-    name: str
-    help: str
-    build: Callable[[ArgumentParser, list[str]], None]
-    run: Callable[[object], int | None]
+    """A sub-command: the function it runs and, when it takes a run config, the presets that seed it."""
 
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, help: str):
-    """Register a sub-command: decorate a class with static ``build(parser, argv)`` and ``run(args)``."""
-
-    def wrap(cls):
-        COMMANDS[name] = Command(name, help, cls.build, cls.run)
-        return cls
-
-    return wrap
-
-
-
-class _StderrHandler(logging.StreamHandler):
-    """A handler that writes to ``sys.stderr`` as it is when a record is emitted (not when the handler was made),
-    so that redirecting stderr (tests, notebooks) never leaves it writing to a closed stream."""
+    fn: Callable[..., int | None]
+    presets: Registry | None = None
 
     @property
-    def stream(self):
-        return sys.stderr
+    def help(self) -> str:
+        return inspect.cleandoc(self.fn.__doc__ or "").split("\n")[0]
 
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
 
-def preset_from_argv(argv: list[str]) -> str | None:
-    """The value of ``--preset`` in ``argv`` (read before parsing: a preset sets the defaults of the options)."""
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
+COMMANDS: Registry[Command] = Registry("command")
+
+#: Help of the parameters several commands share, written once (a function's own ``Args:`` line wins).
+SHARED_HELP = {
+    "device": "cpu, cuda, cuda:N, or auto (cuda when available)",
+    "ckpt": "the tokenizer: a training checkpoint (.ckpt) or a pretrained folder",
+    "output": "output folder",
+    "data": "what to evaluate: a folder of images (all of them, at the model's resolution), a YAML file of data "
+    "options, or --data.KEY options over the checkpoint's data (default: the checkpoint's validation data)",
+    "seed": "random seed",
+    "progress": "show a progress bar (on stderr)",
+}
+
+def command(name: str, presets: Registry | None = None) -> Callable:
+    """Register ``fn`` as the sub-command ``name``; ``presets`` seed its run config (``--preset``)."""
+
+    def wrap(fn: Callable[..., int | None]) -> Callable[..., int | None]:
+        COMMANDS.register(name)(Command(fn, presets))
+        return fn
+
+    return wrap
 
 
 def report_skipped(name: str, skipped: int, total: int) -> int:
@@ -76,57 +87,124 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def _load_commands() -> None:
-    # Imported for their registrations.
-    from vqgan.cli import stage1  # noqa: F401
-
-    for optional in ("evaluate", "prior", "interop", "video", "pipeline"):
-        try:
-            __import__(f"vqgan.cli.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"vqgan.cli.{optional}":
-                raise
+def _run_config_class(fn: Callable) -> type | None:
+    hint = typing.get_type_hints(fn).get("config")
+    return hint if dataclasses.is_dataclass(hint) else None
 
 
-def build_parser(argv: list[str]) -> ArgumentParser:
-    _load_commands()
-    parser = ArgumentParser(
-        prog="vqgan",
-        description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
-        exit_on_error=True,
-    )
-    sub = parser.add_subcommands(dest="command", required=True)
-    for name, cmd in COMMANDS.items():
-        p = ArgumentParser(description=cmd.help)
-        cmd.build(p, argv)
-        sub.add_subcommand(name, p, help=cmd.help)
+def command_parser(name: str, prog: str | None = None):
+    """The jsonargparse parser of sub-command ``name``, built from its function's signature and docstring."""
+    from jsonargparse import ArgumentParser
+
+    from vqgan.config import add_run_config_arguments
+
+    cmd = COMMANDS[name]
+    doc = inspect.cleandoc(cmd.fn.__doc__ or "").split("\n\nArgs:")[0]
+    # jsonargparse's own --print_config would print only what was given: add_run_config_arguments has ours.
+    parser = ArgumentParser(prog=prog or f"vqgan {name}", description=doc, exit_on_error=False, allow_abbrev=False,
+                            print_config=None)
+    config_cls = _run_config_class(cmd.fn)
+    if config_cls is not None:
+        add_run_config_arguments(parser, config_cls, cmd.presets)
+    parser.add_function_arguments(cmd.fn, skip={"config"} if config_cls else None, as_group=False)
+    params = set(inspect.signature(cmd.fn).parameters) - ({"config"} if config_cls else set())
+    for action in parser._actions:  # the function's own options: dashes, and the shared help
+        if action.dest in params and action.option_strings:
+            dashed = "--" + action.dest.rstrip("_").replace("_", "-")
+            for alias in (dashed, "--" + action.dest.rstrip("_")):
+                parser._option_string_actions[alias] = action
+            action.option_strings = [dashed]
+            action.help = action.help or SHARED_HELP.get(action.dest)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser():
+    """The ``vqgan`` parser: one sub-command per registered function (as litgpt's ``__main__``)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="vqgan", exit_on_error=False, allow_abbrev=False,
+        description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
+    )
+    sub = parser.add_subcommands(dest="command", required=True)
+    for name in COMMANDS.names():
+        sub.add_subcommand(name, command_parser(name), help=COMMANDS[name].help)
+    return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record is emitted (not when the handler was made),
+    so that redirecting stderr (tests, notebooks) never leaves it writing to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
     # Our own messages only: Lightning configures its loggers itself (a root handler would print them twice).
-    vqgan_log = logging.getLogger("vqgan")
-    if not any(isinstance(h, _StderrHandler) for h in vqgan_log.handlers):
+    log = logging.getLogger("vqgan")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        vqgan_log.addHandler(handler)
-    vqgan_log.setLevel(logging.INFO)
-    if argv[:1] == ["fit"]:  # name a mistyped key and its closest match instead of printing the whole usage
-        from vqgan.config import EXPERIMENT_SECTIONS
-        from vqgan.config_checks import unknown_cli_keys
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
-        problem = unknown_cli_keys(argv[1:], tuple(EXPERIMENT_SECTIONS))
-        if problem:
-            print(f"vqgan fit: error: {problem}", file=sys.stderr)
-            return 2
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    name = args.command
+
+def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
+    """The function's keyword arguments from the parsed namespace (only what was given)."""
+    from vqgan.config import run_config_from_namespace
+
+    values = ns.as_dict() if hasattr(ns, "as_dict") else dict(vars(ns))
+    params = inspect.signature(cmd.fn).parameters
+    config_cls = _run_config_class(cmd.fn)
+    kwargs = {k: v for k, v in values.items() if k in params and not (k == "config" and config_cls)}
+    if config_cls is not None:
+        kwargs["config"] = run_config_from_namespace(config_cls, ns)
+    if "device" in params:
+        kwargs["device"] = resolve_device(kwargs.get("device", params["device"].default))
+    return kwargs
+
+
+def parse_command(argv: list[str]) -> tuple[str, Any]:
+    """Parse ``vqgan ARGV`` without running anything: the sub-command's name and the options given. A mistake is
+    one line on stderr and exit code 2; ``--help`` prints and exits 0."""
+    from vqgan.registry import UnknownNameError
+
+    if not argv or argv[0].startswith("-"):  # `vqgan --help`, or no command at all
+        _parse(build_parser(), argv, "vqgan", {})
+    # The sub-command is the first word, as for jsonargparse's own sub-commands; picking it here builds only its
+    # parser (all of them take a second) and lets its mistakes be explained against its own options.
+    try:
+        cmd = COMMANDS[argv[0]]
+    except UnknownNameError as e:
+        print(f"vqgan: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return argv[0], _parse(command_parser(argv[0]), argv[1:], f"vqgan {argv[0]}", _option_types(cmd.fn))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``vqgan ARGV``; returns the exit code (a parse error exits 2, ``--help`` exits 0)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _log_to_stderr()
+    name, ns = parse_command(argv)
+    cmd = COMMANDS[name]
     from vqgan.config import ConfigError
 
     try:
-        rc = COMMANDS[name].run(getattr(args, name))
+        kwargs = _kwargs(cmd, ns)
+        if ns.get("print_config"):
+            import yaml
+
+            from vqgan.config import to_dict
+
+            print(yaml.safe_dump(to_dict(kwargs["config"]), sort_keys=False), end="")
+            return 0
+        rc = cmd.fn(**kwargs)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"vqgan {name}: error: {e}", file=sys.stderr)
         return 2
@@ -142,6 +220,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return int(rc or 0)
 
+
+def _option_types(fn: Callable) -> dict[str, Any]:
+    """Name -> type of a command's top-level options: its run config's fields and its own parameters."""
+    config_cls = _run_config_class(fn)
+    own = {k: v for k, v in typing.get_type_hints(fn).items() if k not in ("config", "return")}
+    return {**(typing.get_type_hints(config_cls) if config_cls else {}), **own}
+
+
+def _parse(parser, argv: list[str], prog: str, option_types: dict[str, Any]):
+    """Parse what was given (no defaults); a mistake is one line on stderr and exit code 2."""
+    from vqgan.config_checks import describe_parse_error
+
+    try:
+        return parser.parse_args(argv, defaults=False)
+    except argparse.ArgumentError as e:
+        print(f"{prog}: error: {describe_parse_error(parser, argv, e, option_types)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# The sub-commands, imported for their registrations (they import `command` from here, hence at the end).
+from vqgan.cli import evaluate, interop, pipeline, prior, stage1, video  # noqa: E402, F401
 
 if __name__ == "__main__":
     raise SystemExit(main())

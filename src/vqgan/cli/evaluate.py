@@ -7,32 +7,24 @@ import json
 import sys
 from pathlib import Path
 
-from vqgan.cli import command, resolve_device
-from vqgan.cli.stage1 import _set_data_defaults_from_ckpt
+from vqgan.cli import command
+from vqgan.cli.stage1 import eval_data
+from vqgan.config import DataConfig
 
 
-def _data_arguments(p, argv: list[str]) -> None:
-    from vqgan.config import DataConfig
-
-    p.add_class_arguments(DataConfig, "data", help="data options (default: the checkpoint's validation data)")
-    ckpt = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "--ckpt"), None)
-    if ckpt:
-        _set_data_defaults_from_ckpt(p, ckpt)
-
-
-def _eval_loader(model, data_ns, batch_size: int | None, max_images: int | None, whole_split: bool = False,
-                 batch_idx: int = 0):
-    """The validation loader of ``--data`` (fixed order, no augmentation), optionally truncated; and its config.
-    ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to take every image.
-    ``batch_idx`` (seed 000's ``--batch_idx``) takes the ``batch_idx``-th group of ``max_images`` items instead of
-    the first; with chunked video data (``data.videos_per_chunk``) a group is one chunk: the items of
-    ``videos_per_chunk`` validation videos (at most ``max_images`` of them)."""
+def _eval_loader(model, data, batch_size: int | None, max_images: int | None, whole_split: bool = False,
+                 batch_idx: int = 0, checkpoint_data: DataConfig | None = None):
+    """The validation loader of ``--data`` (fixed order, no augmentation; see :func:`eval_data`), optionally
+    truncated; and its config. ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to
+    take every image. ``batch_idx`` (seed 000's ``--batch_idx``) takes the ``batch_idx``-th group of ``max_images``
+    items instead of the first; with chunked video data (``data.videos_per_chunk``) a group is one chunk: the items
+    of ``videos_per_chunk`` validation videos (at most ``max_images`` of them)."""
     from torch.utils.data import DataLoader, Subset
 
-    from vqgan.config import DataConfig, ExperimentConfig, from_dict
+    from vqgan.config import ExperimentConfig
     from vqgan.data import build_datasets, collate_skip
 
-    data = from_dict(DataConfig, data_ns.as_dict())
+    data = eval_data(data, checkpoint_data, model.config)
     if batch_size:
         data.val_batch_size = batch_size
     if whole_split:
@@ -88,70 +80,66 @@ def _print_table(result, console_file=None) -> None:
             console.print(f"[bold]{key}[/bold]: " + ", ".join(f"{k}={v}" for k, v in p[key].items()))
 
 
-@command("evaluate", "Reconstruction metrics of a tokenizer over a whole evaluation set (PSNR, SSIM, LPIPS, rFID, codebook) with their protocol.")
-class Evaluate:
-    @staticmethod
-    def build(p, argv):
-        p.add_argument("--ckpt", type=str, required=True, help="training checkpoint (.ckpt) or pretrained folder")
-        _data_arguments(p, argv)
-        p.add_argument("--output", type=str, default=None, help="folder for evaluation.json (metrics and protocol)")
-        p.add_argument("--metrics", type=str, default=None,
-                       help="comma-separated: psnr,ssim,lpips,fid (codebook statistics always). Default: psnr,ssim plus "
-                            "lpips / fid when their weight files are given")
-        p.add_argument("--lpips-weights", type=str, default=None,
-                       help="torchvision VGG16 (vgg16-397923af.pth) or AlexNet (alexnet-owt-7be5be79.pth) state dict file")
-        p.add_argument("--lpips-net", type=str, default="vgg", help="LPIPS backbone: vgg or alex")
-        p.add_argument("--fid-weights", type=str, default=None,
-                       help="torch-fidelity Inception-v3 weights file (weights-inception-2015-12-05-6726825d.pth)")
-        p.add_argument("--fid-feature", type=int, default=2048, help="Inception feature layer for rFID (2048 is standard)")
-        p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: data.val_batch_size)")
-        p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images (default: all)")
-        p.add_argument("--whole-split", type=bool, default=True,
-                       help="evaluate every image of the validation split; false keeps data.val_size (the training-time cap)")
-        p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
-        p.add_argument("--progress", type=bool, default=True, help="show a progress bar (on stderr)")
-        p.add_argument("--json", type=bool, default=False, help="print the result as JSON instead of a table")
+@command("evaluate")
+def evaluate(
+    ckpt: str, data: DataConfig | str | None = None, output: str | None = None, metrics: str | None = None,
+    lpips_weights: str | None = None, lpips_net: str = "vgg", fid_weights: str | None = None,
+    fid_feature: int = 2048, batch_size: int | None = None, max_images: int | None = None,
+    whole_split: bool = True, device: str = "auto", progress: bool = True, json_: bool = False,
+) -> int:
+    """Reconstruction metrics of a tokenizer over a whole evaluation set (PSNR, SSIM, LPIPS, rFID, codebook) with their protocol.
 
-    @staticmethod
-    def run(a):
-        from vqgan.metrics.evaluate import METRIC_NAMES, evaluate_tokenizer
-        from vqgan.models.io import load_model
+    Args:
+        output: folder for evaluation.json (metrics and protocol).
+        metrics: comma-separated: psnr,ssim,lpips,fid (codebook statistics always). Default: psnr,ssim plus lpips /
+            fid when their weight files are given.
+        lpips_weights: torchvision VGG16 (vgg16-397923af.pth) or AlexNet (alexnet-owt-7be5be79.pth) state dict file.
+        lpips_net: LPIPS backbone: vgg or alex.
+        fid_weights: torch-fidelity Inception-v3 weights file (weights-inception-2015-12-05-6726825d.pth).
+        fid_feature: Inception feature layer for rFID (2048 is standard).
+        batch_size: evaluation batch size (default: data.val_batch_size).
+        max_images: evaluate only the first N images (default: all).
+        whole_split: evaluate every image of the validation split; false keeps data.val_size (the training-time cap).
+        json_: print the result as JSON instead of a table.
+    """
+    from vqgan.models.io import load_model
+    from vqgan.metrics.evaluate import METRIC_NAMES, evaluate_tokenizer
 
-        wanted = [m.strip().lower() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
-        if wanted is not None:
-            unknown = sorted(set(wanted) - set(METRIC_NAMES) - {"rfid", "codebook"})
-            if unknown:
-                raise ValueError(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}")
-            wanted = ["fid" if m == "rfid" else m for m in wanted]
-        want_lpips = "lpips" in wanted if wanted is not None else a.lpips_weights is not None
-        want_fid = "fid" in wanted if wanted is not None else a.fid_weights is not None
-        device = resolve_device(a.device)
-        # Weight files first: a missing file must cost a second, not an evaluation.
-        lpips = fid = None
-        if want_lpips:
-            from vqgan.metrics.lpips import LPIPSMetric
+    wanted = [m.strip().lower() for m in metrics.split(",") if m.strip()] if metrics else None
+    if wanted is not None:
+        unknown = sorted(set(wanted) - set(METRIC_NAMES) - {"rfid", "codebook"})
+        if unknown:
+            raise ValueError(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}")
+        wanted = ["fid" if m == "rfid" else m for m in wanted]
+    want_lpips = "lpips" in wanted if wanted is not None else lpips_weights is not None
+    want_fid = "fid" in wanted if wanted is not None else fid_weights is not None
+    # Weight files first: a missing file must cost a second, not an evaluation.
+    lpips = fid = None
+    if want_lpips:
+        from vqgan.metrics.lpips import LPIPSMetric
 
-            lpips = LPIPSMetric(a.lpips_net, a.lpips_weights)
-        if want_fid:
-            from vqgan.metrics.fid import ReconstructionFID
+        lpips = LPIPSMetric(lpips_net, lpips_weights)
+    if want_fid:
+        from vqgan.metrics.fid import ReconstructionFID
 
-            fid = ReconstructionFID(a.fid_weights, a.fid_feature)
-        model, _ = load_model(a.ckpt)
-        loader, data = _eval_loader(model, a.data, a.batch_size, a.max_images, a.whole_split)
-        result = evaluate_tokenizer(model, loader, data, device, lpips=lpips, fid=fid, progress=a.progress,
-                                    checkpoint=str(a.ckpt))
-        if a.output:
-            out = Path(a.output)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "evaluation.json").write_text(json.dumps(result.to_dict(), indent=2))
-        if a.json:
-            json.dump(result.to_dict(), sys.stdout, indent=2)
-            print()
-        else:
-            _print_table(result)
-            if a.output:
-                print(f"written {Path(a.output) / 'evaluation.json'}")
-        return 0
+        fid = ReconstructionFID(fid_weights, fid_feature)
+    model, exp = load_model(ckpt)
+    loader, data_cfg = _eval_loader(model, data, batch_size, max_images, whole_split,
+                                    checkpoint_data=exp.data if exp else None)
+    result = evaluate_tokenizer(model, loader, data_cfg, device, lpips=lpips, fid=fid, progress=progress,
+                                checkpoint=str(ckpt))
+    if output:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(result.to_dict(), indent=2))
+    if json_:
+        json.dump(result.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        _print_table(result)
+        if output:
+            print(f"written {Path(output) / 'evaluation.json'}")
+    return 0
 
 
 def _infer_run_dir(ckpt: str) -> Path | None:
@@ -162,11 +150,11 @@ def _infer_run_dir(ckpt: str) -> Path | None:
     return None
 
 
-def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, data_ns, num_images: int = 64,
-                  device: str = "cpu", tsne_points: int = 600, report: bool = True, batch_idx: int = 0) -> Path | None:
-    """Load ``ckpt``, take ``num_images`` evaluation images (the ``batch_idx``-th group of them, see
-    :func:`_eval_loader`), write every picture into ``output`` and (with ``report``) ``output/report.html``;
-    returns the report's path."""
+def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, data: DataConfig | str | None = None,
+                  num_images: int = 64, device: str = "cpu", tsne_points: int = 600, report: bool = True,
+                  batch_idx: int = 0) -> Path | None:
+    """Load ``ckpt``, take the first ``num_images`` evaluation images, write every picture into ``output`` and
+    (with ``report``) ``output/report.html``; returns the report's path."""
     import torch
 
     from vqgan.config import dump_config
@@ -176,7 +164,8 @@ def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, dat
 
     model, exp = load_model(ckpt)
     model = model.to(device)
-    loader, _ = _eval_loader(model, data_ns, None, num_images, batch_idx=batch_idx)
+    loader, _ = _eval_loader(model, data, None, num_images, batch_idx=batch_idx,
+                             checkpoint_data=exp.data if exp else None)
     batches = [b["image"] for b in loader if "image" in b]
     if not batches:
         raise ValueError("no readable images to visualize")
@@ -192,69 +181,60 @@ def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, dat
     return report_for_run(run_dir, figures_dir=out, output=out / "report.html")
 
 
-@command("visualize", "Every picture of a tokenizer: reconstructions, latent projections, codebook atlas and usage, token maps, interpolation, video, training diagnostics; and the HTML report.")
-class Visualize:
-    @staticmethod
-    def build(p, argv):
-        p.add_argument("--ckpt", type=str, required=True, help="training checkpoint (.ckpt) or pretrained folder")
-        p.add_argument("--run-dir", type=str, default=None,
-                       help="training run folder, for its diagnostics, config and metrics (default: inferred from "
-                            "RUN_DIR/checkpoints/*.ckpt)")
-        p.add_argument("--output", type=str, required=True, help="output folder for the pictures and report.html")
-        _data_arguments(p, argv)
-        p.add_argument("--num-images", type=int, default=64, help="evaluation images used for the pictures")
-        p.add_argument("--batch-idx", type=int, default=0,
-                       help="which batch of --num-images evaluation images to draw (seed 000's --batch_idx); with "
-                            "chunked video data (data.videos_per_chunk), which chunk of videos")
-        p.add_argument("--tsne-points", type=int, default=600, help="encoder outputs shown by t-SNE (seeded subsample)")
-        p.add_argument("--report", type=bool, default=True, help="also write OUTPUT/report.html")
-        p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
+@command("visualize")
+def visualize(
+    ckpt: str, output: str, run_dir: str | None = None, data: DataConfig | str | None = None,
+    num_images: int = 64, batch_idx: int = 0, tsne_points: int = 600, report: bool = True,
+    device: str = "auto",
+) -> int:
+    """Every picture of a tokenizer: reconstructions, latent projections, codebook atlas and usage, token maps, interpolation, video, training diagnostics; and the HTML report.
 
-    @staticmethod
-    def run(a):
-        run_dir = a.run_dir or _infer_run_dir(a.ckpt)
-        if a.run_dir is None and run_dir is not None:
-            print(f"run folder: {run_dir}")
-        report = run_visualize(a.ckpt, a.output, run_dir, a.data, a.num_images, resolve_device(a.device), a.tsne_points,
-                               a.report, batch_idx=a.batch_idx)
-        print(f"pictures in {a.output}" + (f"; report {report}" if report else ""))
-        return 0
+    Args:
+        output: output folder for the pictures and report.html.
+        run_dir: training run folder, for its diagnostics, config and metrics (default: inferred from
+            RUN_DIR/checkpoints/*.ckpt).
+        num_images: evaluation images used for the pictures.
+        batch_idx: which batch of --num-images evaluation images to draw (seed 000's --batch_idx); with chunked
+            video data (data.videos_per_chunk), which chunk of videos.
+        tsne_points: encoder outputs shown by t-SNE (seeded subsample).
+        report: also write OUTPUT/report.html.
+    """
+    inferred = run_dir or _infer_run_dir(ckpt)
+    if run_dir is None and inferred is not None:
+        print(f"run folder: {inferred}")
+    written = run_visualize(ckpt, output, inferred, data, num_images, device, tsne_points, report, batch_idx)
+    print(f"pictures in {output}" + (f"; report {written}" if written else ""))
+    return 0
 
 
-@command("report", "Write one self-contained HTML page of a run: config, metrics and every picture (images embedded).")
-class Report:
-    @staticmethod
-    def build(p, argv):
-        p.add_argument("--run-dir", type=str, required=True, help="training run folder")
-        p.add_argument("--figures", type=str, default=None,
-                       help="folder written by `vqgan visualize` (default: RUN_DIR/visualizations; made from "
-                            "RUN_DIR/checkpoints/last.ckpt when missing)")
-        p.add_argument("--output", type=str, default=None, help="HTML file (default: RUN_DIR/report.html)")
-        p.add_argument("--visualize", type=bool, default=True,
-                       help="run visualize first when the figures folder has no figures.json and the run has a checkpoint")
-        p.add_argument("--screenshot", type=str, default=None, help="also save a PNG screenshot of the page (needs chromium)")
-        p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
+@command("report")
+def report(
+    run_dir: str, figures: str | None = None, output: str | None = None, visualize: bool = True,
+    screenshot: str | None = None, device: str = "auto",
+) -> int:
+    """Write one self-contained HTML page of a run: config, metrics and every picture (images embedded).
 
-    @staticmethod
-    def run(a):
-        from vqgan.viz.report import report_for_run, screenshot
+    Args:
+        run_dir: training run folder.
+        figures: folder written by `vqgan visualize` (default: RUN_DIR/visualizations; drawn from
+            RUN_DIR/checkpoints/last.ckpt when missing).
+        output: HTML file (default: RUN_DIR/report.html).
+        visualize: run visualize first when the figures folder has no figures.json and the run has a checkpoint.
+        screenshot: also save a PNG screenshot of the page (needs chromium).
+    """
+    from vqgan.viz.report import report_for_run
+    from vqgan.viz.report import screenshot as take_screenshot
 
-        run_dir = Path(a.run_dir)
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"--run-dir {run_dir}: no such folder")
-        figures = Path(a.figures) if a.figures else run_dir / "visualizations"
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
-        if a.visualize and not (figures / "figures.json").is_file() and ckpt.is_file():
-            from jsonargparse import Namespace
-
-            from vqgan.config import to_dict
-            from vqgan.models.io import experiment_from_checkpoint, load_checkpoint_file
-
-            data = to_dict(experiment_from_checkpoint(load_checkpoint_file(ckpt)).data)
-            print(f"no pictures in {figures}: drawing them from {ckpt}")
-            run_visualize(str(ckpt), figures, run_dir, Namespace(**data), device=resolve_device(a.device), report=False)
-        path = report_for_run(run_dir, figures, a.output)
-        print(f"report {path}")
-        if a.screenshot:
-            print(f"screenshot {screenshot(path, a.screenshot)}")
-        return 0
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"--run-dir {run}: no such folder")
+    figures_dir = Path(figures) if figures else run / "visualizations"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if visualize and not (figures_dir / "figures.json").is_file() and ckpt.is_file():
+        print(f"no pictures in {figures_dir}: drawing them from {ckpt}")
+        run_visualize(str(ckpt), figures_dir, run, None, device=device, report=False)
+    path = report_for_run(run, figures_dir, output)
+    print(f"report {path}")
+    if screenshot:
+        print(f"screenshot {take_screenshot(path, screenshot)}")
+    return 0

@@ -21,18 +21,15 @@ from vqgan.data.video import (
     pieces_per_clip,
     ucf101_records,
 )
+from vqgan.registry import Registry
 
-_BUILDERS: dict[str, Callable[[DataConfig, int], tuple[Dataset, Dataset]]] = {}
+#: ``DataConfig.kind`` -> builder ``(config, seed) -> (train, val)``.
+DATA_KINDS: Registry[Callable[[DataConfig, int], tuple[Dataset, Dataset]]] = Registry("data kind")
 
 
-def register_data(kind: str) -> Callable:
+def register_data(kind: str, description: str = "") -> Callable:
     """Register ``builder(config, seed) -> (train, val)`` for ``DataConfig.kind == kind``."""
-
-    def wrap(fn: Callable[[DataConfig, int], tuple[Dataset, Dataset]]):
-        _BUILDERS[kind] = fn
-        return fn
-
-    return wrap
+    return DATA_KINDS.register(kind, description)
 
 
 @register_data("builtin")
@@ -171,9 +168,7 @@ def _video_folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
 
 def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Training and validation datasets for ``cfg``; raises :class:`EmptyDatasetError` when there is no data."""
-    if cfg.kind not in _BUILDERS:
-        raise ValueError(f"data.kind={cfg.kind!r} is not available; choose one of {sorted(_BUILDERS)}")
-    train, val = _BUILDERS[cfg.kind](cfg, seed)
+    train, val = DATA_KINDS[cfg.kind](cfg, seed)
     for name, ds in (("training", train), ("validation", val)):
         if len(ds) == 0:
             raise EmptyDatasetError(f"the {name} set of data.kind={cfg.kind} (root={cfg.root}) is empty")
@@ -181,11 +176,12 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
 
 
 def available_data() -> list[str]:
-    return sorted(_BUILDERS)
+    return DATA_KINDS.names()
 
 
 __all__ = [
     "BuiltinPhotos",
+    "DATA_KINDS",
     "EmptyDatasetError",
     "ImageFolder",
     "MovingDigits",

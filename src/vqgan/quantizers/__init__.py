@@ -24,18 +24,15 @@ from vqgan.quantizers.lfq import LFQ
 from vqgan.quantizers.residual import ResidualQuantizer
 from vqgan.quantizers.simvq import SimVQ
 from vqgan.quantizers.vq import VectorQuantizer, kmeans, nearest_code
+from vqgan.registry import Registry
 
-_BUILDERS: dict[str, Callable[[QuantizerConfig, int], Quantizer]] = {}
+#: ``QuantizerConfig.kind`` -> builder ``(config, dim) -> Quantizer``.
+QUANTIZERS: Registry[Callable[[QuantizerConfig, int], Quantizer]] = Registry("quantizer kind")
 
 
-def register_quantizer(kind: str) -> Callable:
+def register_quantizer(kind: str, description: str = "") -> Callable:
     """Register a builder ``(config, dim) -> Quantizer`` for ``QuantizerConfig.kind == kind``."""
-
-    def wrap(fn: Callable[[QuantizerConfig, int], Quantizer]) -> Callable[[QuantizerConfig, int], Quantizer]:
-        _BUILDERS[kind] = fn
-        return fn
-
-    return wrap
+    return QUANTIZERS.register(kind, description)
 
 
 def _vq_kwargs(cfg: QuantizerConfig) -> dict:
@@ -105,26 +102,25 @@ def _build_simvq(cfg: QuantizerConfig, dim: int) -> Quantizer:
 
 @register_quantizer("residual")
 def _build_residual(cfg: QuantizerConfig, dim: int) -> Quantizer:
-    if cfg.stage_kind not in _BUILDERS or cfg.stage_kind == "residual":
-        raise ValueError(f"residual stage_kind {cfg.stage_kind!r} must be one of {sorted(set(_BUILDERS) - {'residual'})}")
+    if cfg.stage_kind not in QUANTIZERS or cfg.stage_kind == "residual":
+        raise ValueError(f"residual stage_kind {cfg.stage_kind!r} must be one of {sorted(set(QUANTIZERS) - {'residual'})}")
     stage_cfg = dataclasses.replace(cfg, kind=cfg.stage_kind)
-    return ResidualQuantizer([_BUILDERS[cfg.stage_kind](stage_cfg, dim) for _ in range(cfg.num_stages)])
+    return ResidualQuantizer([QUANTIZERS[cfg.stage_kind](stage_cfg, dim) for _ in range(cfg.num_stages)])
 
 
 def build_quantizer(cfg: QuantizerConfig, dim: int) -> Quantizer:
     """Build the quantizer named by ``cfg.kind`` for latents with ``dim`` channels."""
-    if cfg.kind not in _BUILDERS:
-        raise ValueError(f"quantizer kind {cfg.kind!r} is not available; choose one of {sorted(_BUILDERS)}")
-    return _BUILDERS[cfg.kind](cfg, dim)
+    return QUANTIZERS[cfg.kind](cfg, dim)
 
 
 def available_quantizers() -> list[str]:
-    return sorted(_BUILDERS)
+    return QUANTIZERS.names()
 
 
 __all__ = [
     "FSQ",
     "LFQ",
+    "QUANTIZERS",
     "Quantizer",
     "QuantizerOutput",
     "ResidualQuantizer",

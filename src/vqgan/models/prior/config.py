@@ -2,26 +2,19 @@
 
 A run is one :class:`PriorExperimentConfig` (model, data, training). As for stage 1, YAML files set values, dotted
 command-line options override them (``--model.n_layer 4``), and the resolved config is written next to every run.
-Named presets live in a small registry of their own (:func:`register_prior_preset`, :func:`get_prior_preset`,
-:func:`list_prior_presets`) because their type differs from stage 1's :class:`~vqgan.config.ExperimentConfig`.
+Named presets (:func:`register_prior_preset`, :func:`get_prior_preset`, :func:`list_prior_presets`) live in
+:data:`PRIOR_PRESETS`, an instance of the package's one :class:`~vqgan.registry.Registry`.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from vqgan.config import (
-    ConfigError,
-    TrainerSettings,
-    _flatten,
-    parse_config_args,
-    sections_from_namespace,
-    to_dict,
-)
+from vqgan.config import ConfigError, TrainerSettings, parse_run_config
+from vqgan.registry import Registry, preset_config
 
 
 @dataclass
@@ -32,8 +25,11 @@ class PriorModelConfig:
         kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021), ``maskgit`` (bidirectional, masked
             token modelling, Chang et al. 2022) or ``flow`` (rectified flow over continuous latents).
         vocab_size: number of codes of the tokenizer (its codebook size).
-        token_height, token_width: the token map of one image; the sequence length is their product.
-        n_layer, n_head, n_embd: transformer depth, heads and width.
+        token_height: rows of the token map of one image (the sequence length is ``token_height * token_width``).
+        token_width: columns of the token map of one image.
+        n_layer: transformer blocks.
+        n_head: attention heads.
+        n_embd: transformer width.
         dropout: dropout on embeddings, attention and MLP outputs.
         bias: biases in linear layers and LayerNorms.
         rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones.
@@ -46,7 +42,8 @@ class PriorModelConfig:
         patch_size: side of the latent patches that become transformer tokens (DiT, Peebles & Xie 2023).
         time_sampling: ``uniform`` t ~ U(0, 1) (Lipman et al. 2023; Liu et al. 2023) or ``logit_normal``
             t = sigmoid(N(logit_mean, logit_std)) (Esser et al. 2024), which trains the middle of the path more.
-        logit_mean, logit_std: parameters of the logit-normal time distribution.
+        logit_mean: mean of the logit-normal time distribution (of logit t).
+        logit_std: standard deviation of the logit-normal time distribution (of logit t).
         sampler: ODE solver for sampling: ``euler`` or ``heun`` (second order, two evaluations per step).
         sample_steps: ODE steps for samples (validation grids and ``vqgan sample``'s default).
         guidance: classifier-free guidance scale of those samples (1: the conditional model, no guidance).
@@ -124,7 +121,9 @@ class PriorDataConfig:
         val_tokens: folder of validation shards; ``None`` uses ``TOKENS/val`` if it exists, else holds out
             ``val_fraction`` of the training maps.
         val_fraction: share of the maps held out for validation when there is no validation folder.
-        batch_size, val_batch_size, num_workers: loader options.
+        batch_size: training batch size (per process).
+        val_batch_size: validation batch size (``None``: ``batch_size``).
+        num_workers: data loader worker processes.
         projection: ``kind: flow`` only: a folder written by ``vqgan fit-projection`` (seed 004's option A); the
             latents are projected through it to ``N`` channels, and samples unprojected before decoding.
     """
@@ -146,7 +145,9 @@ class PriorTrainConfig(TrainerSettings):
     Attributes:
         num_samples: token maps sampled after every validation for the code-usage histogram (and an image grid
             with a tokenizer).
-        sample_temperature, sample_top_k, sample_top_p: sampling options of those maps.
+        sample_temperature: softmax temperature of those maps.
+        sample_top_k: keep the k most likely codes when sampling them (``None``: all).
+        sample_top_p: nucleus sampling mass for them (``None``: off).
         maskgit_steps: MaskGIT decoding steps for those maps.
     """
 
@@ -167,7 +168,14 @@ class PriorTrainConfig(TrainerSettings):
 
 @dataclass
 class PriorExperimentConfig:
-    """A whole stage-2 run."""
+    """A whole stage-2 run.
+
+    Attributes:
+        name: name of the run.
+        model: the transformer prior.
+        data: the token shards.
+        train: optimisation, validation, checkpoints and hardware.
+    """
 
     name: str = "prior"
     model: PriorModelConfig = field(default_factory=PriorModelConfig)
@@ -182,69 +190,33 @@ class PriorExperimentConfig:
         return self
 
 
-PRIOR_SECTIONS: dict[str, type] = {"model": PriorModelConfig, "data": PriorDataConfig, "train": PriorTrainConfig}
-
-
-def add_prior_arguments(parser: Any, defaults: PriorExperimentConfig | None = None) -> None:
-    """Add ``--config`` (YAML) and every field of :class:`PriorExperimentConfig` as a dotted option to a
-    jsonargparse parser; ``defaults`` (e.g. a preset) seed the values."""
-    from jsonargparse import ActionConfigFile
-
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with a prior configuration")
-    parser.add_argument("--name", type=str, default="prior", help="name of the run")
-    for key, cls in PRIOR_SECTIONS.items():
-        parser.add_class_arguments(cls, key, help=(cls.__doc__ or "").strip().split("\n")[0])
-    if defaults is not None:
-        parser.set_defaults(_flatten(to_dict(defaults)))
-
-
-def prior_from_namespace(ns: Any) -> PriorExperimentConfig:
-    """A parsed jsonargparse namespace (holding the prior keys) as a :class:`PriorExperimentConfig`."""
-    return sections_from_namespace(PriorExperimentConfig, PRIOR_SECTIONS, ns)
-
-
 def load_prior_config(
     path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
 ) -> PriorExperimentConfig:
     """Preset, then YAML file, then dotted overrides (``["--model.n_layer", "2"]``), as ``vqgan fit-prior``."""
-    defaults = get_prior_preset(preset) if preset else None
-    ns = parse_config_args(lambda parser: add_prior_arguments(parser, defaults), path, overrides, explain=False)
-    return prior_from_namespace(ns)
+    return parse_run_config(PriorExperimentConfig, PRIOR_PRESETS, path, overrides, preset)
 
 
-# -- presets ------------------------------------------------------------------------------------------------
-_PRIOR_PRESETS: dict[str, Callable[[], PriorExperimentConfig]] = {}
-_PRIOR_DESCRIPTIONS: dict[str, str] = {}
+# -- presets (the one generic registry of vqgan.registry) ---------------------------------------------------
+PRIOR_PRESETS: Registry[Callable[[], PriorExperimentConfig]] = Registry("prior preset")
 
 
 def register_prior_preset(name: str, description: str = "") -> Callable:
     """Decorator registering ``fn() -> PriorExperimentConfig`` under ``name``."""
-
-    def wrap(fn: Callable[[], PriorExperimentConfig]) -> Callable[[], PriorExperimentConfig]:
-        if name in _PRIOR_PRESETS:
-            raise ValueError(f"prior preset {name!r} is already registered")
-        _PRIOR_PRESETS[name] = fn
-        _PRIOR_DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
-        return fn
-
-    return wrap
+    return PRIOR_PRESETS.register(name, description)
 
 
 def get_prior_preset(name: str) -> PriorExperimentConfig:
-    """A fresh copy of a prior preset."""
-    if name not in _PRIOR_PRESETS:
-        raise KeyError(f"unknown prior preset {name!r}; available: {', '.join(list_prior_presets())}")
-    cfg = copy.deepcopy(_PRIOR_PRESETS[name]())
-    cfg.name = name
-    return cfg
+    """A fresh copy of a prior preset, named after it."""
+    return preset_config(PRIOR_PRESETS, name)
 
 
 def list_prior_presets(prefix: str = "") -> list[str]:
-    return sorted(n for n in _PRIOR_PRESETS if n.startswith(prefix))
+    return PRIOR_PRESETS.names(prefix)
 
 
 def describe_prior_presets() -> dict[str, str]:
-    return {n: _PRIOR_DESCRIPTIONS[n] for n in list_prior_presets()}
+    return PRIOR_PRESETS.describe()
 
 
 def _tiny_train() -> PriorTrainConfig:
@@ -275,6 +247,12 @@ def _test_maskgit() -> PriorExperimentConfig:
 
 @register_prior_preset("quickstart-gpt", "GPT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")
 def _quickstart_gpt() -> PriorExperimentConfig:
+    """Autoregressive GPT prior (raster order) over the quick-start tokenizer's 8x8 codes.
+
+    Class-conditional on the built-in photos (9 classes) with classifier-free guidance. CPU-sized: about 1.1M
+    parameters. model.vocab_size, token_height/width and num_classes are taken from the token folder at training
+    time. Usage: vqgan fit-prior --config configs/prior_gpt.yaml --tokens TOKENS --run-dir RUN [--train.max_steps N]
+    """
     return PriorExperimentConfig(
         model=PriorModelConfig(kind="gpt", vocab_size=1024, token_height=8, token_width=8, n_layer=4, n_head=4,
                                n_embd=128, dropout=0.1, rope=True, num_classes=9),
@@ -285,6 +263,12 @@ def _quickstart_gpt() -> PriorExperimentConfig:
 
 @register_prior_preset("quickstart-maskgit", "MaskGIT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")
 def _quickstart_maskgit() -> PriorExperimentConfig:
+    """MaskGIT prior (bidirectional, cosine mask schedule) over the quick-start tokenizer's 8x8 codes.
+
+    Class-conditional on the built-in photos (9 classes) with classifier-free guidance. CPU-sized: about 1.1M
+    parameters. model.vocab_size, token_height/width and num_classes are taken from the token folder at training
+    time. Usage: vqgan fit-prior --config configs/prior_maskgit.yaml --tokens TOKENS --run-dir RUN
+    """
     return PriorExperimentConfig(
         model=PriorModelConfig(kind="maskgit", vocab_size=1024, token_height=8, token_width=8, n_layer=4, n_head=4,
                                n_embd=128, dropout=0.1, num_classes=9),
