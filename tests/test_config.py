@@ -7,7 +7,15 @@ import pytest
 import yaml
 
 from vqgan.config import ConfigError, ExperimentConfig, dump_config, load_config, to_dict
-from vqgan.registry import CONFIG_FILES, PRESETS, Registry, UnknownNameError, get_preset, list_presets, preset_yaml
+from vqgan.registry import (
+    CONFIG_FILES,
+    PRESETS,
+    Registry,
+    UnknownNameError,
+    get_preset,
+    list_presets,
+    preset_yaml,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -102,8 +102,8 @@ def evaluate(
         whole_split: evaluate every image of the validation split; false keeps data.val_size (the training-time cap).
         json_: print the result as JSON instead of a table.
     """
-    from vqgan.models.io import load_model
     from vqgan.metrics.evaluate import METRIC_NAMES, evaluate_tokenizer
+    from vqgan.models.io import load_model
 
     wanted = [m.strip().lower() for m in metrics.split(",") if m.strip()] if metrics else None
     if wanted is not None:

@@ -33,10 +33,10 @@ def encode(
         format: shard file format.
         seed: seed of the dataset's random crops.
     """
-    from vqgan.models.io import load_model
     from vqgan.config import to_dict
     from vqgan.data import build_datasets
     from vqgan.data.tokens import encode_dataset
+    from vqgan.models.io import load_model
 
     model, exp = load_model(ckpt)
     data_cfg = eval_data(data, exp.data if exp else None, model.config)

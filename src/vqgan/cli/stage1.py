@@ -81,8 +81,8 @@ def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: D
 @command("validate")
 def validate(ckpt: str, data: DataConfig | str | None = None, device: str = "auto") -> int:
     """Print PSNR, SSIM, codebook usage and perplexity of a checkpoint as one JSON object."""
-    from vqgan.models.io import load_model
     from vqgan.metrics.evaluate import reconstruction_metrics
+    from vqgan.models.io import load_model
     from vqgan.train.fit import build_loaders
 
     model, exp = load_model(ckpt)
@@ -104,9 +104,9 @@ def reconstruct(
         resolution: resize and centre-crop side (default: the model's).
         full_size: keep whole images (cropped to a multiple of the downsampling) instead of the model's crop.
     """
-    from vqgan.models.io import load_model
     from vqgan.data.video import VIDEO_EXTENSIONS
     from vqgan.inference import reconstruct_files
+    from vqgan.models.io import load_model
 
     model, _ = load_model(ckpt)
     if Path(input).is_file() and Path(input).suffix.lower() in VIDEO_EXTENSIONS:  # a video: MP4/GIF out

@@ -26,8 +26,8 @@ def reconstruct_video(
     """
     from pathlib import Path
 
-    from vqgan.models.io import load_model
     from vqgan.data.video import VideoDecodeError, list_videos
+    from vqgan.models.io import load_model
     from vqgan.viz.video import reconstruct_video_file
 
     model, _ = load_model(ckpt)
