@@ -151,6 +151,7 @@ CONFIG_FILES: dict[str, tuple[str, str]] = {
     "moving_digits_video.yaml": ("stage1", "moving-digits-video3d"),
     "prior_gpt.yaml": ("prior", "quickstart-gpt"),
     "prior_maskgit.yaml": ("prior", "quickstart-maskgit"),
+    "prior_flow.yaml": ("prior", "quickstart-flow"),
 }
 
 

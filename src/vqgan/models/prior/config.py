@@ -289,6 +289,13 @@ def _test_flow() -> PriorExperimentConfig:
 
 @register_prior_preset("quickstart-flow", "flow-matching DiT over the quickstart tokenizer's 8x8 latents (CPU-sized)")
 def _quickstart_flow() -> PriorExperimentConfig:
+    """Flow-matching prior (rectified flow, a DiT with adaLN-Zero; Heun sampler) over the quick-start tokenizer's
+    8x8 continuous latents, class-conditional on the built-in photos with classifier-free guidance. CPU-sized, the
+    GPT and MaskGIT presets' depth and width. model.latent_channels, token_height/width and num_classes are taken
+    from the latent folder at training time (after data.projection, seed 004's option A, when one is given).
+    Usage: vqgan encode --ckpt TOKENIZER --what continuous --output LATENTS
+           vqgan fit-prior --config configs/prior_flow.yaml --tokens LATENTS --run-dir RUN [--train.max_steps N]
+    """
     # Same depth and width as the GPT and MaskGIT presets; latent channels and map size come from the latent
     # folder (`vqgan encode --what continuous`). Heun with 16 steps: 32 network evaluations per sample.
     return PriorExperimentConfig(
