@@ -25,16 +25,25 @@ class PriorModelConfig:
         kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021) or ``maskgit`` (bidirectional, masked
             token modelling, Chang et al. 2022).
         vocab_size: number of codes of the tokenizer (its codebook size).
-        token_height, token_width: the token map of one image; the sequence length is their product.
+        token_height, token_width: the token map of one image (or of one latent frame of a clip).
+        token_frames: latent frames ``T`` of a clip (its tokens form a ``(T, h, w)`` grid, modelled in raster
+            order over time, then rows, then columns); 1 models images (``(h, w)`` maps). The sequence length is
+            ``token_frames * token_height * token_width``.
         n_layer, n_head, n_embd: transformer depth, heads and width.
         dropout: dropout on embeddings, attention and MLP outputs.
         bias: biases in linear layers and LayerNorms.
-        rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones.
+        rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones. Over a video grid
+            (``token_frames > 1``) the rotation is per axis: the head's frequency pairs are split between time,
+            rows and columns (3D RoPE, as the M-RoPE of video LLMs), so attention sees relative offsets in each.
         rope_base: RoPE's frequency base.
         num_classes: number of classes for class conditioning; 0 trains an unconditional prior. One more "null"
             class is always added, used for unlabelled data and classifier-free guidance (Ho & Salimans 2022).
         cond_dropout: probability of replacing a label by the null class during training (needed for guidance).
         mlp_ratio: hidden width of the MLP in units of ``n_embd``.
+        frame_prediction_prob: MaskGIT over clips: share of training clips whose mask covers only frames from a
+            random ``k`` in ``[1, T)`` on (the first ``k`` latent frames stay visible), so that the model also
+            learns the "predict the future from the past" pattern it meets in frame prediction (MAGVIT's task
+            mixing, Yu et al. 2023). 0 keeps MaskGIT's uniform masking over the whole grid.
     """
 
     kind: Literal["gpt", "maskgit"] = "gpt"
@@ -51,11 +60,24 @@ class PriorModelConfig:
     num_classes: int = 0
     cond_dropout: float = 0.1
     mlp_ratio: int = 4
+    token_frames: int = 1
+    frame_prediction_prob: float = 0.0
 
     @property
     def num_tokens(self) -> int:
-        """Tokens per image (the length of the sequence the prior models)."""
+        """Tokens per image or clip (the length of the sequence the prior models)."""
+        return self.token_frames * self.token_height * self.token_width
+
+    @property
+    def frame_tokens(self) -> int:
+        """Tokens per latent frame (``token_height * token_width``)."""
         return self.token_height * self.token_width
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(h, w)`` for images, ``(T, h, w)`` for clips."""
+        hw = (self.token_height, self.token_width)
+        return (self.token_frames, *hw) if self.token_frames > 1 else hw
 
     @property
     def null_class(self) -> int:
@@ -73,8 +95,15 @@ class PriorModelConfig:
             raise ConfigError(f"model.num_classes={self.num_classes} must be >= 0")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"model.cond_dropout={self.cond_dropout} must be in [0, 1)")
-        if min(self.token_height, self.token_width) < 1:
-            raise ConfigError("model.token_height and model.token_width must be positive")
+        if min(self.token_height, self.token_width, self.token_frames) < 1:
+            raise ConfigError("model.token_height, model.token_width and model.token_frames must be positive")
+        if self.rope and self.token_frames > 1 and self.n_embd // self.n_head < 6:
+            raise ConfigError(
+                f"model.rope over a (T, h, w) grid needs a head dimension of at least 6 (a frequency pair per "
+                f"axis), got {self.n_embd // self.n_head}"
+            )
+        if not 0.0 <= self.frame_prediction_prob <= 1.0:
+            raise ConfigError(f"model.frame_prediction_prob={self.frame_prediction_prob} must be in [0, 1]")
         return self
 
 
