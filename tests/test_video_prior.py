@@ -1,0 +1,203 @@
+"""Priors over (T, h, w) token grids of video tokenizers: causality over time and space, the KV cache, 3D RoPE,
+frame prediction from given frames, overfitting a handful of clips, and classifier-free guidance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqgan.models.prior import GPTPrior, MaskGITPrior, PriorModelConfig, build_prior
+from vqgan.models.prior.transformer import KVCache, RotaryEmbedding, grid_positions, rope_sections
+
+# One intra-op thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+T, H, W = 3, 2, 3  # 18 tokens: small, with every axis longer than one
+
+
+def tiny(kind: str = "gpt", **kw) -> PriorModelConfig:
+    base = dict(kind=kind, vocab_size=12, token_frames=T, token_height=H, token_width=W, n_layer=2, n_head=2,
+                n_embd=32, num_classes=3, rope=True)
+    return PriorModelConfig(**{**base, **kw})
+
+
+def test_grid_config_shapes_and_validation():
+    cfg = tiny()
+    assert cfg.num_tokens == T * H * W and cfg.frame_tokens == H * W and cfg.token_shape == (T, H, W)
+    assert PriorModelConfig(token_height=4, token_width=5).token_shape == (4, 5)
+    with pytest.raises(ValueError, match="token_frames"):
+        tiny(token_frames=0).validate()
+    with pytest.raises(ValueError, match="head dimension of at least 6"):
+        tiny(n_embd=8, n_head=2).validate()
+    with pytest.raises(ValueError, match="frame_prediction_prob"):
+        tiny(frame_prediction_prob=1.5).validate()
+
+
+def test_3d_rope_splits_frequencies_and_scores_depend_on_offsets_per_axis():
+    assert rope_sections(64, 3) == [16, 24, 24] and rope_sections(8, 3) == [2, 3, 3] and rope_sections(4, 1) == [4]
+    pos = grid_positions(T, H, W)
+    assert pos.shape == (1 + T * H * W, 3) and pos[0].tolist() == [0, 0, 0]
+    assert pos[1].tolist() == [1, 1, 1] and pos[-1].tolist() == [T, H, W]
+    # Raster order: time, then rows, then columns.
+    assert pos[2].tolist() == [1, 1, 2] and pos[1 + W].tolist() == [1, 2, 1] and pos[1 + H * W].tolist() == [2, 1, 1]
+    big = grid_positions(6, 6, 6)
+    rope = RotaryEmbedding(16, len(big), positions=big)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    index = {tuple(p): i for i, p in enumerate(big.tolist())}
+
+    def score(a, b):
+        return float((rope(q, index[a]) * rope(k, index[b])).sum())
+
+    # Same 3D offset, different places: same score; an offset along any single axis changes it.
+    assert score((3, 2, 4), (2, 1, 1)) == pytest.approx(score((5, 5, 6), (4, 4, 3)), abs=1e-4)
+    for other in ((1, 1, 1), (2, 2, 1), (2, 1, 2)):
+        assert score((3, 2, 4), (2, 1, 1)) != pytest.approx(score((3, 2, 4), other), abs=1e-3)
+    # One axis: the 1D RoPE of images is unchanged (positions 0 .. L-1).
+    torch.testing.assert_close(RotaryEmbedding(8, 10).cos, RotaryEmbedding(8, 10, positions=torch.arange(10)[:, None]).cos)
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_video_gpt_is_causal_over_time_and_space(rope):
+    """Changing token i never changes the logits of positions <= i, whether i moves along x, y or t."""
+    torch.manual_seed(0)
+    model = GPTPrior(tiny(rope=rope)).eval()
+    n = T * H * W
+    x = torch.randint(0, 12, (2, T, H, W))
+    labels = torch.tensor([0, 3])  # 3 is the null class
+    base = model(x.flatten(1)[:, :-1], labels).logits
+    assert base.shape == (2, n, 12)
+    for i in range(n - 1):
+        y = x.clone().flatten(1)
+        y[:, i] = (y[:, i] + 1 + torch.arange(2)) % 12
+        logits = model(y.view(2, T, H, W).flatten(1)[:, :-1], labels).logits
+        torch.testing.assert_close(logits[:, : i + 1], base[:, : i + 1], rtol=0, atol=1e-6)
+        assert (logits[:, i + 1] - base[:, i + 1]).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_kv_cache_equals_the_full_pass_over_a_3d_grid(rope):
+    torch.manual_seed(0)
+    model = GPTPrior(tiny(rope=rope)).eval()
+    n = T * H * W
+    x = torch.randint(0, 12, (2, n - 1))
+    labels = torch.tensor([1, 2])
+    full = model(x, labels).logits
+    tr = model.transformer
+    cache = KVCache.empty(model.config, 2, n, x.device, torch.float32)
+    # Prefill the class and the first frame (as frame prediction does), then one token at a time.
+    k = H * W
+    steps = list(model.head(tr(tr.embed(x[:, :k], labels, 0), cache)).unbind(1))
+    for i in range(k, n - 1):
+        steps.append(model.head(tr(tr.embed(x[:, i : i + 1], None, i + 1), cache))[:, -1])
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == n
+
+
+@pytest.mark.parametrize("prefix_frames", [0, 1, 2])
+@pytest.mark.parametrize("kw", [{}, {"cfg_scale": 2.5, "top_k": 6}])
+def test_video_gpt_cached_and_uncached_sampling_agree(prefix_frames, kw):
+    torch.manual_seed(0)
+    model = GPTPrior(tiny()).eval()
+    labels = torch.tensor([0, 1, 2, -1])
+    prefix = torch.randint(0, 12, (4, prefix_frames, H, W)) if prefix_frames else None
+
+    def draw(cache, seed=7):
+        g = torch.Generator().manual_seed(seed)
+        return model.generate(labels=labels, prefix=prefix, use_cache=cache, generator=g, **kw)
+
+    a, b = draw(True), draw(False)
+    assert a.shape == (4, T, H, W) and torch.equal(a, b)
+    assert not torch.equal(a, draw(True, seed=8))
+
+
+@pytest.mark.parametrize("kind", ["gpt", "maskgit"])
+def test_frame_prediction_keeps_the_given_frames_codes_exactly(kind):
+    torch.manual_seed(0)
+    model = build_prior(tiny(kind)).eval()
+    given = torch.randint(0, 12, (5, 2, H, W))
+    kw = {"steps": 3} if kind == "maskgit" else {}
+    out = model.generate(labels=torch.arange(5) % 3, prefix=given, generator=torch.Generator().manual_seed(0), **kw)
+    assert out.shape == (5, T, H, W)
+    assert torch.equal(out[:, :2], given)
+    assert int(out.min()) >= 0 and int(out.max()) < 12  # no mask token left
+    # A flat prefix of whole frames is the same thing.
+    out2 = model.generate(labels=torch.arange(5) % 3, prefix=given.flatten(1), generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(out, out2)
+    with pytest.raises(ValueError, match="nothing to generate"):
+        model.generate(prefix=torch.zeros(1, T, H, W, dtype=torch.long))
+    with pytest.raises(ValueError, match="prefixes for a batch"):
+        model.generate(labels=torch.tensor([0, 1]), prefix=given)
+
+
+def test_maskgit_frame_prediction_masks_only_the_future():
+    torch.manual_seed(0)
+    model = MaskGITPrior(tiny("maskgit", frame_prediction_prob=0.5))
+    g = torch.Generator().manual_seed(0)
+    mask = model.random_mask(4000, torch.device("cpu"), g).view(4000, T, H * W)
+    # Rows whose first latent frame is fully visible are (mostly) the frame-prediction rows: about half, plus the
+    # few uniform rows that happen to leave frame 0 unmasked.
+    past_visible = ~mask[:, 0].any(-1)
+    assert 0.5 <= float(past_visible.float().mean()) <= 0.65
+    # In those rows the masked positions start at a frame boundary: every frame before the first masked one is
+    # entirely visible.
+    for row in mask[past_visible][:200]:
+        masked_frames = row.any(-1)
+        first = int(masked_frames.float().argmax())
+        assert not row[:first].any() and row.any()
+    # Without the option the masks are uniform over the grid (frame 0 fully visible only by chance).
+    uniform = MaskGITPrior(tiny("maskgit")).random_mask(4000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert float((~uniform.view(4000, T, H * W)[:, 0].any(-1)).float().mean()) < 0.15
+
+
+@pytest.mark.parametrize("kind", ["gpt", "maskgit"])
+def test_tiny_video_prior_overfits_a_handful_of_clips(kind):
+    """Three token clips, one per class: after training, class-conditional samples reproduce them, and frame
+    prediction from a clip's first frame continues that clip."""
+    torch.manual_seed(0)
+    cfg = tiny(kind, n_embd=64, n_head=4, cond_dropout=0.0, frame_prediction_prob=0.3 if kind == "maskgit" else 0.0)
+    model = build_prior(cfg)
+    clips = torch.randint(0, 12, (3, T, H, W), generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(150):
+        loss = model.training_loss(clips.repeat(4, 1, 1, 1), labels.repeat(4), generator=g).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    kw = {"steps": 6} if kind == "maskgit" else {}
+    samples = model.generate(labels=labels.repeat(2), temperature=0.5, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(samples, clips.repeat(2, 1, 1, 1)), float(loss.detach())
+    predicted = model.generate(labels=labels, prefix=clips[:, :1], temperature=0.5, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(predicted, clips)
+
+
+@pytest.mark.parametrize("kind", ["gpt", "maskgit"])
+def test_guidance_one_equals_the_conditional_model_on_grids(kind):
+    """cfg_scale=1 samples the conditional model: same tokens as the guided path with the unconditional logits
+    made irrelevant, and greedy guided decoding follows l_u + s (l_c - l_u) computed by separate passes."""
+    torch.manual_seed(0)
+    model = build_prior(tiny(kind)).eval()
+    with torch.no_grad():
+        model.transformer.cls_emb.weight.mul_(50)  # the class matters a lot
+    labels = torch.tensor([0, 1, 2])
+    kw = {"steps": 4} if kind == "maskgit" else {}
+    plain = model.generate(labels=labels, cfg_scale=1.0, generator=torch.Generator().manual_seed(5), **kw)
+    # Guidance at a scale a hair above 1 is numerically the conditional model: identical samples.
+    near = model.generate(labels=labels, cfg_scale=1.0 + 1e-7, generator=torch.Generator().manual_seed(5), **kw)
+    assert plain.shape == (3, T, H, W) and torch.equal(plain, near)
+    # The guided logits themselves: scale 1 equals the conditional pass exactly.
+    from vqgan.models.prior import classifier_free_guidance
+
+    x = torch.randint(0, 12, (3, T * H * W - 1 if kind == "gpt" else T * H * W))
+    cond = model(x, labels).logits
+    uncond = model(x, torch.full_like(labels, 3)).logits
+    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 1.0), cond)
+    assert (classifier_free_guidance(cond, uncond, 3.0) - cond).abs().max() > 1e-3
+    # Greedy decoding at scale 3 picks the arg-max of the guided logits.
+    if kind == "gpt":
+        out = model.generate(labels=labels, cfg_scale=3.0, top_k=1, use_cache=False)
+        seq = out.flatten(1)
+        c, u = model(seq[:, :-1], labels).logits, model(seq[:, :-1], torch.full_like(labels, 3)).logits
+        assert torch.equal(classifier_free_guidance(c, u, 3.0).argmax(-1), seq)
