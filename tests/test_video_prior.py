@@ -201,3 +201,82 @@ def test_guidance_one_equals_the_conditional_model_on_grids(kind):
         seq = out.flatten(1)
         c, u = model(seq[:, :-1], labels).logits, model(seq[:, :-1], torch.full_like(labels, 3)).logits
         assert torch.equal(classifier_free_guidance(c, u, 3.0).argmax(-1), seq)
+
+
+# -- quality figures ----------------------------------------------------------------------------------------------
+def test_frame_prediction_scores_per_frame_and_future_means():
+    from vqgan.metrics.video import frame_prediction_scores, motion_profile
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 1, 4, 16, 16, generator=g) * 2 - 1
+    pred = target.clone()
+    pred[:, :, 2:] += 0.1 * torch.randn(3, 1, 2, 16, 16, generator=g)
+    s = frame_prediction_scores(pred, target, context_frames=2)
+    assert len(s["psnr_per_frame"]) == 4 and s["psnr_per_frame"][0] > 90  # identical frames: PSNR capped high
+    assert s["ssim_per_frame"][:2] == [1.0, 1.0] and s["ssim_future"] < 0.99
+    # Noise of std 0.1 in [-1, 1] is 0.05 in [0, 1]: PSNR about 26 dB (clamping trims a little).
+    assert 24 < s["psnr_future"] < 28
+    assert s["psnr_future"] == pytest.approx(sum(s["psnr_per_frame"][2:]) / 2, abs=1e-2)
+    with pytest.raises(ValueError, match="context_frames"):
+        frame_prediction_scores(pred, target, context_frames=4)
+    # Motion: a still clip has none, a clip that jumps by 1 (in [-1, 1]) moves 0.5 per transition.
+    still = torch.zeros(2, 1, 3, 4, 4)
+    assert motion_profile(still).tolist() == [0.0, 0.0]
+    jump = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4), torch.zeros(1, 4, 4)], 1)[None]
+    torch.testing.assert_close(motion_profile(jump), torch.tensor([0.5, 0.5]))
+
+
+class _StandInI3D(torch.nn.Module):
+    """Tiny network with I3D's TorchScript call signature: a fixed 3D conv, then mean and spread per channel."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(3, 4, 3, stride=(1, 8, 8), padding=1)
+
+    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False):
+        h = torch.relu(self.conv(x))
+        return torch.cat([h.mean((2, 3, 4)), h.flatten(2).std(2)], 1)
+
+
+def test_fvd_from_a_torchscript_file_and_the_missing_file_message(tmp_path, monkeypatch):
+    from vqgan.losses.perceptual import BackboneWeightsMissing
+    from vqgan.metrics.fid import frechet_distance
+    from vqgan.metrics.video import I3D_FILE, FrechetVideoDistance, i3d_input
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no cached file either
+    with pytest.raises(BackboneWeightsMissing, match=I3D_FILE) as e:
+        FrechetVideoDistance(None)
+    assert "no I3D file was given" in str(e.value) and "--fvd-weights" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FrechetVideoDistance(tmp_path / "nope.pt")
+    not_script = tmp_path / "state.pt"
+    torch.save({"w": torch.zeros(1)}, not_script)
+    with pytest.raises(ValueError, match="not a TorchScript I3D"):
+        FrechetVideoDistance(not_script)
+
+    path = tmp_path / I3D_FILE
+    torch.jit.script(_StandInI3D()).save(str(path))
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(12, 1, 3, 16, 16, generator=g) * 2 - 1
+    fvd = FrechetVideoDistance(path, resolution=32)
+    assert i3d_input(real[:2], 32).shape == (2, 3, 3, 32, 32)
+    for half in real.split(6):
+        fvd.update(half, real=True)
+        fvd.update(half, real=False)
+    assert fvd.compute() == pytest.approx(0.0, abs=1e-6)  # the same set
+    # Another set: the Fréchet distance of the features, computed here directly.
+    other = (real * 0.5 + 0.3).clamp(-1, 1)
+    fvd2 = FrechetVideoDistance(path, resolution=32)
+    fvd2.update(real, real=True)
+    fvd2.update(other, real=False)
+    net = _StandInI3D()
+    with torch.no_grad():
+        a, b = (net(i3d_input(x, 32)).double() for x in (real, other))
+    expected = frechet_distance(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+    assert fvd2.compute() == pytest.approx(expected, rel=1e-4) and expected > 1e-3
+    # The hub cache is used when no path is given.
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / I3D_FILE).write_bytes(path.read_bytes())
+    assert FrechetVideoDistance(None, resolution=32).features_of(real[:2]).shape == (2, 8)

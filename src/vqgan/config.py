@@ -208,6 +208,9 @@ class DataConfig:
     annotations: str | None = None
     videos_per_chunk: int | None = None
     epochs_per_chunk: int = 1
+    # data.kind=moving_digits: digits per clip. The clip's class (for class-conditional priors) is the digit for
+    # one digit, else the digits sorted and read as one number (10**num_digits classes, e.g. {7, 3} -> 37).
+    num_digits: int = 2
 
 
 @dataclass
