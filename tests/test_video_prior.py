@@ -280,3 +280,34 @@ def test_fvd_from_a_torchscript_file_and_the_missing_file_message(tmp_path, monk
     cache.mkdir(parents=True)
     (cache / I3D_FILE).write_bytes(path.read_bytes())
     assert FrechetVideoDistance(None, resolution=32).features_of(real[:2]).shape == (2, 8)
+
+
+# -- encoding clips into token grids ------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["video3d", "image"])
+def test_encode_moving_digits_clips_into_labelled_token_grids_resumably(tmp_path, arch):
+    from vqgan.data.synthetic import MovingDigits
+    from vqgan.data.tokens import TokenDataset, encode_dataset
+    from vqgan.models import build_model
+    from vqgan.registry import get_preset
+
+    torch.manual_seed(0)
+    name = "test-video3d" if arch == "video3d" else "test-vq"
+    cfg = get_preset(name).model
+    cfg.in_channels, cfg.resolution = 1, 16
+    model = build_model(cfg).eval()
+    ds = MovingDigits(length=5, resolution=16, frames=5, num_digits=1, seed=0)
+    out = tmp_path / "tokens"
+    m = encode_dataset(model, ds, out, shard_size=2, batch_size=2, progress=False, max_shards=2)
+    assert not m.complete and len(m.shards) == 2
+    m = encode_dataset(model, ds, out, shard_size=2, batch_size=2, progress=False)  # resumes at shard 2
+    assert m.complete and m.num_written == 5
+    t = 3 if arch == "video3d" else 5  # the causal 3D tokenizer halves time (1 + 4 / 2), an image one keeps frames
+    h = model.config.latent_resolution
+    assert m.token_shape == [t, h, h] and m.class_names == [str(k) for k in range(10)] and m.num_classes == 10
+    tokens = TokenDataset(out)
+    assert tokens[3]["tokens"].shape == (t, h, h) and int(tokens[3]["label"]) == int(ds[3]["label"])
+    # The grids are the model's codes of the clips (frame by frame for the image model).
+    with torch.no_grad():
+        clip = ds[4]["image"][None]
+        want = model.encode(clip).indices[0] if arch == "video3d" else model.encode(clip[0].transpose(0, 1)).indices
+    assert torch.equal(tokens[4]["tokens"], want.long())

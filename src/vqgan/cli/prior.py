@@ -84,7 +84,7 @@ class FitPrior:
         return 0
 
 
-@command("sample", "Sample images from a trained prior and tokenizer: an image grid and the individual images.")
+@command("sample", "Sample images (or clips, as MP4/GIF grids) from a trained prior and tokenizer; --prefix-frames predicts frames.")
 class Sample:
     @staticmethod
     def build(p, argv):
@@ -101,7 +101,11 @@ class Sample:
         p.add_argument("--steps", type=int, default=8, help="MaskGIT decoding steps")
         p.add_argument("--no-cache", type=bool, default=False, help="GPT: recompute the whole prefix at every step")
         p.add_argument("--seed", type=int, default=0, help="random seed")
-        p.add_argument("--ncol", type=int, default=8, help="images per row of the grid")
+        p.add_argument("--ncol", type=int, default=8, help="images (clips: at most 8) per row of the grid")
+        p.add_argument("--prefix-frames", type=int, default=0,
+                       help="clip priors: frame prediction, keeping the codes of the first K frames of every --input clip")
+        p.add_argument("--input", type=str, default=None, help="video file or folder: the clips for --prefix-frames")
+        p.add_argument("--fps", type=float, default=4.0, help="frame rate of the written MP4/GIF clips")
         p.add_argument("--output", type=str, required=True, help="output folder")
         p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
 
@@ -112,7 +116,8 @@ class Sample:
         result = generate_images(
             a.prior, a.output, tokenizer=a.tokenizer, num=a.num, class_=getattr(a, "class"), cfg_scale=a.cfg_scale,
             temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, steps=a.steps, use_cache=not a.no_cache,
-            seed=a.seed, ncol=a.ncol, device=resolve_device(a.device),
+            seed=a.seed, ncol=a.ncol, device=resolve_device(a.device), prefix_frames=a.prefix_frames, inputs=a.input,
+            fps=a.fps,
         )
         print(json.dumps(result))
         return 0

@@ -172,7 +172,11 @@ class PriorSamples(L.Callback):
                 exp.add_histogram("samples/codes", tokens.flatten().cpu(), step)
         if self.tokenizer is not None:
             images = decode_tokens(self.tokenizer, tokens)
-            save_image_grid(images, self.directory / f"step_{step:07d}.png")
+            ncol = 8
+            if images.dim() == 5:  # clips: one row of frames per sample
+                ncol = images.shape[2]
+                images = images[:8].transpose(1, 2).flatten(0, 1)
+            save_image_grid(images, self.directory / f"step_{step:07d}.png", ncol=ncol)
             for logger in trainer.loggers:
                 exp = getattr(logger, "experiment", None)
                 if hasattr(exp, "add_image"):
@@ -182,8 +186,14 @@ class PriorSamples(L.Callback):
 
 @torch.no_grad()
 def decode_tokens(tokenizer: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Decode ``(B, h, w)`` code indices with a stage-1 tokenizer to images in [-1, 1] (clamped)."""
+    """Decode ``(B, h, w)`` code indices (``(B, t, h, w)`` token grids of clips) with a stage-1 tokenizer to images
+    in [-1, 1] (clamped): ``(B, C, H, W)``, or clips ``(B, C, T, H, W)``. An image tokenizer decodes a token grid
+    frame by frame."""
     device = next(tokenizer.parameters()).device
+    if tokens.dim() == 4 and getattr(tokenizer.config, "arch", None) != "video3d":
+        b, t = tokens.shape[:2]
+        frames = decode_tokens(tokenizer, tokens.flatten(0, 1), batch_size)
+        return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
     out = [
         tokenizer.decode_codes(tokens[i : i + batch_size].to(device)).clamp(-1, 1).cpu()
         for i in range(0, tokens.shape[0], batch_size)
@@ -258,14 +268,17 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
 
 
 def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest) -> None:
-    """Take the vocabulary, map size and classes from the token folder (they are facts of the data)."""
+    """Take the vocabulary, map (or clip grid) size and classes from the token folder (facts of the data)."""
     m = cfg.model
-    h, w = manifest.token_shape
+    *t, h, w = manifest.token_shape
+    frames = t[0] if t else 1
     changes = {}
     if m.vocab_size != manifest.codebook_size:
         changes["vocab_size"] = manifest.codebook_size
     if (m.token_height, m.token_width) != (h, w):
         changes.update(token_height=h, token_width=w)
+    if m.token_frames != frames:
+        changes["token_frames"] = frames
     if m.num_classes > 0 and m.num_classes != manifest.num_classes:
         changes["num_classes"] = manifest.num_classes
     for k, v in changes.items():
@@ -428,10 +441,16 @@ def generate_images(
     seed: int = 0,
     ncol: int = 8,
     device: str = "cpu",
+    prefix_frames: int = 0,
+    inputs: str | Path | None = None,
+    fps: float = 4.0,
 ) -> dict[str, Any]:
     """Sample ``num`` token maps from a prior checkpoint, decode them with the tokenizer and write
     ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels) and
-    ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there)."""
+    ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there).
+
+    A prior over clips (``model.token_frames > 1``) writes video grids instead, and predicts frames after the
+    first ``prefix_frames`` of the clips in ``inputs``: see :func:`vqgan.video_generation.generate_clips`."""
     from safetensors.torch import save_file
 
     from vqgan.train.checkpoint import load_model
@@ -448,6 +467,15 @@ def generate_images(
         )
     names = list(meta.get("class_names", []))
     labels = resolve_class(class_, cfg.model.num_classes, names, num)
+    if cfg.model.token_frames > 1 or prefix_frames:
+        from vqgan.video_generation import generate_clips
+
+        if cfg.model.token_frames == 1:
+            raise ValueError("--prefix-frames needs a prior over clips (model.token_frames > 1)")
+        return generate_clips(
+            model, tok, output, labels, num, names, prefix_frames, inputs, cfg_scale, temperature, top_k, top_p,
+            min(steps, cfg.model.num_tokens), use_cache, seed, min(ncol, 8), fps, device,
+        )
     g = torch.Generator(device=device).manual_seed(seed)
     kw: dict[str, Any] = dict(num=num, labels=None if labels is None else labels.to(device), temperature=temperature,
                               top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=g)
