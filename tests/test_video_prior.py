@@ -311,3 +311,82 @@ def test_encode_moving_digits_clips_into_labelled_token_grids_resumably(tmp_path
         clip = ds[4]["image"][None]
         want = model.encode(clip).indices[0] if arch == "video3d" else model.encode(clip[0].transpose(0, 1)).indices
     assert torch.equal(tokens[4]["tokens"], want.long())
+
+
+# -- end to end: encode, fit-prior, sample ------------------------------------------------------------------------
+def test_video_prior_config_file_mirrors_its_preset():
+    from pathlib import Path
+
+    from vqgan.config import to_dict
+    from vqgan.models.prior import get_prior_preset, load_prior_config
+
+    cfg = load_prior_config(Path(__file__).resolve().parents[1] / "configs" / "prior_video_digits.yaml")
+    got, want = to_dict(cfg), to_dict(get_prior_preset("moving-digits-video-gpt"))
+    got.pop("name"), want.pop("name")
+    assert got == want
+
+
+@pytest.mark.parametrize("kind", ["gpt", "maskgit"])
+def test_class_conditional_clip_sample_and_frame_prediction_end_to_end(tmp_path, kind, capsys):
+    """A tiny clip prior trained two steps on encoded moving digits: `vqgan sample --class` decodes clips of the
+    right shape written as MP4 (read back with PyAV) and GIF; `--prefix-frames` keeps the given frames' codes."""
+    import json
+
+    import av
+    from safetensors.torch import load_file
+
+    from vqgan.cli import main
+    from vqgan.data.synthetic import MovingDigits
+    from vqgan.data.tokens import encode_dataset
+    from vqgan.models import build_model
+    from vqgan.models.prior import get_prior_preset
+    from vqgan.registry import get_preset
+    from vqgan.train.prior import fit_prior
+    from vqgan.video_generation import encode_clips
+    from vqgan.viz.video import write_video
+
+    torch.manual_seed(0)
+    tok = build_model(get_preset("test-video3d").model).eval()  # 16x16 grey, f4 t2, 32 codes
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(str(tok_dir))
+    ds = MovingDigits(length=8, resolution=16, frames=5, num_digits=1, seed=0)
+    encode_dataset(tok, ds, tmp_path / "tokens", shard_size=8, batch_size=4, progress=False,
+                   source={"tokenizer": str(tok_dir)})
+    cfg = get_prior_preset(f"test-video-{kind}")
+    cfg.train.max_steps, cfg.train.logger = 2, "none"
+    metrics = fit_prior(cfg, tmp_path / "tokens", tmp_path / "run")
+    assert metrics["steps"] == 2
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+
+    capsys.readouterr()
+    out = tmp_path / "samples"
+    assert main(["sample", "--prior", ckpt, "--num", "3", "--class", "7", "--cfg-scale", "2.0", "--steps", "4",
+                 "--output", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["num"] == 3 and result["frames"] == 5
+    clips = load_file(str(out / "clips.safetensors"))["clips"]
+    assert clips.shape == (3, 1, 5, 16, 16) and float(clips.abs().max()) <= 1.0
+    assert load_file(str(out / "tokens.safetensors"))["labels"].tolist() == [7, 7, 7]
+    with av.open(str(out / "grid.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 5 and frames[0].shape[2] == 3 and frames[0].shape[1] >= 3 * 16
+    assert (out / "grid.gif").is_file() and (out / "grid_frames.png").is_file()
+
+    # Frame prediction from clips given as files: the codes of the first 3 frames (2 latent frames) are kept.
+    given = tmp_path / "given"
+    truth = torch.stack([MovingDigits(length=2, resolution=16, frames=5, num_digits=1, seed=9)[i]["image"] for i in range(2)])
+    for i, clip in enumerate(truth):
+        write_video(clip, given / f"clip{i}.gif")
+    pred = tmp_path / "pred"
+    assert main(["sample", "--prior", ckpt, "--prefix-frames", "3", "--input", str(given), "--steps", "4",
+                 "--output", str(pred)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["psnr_per_frame"]) == 5 and result["prefix_latent_frames"] == 2
+    tokens = load_file(str(pred / "tokens.safetensors"))["tokens"]
+    from vqgan.video_generation import load_clips
+
+    read, _ = load_clips(given, 5, 16, 1)
+    assert torch.equal(tokens[:, :2], encode_clips(tok, read)[:, :2])
+    assert (pred / "prediction.mp4").is_file() and (pred / "clips" / "prediction_001.gif").is_file()
+    # Frames that a latent frame would only partly cover are refused with the reason.
+    assert main(["sample", "--prior", ckpt, "--prefix-frames", "2", "--input", str(given), "--output", str(pred)]) == 2

@@ -289,3 +289,34 @@ def _quickstart_maskgit() -> PriorExperimentConfig:
         data=PriorDataConfig(batch_size=64),
         train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
     )
+
+
+@register_prior_preset("test-video-gpt", "tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)")
+def _test_video_gpt() -> PriorExperimentConfig:
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="gpt", vocab_size=32, token_frames=3, token_height=4, token_width=4, n_layer=2,
+                               n_head=2, n_embd=32, rope=True, num_classes=10),
+        data=PriorDataConfig(batch_size=4, val_fraction=0.25),
+        train=_tiny_train(),
+    )
+
+
+@register_prior_preset("test-video-maskgit", "tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids")
+def _test_video_maskgit() -> PriorExperimentConfig:
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="maskgit", vocab_size=32, token_frames=3, token_height=4, token_width=4,
+                               n_layer=2, n_head=2, n_embd=32, rope=True, num_classes=10, frame_prediction_prob=0.5),
+        data=PriorDataConfig(batch_size=4, val_fraction=0.25),
+        train=_tiny_train(),
+    )
+
+
+@register_prior_preset("moving-digits-video-gpt", "class-conditional GPT over moving-digits clip tokens (configs/prior_video_digits.yaml)")
+def _moving_digits_video_gpt() -> PriorExperimentConfig:
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=5, token_height=4, token_width=4, n_layer=4,
+                               n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10, cond_dropout=0.1),
+        data=PriorDataConfig(batch_size=32, val_fraction=0.05),
+        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=50, val_every_n_steps=250, num_samples=10,
+                               maskgit_steps=12),
+    )
