@@ -313,8 +313,9 @@ def _test_video_maskgit() -> PriorExperimentConfig:
 
 @register_prior_preset("moving-digits-video-gpt", "class-conditional GPT over moving-digits clip tokens (configs/prior_video_digits.yaml)")
 def _moving_digits_video_gpt() -> PriorExperimentConfig:
+    # 8-frame 16x16 clips tokenized frame by frame (f4, 256 codes): 8 x 4 x 4 = 128 tokens; CPU-sized.
     return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=5, token_height=4, token_width=4, n_layer=4,
+        model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=8, token_height=4, token_width=4, n_layer=4,
                                n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10, cond_dropout=0.1),
         data=PriorDataConfig(batch_size=32, val_fraction=0.05),
         train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=50, val_every_n_steps=250, num_samples=10,
