@@ -212,7 +212,8 @@ def test_frame_prediction_scores_per_frame_and_future_means():
     pred = target.clone()
     pred[:, :, 2:] += 0.1 * torch.randn(3, 1, 2, 16, 16, generator=g)
     s = frame_prediction_scores(pred, target, context_frames=2)
-    assert len(s["psnr_per_frame"]) == 4 and s["psnr_per_frame"][0] > 90  # identical frames: PSNR capped high
+    # Identical frames: PSNR at its cap (8-bit quantisation noise), so means over clips stay finite.
+    assert len(s["psnr_per_frame"]) == 4 and s["psnr_per_frame"][0] == pytest.approx(58.92, abs=0.01)
     assert s["ssim_per_frame"][:2] == [1.0, 1.0] and s["ssim_future"] < 0.99
     # Noise of std 0.1 in [-1, 1] is 0.05 in [0, 1]: PSNR about 26 dB (clamping trims a little).
     assert 24 < s["psnr_future"] < 28

@@ -87,7 +87,7 @@ def generate_clips(
     num: int = 8,
     class_names: list[str] | None = None,
     prefix_frames: int = 0,
-    inputs: str | Path | None = None,
+    inputs: str | Path | torch.Tensor | None = None,
     cfg_scale: float = 1.0,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -102,7 +102,8 @@ def generate_clips(
     """Sample clips from a clip prior and decode them with its tokenizer.
 
     Without ``prefix_frames``: ``num`` clips (classes from ``labels``), written as ``OUTPUT/grid.{mp4,gif}`` and
-    ``grid_frames.png`` with class captions. With ``prefix_frames = k`` and ``inputs`` (a video file or folder):
+    ``grid_frames.png`` with class captions. With ``prefix_frames = k`` and ``inputs`` (a video file or folder, or
+    clips ``(N, C, T, H, W)`` in [-1, 1] at the tokenizer's resolution):
     frame prediction; every input clip (cut to the prior's length) is encoded, the codes of its first ``k`` frames
     are kept and the rest generated. Written: ``prediction.{mp4,gif}`` (rows of truth | prediction) and the scores
     of :func:`~vqgan.metrics.video.frame_prediction_scores` (against the true frames, ``k`` of them given).
@@ -130,7 +131,12 @@ def generate_clips(
         if k >= cfg.token_frames:
             raise ValueError(f"--prefix-frames {prefix_frames} covers all {cfg.token_frames} latent frames of the prior")
         tcfg = tokenizer.config
-        truth, files = load_clips(inputs, frames, tcfg.resolution, tcfg.in_channels, limit=num)
+        if isinstance(inputs, torch.Tensor):
+            truth, files = inputs[:num, :, :frames].float().cpu(), [f"clip {i}" for i in range(min(num, len(inputs)))]
+            if truth.shape[2] != frames:
+                raise ValueError(f"the given clips have {truth.shape[2]} frames; the prior models {frames}")
+        else:
+            truth, files = load_clips(inputs, frames, tcfg.resolution, tcfg.in_channels, limit=num)
         codes = encode_clips(tokenizer, truth)
         if tuple(codes.shape[1:]) != tuple(cfg.token_shape):
             raise ValueError(f"the tokenizer codes these clips as {tuple(codes.shape[1:])}; the prior models {cfg.token_shape}")

@@ -19,6 +19,7 @@ named (or sit in torch's hub cache), as for LPIPS and Inception.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -31,11 +32,16 @@ from vqgan.metrics.reconstruction import psnr, ssim, to_unit
 I3D_FILE = "i3d_torchscript.pt"
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt"
 I3D_RESOLUTION = 224
+# PSNR of a frame equal to its target up to 8-bit rounding: the MSE floored at the variance of uniform
+# quantisation noise, (1/255)^2 / 12, i.e. about 58.9 dB. Frames can be identical (a digit that did not move, a
+# "copy the last frame" baseline); capping keeps a mean over clips finite and no higher than what a saved frame
+# can show.
+PSNR_CAP = 10 * math.log10(12 * 255**2)
 
 
 def frame_prediction_scores(predicted: torch.Tensor, target: torch.Tensor, context_frames: int = 0) -> dict:
-    """Per-frame PSNR (dB) and SSIM of ``predicted`` against ``target`` clips ``(B, C, T, H, W)`` in [-1, 1],
-    averaged over the clips.
+    """Per-frame PSNR (dB, each capped at :data:`PSNR_CAP`) and SSIM of ``predicted`` against ``target`` clips
+    ``(B, C, T, H, W)`` in [-1, 1], averaged over the clips.
 
     Args:
         context_frames: the first frames were given, not predicted: they are reported (a check of the
@@ -51,7 +57,7 @@ def frame_prediction_scores(predicted: torch.Tensor, target: torch.Tensor, conte
         raise ValueError(f"context_frames={context_frames} must be in [0, {t})")
     frames = lambda x: x.transpose(1, 2).flatten(0, 1).float().cpu()  # noqa: E731 - (B T, C, H, W)
     b = predicted.shape[0]
-    p = psnr(frames(predicted), frames(target)).view(b, t).mean(0)
+    p = psnr(frames(predicted), frames(target)).clamp(max=PSNR_CAP).view(b, t).mean(0)
     s = ssim(frames(predicted), frames(target)).view(b, t).mean(0)
     return {
         "psnr_per_frame": [round(float(v), 3) for v in p],
