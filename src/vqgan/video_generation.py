@@ -111,7 +111,7 @@ def generate_clips(
     """
     from safetensors.torch import save_file
 
-    from vqgan.train.prior import decode_tokens
+    from vqgan.inference import decode_tokens
 
     cfg = model.config
     out = Path(output)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vqgan.losses.perceptual import BackboneWeightsMissing, default_hub_dir
+from vqgan.losses.perceptual import default_hub_dir, resolve_weights_file
 from vqgan.metrics.fid import frechet_distance
 from vqgan.metrics.reconstruction import psnr, ssim, to_unit
 
@@ -91,15 +91,7 @@ def i3d_help(path: str | None = None) -> str:
 def resolve_i3d_file(path: str | Path | None) -> Path:
     """The I3D file: ``path`` if given, else ``I3D_FILE`` in torch's hub cache; raises
     :class:`~vqgan.losses.perceptual.BackboneWeightsMissing` (a ``FileNotFoundError``) saying what to get."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise BackboneWeightsMissing(i3d_help(str(p)))
-        return p
-    cached = default_hub_dir() / I3D_FILE
-    if cached.is_file():
-        return cached
-    raise BackboneWeightsMissing(i3d_help())
+    return resolve_weights_file(None if path is None else str(path), I3D_FILE, i3d_help)
 
 
 def load_i3d(path: str | Path | None, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
