@@ -162,24 +162,36 @@ def main() -> None:
     }
     timings["distances"] = time.perf_counter() - t
 
-    # Frame prediction from held-out clips (given as tensors: GIF files would merge repeated frames).
+    # Frame prediction from held-out clips (given as tensors: GIF files would merge repeated frames): from the
+    # given frames alone, and also told the clip's digit (with guidance).
     t = time.perf_counter()
-    pred_dir = out / f"prediction_{cfg.model.kind}"
-    r = generate_clips(prior, tok, pred_dir, None, a.predict, names, prefix_frames=a.prefix_frames,
-                       inputs=heldout[: a.predict], temperature=a.temperature, steps=12, seed=a.seed)
+    truth = heldout[: a.predict]
+    truth_labels = torch.tensor([int(MovingDigits(a.heldout, res, frames, num_digits=1, seed=VAL_SEED)[i]["label"]) for i in range(a.predict)])
     from safetensors.torch import load_file
 
-    predicted = load_file(str(pred_dir / "clips.safetensors"))["clips"]
-    truth = heldout[: a.predict]
+    predictions, runs = {}, {}
+    for tag, lab, scale in (("", None, 1.0), ("_class", truth_labels, a.cfg_scale)):
+        pred_dir = out / f"prediction_{cfg.model.kind}{tag}"
+        runs[tag] = generate_clips(prior, tok, pred_dir, lab, a.predict, names, prefix_frames=a.prefix_frames,
+                                   inputs=truth, cfg_scale=scale, temperature=a.temperature, steps=12, seed=a.seed)
+        predictions[tag] = load_file(str(pred_dir / "clips.safetensors"))["clips"]
     copy = truth.clone()
     copy[:, :, a.prefix_frames :] = truth[:, :, a.prefix_frames - 1 : a.prefix_frames]
     curves = {
-        "prior": frame_prediction_scores(predicted, truth, a.prefix_frames),
+        "prior, given frames only": frame_prediction_scores(predictions[""], truth, a.prefix_frames),
+        f"prior, + class (cfg {a.cfg_scale:g})": frame_prediction_scores(predictions["_class"], truth, a.prefix_frames),
         "copy last given frame": frame_prediction_scores(copy, truth, a.prefix_frames),
         "tokenizer reconstruction": frame_prediction_scores(decode_tokens(tok, encode_clips(tok, truth)), truth, a.prefix_frames),
     }
-    results["frame_prediction"] = {"prefix_frames": a.prefix_frames, "clips": a.predict, "sample_seconds": r["sample_seconds"],
-                                   "flicker_per_transition": r["flicker_per_transition"], **curves}
+    results["frame_prediction"] = {
+        "prefix_frames": a.prefix_frames, "clips": a.predict,
+        "sample_seconds": {k or "unconditional": r["sample_seconds"] for k, r in runs.items()},
+        "flicker_per_transition": {k or "unconditional": r["flicker_per_transition"] for k, r in runs.items()},
+        "digit_reader_accuracy": {k or "unconditional": float((read_digits(reader, p) == truth_labels.numpy()).mean())
+                                  for k, p in predictions.items()},
+        **curves,
+    }
+    predicted = predictions["_class"]
     prediction_figure(curves, a.prefix_frames, out / f"prediction_{cfg.model.kind}_psnr_ssim.png")
     temporal_consistency_figure(truth[0], predicted[0], out / f"prediction_{cfg.model.kind}_temporal.png",
                                 f"frame prediction, first {a.prefix_frames} frames given")
