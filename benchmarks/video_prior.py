@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from vqgan.data import MovingDigits
+from vqgan.inference import decode_tokens
 from vqgan.metrics.distribution import clip_set_distances
 from vqgan.metrics.video import frame_prediction_scores, motion_profile
-from vqgan.inference import decode_tokens
 from vqgan.models.io import load_model, load_prior
 from vqgan.video_generation import clip_frames, encode_clips, generate_clips
 from vqgan.viz.video import temporal_consistency_figure
