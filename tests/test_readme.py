@@ -181,6 +181,12 @@ def missing_inputs(argv: list[str]) -> list[str]:
         run = argv[argv.index("--run-dir") + 1]
         if not (Path(run) / "checkpoints").is_dir():
             missing.append(f"{run} (a run to resume)")
+    if "--config" in argv and "--data.root" not in argv:  # a config that names a dataset of its own
+        import yaml
+
+        root = (yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()).get("data") or {}).get("root")
+        if root and not Path(root).exists():
+            missing.append(f"{root} (the config's data.root)")
     return missing
 
 

@@ -272,16 +272,30 @@ def _check_seed004_model(cfg: ExperimentConfig) -> None:
     assert raw.abs().max() > 2 and tiny.decode(codes).abs().max() <= 1
 
 
-def test_seed004_smoke_vqvae():
+def _check_seed004_epochs(cfg: ExperimentConfig, tmp_path) -> None:
+    # "Training Script": --epochs 100; "General": "Save checkpoints every 5 epochs", "Evaluate on validation set
+    # every epoch". Checked on the Trainer the harness builds from the config, not on the fields.
+    from vqgan.train.harness import build_trainer
+
+    epochs, checkpoint_every, val_every = 100, 5, 1
+    trainer = build_trainer(dataclasses.replace(cfg.train, logger="none"), tmp_path, [], "seed004")
+    assert (trainer.max_epochs, trainer.max_steps) == (epochs, -1)
+    assert trainer.check_val_every_n_epoch == val_every
+    periodic = [c for c in trainer.checkpoint_callbacks if c.filename.startswith("step")]
+    assert [c._every_n_epochs for c in periodic] == [checkpoint_every]
+
+
+def test_seed004_smoke_vqvae(tmp_path):
     # "VQVAE / Training Script": --batch-size 64 --epochs 100; loss = reconstruction (masked MSE) + VQ loss.
     cfg = load_config(CONFIGS / "smoke_vqvae.yaml").validate()
     _check_seed004_model(cfg)
+    _check_seed004_epochs(cfg, tmp_path)
     assert cfg.data.batch_size == 64
     assert (cfg.loss.reconstruction, cfg.loss.perceptual, cfg.loss.disc_weight) == ("masked_l2", "none", 0.0)
     assert cfg.data.kind == "smoke"  # the masks of the masked loss come with the data
 
 
-def test_seed004_smoke_vqgan():
+def test_seed004_smoke_vqgan(tmp_path):
     # "VQGAN / Training Script" and "Key Arguments": --batch-size 32 --epochs 100 --lr 1e-4 --lr-disc 1e-4
     # --perceptual-weight 1.0 --adversarial-weight 0.5 --disc-start 10000, --disc-weight-max 0.75. "Discriminator":
     # PatchGAN, 3 layers, 64 base filters. "Perceptual Loss": VGG16 relu1_2..relu4_3, equal weights
@@ -290,6 +304,7 @@ def test_seed004_smoke_vqgan():
         32, 1e-4, 1e-4, 1.0, 0.5, 10000, 0.75)
     cfg = load_config(CONFIGS / "smoke_vqgan.yaml").validate()
     _check_seed004_model(cfg)
+    _check_seed004_epochs(cfg, tmp_path)
     assert cfg.data.batch_size == batch_size
     assert (cfg.train.lr, cfg.train.lr_disc) == (lr, lr_disc)
     # The perceptual weight, through the loss (a random VGG16: no weights file in the tests).

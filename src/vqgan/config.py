@@ -257,6 +257,10 @@ class DataConfig:
     videos_per_chunk: int | None = None
     epochs_per_chunk: int = 1
     gan_epochs_per_chunk: int = 0
+    # Seed 000's ``--test_batch``: validate on this chunk of the training videos (chunks of ``videos_per_chunk`` in a
+    # fixed order that does not depend on ``train.seed``), which training then never sees, instead of on the
+    # dataset's own test list. None: the test list.
+    test_chunk: int | None = None
     # data.kind=moving_digits: digits per clip. The clip's class (for class-conditional priors) is the digit for
     # one digit, else the digits sorted and read as one number (10**num_digits classes, e.g. {7, 3} -> 37).
     num_digits: int = 2
@@ -487,6 +491,11 @@ class ExperimentConfig:
             raise ConfigError(
                 f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} schedules the discriminator within chunks: set "
                 "data.videos_per_chunk (chunked video training) too"
+            )
+        if d.test_chunk is not None and (not d.videos_per_chunk or d.test_chunk < 0):
+            raise ConfigError(
+                f"data.test_chunk={d.test_chunk} holds out one chunk of the training videos: it needs "
+                "data.videos_per_chunk and a value of at least 0"
             )
         if d.gan_epochs_per_chunk > 0 and loss.disc_weight == 0:
             raise ConfigError(

@@ -139,7 +139,7 @@ def _seed000() -> ExperimentConfig:
         # gan_epochs_per_batch=5 GAN passes; the whole pass over the chunks num_epoch=3 times. The seed does not state
         # its chunk size; 500 videos (~19 chunks of UCF101's split-1 training list) fits a 64 GB host.
         data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center",
-                        videos_per_chunk=500, epochs_per_chunk=10, gan_epochs_per_chunk=5),
+                        videos_per_chunk=500, epochs_per_chunk=10, gan_epochs_per_chunk=5, test_chunk=13),
         train=TrainConfig(max_epochs=3, lr=2e-4),
     )
 
@@ -186,13 +186,19 @@ def _seed004_model() -> ModelConfig:
     )
 
 
+def _seed004_epochs(**kw) -> TrainConfig:
+    # "Train for 50-100 epochs" (--epochs 100), "Save checkpoints every 5 epochs", "Evaluate on validation set every
+    # epoch" (seed 004, Training Tips and General).
+    return TrainConfig(max_epochs=100, checkpoint_every_n_epochs=5, val_every_n_epochs=1, **kw)
+
+
 @register_preset("seed004-smoke-vqvae", "seed 004: 64x64 smoke VQ-VAE, masked L2, attention at 8x8, 1024x256 codes")
 def _seed004_vqvae() -> ExperimentConfig:
     return ExperimentConfig(
         model=_seed004_model(),
         loss=LossConfig(reconstruction="masked_l2", perceptual="none", disc_weight=0.0),
         data=DataConfig(kind="smoke", resolution=64, batch_size=64, flip=False),
-        train=TrainConfig(max_steps=100000, lr=1e-4),
+        train=_seed004_epochs(lr=1e-4),
     )
 
 
@@ -208,7 +214,7 @@ def _seed004_vqgan() -> ExperimentConfig:
         ),
         discriminator=DiscriminatorConfig(n_layers=3, ch=64),
         data=DataConfig(kind="smoke", resolution=64, batch_size=32, flip=False),
-        train=TrainConfig(max_steps=100000, lr=1e-4, lr_disc=1e-4),
+        train=_seed004_epochs(lr=1e-4, lr_disc=1e-4),
     )
 
 

@@ -109,6 +109,8 @@ def _video_datasets(
     classes: list[str] | None = None,
 ) -> tuple[Dataset, Dataset]:
     """Clip datasets (labelled by ``classes``), then seed 000's frames-as-images / patches / chunks options on top."""
+    if cfg.test_chunk is not None:
+        train_records, val_records = hold_out_chunk(train_records, cfg.videos_per_chunk or 1, cfg.test_chunk)
     common = dict(
         resolution=cfg.resolution, frames=cfg.frames, frame_stride=cfg.frame_stride, fps=cfg.fps, resize=cfg.resize,
         channels=cfg.channels, classes=classes,
@@ -127,6 +129,23 @@ def _video_datasets(
     if split:
         val = Exploded(val, per_clip, cfg.frames_as_images, cfg.patch_size)
     return train, val
+
+
+def hold_out_chunk(records: list[VideoRecord], per_chunk: int, k: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """Seed 000's ``--test_batch k``: split ``records`` into chunks of ``per_chunk`` in a fixed shuffled order (seed
+    0, whatever the run's seed, so every run holds out the same videos) and return ``(others, chunk k)``, each in
+    the records' own order."""
+    import torch
+
+    n_chunks = -(-len(records) // per_chunk)
+    if not 0 <= k < n_chunks:
+        raise EmptyDatasetError(
+            f"data.test_chunk={k}: {len(records)} training videos make {n_chunks} chunks of "
+            f"data.videos_per_chunk={per_chunk} (indices 0 to {n_chunks - 1})"
+        )
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(0)).tolist()
+    held = set(order[k * per_chunk : (k + 1) * per_chunk])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 @register_data("ucf101")
