@@ -45,7 +45,7 @@ def test_every_test_preset_builds_and_scores(name):
         out.loss.backward()
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)
         return
-    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.token_height, cfg.token_width))
+    tokens = torch.randint(0, cfg.vocab_size, (2, *cfg.token_shape))  # (2, h, w) maps or (2, T, h, w) clips
     out = model.training_loss(tokens, torch.tensor([0, 1]))
     assert out.logits.shape[-1] == cfg.vocab_size
     # An untrained model is close to uniform: the loss is near log(vocab).

@@ -8,7 +8,17 @@ import torch
 
 from vqgan.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig
 from vqgan.data import build_datasets
-from vqgan.data.synthetic import MovingDigits, SmokePlume, SmokeSolver, SmokeVideo, _bilinear, _smoke_params
+from vqgan.data.synthetic import (
+    MovingDigits,
+    SmokePlume,
+    SmokeSolver,
+    SmokeVideo,
+    _bilinear,
+    _smoke_params,
+    simulate_smoke,
+    source_class,
+    source_class_names,
+)
 
 
 def test_smoke_images_shapes_range_and_masks():
@@ -71,7 +81,10 @@ def test_moving_digits_videos_and_frames_as_images():
     ds = MovingDigits(length=3, resolution=32, frames=6, num_digits=2, seed=0)
     item = ds[0]
     v = item["image"]
-    assert v.shape == (1, 6, 32, 32) and item["label"].shape == (2,)
+    assert v.shape == (1, 6, 32, 32) and item["digits"].shape == (2,)
+    # The class names the set of digits: sorted, read as one number.
+    a, b = sorted(item["digits"].tolist())
+    assert int(item["label"]) == 10 * a + b and ds.classes[int(item["label"])] == f"{a}{b}"
     assert -1.0 <= v.min() and v.max() <= 1.0 and v.max() > 0.5
     # Digits move: consecutive frames differ, but keep the same amount of ink (no digit leaves the frame).
     ink = (v + 1).sum(dim=(0, 2, 3))
@@ -80,6 +93,26 @@ def test_moving_digits_videos_and_frames_as_images():
     flat = MovingDigits(length=3, resolution=32, frames=6, frames_as_images=True, seed=0)
     assert len(flat) == 18
     assert torch.equal(flat[6 + 4]["image"], ds[1]["image"][:, 4])
+
+
+def test_synthetic_labels_digit_identity_and_plume_source_position():
+    one = MovingDigits(length=40, resolution=16, frames=2, num_digits=1, seed=0)
+    assert one.classes == [str(k) for k in range(10)]
+    for i in range(5):
+        item = one[i]
+        assert item["label"].shape == () and int(item["label"]) == int(item["digits"][0])
+    assert len({int(one[i]["label"]) for i in range(40)}) >= 8  # the classes are all drawn
+    assert MovingDigits.class_of(np.array([7, 3])) == 37 == MovingDigits.class_of(np.array([3, 7]))
+    # Smoke: the class is the bin of the source's horizontal position, the same for a plume image and clip.
+    assert source_class_names(4)[0] == "source x 0.30-0.40"
+    assert [source_class(x, 4) for x in (0.3, 0.39, 0.41, 0.55, 0.69, 0.7)] == [0, 0, 1, 2, 3, 3]
+    vids = SmokeVideo(length=12, resolution=16, frames=2, frame_stride=1, warmup=0, seed=0)
+    imgs = SmokePlume(length=12, resolution=16, min_steps=1, max_steps=1, seed=0)
+    labels = [int(vids[i]["label"]) for i in range(12)]
+    assert labels == [int(imgs[i]["label"]) for i in range(12)] and len(set(labels)) >= 3
+    for i in range(12):
+        _, params, _ = simulate_smoke(16, 1, seed=0, index=i)
+        assert labels[i] == source_class(params.source_x, 4)
 
 
 @pytest.mark.parametrize("kind", ["smoke", "smoke_video", "moving_digits"])

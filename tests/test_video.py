@@ -123,6 +123,7 @@ def test_truncated_video_is_skipped_and_counted(ucf, caplog):
     cfg = DataConfig(kind="ucf101", root=str(ucf), resolution=16, frames=3, batch_size=4, crop="center", flip=False)
     train, val = build_datasets(cfg, seed=0)
     assert len(train) == 3 and len(val) == 2
+    assert train.classes == val.classes == ["Archery", "Bowling"]  # classInd.txt's names, kept for `vqgan encode`
     with caplog.at_level(logging.WARNING, logger="vqgan"):
         batches = list(DataLoader(train, batch_size=4, collate_fn=collate_skip))
     assert len(batches) == 1

@@ -286,6 +286,8 @@ class DataConfig:
             discriminator follows ``loss.disc_start``.
         test_chunk: seed 000's ``--test_batch``: validate on this chunk of the training videos (which training
             then never sees) instead of the dataset's test list; ``None``: the test list.
+        num_digits: ``data.kind=moving_digits``: digits per clip. The clip's class (for class-conditional priors) is
+            the digit for one digit, else the digits sorted and read as one number (e.g. {7, 3} -> 37).
     """
 
     kind: DataKind = "builtin"
@@ -324,6 +326,7 @@ class DataConfig:
     gan_epochs_per_chunk: int = 0
     # The chunks of ``test_chunk`` come in a fixed order that does not depend on ``train.seed``.
     test_chunk: int | None = None
+    num_digits: int = 2
 
 
 @dataclass

@@ -91,8 +91,14 @@ def reconstruct_files(
 
 @torch.no_grad()
 def decode_tokens(tokenizer: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Decode ``(B, h, w)`` code indices with a stage-1 tokenizer to images in [-1, 1] (clamped)."""
+    """Decode ``(B, h, w)`` code indices (``(B, t, h, w)`` token grids of clips) with a stage-1 tokenizer to images
+    in [-1, 1] (clamped): ``(B, C, H, W)``, or clips ``(B, C, T, H, W)``. An image tokenizer decodes a token grid
+    frame by frame."""
     device = next(tokenizer.parameters()).device
+    if tokens.dim() == 4 and getattr(tokenizer.config, "arch", None) != "video3d":
+        b, t = tokens.shape[:2]
+        frames = decode_tokens(tokenizer, tokens.flatten(0, 1), batch_size)
+        return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
     out = [
         tokenizer.decode_codes(tokens[i : i + batch_size].to(device)).clamp(-1, 1).cpu()
         for i in range(0, tokens.shape[0], batch_size)
@@ -137,6 +143,9 @@ def generate_images(
     device: str = "cpu",
     sampler: str | None = None,
     snap: bool | None = None,
+    prefix_frames: int = 0,
+    inputs: str | Path | None = None,
+    fps: float = 4.0,
 ) -> dict[str, Any]:
     """Sample ``num`` token maps from a prior checkpoint, decode them with the tokenizer and write
     ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels) and
@@ -145,7 +154,10 @@ def generate_images(
     A flow prior's samples are latents: it writes ``OUTPUT/latents.safetensors`` instead of the tokens, and
     ``OUTPUT/trajectory.png`` (the decoded ODE states of the first samples, noise on the left). ``steps``: MaskGIT
     decoding steps (default 8) or the flow's ODE steps (default: the prior's ``sample_steps``); ``sampler``
-    (``euler``/``heun``) and ``snap`` (to the nearest codes before decoding) default to the prior's config."""
+    (``euler``/``heun``) and ``snap`` (to the nearest codes before decoding) default to the prior's config.
+
+    A prior over clips (``model.token_frames > 1``) writes video grids instead, and predicts frames after the
+    first ``prefix_frames`` of the clips in ``inputs``: see :func:`vqgan.video_generation.generate_clips`."""
     from safetensors.torch import save_file
 
     from vqgan.viz.plots import save_code_histogram
@@ -165,6 +177,15 @@ def generate_images(
         )
     names = list(meta.get("class_names", []))
     labels = resolve_class(class_, cfg.model.num_classes, names, num)
+    if cfg.model.token_frames > 1 or prefix_frames:
+        from vqgan.video_generation import generate_clips
+
+        if cfg.model.token_frames == 1:
+            raise ValueError("--prefix-frames needs a prior over clips (model.token_frames > 1)")
+        return generate_clips(
+            model, tok, output, labels, num, names, prefix_frames, inputs, cfg_scale, temperature, top_k, top_p,
+            min(steps or 8, cfg.model.num_tokens), use_cache, seed, min(ncol, 8), fps, device,
+        )
     g = torch.Generator(device=device).manual_seed(seed)
     kw: dict[str, Any] = dict(num=num, labels=None if labels is None else labels.to(device), temperature=temperature,
                               top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=g)

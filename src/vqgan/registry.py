@@ -152,6 +152,7 @@ CONFIG_FILES: dict[str, tuple[str, str]] = {
     "prior_gpt.yaml": ("prior", "quickstart-gpt"),
     "prior_maskgit.yaml": ("prior", "quickstart-maskgit"),
     "prior_flow.yaml": ("prior", "quickstart-flow"),
+    "prior_video_digits.yaml": ("prior", "moving-digits-video-gpt"),
 }
 
 

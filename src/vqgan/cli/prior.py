@@ -86,9 +86,10 @@ def sample(
     prior: str, output: str, tokenizer: str | None = None, num: int = 16, class_: str | None = None,
     cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
     steps: int | None = None, sampler: Literal["euler", "heun"] | None = None, snap: bool | None = None,
-    no_cache: bool = False, seed: int = 0, ncol: int = 8, device: str = "auto",
+    no_cache: bool = False, seed: int = 0, ncol: int = 8, prefix_frames: int = 0, input: str | None = None,
+    fps: float = 4.0, device: str = "auto",
 ) -> int:
-    """Sample images from a trained prior and tokenizer: an image grid and the individual images.
+    """Sample images (or clips, as MP4/GIF grids) from a trained prior and tokenizer; --prefix-frames predicts frames.
 
     Args:
         prior: prior checkpoint written by `vqgan fit-prior`.
@@ -103,14 +104,17 @@ def sample(
         sampler: flow prior: ODE solver (default: the prior's).
         snap: flow prior: snap sampled latents to the nearest codes before decoding (default: the prior's).
         no_cache: GPT: recompute the whole prefix at every step.
-        ncol: images per row of the grid.
+        ncol: images (clips: at most 8) per row of the grid.
+        prefix_frames: clip priors: frame prediction, keeping the codes of the first K frames of every --input clip.
+        input: video file or folder: the clips for --prefix-frames.
+        fps: frame rate of the written MP4/GIF clips.
     """
     from vqgan.inference import generate_images
 
     result = generate_images(
         prior, output, tokenizer=tokenizer, num=num, class_=class_, cfg_scale=cfg_scale, temperature=temperature,
         top_k=top_k, top_p=top_p, steps=steps, use_cache=not no_cache, seed=seed, ncol=ncol, device=device,
-        sampler=sampler, snap=snap,
+        sampler=sampler, snap=snap, prefix_frames=prefix_frames, inputs=input, fps=fps,
     )
     print(json.dumps(result))
     return 0

@@ -5,6 +5,7 @@ small registry of data kinds."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from torch.utils.data import Dataset
 
@@ -88,7 +89,8 @@ def _smoke_video(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
 @register_data("moving_digits")
 def _moving_digits(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     common = dict(
-        resolution=cfg.resolution, channels=cfg.channels, frames=cfg.frames, frames_as_images=cfg.frames_as_images
+        resolution=cfg.resolution, channels=cfg.channels, frames=cfg.frames, frames_as_images=cfg.frames_as_images,
+        num_digits=cfg.num_digits,
     )
     # With frames_as_images the lengths count clips; every clip gives ``frames`` images.
     n_train, n_val = cfg.builtin_train_crops, cfg.val_size
@@ -100,14 +102,15 @@ def _moving_digits(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
 
 
 def _video_datasets(
-    cfg: DataConfig, seed: int, train_records: list[VideoRecord], val_records: list[VideoRecord]
+    cfg: DataConfig, seed: int, train_records: list[VideoRecord], val_records: list[VideoRecord],
+    classes: list[str] | None = None,
 ) -> tuple[Dataset, Dataset]:
-    """Clip datasets, then seed 000's frames-as-images / patches / chunks options on top."""
+    """Clip datasets (labelled by ``classes``), then seed 000's frames-as-images / patches / chunks options on top."""
     if cfg.test_chunk is not None:
         train_records, val_records = hold_out_chunk(train_records, cfg.videos_per_chunk or 1, cfg.test_chunk)
     common = dict(
         resolution=cfg.resolution, frames=cfg.frames, frame_stride=cfg.frame_stride, fps=cfg.fps, resize=cfg.resize,
-        channels=cfg.channels,
+        channels=cfg.channels, classes=classes,
     )
     per_clip = pieces_per_clip(cfg.frames, cfg.frames_as_images, cfg.resolution, cfg.patch_size)
     # Validation: deterministic centred clips of at most val_size items.
@@ -146,11 +149,12 @@ def hold_out_chunk(records: list[VideoRecord], per_chunk: int, k: int) -> tuple[
 def _ucf101(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     if cfg.root is None:
         raise EmptyDatasetError("data.kind=ucf101 needs data.root (the UCF-101 folder of class folders)")
-    train, _ = ucf101_records(cfg.root, cfg.split, train=True, annotations=cfg.annotations)
+    # Labels are the 101 classes of the dataset's own classInd.txt (0-based), names kept for the token folders.
+    train, names = ucf101_records(cfg.root, cfg.split, train=True, annotations=cfg.annotations)
     test, _ = ucf101_records(cfg.root, cfg.split, train=False, annotations=cfg.annotations)
     # Spread the validation videos over the classes (the test list is sorted by class).
     step = max(1, len(test) // max(1, cfg.val_size))
-    return _video_datasets(cfg, seed, train, test[::step])
+    return _video_datasets(cfg, seed, train, test[::step], names)
 
 
 @register_data("video_folder")
@@ -158,12 +162,15 @@ def _video_folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     if cfg.root is None:
         raise EmptyDatasetError("data.kind=video_folder needs data.root (a folder of videos)")
     records = list_videos(cfg.root)
+    # Labels index the sorted first-level sub-folders (list_videos): the same order gives their names.
+    root = Path(cfg.root).expanduser()
+    names = sorted({r.path.relative_to(root).parts[0] for r in records if r.label >= 0})
     if cfg.val_root is not None:
-        return _video_datasets(cfg, seed, records, list_videos(cfg.val_root))
+        return _video_datasets(cfg, seed, records, list_videos(cfg.val_root), names)
     # Hold out every 10th video (at least one, unless there is only one) for validation.
     val = records[::10] if len(records) > 1 else records
     train = [r for r in records if r not in val] or records
-    return _video_datasets(cfg, seed, train, val)
+    return _video_datasets(cfg, seed, train, val, names)
 
 
 def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:

@@ -8,8 +8,10 @@ and benchmarks run anywhere.
 * :class:`MovingDigits`: Moving-MNIST-style videos (Srivastava et al. 2015) made from scikit-learn's 8x8
   handwritten digits, which ship with the package, bouncing inside the frame.
 
-Every item is ``{"image": ..., "mask": ...}`` with images in [-1, 1]: ``(C, H, W)`` for the image datasets and
-``(C, T, H, W)`` for the videos.
+Every item is ``{"image": ..., "mask": ..., "label": ...}`` with images in [-1, 1]: ``(C, H, W)`` for the image
+datasets and ``(C, T, H, W)`` for the videos. Labels make class-conditional priors possible without any
+annotation: the smoke sets label a plume by the position of its source (``source_bins`` equal bins of its
+horizontal range), the moving digits by digit identity. Each dataset lists its class names in ``classes``.
 """
 
 from __future__ import annotations
@@ -112,9 +114,13 @@ class SmokeSolver:
         return self.density
 
 
+# Range of the plume source's horizontal position (fraction of the width).
+SOURCE_X_RANGE = (0.3, 0.7)
+
+
 def _smoke_params(rng: np.random.Generator, n: int) -> SmokeParams:
     return SmokeParams(
-        source_x=float(rng.uniform(0.3, 0.7)),
+        source_x=float(rng.uniform(*SOURCE_X_RANGE)),
         source_radius=float(rng.uniform(0.04, 0.08) * n),
         buoyancy=float(rng.uniform(0.08, 0.16)),
         wind=float(rng.uniform(-0.06, 0.06)),
@@ -136,6 +142,19 @@ def _render(density: np.ndarray, channels: int, tint: np.ndarray) -> np.ndarray:
         bg = top[:, None, None] * (1 - grad) + bottom[:, None, None] * grad
         img = bg * (1 - a) + tint[:, None, None] * a
     return (img * 2.0 - 1.0).astype(np.float32)
+
+
+def source_class(source_x: float, bins: int) -> int:
+    """Class of a plume: the index of the bin of :data:`SOURCE_X_RANGE` (``bins`` equal bins) holding its source."""
+    lo, hi = SOURCE_X_RANGE
+    return min(max(int((source_x - lo) / (hi - lo) * bins), 0), bins - 1)
+
+
+def source_class_names(bins: int) -> list[str]:
+    """Names of the source-position classes, e.g. ``source x 0.30-0.40``."""
+    lo, hi = SOURCE_X_RANGE
+    edges = np.linspace(lo, hi, bins + 1)
+    return [f"source x {a:.2f}-{b:.2f}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def _item_rng(seed: int, index: int) -> np.random.Generator:
@@ -165,8 +184,9 @@ class SmokePlume(Dataset):
     """Procedural smoke images with masks, for seed 004's masked reconstruction loss.
 
     Item ``i`` simulates its own plume (parameters and length drawn from ``(seed, i)``), so the dataset is
-    deterministic and needs no storage. Returns ``{"image": (C, H, W) in [-1, 1], "mask": (1, H, W) in {0, 1}}``
-    where the mask is ``density > threshold``.
+    deterministic and needs no storage. Returns ``{"image": (C, H, W) in [-1, 1], "mask": (1, H, W) in {0, 1},
+    "label": ()}`` where the mask is ``density > threshold`` and the label the source-position class
+    (:func:`source_class`).
 
     Args:
         length: number of items.
@@ -186,9 +206,12 @@ class SmokePlume(Dataset):
         min_steps: int = 12,
         max_steps: int = 48,
         seed: int = 0,
+        source_bins: int = 4,
     ):
         self.length, self.resolution, self.channels = length, resolution, channels
         self.threshold, self.min_steps, self.max_steps, self.seed = threshold, min_steps, max(max_steps, min_steps), seed
+        self.source_bins = source_bins
+        self.classes = source_class_names(source_bins)
 
     def __len__(self) -> int:
         return self.length
@@ -197,18 +220,19 @@ class SmokePlume(Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         steps = int(np.random.default_rng([self.seed, i, 5]).integers(self.min_steps, self.max_steps + 1))
-        d, _, tint = simulate_smoke(self.resolution, 1, self.seed, i, every=steps)
+        d, params, tint = simulate_smoke(self.resolution, 1, self.seed, i, every=steps)
         return {
             "image": torch.from_numpy(_render(d[0], self.channels, tint)),
             "mask": torch.from_numpy((d[0] > self.threshold).astype(np.float32))[None],
+            "label": torch.tensor(source_class(params.source_x, self.source_bins)),
         }
 
 
 class SmokeVideo(Dataset):
-    """Procedural smoke clips with masks: ``{"image": (C, T, H, W), "mask": (1, T, H, W)}``.
+    """Procedural smoke clips with masks: ``{"image": (C, T, H, W), "mask": (1, T, H, W), "label": ()}``.
 
     One frame every ``frame_stride`` solver steps, after ``warmup`` steps so that the plume is visible from the
-    first frame.
+    first frame. The label is the source-position class (:func:`source_class`, ``source_bins`` bins).
     """
 
     def __init__(
@@ -221,9 +245,12 @@ class SmokeVideo(Dataset):
         threshold: float = 0.1,
         warmup: int = 10,
         seed: int = 0,
+        source_bins: int = 4,
     ):
         self.length, self.resolution, self.frames, self.stride = length, resolution, frames, frame_stride
         self.channels, self.threshold, self.warmup, self.seed = channels, threshold, warmup, seed
+        self.source_bins = source_bins
+        self.classes = source_class_names(source_bins)
 
     def __len__(self) -> int:
         return self.length
@@ -231,11 +258,12 @@ class SmokeVideo(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < self.length:
             raise IndexError(i)
-        d, _, tint = simulate_smoke(self.resolution, self.frames, self.seed, i, self.stride, self.warmup)
+        d, params, tint = simulate_smoke(self.resolution, self.frames, self.seed, i, self.stride, self.warmup)
         video = np.stack([_render(f, self.channels, tint) for f in d], axis=1)  # (C, T, H, W)
         return {
             "image": torch.from_numpy(video),
             "mask": torch.from_numpy((d > self.threshold).astype(np.float32))[None],
+            "label": torch.tensor(source_class(params.source_x, self.source_bins)),
         }
 
 
@@ -264,8 +292,10 @@ class MovingDigits(Dataset):
     """Moving-MNIST-style clips: ``num_digits`` handwritten digits (scikit-learn's ``load_digits``, upsampled)
     moving at constant speed and bouncing off the frame's edges, drawn with ``max`` blending on black.
 
-    Returns ``{"image": (C, T, H, W) in [-1, 1], "label": (num_digits,)}``; with ``frames_as_images`` every frame
-    is an item of its own, ``(C, H, W)`` (index ``i`` is frame ``i % frames`` of clip ``i // frames``).
+    Returns ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}``: ``digits`` are the digits
+    in drawing order, ``label`` the clip's class (:meth:`class_of`: the digit itself for one digit, else the digits
+    sorted and read as one number, so that a class names the set of digits shown). With ``frames_as_images`` every
+    frame is an item of its own, ``(C, H, W)`` (index ``i`` is frame ``i % frames`` of clip ``i // frames``).
 
     Args:
         length: number of clips.
@@ -295,6 +325,12 @@ class MovingDigits(Dataset):
         if self.digit_size > resolution:
             raise ValueError(f"digit_size={self.digit_size} is larger than the frame ({resolution})")
         self.max_speed, self.channels, self.frames_as_images, self.seed = max_speed, channels, frames_as_images, seed
+        self.classes = [f"{k:0{num_digits}d}" for k in range(10**num_digits)]
+
+    @staticmethod
+    def class_of(digits: np.ndarray) -> int:
+        """The class of a clip showing ``digits``: the digits sorted ascending, read as a base-10 number."""
+        return int(sum(int(d) * 10**i for i, d in enumerate(sorted(digits.tolist(), reverse=True))))
 
     def __len__(self) -> int:
         return self.length * self.frames if self.frames_as_images else self.length
@@ -333,4 +369,8 @@ class MovingDigits(Dataset):
             video = video[:, i % self.frames]
         else:
             video, labels = self.clip(i)
-        return {"image": torch.from_numpy(video * 2.0 - 1.0), "label": torch.from_numpy(labels)}
+        return {
+            "image": torch.from_numpy(video * 2.0 - 1.0),
+            "label": torch.tensor(self.class_of(labels)),
+            "digits": torch.from_numpy(labels),
+        }

@@ -6,7 +6,8 @@ A token folder holds ``manifest.json`` and shards ``shard_NNNNN.safetensors`` (o
 the (deterministically ordered) source dataset, is written atomically, and is recorded in the manifest only once
 complete, so an interrupted encoding resumes at the first missing shard. Each shard holds
 
-- ``indices``: code indices ``(n, h, w)`` (int16 when the codebook has at most 32767 codes, else int32), and/or
+- ``indices``: code indices ``(n, h, w)`` (int16 when the codebook has at most 32767 codes, else int32), or
+  ``(n, t, h, w)`` for clips (a video tokenizer's latent frames, or every frame of an image tokenizer), and/or
 - ``latents``: quantized or continuous latents ``(n, C, h, w)`` (float32), for downstream models;
 - ``labels``: ``(n,)`` int64 class labels, ``-1`` for unlabelled items.
 """
@@ -47,7 +48,8 @@ class TokenManifest:
         num_items: number of items of the source dataset (the folder is complete when all are written).
         shard_size: items per shard.
         codebook_size: the tokenizer's number of codes (the prior's vocabulary).
-        token_shape: ``[h, w]`` of one token map (``[C, h, w]`` of one latent for latents).
+        token_shape: ``[h, w]`` of one token map, ``[t, h, w]`` of one clip's token grid (``[C, h, w]`` /
+            ``[C, t, h, w]`` of one latent for latents).
         num_classes: number of classes of the labels (0: unlabelled).
         class_names: names of the classes, when known.
         file_format: ``safetensors`` or ``npy``.
@@ -145,6 +147,22 @@ def _index_dtype(codebook_size: int) -> torch.dtype:
     return torch.int16 if codebook_size <= 32767 else torch.int32
 
 
+def _encode(model: torch.nn.Module, x: torch.Tensor):
+    """``model.encode(x)``; a batch of clips given to an image model is encoded frame by frame and the outputs
+    regrouped per clip (indices ``(B, T, h, w)``, latents ``(B, C, T, h, w)``)."""
+    if x.dim() != 5 or getattr(model.config, "arch", None) == "video3d":
+        return model.encode(x)
+    b, t = x.shape[0], x.shape[2]
+    enc = model.encode(x.transpose(1, 2).flatten(0, 1))
+    for name in ("indices", "quantized", "latents"):
+        v = getattr(enc, name, None)
+        if v is None:
+            continue
+        v = v.view(b, t, *v.shape[1:])
+        setattr(enc, name, v if name == "indices" else v.transpose(1, 2))
+    return enc
+
+
 @torch.no_grad()
 def encode_dataset(
     model: torch.nn.Module,
@@ -162,6 +180,9 @@ def encode_dataset(
 ) -> TokenManifest:
     """Encode every item of ``dataset`` (dicts with ``image`` and optionally ``label``) with a stage-1
     ``model`` (:class:`~vqgan.models.VQModel`) into a token folder; resume an interrupted run of the same settings.
+
+    Clips ``(C, T, H, W)`` become token grids ``(t, h, w)``: a :class:`~vqgan.models.VideoVQModel` encodes the
+    clip (``t`` latent frames), an image model every frame on its own (``t = T``, frame-wise tokenization).
 
     Args:
         what: ``indices`` (code indices, for priors), ``quantized`` (quantized latents) or ``continuous``
@@ -219,9 +240,9 @@ def encode_dataset(
                 x = batch["image"].to(device)
                 labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
                 parts["labels"].append(labels.long().cpu())
-                enc = model.encode(x)
+                enc = _encode(model, x)
                 if what == "indices":
-                    if enc.indices.dim() != 3:
+                    if enc.indices.dim() != x.dim() - 1:
                         raise TokenFolderError(
                             f"indices of shape {tuple(enc.indices.shape)}: the priors model one index per position; "
                             "multi-stage (residual) codes are not supported for `what=indices`"
@@ -249,8 +270,8 @@ def encode_dataset(
 
 
 class TokenDataset(Dataset):
-    """Items of a complete token folder: ``{"tokens": (h, w) int64, "label": int64}`` (or ``{"latents":
-    (C, h, w), "label"}`` for latent folders). Everything is loaded into memory once (token maps are small).
+    """Items of a complete token folder: ``{"tokens": (h, w) or (t, h, w) int64, "label": int64}`` (or
+    ``{"latents": (C, h, w), "label"}`` for latent folders). Everything is loaded into memory once (token maps are small).
 
     Args:
         root: the folder written by :func:`encode_dataset`.

@@ -222,6 +222,8 @@ class VideoClips(Dataset):
         clip_offset: ``random`` (a new offset every time) or ``uniform`` (``clips_per_video`` evenly spread,
             deterministic clips; 1 gives the centred clip).
         random_crop, flip: spatial augmentation (one draw per clip).
+        classes: names of the labels (UCF101: ``classInd.txt``'s order), written into token folders by
+            ``vqgan encode`` so that priors can be asked for a class by name.
     """
 
     def __init__(
@@ -237,6 +239,7 @@ class VideoClips(Dataset):
         channels: int = 3,
         random_crop: bool = False,
         flip: bool = False,
+        classes: list[str] | None = None,
     ):
         if clip_offset not in ("random", "uniform"):
             raise ValueError(f"clip_offset must be 'random' or 'uniform', not {clip_offset!r}")
@@ -244,6 +247,7 @@ class VideoClips(Dataset):
         self.offset, self.clips_per_video = clip_offset, max(1, clips_per_video)
         self.resize, self.channels, self.random_crop, self.flip = resize, channels, random_crop, flip
         self.skipped = 0
+        self.classes = list(classes or [])
 
     def __len__(self) -> int:
         return len(self.records) * self.clips_per_video
@@ -312,6 +316,7 @@ class Exploded(Dataset):
         self.clips, self.n, self.frames_as_images, self.patch_size = clips, pieces_per_clip, frames_as_images, patch_size
         self.cache: OrderedDict[int, list | None] = OrderedDict()
         self.cache_size = cache
+        self.classes = list(getattr(clips, "classes", []))
 
     def __len__(self) -> int:
         return len(self.clips) * self.n
@@ -346,6 +351,7 @@ class VideoChunks(IterableDataset):
         self.gan_epochs = max(0, gan_epochs_per_chunk)
         self.clips, self.per_chunk, self.epochs = clips, max(1, videos_per_chunk), max(1, epochs_per_chunk)
         self.frames_as_images, self.patch_size, self.seed, self.iteration = frames_as_images, patch_size, seed, 0
+        self.classes = list(getattr(clips, "classes", []))
         first = next((clips[i] for i in range(min(len(clips), 4)) if clips[i] is not None), None)
         self.pieces = len(explode(first, frames_as_images, patch_size)) if first is not None else 1
 

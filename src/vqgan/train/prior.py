@@ -225,7 +225,11 @@ class PriorSamples(L.Callback):
                 images = self._flow_figures(pl_module, tokens, step)
             else:
                 images = decode_tokens(self.tokenizer, tokens)
-            save_image_grid(images, self.directory / f"step_{step:07d}.png")
+            ncol = 8
+            if images.dim() == 5:  # clips: one row of frames per sample
+                ncol = images.shape[2]
+                images = images[:8].transpose(1, 2).flatten(0, 1)
+            save_image_grid(images, self.directory / f"step_{step:07d}.png", ncol=ncol)
             for logger in trainer.loggers:
                 exp = getattr(logger, "experiment", None)
                 if hasattr(exp, "add_image"):
@@ -276,20 +280,24 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
 
 
 def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest, latent_shape: tuple[int, ...] | None = None) -> None:
-    """Take the vocabulary, map size and classes from the token folder (they are facts of the data); for a flow
-    prior, the latent channels and map size from ``latent_shape`` ``(C, h, w)`` (after any projection)."""
+    """Take the vocabulary, map (or clip grid) size and classes from the token folder (they are facts of the data);
+    for a flow prior, the latent channels and map size from ``latent_shape`` ``(C, h, w)`` (after any projection)."""
     m = cfg.model
+    frames = 1
     changes = {}
     if latent_shape is not None:
         c, h, w = latent_shape
         if m.latent_channels != c:
             changes["latent_channels"] = c
     else:
-        h, w = manifest.token_shape
+        *t, h, w = manifest.token_shape
+        frames = t[0] if t else 1
     if m.vocab_size != manifest.codebook_size:
         changes["vocab_size"] = manifest.codebook_size
     if (m.token_height, m.token_width) != (h, w):
         changes.update(token_height=h, token_width=w)
+    if m.token_frames != frames:
+        changes["token_frames"] = frames
     if m.num_classes > 0 and m.num_classes != manifest.num_classes:
         changes["num_classes"] = manifest.num_classes
     for k, v in changes.items():

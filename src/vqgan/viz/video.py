@@ -215,3 +215,63 @@ def reconstruct_video_file(
     out["file"] = str(path)
     out["frames"] = int(rec.shape[1])
     return out
+
+
+def clip_grid(clips: torch.Tensor, captions: list[str] | None = None, ncol: int = 4, scale: int = 1, gap: int = 2) -> np.ndarray:
+    """Clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row into one clip ``(T, H', W', 3)`` uint8, each
+    under a white strip with its caption (e.g. the class it was generated for)."""
+    from PIL import Image, ImageDraw
+
+    b, _, t, h, w = clips.shape
+    frames = [to_uint8_frames(c.clamp(-1, 1)) for c in clips]  # B x (T, H, W, 3)
+    if scale > 1:
+        frames = [f.repeat(scale, axis=1).repeat(scale, axis=2) for f in frames]
+        h, w = h * scale, w * scale
+    cap = 12 if captions else 0
+    ncol = max(1, min(ncol, b))
+    nrow = (b + ncol - 1) // ncol
+    out = np.full((t, nrow * (h + cap + gap), ncol * (w + gap), 3), 255, np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, ncol)
+        y, x = r * (h + cap + gap) + cap, c * (w + gap)
+        out[:, y : y + h, x : x + w] = f
+    if captions:
+        strip = Image.fromarray(out[0])
+        draw = ImageDraw.Draw(strip)
+        for i, text in enumerate(captions[:b]):
+            r, c = divmod(i, ncol)
+            draw.text((c * (w + gap) + 1, r * (h + cap + gap)), str(text)[: max(1, w // 6)], fill=(0, 0, 0))
+        labelled = np.asarray(strip)
+        for r in range(nrow):  # the caption strips are the same in every frame
+            y = r * (h + cap + gap)
+            out[:, y : y + cap] = labelled[y : y + cap]
+    return out
+
+
+def save_clip_grid(
+    clips: torch.Tensor, directory: str | Path, stem: str, captions: list[str] | None = None, ncol: int = 4,
+    fps: float = 4.0, scale: int | None = None, formats: tuple[str, ...] = ("mp4", "gif"),
+) -> dict[str, str]:
+    """Write :func:`clip_grid` as ``STEM.{mp4,gif}`` and its frames as ``STEM_frames.png`` (one row of frames per
+    clip, captioned) under ``directory``; small clips are enlarged to about 64 pixels. Returns the paths."""
+    directory = Path(directory)
+    scale = scale or max(1, 64 // clips.shape[-1])
+    grid = clip_grid(clips, captions, ncol, scale)
+    files = {fmt: str(write_video(grid, directory / f"{stem}.{fmt}", fps)) for fmt in formats}
+    rows = clip_grid(clips.transpose(1, 2).flatten(0, 1)[:, :, None], None, clips.shape[2], scale)[0]
+    if captions:  # a caption column on the left of every row
+        from PIL import Image, ImageDraw
+
+        pad = 8 * max(len(str(c)) for c in captions) + 4
+        canvas = Image.new("RGB", (rows.shape[1] + pad, rows.shape[0]), "white")
+        canvas.paste(Image.fromarray(rows), (pad, 0))
+        draw = ImageDraw.Draw(canvas)
+        step = rows.shape[0] // clips.shape[0]
+        for i, text in enumerate(captions[: clips.shape[0]]):
+            draw.text((2, i * step + step // 2 - 5), str(text), fill=(0, 0, 0))
+        rows = np.asarray(canvas)
+    from PIL import Image
+
+    files["frames"] = str(directory / f"{stem}_frames.png")
+    Image.fromarray(rows).save(files["frames"])
+    return files

@@ -25,19 +25,28 @@ class PriorModelConfig:
         kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021), ``maskgit`` (bidirectional, masked
             token modelling, Chang et al. 2022) or ``flow`` (rectified flow over continuous latents).
         vocab_size: number of codes of the tokenizer (its codebook size).
-        token_height: rows of the token map of one image (the sequence length is ``token_height * token_width``).
+        token_height: rows of the token map of one image (or of one latent frame of a clip).
         token_width: columns of the token map of one image.
+        token_frames: latent frames ``T`` of a clip (its tokens form a ``(T, h, w)`` grid, modelled in raster
+            order over time, then rows, then columns); 1 models images (``(h, w)`` maps). The sequence length is
+            ``token_frames * token_height * token_width``.
         n_layer: transformer blocks.
         n_head: attention heads.
         n_embd: transformer width.
         dropout: dropout on embeddings, attention and MLP outputs.
         bias: biases in linear layers and LayerNorms.
-        rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones.
+        rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones. Over a video grid
+            (``token_frames > 1``) the rotation is per axis: the head's frequency pairs are split between time,
+            rows and columns (3D RoPE, as the M-RoPE of video LLMs), so attention sees relative offsets in each.
         rope_base: RoPE's frequency base.
         num_classes: number of classes for class conditioning; 0 trains an unconditional prior. One more "null"
             class is always added, used for unlabelled data and classifier-free guidance (Ho & Salimans 2022).
         cond_dropout: probability of replacing a label by the null class during training (needed for guidance).
         mlp_ratio: hidden width of the MLP in units of ``n_embd``.
+        frame_prediction_prob: MaskGIT over clips: share of training clips whose mask covers only frames from a
+            random ``k`` in ``[1, T)`` on (the first ``k`` latent frames stay visible), so that the model also
+            learns the "predict the future from the past" pattern it meets in frame prediction (MAGVIT's task
+            mixing, Yu et al. 2023). 0 keeps MaskGIT's uniform masking over the whole grid.
         latent_channels: channels of the latents it models (``N`` of seed 004's projection, or ``embed_dim``).
         patch_size: side of the latent patches that become transformer tokens (DiT, Peebles & Xie 2023).
         time_sampling: ``uniform`` t ~ U(0, 1) (Lipman et al. 2023; Liu et al. 2023) or ``logit_normal``
@@ -69,6 +78,8 @@ class PriorModelConfig:
     num_classes: int = 0
     cond_dropout: float = 0.1
     mlp_ratio: int = 4
+    token_frames: int = 1
+    frame_prediction_prob: float = 0.0
     latent_channels: int = 4
     patch_size: int = 1
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
@@ -81,8 +92,19 @@ class PriorModelConfig:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens per image (the length of the sequence the prior models)."""
+        """Tokens per image or clip (the length of the sequence the prior models)."""
+        return self.token_frames * self.token_height * self.token_width
+
+    @property
+    def frame_tokens(self) -> int:
+        """Tokens per latent frame (``token_height * token_width``)."""
         return self.token_height * self.token_width
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(h, w)`` for images, ``(T, h, w)`` for clips."""
+        hw = (self.token_height, self.token_width)
+        return (self.token_frames, *hw) if self.token_frames > 1 else hw
 
     @property
     def null_class(self) -> int:
@@ -100,8 +122,15 @@ class PriorModelConfig:
             raise ConfigError(f"model.num_classes={self.num_classes} must be >= 0")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"model.cond_dropout={self.cond_dropout} must be in [0, 1)")
-        if min(self.token_height, self.token_width) < 1:
-            raise ConfigError("model.token_height and model.token_width must be positive")
+        if min(self.token_height, self.token_width, self.token_frames) < 1:
+            raise ConfigError("model.token_height, model.token_width and model.token_frames must be positive")
+        if self.rope and self.token_frames > 1 and self.n_embd // self.n_head < 6:
+            raise ConfigError(
+                f"model.rope over a (T, h, w) grid needs a head dimension of at least 6 (a frequency pair per "
+                f"axis), got {self.n_embd // self.n_head}"
+            )
+        if not 0.0 <= self.frame_prediction_prob <= 1.0:
+            raise ConfigError(f"model.frame_prediction_prob={self.frame_prediction_prob} must be in [0, 1]")
         if self.kind == "flow":
             if self.patch_size < 1 or self.token_height % self.patch_size or self.token_width % self.patch_size:
                 raise ConfigError(
@@ -287,6 +316,16 @@ def _test_flow() -> PriorExperimentConfig:
     )
 
 
+@register_prior_preset("test-video-gpt", "tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)")
+def _test_video_gpt() -> PriorExperimentConfig:
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="gpt", vocab_size=32, token_frames=3, token_height=4, token_width=4, n_layer=2,
+                               n_head=2, n_embd=32, rope=True, num_classes=10),
+        data=PriorDataConfig(batch_size=4, val_fraction=0.25),
+        train=_tiny_train(),
+    )
+
+
 @register_prior_preset("quickstart-flow", "flow-matching DiT over the quickstart tokenizer's 8x8 latents (CPU-sized)")
 def _quickstart_flow() -> PriorExperimentConfig:
     """Flow-matching prior (rectified flow, a DiT with adaLN-Zero; Heun sampler) over the quick-start tokenizer's
@@ -303,4 +342,37 @@ def _quickstart_flow() -> PriorExperimentConfig:
                                n_embd=128, num_classes=9, sampler="heun", sample_steps=16),
         data=PriorDataConfig(batch_size=64),
         train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
+    )
+
+
+@register_prior_preset("test-video-maskgit", "tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids")
+def _test_video_maskgit() -> PriorExperimentConfig:
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="maskgit", vocab_size=32, token_frames=3, token_height=4, token_width=4,
+                               n_layer=2, n_head=2, n_embd=32, rope=True, num_classes=10, frame_prediction_prob=0.5),
+        data=PriorDataConfig(batch_size=4, val_fraction=0.25),
+        train=_tiny_train(),
+    )
+
+
+@register_prior_preset("moving-digits-video-gpt", "class-conditional GPT over moving-digits clip tokens (configs/prior_video_digits.yaml)")
+def _moving_digits_video_gpt() -> PriorExperimentConfig:
+    """Class-conditional GPT prior over the token grids of moving-digits clips (one digit per clip, 8 frames of
+    16x16, tokenized frame by frame by a 16x16 f4 image tokenizer with 256 codes): 8 x 4 x 4 = 128 tokens in raster
+    order over time, then space, with RoPE per axis (t, y, x). The class is the digit (10 classes); labels are
+    dropped with probability 0.1 so that classifier-free guidance works. About 0.86M parameters. A causal video3d
+    tokenizer's grids work the same way. vocab_size, token_frames/height/width and num_classes are taken from the
+    token folder. Usage (docs/video/README.md has the whole run, with timings):
+      vqgan encode --ckpt TOKENIZER --output TOKENS/train --data.kind moving_digits --data.num_digits 1 ...
+      vqgan fit-prior --config configs/prior_video_digits.yaml --tokens TOKENS --run-dir RUN
+    --model.kind maskgit trains MaskGIT over the same grid instead (add --model.frame_prediction_prob 0.5 for frame
+    prediction).
+    """
+    # 8-frame 16x16 clips tokenized frame by frame (f4, 256 codes): 8 x 4 x 4 = 128 tokens; CPU-sized.
+    return PriorExperimentConfig(
+        model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=8, token_height=4, token_width=4, n_layer=4,
+                               n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10, cond_dropout=0.1),
+        data=PriorDataConfig(batch_size=32, val_fraction=0.05),
+        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=50, val_every_n_steps=250, num_samples=10,
+                               maskgit_steps=12),
     )

@@ -6,6 +6,11 @@ Class conditioning is a prefix token (LlamaGen); the extra "null" class serves u
 guidance (Ho & Salimans 2022): the label is dropped to the null class with probability ``cond_dropout`` during
 training, and sampling mixes conditional and unconditional logits. Sampling supports temperature, top-k, top-p and
 a key/value cache (one new token per forward pass instead of the whole prefix).
+
+Clips: the codes of a video tokenizer form a ``(T, h, w)`` grid (``PriorModelConfig.token_frames = T``), modelled
+in raster order over time, then space, with RoPE per axis (see :mod:`vqgan.models.prior.transformer`). Frame
+prediction is generation after a ``prefix``: the codes of the first ``k`` latent frames, which a causal tokenizer
+computes from the first frames alone (MAGVIT-v2), go through the transformer in one pass and the rest is sampled.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ class GPTPrior(PriorBase):
         """Logits of the next token after the class prefix and every token of ``tokens``.
 
         Args:
-            tokens: ``(B, t)`` code indices (any ``(B, h, w)`` map is flattened in raster order), ``t < N``.
+            tokens: ``(B, t)`` code indices (any ``(B, h, w)`` map or ``(B, T, h, w)`` clip is flattened in raster
+                order: time, then rows, then columns), ``t < N``.
             labels: ``(B,)`` class indices; ``None`` or negative values mean the null class.
             targets: ``(B, t + 1)`` tokens to score (usually the full map, with ``tokens = targets[:, :-1]``).
 
@@ -82,8 +88,10 @@ class GPTPrior(PriorBase):
         cfg_scale: float = 1.0,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sample token maps ``(B, token_height, token_width)``.
+        """Sample token maps ``(B, token_height, token_width)`` (clips: ``(B, token_frames, token_height,
+        token_width)``).
 
         Args:
             num: number of maps (when ``labels`` is None: unconditional samples).
@@ -92,31 +100,28 @@ class GPTPrior(PriorBase):
             cfg_scale: classifier-free guidance scale; ``1`` samples the conditional model without guidance.
             use_cache: reuse keys and values of past positions (same tokens, much faster for long maps).
             generator: random generator, for reproducible samples.
+            prefix: given first tokens in raster order, ``(B, P)`` or the codes of the first ``k`` latent frames
+                ``(B, k, h, w)`` (frame prediction: the causal video tokenizer makes them independent of the
+                frames that follow). They are copied to the output unchanged; with the cache they are encoded in
+                one pass, then the rest is sampled token by token.
         """
         cfg = self.config
-        device = next(self.parameters()).device
-        if labels is None:
-            if num is None:
-                raise ValueError("give num (unconditional) or labels (class-conditional)")
-            labels = torch.full((num,), cfg.null_class, dtype=torch.long, device=device)
-        labels = self._labels(labels, labels.shape[0], device)
-        b = labels.shape[0]
+        labels, out = self._generation_inputs(num, labels, prefix)
+        b, device = labels.shape[0], labels.device
         guided = cfg_scale != 1.0
         if guided:  # one batch: conditional rows, then the same rows with the null class
             labels = torch.cat([labels, torch.full_like(labels, cfg.null_class)])
-        n = cfg.num_tokens
-        out = torch.empty(b, 0, dtype=torch.long, device=device)
+        n, p = cfg.num_tokens, out.shape[1]
         cache = None
-        last = out  # the previous step's tokens, fed to the cache (set at the end of every step)
         if use_cache:
             dtype = next(self.parameters()).dtype
             cache = KVCache.empty(cfg, labels.shape[0], n, device, dtype)
-        for i in range(n):
+        last = out  # tokens not yet fed to the cache (the whole prefix at first, then the previous sample)
+        for i in range(p, n):
             if use_cache:
-                if i == 0:
-                    x = self.transformer.embed(out.new_empty(labels.shape[0], 0), labels, start=0)
-                else:
-                    x = self.transformer.embed(last, None, start=i)
+                rows = torch.cat([last, last]) if guided else last
+                # The first pass holds [class, prefix]; later passes one token, which sits at sequence index i.
+                x = self.transformer.embed(rows, labels if i == p else None, start=0 if i == p else i)
                 h = self.transformer(x, cache)[:, -1]
             else:
                 seq = torch.cat([out, out]) if guided else out
@@ -126,5 +131,5 @@ class GPTPrior(PriorBase):
                 logits = classifier_free_guidance(logits[:b], logits[b:], cfg_scale)
             nxt = sample_logits(filter_logits(logits, temperature, top_k, top_p), generator)
             out = torch.cat([out, nxt[:, None]], dim=1)
-            last = torch.cat([nxt, nxt])[:, None] if guided else nxt[:, None]
-        return out.view(b, cfg.token_height, cfg.token_width)
+            last = nxt[:, None]
+        return out.view(b, *cfg.token_shape)

@@ -6,6 +6,10 @@ Training masks a random share ``gamma(r)`` of the tokens, ``r ~ U(0, 1)``, with 
 map; at step ``t`` of ``T`` every masked token is sampled, and the ``ceil``-free count ``floor(N gamma((t+1)/T))``
 of least confident new tokens is masked again (section 3.2, with the Gumbel-noised confidences of the reference
 implementation, annealed to zero). Classes and classifier-free guidance work as for the GPT prior.
+
+Clips: the mask covers the whole ``(T, h, w)`` grid (``PriorModelConfig.token_frames = T``). Frame prediction
+fixes the codes of the first ``k`` latent frames and decodes only the future (MAGVIT, Yu et al. 2023, section 3.2);
+``frame_prediction_prob`` trains on that pattern too.
 """
 
 from __future__ import annotations
@@ -86,12 +90,25 @@ class MaskGITPrior(PriorBase):
         return PriorOutput(logits, loss, token_accuracy(logits.detach(), targets, m.float()))
 
     def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Boolean ``(B, N)`` masks with ``ceil(N cos(pi r / 2))`` (at least one) random positions, ``r ~ U(0,1)``."""
-        n = self.config.num_tokens
+        """Boolean ``(B, N)`` masks with ``ceil(M cos(pi r / 2))`` (at least one) random positions, ``r ~ U(0,1)``,
+        among the ``M`` maskable ones: all ``N`` positions, or, for a share ``frame_prediction_prob`` of the
+        clips, the positions from a random latent frame ``k`` in ``[1, T)`` on (the past stays visible)."""
+        cfg = self.config
+        n = cfg.num_tokens
         r = torch.rand(batch, generator=generator, device=device)
-        k = torch.ceil(n * cosine_schedule(r).to(device)).long().clamp(1, n)
-        ranks = torch.rand(batch, n, generator=generator, device=device).argsort(-1).argsort(-1)
-        return ranks < k[:, None]
+        first = torch.zeros(batch, dtype=torch.long, device=device)  # first maskable position of every row
+        if cfg.frame_prediction_prob > 0 and cfg.token_frames > 1:
+            u = torch.rand(batch, generator=generator, device=device)
+            k = torch.randint(1, cfg.token_frames, (batch,), generator=generator, device=device)
+            first = torch.where(u < cfg.frame_prediction_prob, k * cfg.frame_tokens, first)
+        free = n - first
+        count = torch.ceil(free * cosine_schedule(r).to(device)).long().clamp(min=1)
+        count = torch.minimum(count, free)
+        scores = torch.rand(batch, n, generator=generator, device=device)
+        # Visible past positions get scores above every random one, so they are never among the lowest `count`.
+        scores = scores.masked_fill(torch.arange(n, device=device)[None] < first[:, None], 2.0)
+        ranks = scores.argsort(-1).argsort(-1)
+        return ranks < count[:, None]
 
     def training_loss(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
@@ -121,29 +138,33 @@ class MaskGITPrior(PriorBase):
         choice_temperature: float = 4.5,
         generator: torch.Generator | None = None,
         return_history: bool = False,
+        prefix: torch.Tensor | None = None,
     ):
-        """Decode token maps ``(B, token_height, token_width)`` in ``steps`` parallel steps.
+        """Decode token maps ``(B, token_height, token_width)`` (clips: ``(B, token_frames, token_height,
+        token_width)``) in ``steps`` parallel steps.
 
         Args:
             num, labels, temperature, top_k, top_p, cfg_scale, generator: as in :meth:`GPTPrior.generate`.
-            steps: decoding steps ``T`` (MaskGIT uses 8 to 12 for 16x16 maps).
+            steps: decoding steps ``T`` (MaskGIT uses 8 to 12 for 16x16 maps); at most the number of tokens to
+                generate (fewer are used when the prefix leaves fewer).
             choice_temperature: scale of the Gumbel noise added to the log-confidences when choosing which
                 tokens to mask again, annealed linearly to 0 (4.5 in the reference implementation).
             return_history: also return the number of masked tokens after every step.
+            prefix: given first tokens in raster order, ``(B, P)`` or the codes of the first ``k`` latent frames
+                ``(B, k, h, w)`` (frame prediction): they are never masked, so only the future is decoded, and the
+                schedule runs over the ``N - P`` tokens that remain.
         """
         cfg = self.config
-        device = next(self.parameters()).device
-        if labels is None:
-            if num is None:
-                raise ValueError("give num (unconditional) or labels (class-conditional)")
-            labels = torch.full((num,), cfg.null_class, dtype=torch.long, device=device)
-        labels = self._labels(labels, labels.shape[0], device)
-        b, n = labels.shape[0], cfg.num_tokens
+        labels, prefix = self._generation_inputs(num, labels, prefix)
+        b, n, device = labels.shape[0], cfg.num_tokens, labels.device
         guided = cfg_scale != 1.0
         all_labels = torch.cat([labels, torch.full_like(labels, cfg.null_class)]) if guided else labels
         tokens = torch.full((b, n), self.mask_token, dtype=torch.long, device=device)
+        tokens[:, : prefix.shape[1]] = prefix
         history = []
-        for t, n_mask in enumerate(masked_counts(n, steps)):
+        todo = n - prefix.shape[1]
+        steps = min(steps, todo)
+        for t, n_mask in enumerate(masked_counts(todo, steps)):
             unknown = tokens == self.mask_token
             logits = self(torch.cat([tokens, tokens]) if guided else tokens, all_labels).logits
             if guided:
@@ -163,5 +184,5 @@ class MaskGITPrior(PriorBase):
                 sampled = sampled.scatter(-1, remask, self.mask_token)
             tokens = sampled
             history.append(int((tokens == self.mask_token).sum(-1).max()))
-        out = tokens.view(b, cfg.token_height, cfg.token_width)
+        out = tokens.view(b, *cfg.token_shape)
         return (out, history) if return_history else out

@@ -16,15 +16,46 @@ from torch import nn
 from vqgan.models.prior.config import PriorModelConfig
 
 
+def rope_sections(pairs: int, axes: int) -> list[int]:
+    """How many of a head's ``pairs`` frequency pairs each axis gets: all for one axis; for ``(t, y, x)`` the two
+    spatial axes get ``3/8`` each and time the rest (16/24/24 of 64 pairs, the split of Qwen2-VL's M-RoPE)."""
+    if axes == 1:
+        return [pairs]
+    if axes != 3 or pairs < 3:
+        raise ValueError(f"3D RoPE needs at least 3 frequency pairs per head, got {pairs}")
+    s = max(1, 3 * pairs // 8)
+    return [pairs - 2 * s, s, s]
+
+
+def grid_positions(frames: int, height: int, width: int) -> torch.Tensor:
+    """``(1 + T h w, 3)`` integer ``(t, y, x)`` coordinates of the sequence ``[class, tokens in raster order]``:
+    the class token at the origin, token ``(t, y, x)`` at ``(t + 1, y + 1, x + 1)``, so that every token has its own
+    offset from the class token (which anchors absolute positions, as position 0 does in 1D)."""
+    t, y, x = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
+    grid = torch.stack([t, y, x], dim=-1).reshape(-1, 3) + 1
+    return torch.cat([torch.zeros(1, 3, dtype=grid.dtype), grid])
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding: rotates pairs of query/key channels by position-dependent angles, so that the
-    attention score depends on relative positions only (RoFormer eq. 34). Uses the "rotate half" layout."""
+    attention score depends on relative positions only (RoFormer eq. 34). Uses the "rotate half" layout.
 
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+    ``positions`` ``(L, A)`` gives the coordinates of the ``L`` sequence slots on ``A`` axes (default: the 1D
+    positions ``0 .. max_len - 1``). With several axes the frequency pairs are split between them
+    (:func:`rope_sections`), each axis rotating its own channels with its own full frequency range (RoPE per
+    axis, as LlamaGen's 2D RoPE and video LLMs' 3D RoPE), so the score depends on the offset along every axis.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, positions: torch.Tensor | None = None):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-        t = torch.arange(max_len, dtype=torch.float64)
-        freqs = torch.outer(t, inv_freq)  # (T, D/2)
+        pos = torch.arange(max_len)[:, None] if positions is None else positions[:max_len]
+        if pos.shape[0] < max_len:
+            raise ValueError(f"{pos.shape[0]} positions given for a sequence of {max_len}")
+        freqs = []
+        for axis, n in enumerate(rope_sections(head_dim // 2, pos.shape[1])):
+            inv_freq = 1.0 / (base ** (torch.arange(n, dtype=torch.float64) / n))
+            freqs.append(torch.outer(pos[:, axis].double(), inv_freq))
+        freqs = torch.cat(freqs, dim=-1)  # (L, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", emb.cos().float(), persistent=False)
         self.register_buffer("sin", emb.sin().float(), persistent=False)
@@ -122,7 +153,11 @@ class Transformer(nn.Module):
         self.cfg, self.max_len = cfg, max_len
         self.tok_emb = nn.Embedding(input_vocab, cfg.n_embd)
         self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.n_embd)
-        rope = RotaryEmbedding(cfg.n_embd // cfg.n_head, max_len, cfg.rope_base) if cfg.rope else None
+        rope = None
+        if cfg.rope:
+            # Images keep 1D positions over the raster sequence; clips get (t, y, x) coordinates.
+            grid = grid_positions(cfg.token_frames, cfg.token_height, cfg.token_width) if cfg.token_frames > 1 else None
+            rope = RotaryEmbedding(cfg.n_embd // cfg.n_head, max_len, cfg.rope_base, grid)
         self.pos_emb = None if cfg.rope else nn.Parameter(torch.zeros(1, max_len, cfg.n_embd))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg, causal, rope) for _ in range(cfg.n_layer)])
@@ -173,3 +208,25 @@ class PriorBase(nn.Module):
         labels = labels.to(device=device, dtype=torch.long)
         # Negative labels (unlabelled data) map to the null class.
         return torch.where(labels < 0, null, labels)
+
+    def _generation_inputs(
+        self, num: int | None, labels: torch.Tensor | None, prefix: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels ``(B,)`` (the null class when unconditional) and the given prefix as flat tokens ``(B, P)``
+        (``P = 0`` without one) for ``generate``; the batch size comes from ``labels``, ``prefix`` or ``num``."""
+        cfg = self.config
+        device = next(self.parameters()).device
+        if prefix is not None:
+            prefix = prefix.to(device=device, dtype=torch.long).flatten(1)
+            if prefix.shape[1] >= cfg.num_tokens:
+                raise ValueError(f"a prefix of {prefix.shape[1]} tokens leaves nothing to generate of {cfg.num_tokens}")
+            if prefix.numel() and (int(prefix.min()) < 0 or int(prefix.max()) >= cfg.vocab_size):
+                raise ValueError(f"prefix tokens must be code indices in [0, {cfg.vocab_size})")
+        batch = labels.shape[0] if labels is not None else prefix.shape[0] if prefix is not None else num
+        if batch is None:
+            raise ValueError("give num (unconditional), labels (class-conditional) or a prefix")
+        if prefix is not None and prefix.shape[0] != batch:
+            raise ValueError(f"{prefix.shape[0]} prefixes for a batch of {batch}")
+        if prefix is None:
+            prefix = torch.empty(batch, 0, dtype=torch.long, device=device)
+        return self._labels(labels, batch, device), prefix
