@@ -79,16 +79,19 @@ def nearest_code(
 
 def kmeans_plus_plus(samples: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is drawn with probability proportional to
-    the squared distance to the nearest centre chosen so far. Returns the ``k`` chosen row indices."""
+    the squared distance to the nearest centre chosen so far. Returns the ``k`` chosen row indices.
+
+    The chosen indices stay on the device as one-element tensors (``index_select``, never ``samples[chosen[i]]``,
+    which reads the index back to the host): seeding a codebook of ``k`` codes on a GPU costs no synchronisation.
+    """
     n = samples.shape[0]
-    chosen = torch.empty(k, dtype=torch.long, device=samples.device)
-    chosen[0] = torch.randint(n, (1,), device=samples.device, generator=generator)[0]
-    d2 = (samples - samples[chosen[0]]).pow(2).sum(1)
-    for i in range(1, k):
+    picks = [torch.randint(n, (1,), device=samples.device, generator=generator)]
+    d2 = (samples - samples.index_select(0, picks[0])).pow(2).sum(1)
+    for _ in range(1, k):
         # A tiny floor keeps the distribution valid once every sample coincides with a centre.
-        chosen[i] = torch.multinomial(d2 + 1e-12, 1, generator=generator)[0]
-        d2 = torch.minimum(d2, (samples - samples[chosen[i]]).pow(2).sum(1))
-    return chosen
+        picks.append(torch.multinomial(d2 + 1e-12, 1, generator=generator))
+        d2 = torch.minimum(d2, (samples - samples.index_select(0, picks[-1])).pow(2).sum(1))
+    return torch.cat(picks)
 
 
 def kmeans(
