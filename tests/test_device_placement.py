@@ -171,3 +171,33 @@ def test_prior_sampling_loop_never_waits_for_the_device(name: str, kwargs: dict)
         prior.eval()
         maps = prior.generate(labels=torch.tensor([1, 2], device="cuda"), **kwargs)
         assert maps.shape == (2, cfg.token_height, cfg.token_width) and maps.device.type == "cuda"
+
+
+# -- the GPU benchmark's dry run -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_prints_its_table_and_result(tmp_path) -> None:
+    """``benchmarks/gpu.py --dry-run`` runs the benchmark's code on the CPU with tiny sizes."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--time-limit", "1000", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("RESULT dry_run=1 ")
+    fields = dict(kv.split("=") for kv in lines[-1].split()[1:])
+    for key in ("images_per_s_fp32", "images_per_s_bf16", "images_per_s_bf16_compile", "ratio_vs_diffusers_bf16",
+                "tflops_bf16", "gpt_tokens_per_s_cache", "gpt_tokens_per_s_no_cache"):
+        assert float(fields[key]) > 0, key
+    assert int(fields["max_batch"]) >= 2
+    assert any(line.startswith("ours       bf16+compile") for line in lines)
+    saved = json.loads((tmp_path / "gpu.json").read_text())
+    assert saved["dry_run"] and not saved["skipped"] and set(saved["images_per_s"]) == {
+        f"{impl}/{p}" for impl in ("ours", "diffusers") for p in ("fp32", "bf16", "bf16+compile")}
