@@ -51,7 +51,15 @@ def nearest_code(
     materialises an ``N x K`` matrix (only ``N x chunk_size``). On CPU the rows are also processed in blocks whose
     distance matrix (about 512 KB) stays in cache while it is reduced, which is 1.5x faster than one big matrix;
     on GPUs all rows go at once (``row_block`` overrides either choice). Ties go to the lowest index.
+
+    Distances are computed in fp32 whatever the inputs' dtype and even under autocast: bf16's 8-bit mantissa
+    cannot tell nearby codes apart (``||z||^2``-sized terms cancel), and the chosen code would depend on rounding.
     """
+    with torch.autocast(z.device.type, enabled=False):
+        return _nearest_code_fp32(z.float(), codebook.float(), chunk_size, row_block)
+
+
+def _nearest_code_fp32(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int, row_block: int | None) -> torch.Tensor:
     n, k = z.shape[0], codebook.shape[0]
     e_sq = codebook.pow(2).sum(1)
     if row_block is None:
