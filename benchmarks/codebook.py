@@ -101,7 +101,7 @@ def run_one(
 
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    from vqgan.train.diagnostics import load_diagnostics
+    from vqgan.metrics.codebook import load_diagnostics
     from vqgan.train.fit import fit
 
     run_dir = Path(out_dir) / (run_name or name)

@@ -56,6 +56,7 @@ from vqgan.config import (  # noqa: E402
     TrainConfig,
     to_dict,
 )
+from vqgan.losses import adaptive_weight_from_grads, generator_adversarial_loss  # noqa: E402
 from vqgan.train.module import VQGANModule, _clip  # noqa: E402
 
 VARIANTS = ("ours", "ours_channels_last", "ours_ckpt", "diffusers")
@@ -134,8 +135,11 @@ class Variant:
         out = m(x)
         rec, vq_loss = out.sample, out.commit_loss.mean()
         last_layer = m.decoder.conv_out.weight
-        g = loss_fn.generator_loss(x, rec, vq_loss, disc(rec), last_layer, 1.0)
-        g.loss.backward(inputs=self.gen)
+        nll = loss_fn.nll(x, rec).loss
+        g_adv = generator_adversarial_loss(disc(rec), loss_fn.cfg.gan_loss)
+        grads = [torch.autograd.grad(loss, last_layer, retain_graph=True)[0] for loss in (nll, g_adv)]
+        d_weight = adaptive_weight_from_grads(*grads, loss_fn.cfg.adaptive_weight_max) * loss_fn.cfg.disc_weight
+        (nll + vq_loss + d_weight * g_adv).backward(inputs=self.gen)
         _clip(self.gen, self.cfg.train.grad_clip)
         d = loss_fn.discriminator_loss(disc(x.detach()), disc(rec.detach()), 1.0)
         d.loss.backward(inputs=self.disc)

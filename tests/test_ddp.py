@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from vqgan.config import to_dict
+from vqgan.losses import LossOutput, adaptive_weight_from_grads, generator_adversarial_loss
 from vqgan.registry import get_preset
 from vqgan.train.module import VQGANModule
 from vqgan.train.step import generator_forward_backward
@@ -129,6 +130,19 @@ def test_ddp_resume_is_exact(ddp_run: Path, tmp_path: Path) -> None:
             torch.testing.assert_close(resumed["state"][k], v, rtol=0, atol=0, msg=f"rank {rank}: {k} differs")
 
 
+def _taming_generator_loss(module: VQGANModule, x: torch.Tensor, out) -> LossOutput:
+    """taming's VQLPIPSWithDiscriminator generator loss: the adaptive weight from two ``autograd.grad`` calls of
+    the whole losses at the decoder's last layer, then one backward of the sum (the reference, written here)."""
+    c, rec, last = module.loss_fn.cfg, out.reconstruction, module.model.last_layer
+    nll = module.loss_fn.nll(x, rec)
+    g_adv = generator_adversarial_loss(module.discriminator(rec), c.gan_loss)
+    grads = [torch.autograd.grad(loss, last, retain_graph=True)[0] for loss in (nll.loss, g_adv)]
+    d_weight = adaptive_weight_from_grads(*grads, c.adaptive_weight_max) * c.disc_weight
+    total = nll.loss + out.vq_loss + d_weight * g_adv
+    logs = {**nll.logs, "vq": out.vq_loss.detach(), "g_adv": g_adv.detach(), "d_weight": d_weight, "total": total.detach()}
+    return LossOutput(total, logs)
+
+
 def test_single_backward_matches_taming_gradients() -> None:
     """The regrouped backward (one pass through LPIPS and the discriminator) equals taming's formulation."""
     cfg = get_preset("test-taming")
@@ -140,8 +154,7 @@ def test_single_backward_matches_taming_gradients() -> None:
 
     torch.manual_seed(2)  # the same random dead-code restarts in both forward passes
     out = ref.model(x)
-    rec = out.reconstruction
-    g = ref.loss_fn.generator_loss(x, rec, out.vq_loss, ref.discriminator(rec), ref.model.last_layer, 1.0)
+    g = _taming_generator_loss(ref, x, out)
     params = ref.generator_parameters()
     g.loss.backward(inputs=params)
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from vqgan.metrics.codebook import load_diagnostics
 from vqgan.quantizers import FSQ, ResidualQuantizer, VectorQuantizer
 from vqgan.registry import get_preset
-from vqgan.train.diagnostics import CodebookDiagnostics, find_quantizer, load_diagnostics
+from vqgan.train.diagnostics import CodebookDiagnostics, find_quantizer
 
 
 def test_fit_writes_diagnostics_and_tensorboard(tmp_path: Path) -> None:

@@ -15,9 +15,11 @@ from vqgan.interop.export import EncodeGraph, export_onnx, export_torchscript
 from vqgan.interop.projection import (
     LatentProjection,
     ProjectionConfig,
+    channel_statistics,
     fit_projection,
     load_projection,
     save_projection,
+    source_latents,
 )
 from vqgan.models import VQModel
 
@@ -176,10 +178,11 @@ def test_fit_projection_lowers_the_loss_and_round_trips(tmp_path, train_decoder)
     assert changed == train_decoder  # the decoder is frozen unless trained jointly
     proj = fit.projection
     with torch.no_grad():
-        p = proj.project(model.encode(batches[0]).quantized)
-    assert p.shape == (4, 2, 8, 8)
-    n = proj.normalize(p)
+        p = proj.project(model.encode(torch.cat(batches)).quantized)
+    assert p.shape == (8, 2, 8, 8)
+    n = proj.normalize(p)  # statistics of the whole training set (both batches)
     torch.testing.assert_close(n.mean((0, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(n.std((0, 2, 3)), torch.ones(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(proj.denormalize(n), p, atol=1e-5, rtol=0)
 
     save_projection(proj, tmp_path / "proj", s, model if train_decoder else None)
@@ -199,13 +202,44 @@ def test_cli_fit_projection_and_project_latents(tmp_path, capsys):
     data = ["--data.resolution", "16", "--data.batch_size", "4", "--data.builtin_train_crops", "8",
             "--data.val_size", "6"]
     rc = main(["fit-projection", "--ckpt", str(tmp_path / "tok"), "--output", str(tmp_path / "proj"), "--channels", "3",
-               "--steps", "4", "--device", "cpu", *data])
+               "--steps", "4", "--lr", "1e-2", "--device", "cpu", *data])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["evaluated_on"] == "held-out images"
-    assert summary["final_loss"] <= summary["initial_loss"]
+    # Four steps must really fit something on the held-out images: measured 0.4428 -> 0.4404 (a drop of 2.4e-3; the
+    # loss is mostly what no 3-channel projection of this untrained tokenizer can remove). Half of it is required.
+    assert summary["initial_loss"] - summary["final_loss"] > 1.2e-3
+    # Channel statistics over the whole training set: 8 crops of 8x8 latents.
+    assert summary["statistics_positions"] == 8 * 8 * 8
     rc = main(["project-latents", "--ckpt", str(tmp_path / "tok"), "--projection", str(tmp_path / "proj"),
                "--output", str(tmp_path / "lat.safetensors"), "--device", "cpu", *data])
     assert rc == 0
     out = load_file(str(tmp_path / "lat.safetensors"))
     assert out["latents"].shape == (6, 3, 8, 8) and out["mean"].shape == (3,)
+
+
+def test_channel_statistics_stream_equals_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(b, 3, 4, 5, generator=g) * torch.tensor([1.0, 2.0, 0.5])[:, None, None] + 3.0 for b in (2, 5, 1)]
+    mean, std, n = channel_statistics(iter(batches))  # a one-shot iterator: one pass
+    everything = torch.cat(batches)
+    assert n == 8 * 4 * 5
+    torch.testing.assert_close(mean, everything.mean((0, 2, 3)))
+    torch.testing.assert_close(std, everything.std((0, 2, 3)))
+    with pytest.raises(ValueError, match="at least 2"):
+        channel_statistics([])
+
+
+def test_fit_projection_normalises_with_the_whole_training_set():
+    model = _model()
+    g = torch.Generator().manual_seed(1)
+    # Batches of different brightness, so that the first batch's statistics differ from the whole set's.
+    batches = [torch.rand(3, 3, 16, 16, generator=g) * 0.5 + offset for offset in (-1.0, -0.2, 0.5)]
+    fit = fit_projection(model, batches, out_channels=2, steps=2)
+    with torch.no_grad():
+        p = fit.projection.project(source_latents(model, torch.cat(batches), "quantized"))
+        first = fit.projection.project(source_latents(model, batches[0], "quantized"))
+    torch.testing.assert_close(fit.projection.mean, p.mean((0, 2, 3)))
+    torch.testing.assert_close(fit.projection.std, p.std((0, 2, 3)))
+    assert fit.summary["statistics_positions"] == 9 * 8 * 8
+    assert (fit.projection.mean - first.mean((0, 2, 3))).abs().max() > 1e-3

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors.torch import save_file
 
 from vqgan.config import ModelConfig, QuantizerConfig
 from vqgan.interop import ConversionError, detect_format, load_pretrained, save_diffusers, to_diffusers
@@ -524,6 +525,30 @@ def test_cli_convert(tmp_path, capsys):
     assert out["config"]["ch_mult"] == [1, 2]
     assert (tmp_path / "o" / "model.safetensors").is_file()
     assert main(["convert", "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == 2
+
+
+def test_cli_convert_names_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    """An image, a config or bare safetensors weights given as a checkpoint: the message says what the file looks
+    like, not that it "needs to execute code to unpickle"."""
+    from PIL import Image
+
+    from vqgan.cli import main
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.ckpt", format="PNG")
+    (tmp_path / "config.ckpt").write_text("model:\n  ch: 64\n")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "weights.ckpt"))
+    capsys.readouterr()
+    for name, what in (("photo", "a PNG image"), ("config", "a text file"), ("weights", "a safetensors file")):
+        argv = ["convert", "--input", str(tmp_path / f"{name}.ckpt"), "--output", str(tmp_path / "o")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name}.ckpt is" in err and f"not a PyTorch checkpoint: it looks like {what}" in err, err
+        assert "unpickl" not in err and "Traceback" not in err
+    # The training-checkpoint reader (reconstruct, encode, sample...) says the same.
+    from vqgan.models.io import CheckpointError, load_model
+
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint: it looks like a PNG image"):
+        load_model(tmp_path / "photo.ckpt")
 
 
 # --------------------------------------------------------------------------------------------------------------

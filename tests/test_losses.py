@@ -12,7 +12,7 @@ from vqgan.losses import (
     BackboneWeightsMissing,
     VGGFeatureLoss,
     VQGANLoss,
-    adaptive_weight,
+    adaptive_weight_from_grads,
     disc_factor,
     discriminator_loss,
     generator_adversarial_loss,
@@ -54,10 +54,11 @@ def test_adaptive_weight_is_the_gradient_norm_ratio():
     g = -(x @ w.t()).mean() * 3.0
     gn = torch.autograd.grad(nll, w, retain_graph=True)[0].norm()
     gg = torch.autograd.grad(g, w, retain_graph=True)[0].norm()
-    lam = adaptive_weight(nll, g, w)
+    grads = [torch.autograd.grad(loss, w, retain_graph=True)[0] for loss in (nll, g)]
+    lam = adaptive_weight_from_grads(*grads)
     assert lam.item() == pytest.approx((gn / (gg + 1e-4)).item(), rel=1e-5)
     assert not lam.requires_grad
-    assert adaptive_weight(nll, g * 1e-12, w, max_weight=10.0).item() == 10.0
+    assert adaptive_weight_from_grads(grads[0], grads[1] * 1e-12, max_weight=10.0).item() == 10.0
 
 
 def test_disc_factor_delayed_start_and_ramp():
@@ -138,9 +139,43 @@ def test_generator_loss_composition_and_logs():
     rec = torch.ones(1, 1, 2, 2, requires_grad=True)
     vq = torch.tensor(0.25)
     logits = torch.tensor([[0.5, -1.5]])
-    out = loss.generator_loss(x, rec, vq, logits, None, disc_factor=0.5)
+    out = loss.generator_loss(x, rec, vq, logits, disc_factor=0.5)
     # 1 (l1) + 0.25 (vq) + 0.5 (disc_weight) * 0.5 (factor) * 0.5 (-mean logits)
     assert out.loss.item() == pytest.approx(1.25 + 0.125)
     assert set(out.logs) >= {"rec", "vq", "g_adv", "d_weight", "total", "nll"}
-    before = loss.generator_loss(x, rec, vq, None, None, disc_factor=0.0)
+    before = loss.generator_loss(x, rec, vq, None, disc_factor=0.0)
     assert before.loss.item() == pytest.approx(1.25) and "g_adv" not in before.logs
+
+
+def test_vgg_feature_loss_taps_are_relu1_2_to_relu4_3():
+    """Seed 004 ("Perceptual Loss"): VGG16 features at relu1_2, relu2_2, relu3_3, relu4_3. The names are derived
+    from torchvision's vgg16 layout (block b = after b-1 max-pools, j-th ReLU of the block), not copied."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg16(weights=None).features.eval()
+    names, block, relu = {}, 1, 0
+    for i, layer in enumerate(reference):
+        if isinstance(layer, torch.nn.MaxPool2d):
+            block, relu = block + 1, 0
+        elif isinstance(layer, torch.nn.ReLU):
+            relu += 1
+            names[f"relu{block}_{relu}"] = i
+    taps = [names[n] for n in ("relu1_2", "relu2_2", "relu3_3", "relu4_3")]
+    assert taps == [3, 8, 15, 22]
+    assert list(VGGFeatureLoss.LAYERS) == taps
+
+    # The features it compares are those tensors, for a random backbone copied into torchvision's network.
+    ours = VGGFeatureLoss(random_backbone=True)
+    reference[: len(ours.features)].load_state_dict(ours.features.state_dict())
+    captured = {}
+    for name in ("relu1_2", "relu2_2", "relu3_3", "relu4_3"):
+        reference[names[name]].register_forward_hook(lambda m, i, o, n=name: captured.__setitem__(n, o.clone()))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    normalized = ((x + 1) / 2 - ours.mean) / ours.std
+    with torch.no_grad():
+        reference(normalized)
+        feats = ours._feats(x)
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 512]
+    for f, name in zip(feats, ("relu1_2", "relu2_2", "relu3_3", "relu4_3"), strict=True):
+        torch.testing.assert_close(f, captured[name])

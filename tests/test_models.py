@@ -100,7 +100,7 @@ def test_seed_architectures_match_the_seeds():
     assert [s0.ch * m for m in s0.ch_mult] == [64, 128, 256, 512]
     assert s0.embed_dim == 32 and s0.quantizer.codebook_size == 512
     s1 = get_preset("seed001-taming-f16-1024").model
-    assert s1.downsample_factor == 16 and s1.quantizer.codebook_size == 1024 and s1.resolution == 256
+    assert s1.spatial_factor == 16 and s1.quantizer.codebook_size == 1024 and s1.resolution == 256
     s3 = get_preset("seed003-celeba-vqvae")
     assert s3.model.arch == "resnet" and s3.model.ch == 256 and s3.model.num_res_blocks == 4
     assert (s3.model.quantizer.codebook_size, s3.model.embed_dim, s3.train.lr) == (512, 128, 2.25e-4)

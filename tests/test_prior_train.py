@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,9 @@ def test_fit_prior_resume_and_sample(tokens, tmp_path, capsys):
 
 
 def test_maskgit_prior_trains_and_samples(tokens, tmp_path):
-    from vqgan.train.prior import fit_prior, generate_images, load_prior
+    from vqgan.inference import generate_images
+    from vqgan.models.io import load_prior
+    from vqgan.train.prior import fit_prior
 
     _, out = tokens
     cfg = get_prior_preset("test-maskgit")
@@ -112,3 +115,65 @@ def test_prior_configs_load_with_overrides():
     assert load_prior_config(overrides=["--train.num_nodes", "2"]).train.num_nodes == 2
     with pytest.raises(ConfigError, match="num_nodes"):
         load_prior_config(overrides=["--train.num_nodes", "0"]).validate()
+
+
+@pytest.fixture(scope="module")
+def gpt_prior(tokens, tmp_path_factory):
+    """A 1-step GPT prior on the token folder."""
+    from vqgan.train.prior import fit_prior
+
+    cfg = get_prior_preset("test-gpt")
+    cfg.train.max_steps, cfg.train.num_samples = 1, 0
+    run = tmp_path_factory.mktemp("gpt")
+    fit_prior(cfg, tokens[1], run)
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_using_trained_models_does_not_import_lightning(tokens, gpt_prior, tmp_path):
+    """``import vqgan; vqgan.load_model(...)``, ``load_prior`` and sampling need torch, not the training stack
+    (checked in a fresh interpreter, whose ``sys.modules`` is not shared with the tests that train)."""
+    import subprocess
+    import sys
+
+    ckpt, prior = tokens[0], gpt_prior
+    script = f"""
+import json, sys
+import vqgan
+from vqgan.inference import generate_images
+model, cfg = vqgan.load_model({str(ckpt)!r})
+prior, pcfg, meta = vqgan.load_prior({str(prior)!r})
+result = generate_images({str(prior)!r}, {str(tmp_path / "s")!r}, tokenizer={str(ckpt)!r}, num=2)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning") or m.startswith("vqgan.train"))
+print(json.dumps({{"heavy": heavy, "num": result["num"], "arch": cfg.model.arch, "kind": pcfg.model.kind}}))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"heavy": [], "num": 2, "arch": "taming", "kind": "gpt"}
+    assert (tmp_path / "s" / "grid.png").is_file()
+    # The wrong kind of checkpoint says what the file is and which command it belongs to.
+    from vqgan.models.io import CheckpointError, load_model, load_prior
+
+    with pytest.raises(CheckpointError, match=r"stage-1 tokenizer checkpoint \(written by `vqgan fit`\)"):
+        load_prior(ckpt)
+    with pytest.raises(CheckpointError, match=r"stage-2 prior checkpoint .*`vqgan sample --prior`"):
+        load_model(prior)
+
+
+def test_commands_given_the_wrong_kind_of_checkpoint_say_what_it_is(tokens, gpt_prior, tmp_path, capsys):
+    ckpt, prior = tokens[0], gpt_prior
+    capsys.readouterr()
+    cases = [
+        (["sample", "--prior", str(ckpt), "--output", str(tmp_path / "s")], str(ckpt),
+         "is a stage-1 tokenizer checkpoint (written by `vqgan fit`)"),
+        (["encode", "--ckpt", str(prior), "--output", str(tmp_path / "t"), "--progress", "false"], str(prior),
+         "is a stage-2 prior checkpoint (written by `vqgan fit-prior`); it belongs to `vqgan sample --prior`"),
+        (["convert", "--input", str(prior), "--output", str(tmp_path / "c")], str(prior),
+         "is a stage-2 prior checkpoint"),
+    ]
+    for argv, path, message in cases:
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc in (1, 2) and path in err and message in err and "Traceback" not in err, (argv, err[-800:])
+        assert "unknown key" not in err

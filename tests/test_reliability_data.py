@@ -264,3 +264,110 @@ def test_unreadable_videos_are_skipped_and_counted(tmp_path, caplog):
         batch = collate_skip([ds[i] for i in range(len(ds))])
     assert batch["image"].shape == (1, 3, 4, 16, 16) and int(batch["skipped"]) == len(bad)
     assert all(name in caplog.text for name in bad)
+
+
+# -- the inference commands: a bad file is skipped and counted, the rest of the folder is written -----------------
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory) -> Path:
+    """A tiny untrained tokenizer in the pretrained folder format (what `--ckpt` also accepts)."""
+    from vqgan.registry import create_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tok") / "tokenizer"
+    create_model("test-taming").eval().save_pretrained(str(folder))
+    return folder
+
+
+def _write_video(path: Path, frames: int = 6) -> Path:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
+        for i in range(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((24, 32, 3), 30 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_cli_reconstruct_skips_unreadable_images_and_writes_the_rest(tmp_path, tokenizer_folder, capsys, caplog):
+    from vqgan.cli import main
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    good = [_save(Image.fromarray(_gradient(24 + 4 * i, 20)), d / f"good{i}.png") for i in range(2)]
+    bad = make_unreadable(d)
+    with caplog.at_level(logging.WARNING):
+        rc = main(["reconstruct", "--ckpt", str(tokenizer_folder), "--input", str(d), "--output", str(tmp_path / "out"),
+                   "--device", "cpu"])
+    captured = capsys.readouterr()
+    # Every readable file is reconstructed (the files sort after the bad ones: the run went on past them) ...
+    assert {p.name for p in (tmp_path / "out").glob("*_rec.png")} == {f"{p.stem}_rec.png" for p in good}
+    assert captured.out.count("PSNR") == len(good)
+    # ... each bad one is named in a warning and counted in the summary line, and the exit status says so.
+    assert all(str(p) in caplog.text for p in bad.values())
+    assert rc == 1
+    assert f"skipped {len(bad)} of {len(bad) + len(good)} input file(s)" in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("kind", ["truncated_jpeg", "text_as_png", "zero_bytes"])
+def test_cli_reconstruct_one_unreadable_image_is_a_one_line_error(tmp_path, tokenizer_folder, capsys, kind):
+    from vqgan.cli import main
+
+    path = make_unreadable(tmp_path / "bad")[kind]
+    rc = main(["reconstruct", "--ckpt", str(tokenizer_folder), "--input", str(path), "--output", str(tmp_path / "out"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("vqgan reconstruct: error: cannot read image") and str(path) in err
+    assert len(err.splitlines()) == 1
+
+
+def test_cli_reconstruct_video_skips_broken_videos_and_one_broken_file_is_an_error(tmp_path, tokenizer_folder, capsys):
+    from vqgan.cli import main
+
+    d = tmp_path / "videos"
+    d.mkdir()
+    (d / "a_broken.mp4").write_bytes(b"not a video\n" * 20)
+    (d / "b_empty.avi").write_bytes(b"")
+    _write_video(d / "c_good.mp4")
+    common = ["--ckpt", str(tokenizer_folder), "--output", str(tmp_path / "out"), "--device", "cpu", "--max-frames", "3",
+              "--formats", "[gif]"]
+    rc = main(["reconstruct-video", "--input", str(d), *common])
+    captured = capsys.readouterr()
+    written = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    assert [Path(r["file"]).name for r in written] == ["c_good.mp4"]  # the good video after the broken ones
+    assert Path(written[0]["files"]["gif"]).is_file()
+    assert rc == 1 and "skipped 2 of 3 input file(s)" in captured.err and "Traceback" not in captured.err
+    for cmd in ("reconstruct-video", "reconstruct"):  # a single broken file named on the command line
+        rc = main([cmd, "--input", str(d / "a_broken.mp4"), *common[:6]])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith(f"vqgan {cmd}: error: cannot read video") and len(err.splitlines()) == 1
+        assert "a_broken.mp4" in err
+
+
+def test_cli_encode_skips_unreadable_images_and_counts_them(tmp_path, tokenizer_folder, capsys):
+    from vqgan.cli import main
+    from vqgan.data.tokens import TokenDataset
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    good = [_save(Image.fromarray(_gradient(24, 20 + 2 * i)), d / f"g{i}.png") for i in range(5)]
+    bad = make_unreadable(d)
+    val = tmp_path / "val"
+    val.mkdir()
+    _save(Image.fromarray(_gradient()), val / "v.png")
+    rc = main(["encode", "--ckpt", str(tokenizer_folder), "--data.kind", "folder", "--data.root", str(d),
+               "--data.val_root", str(val), "--data.resolution", "16", "--output", str(tmp_path / "tokens"),
+               "--shard-size", "4", "--batch-size", "2", "--progress", "false", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert captured.out, captured.err
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    total = len(good) + len(bad)
+    assert out["complete"] and (out["items"], out["skipped"]) == (len(good), len(bad))
+    assert rc == 1 and f"skipped {len(bad)} of {total}" in captured.err
+    tokens = TokenDataset(tmp_path / "tokens")
+    assert len(tokens) == out["items"] and list(tokens[0]["tokens"].shape) == out["token_shape"]

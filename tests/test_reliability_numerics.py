@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import vqgan.train.module as module_mod
+from vqgan.models.io import verify_checkpoint
 from vqgan.registry import get_preset
 from vqgan.train import NonFiniteLossError, fit
-from vqgan.train.checkpoint import verify_checkpoint
 
 # One thread, and vqgan log handlers restored after each test (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread_and_own_log_handlers")

@@ -21,13 +21,16 @@ needs_browser = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A real run of the tiny preset: checkpoints, config.yaml, metrics.json and diagnostics.npz."""
+    """A real run of the tiny preset: checkpoints, config.yaml, metrics.json, diagnostics.npz and TensorBoard logs
+    (every step logged, the discriminator on from the first step: every loss curve has points)."""
     from vqgan.registry import get_preset
     from vqgan.train import fit
 
     cfg = get_preset("test-taming")
     cfg.train.max_steps = 2
-    cfg.train.logger = "none"
+    cfg.train.logger = "tensorboard"
+    cfg.train.log_every_n_steps = 1
+    cfg.loss.disc_start = 0
     d = tmp_path_factory.mktemp("run")
     fit(cfg, d)
     return d
@@ -49,7 +52,8 @@ def test_report_is_self_contained_with_config_metrics_and_pictures(report, run_d
     keys = {f["key"] for f in index["figures"]}
     # every picture of the visualize command, the training diagnostics included (a real diagnostics.npz)
     assert {"reconstructions", "pca", "tsne", "atlas", "token_map", "interpolation", "usage_histogram",
-            "usage_over_time", "grad_heatmap", "code_norms", "code_norm_hist"} <= keys
+            "usage_over_time", "grad_heatmap", "code_norms", "code_norm_hist", "loss_curves"} <= keys
+    assert "Loss curves" in html and "Training" in html
     srcs = re.findall(r"<img[^>]* src='([^']*)'", html)
     assert len(srcs) == len(index["figures"])
     assert all(s.startswith("data:image/png;base64,") for s in srcs)  # nothing loaded from disk or network
@@ -58,6 +62,24 @@ def test_report_is_self_contained_with_config_metrics_and_pictures(report, run_d
     assert "test-taming" in html  # the run's config
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert f"{evaluation['metrics']['psnr']:.4g}" in html
+
+
+def test_loss_curves_are_read_from_the_runs_tensorboard_logs(report, run_dir):
+    """Every loss curve of the report has the run's two logged steps, with the values TensorBoard holds."""
+    import numpy as np
+    from PIL import Image
+
+    from vqgan.viz.curves import PANELS, read_scalars
+
+    scalars = read_scalars(run_dir)
+    for _, _, tags, _ in PANELS:
+        steps, values = scalars[tags[0][0]]
+        assert len(steps) == 2 and steps[0] < steps[1] and np.isfinite(values).all(), tags[0][0]
+    assert scalars["train/d_loss"][1].min() > 0 and 0 < scalars["train/usage"][1].max() <= 1
+    with Image.open(run_dir / "visualizations" / "loss_curves.png") as im:
+        assert im.size == (1200, 600)
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+        read_scalars(run_dir / "visualizations")
 
 
 @needs_browser

@@ -23,14 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from vqgan.models.io import CheckpointError, verify_checkpoint
 from vqgan.train.checkpoint import (
-    CheckpointError,
     ResumableSampler,
     atomic_torch_save,
     checkpoint_candidates,
     find_resume_checkpoint,
     remove_stale_temporaries,
-    verify_checkpoint,
 )
 
 # One thread, and vqgan log handlers restored after each test (tests/conftest.py).

@@ -12,7 +12,7 @@ import torch
 
 from vqgan.config import ConfigError, load_config
 from vqgan.config_checks import check_plain_name, resolve_output_path
-from vqgan.train.checkpoint import CheckpointError, load_checkpoint_file, load_model, verify_checkpoint
+from vqgan.models.io import CheckpointError, load_checkpoint_file, load_model, verify_checkpoint
 
 # One thread, and vqgan log handlers restored after each test (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread_and_own_log_handlers")

@@ -94,8 +94,29 @@ def test_synthetic_kinds_are_registered(kind):
 
 
 def test_masked_l2_accepts_smoke_masks():
+    from vqgan.losses import VQGANLoss
+
     cfg = ExperimentConfig(
-        model=ModelConfig(resolution=16, in_channels=1), loss=LossConfig(reconstruction="masked_l2"),
-        data=DataConfig(kind="smoke", resolution=16, channels=1),
+        model=ModelConfig(resolution=16, in_channels=1),
+        loss=LossConfig(reconstruction="masked_l2", perceptual="none"),
+        data=DataConfig(kind="smoke", resolution=16, channels=1, builtin_train_crops=2, val_size=1),
     )
-    cfg.validate()
+    cfg.validate()  # no mask_threshold needed: the smoke dataset provides the masks
+    train, _ = build_datasets(cfg.data, seed=0)
+    item = train[0]
+    x, mask = item["image"][None], item["mask"][None]
+    assert 0 < mask.sum() < mask.numel()  # both plume and background pixels
+    rec = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    loss = VQGANLoss(cfg.loss).nll(x, rec, mask).logs["rec"]
+    # By hand: weight 1 on the plume, 0.1 on the background, normalised by the sum of the weights.
+    w = torch.where(mask > 0, 1.0, 0.1)
+    expected = (w * (rec - x) ** 2).sum() / w.sum()
+    torch.testing.assert_close(loss, expected)
+    # The mask matters: the plain mean differs, and an error on background pixels only costs 0.1 of the same on
+    # the plume.
+    assert abs(loss.item() - ((rec - x) ** 2).mean().item()) > 1e-3
+    bg = VQGANLoss(cfg.loss).nll(x, x + (mask == 0), mask).logs["rec"]
+    fg = VQGANLoss(cfg.loss).nll(x, x + (mask > 0), mask).logs["rec"]
+    n_fg, n_bg = mask.sum(), (mask == 0).sum()
+    torch.testing.assert_close(bg, 0.1 * n_bg / (n_fg + 0.1 * n_bg))
+    torch.testing.assert_close(fg, n_fg / (n_fg + 0.1 * n_bg))

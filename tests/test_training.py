@@ -9,9 +9,9 @@ import torch
 
 from vqgan.cli import main
 from vqgan.config import load_config
+from vqgan.models.io import load_model
 from vqgan.registry import get_preset
 from vqgan.train import fit
-from vqgan.train.checkpoint import load_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

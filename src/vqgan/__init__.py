@@ -3,7 +3,7 @@ transformer priors that generate from their codes.
 
 The public API::
 
-    from vqgan import VQModel, ModelConfig, create_model, load_config, fit, load_model
+    from vqgan import VQModel, ModelConfig, create_model, load_config, fit, load_model, load_prior
 """
 
 from vqgan.config import (
@@ -19,6 +19,7 @@ from vqgan.config import (
     load_config,
 )
 from vqgan.models import EncodeOutput, PatchDiscriminator, VQModel, VQModelOutput
+from vqgan.models.io import CheckpointError, load_model, load_prior
 from vqgan.models.prior import GPTPrior, MaskGITPrior, PriorModelConfig, PriorOutput
 from vqgan.quantizers import (
     FSQ,
@@ -36,17 +37,11 @@ __version__ = "0.1.0"
 
 
 def fit(*args, **kwargs):
-    """Train a stage-1 tokenizer; see :func:`vqgan.train.fit.fit` (imported lazily: it pulls in Lightning)."""
+    """Train a stage-1 tokenizer; see :func:`vqgan.train.fit.fit`. The one import of the training package outside
+    it and the CLI, and a lazy one: training needs Lightning, using a trained model (everything else here) does not."""
     from vqgan.train.fit import fit as _fit
 
     return _fit(*args, **kwargs)
-
-
-def load_model(path, map_location: str = "cpu"):
-    """Load an autoencoder from a training checkpoint or a pretrained folder; returns ``(model, config)``."""
-    from vqgan.train.checkpoint import load_model as _load
-
-    return _load(path, map_location)
 
 
 def load_pretrained(path, **kwargs):
@@ -59,6 +54,7 @@ def load_pretrained(path, **kwargs):
 
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DataConfig",
     "DiscriminatorConfig",
@@ -91,5 +87,6 @@ __all__ = [
     "load_config",
     "load_model",
     "load_pretrained",
+    "load_prior",
     "register_preset",
 ]

@@ -29,8 +29,12 @@ class QuantizerConfig:
         codebook_size: number of codes.
         codebook_dim: dimension of the lookup space. ``None`` looks up in ``embed_dim``; a smaller value projects
             to a low-dimensional space first (factorized codes, Yu et al. 2021 "ViT-VQGAN", LlamaGen).
-        beta: commitment weight, applied to the encoder term ``||sg[e] - z||^2`` as in the VQ-VAE paper (taming's
-            ``legacy=True`` puts it on the codebook term instead; we don't).
+        beta: weight of one of the two VQ terms, the other one has weight 1 (see ``beta_on``).
+        beta_on: which term ``beta`` weights. ``commitment`` (default): the encoder term ``||sg[e] - z||^2``, as in
+            the VQ-VAE paper (eq. 3), loss ``||e - sg[z]||^2 + beta ||sg[e] - z||^2``. ``codebook``: the codebook
+            term, loss ``||sg[e] - z||^2 + beta ||e - sg[z]||^2`` (taming's ``legacy=True`` placement, and seed
+            003's "refined loss"). Only quantizers with both terms accept ``codebook`` (``vq``, ``simvq``, and
+            ``residual`` over those): ``ema``, ``fsq`` and ``lfq`` have no codebook gradient term to weight.
         decay: EMA decay of the codebook statistics (``ema`` only).
         l2_normalize: look up with l2-normalised codes and latents (cosine similarity, ViT-VQGAN).
         kmeans_init: initialise the codebook with k-means on the first batch of encoder outputs.
@@ -47,6 +51,7 @@ class QuantizerConfig:
     codebook_size: int = 1024
     codebook_dim: int | None = None
     beta: float = 0.25
+    beta_on: Literal["commitment", "codebook"] = "commitment"
     decay: float = 0.99
     l2_normalize: bool = False
     kmeans_init: bool = True
@@ -77,7 +82,20 @@ class ModelConfig:
     ``arch="resnet"`` is the small residual VQ-VAE of van den Oord et al. 2017 (strided convs, a stack of residual
     blocks, transposed convs in the decoder), as in seed 003.
 
-    The downsampling factor is ``2 ** (len(ch_mult) - 1)``.
+    The downsampling factor is ``2 ** (len(ch_mult) - 1)`` (:attr:`spatial_factor`).
+
+    Attributes:
+        decoder_ch: base width of the decoder; ``None`` mirrors the encoder (``ch``).
+        decoder_ch_mult: width multipliers of the decoder levels, listed from the highest resolution to the latent
+            one as ``ch_mult`` is (same length: the decoder undoes every downsampling); ``None`` mirrors the
+            encoder. When either is set, every upsampling layer also narrows to the next level's width, so that no
+            convolution at a resolution is wider than that resolution's width (seed 004's light decoder,
+            128 -> 64 -> 32 -> 16); with both ``None`` the decoder is taming's, whose checkpoints load unchanged.
+        output_activation: ``tanh`` squashes the reconstruction into (-1, 1), the data range (seed 004); ``none``
+            leaves it unbounded (taming).
+        downsample_factor: the downsampling factor a config states (seed 000's Key Parameters); ``None`` states
+            nothing. When given it must equal the architecture's factor ``2 ** (len(ch_mult) - 1)``, checked by
+            :meth:`ExperimentConfig.validate`.
     """
 
     arch: Literal["taming", "resnet", "video3d"] = "taming"
@@ -94,6 +112,10 @@ class ModelConfig:
     dropout: float = 0.0
     num_groups: int = 32
     upsample: Literal["nearest", "transposed"] = "nearest"
+    decoder_ch: int | None = None
+    decoder_ch_mult: list[int] | None = None
+    output_activation: Literal["none", "tanh"] = "none"
+    downsample_factor: int | None = None
     # Recompute the encoder's and decoder's activations in the backward pass instead of storing them
     # (torch.utils.checkpoint): less memory per image for more compute (benchmarks/train_step.py measures both).
     gradient_checkpointing: bool = False
@@ -104,8 +126,20 @@ class ModelConfig:
     temporal_attention: bool = True
 
     @property
-    def downsample_factor(self) -> int:
+    def spatial_factor(self) -> int:
+        """The architecture's spatial downsampling factor, ``2 ** (len(ch_mult) - 1)``."""
         return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def decoder_widths(self) -> list[int]:
+        """Width of the decoder at each level, from the highest resolution to the latent one."""
+        ch = self.ch if self.decoder_ch is None else self.decoder_ch
+        mult = self.ch_mult if self.decoder_ch_mult is None else self.decoder_ch_mult
+        return [ch * m for m in mult]
+
+    @property
+    def decoder_mirrors_encoder(self) -> bool:
+        return self.decoder_ch is None and self.decoder_ch_mult is None
 
     @property
     def time_factor(self) -> int:
@@ -114,7 +148,7 @@ class ModelConfig:
 
     @property
     def latent_resolution(self) -> int:
-        return self.resolution // self.downsample_factor
+        return self.resolution // self.spatial_factor
 
 
 @dataclass
@@ -142,8 +176,11 @@ class LossConfig:
 
     The generator minimises ``w_rec * rec + w_p * perceptual + vq + d_factor * lambda * gan`` where ``lambda`` is
     taming's adaptive weight (ratio of last-layer gradient norms, Esser et al. 2021 eq. 7) times ``disc_weight``,
-    and ``d_factor`` is 0 before ``disc_start`` and ramps to ``disc_weight_max`` over ``disc_ramp_steps``.
-    ``disc_weight = 0`` trains a plain VQ-VAE and builds no discriminator.
+    and ``d_factor`` is 0 before ``disc_start`` and ramps to ``disc_weight_max`` over ``disc_ramp_steps`` (a step
+    to ``disc_weight_max`` at ``disc_start`` when ``disc_ramp_steps = 0``). ``d_factor`` also weights the
+    discriminator's own loss. This is taming's ``disc_weight * disc_factor``: with ``adaptive_weight = false`` the
+    generator's adversarial weight is ``disc_weight * disc_weight_max`` from ``disc_start`` on (docs/seeds.md, seed
+    004). ``disc_weight = 0`` trains a plain VQ-VAE and builds no discriminator.
     """
 
     reconstruction: Literal["l1", "l2", "masked_l2"] = "l1"
@@ -192,6 +229,12 @@ class DataConfig:
     builtin_scale: float = 1.0
     # Number of random crops per epoch for the built-in dataset, and size of the fixed validation grid.
     builtin_train_crops: int = 4096
+    # Colour augmentation of the built-in training crops (validation crops are never changed): a random hue
+    # rotation of up to ``builtin_hue`` turns of the colour circle (0.5: any hue) and a random saturation factor in
+    # [1 - builtin_saturation, 1 + builtin_saturation]. The training photos hold almost no green; without it the
+    # quick-start model turns green leaves blue (benchmarks/colour.py). Off by default, on in the quick-start.
+    builtin_hue: float = 0.0
+    builtin_saturation: float = 0.0
     val_size: int = 256
     batch_size: int = 16
     val_batch_size: int | None = None
@@ -206,30 +249,73 @@ class DataConfig:
     split: int = 1
     # UCF101: folder with classInd.txt and the split lists (None: searched next to ``root``).
     annotations: str | None = None
+    # Seed 000's chunked training (video folders): load ``videos_per_chunk`` videos, make ``epochs_per_chunk``
+    # passes over them, then ``gan_epochs_per_chunk`` more passes with the discriminator on, then the next chunk.
+    # With ``gan_epochs_per_chunk > 0`` the discriminator runs only in those passes (seed 000: 10 then 5); with 0
+    # it follows ``loss.disc_start``. One epoch of the run visits every chunk once (``train.max_epochs``: seed 000's
+    # ``num_epoch``).
     videos_per_chunk: int | None = None
     epochs_per_chunk: int = 1
+    gan_epochs_per_chunk: int = 0
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation, validation, checkpointing and hardware options (passed to a Lightning Trainer)."""
+class TrainerSettings:
+    """What every training run sets, stage 1 and the priors alike: length, optimiser, schedule, validation,
+    checkpoints, logging and hardware (the Lightning Trainer is built from these, ``vqgan.train.harness``).
+    Stage 1's :class:`TrainConfig` and the priors' ``PriorTrainConfig`` extend it, so both read ``train.*``.
+
+    Attributes:
+        max_steps: optimizer steps to train (ignored when ``max_epochs`` is set).
+        max_epochs: train this many epochs instead of ``max_steps`` (seeds 003/004 count epochs; seed 000 counts
+            passes over all chunks). ``None``: ``max_steps`` is the limit.
+        max_time_minutes: stop after this many minutes even if the step or epoch limit is not reached (the demo's
+            time budget). ``None``: no limit.
+        lr: learning rate.
+        betas: Adam's betas.
+        weight_decay: weight decay.
+        warmup_steps: linear learning-rate warm-up from ``lr / warmup_steps`` to ``lr``.
+        lr_schedule: after the warm-up, ``constant``, or ``cosine`` decay to ``lr * min_lr_ratio`` at the last step.
+        min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
+        grad_clip: clip the gradients' global norm to this (``None``: no clipping).
+        val_every_n_steps: validate every N optimizer steps (ignored when ``val_every_n_epochs`` is set).
+        val_every_n_epochs: validate at the end of every N-th epoch (seed 004: every epoch). ``None``: by steps.
+        log_every_n_steps: logging interval of the training losses.
+        checkpoint_every_n_steps: periodic ``stepNNNNNNN.ckpt`` every N steps (``None``: at every validation).
+        checkpoint_every_n_epochs: periodic checkpoint at the end of every N-th epoch (seed 004: 5) instead.
+        keep_last_k: periodic checkpoints kept (``-1``: all); ``best.ckpt`` and ``last.ckpt`` come on top.
+        monitor: validation metric that picks ``best.ckpt``.
+        monitor_mode: whether ``monitor`` is better when higher (``max``) or lower (``min``).
+        seed: seed of weights, data order and augmentations.
+        precision: Lightning precision (``32-true``, ``bf16-mixed``, ``16-mixed``...).
+        accelerator: ``auto``, ``cpu``, ``gpu``...
+        devices: devices per machine (``auto``, a count or a list).
+        strategy: Lightning strategy (``auto``, ``ddp``, ``fsdp``...).
+        num_nodes: machines for multi-node training (torchrun / SLURM).
+        compile: ``torch.compile`` the model.
+        logger: ``tensorboard`` (``RUN_DIR/logs``), ``wandb`` (``RUN_DIR/wandb`` as well as TensorBoard; needs
+            ``pip install wandb``; ``WANDB_MODE=offline`` keeps it local) or ``none``.
+        wandb_project: W&B project (default ``vqgan``).
+        debug: a handful of steps, validation on two batches, no online logging (seed 002's DEBUG mode).
+        max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient (each one
+            is skipped, and no checkpoint is written while they last).
+    """
 
     max_steps: int = 1000
-    # Stop after this many minutes of training even if max_steps is not reached (a time budget: the demo
-    # trains for a fixed time whatever the machine). None: no limit.
+    max_epochs: int | None = None
     max_time_minutes: float | None = None
     lr: float = 1e-4
-    lr_disc: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    # After the warm-up: a constant rate, or a cosine decay to ``lr * min_lr_ratio`` at ``max_steps``.
     lr_schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     val_every_n_steps: int = 500
+    val_every_n_epochs: int | None = None
     log_every_n_steps: int = 25
     checkpoint_every_n_steps: int | None = None
+    checkpoint_every_n_epochs: int | None = None
     keep_last_k: int = 3
     monitor: str = "val/psnr"
     monitor_mode: Literal["max", "min"] = "max"
@@ -240,14 +326,74 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     compile: bool = False
-    channels_last: bool = False
     logger: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     wandb_project: str | None = None
-    # Debug mode (seed 002): a handful of batches, validation on a few batches, no online logging.
     debug: bool = False
-    # Stop after this many consecutive steps with a non-finite loss or gradient (each is skipped).
     max_nonfinite_steps: int = 20
-    # Codebook diagnostics (usage, code norms, gradients) every N steps; 0 disables.
+
+    def validate(self) -> TrainerSettings:
+        """Check the values and their combinations; raise :class:`ConfigError` naming the ``train.*`` key."""
+        minimums = [
+            ("train.max_steps", self.max_steps, 1),
+            ("train.max_epochs", self.max_epochs, 1),
+            ("train.max_nonfinite_steps", self.max_nonfinite_steps, 1),
+            ("train.val_every_n_steps", self.val_every_n_steps, 1),
+            ("train.val_every_n_epochs", self.val_every_n_epochs, 1),
+            ("train.checkpoint_every_n_steps", self.checkpoint_every_n_steps, 1),
+            ("train.checkpoint_every_n_epochs", self.checkpoint_every_n_epochs, 1),
+            ("train.num_nodes", self.num_nodes, 1),
+            ("train.warmup_steps", self.warmup_steps, 0),
+        ]
+        for key, value, low in minimums:
+            if value is not None and value < low:
+                raise ConfigError(f"{key}={value} must be at least {low}")
+        if self.max_time_minutes is not None and self.max_time_minutes <= 0:
+            raise ConfigError(f"train.max_time_minutes={self.max_time_minutes} must be positive or null")
+        if self.keep_last_k < 1 and self.keep_last_k != -1:
+            raise ConfigError(f"train.keep_last_k={self.keep_last_k} must be at least 1 (or -1 to keep every checkpoint)")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr={self.lr} must be positive")
+        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_epochs is not None:
+            raise ConfigError(
+                f"train.checkpoint_every_n_steps={self.checkpoint_every_n_steps} and "
+                f"train.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs}: choose one cadence (set the other "
+                "to null)"
+            )
+        if self.val_every_n_epochs is not None and self.checkpoint_every_n_steps is not None:
+            raise ConfigError(
+                f"train.checkpoint_every_n_steps={self.checkpoint_every_n_steps} with "
+                f"train.val_every_n_epochs={self.val_every_n_epochs}: checkpoint by epochs too "
+                "(train.checkpoint_every_n_epochs), or validate by steps (train.val_every_n_epochs=null)"
+            )
+        if self.max_epochs is not None and self.val_every_n_epochs is not None and self.val_every_n_epochs > self.max_epochs:
+            raise ConfigError(
+                f"train.val_every_n_epochs={self.val_every_n_epochs} exceeds train.max_epochs={self.max_epochs}: "
+                "the run would never validate"
+            )
+        if self.max_epochs is not None and self.checkpoint_every_n_epochs is not None and (
+            self.checkpoint_every_n_epochs > self.max_epochs
+        ):
+            raise ConfigError(
+                f"train.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs} exceeds "
+                f"train.max_epochs={self.max_epochs}: no periodic checkpoint would be written"
+            )
+        return self
+
+
+@dataclass
+class TrainConfig(TrainerSettings):
+    """Stage-1 training: the shared :class:`TrainerSettings` and what only the tokenizer needs.
+
+    Attributes:
+        lr_disc: the discriminator's learning rate (``None``: ``lr``).
+        channels_last: NHWC memory format for images (faster convolutions on most hardware).
+        diagnostics_every_n_steps: codebook diagnostics (usage, code norms, gradients) every N steps, and at the
+            end of the run; 0 disables them.
+        samples_every_n_steps: reserved; reconstruction samples are written at every validation.
+    """
+
+    lr_disc: float | None = None
+    channels_last: bool = False
     diagnostics_every_n_steps: int = 50
     samples_every_n_steps: int | None = None
 
@@ -270,11 +416,19 @@ class ExperimentConfig:
         check_types(self)  # the Python API gets the same type checks as YAML and the command line
         check_plain_name(self.name)
         m, q, loss = self.model, self.model.quantizer, self.loss
-        if m.resolution % m.downsample_factor:
+        if m.downsample_factor is not None and m.downsample_factor != m.spatial_factor:
+            raise ConfigError(
+                f"model.downsample_factor={m.downsample_factor} differs from the architecture's factor "
+                f"{m.spatial_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult}); change "
+                "model.ch_mult, or set model.downsample_factor to null"
+            )
+        if m.resolution % m.spatial_factor:
             raise ConfigError(
                 f"model.resolution={m.resolution} is not divisible by the downsampling factor "
-                f"{m.downsample_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult})"
+                f"{m.spatial_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult})"
             )
+        self._validate_decoder()
+        self._validate_beta_on()
         if self.data.resolution != m.resolution and self.data.patch_size is None:
             raise ConfigError(
                 f"data.resolution={self.data.resolution} differs from model.resolution={m.resolution}; "
@@ -312,30 +466,62 @@ class ExperimentConfig:
                 f"model.arch=video3d needs clips (data.frames_as_images=false) of 1 + k * {m.time_factor} frames "
                 f"(model.temporal_downsample={m.temporal_downsample}); got data.frames={self.data.frames}"
             )
-        if self.train.max_time_minutes is not None and self.train.max_time_minutes <= 0:
-            raise ConfigError(f"train.max_time_minutes={self.train.max_time_minutes} must be positive or null")
-        if self.train.max_steps < 1:
-            raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")
         if loss.disc_weight < 0 or loss.perceptual_weight < 0:
             raise ConfigError("loss.disc_weight and loss.perceptual_weight must be non-negative")
         t, d = self.train, self.data
-        minimums = [
-            ("train.max_nonfinite_steps", t.max_nonfinite_steps, 1),
-            ("train.val_every_n_steps", t.val_every_n_steps, 1),
-            ("train.checkpoint_every_n_steps", t.checkpoint_every_n_steps, 1),
-            ("data.batch_size", d.batch_size, 1),
-            ("data.num_workers", d.num_workers, 0),
-        ]
-        for key, value, low in minimums:
-            if value is not None and value < low:
+        t.validate()
+        for key, value, low in [("data.batch_size", d.batch_size, 1), ("data.num_workers", d.num_workers, 0)]:
+            if value < low:
                 raise ConfigError(f"{key}={value} must be at least {low}")
-        if t.keep_last_k < 1 and t.keep_last_k != -1:
-            raise ConfigError(f"train.keep_last_k={t.keep_last_k} must be at least 1 (or -1 to keep every checkpoint)")
-        if not t.lr > 0:
-            raise ConfigError(f"train.lr={t.lr} must be positive")
         if d.kind == "folder" and not d.root:
             raise ConfigError("data.kind=folder needs data.root (a folder of images)")
+        if d.epochs_per_chunk < 1 or d.gan_epochs_per_chunk < 0:
+            raise ConfigError(
+                f"data.epochs_per_chunk={d.epochs_per_chunk} must be at least 1 and "
+                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} at least 0"
+            )
+        if d.gan_epochs_per_chunk > 0 and not d.videos_per_chunk:
+            raise ConfigError(
+                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} schedules the discriminator within chunks: set "
+                "data.videos_per_chunk (chunked video training) too"
+            )
+        if d.gan_epochs_per_chunk > 0 and loss.disc_weight == 0:
+            raise ConfigError(
+                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} needs a discriminator (loss.disc_weight > 0)"
+            )
         return self
+
+    def _validate_decoder(self) -> None:
+        m = self.model
+        if m.decoder_ch is not None and m.decoder_ch < 1:
+            raise ConfigError(f"model.decoder_ch={m.decoder_ch} must be positive or null")
+        if m.decoder_ch_mult is not None:
+            if len(m.decoder_ch_mult) != len(m.ch_mult) or min(m.decoder_ch_mult) < 1:
+                raise ConfigError(
+                    f"model.decoder_ch_mult={m.decoder_ch_mult} must hold {len(m.ch_mult)} positive multipliers, one "
+                    f"per level of model.ch_mult={m.ch_mult} (the decoder undoes every downsampling), or be null"
+                )
+        if m.arch == "video3d" and not m.decoder_mirrors_encoder:
+            raise ConfigError(
+                "model.decoder_ch and model.decoder_ch_mult are not available for model.arch=video3d (its decoder "
+                "mirrors the encoder); set both to null"
+            )
+        widths = m.decoder_widths
+        if m.arch == "taming" and any(w % min(m.num_groups, w) for w in widths):
+            raise ConfigError(
+                f"model.num_groups={m.num_groups} must divide every decoder width {widths} "
+                "(model.decoder_ch * model.decoder_ch_mult)"
+            )
+
+    def _validate_beta_on(self) -> None:
+        q = self.model.quantizer
+        kind = q.stage_kind if q.kind == "residual" else q.kind
+        if q.beta_on == "codebook" and kind not in ("vq", "simvq"):
+            where = f"model.quantizer.kind=residual with stage_kind={kind}" if q.kind == "residual" else f"model.quantizer.kind={kind}"
+            raise ConfigError(
+                f"model.quantizer.beta_on=codebook needs a codebook learned by gradients (kind vq or simvq): "
+                f"{where} has no codebook loss term for beta to weight; use beta_on=commitment"
+            )
 
 
 class ConfigError(ValueError):

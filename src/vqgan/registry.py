@@ -112,7 +112,7 @@ def _quickstart() -> ExperimentConfig:
             quantizer=QuantizerConfig(kind="ema", codebook_size=1024, codebook_dim=None),
         ),
         loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
-        data=DataConfig(kind="builtin", resolution=32, batch_size=16, builtin_scale=1.0),
+        data=DataConfig(kind="builtin", resolution=32, batch_size=16, builtin_scale=1.0, builtin_hue=0.5),
         train=TrainConfig(
             max_steps=2100, max_time_minutes=4.75, lr=2e-3, betas=[0.9, 0.99], val_every_n_steps=350, warmup_steps=50,
             lr_schedule="cosine",
@@ -126,16 +126,21 @@ def _seed000() -> ExperimentConfig:
     return ExperimentConfig(
         model=ModelConfig(
             resolution=64, ch=64, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=32,
-            embed_dim=32, upsample="transposed",
+            embed_dim=32, upsample="transposed", downsample_factor=8,
             quantizer=QuantizerConfig(kind="ema", codebook_size=512, beta=0.25),
         ),
         loss=LossConfig(
             reconstruction="l2", perceptual="lpips", perceptual_weight=0.1, disc_weight=0.1, adaptive_weight=False,
-            disc_start=2000,
+            # The discriminator follows seed 000's per-chunk schedule (data.gan_epochs_per_chunk), not a step count.
+            disc_start=0,
         ),
         discriminator=DiscriminatorConfig(n_layers=3, ch=64, norm="none", spectral_norm=True),
-        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center"),
-        train=TrainConfig(max_steps=50000, lr=2e-4),
+        # Seed 000's schedule: per chunk of videos, epochs_per_batch=10 reconstruction passes then
+        # gan_epochs_per_batch=5 GAN passes; the whole pass over the chunks num_epoch=3 times. The seed does not state
+        # its chunk size; 500 videos (~19 chunks of UCF101's split-1 training list) fits a 64 GB host.
+        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center",
+                        videos_per_chunk=500, epochs_per_chunk=10, gan_epochs_per_chunk=5),
+        train=TrainConfig(max_epochs=3, lr=2e-4),
     )
 
 
@@ -160,7 +165,10 @@ def _seed003() -> ExperimentConfig:
         model=ModelConfig(
             arch="resnet", resolution=128, ch=256, ch_mult=[1, 1, 1], num_res_blocks=4, z_channels=128, embed_dim=128,
             upsample="transposed",
-            quantizer=QuantizerConfig(kind="vq", codebook_size=512, beta=0.25, kmeans_init=False, dead_code_threshold=0.0),
+            # The seed's "refined loss": weight 1 on the encoder term, 0.25 on the codebook term.
+            quantizer=QuantizerConfig(
+                kind="vq", codebook_size=512, beta=0.25, beta_on="codebook", kmeans_init=False, dead_code_threshold=0.0
+            ),
         ),
         loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
         data=DataConfig(kind="folder", root="data/celeba/img_align_celeba", resolution=128, batch_size=64, crop="center", flip=False),
@@ -169,9 +177,12 @@ def _seed003() -> ExperimentConfig:
 
 
 def _seed004_model() -> ModelConfig:
+    # Encoder 128-256-512-1024 (64 -> 8), light decoder 128-64-32-16 (8 -> 64) with a tanh output, attention at 8x8;
+    # the seed's VQ loss is codebook + 0.1 * commitment: a gradient-learned codebook without EMA, k-means or restarts.
     return ModelConfig(
         resolution=64, ch=128, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=256,
-        embed_dim=256, quantizer=QuantizerConfig(kind="ema", codebook_size=1024, beta=0.1),
+        embed_dim=256, decoder_ch=16, decoder_ch_mult=[1, 2, 4, 8], output_activation="tanh",
+        quantizer=QuantizerConfig(kind="vq", codebook_size=1024, beta=0.1, kmeans_init=False, dead_code_threshold=0.0),
     )
 
 
@@ -187,11 +198,13 @@ def _seed004_vqvae() -> ExperimentConfig:
 
 @register_preset("seed004-smoke-vqgan", "seed 004: 64x64 smoke VQGAN, VGG16 perceptual, adv 0.5, disc start 10k")
 def _seed004_vqgan() -> ExperimentConfig:
+    # --adversarial-weight 0.5 is taming's disc_weight and --disc-weight-max 0.75 the value the adversarial factor
+    # takes at --disc-start (taming's disc_factor): plain weights, no adaptive weight, no ramp (docs/seeds.md).
     return ExperimentConfig(
         model=_seed004_model(),
         loss=LossConfig(
-            reconstruction="masked_l2", perceptual="vgg", perceptual_weight=1.0, disc_weight=0.5, adaptive_weight=True,
-            disc_start=10000, disc_ramp_steps=2000, disc_weight_max=0.75,
+            reconstruction="masked_l2", perceptual="vgg", perceptual_weight=1.0, disc_weight=0.5, adaptive_weight=False,
+            disc_start=10000, disc_ramp_steps=0, disc_weight_max=0.75,
         ),
         discriminator=DiscriminatorConfig(n_layers=3, ch=64),
         data=DataConfig(kind="smoke", resolution=64, batch_size=32, flip=False),

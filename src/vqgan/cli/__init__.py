@@ -58,6 +58,17 @@ def preset_from_argv(argv: list[str]) -> str | None:
     return None
 
 
+def report_skipped(name: str, skipped: int, total: int) -> int:
+    """The exit status of a command that reads user files and skips the unreadable ones (each already logged as a
+    warning naming the file): 0 when none was skipped; else a summary line on stderr and 1, so that scripts notice,
+    although every readable file was processed and written."""
+    if not skipped:
+        return 0
+    print(f"vqgan {name}: skipped {skipped} of {total} input file(s) that could not be read (see the warnings "
+          "above); the others were processed", file=sys.stderr)
+    return 1
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
     import torch
@@ -69,7 +80,7 @@ def _load_commands() -> None:
     # Imported for their registrations.
     from vqgan.cli import stage1  # noqa: F401
 
-    for optional in ("evaluate", "prior", "interop", "video"):
+    for optional in ("evaluate", "prior", "interop", "video", "pipeline"):
         try:
             __import__(f"vqgan.cli.{optional}")
         except ModuleNotFoundError as e:
@@ -122,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         # A damaged or unsafe checkpoint, or a run stopped by non-finite losses: a message, not a traceback.
         # (Imported here: those modules load torch, and they are loaded already when one of these is raised.)
-        from vqgan.train.checkpoint import CheckpointError
+        from vqgan.models.io import CheckpointError
         from vqgan.train.module import NonFiniteLossError
 
         if not isinstance(e, (CheckpointError, NonFiniteLossError)):

@@ -20,9 +20,13 @@ def _data_arguments(p, argv: list[str]) -> None:
         _set_data_defaults_from_ckpt(p, ckpt)
 
 
-def _eval_loader(model, data_ns, batch_size: int | None, max_images: int | None, whole_split: bool = False):
+def _eval_loader(model, data_ns, batch_size: int | None, max_images: int | None, whole_split: bool = False,
+                 batch_idx: int = 0):
     """The validation loader of ``--data`` (fixed order, no augmentation), optionally truncated; and its config.
-    ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to take every image."""
+    ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to take every image.
+    ``batch_idx`` (seed 000's ``--batch_idx``) takes the ``batch_idx``-th group of ``max_images`` items instead of
+    the first; with chunked video data (``data.videos_per_chunk``) a group is one chunk: the items of
+    ``videos_per_chunk`` validation videos (at most ``max_images`` of them)."""
     from torch.utils.data import DataLoader, Subset
 
     from vqgan.config import DataConfig, ExperimentConfig, from_dict
@@ -35,11 +39,28 @@ def _eval_loader(model, data_ns, batch_size: int | None, max_images: int | None,
         data.val_size = 2**31 - 1
     cfg = ExperimentConfig(model=model.config, data=data)
     _, val = build_datasets(cfg.data, cfg.train.seed)
-    if max_images is not None and max_images < len(val):
+    if batch_idx:
+        val = Subset(val, _batch_range(data, len(val), batch_idx, max_images))
+    elif max_images is not None and max_images < len(val):
         val = Subset(val, range(max_images))
     loader = DataLoader(val, batch_size=data.val_batch_size or data.batch_size, shuffle=False,
                         num_workers=data.num_workers, collate_fn=collate_skip)
     return loader, data
+
+
+def _batch_range(data, n: int, batch_idx: int, max_images: int | None) -> range:
+    """Positions of group ``batch_idx`` of an evaluation set of ``n`` items (see :func:`_eval_loader`)."""
+    from vqgan.data import pieces_per_clip
+
+    size = max_images or n
+    if data.videos_per_chunk:  # one chunk of videos, as seed 000 loads them
+        size = data.videos_per_chunk * pieces_per_clip(data.frames, data.frames_as_images, data.resolution,
+                                                       data.patch_size)
+    if batch_idx < 0 or batch_idx * size >= n:
+        raise ValueError(f"--batch-idx {batch_idx}: the evaluation set has {n} items, i.e. batches 0 to "
+                         f"{(n - 1) // size} of {size}")
+    start = batch_idx * size
+    return range(start, min(n, start + size, start + (max_images or size)))
 
 
 def _print_table(result, console_file=None) -> None:
@@ -94,7 +115,7 @@ class Evaluate:
     @staticmethod
     def run(a):
         from vqgan.metrics.evaluate import METRIC_NAMES, evaluate_tokenizer
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
 
         wanted = [m.strip().lower() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
         if wanted is not None:
@@ -142,19 +163,20 @@ def _infer_run_dir(ckpt: str) -> Path | None:
 
 
 def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, data_ns, num_images: int = 64,
-                  device: str = "cpu", tsne_points: int = 600, report: bool = True) -> Path | None:
-    """Load ``ckpt``, take the first ``num_images`` evaluation images, write every picture into ``output`` and
-    (with ``report``) ``output/report.html``; returns the report's path."""
+                  device: str = "cpu", tsne_points: int = 600, report: bool = True, batch_idx: int = 0) -> Path | None:
+    """Load ``ckpt``, take ``num_images`` evaluation images (the ``batch_idx``-th group of them, see
+    :func:`_eval_loader`), write every picture into ``output`` and (with ``report``) ``output/report.html``;
+    returns the report's path."""
     import torch
 
     from vqgan.config import dump_config
-    from vqgan.train.checkpoint import load_model
+    from vqgan.models.io import load_model
     from vqgan.viz.report import report_for_run
     from vqgan.viz.visualize import visualize_model
 
     model, exp = load_model(ckpt)
     model = model.to(device)
-    loader, _ = _eval_loader(model, data_ns, None, num_images)
+    loader, _ = _eval_loader(model, data_ns, None, num_images, batch_idx=batch_idx)
     batches = [b["image"] for b in loader if "image" in b]
     if not batches:
         raise ValueError("no readable images to visualize")
@@ -181,6 +203,9 @@ class Visualize:
         p.add_argument("--output", type=str, required=True, help="output folder for the pictures and report.html")
         _data_arguments(p, argv)
         p.add_argument("--num-images", type=int, default=64, help="evaluation images used for the pictures")
+        p.add_argument("--batch-idx", type=int, default=0,
+                       help="which batch of --num-images evaluation images to draw (seed 000's --batch_idx); with "
+                            "chunked video data (data.videos_per_chunk), which chunk of videos")
         p.add_argument("--tsne-points", type=int, default=600, help="encoder outputs shown by t-SNE (seeded subsample)")
         p.add_argument("--report", type=bool, default=True, help="also write OUTPUT/report.html")
         p.add_argument("--device", type=str, default="auto", help="cpu, cuda, or auto")
@@ -190,7 +215,8 @@ class Visualize:
         run_dir = a.run_dir or _infer_run_dir(a.ckpt)
         if a.run_dir is None and run_dir is not None:
             print(f"run folder: {run_dir}")
-        report = run_visualize(a.ckpt, a.output, run_dir, a.data, a.num_images, resolve_device(a.device), a.tsne_points, a.report)
+        report = run_visualize(a.ckpt, a.output, run_dir, a.data, a.num_images, resolve_device(a.device), a.tsne_points,
+                               a.report, batch_idx=a.batch_idx)
         print(f"pictures in {a.output}" + (f"; report {report}" if report else ""))
         return 0
 
@@ -222,7 +248,7 @@ class Report:
             from jsonargparse import Namespace
 
             from vqgan.config import to_dict
-            from vqgan.train.checkpoint import experiment_from_checkpoint, load_checkpoint_file
+            from vqgan.models.io import experiment_from_checkpoint, load_checkpoint_file
 
             data = to_dict(experiment_from_checkpoint(load_checkpoint_file(ckpt)).data)
             print(f"no pictures in {figures}: drawing them from {ckpt}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vqgan.cli import command, preset_from_argv, resolve_device
+from vqgan.cli import command, preset_from_argv, report_skipped, resolve_device
 
 
 @command("encode", "Encode a dataset with a trained tokenizer into token shards (code indices + labels), resumably.")
@@ -37,7 +37,7 @@ class Encode:
         from vqgan.config import DataConfig, from_dict, to_dict
         from vqgan.data import build_datasets
         from vqgan.data.tokens import encode_dataset
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
 
         model, _ = load_model(a.ckpt)
         data = from_dict(DataConfig, a.data.as_dict())
@@ -48,9 +48,10 @@ class Encode:
         source = {"tokenizer": str(Path(a.ckpt).resolve()), "data": to_dict(data), "split": a.split, "seed": a.seed}
         m = encode_dataset(model, ds, a.output, what=a.what, shard_size=a.shard_size, batch_size=a.batch_size,
                            file_format=a.format, device=resolve_device(a.device), source=source, progress=a.progress)
-        print(json.dumps({"output": a.output, "items": m.num_written, "shards": len(m.shards), "complete": m.complete,
-                          "token_shape": m.token_shape, "codebook_size": m.codebook_size, "num_classes": m.num_classes}))
-        return 0
+        print(json.dumps({"output": a.output, "items": m.num_written, "skipped": m.skipped, "shards": len(m.shards),
+                          "complete": m.complete, "token_shape": m.token_shape, "codebook_size": m.codebook_size,
+                          "num_classes": m.num_classes}))
+        return report_skipped("encode", m.skipped, m.num_written + m.skipped)
 
 
 @command("fit-prior", "Train a stage-2 prior (GPT or MaskGIT) on a token folder, from a YAML config with dotted overrides.")
@@ -64,23 +65,26 @@ class FitPrior:
         p.add_argument("--preset", type=str, default=None, help=f"start from a prior preset: {', '.join(list_prior_presets())}")
         add_prior_arguments(p, get_prior_preset(preset) if preset else None)
         p.add_argument("--tokens", type=str, default=None, help="token folder written by `vqgan encode`")
-        p.add_argument("--run-dir", type=str, required=True, help="folder for config, checkpoints, samples, logs, metrics")
-        p.add_argument("--max-steps", type=int, default=None, help="shortcut for --train.max_steps")
-        p.add_argument("--resume", type=str, default=None, help="'last' (RUN_DIR/checkpoints/last.ckpt) or a checkpoint path")
+        p.add_argument("--run-dir", type=str, default=None, help="folder for config, checkpoints, samples, logs, metrics")
+        p.add_argument("--run-name", type=str, default=None, help="name of the run (W&B); without --run-dir it trains in runs/NAME")
+        p.add_argument("--max-steps", type=int, default=None, help="train this many steps (sets train.max_steps and clears train.max_epochs)")
+        p.add_argument("--resume", type=str, default=None, help="'last' (the newest good checkpoint of the run) or a checkpoint path")
         p.add_argument("--tokenizer", type=str, default=None, help="stage-1 checkpoint to decode validation samples "
                        "(default: the one recorded in the token folder)")
 
     @staticmethod
     def run(a):
         from vqgan.models.prior.config import prior_from_namespace
+        from vqgan.train.harness import is_rank_zero
         from vqgan.train.prior import fit_prior
 
         cfg = prior_from_namespace(a)
-        if a.max_steps is not None:
-            cfg.train.max_steps = a.max_steps
-        metrics = fit_prior(cfg, a.tokens, a.run_dir, resume=a.resume, tokenizer=a.tokenizer)
-        keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps", "train_seconds")
-        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+        if a.max_steps is not None:  # "train N steps", also for a config that counts epochs
+            cfg.train.max_steps, cfg.train.max_epochs = a.max_steps, None
+        metrics = fit_prior(cfg, a.tokens, a.run_dir, resume=a.resume, tokenizer=a.tokenizer, run_name=a.run_name)
+        if is_rank_zero():  # under DDP every rank returns here; one summary
+            keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps", "train_seconds")
+            print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
         return 0
 
 
@@ -107,7 +111,7 @@ class Sample:
 
     @staticmethod
     def run(a):
-        from vqgan.train.prior import generate_images
+        from vqgan.inference import generate_images
 
         result = generate_images(
             a.prior, a.output, tokenizer=a.tokenizer, num=a.num, class_=getattr(a, "class"), cfg_scale=a.cfg_scale,

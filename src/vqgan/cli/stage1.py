@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from vqgan.cli import command, preset_from_argv, resolve_device
+from vqgan.cli import command, preset_from_argv, report_skipped, resolve_device
 
 
 @command("fit", "Train a stage-1 tokenizer (VQ-VAE / VQGAN) from a YAML config with dotted overrides.")
@@ -19,23 +19,27 @@ class Fit:
         preset = preset_from_argv(argv) if argv[:1] == ["fit"] else None
         p.add_argument("--preset", type=str, default=None, help=f"start from a named preset: {', '.join(list_presets())}")
         add_experiment_arguments(p, get_preset(preset) if preset else None)
-        p.add_argument("--run-dir", type=str, required=True, help="folder for config, checkpoints, samples, logs, metrics")
-        p.add_argument("--max-steps", type=int, default=None, help="shortcut for --train.max_steps")
-        p.add_argument("--resume", type=str, default=None, help="'last' (RUN_DIR/checkpoints/last.ckpt) or a checkpoint path")
+        p.add_argument("--run-dir", type=str, default=None, help="folder for config, checkpoints, samples, logs, metrics")
+        p.add_argument("--run-name", type=str, default=None, help="name of the run (W&B); without --run-dir it trains in runs/NAME")
+        p.add_argument("--max-steps", type=int, default=None, help="train this many steps (sets train.max_steps and clears train.max_epochs)")
+        p.add_argument("--resume", type=str, default=None, help="'last' (the newest good checkpoint of the run) or a checkpoint path")
         p.add_argument("--debug", type=bool, default=False, help="a handful of steps, 2 validation batches, no online logging")
 
     @staticmethod
     def run(a):
         from vqgan.config import experiment_from_namespace
         from vqgan.train import fit
+        from vqgan.train.harness import is_rank_zero
 
         cfg = experiment_from_namespace(a)
-        if a.max_steps is not None:
-            cfg.train.max_steps = a.max_steps
+        if a.max_steps is not None:  # "train N steps", also for a config that counts epochs
+            cfg.train.max_steps, cfg.train.max_epochs = a.max_steps, None
         if a.debug:
             cfg.train.debug = True
-        metrics = fit(cfg, a.run_dir, resume=a.resume)
-        print(json.dumps({k: metrics[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")}))
+        metrics = fit(cfg, a.run_dir, resume=a.resume, run_name=a.run_name)
+        if is_rank_zero():  # under DDP every rank returns here; one summary
+            keys = ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")
+            print(json.dumps({k: metrics[k] for k in keys}))
         return 0
 
 
@@ -56,7 +60,7 @@ class Validate:
     def run(a):
         from vqgan.config import DataConfig, from_dict
         from vqgan.metrics.evaluate import reconstruction_metrics
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
         from vqgan.train.fit import build_loaders
 
         model, exp = load_model(a.ckpt)
@@ -85,7 +89,7 @@ class Reconstruct:
     @staticmethod
     def run(a):
         from vqgan.inference import reconstruct_files
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
 
         model, _ = load_model(a.ckpt)
         from pathlib import Path
@@ -93,15 +97,19 @@ class Reconstruct:
         from vqgan.data.video import VIDEO_EXTENSIONS
 
         if Path(a.input).is_file() and Path(a.input).suffix.lower() in VIDEO_EXTENSIONS:  # a video: MP4/GIF out
+            from vqgan.data.video import VideoDecodeError
             from vqgan.viz.video import reconstruct_video_file
 
-            r = reconstruct_video_file(model, a.input, a.output, a.resolution, device=resolve_device(a.device))
+            try:
+                r = reconstruct_video_file(model, a.input, a.output, a.resolution, device=resolve_device(a.device))
+            except VideoDecodeError as e:
+                raise ValueError(f"cannot read video {e}") from None
             print(f"{r['file']}: {r['frames']} frames, PSNR {r['psnr']:.2f} dB -> {r['files']['mp4']}")
             return 0
-        records = reconstruct_files(model, a.input, a.output, a.resolution, a.full_size, resolve_device(a.device))
-        for r in records:
+        out = reconstruct_files(model, a.input, a.output, a.resolution, a.full_size, resolve_device(a.device))
+        for r in out.records:
             print(f"{r['file']}: PSNR {r['psnr']:.2f} dB")
-        return 0
+        return report_skipped("reconstruct", len(out.skipped), len(out.records) + len(out.skipped))
 
 
 @command("presets", "List the named presets (architectures and experiments).")
@@ -138,7 +146,7 @@ def _set_data_defaults_from_ckpt(p, ckpt: str) -> None:
     from pathlib import Path
 
     from vqgan.config import to_dict
-    from vqgan.train.checkpoint import experiment_from_checkpoint, load_checkpoint_file
+    from vqgan.models.io import experiment_from_checkpoint, load_checkpoint_file
 
     if not Path(ckpt).is_file():
         return

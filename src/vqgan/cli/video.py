@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 
-from vqgan.cli import command, resolve_device
+from vqgan.cli import command, report_skipped, resolve_device
+
+log = logging.getLogger("vqgan.cli")
 
 
 @command("reconstruct-video", "Reconstruct a video file (or every video under a folder): MP4/GIF side by side, frames, temporal figure.")
@@ -24,18 +27,27 @@ class ReconstructVideo:
     def run(a):
         from pathlib import Path
 
-        from vqgan.data.video import list_videos
-        from vqgan.train.checkpoint import load_model
+        from vqgan.data.video import VideoDecodeError, list_videos
+        from vqgan.models.io import load_model
         from vqgan.viz.video import reconstruct_video_file
 
         model, _ = load_model(a.ckpt)
         device = resolve_device(a.device)
         src = Path(a.input)
         files = [src] if src.is_file() else [r.path for r in list_videos(src)]
+        skipped = 0
         for f in files:
-            r = reconstruct_video_file(
-                model, f, a.output, a.resolution, a.max_frames, a.frame_stride, device, tuple(a.formats)
-            )
+            try:
+                r = reconstruct_video_file(
+                    model, f, a.output, a.resolution, a.max_frames, a.frame_stride, device, tuple(a.formats)
+                )
+            except VideoDecodeError as e:
+                if src.is_file():  # the one file asked for: a one-line error
+                    raise ValueError(f"cannot read video {e}") from None
+                # A broken video in a folder is skipped and counted, as training does; the others are written.
+                skipped += 1
+                log.warning("skipping unreadable video %s", e)
+                continue
             print(json.dumps({k: r[k] for k in ("file", "frames", "psnr", "flicker", "files")}))
-        return 0
+        return report_skipped("reconstruct-video", skipped, len(files))
 

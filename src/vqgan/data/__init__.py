@@ -38,7 +38,10 @@ def register_data(kind: str) -> Callable:
 @register_data("builtin")
 def _builtin(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     common = dict(resolution=cfg.resolution, scale=cfg.builtin_scale, channels=cfg.channels, seed=seed)
-    train = BuiltinPhotos("train", length=cfg.builtin_train_crops, flip=cfg.flip, **common)
+    train = BuiltinPhotos(
+        "train", length=cfg.builtin_train_crops, flip=cfg.flip, hue=cfg.builtin_hue, saturation=cfg.builtin_saturation,
+        **common,
+    )
     val = BuiltinPhotos("val", length=cfg.val_size, **common)
     return train, val
 
@@ -114,7 +117,8 @@ def _video_datasets(
     val = VideoClips(val_records, clip_offset="uniform", **common)
     split = cfg.frames_as_images or cfg.patch_size is not None
     if cfg.videos_per_chunk:
-        train = VideoChunks(train, cfg.videos_per_chunk, cfg.epochs_per_chunk, cfg.frames_as_images, cfg.patch_size, seed)
+        train = VideoChunks(train, cfg.videos_per_chunk, cfg.epochs_per_chunk, cfg.frames_as_images, cfg.patch_size, seed,
+                            gan_epochs_per_chunk=cfg.gan_epochs_per_chunk)
     elif split:
         train = Exploded(train, per_clip, cfg.frames_as_images, cfg.patch_size)
     if split:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vqgan.progress import progress_bar
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -50,7 +52,8 @@ class TokenManifest:
         class_names: names of the classes, when known.
         file_format: ``safetensors`` or ``npy``.
         source: free-form provenance (tokenizer checkpoint, data config).
-        shards: ``{"file": stem, "count": n}`` of every completed shard, in order.
+        shards: ``{"file": stem, "count": n, "skipped": k}`` of every completed shard, in order (``k`` items of the
+            shard could not be read and were left out, see :attr:`skipped`).
     """
 
     what: str = "indices"
@@ -77,6 +80,11 @@ class TokenManifest:
     @property
     def num_written(self) -> int:
         return sum(s["count"] for s in self.shards)
+
+    @property
+    def skipped(self) -> int:
+        """Items of the source dataset left out because they could not be read (corrupt or truncated files)."""
+        return sum(s.get("skipped", 0) for s in self.shards)
 
 
 def read_manifest(root: str | Path) -> TokenManifest:
@@ -161,10 +169,13 @@ def encode_dataset(
         shard_size: items per shard (the unit of resumption).
         max_shards: stop after writing this many new shards (for tests of resumption).
 
+    Items the dataset can't read (``None``, e.g. a corrupt image of an :class:`~vqgan.data.ImageFolder`, already
+    logged by the dataset) are left out and counted per shard (``manifest.skipped``), as training does.
+
     Returns:
         the manifest (``manifest.complete`` tells whether every shard is written).
     """
-    from tqdm.auto import tqdm
+    from vqgan.data.images import collate_skip
 
     root = Path(output)
     root.mkdir(parents=True, exist_ok=True)
@@ -189,41 +200,51 @@ def encode_dataset(
         manifest = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=dict(source or {}))
     done = len(manifest.shards)
     written = 0
-    bar = tqdm(total=n, initial=manifest.num_written, desc=f"encode {what}", unit="img", disable=not progress)
     max_label = -1
-    for s in range(done, manifest.num_shards):
-        if max_shards is not None and written >= max_shards:
-            break
-        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-        subset = torch.utils.data.Subset(dataset, range(lo, hi))
-        parts: dict[str, list[torch.Tensor]] = {"labels": [], what: []}
-        for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-            x = batch["image"].to(device)
-            labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
-            parts["labels"].append(labels.long().cpu())
-            enc = model.encode(x)
-            if what == "indices":
-                if enc.indices.dim() != 3:
-                    raise TokenFolderError(
-                        f"indices of shape {tuple(enc.indices.shape)}: the priors model one index per position; "
-                        "multi-stage (residual) codes are not supported for `what=indices`"
-                    )
-                parts[what].append(enc.indices.to(_index_dtype(codebook_size)).cpu())
-            else:
-                parts[what].append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
-            bar.update(x.shape[0])
-        arrays = {("indices" if what == "indices" else "latents"): torch.cat(parts[what]), "labels": torch.cat(parts["labels"])}
-        max_label = max(max_label, int(arrays["labels"].max()))
-        stem = f"shard_{s:05d}"
-        _save_shard(root, stem, arrays, file_format)
-        if not manifest.token_shape:
-            manifest.token_shape = list(arrays["indices" if what == "indices" else "latents"].shape[1:])
-        if not manifest.class_names and max_label + 1 > manifest.num_classes:
-            manifest.num_classes = max_label + 1
-        manifest.shards.append({"file": stem, "count": hi - lo})
-        _write_manifest(root, manifest)
-        written += 1
-    bar.close()
+    with progress_bar(n, f"encode {what}", progress, completed=manifest.num_written) as advance:
+        for s in range(done, manifest.num_shards):
+            if max_shards is not None and written >= max_shards:
+                break
+            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+            subset = torch.utils.data.Subset(dataset, range(lo, hi))
+            parts: dict[str, list[torch.Tensor]] = {"labels": [], what: []}
+            skipped = 0
+            loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip)
+            for batch in loader:
+                lost = int(batch.pop("skipped"))
+                skipped += lost
+                if "image" not in batch:  # every item of the batch was unreadable
+                    advance(lost)
+                    continue
+                x = batch["image"].to(device)
+                labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
+                parts["labels"].append(labels.long().cpu())
+                enc = model.encode(x)
+                if what == "indices":
+                    if enc.indices.dim() != 3:
+                        raise TokenFolderError(
+                            f"indices of shape {tuple(enc.indices.shape)}: the priors model one index per position; "
+                            "multi-stage (residual) codes are not supported for `what=indices`"
+                        )
+                    parts[what].append(enc.indices.to(_index_dtype(codebook_size)).cpu())
+                else:
+                    parts[what].append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
+                advance(x.shape[0] + lost)
+            stem = f"shard_{s:05d}"
+            if parts[what]:
+                arrays = {("indices" if what == "indices" else "latents"): torch.cat(parts[what]), "labels": torch.cat(parts["labels"])}
+                max_label = max(max_label, int(arrays["labels"].max()))
+                _save_shard(root, stem, arrays, file_format)
+                if not manifest.token_shape:
+                    manifest.token_shape = list(arrays["indices" if what == "indices" else "latents"].shape[1:])
+                if not manifest.class_names and max_label + 1 > manifest.num_classes:
+                    manifest.num_classes = max_label + 1
+            if skipped:
+                log.warning("shard %d: %d of %d items could not be read and were left out", s, skipped, hi - lo)
+            # A shard whose every item was unreadable is recorded with no file (count 0), so that resumption moves on.
+            manifest.shards.append({"file": stem if parts[what] else None, "count": hi - lo - skipped, "skipped": skipped})
+            _write_manifest(root, manifest)
+            written += 1
     return manifest
 
 
@@ -251,9 +272,13 @@ class TokenDataset(Dataset):
         key = "indices" if m.what == "indices" else "latents"
         data, labels = [], []
         for s in m.shards:
+            if not s["count"]:  # every item of that shard was unreadable
+                continue
             arrays = load_shard(self.root, s["file"], m.file_format)
             data.append(arrays[key])
             labels.append(arrays["labels"])
+        if not data:
+            raise TokenFolderError(f"{self.root} holds no items: every item of its source could not be read")
         self.key = "tokens" if key == "indices" else "latents"
         self.data = torch.cat(data)
         self.data = self.data.long() if key == "indices" else self.data.float()
@@ -281,3 +306,15 @@ class TokenDataset(Dataset):
             raise TokenFolderError("code histograms exist only for index folders")
         data = self.data if self.indices is None else self.data[self.indices]
         return torch.bincount(data.flatten(), minlength=self.manifest.codebook_size)
+
+
+def resolve_token_folders(tokens: str | Path) -> tuple[Path, Path | None]:
+    """``TOKENS`` itself (a folder with a manifest) or ``TOKENS/train``, and ``TOKENS/val`` if it exists."""
+    root = Path(tokens)
+    if (root / "manifest.json").is_file():
+        val = root / "val"
+        return root, val if (val / "manifest.json").is_file() else None
+    if (root / "train" / "manifest.json").is_file():
+        val = root / "val"
+        return root / "train", val if (val / "manifest.json").is_file() else None
+    raise TokenFolderError(f"no token folder at {root} (expected {root}/manifest.json): run `vqgan encode` first")

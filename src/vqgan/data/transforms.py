@@ -1,4 +1,5 @@
-"""Image preparation shared by the datasets: PIL / numpy -> float tensor in [-1, 1], resize, crop, flip."""
+"""Image preparation shared by the datasets: PIL / numpy -> float tensor in [-1, 1], resize, crop, flip, and the
+hue/saturation augmentation of the built-in photos."""
 
 from __future__ import annotations
 
@@ -57,3 +58,33 @@ def crop(img: Image.Image, size: int, random: bool, generator: torch.Generator |
     else:
         x, y = (w - size) // 2, (h - size) // 2
     return img.crop((x, y, x + size, y + size))
+
+
+def rotate_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
+    """An RGB image in [-1, 1] with its hue rotated by ``shift`` turns of the colour circle (0.5: opposite hues).
+
+    torchvision's ``adjust_hue`` (HSV rotation, lightness and saturation kept) on the image mapped to [0, 1]; its
+    factor is limited to [-0.5, 0.5], so ``shift`` is wrapped into that range first (0.75 turns = -0.25)."""
+    from torchvision.transforms.v2.functional import adjust_hue
+
+    shift = (shift + 0.5) % 1.0 - 0.5
+    return adjust_hue((x + 1) / 2, shift) * 2 - 1
+
+
+def jitter_colour(x: torch.Tensor, hue: float, saturation: float, generator: torch.Generator) -> torch.Tensor:
+    """Training augmentation: rotate the hue of an RGB image in [-1, 1] by a uniform random shift in
+    ``[-hue, hue]`` turns and scale its saturation by a uniform random factor in ``[1 - saturation, 1 + saturation]``,
+    drawn from ``generator`` (so that a crop is a function of its seed). Grey images are returned unchanged.
+
+    torchvision's ``ColorJitter`` does the same with the global random state; drawing from ``generator`` keeps
+    the built-in crops reproducible whatever the worker layout (see :class:`~vqgan.data.builtin.BuiltinPhotos`)."""
+    from torchvision.transforms.v2.functional import adjust_saturation
+
+    if x.shape[0] != 3 or (hue <= 0 and saturation <= 0):
+        return x
+    h, s = torch.rand(2, generator=generator).tolist()
+    if hue > 0:
+        x = rotate_hue(x, (2 * h - 1) * hue)
+    if saturation > 0:
+        x = adjust_saturation((x + 1) / 2, 1 + (2 * s - 1) * saturation) * 2 - 1
+    return x

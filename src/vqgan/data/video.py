@@ -332,12 +332,18 @@ class VideoChunks(IterableDataset):
     yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk. One iteration visits
     every chunk once. Unreadable clips are yielded as ``None`` once (so that they are counted) and dropped.
     Chunks are split between data-loader workers.
+
+    With ``gan_epochs_per_chunk > 0`` (seed 000: ``epochs_per_batch`` 10 reconstruction passes, then
+    ``gan_epochs_per_batch`` 5 GAN passes per chunk) every item carries ``gan`` (whether its pass is a GAN pass) and
+    ``chunk_pass`` (the pass's index within its chunk); the training module runs the discriminator on a batch only
+    when all of its items come from GAN passes.
     """
 
     def __init__(
         self, clips: Dataset, videos_per_chunk: int, epochs_per_chunk: int = 1, frames_as_images: bool = False,
-        patch_size: int | None = None, seed: int = 0,
+        patch_size: int | None = None, seed: int = 0, gan_epochs_per_chunk: int = 0,
     ):
+        self.gan_epochs = max(0, gan_epochs_per_chunk)
         self.clips, self.per_chunk, self.epochs = clips, max(1, videos_per_chunk), max(1, epochs_per_chunk)
         self.frames_as_images, self.patch_size, self.seed, self.iteration = frames_as_images, patch_size, seed, 0
         first = next((clips[i] for i in range(min(len(clips), 4)) if clips[i] is not None), None)
@@ -345,7 +351,7 @@ class VideoChunks(IterableDataset):
 
     def __len__(self) -> int:
         """Items in one iteration (exact unless some videos are unreadable)."""
-        return len(self.clips) * self.pieces * self.epochs
+        return len(self.clips) * self.pieces * (self.epochs + self.gan_epochs)
 
     @property
     def num_chunks(self) -> int:
@@ -367,9 +373,10 @@ class VideoChunks(IterableDataset):
                     yield None
                 else:
                     pieces += explode(item, self.frames_as_images, self.patch_size)
-            for _ in range(self.epochs):
+            for p in range(self.epochs + self.gan_epochs):
+                tags = {"gan": torch.tensor(p >= self.epochs), "chunk_pass": torch.tensor(p)} if self.gan_epochs else {}
                 for j in torch.randperm(len(pieces), generator=g).tolist():
-                    yield pieces[j]
+                    yield {**pieces[j], **tags}
 
 
 def pieces_per_clip(frames: int, frames_as_images: bool, resolution: int, patch_size: int | None) -> int:

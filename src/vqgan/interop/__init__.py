@@ -109,7 +109,7 @@ def load_pretrained(
 
         if path.is_dir():
             return from_pretrained(path)
-        from vqgan.train.checkpoint import load_model
+        from vqgan.models.io import load_model
 
         return load_model(path)[0]
     raise ConversionError(f"unknown source format {source!r}; choose one of auto, {', '.join(FORMATS)}")

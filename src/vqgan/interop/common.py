@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vqgan.config import ConfigError, ModelConfig, QuantizerConfig
+from vqgan.models.io import unusable_file
 
 
 class ConversionError(ConfigError):
@@ -75,10 +76,8 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
             Python objects, listing them.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path} does not exist")
-    if path.stat().st_size == 0:
-        raise ConversionError(f"{path} is empty (0 bytes)")
+    if why := unusable_file(path):
+        raise ConversionError(why)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -92,7 +91,7 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     if not allow_stand_ins or not names:
         listed = f" It names: {', '.join(names)}." if names else ""
         hint = (
-            " Pass allow_stand_ins=True (command line: --allow-stand-ins) to read the tensors with inert "
+            " Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors with inert "
             "placeholders in place of those objects; nothing from the file is executed either way."
             if names
             else ""
@@ -132,15 +131,6 @@ def rename_keys(
         more = f" (+{len(unknown) - 30} more)" if len(unknown) > 30 else ""
         raise ConversionError(f"{source}: unknown key(s) that can't be mapped: {', '.join(unknown[:30])}{more}")
     return out
-
-
-def sub_any(key: str, rules: list[tuple[str, str]]) -> str:
-    """Rewrite ``key`` with the first matching ``(pattern, replacement)`` rule (``re.fullmatch``); ``KeyError``
-    when none matches."""
-    for pattern, repl in rules:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, repl, key)
-    raise KeyError(key)
 
 
 _LEVEL = re.compile(r"(encoder\.down|decoder\.up)\.(\d+)\.")

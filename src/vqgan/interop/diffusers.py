@@ -242,6 +242,10 @@ def model_config_to_diffusers(cfg: ModelConfig) -> dict[str, Any]:
         problems.append(f"arch={cfg.arch!r}")
     if cfg.upsample != "nearest":
         problems.append(f"upsample={cfg.upsample!r}")
+    if not cfg.decoder_mirrors_encoder:
+        problems.append(f"decoder widths of their own (decoder_ch={cfg.decoder_ch}, decoder_ch_mult={cfg.decoder_ch_mult})")
+    if cfg.output_activation != "none":
+        problems.append(f"output_activation={cfg.output_activation!r}")
     if q.kind not in ("vq", "ema"):
         problems.append(f"quantizer.kind={q.kind!r}")
     if q.l2_normalize:

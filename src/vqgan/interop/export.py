@@ -97,8 +97,8 @@ class DecodeCodesGraph(nn.Module):
 
 def _examples(model: nn.Module, resolution: int, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]:
     cfg = model.config
-    if resolution % cfg.downsample_factor:
-        raise ValueError(f"resolution {resolution} is not a multiple of the downsampling factor {cfg.downsample_factor}")
+    if resolution % cfg.spatial_factor:
+        raise ValueError(f"resolution {resolution} is not a multiple of the downsampling factor {cfg.spatial_factor}")
     g = torch.Generator().manual_seed(0)
     image = torch.rand(batch, cfg.in_channels, resolution, resolution, generator=g) * 2 - 1
     with torch.no_grad():
@@ -220,7 +220,7 @@ def _write_manifest(model: nn.Module, out: Path, fmt: str, written: dict[str, Pa
         "inputs": {k: _NAMES[k][0] for k in written},
         "outputs": {k: _NAMES[k][1] for k in written},
         "image_range": [-1.0, 1.0],
-        "downsample_factor": cfg.downsample_factor,
+        "downsample_factor": cfg.spatial_factor,
         "latent_channels": cfg.embed_dim,
         "codebook_size": getattr(model.quantize, "codebook_size", None),
         "model_config": to_dict(cfg),

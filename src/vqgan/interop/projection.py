@@ -31,7 +31,6 @@ Saved files (:func:`save_projection`)::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqgan.interop.common import ConversionError
+from vqgan.metrics.reconstruction import psnr
 
 PROJECTION_CONFIG = "projection.json"
 PROJECTION_WEIGHTS = "projection.safetensors"
@@ -167,9 +167,22 @@ def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
             raise ValueError("fit_projection: no batches")
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and (unbiased) standard deviation of ``(B, C, *spatial)`` tensors over every batch, in one
+    streamed pass: running sums of ``x`` and ``x^2`` in float64 (no batch is kept). Returns ``(mean, std, n)``,
+    ``n`` being the number of positions (``B * prod(spatial)`` summed over the batches)."""
+    total = total_sq = None
+    n = 0
+    for x in batches:
+        flat = x.detach().movedim(1, -1).reshape(-1, x.shape[1]).double()
+        total = flat.sum(0) if total is None else total + flat.sum(0)
+        total_sq = flat.pow(2).sum(0) if total_sq is None else total_sq + flat.pow(2).sum(0)
+        n += flat.shape[0]
+    if total is None or total_sq is None or n < 2:
+        raise ValueError(f"channel_statistics needs at least 2 positions, got {n}")
+    mean = total / n
+    var = (total_sq - n * mean.pow(2)).clamp_min(0.0) / (n - 1)
+    return mean.float(), var.sqrt().float(), n
 
 
 def fit_projection(
@@ -239,10 +252,12 @@ def fit_projection(
     proj.eval()
     with torch.no_grad():
         final, logs = projection_loss(model, proj, held_out, latent_weight)
-        # Channel statistics of the projected training latents (the first batch), for normalisation downstream.
-        p = proj.project(source_latents(model, first, source))
-        proj.mean.copy_(p.mean((0, 2, 3)))
-        proj.std.copy_(p.std((0, 2, 3)).clamp_min(1e-6))
+        # Channel statistics of the projected latents of the whole training set (one streamed pass over
+        # ``batches``), for normalisation downstream.
+        projected = (proj.project(source_latents(model, _images(b).to(device), source)) for b in batches)
+        mean, std, count = channel_statistics(projected)
+        proj.mean.copy_(mean.to(proj.mean.dtype))
+        proj.std.copy_(std.to(proj.std.dtype).clamp_min(1e-6))
         z = source_latents(model, held_out, source)
         summary = {
             "steps": steps,
@@ -252,9 +267,11 @@ def fit_projection(
             "initial_loss": float(initial),
             "final_loss": float(final),
             "evaluated_on": "first training batch" if eval_images is None else "held-out images",
-            "psnr_tokenizer": _psnr(model.decode(z), held_out),
-            "psnr_through_projection": _psnr(model.decode(proj(z)), held_out),
+            # Mean of per-image PSNRs, as every other PSNR this package reports.
+            "psnr_tokenizer": float(psnr(model.decode(z), held_out).mean()),
+            "psnr_through_projection": float(psnr(model.decode(proj(z)), held_out).mean()),
             "latent_mse": float(logs["latent_mse"]),
+            "statistics_positions": count,
         }
     return ProjectionFit(proj, history, summary)
 

@@ -13,6 +13,8 @@ Tensors are ``(B, C, T, H, W)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -50,6 +52,12 @@ class CausalConv3d(nn.Module):
         return self.conv(x)
 
 
+def per_frame(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2D ``module`` to every frame of ``(B, C, T, H, W)`` on its own (frames as a batch)."""
+    y = module(rearrange(x, "b c t h w -> (b t) c h w"))
+    return rearrange(y, "(b t) c h w -> b c t h w", b=x.shape[0])
+
+
 class FrameGroupNorm(nn.Module):
     """GroupNorm applied to each frame on its own (statistics over ``C, H, W``, never over time)."""
 
@@ -58,9 +66,7 @@ class FrameGroupNorm(nn.Module):
         self.norm = group_norm(channels, num_groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        y = self.norm(rearrange(x, "b c t h w -> (b t) c h w"))
-        return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+        return per_frame(self.norm, x)
 
 
 class ResBlock3d(nn.Module):
@@ -90,9 +96,7 @@ class SpatialAttention3d(nn.Module):
         self.attn = AttnBlock(channels, num_groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        y = self.attn(rearrange(x, "b c t h w -> (b t) c h w"))
-        return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+        return per_frame(self.attn, x)
 
 
 class TemporalAttention(nn.Module):
@@ -148,7 +152,4 @@ class Upsample3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.temporal:
             x = rearrange(self.time_conv(x), "b (s c) t h w -> b c (t s) h w", s=2)[:, :, 1:]
-        b = x.shape[0]
-        x = rearrange(x, "b c t h w -> (b t) c h w")
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return self.conv(rearrange(x, "(b t) c h w -> b c t h w", b=b))
+        return self.conv(per_frame(lambda f: F.interpolate(f, scale_factor=2.0, mode="nearest"), x))

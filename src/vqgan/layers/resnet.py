@@ -51,15 +51,17 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """2x upsampling: nearest neighbour then a 3x3 conv (taming), or a 4x4 stride-2 transposed conv (seed 000)."""
+    """2x upsampling: nearest neighbour then a 3x3 conv (taming), or a 4x4 stride-2 transposed conv (seed 000).
+    ``out_channels`` (default: ``channels``) lets the conv narrow while upsampling (seed 004's light decoder)."""
 
-    def __init__(self, channels: int, mode: str = "nearest"):
+    def __init__(self, channels: int, mode: str = "nearest", out_channels: int | None = None):
         super().__init__()
         self.mode = mode
+        out_channels = out_channels or channels
         if mode == "nearest":
-            self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+            self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
         elif mode == "transposed":
-            self.conv = nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)
+            self.conv = nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1)
         else:
             raise ValueError(f"unknown upsample mode {mode!r}; choose 'nearest' or 'transposed'")
 

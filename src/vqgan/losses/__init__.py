@@ -1,7 +1,7 @@
 """Loss functions: reconstruction, perceptual, adversarial, and their VQGAN combination."""
 
 from vqgan.losses.gan import (
-    adaptive_weight,
+    adaptive_weight_from_grads,
     disc_factor,
     discriminator_loss,
     generator_adversarial_loss,
@@ -18,7 +18,7 @@ __all__ = [
     "LossOutput",
     "VGGFeatureLoss",
     "VQGANLoss",
-    "adaptive_weight",
+    "adaptive_weight_from_grads",
     "build_perceptual",
     "disc_factor",
     "discriminator_loss",

@@ -45,18 +45,10 @@ def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor, kin
     raise ValueError(f"unknown GAN loss {kind!r}; choose hinge or non_saturating")
 
 
-def adaptive_weight(
-    nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4
-) -> torch.Tensor:
-    """``||grad_L(nll)|| / (||grad_L(g)|| + 1e-4)`` at the decoder's last layer ``L`` (Esser et al. 2021, eq. 7),
-    clamped to ``[0, max_weight]`` and detached. Both graphs are kept for the real backward pass."""
-    nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
-    g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    return adaptive_weight_from_grads(nll_grads, g_grads, max_weight)
-
-
 def adaptive_weight_from_grads(nll_grads: torch.Tensor, g_grads: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
-    """The adaptive weight from precomputed last-layer gradients."""
+    """``||grad_L(nll)|| / (||grad_L(g)|| + 1e-4)`` from the gradients of the reconstruction and adversarial losses
+    at the decoder's last layer ``L`` (Esser et al. 2021, eq. 7), clamped to ``[0, max_weight]`` and detached.
+    The training step (``train/step.py``) computes both gradients from one backward pass each."""
     weight = torch.linalg.vector_norm(nll_grads) / (torch.linalg.vector_norm(g_grads) + 1e-4)
     return weight.clamp(0.0, max_weight).detach()
 

@@ -10,8 +10,8 @@ says which file to provide and how. A randomly initialised backbone is used only
 
 from __future__ import annotations
 
-import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,20 +41,30 @@ def backbone_help(net: str, path: str | None = None) -> str:
 
 
 def default_hub_dir() -> Path:
-    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    """Where torch's hub keeps downloaded weights (``$TORCH_HOME/hub/checkpoints``, as torch resolves it)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_weights_file(path: str | None, file_name: str, explain: Callable[[str | None], str]) -> Path:
+    """A pretrained weights file: ``path`` if given, else ``file_name`` in torch's hub cache; never downloaded.
+
+    Raises:
+        BackboneWeightsMissing: with ``explain(path)``, the message saying how to get the file.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise BackboneWeightsMissing(explain(str(p)))
+        return p
+    cached = default_hub_dir() / file_name
+    if cached.is_file():
+        return cached
+    raise BackboneWeightsMissing(explain(None))
 
 
 def resolve_backbone_file(net: str, path: str | None) -> Path:
     """The backbone file to use: ``path`` if given, else torchvision's cached file; raises if neither exists."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise BackboneWeightsMissing(backbone_help(net, str(p)))
-        return p
-    cached = default_hub_dir() / BACKBONE_FILES[net]
-    if cached.is_file():
-        return cached
-    raise BackboneWeightsMissing(backbone_help(net))
+    return resolve_weights_file(path, BACKBONE_FILES[net], lambda p: backbone_help(net, p))
 
 
 def load_backbone_features(net: str, path: str | None) -> nn.Sequential:
@@ -111,10 +121,13 @@ class VGGFeatureLoss(nn.Module):
 
     def __init__(self, backbone_weights: str | None = None, random_backbone: bool = False):
         super().__init__()
-        import torchvision
 
         if random_backbone:
-            features = torchvision.models.vgg16(weights=None).features
+            # Only the convolutional part (vgg16 is VGG(make_layers(cfgs["D"]))): building the 120M-parameter
+            # classifier too would cost seconds for layers that are thrown away.
+            from torchvision.models import vgg
+
+            features = vgg.make_layers(vgg.cfgs["D"])
         else:
             features = load_backbone_features("vgg", backbone_weights)
         self.features = features[: self.LAYERS[-1] + 1].eval().requires_grad_(False)

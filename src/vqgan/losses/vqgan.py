@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vqgan.config import LossConfig
-from vqgan.losses.gan import adaptive_weight, discriminator_loss, generator_adversarial_loss
+from vqgan.losses.gan import discriminator_loss, generator_adversarial_loss
 from vqgan.losses.perceptual import build_perceptual
 from vqgan.losses.reconstruction import reconstruction_loss, threshold_mask
 
@@ -67,7 +67,6 @@ class VQGANLoss(nn.Module):
         reconstruction: torch.Tensor,
         vq_loss: torch.Tensor,
         logits_fake: torch.Tensor | None,
-        last_layer: torch.Tensor | None,
         disc_factor: float,
         mask: torch.Tensor | None = None,
     ) -> LossOutput:
@@ -76,7 +75,6 @@ class VQGANLoss(nn.Module):
         Args:
             logits_fake: discriminator logits on the (non-detached) reconstruction, or ``None`` when the
                 adversarial term is off (``disc_factor == 0`` or no discriminator).
-            last_layer: decoder's last weight for the adaptive weight (``None``: use ``disc_weight`` as is).
             disc_factor: 0 before ``disc_start``, then the ramp value.
         """
         c = self.cfg
@@ -86,10 +84,8 @@ class VQGANLoss(nn.Module):
         logs["vq"] = vq_loss.detach()
         if logits_fake is not None and disc_factor > 0:
             g = generator_adversarial_loss(logits_fake, c.gan_loss)
-            if c.adaptive_weight and last_layer is not None and torch.is_grad_enabled():
-                d_weight = adaptive_weight(nll.loss, g, last_layer, c.adaptive_weight_max) * c.disc_weight
-            else:
-                d_weight = torch.tensor(c.disc_weight, device=g.device)
+            # ``disc_weight`` as is: the adaptive weight needs gradients, which train/step.py computes.
+            d_weight = torch.tensor(c.disc_weight, device=g.device)
             loss = loss + d_weight * disc_factor * g
             logs["g_adv"] = g.detach()
             logs["d_weight"] = d_weight.detach()

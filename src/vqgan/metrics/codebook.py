@@ -1,11 +1,18 @@
-"""Codebook statistics over a whole evaluation set: usage (fraction of codes hit), perplexity, entropy."""
+"""Codebook statistics: usage (fraction of codes hit), perplexity, entropy over a whole evaluation set; code
+metrics of a prior's samples; the codebook diagnostics a training run records (``RUN_DIR/diagnostics.npz``)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 from torchmetrics import Metric
+
+from vqgan.quantizers.base import perplexity_and_usage
+
+DIAGNOSTICS_FILE = "diagnostics.npz"
 
 
 class CodebookUsage(Metric):
@@ -40,13 +47,44 @@ class CodebookUsage(Metric):
 
 
 def codebook_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Usage, perplexity, entropy (bits) and number of used codes of a histogram."""
-    counts = counts.float()
-    p = counts / counts.sum().clamp_min(1.0)
-    h = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    """Usage, perplexity, entropy (bits) and number of used codes of a histogram (the quantizers' per-batch
+    :func:`~vqgan.quantizers.base.perplexity_and_usage`, with the entropy and count it implies)."""
+    stats = perplexity_and_usage(counts)
+    return {**stats, "entropy": stats["perplexity"].log() / math.log(2.0), "used": (counts > 0).sum().float()}
+
+
+def sample_code_metrics(tokens: torch.Tensor, data_histogram: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Code usage and perplexity of sampled tokens, and the total-variation distance between their code
+    distribution and the data's (0: identical histograms, 1: disjoint)."""
+    k = data_histogram.numel()
+    counts = torch.bincount(tokens.flatten().long().cpu(), minlength=k)[:k].float()
+    stats = codebook_stats(counts)
+    p = counts / counts.sum().clamp_min(1)
+    q = data_histogram.float().cpu() / data_histogram.float().sum().clamp_min(1)
     return {
-        "usage": (counts > 0).float().mean(),
-        "perplexity": h.exp(),
-        "entropy": h / math.log(2.0),
-        "used": (counts > 0).sum().float(),
+        "code_usage": stats["usage"],
+        "code_perplexity": stats["perplexity"],
+        "code_tv_distance": 0.5 * (p - q).abs().sum(),
     }
+
+
+def load_diagnostics(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """Arrays saved by the training run's codebook diagnostics in ``RUN_DIR/diagnostics.npz`` (keys: ``step``,
+    ``usage``, ``perplexity``, ``dead_codes``, ``restarts`` and, per code, ``code_norms``, ``code_grad_norms``,
+    ``code_counts``).
+
+    Raises:
+        FileNotFoundError: ``run_dir/diagnostics.npz`` does not exist.
+    """
+    path = Path(run_dir) / DIAGNOSTICS_FILE
+    if not path.is_file():
+        reason = f"{path.parent} does not exist" if not path.parent.is_dir() else (
+            f"{path.parent} holds none: its run had train.diagnostics_every_n_steps=0, stopped before its first "
+            "record, or predates them"
+        )
+        raise FileNotFoundError(
+            f"no codebook diagnostics at {path}: {reason}. `vqgan fit` writes them every "
+            "train.diagnostics_every_n_steps steps and at the end of every run (0 disables them)"
+        )
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}

@@ -9,7 +9,6 @@ codebook usage, perplexity and code entropy come from the histogram of every cod
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from vqgan.metrics.codebook import CodebookUsage
-from vqgan.metrics.reconstruction import psnr, ssim
+from vqgan.metrics.reconstruction import frames, psnr, ssim
+from vqgan.progress import track
 
 METRIC_NAMES = ("psnr", "ssim", "lpips", "fid")
 
@@ -31,30 +31,6 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _progress(iterable: Iterable, total: int | None, enabled: bool, description: str = "evaluating") -> Iterable:
-    if not enabled:
-        yield from iterable
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    from rich.console import Console
-
-    # On stderr, so that ``--json`` output on stdout stays parseable.
-    with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=total)
-        for item in iterable:
-            yield item
-            bar.advance(task)
 
 
 @torch.no_grad()
@@ -82,13 +58,13 @@ def reconstruction_metrics(
         total = len(loader)
     except TypeError:
         total = None
-    for batch in _progress(loader, total, progress):
+    for batch in track(loader, total, progress, "evaluating"):
         skipped += int(batch.pop("skipped", 0))
         if "image" not in batch:
             continue
         x = batch["image"].to(device)
         if x.dim() == 5 and not hasattr(model, "time_factor"):  # clips through an image tokenizer: frame by frame
-            x = x.transpose(1, 2).flatten(0, 1)
+            x = frames(x)
         out = model(x)
         rec = out.reconstruction.float()
         p_sum += float(psnr(x, rec).sum())
@@ -97,7 +73,7 @@ def reconstruction_metrics(
             l_sum += float(lpips(x, rec).sum())
         if fid is not None:
             if x.dim() == 5:  # videos: every frame is an image for FID
-                fid.update(x.transpose(1, 2).flatten(0, 1), rec.transpose(1, 2).flatten(0, 1))
+                fid.update(frames(x), frames(rec))
             else:
                 fid.update(x, rec)
         usage.update(out.indices)
@@ -177,7 +153,7 @@ def evaluate_tokenizer(
     }
     if cfg is not None:
         protocol["tokens_per_image"] = [cfg.latent_resolution, cfg.latent_resolution]
-        protocol["downsample_factor"] = cfg.downsample_factor
+        protocol["downsample_factor"] = cfg.spatial_factor
     if lpips is not None:
         protocol["lpips"] = {
             "backbone": getattr(lpips, "net", None),

@@ -10,23 +10,18 @@ torch-fidelity would fetch them when given no path, so we always resolve a path 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vqgan.losses.perceptual import BackboneWeightsMissing
-from vqgan.metrics.reconstruction import to_unit
+from vqgan.losses.perceptual import default_hub_dir, resolve_weights_file
+from vqgan.metrics.reconstruction import to_uint8, to_unit
 
 # torch-fidelity's Inception-v3 weights (the TF-1 2015-12-05 graph converted to PyTorch) and where they live.
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 FID_FEATURE_DIMS = (64, 192, 768, 2048)
-
-
-def _hub_dir() -> Path:
-    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
 
 
 def inception_help(path: str | None = None) -> str:
@@ -35,7 +30,7 @@ def inception_help(path: str | None = None) -> str:
     return (
         f"rFID needs torch-fidelity's Inception-v3 weights ({INCEPTION_FILE}) and {where}"
         f"On a machine with internet access download\n  {INCEPTION_URL}\n"
-        f"copy it here and pass --fid-weights /path/to/{INCEPTION_FILE} (or put it in {_hub_dir()}). "
+        f"copy it here and pass --fid-weights /path/to/{INCEPTION_FILE} (or put it in {default_hub_dir()}). "
         "Nothing is downloaded at run time."
     )
 
@@ -43,15 +38,7 @@ def inception_help(path: str | None = None) -> str:
 def resolve_inception_file(path: str | None) -> Path:
     """The Inception weights file: ``path`` if given, else the file in torch's hub cache; raises
     :class:`BackboneWeightsMissing` (a ``FileNotFoundError``) naming the file when neither exists."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise BackboneWeightsMissing(inception_help(str(p)))
-        return p
-    cached = _hub_dir() / INCEPTION_FILE
-    if cached.is_file():
-        return cached
-    raise BackboneWeightsMissing(inception_help())
+    return resolve_weights_file(path, INCEPTION_FILE, inception_help)
 
 
 def check_inception_file(path: str | Path) -> Path:
@@ -101,7 +88,7 @@ class ReconstructionFID(nn.Module):
     @staticmethod
     def to_uint8(x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images -> uint8 RGB as written to disk (round to nearest)."""
-        u = (to_unit(x) * 255).round().to(torch.uint8)
+        u = to_uint8(to_unit(x))
         return u.expand(-1, 3, -1, -1) if u.shape[1] == 1 else u
 
     @torch.no_grad()

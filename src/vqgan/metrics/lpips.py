@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vqgan.losses.perceptual import _TV_NAMES, BACKBONE_FILES, LPIPS, BackboneWeightsMissing, default_hub_dir
+from vqgan.losses.perceptual import _TV_NAMES, BACKBONE_FILES, LPIPS, default_hub_dir, resolve_weights_file
+from vqgan.metrics.reconstruction import per_clip
 
 
 def lpips_weights_help(net: str, path: str | None = None) -> str:
@@ -32,15 +33,7 @@ def lpips_weights_help(net: str, path: str | None = None) -> str:
 
 def resolve_lpips_weights(net: str, path: str | None) -> Path:
     """The backbone file: ``path``, else torch's hub cache; raises :class:`BackboneWeightsMissing` naming it."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise BackboneWeightsMissing(lpips_weights_help(net, str(p)))
-        return p
-    cached = default_hub_dir() / BACKBONE_FILES[net]
-    if cached.is_file():
-        return cached
-    raise BackboneWeightsMissing(lpips_weights_help(net))
+    return resolve_weights_file(path, BACKBONE_FILES[net], lambda p: lpips_weights_help(net, p))
 
 
 class LPIPSMetric(nn.Module):
@@ -71,9 +64,7 @@ class LPIPSMetric(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.dim() == 5:  # videos (B, C, T, H, W): score frames, average per clip
-            b = x.shape[0]
-            x, y = (t.transpose(1, 2).flatten(0, 1) for t in (x, y))
-            return self.forward(x, y).view(b, -1).mean(1)
+            return per_clip(self.forward, x, y)
         x, y = x.float().clamp(-1, 1), y.float().clamp(-1, 1)
         if min(x.shape[-2:]) < self.min_side:
             # Too small for the backbone: upsample (bilinear) so the shorter side is min_side; the evaluation

@@ -3,13 +3,34 @@ after mapping to [0, 1])."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from einops import rearrange
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1], clamped."""
     return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> uint8, rounded to nearest: the one float-to-8-bit conversion (PNGs, videos, FID's input).
+
+    Our own line rather than torchvision's ``to_dtype(..., scale=True)``, which truncates (``x * 255.999``): the
+    8-bit value nearest to the float is what PSNR on written files assumes."""
+    return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def frames(x: torch.Tensor) -> torch.Tensor:
+    """Videos ``(B, C, T, H, W)`` -> their frames as images ``(B * T, C, H, W)``."""
+    return rearrange(x, "b c t h w -> (b t) c h w")
+
+
+def per_clip(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """An image score ``(N,)`` of videos ``(B, C, T, H, W)``: every frame scored, averaged per clip ``(B,)``."""
+    return score(frames(x), frames(y)).view(x.shape[0], -1).mean(1)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -21,9 +42,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM per image (``(B,)``) between images in [-1, 1], Gaussian window 11, sigma 1.5 (Wang et al. 2004).
     Videos ``(B, C, T, H, W)`` are scored per frame and averaged."""
+    if x.dim() == 5:
+        return per_clip(ssim, x, y)
     a, b = to_unit(x), to_unit(y)
-    if a.dim() == 5:
-        bsz = a.shape[0]
-        a, b = (t.transpose(1, 2).flatten(0, 1) for t in (a, b))
-        return ssim(a * 2 - 1, b * 2 - 1).view(bsz, -1).mean(1)
     return structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")

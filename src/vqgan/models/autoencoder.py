@@ -91,19 +91,25 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """taming's decoder, mirror of :class:`Encoder` with ``num_res_blocks + 1`` blocks per level."""
+    """taming's decoder with ``num_res_blocks + 1`` blocks per level: the mirror of :class:`Encoder` by default, or
+    of its own widths (``decoder_ch``, ``decoder_ch_mult``; seed 004's 128 -> 64 -> 32 -> 16 decoder behind a
+    128-256-512-1024 encoder). With its own widths every upsampling conv also narrows to the next level's width,
+    so that no conv at a resolution is wider than that resolution's width; the mirror keeps taming's layers (its
+    upsampling convs keep the width), so taming checkpoints still load."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        ch, groups = cfg.ch, cfg.num_groups
-        block_in = ch * cfg.ch_mult[-1]
+        groups = cfg.num_groups
+        widths = cfg.decoder_widths
+        narrow = not cfg.decoder_mirrors_encoder
+        block_in = widths[-1]
         res = cfg.latent_resolution
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
         self.mid = _Mid(block_in, cfg.dropout, groups, cfg.mid_attention)
         up: list[nn.Module] = []
-        for i in reversed(range(len(cfg.ch_mult))):
-            block_out = ch * cfg.ch_mult[i]
+        for i in reversed(range(len(widths))):
+            block_out = widths[i]
             blocks, attn = [], []
             for _ in range(cfg.num_res_blocks + 1):
                 blocks.append(ResnetBlock(block_in, block_out, cfg.dropout, groups))
@@ -112,7 +118,9 @@ class Decoder(nn.Module):
                     attn.append(AttnBlock(block_in, groups))
             level = _Level(blocks, attn)
             if i != 0:
-                level.upsample = Upsample(block_in, cfg.upsample)
+                out = widths[i - 1] if narrow else block_in
+                level.upsample = Upsample(block_in, cfg.upsample, out)
+                block_in = out
                 res *= 2
             up.insert(0, level)  # stored in encoder order, as taming does
         self.up = nn.ModuleList(up)
@@ -166,11 +174,12 @@ class ResNetEncoder(nn.Module):
 
 
 class ResNetDecoder(nn.Module):
-    """VQ-VAE decoder: a 3x3 conv, residual stack, 4x4 stride-2 transposed convs."""
+    """VQ-VAE decoder: a 3x3 conv, residual stack, 4x4 stride-2 transposed convs. Its width is ``decoder_ch``
+    (``None``: the encoder's ``ch``); only the length of ``decoder_ch_mult`` matters (the number of upsamplings)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        n_up, ch = len(cfg.ch_mult) - 1, cfg.ch
+        n_up, ch = len(cfg.ch_mult) - 1, cfg.ch if cfg.decoder_ch is None else cfg.decoder_ch
         layers: list[nn.Module] = [nn.Conv2d(cfg.z_channels, ch, 3, padding=1)]
         layers += [_Residual(ch, max(ch // 4, 8)) for _ in range(cfg.num_res_blocks)]
         layers.append(nn.ReLU())
@@ -233,8 +242,10 @@ class BaseVQModel(nn.Module):
         return EncodeOutput(latents=latents, quantized=q.quantized, indices=q.indices)
 
     def decode(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Decode quantized latents ``(B, embed_dim, *latent_shape)`` to images or clips."""
-        return self.decoder(self.post_quant_conv(quantized))
+        """Decode quantized latents ``(B, embed_dim, *latent_shape)`` to images or clips (squashed into (-1, 1), the
+        data range, when ``output_activation="tanh"``)."""
+        out = self.decoder(self.post_quant_conv(quantized))
+        return torch.tanh(out) if self.config.output_activation == "tanh" else out
 
     def decode_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Decode code indices (as returned by :meth:`encode`)."""

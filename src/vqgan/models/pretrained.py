@@ -1,5 +1,9 @@
 """Our own weight format: a folder with ``config.json`` (the :class:`ModelConfig`) and ``model.safetensors``.
 
+Kept rather than ``PyTorchModelHubMixin``'s format: its loader rebuilds a dataclass config one level deep
+(``ModelConfig(quantizer=<dict>)``) and drops unknown keys silently, and reading it imports huggingface_hub; ours
+validates the nested config with :func:`~vqgan.config.from_dict` and needs only safetensors.
+
 Loading never executes code from a file: the config is JSON, the tensors are safetensors. The folder is
 loadable without the training code (only :mod:`vqgan.models` is imported)::
 
@@ -20,7 +24,8 @@ import torch
 from huggingface_hub import ModelHubMixin
 from safetensors.torch import load_file, save_file
 
-from vqgan.config import ConfigError, ModelConfig, from_dict, to_dict
+from vqgan.config import ModelConfig, from_dict, to_dict
+from vqgan.models.io import load_state_dict_strict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -55,26 +60,6 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     state = load_file(str(weights), device=str(map_location))
     load_state_dict_strict(model, state, source=str(weights))
     return model.eval()
-
-
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if own[k].shape != state[k].shape
-    )
-    if missing or unexpected or shapes:
-        parts = [f"{source} does not match the model:"]
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if keys:
-                more = f" (+{len(keys) - 20} more)" if len(keys) > 20 else ""
-                parts.append(f"  {name}: {', '.join(keys[:20])}{more}")
-        raise ConfigError("\n".join(parts))
-    model.load_state_dict(state, strict=True)
 
 
 def _hub_base():

@@ -43,6 +43,7 @@ def _vq_kwargs(cfg: QuantizerConfig) -> dict:
         codebook_size=cfg.codebook_size,
         codebook_dim=cfg.codebook_dim,
         beta=cfg.beta,
+        beta_on=cfg.beta_on,
         decay=cfg.decay,
         l2_normalize=cfg.l2_normalize,
         kmeans_init=cfg.kmeans_init,
@@ -65,13 +66,24 @@ def _build_ema(cfg: QuantizerConfig, dim: int) -> Quantizer:
     return VectorQuantizer(dim, ema=True, **_vq_kwargs(cfg))
 
 
+def _commitment_only(cfg: QuantizerConfig) -> None:
+    """Quantizers without a codebook loss term refuse ``beta_on="codebook"`` instead of ignoring it."""
+    if cfg.beta_on != "commitment":
+        raise ValueError(
+            f"quantizer kind {cfg.kind!r} has no codebook loss term for beta to weight; beta_on='codebook' needs "
+            "kind vq or simvq"
+        )
+
+
 @register_quantizer("fsq")
 def _build_fsq(cfg: QuantizerConfig, dim: int) -> Quantizer:
+    _commitment_only(cfg)
     return FSQ(dim, list(cfg.levels), usage_decay=cfg.usage_decay)
 
 
 @register_quantizer("lfq")
 def _build_lfq(cfg: QuantizerConfig, dim: int) -> Quantizer:
+    _commitment_only(cfg)
     return LFQ(
         dim,
         cfg.codebook_size,
@@ -85,7 +97,10 @@ def _build_lfq(cfg: QuantizerConfig, dim: int) -> Quantizer:
 
 @register_quantizer("simvq")
 def _build_simvq(cfg: QuantizerConfig, dim: int) -> Quantizer:
-    return SimVQ(dim, cfg.codebook_size, beta=cfg.beta, search_chunk_size=cfg.search_chunk_size, usage_decay=cfg.usage_decay)
+    return SimVQ(
+        dim, cfg.codebook_size, beta=cfg.beta, search_chunk_size=cfg.search_chunk_size, usage_decay=cfg.usage_decay,
+        beta_on=cfg.beta_on,
+    )
 
 
 @register_quantizer("residual")

@@ -22,7 +22,7 @@ from vqgan.quantizers.base import (
     perplexity_and_usage,
     unflatten_latents,
 )
-from vqgan.quantizers.vq import nearest_code
+from vqgan.quantizers.vq import nearest_code, vq_terms
 
 
 class SimVQ(Quantizer):
@@ -31,7 +31,8 @@ class SimVQ(Quantizer):
     Args:
         dim: channels of the latents (codes live in this space).
         codebook_size: number of codes.
-        beta: commitment weight (on the encoder term).
+        beta: weight of the term named by ``beta_on`` (the other term has weight 1).
+        beta_on: ``commitment`` (the encoder term) or ``codebook`` (the term that trains the linear map).
         search_chunk_size: codes per chunk of the nearest-code search.
         seed: seed of the frozen codebook, so that it is the same on every rank without communication.
     """
@@ -44,9 +45,12 @@ class SimVQ(Quantizer):
         search_chunk_size: int = 8192,
         usage_decay: float = 0.99,
         seed: int = 0,
+        beta_on: str = "commitment",
     ):
         super().__init__(dim, codebook_size, usage_decay)
-        self.beta, self.search_chunk_size = beta, search_chunk_size
+        if beta_on not in ("commitment", "codebook"):
+            raise ValueError(f"beta_on={beta_on!r} must be 'commitment' or 'codebook'")
+        self.beta, self.beta_on, self.search_chunk_size = beta, beta_on, search_chunk_size
         g = torch.Generator().manual_seed(seed)
         # N(0, 1/d) entries: codes of unit expected norm, as in the paper's reference code.
         self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim, generator=g) * dim**-0.5)
@@ -68,7 +72,7 @@ class SimVQ(Quantizer):
         q = F.embedding(indices, codebook)
         commitment = F.mse_loss(flat, q.detach())
         codebook_loss = F.mse_loss(q, flat.detach())
-        loss = codebook_loss + self.beta * commitment
+        loss = vq_terms(commitment, codebook_loss, self.beta, self.beta_on)
         losses = {"commitment": commitment.detach(), "codebook": codebook_loss.detach()}
         counts = code_histogram(indices, self.codebook_size)
         if self.training:

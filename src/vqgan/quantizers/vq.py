@@ -5,9 +5,11 @@ Learning", https://arxiv.org/abs/1711.00937), in its two flavours:
 * ``ema=True``: the codebook is the exponential moving average of the encoder outputs assigned to each code
   (appendix A.1 of the paper), which is more stable and needs no codebook loss.
 
-Both put the commitment weight ``beta`` on the encoder term ``||sg[e] - z||^2`` (eq. 3 of the paper). taming's
-``VectorQuantizer2(legacy=True)`` puts it on the codebook term instead, and diffusers keeps that as its default;
-we don't (``tests/test_quantizers.py`` pins it against a hand computation of the gradients).
+Both put the commitment weight ``beta`` on the encoder term ``||sg[e] - z||^2`` (eq. 3 of the paper) by default.
+taming's ``VectorQuantizer2(legacy=True)`` puts it on the codebook term instead, and diffusers keeps that as its
+default; we don't, but ``beta_on="codebook"`` asks for it (seed 003's "refined loss" is
+``||sg[e] - z||^2 + 0.25 ||e - sg[z]||^2``). ``tests/test_quantizers.py`` and ``tests/test_seeds.py`` pin both
+placements by the gradients they give the encoder and the codebook.
 
 Codebook health options: k-means initialisation from the first batch (gathered over all ranks), restarts of dead
 codes from the current encoder outputs (Dhariwal et al. 2020, "Jukebox", https://arxiv.org/abs/2005.00341),
@@ -141,7 +143,9 @@ class VectorQuantizer(Quantizer):
         codebook_size: number of codes.
         codebook_dim: lookup dimension; when it differs from ``dim``, latents are projected by a linear map
             before the lookup and back after it (factorized codes, ViT-VQGAN section 3.2).
-        beta: commitment weight (on the encoder term).
+        beta: weight of the term named by ``beta_on`` (the other term has weight 1).
+        beta_on: ``commitment`` (the encoder term, VQ-VAE eq. 3) or ``codebook`` (the codebook term, taming's
+            ``legacy=True``; needs ``ema=False``: the EMA codebook has no codebook loss term).
         ema: learn the codebook by exponential moving averages instead of gradients.
         decay: EMA decay.
         eps: Laplace smoothing of the EMA cluster sizes.
@@ -163,6 +167,7 @@ class VectorQuantizer(Quantizer):
         codebook_dim: int | None = None,
         beta: float = 0.25,
         ema: bool = True,
+        beta_on: str = "commitment",
         decay: float = 0.99,
         eps: float = 1e-5,
         l2_normalize: bool = False,
@@ -176,7 +181,14 @@ class VectorQuantizer(Quantizer):
     ):
         super().__init__(dim, codebook_size, usage_decay, dead_code_threshold)
         self.codebook_dim = codebook_dim or dim
-        self.beta, self.ema, self.decay, self.eps = beta, ema, decay, eps
+        if beta_on not in ("commitment", "codebook"):
+            raise ValueError(f"beta_on={beta_on!r} must be 'commitment' or 'codebook'")
+        if beta_on == "codebook" and ema:
+            raise ValueError(
+                "beta_on='codebook' needs a codebook learned by gradients (ema=False): the EMA codebook has no "
+                "codebook loss term for beta to weight"
+            )
+        self.beta, self.beta_on, self.ema, self.decay, self.eps = beta, beta_on, ema, decay, eps
         self.l2_normalize = l2_normalize
         self.kmeans_iters = kmeans_iters
         self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
@@ -287,11 +299,12 @@ class VectorQuantizer(Quantizer):
         losses: dict[str, torch.Tensor] = {}
         commitment = F.mse_loss(flat, q.detach())
         losses["commitment"] = commitment.detach()
-        loss = self.beta * commitment
-        if not self.ema:
+        if self.ema:
+            loss = self.beta * commitment
+        else:
             codebook_loss = F.mse_loss(q, flat.detach())
             losses["codebook"] = codebook_loss.detach()
-            loss = loss + codebook_loss
+            loss = vq_terms(commitment, codebook_loss, self.beta, self.beta_on)
         if self.entropy_weight > 0:
             entropy = self._entropy_penalty(flat, codebook)
             losses["entropy"] = entropy.detach()
@@ -319,6 +332,14 @@ class VectorQuantizer(Quantizer):
         assignments (the LFQ entropy terms of MAGVIT-v2 applied to a learned codebook). Materialises ``N x K``."""
         logits = -torch.cdist(flat, codebook).pow(2) / self.entropy_temperature
         return entropy_terms(logits)
+
+
+def vq_terms(commitment: torch.Tensor, codebook: torch.Tensor, beta: float, beta_on: str) -> torch.Tensor:
+    """``codebook + beta * commitment`` (VQ-VAE eq. 3) or ``commitment + beta * codebook`` (taming's ``legacy=True``,
+    seed 003), where ``commitment = ||sg[e] - z||^2`` moves the encoder and ``codebook = ||e - sg[z]||^2`` the codes."""
+    if beta_on == "codebook":
+        return commitment + beta * codebook
+    return codebook + beta * commitment
 
 
 def entropy_terms(logits: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,13 @@
-"""Training: the Lightning module, callbacks, checkpoint helpers and ``fit``."""
+"""Training: the Lightning module, callbacks, checkpoint helpers and ``fit``. Loading a trained model needs none of
+this: see :mod:`vqgan.models.io`."""
 
-from vqgan.train.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint_file, load_model
+from vqgan.train.checkpoint import AtomicCheckpointIO
 from vqgan.train.fit import fit
 from vqgan.train.module import NonFiniteLossError, VQGANModule
 
 __all__ = [
     "AtomicCheckpointIO",
-    "CheckpointError",
     "NonFiniteLossError",
     "VQGANModule",
     "fit",
-    "load_checkpoint_file",
-    "load_model",
 ]

@@ -1,4 +1,4 @@
-"""Callbacks: reconstruction grids of a fixed validation batch, written as PNG and to TensorBoard."""
+"""Callbacks: reconstruction grids of a fixed validation batch, written as PNG and to TensorBoard or W&B."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from vqgan.viz.grids import comparison_grid, save_comparison
 
 class ReconstructionSamples(L.Callback):
     """After every validation, reconstruct the first validation batch (fixed: the validation set is not
-    shuffled) and save ``samples/step_XXXXXXX.png`` under the run folder, and the grid to TensorBoard."""
+    shuffled) and save ``samples/step_XXXXXXX.png`` under the run folder, and the grid to TensorBoard or W&B."""
 
     def __init__(self, directory: str | Path, max_images: int = 16):
         self.directory = Path(directory)
@@ -32,7 +32,10 @@ class ReconstructionSamples(L.Callback):
             rec = pl_module.model(x).reconstruction
         step = trainer.global_step
         save_comparison(x, rec, self.directory / f"step_{step:07d}.png", scale=2 if x.shape[-1] < 64 else 1)
+        grid = comparison_grid(x, rec)
         for logger in trainer.loggers:
             exp = getattr(logger, "experiment", None)
-            if hasattr(exp, "add_image"):
-                exp.add_image("val/reconstructions", comparison_grid(x, rec), step)
+            if hasattr(exp, "add_image"):  # TensorBoard
+                exp.add_image("val/reconstructions", grid, step)
+            elif hasattr(logger, "log_image"):  # W&B
+                logger.log_image("val/reconstructions", [grid], step=step)

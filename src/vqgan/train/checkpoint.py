@@ -1,7 +1,6 @@
-"""Checkpoint files: atomic writes (temporary file, fsync, rename) and safe loads (``weights_only=True``).
-
-A process killed while writing leaves the previous checkpoint intact; a truncated or corrupt file is reported
-with its path instead of an unpickling traceback; a file that would need to execute code is refused.
+"""Checkpoint files while training: atomic writes (temporary file, fsync, rename), and Lightning's loads through
+the safe reader of :mod:`vqgan.models.io` (``weights_only=True``; inference reads checkpoints there, without
+Lightning). A process killed while writing leaves the previous checkpoint intact.
 
 Resuming (``vqgan fit --resume last``) picks the newest checkpoint that passes :func:`verify_checkpoint` (CRC of
 every record, safe load, training state present) and falls back to older ones when the newest is damaged.
@@ -14,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
-import zipfile
 from collections.abc import Iterator, Sized
 from pathlib import Path
 from typing import Any
@@ -28,11 +25,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler
 
+from vqgan.models.io import CheckpointError, load_checkpoint_file, verify_checkpoint
+
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that can't be used: missing, truncated, corrupt, unsafe or incompatible."""
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -60,29 +55,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` naming the file otherwise.
-
-    ``mmap=True`` maps the tensors' storage instead of reading it (cheap when only the metadata is wanted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): probably a write that was interrupted")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load {path}: it needs to execute code to unpickle ({str(e).splitlines()[0]}). "
-            "Only plain tensors and containers are accepted (weights_only=True)."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {str(e).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(ckpt).__name__})")
-    return ckpt
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint plugin: atomic saves and ``weights_only`` loads."""
 
@@ -94,41 +66,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # -- verification and resume ---------------------------------------------------------------------------------------
-TRAINING_KEYS = ("state_dict", "global_step", "optimizer_states", "loops")
-
-
-def verify_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]:
-    """Load ``path`` after checking every stored record against its CRC-32, and return it.
-
-    ``torch.load`` reads tensor bytes without checking them, so a bit flip on disk would load silently; the zip
-    container that ``torch.save`` writes records a CRC-32 per record, which :meth:`zipfile.ZipFile.testzip` checks.
-    With ``training=True`` the file must also hold a Lightning training state (``TRAINING_KEYS``).
-
-    Raises:
-        CheckpointError: naming the file and what is wrong with it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): probably a write that was interrupted")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: not a torch zip archive")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {path} is corrupt: record {bad!r} fails its CRC-32 check")
-    ckpt = load_checkpoint_file(path, mmap=True)  # the bytes were just read by the CRC check
-    if training:
-        missing = [k for k in TRAINING_KEYS if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"checkpoint {path} holds no training state to resume from (missing {missing})")
-    return ckpt
-
-
 def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
     """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (read cheaply,
     tensors memory-mapped), then by modification time. Unreadable files come last (they fail verification).
@@ -186,15 +123,24 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
     for p in remove_stale_temporaries(ckpt_dir):
         log.warning("removed %s, a checkpoint write that was interrupted", p)
     problems = []
-    for path in checkpoint_candidates(ckpt_dir):
+    candidates = checkpoint_candidates(ckpt_dir)
+    for i, path in enumerate(candidates):
         try:
             verify_checkpoint(path)
         except CheckpointError as e:
             log.warning("cannot resume from %s, trying the previous checkpoint: %s", path, e)
             problems.append(str(e))
             continue
+        # Files that cannot even be opened sort last (their step is unknown), yet may be the newest ones written
+        # (a truncated last.ckpt): report them too, never skip them silently.
+        for other in candidates[i + 1 :]:
+            try:
+                load_checkpoint_file(other, mmap=True)
+            except CheckpointError as e:
+                log.warning("cannot resume from %s, skipped: %s", other, e)
+                problems.append(str(e))
         if problems:
-            log.warning("resuming from %s (the newer checkpoints are unusable)", path)
+            log.warning("resuming from %s (%d damaged checkpoint(s) skipped)", path, len(problems))
         return path
     if problems:
         raise CheckpointError(f"no usable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(problems))
@@ -365,32 +311,3 @@ class GuardedModelCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._healthy(pl_module):
             super().on_train_epoch_end(trainer, pl_module)
-
-
-def experiment_from_checkpoint(ckpt: dict[str, Any]):
-    """The :class:`ExperimentConfig` stored in a training checkpoint."""
-    from vqgan.config import ExperimentConfig, from_dict
-
-    try:
-        return from_dict(ExperimentConfig, ckpt["hyper_parameters"]["config"])
-    except KeyError:
-        raise CheckpointError("checkpoint has no vqgan configuration (hyper_parameters.config)") from None
-
-
-def load_model(path: str | Path, map_location: str = "cpu"):
-    """The autoencoder (eval mode) from a training checkpoint (``.ckpt``) or a pretrained folder.
-
-    Returns ``(model, experiment_config_or_None)``.
-    """
-    from vqgan.models import build_model
-    from vqgan.models.pretrained import from_pretrained, load_state_dict_strict
-
-    path = Path(path)
-    if path.is_dir():
-        return from_pretrained(path, map_location), None
-    ckpt = load_checkpoint_file(path, map_location)
-    cfg = experiment_from_checkpoint(ckpt)
-    model = build_model(cfg.model)
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    load_state_dict_strict(model, state, source=str(path))
-    return model.eval(), cfg

@@ -1,6 +1,7 @@
 """Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer).
 
-Every ``train.diagnostics_every_n_steps`` steps :class:`CodebookDiagnostics` records, for the quantizer of the
+Every ``train.diagnostics_every_n_steps`` steps, and once more at the end of training (so that a run shorter than
+the interval has them too), :class:`CodebookDiagnostics` records, for the quantizer of the
 model (the first stage of a residual quantizer):
 
 * ``usage`` (fraction of codes hit since the previous record), ``perplexity`` (of those hits), ``dead_codes``
@@ -13,7 +14,7 @@ model (the first stage of a residual quantizer):
 They are written atomically to ``RUN_DIR/diagnostics.npz`` (arrays ``step (T,)``, scalars ``(T,)``, per-code arrays
 ``(T, K)`` float32; per-code arrays are left out for implicit codebooks larger than 65,536 codes) and logged to
 TensorBoard as ``diag/usage``, ``diag/perplexity``, ``diag/dead_codes``, ``diag/restarts`` and the histogram
-``diag/code_norms``. :func:`load_diagnostics` reads the file back for plotting.
+``diag/code_norms``. :func:`vqgan.metrics.codebook.load_diagnostics` reads the file back for plotting.
 
 Recording reads the statistics back to the host once per record, never in the steps between.
 """
@@ -28,9 +29,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from vqgan.metrics.codebook import DIAGNOSTICS_FILE, load_diagnostics  # noqa: F401 - the reader of what this writes
 from vqgan.quantizers.base import Quantizer, perplexity_and_usage
 
-DIAGNOSTICS_FILE = "diagnostics.npz"
 SCALARS = ("usage", "perplexity", "dead_codes", "restarts")
 PER_CODE = ("code_norms", "code_grad_norms", "code_counts")
 _DTYPES = {"step": np.int64, "usage": np.float64, "perplexity": np.float64, "dead_codes": np.int64,
@@ -44,22 +45,6 @@ def find_quantizer(module: torch.nn.Module) -> Quantizer:
         if isinstance(m, Quantizer):
             return m
     raise ValueError(f"{type(module).__name__} contains no Quantizer")
-
-
-def load_diagnostics(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """Arrays saved by :class:`CodebookDiagnostics` in ``run_dir`` (see the module docstring for the keys).
-
-    Raises:
-        FileNotFoundError: ``run_dir/diagnostics.npz`` does not exist.
-    """
-    path = Path(run_dir) / DIAGNOSTICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no codebook diagnostics at {path}: they are written during `vqgan fit` every "
-            "train.diagnostics_every_n_steps steps (0 disables them); train with it above 0"
-        )
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
 
 
 def save_diagnostics(records: dict[str, list[Any]], path: str | Path) -> Path:
@@ -112,6 +97,11 @@ class CodebookDiagnostics(L.Callback):
     ) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_step:
+            self.record(trainer, pl_module, step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step != self._last_step and step > 0:
             self.record(trainer, pl_module, step)
 
     # -- recording ------------------------------------------------------------------------------------------

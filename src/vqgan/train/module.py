@@ -22,6 +22,7 @@ from vqgan.config import ExperimentConfig, from_dict
 from vqgan.losses import VQGANLoss, disc_factor
 from vqgan.metrics import CodebookUsage, psnr, ssim
 from vqgan.models import PatchDiscriminator, build_model
+from vqgan.train.harness import lr_scheduler
 from vqgan.train.step import (
     Backward,
     StepGradients,
@@ -69,6 +70,8 @@ class VQGANModule(L.LightningModule):
         self.val_batch_for_samples: torch.Tensor | None = None
         self.last_val_metrics: dict[str, float] = {}
         self.last_val_step = -1
+        # Seed 000's chunk schedule: whether the current batch comes from GAN passes (None: no chunk schedule).
+        self._batch_gan: bool | None = None
 
     # -- optimisation ---------------------------------------------------------------------------------------
     def generator_parameters(self) -> list[torch.nn.Parameter]:
@@ -86,30 +89,45 @@ class VQGANModule(L.LightningModule):
         # (benchmarks/train_step.py); same update rule.
         fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
         opt = torch.optim.Adam(groups, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=fused)
-        warmup = max(t.warmup_steps, 0)
-        cosine_steps = t.max_steps if t.lr_schedule == "cosine" else None
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _Warmup(warmup, cosine_steps, t.min_lr_ratio))
-        return [opt], [{"scheduler": sched, "interval": "step"}]
+        return [opt], [lr_scheduler(opt, t, self._trainer)]
 
     def disc_factor(self) -> float:
-        if self.discriminator is None:
+        """The adversarial factor this step: ``loss.disc_start`` and its ramp, and under seed 000's chunk schedule
+        (``data.gan_epochs_per_chunk``) zero unless the whole batch comes from a chunk's GAN passes."""
+        if self.discriminator is None or self._batch_gan is False:
             return 0.0
         c = self.cfg.loss
         return disc_factor(self.global_step, c.disc_start, c.disc_ramp_steps, c.disc_weight_max)
+
+    def grad_scale(self) -> float:
+        """The loss scale of the precision plugin's gradient scaler (``16-mixed``), else 1. ``manual_backward``
+        back-propagates the scaled loss and the plugin unscales only inside ``optimizer.step()``, so clipping and
+        the gradient norms must account for the scale (issue 16 item 7)."""
+        trainer = self._trainer
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None) if trainer is not None else None
+        if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
+            return 1.0
+        return float(scaler.get_scale())
 
     # -- training -------------------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Count skipped (unreadable) items on the host, before the batch moves to the device: no sync later.
         if isinstance(batch, dict) and "skipped" in batch:
             self.counters["skipped_data"] += int(batch.pop("skipped"))
+        if isinstance(batch, dict) and "gan" in batch:  # seed 000's chunk schedule (data.gan_epochs_per_chunk)
+            self._batch_gan = bool(batch.pop("gan").all())
+            batch.pop("chunk_pass", None)
         return batch
 
     def compute_gradients(
-        self, x: torch.Tensor, mask: torch.Tensor | None, factor: float, backward: Backward | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None, factor: float, backward: Backward | None = None,
+        grad_scale: float = 1.0,
     ) -> StepGradients:
         """Forward passes, both losses and clipped gradients of one step; no optimizer step, no logging.
 
         ``backward`` is ``manual_backward`` under a Trainer; without one (benchmarks, tests) plain ``backward``.
+        ``grad_scale`` is the factor ``backward`` multiplies the gradients by (a mixed-precision loss scale): the
+        clipping threshold and the returned norms are those of the unscaled gradients.
         The generator's gradients reach the autoencoder only, the discriminator's the discriminator only.
         """
         t = self.cfg.train
@@ -117,12 +135,12 @@ class VQGANModule(L.LightningModule):
         gen_params = self.generator_parameters()
         disc = self.discriminator if factor > 0 else None
         out, g = generator_forward_backward(self.model, self.loss_fn, disc, x, mask, factor, gen_params, backward)
-        g_norm = _clip(gen_params, t.grad_clip)
+        g_norm = _clip(gen_params, t.grad_clip, grad_scale)
         d, d_norm = None, torch.zeros((), device=x.device)
         if disc is not None:
             d_params = self.discriminator_parameters()
             d = discriminator_forward_backward(self.loss_fn, disc, x, out.reconstruction, factor, d_params, backward)
-            d_norm = _clip(d_params, t.grad_clip)
+            d_norm = _clip(d_params, t.grad_clip, grad_scale)
         return StepGradients(out, g, d, g_norm, d_norm)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -140,7 +158,8 @@ class VQGANModule(L.LightningModule):
         # keep a copy so that a skipped step leaves no trace of a NaN batch in it.
         saved = _forward_state(self.model, self.discriminator)
         opt.zero_grad(set_to_none=True)
-        step = self.compute_gradients(x, mask, factor, backward=self.manual_backward)
+        scale = self.grad_scale()
+        step = self.compute_gradients(x, mask, factor, backward=self.manual_backward, grad_scale=scale)
         out, g, g_norm, d_norm = step.out, step.g, step.g_norm, step.d_norm
         gen_params = self.generator_parameters()
         logs = {f"train/{k}": v for k, v in g.logs.items()}
@@ -149,6 +168,12 @@ class VQGANModule(L.LightningModule):
 
         # One host sync per step: are the losses and gradients finite? Skip the update of a network that isn't.
         finite = torch.stack([torch.isfinite(g.loss) & torch.isfinite(g_norm), torch.isfinite(d_norm)]).tolist()
+        if scale != 1.0 and bool(torch.isfinite(g.loss)) and not all(finite):
+            # A loss-scale overflow: the gradient scaler skips this optimizer step and lowers its scale itself (the
+            # gradients stay as they are so that it sees them); only the forward pass's in-place state is undone.
+            _restore(saved[0])
+            _restore(saved[1])
+            finite = [True, True]
         if not finite[0]:
             for p in gen_params:
                 p.grad = None
@@ -232,22 +257,6 @@ class VQGANModule(L.LightningModule):
         self.counters.update(checkpoint.get("vqgan_counters", {}))
 
 
-class _Warmup:
-    """Linear learning-rate warm-up, then constant or a cosine decay to ``min_ratio`` at ``total`` steps
-    (a picklable callable, so scheduler state stays plain data)."""
-
-    def __init__(self, steps: int, total: int | None = None, min_ratio: float = 0.1):
-        self.steps, self.total, self.min_ratio = steps, total, min_ratio
-
-    def __call__(self, step: int) -> float:
-        if self.steps > 0 and step < self.steps:
-            return (step + 1) / self.steps
-        if self.total is None or self.total <= self.steps:
-            return 1.0
-        progress = min(1.0, (step - self.steps) / (self.total - self.steps))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _forward_state(
     model: torch.nn.Module, discriminator: torch.nn.Module | None
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -265,11 +274,18 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         tensor.copy_(copy)
 
 
-def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
-    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync)."""
+def _clip(params: list[torch.nn.Parameter], max_norm: float | None, scale: float = 1.0) -> torch.Tensor:
+    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync).
+
+    The gradients may hold ``scale`` times the true gradients (a mixed-precision loss scale, undone later by the
+    optimizer step): scaling is linear, so clipping them to ``max_norm * scale`` is clipping the true gradients to
+    ``max_norm``, and the true norm is the norm over ``scale``."""
     grads = [p for p in params if p.grad is not None]
     if not grads:
         return torch.zeros((), device=params[0].device if params else None)
     if max_norm is None:
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))
-    return torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else math.inf, error_if_nonfinite=False)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))
+    else:
+        limit = max_norm * scale if max_norm > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(grads, limit, error_if_nonfinite=False)
+    return norm / scale if scale != 1.0 else norm

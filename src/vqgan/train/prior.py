@@ -17,24 +17,21 @@ sampled and their code histogram is compared with the data's (usage, perplexity,
 from __future__ import annotations
 
 import logging
-import math
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
-from vqgan.config import ConfigError, dump_config, from_dict, to_dict
-from vqgan.data.tokens import TokenDataset, TokenFolderError
-from vqgan.metrics.codebook import codebook_stats
+from vqgan.config import ConfigError, from_dict, to_dict
+from vqgan.data.tokens import TokenDataset, TokenFolderError, resolve_token_folders
+from vqgan.inference import decode_tokens
+from vqgan.metrics.codebook import sample_code_metrics
+from vqgan.models.io import CheckpointError, load_model
 from vqgan.models.prior import PriorExperimentConfig, build_prior
-from vqgan.train.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
-from vqgan.train.fit import check_run_dir, resolve_resume, write_json_atomic
+from vqgan.train.harness import RunParts, finish_run, lr_scheduler, resolve_run_dir, run_training
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +56,8 @@ class PriorModule(L.LightningModule):
         self.last_val_step = -1
         self.last_samples: torch.Tensor | None = None
         self.last_sample_labels: torch.Tensor | None = None
+        # Read by the harness's guarded checkpoints: nothing is written while steps are non-finite.
+        self.counters = {"skipped_steps": 0, "nonfinite_streak": 0}
 
     def configure_optimizers(self):
         t = self.cfg.train
@@ -67,12 +66,27 @@ class PriorModule(L.LightningModule):
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "pos_emb" in n]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(t.warmup_steps, t.max_steps, t.min_lr_ratio))
-        return [opt], [{"scheduler": sched, "interval": "step"}]
+        return [opt], [lr_scheduler(opt, t, self._trainer)]
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model.training_loss(batch["tokens"], batch.get("label"))
         b = batch["tokens"].shape[0]
+        if not bool(torch.isfinite(out.loss)):
+            from vqgan.train.module import NonFiniteLossError
+
+            self.counters["nonfinite_streak"] += 1
+            self.counters["skipped_steps"] += 1
+            log.warning("step %d: non-finite prior loss (%d in a row)", self.global_step, self.counters["nonfinite_streak"])
+            if self.counters["nonfinite_streak"] >= self.cfg.train.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self.counters['nonfinite_streak']} consecutive steps with a non-finite loss (step "
+                    f"{self.global_step}); stopping. The last good checkpoint is kept. Lower train.lr or raise "
+                    "train.max_nonfinite_steps."
+                )
+            # Skip the update (automatic optimization skips a step whose training_step returns None); under DDP every
+            # rank must step, so there the update happens and only the checkpoints are held back.
+            return None if self.trainer.world_size == 1 else out.loss
+        self.counters["nonfinite_streak"] = 0
         logs = {
             "train/loss": out.loss.detach(),
             "train/perplexity": out.loss.detach().exp(),
@@ -119,32 +133,6 @@ class PriorModule(L.LightningModule):
         self.last_val_step = self.global_step
 
 
-def sample_code_metrics(tokens: torch.Tensor, data_histogram: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Code usage and perplexity of sampled tokens, and the total-variation distance between their code
-    distribution and the data's (0: identical histograms, 1: disjoint)."""
-    k = data_histogram.numel()
-    counts = torch.bincount(tokens.flatten().long().cpu(), minlength=k)[:k].float()
-    stats = codebook_stats(counts)
-    p = counts / counts.sum().clamp_min(1)
-    q = data_histogram.float().cpu() / data_histogram.float().sum().clamp_min(1)
-    return {
-        "code_usage": stats["usage"],
-        "code_perplexity": stats["perplexity"],
-        "code_tv_distance": 0.5 * (p - q).abs().sum(),
-    }
-
-
-class WarmupCosine:
-    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` steps (picklable)."""
-
-    def __init__(self, warmup: int, total: int, min_ratio: float):
-        self.warmup, self.total, self.min_ratio = max(warmup, 0), max(total, 1), min_ratio
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class PriorSamples(L.Callback):
@@ -163,6 +151,7 @@ class PriorSamples(L.Callback):
             return
         step = trainer.global_step
         self.directory.mkdir(parents=True, exist_ok=True)
+        from vqgan.viz.plots import save_code_histogram
         from vqgan.viz.samples import image_grid, save_image_grid
 
         save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
@@ -180,55 +169,7 @@ class PriorSamples(L.Callback):
         pl_module.last_samples = None
 
 
-@torch.no_grad()
-def decode_tokens(tokenizer: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Decode ``(B, h, w)`` code indices with a stage-1 tokenizer to images in [-1, 1] (clamped)."""
-    device = next(tokenizer.parameters()).device
-    out = [
-        tokenizer.decode_codes(tokens[i : i + batch_size].to(device)).clamp(-1, 1).cpu()
-        for i in range(0, tokens.shape[0], batch_size)
-    ]
-    return torch.cat(out)
-
-
-def save_code_histogram(tokens: torch.Tensor, data_histogram: torch.Tensor, path: str | Path) -> Path:
-    """Bar plot: share of every code (sorted by data frequency) in the data and in the samples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = data_histogram.numel()
-    counts = torch.bincount(tokens.flatten().long().cpu(), minlength=k)[:k].float()
-    q = data_histogram.float().cpu()
-    order = torch.argsort(q, descending=True)
-    p_s, p_d = (counts / counts.sum().clamp_min(1))[order], (q / q.sum().clamp_min(1))[order]
-    fig, ax = plt.subplots(figsize=(6, 2.5), dpi=100)
-    ax.plot(p_d.numpy(), label="data", lw=1)
-    ax.plot(p_s.numpy(), label="samples", lw=1, alpha=0.8)
-    ax.set_xlabel("code (sorted by data frequency)")
-    ax.set_ylabel("share")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # -- data ------------------------------------------------------------------------------------------------------
-def resolve_token_folders(tokens: str | Path) -> tuple[Path, Path | None]:
-    """``TOKENS`` itself (a folder with a manifest) or ``TOKENS/train``, and ``TOKENS/val`` if it exists."""
-    root = Path(tokens)
-    if (root / "manifest.json").is_file():
-        val = root / "val"
-        return root, val if (val / "manifest.json").is_file() else None
-    if (root / "train" / "manifest.json").is_file():
-        val = root / "val"
-        return root / "train", val if (val / "manifest.json").is_file() else None
-    raise TokenFolderError(f"no token folder at {root} (expected {root}/manifest.json): run `vqgan encode` first")
-
-
 def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = None):
     """Training and validation loaders over token folders, and the training dataset (for its histogram)."""
     d = cfg.data
@@ -277,90 +218,57 @@ def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest) -> None:
 def fit_prior(
     cfg: PriorExperimentConfig,
     tokens_dir: str | Path | None,
-    run_dir: str | Path,
+    run_dir: str | Path | None = None,
     resume: str | bool | None = None,
     tokenizer: str | Path | None = None,
     extra_callbacks: list[L.Callback] | None = None,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train a prior on the token folder ``tokens_dir`` and return the final metrics (also in ``metrics.json``).
 
     Args:
         cfg: the experiment; vocabulary size, token map size and classes are taken from the token folder.
-        resume: ``"last"``/``True`` (``RUN_DIR/checkpoints/last.ckpt``) or a checkpoint path.
+        run_dir: the run folder; ``None`` trains in ``runs/RUN_NAME``.
+        resume: ``"last"``/``True`` (the newest good checkpoint of the run folder) or a checkpoint path.
         tokenizer: stage-1 checkpoint to decode validation samples into image grids (default: the one recorded by
             ``vqgan encode``, when it still exists).
+        run_name: names the run (the folder when ``run_dir`` is not given, and the W&B run); default ``cfg.name``.
     """
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = resolve_run_dir(run_dir, run_name)
     tokens_dir = tokens_dir or cfg.data.tokens
     cfg.data.tokens = str(tokens_dir) if tokens_dir is not None else None
-    train_loader, val_loader, train_ds = build_token_loaders(cfg, tokens_dir)
-    manifest = train_ds.manifest
-    sync_model_with_tokens(cfg, manifest)
-    cfg.validate()
-    if train_ds.labels.max() >= max(cfg.model.num_classes, 1) and cfg.model.num_classes > 0:
-        raise ConfigError(f"labels go up to {int(train_ds.labels.max())} but model.num_classes={cfg.model.num_classes}")
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    t = cfg.train
-    meta = {
-        "codebook_size": manifest.codebook_size, "token_shape": manifest.token_shape,
-        "class_names": manifest.class_names, "source": manifest.source,
-    }
-    module = PriorModule(to_dict(cfg), meta)
-    module.data_histogram.copy_(train_ds.code_histogram().float())
-    if t.compile:
-        module.model = torch.compile(module.model)
-    dump_config(cfg, run_dir / "config.yaml")
-    tok_model = _load_tokenizer(tokenizer, manifest)
-    ckpt_dir = run_dir / "checkpoints"
-    val_every = min(t.val_every_n_steps, t.max_steps)
-    callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                        save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", monitor="step", mode="max",
-                        save_top_k=t.keep_last_k, every_n_train_steps=t.checkpoint_every_n_steps or val_every,
-                        auto_insert_metric_name=False, enable_version_counter=False),
-        PriorSamples(run_dir / "samples", tok_model),
-        *(extra_callbacks or []),
-    ]
-    loggers: list[Any] = []
-    if t.logger == "tensorboard":
-        from lightning.pytorch.loggers import TensorBoardLogger
+    cfg.train.validate()
 
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = L.Trainer(
-        default_root_dir=str(run_dir), max_steps=t.max_steps, max_epochs=-1, val_check_interval=val_every,
-        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
-        logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()], accelerator=t.accelerator,
-        devices=t.devices if t.devices == "auto" else int(t.devices) if t.devices.isdigit() else t.devices,
-        strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, gradient_clip_val=t.grad_clip,
-        enable_model_summary=False, enable_progress_bar=True,
+    def build() -> RunParts:
+        train_loader, val_loader, train_ds = build_token_loaders(cfg, tokens_dir)
+        manifest = train_ds.manifest
+        sync_model_with_tokens(cfg, manifest)
+        cfg.validate()
+        if train_ds.labels.max() >= max(cfg.model.num_classes, 1) and cfg.model.num_classes > 0:
+            raise ConfigError(
+                f"labels go up to {int(train_ds.labels.max())} but model.num_classes={cfg.model.num_classes}"
+            )
+        meta = {
+            "codebook_size": manifest.codebook_size, "token_shape": manifest.token_shape,
+            "class_names": manifest.class_names, "source": manifest.source,
+        }
+        module = PriorModule(to_dict(cfg), meta)
+        module.data_histogram.copy_(train_ds.code_histogram().float())
+        if cfg.train.compile:
+            module.model = torch.compile(module.model)
+        samples = PriorSamples(run_dir / "samples", _load_tokenizer(tokenizer, manifest))
+        return RunParts(module, train_loader, val_loader, cfg, [samples],
+                        trainer_kwargs={"gradient_clip_val": cfg.train.grad_clip})
+
+    result = run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks)
+    metrics = result.metrics(
+        parameters=sum(p.numel() for p in result.module.model.parameters()),
+        skipped_steps=result.module.counters["skipped_steps"],
     )
-    ckpt_path = resolve_resume(resume, run_dir)
-    start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    seconds = time.perf_counter() - start
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # full state, to resume
-    if module.last_val_step != trainer.global_step:
-        trainer.validate(module, val_loader, verbose=False, weights_only=True)
-    metrics = {
-        **module.last_val_metrics,
-        "steps": trainer.global_step,
-        "train_seconds": round(seconds, 2),
-        "resumed_from": ckpt_path,
-        "parameters": sum(p.numel() for p in module.model.parameters()),
-    }
-    if trainer.is_global_zero:
-        write_json_atomic(metrics, run_dir / "metrics.json")
-    return metrics
+    return finish_run(result, run_dir, metrics)
 
 
 def _load_tokenizer(tokenizer: str | Path | None, manifest) -> torch.nn.Module | None:
-    from vqgan.train.checkpoint import load_model
-
     path = tokenizer or manifest.source.get("tokenizer")
     if path is None or not Path(path).exists():
         return None
@@ -371,106 +279,3 @@ def _load_tokenizer(tokenizer: str | Path | None, manifest) -> torch.nn.Module |
             raise
         log.warning("not decoding validation samples: tokenizer %s could not be loaded (%s)", path, e)
         return None
-
-
-def load_prior(path: str | Path, map_location: str = "cpu"):
-    """A prior (eval mode) from a training checkpoint written by :func:`fit_prior`.
-
-    Returns ``(model, PriorExperimentConfig, tokens_metadata)``.
-    """
-    from vqgan.models.pretrained import load_state_dict_strict
-
-    ckpt = load_checkpoint_file(path, map_location)
-    try:
-        hp = ckpt["hyper_parameters"]
-        cfg = from_dict(PriorExperimentConfig, hp["config"])
-    except KeyError:
-        raise CheckpointError(f"{path} is not a prior checkpoint (no hyper_parameters.config)") from None
-    model = build_prior(cfg.model)
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-    load_state_dict_strict(model, state, source=str(path))
-    return model.eval(), cfg, hp.get("tokens", {})
-
-
-def resolve_class(class_: str | int | None, num_classes: int, class_names: list[str], num: int) -> torch.Tensor | None:
-    """Labels ``(num,)`` for ``--class``: ``None`` (unconditional), an index, a class name, or ``all`` (cycle)."""
-    if class_ is None or class_ == "":
-        return None
-    if num_classes == 0:
-        raise ValueError("this prior is unconditional (model.num_classes=0); drop --class")
-    if str(class_) == "all":
-        return torch.arange(num) % num_classes
-    if str(class_).lstrip("-").isdigit():
-        k = int(class_)
-    elif class_ in class_names:
-        k = class_names.index(class_)
-    else:
-        raise ValueError(f"--class {class_!r}: not an index in [0, {num_classes}) nor one of {class_names}")
-    if not 0 <= k < num_classes:
-        raise ValueError(f"--class {k} is out of range [0, {num_classes})")
-    return torch.full((num,), k, dtype=torch.long)
-
-
-@torch.no_grad()
-def generate_images(
-    prior: str | Path,
-    output: str | Path,
-    tokenizer: str | Path | None = None,
-    num: int = 16,
-    class_: str | int | None = None,
-    cfg_scale: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    steps: int = 8,
-    use_cache: bool = True,
-    seed: int = 0,
-    ncol: int = 8,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Sample ``num`` token maps from a prior checkpoint, decode them with the tokenizer and write
-    ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels) and
-    ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there)."""
-    from safetensors.torch import save_file
-
-    from vqgan.train.checkpoint import load_model
-    from vqgan.viz.samples import save_image_grid, save_images
-
-    model, cfg, meta = load_prior(prior, device)
-    tok_path = tokenizer or meta.get("source", {}).get("tokenizer")
-    if tok_path is None:
-        raise ValueError("no tokenizer known for this prior: pass --tokenizer FILE")
-    tok, _ = load_model(tok_path, device)
-    if tok.quantize.codebook_size != cfg.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer {tok_path} has {tok.quantize.codebook_size} codes but the prior models {cfg.model.vocab_size}"
-        )
-    names = list(meta.get("class_names", []))
-    labels = resolve_class(class_, cfg.model.num_classes, names, num)
-    g = torch.Generator(device=device).manual_seed(seed)
-    kw: dict[str, Any] = dict(num=num, labels=None if labels is None else labels.to(device), temperature=temperature,
-                              top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=g)
-    start = time.perf_counter()
-    if cfg.model.kind == "maskgit":
-        tokens = model.generate(steps=min(steps, cfg.model.num_tokens), **kw)
-    else:
-        tokens = model.generate(use_cache=use_cache, **kw)
-    seconds = time.perf_counter() - start
-    images = decode_tokens(tok, tokens)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, out / "grid.png", ncol=ncol)
-    save_images(images, out / "images", [f"sample_{i:04d}" for i in range(num)])
-    lab = labels if labels is not None else torch.full((num,), -1, dtype=torch.long)
-    save_file({"tokens": tokens.cpu().contiguous(), "labels": lab.contiguous()}, str(out / "tokens.safetensors"))
-    result: dict[str, Any] = {"output": str(out), "num": num, "kind": cfg.model.kind, "sample_seconds": round(seconds, 3)}
-    tokens_dir = cfg.data.tokens
-    if tokens_dir is not None:
-        try:
-            hist = TokenDataset(resolve_token_folders(tokens_dir)[0]).code_histogram()
-            result.update({k: round(float(v), 4) for k, v in sample_code_metrics(tokens, hist).items()})
-            save_code_histogram(tokens, hist, out / "codes.png")
-        except TokenFolderError:
-            pass
-    return result

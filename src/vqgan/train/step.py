@@ -59,7 +59,7 @@ def generator_forward_backward(
     adversarial = discriminator is not None and disc_factor > 0
     if not (adversarial and c.adaptive_weight and torch.is_grad_enabled()):
         logits_fake = discriminator(rec) if adversarial else None
-        g = loss_fn.generator_loss(x, rec, out.vq_loss, logits_fake, None, disc_factor, mask)
+        g = loss_fn.generator_loss(x, rec, out.vq_loss, logits_fake, disc_factor, mask)
         backward(g.loss, inputs=params)
         return out, LossOutput(g.loss.detach(), g.logs)
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 from torchvision.utils import make_grid
 
 from vqgan.metrics.reconstruction import to_unit
 from vqgan.viz.plots import new_figure, save_figure
+from vqgan.viz.samples import to_pil
 
 
 @torch.no_grad()
@@ -58,8 +59,7 @@ def save_codebook_atlas(
     ncol = int(np.ceil(np.sqrt(len(codes))))
     scale = scale or max(1, -(-48 // patches.shape[-1]))
     grid = make_grid(patches, nrow=ncol, padding=2, pad_value=1.0)
-    img = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img = to_pil(grid, scale)
     # Label every patch with its code index, on a small white tab so it stays readable on any patch.
     draw = ImageDraw.Draw(img)
     side = patches.shape[-1]

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
 from vqgan.metrics.reconstruction import psnr, to_unit
+from vqgan.viz.samples import to_pil
 
 
 def comparison_grid(originals: torch.Tensor, reconstructions: torch.Tensor, ncol: int = 8) -> torch.Tensor:
@@ -35,9 +36,7 @@ def save_comparison(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = comparison_grid(originals, reconstructions, ncol)
-    img = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img = to_pil(grid, scale)
     if captions:
         values = psnr(originals, reconstructions).tolist()
         h, w = originals.shape[-2] * scale, originals.shape[-1] * scale

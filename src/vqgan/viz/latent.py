@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vqgan.metrics.reconstruction import to_unit
 from vqgan.viz.plots import new_figure, save_figure
+from vqgan.viz.samples import to_pil
 
 
 @torch.no_grad()
@@ -168,9 +168,7 @@ def save_interpolation(model: torch.nn.Module, x0: torch.Tensor, x1: torch.Tenso
         strip = strip.expand(-1, 3, -1, -1)
     pad = torch.ones(strip.shape[0], 3, strip.shape[2], 2)
     row = torch.cat([torch.cat([f, p], -1) for f, p in zip(strip, pad, strict=True)], -1)
-    arr = (row.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    img = Image.fromarray(arr)
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img = to_pil(row, scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)

@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from vqgan.metrics.codebook import load_diagnostics
+
 DPI = 100
 
 
@@ -74,23 +76,23 @@ def plot_usage_histogram(counts: np.ndarray, path: str | Path, title: str = "cod
     return save_figure(fig, path)
 
 
+def save_code_histogram(tokens, data_histogram, path: str | Path) -> Path:
+    """A prior's samples against its data: share of every code (sorted by data frequency) in each. ``tokens``
+    and ``data_histogram`` are arrays or tensors (on any device)."""
+    q = np.asarray(getattr(data_histogram, "cpu", lambda: data_histogram)(), dtype=np.float64).reshape(-1)
+    k = q.size
+    counts = np.bincount(np.asarray(getattr(tokens, "cpu", lambda: tokens)()).reshape(-1).astype(np.int64), minlength=k)[:k].astype(np.float64)
+    order = np.argsort(-q, kind="stable")
+    fig, ax = new_figure(6, 2.5)
+    ax.plot((q / max(q.sum(), 1))[order], label="data", lw=1)
+    ax.plot((counts / max(counts.sum(), 1))[order], label="samples", lw=1, alpha=0.8)
+    ax.set_xlabel("code (sorted by data frequency)")
+    ax.set_ylabel("share")
+    ax.legend()
+    return save_figure(fig, path)
+
+
 # -- training diagnostics (seed 002) --------------------------------------------------------------------------
-def load_run_diagnostics(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``RUN_DIR/diagnostics.npz`` as a dict of arrays, through the training package's loader when available
-    (raises ``FileNotFoundError`` naming the file when it is missing)."""
-    try:
-        from vqgan.train.diagnostics import load_diagnostics
-    except ImportError:
-        load_diagnostics = None
-    if load_diagnostics is not None:
-        return load_diagnostics(run_dir)
-    path = Path(run_dir) / "diagnostics.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: train with train.diagnostics_every_n_steps > 0 to record it")
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
 def plot_usage_over_time(diag: dict[str, np.ndarray], path: str | Path) -> Path:
     """Fraction of codes used and perplexity at every record; dead codes and restarts when recorded."""
     step = diag["step"]
@@ -209,7 +211,7 @@ def plot_code_norm_histogram(diag: dict[str, np.ndarray], path: str | Path, bins
 
 def diagnostics_figures(run_dir: str | Path, output_dir: str | Path) -> list[FigureRecord]:
     """Every diagnostics plot of a run (those whose arrays were recorded) written under ``output_dir``."""
-    diag = load_run_diagnostics(run_dir)
+    diag = load_diagnostics(run_dir)
     out = Path(output_dir)
     section = "Training diagnostics"
     records = [

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import make_grid
 
-from vqgan.metrics.reconstruction import to_unit
+from vqgan.metrics.reconstruction import to_uint8, to_unit
 
 
 def image_grid(images: torch.Tensor, ncol: int = 8, padding: int = 2) -> torch.Tensor:
@@ -20,9 +21,9 @@ def image_grid(images: torch.Tensor, ncol: int = 8, padding: int = 2) -> torch.T
 
 
 def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
-    """A ``(C, H, W)`` tensor in [0, 1] (or a grid) as a PIL image, upscaled ``scale`` times (nearest)."""
-    arr = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    """A ``(C, H, W)`` tensor in [0, 1] (or a grid) as a PIL image (``L`` for one channel), upscaled ``scale``
+    times (nearest). Every picture this package writes goes through here."""
+    img = to_pil_image(to_uint8(image.cpu()))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     return img

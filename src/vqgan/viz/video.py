@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqgan.metrics.reconstruction import psnr, to_unit
+from vqgan.metrics.reconstruction import psnr, to_uint8, to_unit
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -20,7 +20,7 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     v = to_unit(video.detach().float().cpu())
     if v.shape[0] == 1:
         v = v.expand(3, -1, -1, -1)
-    return (v.permute(1, 2, 3, 0).numpy() * 255).round().astype(np.uint8)
+    return to_uint8(v).permute(1, 2, 3, 0).numpy()
 
 
 def side_by_side(original: torch.Tensor, reconstruction: torch.Tensor, gap: int = 2) -> torch.Tensor:
@@ -185,13 +185,20 @@ def reconstruct_video_file(
     """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file with an image model
     (frame by frame) or a :class:`~vqgan.models.VideoVQModel`, and write the outputs of
     :func:`save_video_reconstruction`. Frames are resized (shorter side) and centre-cropped to ``resolution``
-    (default: the model's); ``scale`` enlarges the outputs (default: to about 96 pixels)."""
-    from vqgan.data.video import decode_frames, prepare_clip, video_info
+    (default: the model's); ``scale`` enlarges the outputs (default: to about 96 pixels).
+
+    Raises:
+        VideoDecodeError: the file can't be opened or holds no decodable frame.
+    """
+    from vqgan.data.video import VideoDecodeError, decode_frames, prepare_clip, video_info
     from vqgan.models.video import VideoVQModel, reconstruct_video
 
     path = Path(path)
     cfg = model.config
-    src_fps, n = video_info(path)
+    try:
+        src_fps, n = video_info(path)
+    except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
+        raise VideoDecodeError(f"{path}: {type(e).__name__}: {e}") from None
     if isinstance(model, VideoVQModel):  # use a whole number of temporal groups
         s = model.time_factor
         max_frames = 1 + (max_frames - 1) // s * s

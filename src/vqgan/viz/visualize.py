@@ -7,7 +7,11 @@ indexed in ``OUTPUT/figures.json`` for the HTML report.
 4. latent interpolation between two samples;
 5. video reconstructions (GIF and MP4) when the data is video;
 6. the run's saved diagnostics: usage and perplexity over time, code gradient norms and heatmap, code norms and
-   their histogram over time.
+   their histogram over time;
+7. the run's loss curves (reconstruction, perceptual, VQ, generator, discriminator, codebook usage) from its logs.
+
+Each kind is one function of :data:`FIGURES`, taking the shared :class:`Inputs` (which computes the latents once)
+and returning its records, or raising :class:`Skipped` with the reason the report shows.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from vqgan.metrics.reconstruction import psnr
+from vqgan.metrics.reconstruction import frames, psnr
 from vqgan.viz.codebook import plot_token_map, save_codebook_atlas
+from vqgan.viz.curves import loss_curve_figures
 from vqgan.viz.grids import save_comparison
 from vqgan.viz.latent import (
     _codebook_in_latent_space,
@@ -42,15 +47,74 @@ def is_video_model(model: torch.nn.Module) -> bool:
     return hasattr(model, "time_factor")
 
 
-def _video_figures(model: torch.nn.Module, clips: torch.Tensor, out: Path, say: Callable[[str], None]) -> tuple[list[FigureRecord], str | None]:
+class Skipped(Exception):
+    """A kind of picture that can't be drawn for this model, data or run; the message says why."""
+
+
+@dataclass
+class Inputs:
+    """What the figure functions read; the latents, codebook and histogram are computed once, on first use."""
+
+    model: torch.nn.Module
+    images: torch.Tensor
+    out: Path
+    run_dir: Path | None
+    counts: torch.Tensor | None
+    max_points: int
+    tsne_points: int
+    grid_images: int
+    atlas_codes: int
+    say: Callable[[str], None]
+
+    @property
+    def is_video(self) -> bool:
+        return self.images.dim() == 5
+
+    @property
+    def encodes_clips(self) -> bool:
+        """A 3-D tokenizer on clips: no single-frame pictures."""
+        return self.is_video and is_video_model(self.model)
+
+    @cached_property
+    def frames(self) -> torch.Tensor:
+        """The images, or the clips' frames as images."""
+        if self.encodes_clips:
+            raise Skipped("image grids, codebook atlas and interpolation skipped: a spatio-temporal tokenizer "
+                          "encodes clips, not single frames (see the video pictures)")
+        return frames(self.images) if self.is_video else self.images
+
+    @cached_property
+    def latents(self) -> dict[str, torch.Tensor]:
+        if self.encodes_clips:
+            return collect_latents(self.model, self.images, batch_size=4)
+        return collect_latents(self.model, self.frames)
+
+    @cached_property
+    def codebook(self) -> torch.Tensor:
+        return _codebook_in_latent_space(self.model)
+
+    @cached_property
+    def histogram(self) -> torch.Tensor:
+        k = self.model.quantize.codebook_size
+        return self.counts if self.counts is not None else torch.bincount(self.latents["indices"], minlength=k)[:k]
+
+    @cached_property
+    def busiest(self) -> list[int]:
+        """Frames by decreasing pixel std: the most textured make the clearest token map and interpolation."""
+        return self.frames.flatten(1).float().std(1).argsort(descending=True).tolist()
+
+
+def video_figures(d: Inputs) -> list[FigureRecord]:
     """MP4 and GIF of the first clip ``(C, T, H, W)`` next to its reconstruction, its frame grid and temporal
     consistency, written by :mod:`vqgan.viz.video` (frame by frame for an image tokenizer)."""
+    if not d.is_video:
+        return []
     try:
         from vqgan.models.video import reconstruct_video
         from vqgan.viz.video import save_video_reconstruction
     except ImportError as e:
-        return [], f"video reconstructions skipped: the video modules are not available ({e})"
-    clip = clips[0]
+        raise Skipped(f"video reconstructions skipped: the video modules are not available ({e})") from None
+    model, out, say, clip = d.model, d.out, d.say, d.images[0]
     rec, _ = reconstruct_video(model, clip)
     scale = max(1, 96 // clip.shape[-1])
     try:
@@ -65,7 +129,99 @@ def _video_figures(model: torch.nn.Module, clips: torch.Tensor, out: Path, say: 
     records.append(FigureRecord("video_frames", "Video frames", files["frames"], section, "originals (top), reconstructions with PSNR"))
     records.append(FigureRecord("video_temporal", "Temporal consistency", files["temporal"], section,
                                 "per-frame PSNR, frame-to-frame change and flicker, x-t slices"))
-    return records, None
+    return records
+
+
+def reconstruction_figures(d: Inputs) -> list[FigureRecord]:
+    """Originals against reconstructions, with per-image PSNR."""
+    x = d.frames[: d.grid_images]
+    rec = d.model(x).reconstruction.clamp(-1, 1)
+    path = save_comparison(x.cpu(), rec.cpu(), d.out / "reconstructions.png", ncol=8, scale=max(1, 96 // x.shape[-1]),
+                           captions=True)
+    return [FigureRecord("reconstructions", "Originals and reconstructions", str(path), "Reconstructions",
+                         f"rows alternate originals and reconstructions; PSNR under each (mean {float(psnr(x, rec).mean()):.2f} dB)")]
+
+
+def latent_figures(d: Inputs) -> list[FigureRecord]:
+    """PCA and t-SNE of the encoder outputs with the codes, and per-dimension statistics."""
+    lat, cb, out = d.latents["latents"], d.codebook, d.out
+    what = "spatio-temporal latents of the clips and the codes" if d.encodes_clips else \
+        "one joint PCA; points coloured by their code, crosses are codes sized by usage"
+    return [
+        FigureRecord("pca", "PCA of encoder outputs and codes",
+                     str(plot_projection(lat, d.latents["indices"], cb, out / "latent_pca.png", "pca", d.max_points)),
+                     "Latent space", what),
+        FigureRecord("tsne", "t-SNE of encoder outputs and codes",
+                     str(plot_projection(lat, d.latents["indices"], cb, out / "latent_tsne.png", "tsne", d.tsne_points)),
+                     "Latent space", f"seeded subsample of at most {d.tsne_points} encoder outputs"),
+        FigureRecord("latent_stats", "Latent statistics", str(plot_latent_statistics(lat, cb, out / "latent_stats.png")),
+                     "Latent space", "per-dimension mean ± std and norm histograms"),
+    ]
+
+
+def usage_figures(d: Inputs) -> list[FigureRecord]:
+    """Hits per code."""
+    if d.counts is not None:
+        what = "hits per code on the evaluated images"
+    else:
+        what = f"hits per code on {len(d.images)} clips" if d.encodes_clips else f"hits per code on {len(d.frames)} images"
+    path = plot_usage_histogram(d.histogram.cpu().numpy(), d.out / "codebook_usage.png")
+    return [FigureRecord("usage_histogram", "Codebook usage histogram", str(path), "Codebook", what)]
+
+
+def atlas_figures(d: Inputs) -> list[FigureRecord]:
+    """The most used codes, each decoded on its own."""
+    atlas, shown = save_codebook_atlas(d.model, d.out / "codebook_atlas.png", d.histogram.cpu().numpy(),
+                                       max_codes=d.atlas_codes)
+    return [FigureRecord("atlas", "Codebook atlas", str(atlas), "Codebook",
+                         f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself")]
+
+
+def token_map_figures(d: Inputs) -> list[FigureRecord]:
+    """The code of every latent position over its image (a clip's first frame for a 3-D tokenizer)."""
+    k = d.model.quantize.codebook_size
+    if d.encodes_clips:
+        path = plot_token_map(d.images[0][:, 0], d.latents["index_maps"][0][0], d.out / "token_map.png", k)
+        return [FigureRecord("token_map", "Token map (first latent frame)", str(path), "Codebook",
+                             "codes of the first latent frame over the first frame of the clip")]
+    t0 = d.busiest[0]
+    path = plot_token_map(d.frames[t0], d.latents["index_maps"][t0], d.out / "token_map.png", k)
+    return [FigureRecord("token_map", "Token map", str(path), "Codebook", "the code of every latent position over the image")]
+
+
+def interpolation_figures(d: Inputs) -> list[FigureRecord]:
+    """Decodes of interpolated latents between the two most textured images."""
+    i0, i1 = d.busiest[0], d.busiest[1] if len(d.busiest) > 1 else d.busiest[0]
+    path = save_interpolation(d.model, d.frames[i0], d.frames[i1], d.out / "interpolation.png", steps=8,
+                              scale=max(2, 96 // d.frames.shape[-1]))
+    return [FigureRecord("interpolation", "Latent interpolation", str(path), "Latent space",
+                         "decodes of quantized linear interpolations of the encoder outputs of two images")]
+
+
+def _from_run(kind: str, draw: Callable[[Path, Path], list[FigureRecord]]) -> Callable[[Inputs], list[FigureRecord]]:
+    def figures(d: Inputs) -> list[FigureRecord]:
+        if d.run_dir is None:
+            raise Skipped(f"{kind} skipped: no --run-dir given")
+        try:
+            return draw(d.run_dir, d.out)
+        except FileNotFoundError as e:
+            raise Skipped(f"{kind} skipped: {e}") from None
+
+    figures.__doc__ = f"The run's {kind}, from its folder."
+    return figures
+
+
+FIGURES: tuple[Callable[[Inputs], list[FigureRecord]], ...] = (
+    video_figures,
+    reconstruction_figures,
+    latent_figures,
+    usage_figures,
+    atlas_figures,
+    token_map_figures,
+    interpolation_figures,
+    _from_run("training diagnostics", diagnostics_figures),
+    _from_run("loss curves", loss_curve_figures),
+)
 
 
 @torch.no_grad()
@@ -81,11 +237,12 @@ def visualize_model(
     atlas_codes: int = 64,
     say: Callable[[str], None] = print,
 ) -> list[FigureRecord]:
-    """Write every picture for ``model`` on ``images`` (``(B, C, H, W)`` or video ``(B, C, T, H, W)`` in
-    [-1, 1]) under ``output_dir`` and index them in ``figures.json``; returns the records.
+    """Write every picture of :data:`FIGURES` for ``model`` on ``images`` (``(B, C, H, W)`` or video
+    ``(B, C, T, H, W)`` in [-1, 1]) under ``output_dir`` and index them in ``figures.json``; returns the records.
 
     Args:
-        run_dir: the training run folder, for the diagnostics plots (``RUN_DIR/diagnostics.npz``).
+        run_dir: the training run folder, for the diagnostics plots (``RUN_DIR/diagnostics.npz``) and the loss
+            curves (``RUN_DIR/logs``).
         counts: code histogram over a whole evaluation set (default: from ``images``).
         max_points / tsne_points: encoder outputs shown by PCA / t-SNE (seeded subsamples).
         say: where to print skipped pictures and their reasons.
@@ -93,103 +250,18 @@ def visualize_model(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    device = next(model.parameters()).device
-    images = images.to(device)
-    notes: list[str] = []
+    d = Inputs(model, images.to(next(model.parameters()).device), out, None if run_dir is None else Path(run_dir),
+               counts, max_points, tsne_points, grid_images, atlas_codes, say)
     records: list[FigureRecord] = []
-    is_video = images.dim() == 5
-
-    # 5. video clips, then their frames as images for everything else.
-    if is_video:
-        recs, why = _video_figures(model, images[:1], out, say)
-        records += recs
-        if why:
-            notes.append(why)
-            say(why)
-    frames = images.transpose(1, 2).flatten(0, 1) if is_video else images
-    stats: dict[str, Any] = {}
-    if is_video and is_video_model(model):
-        # A 3-D tokenizer encodes clips, not frames: latent space, usage and a token map from the clips.
-        frames = None
-        why = ("image grids, codebook atlas and interpolation skipped: a spatio-temporal tokenizer encodes clips, "
-               "not single frames (see the video pictures)")
-        notes.append(why)
-        say(why)
-        lat = collect_latents(model, images, batch_size=4)
-        codebook = _codebook_in_latent_space(model)
-        stats = latent_statistics(lat["latents"], codebook)
-        k = model.quantize.codebook_size
-        hist = counts if counts is not None else torch.bincount(lat["indices"], minlength=k)[:k]
-        records += [
-            FigureRecord("pca", "PCA of encoder outputs and codes",
-                         str(plot_projection(lat["latents"], lat["indices"], codebook, out / "latent_pca.png", "pca", max_points)),
-                         "Latent space", "spatio-temporal latents of the clips and the codes"),
-            FigureRecord("tsne", "t-SNE of encoder outputs and codes",
-                         str(plot_projection(lat["latents"], lat["indices"], codebook, out / "latent_tsne.png", "tsne", tsne_points)),
-                         "Latent space", f"seeded subsample of at most {tsne_points} encoder outputs"),
-            FigureRecord("latent_stats", "Latent statistics", str(plot_latent_statistics(lat["latents"], codebook, out / "latent_stats.png")),
-                         "Latent space", "per-dimension mean ± std and norm histograms"),
-            FigureRecord("usage_histogram", "Codebook usage histogram",
-                         str(plot_usage_histogram(hist.cpu().numpy(), out / "codebook_usage.png")), "Codebook",
-                         f"hits per code on {len(images)} clips"),
-            FigureRecord("token_map", "Token map (first latent frame)",
-                         str(plot_token_map(images[0][:, 0], lat["index_maps"][0][0], out / "token_map.png", k)), "Codebook",
-                         "codes of the first latent frame over the first frame of the clip"),
-        ]
-    if frames is not None:
-        # 1. reconstructions with per-image PSNR.
-        x = frames[:grid_images]
-        rec = model(x).reconstruction.clamp(-1, 1)
-        scale = max(1, 96 // x.shape[-1])
-        p = psnr(x, rec)
-        records.append(FigureRecord(
-            "reconstructions", "Originals and reconstructions",
-            str(save_comparison(x.cpu(), rec.cpu(), out / "reconstructions.png", ncol=8, scale=scale, captions=True)),
-            "Reconstructions", f"rows alternate originals and reconstructions; PSNR under each (mean {float(p.mean()):.2f} dB)",
-        ))
-        # 2. latent space.
-        lat = collect_latents(model, frames)
-        codebook = _codebook_in_latent_space(model)
-        stats = latent_statistics(lat["latents"], codebook)
-        records.append(FigureRecord("pca", "PCA of encoder outputs and codes",
-                                    str(plot_projection(lat["latents"], lat["indices"], codebook, out / "latent_pca.png", "pca", max_points)),
-                                    "Latent space", "one joint PCA; points coloured by their code, crosses are codes sized by usage"))
-        records.append(FigureRecord("tsne", "t-SNE of encoder outputs and codes",
-                                    str(plot_projection(lat["latents"], lat["indices"], codebook, out / "latent_tsne.png", "tsne", tsne_points)),
-                                    "Latent space", f"seeded subsample of at most {tsne_points} encoder outputs"))
-        records.append(FigureRecord("latent_stats", "Latent statistics",
-                                    str(plot_latent_statistics(lat["latents"], codebook, out / "latent_stats.png")),
-                                    "Latent space", "per-dimension mean ± std and norm histograms"))
-        # 3. codebook.
-        k = model.quantize.codebook_size
-        hist = counts if counts is not None else torch.bincount(lat["indices"], minlength=k)[:k]
-        records.append(FigureRecord("usage_histogram", "Codebook usage histogram",
-                                    str(plot_usage_histogram(hist.cpu().numpy(), out / "codebook_usage.png")), "Codebook",
-                                    "hits per code on the evaluated images" if counts is not None else f"hits per code on {len(frames)} images"))
-        atlas, shown = save_codebook_atlas(model, out / "codebook_atlas.png", hist.cpu().numpy(), max_codes=atlas_codes)
-        records.append(FigureRecord("atlas", "Codebook atlas", str(atlas), "Codebook",
-                                    f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself"))
-        # The most textured images make the clearest token map and interpolation end points.
-        busy = frames.flatten(1).float().std(1).argsort(descending=True).tolist()
-        t0 = busy[0]
-        records.append(FigureRecord("token_map", "Token map", str(plot_token_map(frames[t0], lat["index_maps"][t0], out / "token_map.png", k)),
-                                    "Codebook", "the code of every latent position over the image"))
-        # 4. interpolation between two different samples.
-        i0, i1 = busy[0], busy[1] if len(busy) > 1 else busy[0]
-        records.append(FigureRecord("interpolation", "Latent interpolation",
-                                    str(save_interpolation(model, frames[i0], frames[i1], out / "interpolation.png", steps=8,
-                                                           scale=max(2, 96 // frames.shape[-1]))),
-                                    "Latent space", "decodes of quantized linear interpolations of the encoder outputs of two images"))
-    # 6. training diagnostics.
-    if run_dir is not None:
+    notes: list[str] = []
+    for figures in FIGURES:
         try:
-            records += diagnostics_figures(run_dir, out)
-        except FileNotFoundError as e:
-            notes.append(f"training diagnostics skipped: {e}")
-            say(notes[-1])
-    else:
-        notes.append("training diagnostics skipped: no --run-dir given")
-        say(notes[-1])
+            records += figures(d)
+        except Skipped as e:
+            if str(e) not in notes:  # several kinds can share one reason
+                notes.append(str(e))
+                say(str(e))
+    stats = latent_statistics(d.latents["latents"], d.codebook)
     index = {
         "figures": [{**asdict(r), "path": str(Path(r.path).relative_to(out)) if Path(r.path).is_relative_to(out) else r.path}
                     for r in records],

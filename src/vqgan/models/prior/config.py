@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vqgan.config import ConfigError, _flatten, parse_config_args, sections_from_namespace, to_dict
+from vqgan.config import (
+    ConfigError,
+    TrainerSettings,
+    _flatten,
+    parse_config_args,
+    sections_from_namespace,
+    to_dict,
+)
 
 
 @dataclass
@@ -99,35 +106,29 @@ class PriorDataConfig:
 
 
 @dataclass
-class PriorTrainConfig:
-    """Optimisation (AdamW, linear warm-up then cosine decay), validation, checkpoints and hardware."""
+class PriorTrainConfig(TrainerSettings):
+    """Stage-2 training: the shared :class:`~vqgan.config.TrainerSettings` (here with AdamW, linear warm-up then
+    cosine decay, and ``best.ckpt`` by the lowest validation loss) and the validation samples.
+
+    Attributes:
+        num_samples: token maps sampled after every validation for the code-usage histogram (and an image grid
+            with a tokenizer).
+        sample_temperature, sample_top_k, sample_top_p: sampling options of those maps.
+        maskgit_steps: MaskGIT decoding steps for those maps.
+    """
 
     max_steps: int = 2000
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.01
     warmup_steps: int = 100
-    grad_clip: float | None = 1.0
-    val_every_n_steps: int = 500
-    log_every_n_steps: int = 25
-    checkpoint_every_n_steps: int | None = None
-    keep_last_k: int = 3
-    seed: int = 0
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    # Machines for multi-node training (torchrun / SLURM); ``devices`` is per machine.
-    num_nodes: int = 1
-    compile: bool = False
-    logger: Literal["tensorboard", "none"] = "tensorboard"
-    # Samples drawn after every validation for the code-usage histogram (and an image grid with a tokenizer).
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    monitor: str = "val/loss"
+    monitor_mode: Literal["max", "min"] = "min"
     num_samples: int = 16
     sample_temperature: float = 1.0
     sample_top_k: int | None = None
     sample_top_p: float | None = None
-    # MaskGIT decoding steps used for validation samples.
     maskgit_steps: int = 8
 
 
@@ -142,12 +143,9 @@ class PriorExperimentConfig:
 
     def validate(self) -> PriorExperimentConfig:
         self.model.validate()
-        if self.train.max_steps < 1:
-            raise ConfigError(f"train.max_steps={self.train.max_steps} must be at least 1")
+        self.train.validate()
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size={self.data.batch_size} must be positive")
-        if self.train.num_nodes < 1:
-            raise ConfigError(f"train.num_nodes={self.train.num_nodes} must be at least 1")
         return self
 
 

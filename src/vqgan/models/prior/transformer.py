@@ -162,12 +162,9 @@ class Transformer(nn.Module):
 
 
 class PriorBase(nn.Module):
-    """What the GPT and MaskGIT priors share: class labels with the null class, and a parameter count."""
+    """What the GPT and MaskGIT priors share: class labels with the null class."""
 
     config: PriorModelConfig
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def _labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         null = torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)

@@ -1,0 +1,40 @@
+"""The progress bar of every long command (``evaluate``, ``encode``): rich's, on stderr so that the JSON printed
+on stdout stays parseable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str, enabled: bool = True, completed: int = 0) -> Iterator[Callable[[int], None]]:
+    """A bar for ``total`` items (``completed`` already done, e.g. when resuming); yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total, completed=completed)
+        yield lambda n: bar.advance(task, n)
+
+
+def track(iterable: Iterable[T], total: int | None, enabled: bool = True, description: str = "") -> Iterator[T]:
+    """``iterable`` with a bar advancing by one per item."""
+    with progress_bar(total, description, enabled) as advance:
+        for item in iterable:
+            yield item
+            advance(1)

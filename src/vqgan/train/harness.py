@@ -1,0 +1,395 @@
+"""The training harness shared by stage 1 (``fit``) and the priors (``fit_prior``): one Trainer builder, one
+learning-rate schedule, one run procedure.
+
+A run (:func:`run_training`) checks the run folder, seeds, builds its parts, saves the resolved config, trains, writes
+the final checkpoint, validates the final weights and writes ``metrics.json`` (rank zero only). What differs between
+the stages (their module, loaders, callbacks and extra metrics) comes in through :class:`RunParts`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from torch.utils.data import DataLoader
+
+from vqgan.config import ConfigError, TrainerSettings, dump_config
+from vqgan.train.checkpoint import (
+    AtomicCheckpointIO,
+    GuardedModelCheckpoint,
+    find_resume_checkpoint,
+    verify_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+RUNS_ROOT = Path("runs")
+
+
+# -- learning rate ---------------------------------------------------------------------------------------------
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up to 1 over ``warmup`` steps, then constant (``total=None``) or a cosine
+    decay to ``min_ratio`` at ``total`` steps. A picklable callable for :class:`torch.optim.lr_scheduler.LambdaLR`,
+    so the scheduler's state stays plain data."""
+
+    def __init__(self, warmup: int, total: int | None = None, min_ratio: float = 0.1):
+        self.warmup, self.total, self.min_ratio = max(warmup, 0), total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.total is None or self.total <= self.warmup:
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / (self.total - self.warmup))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def total_steps(settings: TrainerSettings, trainer: L.Trainer | None = None) -> int:
+    """Optimizer steps the run will take: ``max_steps``, or under ``max_epochs`` the Trainer's estimate (epochs
+    times batches per epoch)."""
+    if settings.max_epochs is None or trainer is None:
+        return settings.max_steps
+    estimate = trainer.estimated_stepping_batches
+    return int(estimate) if math.isfinite(estimate) else settings.max_steps
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, settings: TrainerSettings, trainer: L.Trainer | None = None) -> dict:
+    """The one schedule of both stages, as Lightning's ``lr_scheduler`` config (stepped every optimizer step)."""
+    total = total_steps(settings, trainer) if settings.lr_schedule == "cosine" else None
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(settings.warmup_steps, total, settings.min_lr_ratio))
+    return {"scheduler": sched, "interval": "step"}
+
+
+# -- Trainer --------------------------------------------------------------------------------------------------
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, labelled with what limits the run: ``step 40/1000`` for a step-limited run
+    (Lightning's own label reads ``Epoch 0/-2`` there, from ``max_epochs=-1``), ``Epoch 3/9`` when ``max_epochs``
+    is the limit."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            text = f"Epoch {current_epoch}/{trainer.max_epochs - 1}"
+        else:
+            text = f"Epoch {current_epoch}"
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            text += f" · step {trainer.global_step}/{trainer.max_steps}"
+        return text
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
+
+
+def _devices(devices: str) -> str | int:
+    return devices if devices == "auto" else int(devices) if devices.isdigit() else devices
+
+
+def build_loggers(settings: TrainerSettings, run_dir: Path, run_name: str) -> list[Any]:
+    """TensorBoard under ``RUN_DIR/logs`` (also with W&B, so ``vqgan report`` always has event files), and W&B
+    under ``RUN_DIR/wandb`` for ``logger: wandb`` (not in debug mode)."""
+    loggers: list[Any] = []
+    if settings.logger in ("tensorboard", "wandb"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
+    if settings.logger == "wandb" and not settings.debug:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=settings.wandb_project or "vqgan", name=run_name, save_dir=str(run_dir)))
+    return loggers
+
+
+def require_logger_package(settings: TrainerSettings) -> None:
+    """Fail before training, in one line, when the chosen logger's package is missing."""
+    if settings.logger == "wandb" and not settings.debug:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "train.logger=wandb needs the wandb package: pip install 'vqgan[wandb]' (or pip install wandb)"
+            ) from None
+
+
+def build_trainer(
+    settings: TrainerSettings,
+    run_dir: Path,
+    callbacks: list[L.Callback],
+    run_name: str,
+    strategy: str | None = None,
+    **trainer_kwargs: Any,
+) -> L.Trainer:
+    """The Lightning Trainer of every run: checkpoints (``best``, ``last``, the last ``keep_last_k`` periodic ones,
+    never written during non-finite steps), loggers, progress bar, validation cadence, precision and hardware.
+
+    Args:
+        callbacks: the stage's own callbacks (samples, diagnostics, resume state...).
+        strategy: overrides ``settings.strategy`` (stage 1 asks DDP to find unused parameters for GAN training).
+        trainer_kwargs: further ``L.Trainer`` arguments (the prior's automatic gradient clipping).
+    """
+    t = settings
+    ckpt_dir = run_dir / "checkpoints"
+    max_steps = min(t.max_steps, 10) if t.debug else t.max_steps
+    if t.max_epochs is not None and not t.debug:
+        max_steps = -1  # the epochs are the limit
+    if t.val_every_n_epochs is not None:
+        val = dict(val_check_interval=None, check_val_every_n_epoch=t.val_every_n_epochs)
+        periodic = {"every_n_epochs": t.checkpoint_every_n_epochs or t.val_every_n_epochs}
+    else:
+        val_every = min(t.val_every_n_steps, max_steps) if max_steps > 0 else t.val_every_n_steps
+        val = dict(val_check_interval=val_every, check_val_every_n_epoch=None)
+        periodic = (
+            {"every_n_epochs": t.checkpoint_every_n_epochs}
+            if t.checkpoint_every_n_epochs is not None
+            else {"every_n_train_steps": t.checkpoint_every_n_steps or val_every}
+        )
+    all_callbacks: list[L.Callback] = [
+        GuardedModelCheckpoint(
+            dirpath=ckpt_dir, filename="best", monitor=t.monitor, mode=t.monitor_mode, save_top_k=1, save_last=True,
+            enable_version_counter=False, auto_insert_metric_name=False,
+        ),
+        GuardedModelCheckpoint(
+            dirpath=ckpt_dir, filename="step{step:07d}", monitor="step", mode="max", save_top_k=t.keep_last_k,
+            auto_insert_metric_name=False, enable_version_counter=False, **periodic,
+        ),
+        StepProgressBar(),
+        *callbacks,
+    ]
+    loggers = build_loggers(t, run_dir, run_name)
+    if loggers:
+        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        max_steps=max_steps,
+        max_epochs=t.max_epochs if t.max_epochs is not None and not t.debug else -1,
+        max_time=None if t.max_time_minutes is None else timedelta(minutes=t.max_time_minutes),
+        **val,
+        limit_val_batches=2 if t.debug else None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1 if t.debug else t.log_every_n_steps,
+        logger=loggers or False,
+        callbacks=all_callbacks,
+        plugins=[AtomicCheckpointIO()],
+        accelerator=t.accelerator,
+        devices=_devices(t.devices),
+        strategy=strategy or t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        **trainer_kwargs,
+    )
+
+
+# -- run folder ----------------------------------------------------------------------------------------------
+def resolve_run_dir(run_dir: str | Path | None, run_name: str | None) -> Path:
+    """``run_dir`` when given, else ``runs/RUN_NAME`` (seed 004's ``--run-name``)."""
+    if run_dir is not None:
+        return Path(run_dir)
+    if not run_name:
+        raise ConfigError("no run folder: pass --run-dir DIR or --run-name NAME (which trains in runs/NAME)")
+    from vqgan.config_checks import check_plain_name
+
+    check_plain_name(run_name, key="--run-name")
+    return RUNS_ROOT / run_name
+
+
+def wants_resume(resume: str | bool | None) -> bool:
+    """Whether ``--resume`` asks to resume (``None``, ``False``, ``""`` and ``"false"`` mean a new run)."""
+    return resume not in (None, False, "", "false", "False")
+
+
+def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
+    """``True``/``"last"`` -> the newest *good* checkpoint of ``RUN_DIR/checkpoints`` (a corrupt or truncated
+    newest file falls back to the previous one, with a warning; ``None`` when the folder has none); a path -> that
+    file, verified; else ``None``."""
+    if not wants_resume(resume):
+        return None
+    if resume in (True, "true", "True", "last"):
+        found = find_resume_checkpoint(run_dir / "checkpoints")
+        if found is None:
+            log.warning("--resume last: no checkpoint in %s, starting from scratch", run_dir / "checkpoints")
+        return None if found is None else str(found)
+    path = Path(str(resume))
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    verify_checkpoint(path)
+    return str(path)
+
+
+class RunDirInUseError(FileExistsError):
+    """A new run was asked for in a folder that already holds an earlier run's checkpoints."""
+
+
+def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
+    """Refuse to start a new run (no ``resume``) in a folder that holds checkpoints of an earlier one: it would
+    overwrite that run's ``config.yaml`` and mix two runs' checkpoints and logs. Raises :class:`RunDirInUseError`
+    saying how to continue the earlier run or where to start the new one."""
+    if wants_resume(resume):
+        return
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
+    if ckpts:
+        raise RunDirInUseError(
+            f"{run_dir} already holds an earlier run ({len(ckpts)} checkpoint(s), e.g. {ckpts[-1].name}). "
+            "Pass --resume last to continue it, or choose another --run-dir (or delete the folder) for a new run."
+        )
+
+
+def write_json_atomic(data: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def _remove_if_left_empty(run_dir: Path, written: set[Path]) -> None:
+    """After a failed run that created ``run_dir``: remove it when it holds nothing but empty folders and the files
+    this run wrote before training (``written``). Anything else (a checkpoint, a sample, a file of the user's)
+    keeps the whole folder."""
+    if not run_dir.is_dir():
+        return
+    files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+    if any(p not in written for p in files):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log.info("removed %s: the run failed before writing anything", run_dir)
+
+
+# -- run procedure ---------------------------------------------------------------------------------------------
+@dataclass
+class RunParts:
+    """What a stage contributes to :func:`run_training`, built after seeding.
+
+    Attributes:
+        module: the LightningModule to train; it sets ``last_val_metrics`` and ``last_val_step`` after validation.
+        train_loader, val_loader: the data.
+        config: the resolved experiment config, written to ``RUN_DIR/config.yaml``.
+        callbacks: the stage's own callbacks.
+        trainer_kwargs: further ``L.Trainer`` arguments.
+        strategy: overrides ``train.strategy`` (``None``: as configured).
+    """
+
+    module: L.LightningModule
+    train_loader: DataLoader
+    val_loader: DataLoader
+    config: Any
+    callbacks: list[L.Callback] = field(default_factory=list)
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    strategy: str | None = None
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_training` returns: the Trainer and module after the final validation, the checkpoint the run
+    resumed from, and the training time in seconds."""
+
+    trainer: L.Trainer
+    module: L.LightningModule
+    resumed_from: str | None
+    seconds: float
+
+    def metrics(self, **extra: Any) -> dict[str, Any]:
+        """The final validation metrics, the step count, the timing and ``extra``."""
+        return {
+            **self.module.last_val_metrics,
+            "steps": self.trainer.global_step,
+            "train_seconds": round(self.seconds, 2),
+            "resumed_from": self.resumed_from,
+            **extra,
+        }
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's advice to developers out of the user's terminal: the litlogger tip, the modules-in-eval-mode
+    warning, the worker-count hint, and warnings about choices this harness makes on purpose."""
+    for message in (
+        ".*pre-optimization state.*",  # manual optimization needs none saved
+        ".*your dataloader is not resumable.*",  # ResumableSampler + ResumeState make resumption exact
+        ".*does not have many workers.*",
+        ".*in eval mode at the start of training.*",  # the frozen perceptual network is meant to be
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_drop_chatter)
+
+
+def _drop_chatter(record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not any(s in text for s in ("litlogger", "in eval mode at the start of training"))
+
+
+def run_training(
+    settings: TrainerSettings,
+    run_dir: str | Path,
+    build: Callable[[], RunParts],
+    resume: str | bool | None = None,
+    run_name: str = "run",
+    extra_callbacks: list[L.Callback] | None = None,
+) -> RunResult:
+    """The run procedure of every stage: check the run folder, seed, ``build()`` the parts, save the resolved
+    config, fit (resuming when asked), write ``checkpoints/last.ckpt`` (full state), validate the final weights
+    unless that was just done. ``metrics.json`` is written by :func:`finish_run`.
+
+    A failed run that created its folder and wrote nothing in it but its config removes the folder again.
+    """
+    quiet_lightning()
+    require_logger_package(settings)
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    created = not run_dir.exists()
+    written: set[Path] = set()
+    try:
+        L.seed_everything(settings.seed, workers=True, verbose=False)
+        parts = build()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        written.add(dump_config(parts.config, run_dir / "config.yaml"))
+        callbacks = [*parts.callbacks, *(extra_callbacks or [])]
+        trainer = build_trainer(settings, run_dir, callbacks, run_name, parts.strategy, **parts.trainer_kwargs)
+        ckpt_path = resolve_resume(resume, run_dir)
+        start = time.perf_counter()
+        trainer.fit(parts.module, parts.train_loader, parts.val_loader, ckpt_path=ckpt_path, weights_only=True)
+        seconds = time.perf_counter() - start
+    except BaseException:
+        if created:
+            _remove_if_left_empty(run_dir, written)
+        raise
+    module = parts.module
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state, to resume
+    if module.last_val_step != trainer.global_step:  # validate the final weights unless just done
+        trainer.validate(module, parts.val_loader, verbose=False, weights_only=True)
+    return RunResult(trainer, module, ckpt_path, seconds)
+
+
+def finish_run(result: RunResult, run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write ``RUN_DIR/metrics.json`` on rank zero only, close the W&B run (so that a next ``fit`` in the same
+    process starts its own instead of logging into this one), and return ``metrics``."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if result.trainer.is_global_zero:
+        write_json_atomic(metrics, Path(run_dir) / "metrics.json")
+    for logger in result.trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+    return metrics
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank zero (or the only one): what prints a run's final summary."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
