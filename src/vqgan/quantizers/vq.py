@@ -57,8 +57,11 @@ def nearest_code(
     Distances are computed in fp32 whatever the inputs' dtype and even under autocast: bf16's 8-bit mantissa
     cannot tell nearby codes apart (``||z||^2``-sized terms cancel), and the chosen code would depend on rounding.
     """
-    with torch.autocast(z.device.type, enabled=False):
-        return _nearest_code_fp32(z.float(), codebook.float(), chunk_size, row_block)
+    device = z.device.type
+    if device in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return _nearest_code_fp32(z.float(), codebook.float(), chunk_size, row_block)
+    return _nearest_code_fp32(z.float(), codebook.float(), chunk_size, row_block)
 
 
 def _nearest_code_fp32(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int, row_block: int | None) -> torch.Tensor:
