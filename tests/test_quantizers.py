@@ -200,3 +200,18 @@ def test_build_quantizer_rejects_unknown_kind() -> None:
     cfg.kind = "nope"  # type: ignore[assignment]
     with pytest.raises(ValueError, match="choose one of"):
         build_quantizer(cfg, 4)
+
+
+def test_nearest_code_is_computed_in_fp32_under_bf16_autocast() -> None:
+    """Codes close to each other relative to their norm: bf16 distances confuse them, the search must not."""
+    g = torch.Generator().manual_seed(0)
+    centre = 5 * torch.randn(1, 32, generator=g)
+    codebook = centre + 0.05 * torch.randn(64, 32, generator=g)
+    z = centre + 0.05 * torch.randn(256, 32, generator=g)
+    exact = torch.cdist(z.double(), codebook.double()).argmin(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        naive = torch.addmm(codebook.pow(2).sum(1), z, codebook.t(), alpha=-2.0).min(1).indices
+        found = nearest_code(z, codebook)
+    assert (naive == exact).float().mean() < 0.5  # what a bf16 search returns
+    assert torch.equal(found, nearest_code(z, codebook))  # the same as without autocast
+    assert (found == exact).float().mean() > 0.98  # fp32 expansion ||z||^2 - 2 z.e + ||e||^2: near-ties only

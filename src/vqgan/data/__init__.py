@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
 from vqgan.config import DataConfig
@@ -182,6 +183,14 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
     return train, val
 
 
+def pin_memory(device: str | torch.device) -> bool:
+    """Whether a loader feeding ``device`` (a device or a Lightning accelerator name: ``cpu``, ``gpu``, ``cuda``,
+    ``auto``) should return page-locked batches: only when they go to a CUDA device, where pinned host memory makes
+    the copy asynchronous (Lightning and our loops copy with ``non_blocking=True``); elsewhere it costs a copy."""
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+    return kind in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def available_data() -> list[str]:
     return DATA_KINDS.names()
 
@@ -201,5 +210,6 @@ __all__ = [
     "collate_skip",
     "list_images",
     "load_photo",
+    "pin_memory",
     "register_data",
 ]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vqgan.data import pin_memory
 from vqgan.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -230,14 +231,15 @@ def encode_dataset(
             subset = torch.utils.data.Subset(dataset, range(lo, hi))
             parts: dict[str, list[torch.Tensor]] = {"labels": [], what: []}
             skipped = 0
-            loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip)
+            loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                collate_fn=collate_skip, pin_memory=pin_memory(device))
             for batch in loader:
                 lost = int(batch.pop("skipped"))
                 skipped += lost
                 if "image" not in batch:  # every item of the batch was unreadable
                     advance(lost)
                     continue
-                x = batch["image"].to(device)
+                x = batch["image"].to(device, non_blocking=True)
                 labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
                 parts["labels"].append(labels.long().cpu())
                 enc = _encode(model, x)

@@ -13,8 +13,11 @@ import torch.nn.functional as F
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """``0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(G(z)))])`` (Lim & Ye 2017; taming's ``hinge_d_loss``)."""
-    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+    """``0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(G(z)))])`` (Lim & Ye 2017; taming's ``hinge_d_loss``).
+
+    Reduced in fp32: under bf16 autocast the logits are bf16 and so would be their mean (the BCE losses below are
+    upcast by autocast itself)."""
+    return 0.5 * (F.relu(1.0 - logits_real.float()).mean() + F.relu(1.0 + logits_fake.float()).mean())
 
 
 def non_saturating_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -27,7 +30,7 @@ def non_saturating_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) 
 def generator_adversarial_loss(logits_fake: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
     """The generator's side: ``-E[D(G(z))]`` for hinge (taming), ``BCE(D(G(z)), 1)`` for non-saturating."""
     if kind == "hinge":
-        return -logits_fake.mean()
+        return -logits_fake.float().mean()
     if kind == "non_saturating":
         return F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))
     raise ValueError(f"unknown GAN loss {kind!r}; choose hinge or non_saturating")

@@ -54,7 +54,8 @@ class VQGANLoss(nn.Module):
             x, y = inputs, reconstruction
             if x.dim() == 5:  # video (B, C, T, H, W): perceptual loss per frame
                 x, y = (t.transpose(1, 2).flatten(0, 1) for t in (x, y))
-            p = self.perceptual(x.contiguous(), y.contiguous()).mean()
+            # Averaged in fp32: under bf16 autocast the per-image distances come out in bf16.
+            p = self.perceptual(x.contiguous(), y.contiguous()).float().mean()
             loss = loss + c.perceptual_weight * p
             logs["perceptual"] = p.detach()
         logs["nll"] = loss.detach()

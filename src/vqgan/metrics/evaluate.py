@@ -62,7 +62,7 @@ def reconstruction_metrics(
         skipped += int(batch.pop("skipped", 0))
         if "image" not in batch:
             continue
-        x = batch["image"].to(device)
+        x = batch["image"].to(device, non_blocking=True)
         if x.dim() == 5 and not hasattr(model, "time_factor"):  # clips through an image tokenizer: frame by frame
             x = frames(x)
         out = model(x)

@@ -251,6 +251,20 @@ class BaseVQModel(nn.Module):
         """Decode code indices (as returned by :meth:`encode`)."""
         return self.decode(self.quantize.indices_to_codes(indices))
 
+    def compile(self, *args, **kwargs) -> None:
+        """``torch.compile`` in place (:meth:`torch.nn.Module.compile`: the same module, and the same state-dict keys
+        as eager, so checkpoints of compiled and eager runs are interchangeable), with the decoder's last layer left
+        eager.
+
+        taming's adaptive GAN weight takes two gradients at that layer with ``retain_graph=True``
+        (``train/step.py``). A compiled backward refuses to be retained ("compiled with non-empty donated
+        buffers") and would run in full for each of them; with the last layer eager, autograd reaches its weight
+        without entering the compiled graph, and each costs one weight gradient of one convolution.
+        """
+        last = next(m for m in self.decoder.modules() if getattr(m, "weight", None) is self.last_layer)
+        last.forward = torch.compiler.disable(last.forward)
+        super().compile(*args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> VQModelOutput:
         latents = self.encode_latents(x)
         q = self.quantize(latents)

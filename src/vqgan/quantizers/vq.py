@@ -53,7 +53,18 @@ def nearest_code(
     materialises an ``N x K`` matrix (only ``N x chunk_size``). On CPU the rows are also processed in blocks whose
     distance matrix (about 512 KB) stays in cache while it is reduced, which is 1.5x faster than one big matrix;
     on GPUs all rows go at once (``row_block`` overrides either choice). Ties go to the lowest index.
+
+    Distances are computed in fp32 whatever the inputs' dtype and even under autocast: bf16's 8-bit mantissa
+    cannot tell nearby codes apart (``||z||^2``-sized terms cancel), and the chosen code would depend on rounding.
     """
+    device = z.device.type
+    if device in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return _nearest_code_fp32(z.float(), codebook.float(), chunk_size, row_block)
+    return _nearest_code_fp32(z.float(), codebook.float(), chunk_size, row_block)
+
+
+def _nearest_code_fp32(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int, row_block: int | None) -> torch.Tensor:
     n, k = z.shape[0], codebook.shape[0]
     e_sq = codebook.pow(2).sum(1)
     if row_block is None:
@@ -81,16 +92,19 @@ def nearest_code(
 
 def kmeans_plus_plus(samples: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is drawn with probability proportional to
-    the squared distance to the nearest centre chosen so far. Returns the ``k`` chosen row indices."""
+    the squared distance to the nearest centre chosen so far. Returns the ``k`` chosen row indices.
+
+    The chosen indices stay on the device as one-element tensors (``index_select``, never ``samples[chosen[i]]``,
+    which reads the index back to the host): seeding a codebook of ``k`` codes on a GPU costs no synchronisation.
+    """
     n = samples.shape[0]
-    chosen = torch.empty(k, dtype=torch.long, device=samples.device)
-    chosen[0] = torch.randint(n, (1,), device=samples.device, generator=generator)[0]
-    d2 = (samples - samples[chosen[0]]).pow(2).sum(1)
-    for i in range(1, k):
+    picks = [torch.randint(n, (1,), device=samples.device, generator=generator)]
+    d2 = (samples - samples.index_select(0, picks[0])).pow(2).sum(1)
+    for _ in range(1, k):
         # A tiny floor keeps the distribution valid once every sample coincides with a centre.
-        chosen[i] = torch.multinomial(d2 + 1e-12, 1, generator=generator)[0]
-        d2 = torch.minimum(d2, (samples - samples[chosen[i]]).pow(2).sum(1))
-    return chosen
+        picks.append(torch.multinomial(d2 + 1e-12, 1, generator=generator))
+        d2 = torch.minimum(d2, (samples - samples.index_select(0, picks[-1])).pow(2).sum(1))
+    return torch.cat(picks)
 
 
 def kmeans(

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vqgan.config import ExperimentConfig, to_dict
-from vqgan.data import build_datasets, collate_skip
+from vqgan.data import build_datasets, collate_skip, pin_memory
 from vqgan.train.callbacks import ReconstructionSamples
 from vqgan.train.checkpoint import ResumableSampler, ResumeState
 from vqgan.train.diagnostics import CodebookDiagnostics
@@ -44,7 +44,10 @@ def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
     d = cfg.data
     train_ds, val_ds = build_datasets(d, cfg.train.seed)
     workers = d.num_workers
-    common: dict[str, Any] = dict(num_workers=workers, collate_fn=collate_skip, persistent_workers=workers > 0)
+    common: dict[str, Any] = dict(
+        num_workers=workers, collate_fn=collate_skip, persistent_workers=workers > 0,
+        pin_memory=pin_memory(cfg.train.accelerator),
+    )
     if workers > 0:
         common["multiprocessing_context"] = "spawn" if os.name == "nt" else None
     drop_last = len(train_ds) >= d.batch_size
@@ -97,7 +100,9 @@ def fit(
         train_loader, val_loader = build_loaders(cfg)
         module = VQGANModule(to_dict(cfg))
         if cfg.train.compile:
-            module.model = torch.compile(module.model)
+            # In place, with the decoder's last layer eager: the adaptive weight's retained gradients work, and the
+            # checkpoint keys stay those of an eager run (see VQModel.compile).
+            module.model.compile()
         sampler = train_loader.sampler if isinstance(train_loader.sampler, ResumableSampler) else None
         t = cfg.train
         if t.diagnostics_every_n_steps > 0:

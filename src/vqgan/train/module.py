@@ -205,9 +205,10 @@ class VQGANModule(L.LightningModule):
 
         logs.update({f"train/{k}": v for k, v in out.stats.items()})
         logs["train/grad_norm_g"] = g_norm
-        logs["train/disc_factor"] = torch.tensor(factor)
+        # Python numbers, not new CPU tensors: Lightning would copy each of them to the device every step.
+        logs["train/disc_factor"] = float(factor)
         for k, v in self.counters.items():
-            logs[f"train/{k}"] = torch.tensor(float(v))
+            logs[f"train/{k}"] = float(v)
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=x.shape[0])
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0], logger=False)
 
@@ -284,7 +285,8 @@ def _clip(params: list[torch.nn.Parameter], max_norm: float | None, scale: float
     if not grads:
         return torch.zeros((), device=params[0].device if params else None)
     if max_norm is None:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))
+        # One multi-tensor (foreach) kernel per device, not one norm kernel per parameter.
+        norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
     else:
         limit = max_norm * scale if max_norm > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(grads, limit, error_if_nonfinite=False)

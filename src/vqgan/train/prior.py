@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from vqgan.config import ConfigError, from_dict, to_dict
+from vqgan.data import pin_memory
 from vqgan.data.latents import LatentDataset
 from vqgan.data.tokens import TokenDataset, TokenFolderError, read_manifest, resolve_token_folders
 from vqgan.inference import decode_tokens
@@ -74,7 +75,9 @@ class PriorModule(L.LightningModule):
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "pos_emb" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "pos_emb" in n]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
+        # The fused (single-kernel) AdamW where the device has one, as stage 1's Adam; same update rule.
+        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused)
         return [opt], [lr_scheduler(opt, t, self._trainer)]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
@@ -272,7 +275,9 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
         val_idx = set(torch.linspace(0, n - 1, n_val).round().long().tolist()) if n_val else set()
         train_ds = full.subset([i for i in range(n) if i not in val_idx] or range(n))
         val_ds = full.subset(sorted(val_idx) or range(n))
-    kw: dict[str, Any] = dict(num_workers=d.num_workers, persistent_workers=d.num_workers > 0)
+    kw: dict[str, Any] = dict(
+        num_workers=d.num_workers, persistent_workers=d.num_workers > 0, pin_memory=pin_memory(cfg.train.accelerator)
+    )
     drop = len(train_ds) >= d.batch_size
     train = DataLoader(train_ds, batch_size=d.batch_size, shuffle=True, drop_last=drop, **kw)
     val = DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **kw)
@@ -358,7 +363,9 @@ def fit_prior(
         else:
             module.data_histogram.copy_(train_ds.code_histogram().float())
         if cfg.train.compile:
-            module.model = torch.compile(module.model)
+            # In place (nn.Module.compile): the checkpoint keys stay those of an eager run (torch.compile's wrapper
+            # would prefix them with "_orig_mod.", and load_prior would not find them).
+            module.model.compile()
         tok = _load_tokenizer(tokenizer, manifest, meta.get("projection"))
         samples = PriorSamples(run_dir / "samples", tok, projection, cfg.model.snap_to_codes)
         return RunParts(module, train_loader, val_loader, cfg, [samples],

@@ -63,21 +63,23 @@ def generator_forward_backward(
         backward(g.loss, inputs=params)
         return out, LossOutput(g.loss.detach(), g.logs)
 
-    # Each loss is back-propagated once, to the reconstruction only (not to the discriminator's weights).
-    rec_leaf = rec.detach().requires_grad_(True)
+    # Each loss is back-propagated once, to the reconstruction only (not to the discriminator's weights). The leaf
+    # is fp32 even under bf16 autocast, so that both gradients at the reconstruction, and the adaptive weight (a
+    # ratio of their norms at the last layer), are fp32; they go back to the autoencoder in its own dtype.
+    rec_leaf = rec.detach().float().requires_grad_(True)
     nll = loss_fn.nll(x, rec_leaf, mask)
     (grad_nll,) = torch.autograd.grad(nll.loss, rec_leaf)
     g_adv = generator_adversarial_loss(discriminator(rec_leaf), c.gan_loss)
     (grad_g,) = torch.autograd.grad(g_adv, rec_leaf)
     # Last-layer gradients of each loss, from the gradients at the reconstruction: one weight-gradient each.
     last = model.last_layer
-    (w_nll,) = torch.autograd.grad(rec, last, grad_outputs=grad_nll, retain_graph=True)
-    (w_g,) = torch.autograd.grad(rec, last, grad_outputs=grad_g, retain_graph=True)
+    (w_nll,) = torch.autograd.grad(rec, last, grad_outputs=grad_nll.to(rec.dtype), retain_graph=True)
+    (w_g,) = torch.autograd.grad(rec, last, grad_outputs=grad_g.to(rec.dtype), retain_graph=True)
     d_weight = adaptive_weight_from_grads(w_nll, w_g, c.adaptive_weight_max) * c.disc_weight
     scale = d_weight * disc_factor
     # d(total)/d(rec) = dnll/drec + scale * dg/drec; the surrogate's gradient w.r.t. the autoencoder's parameters is
     # exactly that vector-Jacobian product plus the VQ loss's own gradient.
-    grad_rec = grad_nll + scale * grad_g
+    grad_rec = (grad_nll + scale * grad_g).to(rec.dtype)
     surrogate = (rec * grad_rec).sum() + out.vq_loss
     backward(surrogate, inputs=params)
 

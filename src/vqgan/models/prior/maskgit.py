@@ -183,6 +183,7 @@ class MaskGITPrior(PriorBase):
                 remask = confidence.argsort(-1)[:, :n_mask]
                 sampled = sampled.scatter(-1, remask, self.mask_token)
             tokens = sampled
-            history.append(int((tokens == self.mask_token).sum(-1).max()))
+            if return_history:  # kept on the device; read back once at the end, not once per step
+                history.append((tokens == self.mask_token).sum(-1).max())
         out = tokens.view(b, *cfg.token_shape)
-        return (out, history) if return_history else out
+        return (out, torch.stack(history).tolist()) if return_history else out

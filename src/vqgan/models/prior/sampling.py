@@ -66,10 +66,10 @@ def sample_logits(logits: torch.Tensor, generator: torch.Generator | None = None
     dev = generator.device if generator is not None else flat.device
     u = torch.rand(flat.shape[0], 1, generator=generator, device=dev).to(flat.device) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True).clamp_max(flat.shape[-1] - 1)
-    # Never return a token of probability 0 (possible only through rounding at the edge of the CDF).
+    # Never return a token of probability 0 (possible only through rounding at the edge of the CDF). Always a
+    # where, never `if bad.any():`, which would wait for the GPU once per sampled token.
     bad = flat.gather(-1, idx) == 0
-    if bad.any():
-        idx = torch.where(bad, flat.argmax(-1, keepdim=True), idx)
+    idx = torch.where(bad, flat.argmax(-1, keepdim=True), idx)
     return idx.reshape(probs.shape[:-1])
 
 
