@@ -78,7 +78,6 @@ def _seed_configs() -> list[str]:
 def test_every_config_trains_in_bf16_on_cuda(name: str, tmp_path: Path) -> None:
     """The trainer's own path (Lightning, bf16-mixed autocast, host-to-device copies) on each config, shrunk."""
     from test_training import SHRINK  # the same shrinking as the CPU test of every config
-
     from vqgan.cli import main
     from vqgan.config import load_config
 
