@@ -143,8 +143,13 @@ def test_prior_preset_training_forward_stays_on_device(name: str) -> None:
     prior = _on_meta(build_prior, cfg)
     with fake_cuda(prior):
         prior.train()
-        tokens = torch.randint(cfg.vocab_size, (2, cfg.token_height, cfg.token_width), device="cuda")
         labels = torch.tensor([0, -1], device="cuda")
+        if cfg.kind == "flow":  # continuous latents in, a velocity out
+            latents = torch.randn(2, cfg.latent_channels, cfg.token_height, cfg.token_width, device="cuda")
+            out = prior.training_loss(latents, labels)
+            assert out.loss.device.type == "cuda" and out.velocity.device.type == "cuda"
+            return
+        tokens = torch.randint(cfg.vocab_size, (2, *cfg.token_shape), device="cuda")  # (h, w) maps or (T, h, w)
         out = prior.training_loss(tokens, labels)
         assert out.loss.device.type == "cuda" and out.logits.device.type == "cuda"
 
@@ -163,10 +168,14 @@ def test_prior_sampling_loop_never_waits_for_the_device(name: str, kwargs: dict)
     prior = _on_meta(build_prior, cfg)
     if cfg.kind != "gpt":
         kwargs = {k: v for k, v in kwargs.items() if k != "use_cache"}
+    shape = cfg.token_shape
+    if cfg.kind == "flow":  # an ODE, not a categorical: guidance and the sampler are its knobs
+        kwargs = {"cfg_scale": kwargs.get("cfg_scale", 1.0), "sampler": "heun" if "top_p" in kwargs else "euler"}
+        shape = (cfg.latent_channels, cfg.token_height, cfg.token_width)
     with fake_cuda(prior):
         prior.eval()
         maps = prior.generate(labels=torch.tensor([1, 2], device="cuda"), **kwargs)
-        assert maps.shape == (2, cfg.token_height, cfg.token_width) and maps.device.type == "cuda"
+        assert maps.shape == (2, *shape) and maps.device.type == "cuda"
 
 
 # -- the GPU benchmark's dry run -------------------------------------------------------------------------------------
