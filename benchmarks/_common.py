@@ -181,3 +181,25 @@ def describe_machine(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
     return f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def taming_step_on_diffusers(model, module, x: torch.Tensor, gen: list, disc: list, grad_clip: float | None) -> None:
+    """Gradients of taming's ``VQLPIPSWithDiscriminator`` step on diffusers' ``VQModel`` (the peer of the train-step
+    benchmarks), with our (identical) loss functions: reconstruction + perceptual + VQ + adaptive-weight GAN for the
+    generator, hinge for the discriminator, each clipped like ours."""
+    from vqgan.losses import adaptive_weight_from_grads, generator_adversarial_loss
+    from vqgan.train.module import _clip
+
+    loss_fn, discriminator = module.loss_fn, module.discriminator
+    out = model(x)
+    rec, vq_loss = out.sample, out.commit_loss.mean()
+    last_layer = model.decoder.conv_out.weight
+    nll = loss_fn.nll(x, rec).loss
+    g_adv = generator_adversarial_loss(discriminator(rec), loss_fn.cfg.gan_loss)
+    grads = [torch.autograd.grad(loss, last_layer, retain_graph=True)[0] for loss in (nll, g_adv)]
+    d_weight = adaptive_weight_from_grads(*grads, loss_fn.cfg.adaptive_weight_max) * loss_fn.cfg.disc_weight
+    (nll + vq_loss + d_weight * g_adv).backward(inputs=gen)
+    _clip(gen, grad_clip)
+    d = loss_fn.discriminator_loss(discriminator(x.detach()), discriminator(rec.detach()), 1.0)
+    d.loss.backward(inputs=disc)
+    _clip(disc, grad_clip)

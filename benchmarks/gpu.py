@@ -43,13 +43,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, conv_peak_gflops, count_flops, describe_machine, median, table  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    conv_peak_gflops,
+    count_flops,
+    describe_machine,
+    median,
+    sync,
+    table,
+    taming_step_on_diffusers,
+)
 
 from vqgan.config import ExperimentConfig, ModelConfig, load_config, to_dict  # noqa: E402
-from vqgan.losses.gan import adaptive_weight_from_grads, generator_adversarial_loss  # noqa: E402
 from vqgan.models import build_model  # noqa: E402
 from vqgan.models.prior import GPTPrior, PriorModelConfig  # noqa: E402
-from vqgan.train.module import VQGANModule, _clip  # noqa: E402
+from vqgan.train.module import VQGANModule  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from the vendors' data sheets, by device-name substring.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "L40S": 362.0,
@@ -146,24 +154,7 @@ class Step:
         self.opt.step()
 
     def _taming_loss_on_diffusers(self) -> None:
-        m, loss_fn, disc, x = self.model, self.module.loss_fn, self.module.discriminator, self.x
-        out = m(x)
-        rec, vq_loss = out.sample, out.commit_loss.mean()
-        nll = loss_fn.nll(x, rec).loss
-        g_adv = generator_adversarial_loss(disc(rec), loss_fn.cfg.gan_loss)
-        last_layer = m.decoder.conv_out.weight
-        grads = [torch.autograd.grad(loss, last_layer, retain_graph=True)[0] for loss in (nll, g_adv)]
-        d_weight = adaptive_weight_from_grads(*grads, loss_fn.cfg.adaptive_weight_max) * loss_fn.cfg.disc_weight
-        (nll + vq_loss + d_weight * g_adv).backward(inputs=self.gen)
-        _clip(self.gen, self.cfg.train.grad_clip)
-        d = loss_fn.discriminator_loss(disc(x.detach()), disc(rec.detach()), 1.0)
-        d.loss.backward(inputs=self.disc)
-        _clip(self.disc, self.cfg.train.grad_clip)
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+        taming_step_on_diffusers(self.model, self.module, self.x, self.gen, self.disc, self.cfg.train.grad_clip)
 
 
 def free(dev: torch.device) -> None:

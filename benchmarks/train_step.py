@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     peak_memory_subprocess,
     reset_peak_rss,
     table,
+    taming_step_on_diffusers,
 )
 
 from vqgan.config import (  # noqa: E402
@@ -56,8 +57,7 @@ from vqgan.config import (  # noqa: E402
     TrainConfig,
     to_dict,
 )
-from vqgan.losses import adaptive_weight_from_grads, generator_adversarial_loss  # noqa: E402
-from vqgan.train.module import VQGANModule, _clip  # noqa: E402
+from vqgan.train.module import VQGANModule  # noqa: E402
 
 VARIANTS = ("ours", "ours_channels_last", "ours_ckpt", "diffusers")
 
@@ -130,20 +130,7 @@ class Variant:
         self.opt.step()
 
     def _diffusers_gradients(self) -> None:
-        """taming's VQLPIPSWithDiscriminator step on diffusers' VQModel, with our (identical) loss functions."""
-        m, loss_fn, disc, x = self.model, self.module.loss_fn, self.module.discriminator, self.x
-        out = m(x)
-        rec, vq_loss = out.sample, out.commit_loss.mean()
-        last_layer = m.decoder.conv_out.weight
-        nll = loss_fn.nll(x, rec).loss
-        g_adv = generator_adversarial_loss(disc(rec), loss_fn.cfg.gan_loss)
-        grads = [torch.autograd.grad(loss, last_layer, retain_graph=True)[0] for loss in (nll, g_adv)]
-        d_weight = adaptive_weight_from_grads(*grads, loss_fn.cfg.adaptive_weight_max) * loss_fn.cfg.disc_weight
-        (nll + vq_loss + d_weight * g_adv).backward(inputs=self.gen)
-        _clip(self.gen, self.cfg.train.grad_clip)
-        d = loss_fn.discriminator_loss(disc(x.detach()), disc(rec.detach()), 1.0)
-        d.loss.backward(inputs=self.disc)
-        _clip(self.disc, self.cfg.train.grad_clip)
+        taming_step_on_diffusers(self.model, self.module, self.x, self.gen, self.disc, self.cfg.train.grad_clip)
 
 
 def saved_activation_mb(v: Variant) -> float:
