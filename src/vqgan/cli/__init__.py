@@ -1,22 +1,10 @@
-"""The ``vqgan`` command: a table of sub-commands, each a typed, documented function.
+"""The ``vqgan`` command: a table of sub-commands, each a typed, documented function (as litgpt's ``__main__``).
 
-A sub-command is a function registered with :func:`command` in one of this package's modules. jsonargparse builds
-its options from the function's signature and docstring, as litgpt's ``__main__`` does, so ``--help`` and the Python
-API cannot drift:
-
-* a parameter ``run_dir: str`` becomes ``--run-dir`` (``--run_dir`` is accepted too; a trailing ``_`` is dropped,
-  ``class_`` -> ``--class``); its type checks the value and its ``Args:`` line is the help;
-* a parameter ``config`` typed with a run config dataclass (:class:`~vqgan.config.ExperimentConfig`) becomes
-  ``--preset NAME``, ``--config FILE`` and one dotted option per field (``--model.quantizer.kind``), whose help is
-  the dataclasses' ``Attributes:`` docs (:func:`vqgan.config.add_run_config_arguments`);
-* the options many commands share (``--device``, ``--ckpt``, ``--output``) are documented once, in
-  :data:`SHARED_HELP`, and ``--device auto`` is resolved once, in :func:`main`.
-
-:func:`main` hands a function only what the command line gave (jsonargparse's ``defaults=False``): the function's
-own defaults fill the rest, and a config given in part (``--data.root X``) overrides the one it starts from (the
-preset, or the checkpoint's data). A parse error is one line and exits 2, naming an unknown key's closest match; an
-error raised by the command is one line and returns 2 (configuration, missing file) or 1 (damaged checkpoint,
-non-finite run).
+jsonargparse builds each command's options from its function's signature and ``Args:`` docs, so ``--help`` and the
+Python API cannot drift: ``run_dir`` becomes ``--run-dir``, a run-config parameter becomes ``--preset``, ``--config``
+and one dotted option per field (:func:`vqgan.config.add_run_config_arguments`). Only what the command line gave is
+passed on; a parse error is one line and exits 2, an error raised by the command is one line and returns 2
+(configuration, missing file) or 1 (damaged checkpoint, non-finite run).
 """
 
 from __future__ import annotations

@@ -55,22 +55,22 @@ def _batch_range(data, n: int, batch_idx: int, max_images: int | None) -> range:
     return range(start, min(n, start + size, start + (max_images or size)))
 
 
-def _print_table(result, console_file=None) -> None:
+_ROWS = {"psnr": ("PSNR (dB)", "{:.3f}"), "ssim": ("SSIM", "{:.4f}"), "lpips": ("LPIPS", "{:.4f}"),
+         "rfid": ("rFID", "{:.3f}"), "codebook_usage": ("codebook usage", "{:.2%}"), "codes_used": ("codes used", "{}"),
+         "perplexity": ("perplexity", "{:.2f}"), "code_entropy_bits": ("code entropy (bits)", "{:.3f}")}
+
+
+def _print_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
     m, p = result.metrics, result.protocol
-    table = Table()
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [("PSNR (dB)", "psnr", "{:.3f}"), ("SSIM", "ssim", "{:.4f}"), ("LPIPS", "lpips", "{:.4f}"),
-            ("rFID", "rfid", "{:.3f}"), ("codebook usage", "codebook_usage", "{:.2%}"),
-            ("codes used", "codes_used", "{}"), ("perplexity", "perplexity", "{:.2f}"),
-            ("code entropy (bits)", "code_entropy_bits", "{:.3f}")]
-    for label, key, fmt in rows:
+    table = Table("metric", "value")
+    table.columns[1].justify = "right"
+    for key, (label, fmt) in _ROWS.items():
         if key in m:
             table.add_row(label, fmt.format(m[key]))
-    console = Console(file=console_file or sys.stdout)  # looked up now: sys.stdout may have been replaced
+    console = Console(file=sys.stdout)  # looked up now: sys.stdout may have been replaced
     console.print(f"[bold]reconstruction metrics[/bold] of {p['checkpoint']}: {p['num_images']} images, "
                   f"{p['resolution'][0]}x{p['resolution'][1]}, device {p['device']}")
     console.print(table)
@@ -128,13 +128,12 @@ def evaluate(
                                     checkpoint_data=exp.data if exp else None)
     result = evaluate_tokenizer(model, loader, data_cfg, device, lpips=lpips, fid=fid, progress=progress,
                                 checkpoint=str(ckpt))
+    text = json.dumps(result.to_dict(), indent=2)
     if output:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "evaluation.json").write_text(json.dumps(result.to_dict(), indent=2))
+        Path(output).mkdir(parents=True, exist_ok=True)
+        (Path(output) / "evaluation.json").write_text(text)
     if json_:
-        json.dump(result.to_dict(), sys.stdout, indent=2)
-        print()
+        print(text)
     else:
         _print_table(result)
         if output:

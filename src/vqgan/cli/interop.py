@@ -10,12 +10,6 @@ from vqgan.cli.stage1 import eval_data
 from vqgan.config import DataConfig
 
 
-def _load(path: str, allow_stand_ins: bool = False):
-    from vqgan.interop import load_pretrained
-
-    return load_pretrained(path, allow_stand_ins=allow_stand_ins)
-
-
 @command("convert")
 def convert(
     input: str, output: str, from_: Literal["auto", "taming", "llamagen", "diffusers", "vqgan"] = "auto",
@@ -66,9 +60,10 @@ def export(
         opset: ONNX opset.
         allow_stand_ins: as for `vqgan convert`: placeholders for pickled Python objects, no code runs.
     """
+    from vqgan.interop import load_pretrained
     from vqgan.interop.export import export_onnx, export_torchscript
 
-    model = _load(ckpt, allow_stand_ins)
+    model = load_pretrained(ckpt, allow_stand_ins=allow_stand_ins)
     if format == "onnx":
         written = export_onnx(model, output, resolution, exporter=onnx_exporter, opset=opset)
     else:
@@ -112,11 +107,12 @@ def fit_projection(
     """
     import torch
 
+    from vqgan.interop import load_pretrained
     from vqgan.interop.projection import _images, save_projection
     from vqgan.interop.projection import fit_projection as fit
 
     torch.manual_seed(seed)
-    model = _load(ckpt)
+    model = load_pretrained(ckpt)
     train_loader, val_loader = _loaders(model, data, seed)
     held_out = _images(next(iter(val_loader)))
     result = fit(model, train_loader, channels, steps, lr, kernel_size, source, latent_weight, train_decoder, device,
@@ -148,12 +144,13 @@ def project_latents(
     import torch
     from safetensors.torch import save_file
 
+    from vqgan.interop import load_pretrained
     from vqgan.interop.projection import _images, load_projection, source_latents
 
-    model = _load(ckpt).to(device)
     proj = load_projection(projection).to(device)
-    if (Path(projection) / "decoder").is_dir():
-        model = _load(str(Path(projection) / "decoder")).to(device)
+    # A projection fitted jointly with the tokenizer saved that tokenizer beside it: encode with it.
+    joint = Path(projection) / "decoder"
+    model = load_pretrained(str(joint) if joint.is_dir() else ckpt).to(device)
     train_loader, val_loader = _loaders(model, data, 0)
     chunks, n = [], 0
     with torch.no_grad():

@@ -19,7 +19,6 @@ def pipeline(
     """Run both stages from one config: train the tokenizer, encode its training set, train a prior, write a sample grid (seed 002's `make ffhq`).
 
     Args:
-        config: the tokenizer's experiment: --preset, --config and the dotted options below.
         run_dir: run folder: RUN/tokenizer, RUN/tokens, RUN/prior, RUN/samples (a finished stage is skipped).
         prior: the prior's options, prefixed (--prior.train.max_steps 500); they override --prior-config.
         prior_config: YAML file of the prior (e.g. configs/prior_gpt.yaml), read over --prior-preset.

@@ -61,7 +61,6 @@ def fit_prior(
     """Train a stage-2 prior (GPT or MaskGIT on a token folder, flow on a latent folder), from a preset or a YAML config.
 
     Args:
-        config: the prior run: --preset, --config and the dotted options below.
         run_dir: folder for the resolved config, checkpoints, samples, logs and metrics.
         run_name: name of the run (W&B); without --run-dir it trains in runs/NAME.
         tokens: token folder written by `vqgan encode` (overrides --data.tokens).

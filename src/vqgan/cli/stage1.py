@@ -21,7 +21,6 @@ def fit(
     """Train a stage-1 tokenizer (VQ-VAE / VQGAN) from a preset or a YAML config, with dotted overrides.
 
     Args:
-        config: the experiment: --preset, --config and the dotted options below.
         run_dir: folder for the resolved config, checkpoints, samples, logs and metrics.
         run_name: name of the run (W&B); without --run-dir it trains in runs/NAME.
         max_steps: train this many steps (sets train.max_steps and clears train.max_epochs).
