@@ -1,17 +1,12 @@
 """Load taming-transformers VQGAN checkpoints (Esser et al. 2021, https://arxiv.org/abs/2012.09841), e.g.
 ``vqgan_imagenet_f16_1024.ckpt`` / ``vqgan_imagenet_f16_16384.ckpt`` with their ``*-project.yaml``.
 
-A taming checkpoint is a PyTorch Lightning ``.ckpt``: a dict whose ``state_dict`` holds ``encoder.*``,
-``decoder.*``, ``quant_conv``, ``post_quant_conv``, ``quantize.embedding.weight`` and the training loss
-(``loss.*``: LPIPS and discriminator, dropped here). Our taming-style autoencoder uses the same module names
-(``encoder.down[i].block[j]``, ``.attn[j]``, ``mid.block_1``, ``norm_out``, ``decoder.up[i]`` stored in encoder
-order...), so the weights load one to one; the architecture is read from the tensors themselves and, when the
-YAML config is found, checked against ``model.params.ddconfig``.
-
-Not supported (a clear error names them): ``GumbelVQ`` (``quantize.proj``), index remapping (``remap``,
-``quantize.used``), ``double_z``. Lightning checkpoints also pickle callback objects; they are refused unless
-``allow_stand_ins=True`` (see :func:`vqgan.interop.common.safe_torch_load`), which reads the tensors without
-executing anything from the file.
+A taming checkpoint is a Lightning ``.ckpt`` whose ``state_dict`` holds the autoencoder under our own module names
+(``encoder.*``, ``decoder.*``, ``quant_conv``, ``post_quant_conv``, ``quantize.embedding.weight``) and the training
+loss (``loss.*``, dropped), so the weights load one to one; the architecture is read from the tensors and, when the
+YAML config is found, checked against ``model.params.ddconfig``. Not supported (a clear error names them):
+``GumbelVQ``, index remapping (``remap``), ``double_z``. The callback objects Lightning pickles are refused unless
+``allow_stand_ins=True`` (see :func:`vqgan.interop.common.safe_torch_load`); nothing from the file is executed.
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ from vqgan.interop.common import (
     ConversionError,
     build_model,
     infer_taming_config,
-    rename_keys,
     safe_torch_load,
     tensors_only,
 )
@@ -43,12 +37,8 @@ def find_taming_config(ckpt: Path) -> Path | None:
     for cand in (ckpt.with_suffix(".yaml"), ckpt.with_suffix(".yml")):
         if cand.is_file():
             return cand
-    configs = ckpt.parent.parent / "configs"
-    if configs.is_dir():
-        found = sorted(configs.glob("*-project.yaml"))
-        if found:
-            return found[-1]
-    return None
+    found = sorted((ckpt.parent.parent / "configs").glob("*-project.yaml"))
+    return found[-1] if found else None
 
 
 def read_taming_config(path: str | Path) -> dict[str, Any]:
@@ -57,18 +47,6 @@ def read_taming_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "model" not in data or "params" not in data["model"]:
         raise ConversionError(f"{path} is not a taming config: expected model.target and model.params")
     return data["model"]
-
-
-def _rename(key: str) -> str | None:
-    if key.startswith("loss."):
-        return None  # LPIPS and discriminator of the training objective
-    if key == "quantize.used":
-        raise ConversionError("taming index remapping (quantize.used / remap=...) is not supported")
-    if key.startswith(("quantize.proj.", "quantize.embed.")):
-        raise ConversionError("taming GumbelVQ checkpoints (GumbelQuantize) are not supported")
-    if key.startswith("quantize.embedding.") and key != "quantize.embedding.weight":
-        return None  # EMAVQ running statistics (cluster_size, embed_avg): not needed for inference
-    return key
 
 
 def taming_state_dict(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
@@ -83,7 +61,13 @@ def taming_state_dict(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tens
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise ConversionError(f"{source}: no encoder.* or first_stage_model.encoder.* weights found")
-    return rename_keys(state, _rename, source)
+    if "quantize.used" in state:
+        raise ConversionError("taming index remapping (quantize.used / remap=...) is not supported")
+    if any(k.startswith(("quantize.proj.", "quantize.embed.")) for k in state):
+        raise ConversionError("taming GumbelVQ checkpoints (GumbelQuantize) are not supported")
+    # Dropped: the training objective (LPIPS, discriminator) and EMAVQ's running statistics (cluster_size, ...).
+    dropped = ("loss.", "quantize.embedding.")
+    return {k: v for k, v in state.items() if not k.startswith(dropped) or k == "quantize.embedding.weight"}
 
 
 def _check_against_yaml(cfg, params: dict[str, Any], source: str) -> None:
@@ -105,6 +89,13 @@ def _check_against_yaml(cfg, params: dict[str, Any], source: str) -> None:
         raise ConversionError(f"{source}: the YAML config does not match the weights: {'; '.join(bad)}")
     if params.get("remap"):
         raise ConversionError(f"{source}: taming index remapping (remap=...) is not supported")
+    resolution = int(dd.get("resolution", 256))
+    levels = [resolution // 2**i for i in range(len(cfg.ch_mult))]
+    yaml_attn = sorted(r for r in dd.get("attn_resolutions", []) if r in levels)
+    if sorted(cfg.attn_resolutions) != yaml_attn:
+        raise ConversionError(
+            f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, the YAML says {yaml_attn}"
+        )
 
 
 def load_taming(
@@ -115,9 +106,9 @@ def load_taming(
 
     Args:
         path: the Lightning ``.ckpt`` (or a ``.pt`` holding ``{"state_dict": ...}`` or a bare state dict).
-        config: its YAML (``model.target`` / ``model.params``); found automatically next to the checkpoint or
-            in ``../configs/*-project.yaml``; optional (the architecture is read from the weights; the YAML
-            gives the training resolution, which places attention, and is checked against the weights).
+        config: its YAML (``model.target`` / ``model.params``), found automatically next to the checkpoint or in
+            ``../configs/*-project.yaml``; optional: it gives the training resolution, which places attention, and
+            is checked against the weights.
         allow_stand_ins: read files that pickle Lightning callbacks, with inert placeholders (no code runs).
         checkpoint: the file's contents when already loaded (by :func:`vqgan.interop.load_pretrained`).
     """
@@ -125,31 +116,22 @@ def load_taming(
     source = str(path)
     config_path = Path(config) if config is not None else find_taming_config(path)
     params: dict[str, Any] = {}
-    if config_path is not None:
-        if not config_path.is_file():
-            raise ConversionError(f"taming config {config_path} does not exist")
+    if config_path is None:
+        log.warning("no taming YAML config found for %s: reading the architecture from the weights only", path)
+    elif not config_path.is_file():
+        raise ConversionError(f"taming config {config_path} does not exist")
+    else:
         model_cfg = read_taming_config(config_path)
-        target = model_cfg.get("target", "")
-        if target not in SUPPORTED_TARGETS:
+        if model_cfg.get("target", "") not in SUPPORTED_TARGETS:
             raise ConversionError(
-                f"{config_path}: model.target={target!r} is not supported; supported: {', '.join(SUPPORTED_TARGETS)}"
+                f"{config_path}: model.target={model_cfg.get('target', '')!r} is not supported; supported: "
+                f"{', '.join(SUPPORTED_TARGETS)}"
             )
         params = model_cfg["params"]
-    else:
-        log.warning("no taming YAML config found for %s: reading the architecture from the weights only", path)
-    if checkpoint is None:
-        checkpoint = safe_torch_load(path, allow_stand_ins)
-    state = taming_state_dict(checkpoint, source)
-    resolution = int(params.get("ddconfig", {}).get("resolution", 256))
-    cfg = infer_taming_config(state, resolution=resolution, num_groups=32, source=source)
+    state = taming_state_dict(safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint, source)
+    dd = params.get("ddconfig", {})
+    cfg = infer_taming_config(state, resolution=int(dd.get("resolution", 256)), source=source)
     if params:
         _check_against_yaml(cfg, params, source)
-        cfg.dropout = float(params.get("ddconfig", {}).get("dropout", 0.0))
-        levels = [resolution // 2**i for i in range(len(cfg.ch_mult))]
-        yaml_attn = sorted(r for r in params.get("ddconfig", {}).get("attn_resolutions", []) if r in levels)
-        if sorted(cfg.attn_resolutions) != yaml_attn:
-            raise ConversionError(
-                f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, the YAML says "
-                f"{yaml_attn}"
-            )
+        cfg.dropout = float(dd.get("dropout", 0.0))
     return build_model(cfg, state, source)
