@@ -1,18 +1,14 @@
 """A learned projection of a tokenizer's latents to ``N`` channels, for downstream models that expect a fixed
-channel count (seed 004's "option A": a flow-matching model that reads 4-channel latents from a 256-channel
-VQGAN).
+channel count (seed 004's "option A": a flow-matching model that reads 4-channel latents from a 256-channel VQGAN).
 
-``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)`` and ``unproject`` maps back, so that samples of the
-downstream model are decoded by ``tokenizer.decode(projection.unproject(p))``. The projection is fitted after
-stage 1 on a reconstruction objective through the decoder::
+``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)``; samples of the downstream model decode with
+``tokenizer.decode(projection.unproject(p))``. It is fitted after stage 1 through the tokenizer's decoder ``D``::
 
     loss = || D(up(down(z))) - x ||^2  +  latent_weight * || up(down(z)) - z ||^2
 
-with ``z`` the tokenizer's quantized (or continuous) latents of images ``x`` and ``D`` its frozen decoder;
-``down`` and ``up`` start from the principal components of ``z`` (the best linear ``N``-channel reconstruction of
-the latents), and the image term then spends the ``N`` channels on what the decoder needs. With
-``train_decoder=True`` the decoder (and ``post_quant_conv``) is trained jointly with the projection, so it adapts
-to the bottleneck; the encoder and codebook stay fixed, so code indices don't change.
+with ``z`` the quantized (or continuous) latents of images ``x``; ``down`` and ``up`` start from the principal
+components of ``z`` (the best linear ``N``-channel reconstruction), and the image term then spends the ``N``
+channels on what the decoder needs (:func:`fit_projection`).
 
 Saved files (:func:`save_projection`)::
 
@@ -33,6 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,7 +128,7 @@ def projection_loss(
     model: nn.Module, projection: LatentProjection, images: torch.Tensor, latent_weight: float = 0.1,
     train_encoder: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Reconstruction through the projection and the decoder, plus a latent reconstruction term. Pure: images in,
+    """Reconstruction through the projection and the decoder, plus a latent reconstruction term: images in,
     ``(loss, logs)`` out. The tokenizer's encoder runs without gradients unless ``train_encoder``."""
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         z = source_latents(model, images, projection.config.source)
@@ -153,9 +150,7 @@ class ProjectionFit:
 def _images(batch: Any) -> torch.Tensor:
     if isinstance(batch, dict):
         return batch["image"]
-    if isinstance(batch, (list, tuple)):
-        return batch[0]
-    return batch
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
@@ -170,16 +165,15 @@ def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
 
 def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-channel mean and (unbiased) standard deviation of ``(B, C, *spatial)`` tensors over every batch, in one
-    streamed pass: running sums of ``x`` and ``x^2`` in float64 (no batch is kept). Returns ``(mean, std, n)``,
-    ``n`` being the number of positions (``B * prod(spatial)`` summed over the batches)."""
-    total = total_sq = None
+    streamed pass of float64 sums of ``x`` and ``x^2``. Returns ``(mean, std, n)``, ``n`` the number of positions."""
+    total = total_sq = 0.0
     n = 0
     for x in batches:
         flat = x.detach().movedim(1, -1).reshape(-1, x.shape[1]).double()
-        total = flat.sum(0) if total is None else total + flat.sum(0)
-        total_sq = flat.pow(2).sum(0) if total_sq is None else total_sq + flat.pow(2).sum(0)
+        total = total + flat.sum(0)
+        total_sq = total_sq + flat.pow(2).sum(0)
         n += flat.shape[0]
-    if total is None or total_sq is None or n < 2:
+    if n < 2:
         raise ValueError(f"channel_statistics needs at least 2 positions, got {n}")
     mean = total / n
     var = (total_sq - n * mean.pow(2)).clamp_min(0.0) / (n - 1)
@@ -201,71 +195,50 @@ def fit_projection(
     eval_images: torch.Tensor | None = None,
     train_encoder: bool = False,
 ) -> ProjectionFit:
-    """Fit a :class:`LatentProjection` to a tokenizer (see the module docstring for the objective).
+    """Fit a :class:`LatentProjection` to a tokenizer with ``steps`` Adam steps (the objective: module docstring).
 
     Args:
-        model: the tokenizer (:class:`~vqgan.models.VQModel`); frozen except, with ``train_decoder``, its decoder
-            and ``post_quant_conv``.
-        batches: an iterable of image batches in [-1, 1] (tensors, ``(images, ...)`` tuples or dicts with
-            ``image``), e.g. a DataLoader; cycled until ``steps``.
+        model: the tokenizer (:class:`~vqgan.models.VQModel`); frozen except what ``train_*`` names.
+        batches: image batches in [-1, 1] (tensors, ``(images, ...)`` tuples or dicts with ``image``), e.g. a
+            DataLoader; cycled until ``steps``.
         out_channels: ``N``.
-        steps, lr: Adam steps and learning rate.
         kernel_size, source: see :class:`ProjectionConfig`.
-        latent_weight: weight of the latent reconstruction term.
-        train_decoder: train the decoder jointly with the projection.
+        train_decoder: train the decoder (and ``post_quant_conv``) jointly with the projection.
         train_encoder: also train the encoder (and ``quant_conv``), so the projection sits at the output of an
             encoder trained jointly with it (seed 004's "projection layer in the encoder output"); the codebook
             stays fixed, but code indices may change. With ``source="quantized"`` gradients reach the encoder
             through the straight-through estimator.
-        device: where to run.
         seed: seed of the initialisation.
         eval_images: held-out images for the summary figures (default: the first training batch).
     """
     torch.manual_seed(seed)
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params_model: list[nn.Parameter] = []
-    trained = [model.decoder, model.post_quant_conv] if train_decoder else []
-    trained += [model.encoder, model.quant_conv] if train_encoder else []
-    if trained:
-        for mod in trained:
-            for p in mod.parameters():
-                p.requires_grad_(True)
-                params_model.append(p)
-    d = model.config.embed_dim
-    proj = LatentProjection(ProjectionConfig(d, out_channels, kernel_size, source)).to(device)
+    model = model.to(device).eval().requires_grad_(False)
+    trained = [model.decoder, model.post_quant_conv] * train_decoder + [model.encoder, model.quant_conv] * train_encoder
+    params_model = [p.requires_grad_(True) for mod in trained for p in mod.parameters()]
+    proj = LatentProjection(ProjectionConfig(model.config.embed_dim, out_channels, kernel_size, source)).to(device)
     it = _cycle(batches)
     first = next(it).to(device)
-    with torch.no_grad():
-        z0 = source_latents(model, first, source)
-    proj.init_pca(z0)
-    opt = torch.optim.Adam([*proj.parameters(), *params_model], lr=lr)
-    history: list[float] = []
     held_out = first if eval_images is None else _images(eval_images).to(device)
     with torch.no_grad():
+        proj.init_pca(source_latents(model, first, source))
         initial, _ = projection_loss(model, proj, held_out, latent_weight)
-    images = first
-    for step in range(steps):
-        if step:
-            images = next(it).to(device)
-        loss, _ = projection_loss(model, proj, images, latent_weight, train_encoder)
+    opt = torch.optim.Adam([*proj.parameters(), *params_model], lr=lr)
+    history: list[float] = []
+    for images in islice(chain([first], it), steps):
+        loss, _ = projection_loss(model, proj, images.to(device), latent_weight, train_encoder)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         history.append(float(loss.detach()))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    model.requires_grad_(False).eval()
     proj.eval()
     with torch.no_grad():
         final, logs = projection_loss(model, proj, held_out, latent_weight)
-        # Channel statistics of the projected latents of the whole training set (one streamed pass over
-        # ``batches``), for normalisation downstream.
+        # Statistics of the projected latents of the whole training set (one more pass), for normalisation.
         projected = (proj.project(source_latents(model, _images(b).to(device), source)) for b in batches)
         mean, std, count = channel_statistics(projected)
-        proj.mean.copy_(mean.to(proj.mean.dtype))
-        proj.std.copy_(std.to(proj.std.dtype).clamp_min(1e-6))
+        proj.mean.copy_(mean)
+        proj.std.copy_(std.clamp_min(1e-6))
         z = source_latents(model, held_out, source)
         summary = {
             "steps": steps,
