@@ -1,10 +1,10 @@
 """Helpers shared by the converters: safe loading of pickled checkpoints, key renaming, a taming-style
 :class:`ModelConfig` read from a state dict, and strict loading.
 
-Nothing here executes code from a file: ``.ckpt`` / ``.pt`` files are read with ``torch.load(weights_only=True)``;
-a file that needs other Python objects (taming's Lightning callbacks, LlamaGen's ``argparse.Namespace``) is refused
-with their names, unless the caller asks for *stand-ins*: inert placeholder classes that only record their
-arguments, so the unpickler builds the containers around the tensors without importing or calling anything.
+Nothing here executes code from a file: ``.ckpt`` / ``.pt`` files are read with ``weights_only=True``; one that
+needs other Python objects (taming's Lightning callbacks, LlamaGen's ``argparse.Namespace``) is refused with their
+names, unless the caller asks for *stand-ins*: inert placeholder classes that only record their arguments, so the
+unpickler builds the containers around the tensors without importing or calling anything.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ class ConversionError(ConfigError):
 
 
 class StandIn:
-    """Inert placeholder for a class or function named inside a pickle (see :func:`safe_torch_load`): creating,
-    calling or building one only records the arguments."""
+    """Inert placeholder for a class or function named inside a pickle (see :func:`safe_torch_load`):
+    creating, calling or building one only records the arguments."""
 
     _name = "?"
 
@@ -52,15 +52,9 @@ def _reason(e: Exception) -> str:
 
 
 def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, with clear errors.
-
-    With ``allow_stand_ins``, the Python classes or functions that ``weights_only`` refuses are each bound to an
-    inert :class:`StandIn`; tensors load normally. No code from the file runs either way.
-
-    Raises:
-        ConversionError: missing, empty or corrupt file, or (without ``allow_stand_ins``) a file that needs
-            Python objects, listing them.
-    """
+    """``torch.load(path, weights_only=True)`` on CPU; :class:`ConversionError` for a missing, empty or
+    corrupt file, or one that needs Python objects (listed). With ``allow_stand_ins`` each such class or
+    function is bound to an inert :class:`StandIn` instead; no code from the file runs either way."""
     path = Path(path)
     if why := unusable_file(path):
         raise ConversionError(why)
@@ -75,16 +69,15 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     except Exception:  # a legacy (non-zip) file: the names can't be listed without unpickling
         names = []
     if not allow_stand_ins or not names:
+        listed = f" It names: {', '.join(names)}." if names else ""
         hint = (
-            f" It names: {', '.join(names)}. Pass allow_stand_ins=True (command line: --allow-stand-ins true) to "
-            "read the tensors with inert placeholders in place of those objects; nothing from the file is executed "
-            "either way."
-            if names
-            else ""
+            " Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors with inert"
+            " placeholders in place of those objects; nothing from the file is executed either way."
         )
         raise ConversionError(
             f"refusing to load {path}: it needs to import or run Python code to unpickle ({first_error})."
-            f" Only tensors and plain containers are loaded (torch.load weights_only=True).{hint}"
+            f"{listed} Only tensors and plain containers are loaded (torch.load weights_only=True)."
+            + (hint if names else "")
         )
     stand_ins = []
     for full in names:
@@ -109,13 +102,14 @@ def tensors_only(state: dict[str, Any], prefixes: tuple[str, ...] = ()) -> dict[
 
 
 def rename_pieces(key: str, pairs: Iterable[tuple[str, str]], levels: int) -> str:
-    """Replace each dotted name piece ``a`` by ``b`` for ``(a, b)`` in ``pairs`` (whole pieces, in order), then
-    renumber the decoder's levels ``decoder.up.{k}`` -> ``.{levels-1-k}`` (diffusers and LlamaGen list them
-    deepest first, taming and we in encoder order)."""
+    """Replace each dotted name piece ``a`` by ``b`` for ``(a, b)`` in ``pairs`` (whole pieces, in order),
+    then renumber the decoder's levels ``decoder.up.{k}`` -> ``.{levels-1-k}`` (diffusers and LlamaGen list
+    them deepest first, taming and we in encoder order)."""
     key = f".{key}."
     for a, b in pairs:
         key = key.replace(f".{a}.", f".{b}.")
-    key = re.sub(r"^\.decoder\.(up|up_blocks)\.(\d+)\.", lambda m: f".decoder.{m[1]}.{levels - 1 - int(m[2])}.", key)
+    key = re.sub(r"^\.decoder\.(up|up_blocks)\.(\d+)\.",
+                 lambda m: f".decoder.{m[1]}.{levels - 1 - int(m[2])}.", key)
     return key[1:-1]
 
 
@@ -123,14 +117,14 @@ def taming_config(
     source: str, ch: int, widths: list[int], enc_attn: list[int], dec_attn: list[int], resolution: int,
     codebook_size: int, l2_normalize: bool = False, **fields: Any,
 ) -> ModelConfig:
-    """Our taming-style :class:`ModelConfig` for level ``widths`` and attention levels; ``resolution`` only places
-    attention. Refuses what our autoencoder can't represent."""
+    """Our taming-style :class:`ModelConfig` for level ``widths`` and attention levels (``resolution`` only
+    places attention), refusing what our autoencoder can't represent."""
     if any(w % ch for w in widths):
         raise ConversionError(f"{source}: level widths {widths} are not multiples of ch={ch}")
     if enc_attn != dec_attn:
         raise ConversionError(
-            f"{source}: attention at encoder levels {enc_attn} but decoder levels {dec_attn}; our autoencoder "
-            "places attention symmetrically"
+            f"{source}: attention at encoder levels {enc_attn} but decoder levels {dec_attn}; our "
+            "autoencoder places attention symmetrically"
         )
     if resolution % 2 ** (len(widths) - 1):
         resolution = 16 * 2 ** (len(widths) - 1)
@@ -153,15 +147,16 @@ def infer_taming_config(
 ) -> ModelConfig:
     """Read a taming-style architecture from a state dict that already uses our key names.
 
-    Everything that changes the computation is visible in the tensors (widths, blocks and attention per level,
-    the mid-block attention, latent and code sizes); ``resolution`` (only places attention), ``num_groups`` and
-    ``l2_normalize`` are not.
+    Everything that changes the computation is visible in the tensors (widths, blocks and attention per
+    level, the mid-block attention, latent and code sizes); ``resolution`` (only places attention),
+    ``num_groups`` and ``l2_normalize`` are not.
     """
     try:
         conv_in, codebook = state["encoder.conv_in.weight"], state["quantize.embedding.weight"]
         sizes = dict(
             in_channels=conv_in.shape[1], out_channels=state["decoder.conv_out.weight"].shape[0],
-            z_channels=state["encoder.conv_out.weight"].shape[0], embed_dim=state["quant_conv.weight"].shape[0],
+            z_channels=state["encoder.conv_out.weight"].shape[0],
+            embed_dim=state["quant_conv.weight"].shape[0],
         )
     except KeyError as e:
         raise ConversionError(f"{source}: not a taming-style autoencoder, {e.args[0]!r} is missing") from None
@@ -172,7 +167,8 @@ def infer_taming_config(
         )
     widths, enc_attn, blocks = [], [], set()
     for i in sorted({int(m[1]) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))}):
-        convs = [v.shape[0] for k, v in state.items() if re.fullmatch(rf"encoder\.down\.{i}\.block\.\d+\.conv1\.weight", k)]
+        conv1 = re.compile(rf"encoder\.down\.{i}\.block\.\d+\.conv1\.weight")
+        convs = [v.shape[0] for k, v in state.items() if conv1.fullmatch(k)]
         if not convs:
             raise ConversionError(f"{source}: level {i} has no residual blocks")
         blocks.add(len(convs))
@@ -184,8 +180,8 @@ def infer_taming_config(
     dec_attn = sorted({int(m[1]) for k in state if (m := re.match(r"decoder\.up\.(\d+)\.attn\.", k))})
     return taming_config(
         source, conv_in.shape[0], widths, enc_attn, dec_attn, resolution, codebook.shape[0], l2_normalize,
-        num_res_blocks=blocks.pop(), mid_attention="encoder.mid.attn_1.q.weight" in state, num_groups=num_groups,
-        **sizes,
+        num_res_blocks=blocks.pop(), mid_attention="encoder.mid.attn_1.q.weight" in state,
+        num_groups=num_groups, **sizes,
     )
 
 
@@ -210,9 +206,9 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str
     model = VQModel(config)
     check_group_norms(model, config.num_groups, source)
     own = model.state_dict()
-    buffers = {k for k, _ in model.named_buffers() if k in own and k.startswith("quantize.") and k not in state}
+    fresh = {k: own[k] for k, _ in model.named_buffers() if k in own and k.startswith("quantize.")}
     try:
-        load_state_dict_strict(model, {**{k: own[k] for k in buffers}, **state}, source=source)
+        load_state_dict_strict(model, {**fresh, **state}, source=source)
     except ConfigError as e:
         raise ConversionError(str(e)) from None
     return model.eval()

@@ -1,10 +1,10 @@
 """Convert between our autoencoder and diffusers' ``VQModel`` (``diffusers/models/autoencoders/vq_model.py``).
 
 diffusers' VQModel is taming's architecture with other names (the table :data:`NAMES`; diffusers lists the
-decoder's levels deepest first, attention projections are ``Linear`` layers where ours are 1x1 convs). Both use
-one attention head of full width, GroupNorm with ``eps=1e-6``, asymmetric (0, 1, 0, 1) padding before the stride-2
-downsampling conv, nearest upsampling then a 3x3 conv, and ``layers_per_block + 1`` residual blocks per decoder
-level. Options our model can't represent raise :class:`ConversionError`: ``norm_type="spatial"`` (MoVQ), an
+decoder's levels deepest first; its attention projections are ``Linear`` layers, ours 1x1 convs). Both use one
+attention head of full width, GroupNorm with ``eps=1e-6``, asymmetric (0, 1, 0, 1) padding before the
+stride-2 downsampling conv, nearest upsampling then a 3x3 conv, and ``layers_per_block + 1`` residual blocks per
+decoder level. Options our model can't represent raise :class:`ConversionError`: ``norm_type="spatial"`` (MoVQ), an
 activation other than SiLU, attention placed differently in encoder and decoder, block widths that are not
 multiples of the first. diffusers' ``scaling_factor`` (for latent diffusion) is not part of the tokenizer.
 
@@ -35,19 +35,20 @@ from vqgan.interop.common import (
 # diffusers.VQModel's defaults, for keys a config.json leaves out.
 DIFFUSERS_DEFAULTS: dict[str, Any] = {
     "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"],
-    "up_block_types": ["UpDecoderBlock2D"], "block_out_channels": [64], "layers_per_block": 1, "act_fn": "silu",
-    "latent_channels": 3, "sample_size": 32, "num_vq_embeddings": 256, "norm_num_groups": 32, "vq_embed_dim": None,
-    "scaling_factor": 0.18215, "norm_type": "group", "mid_block_add_attention": True,
+    "up_block_types": ["UpDecoderBlock2D"], "block_out_channels": [64], "layers_per_block": 1,
+    "act_fn": "silu", "latent_channels": 3, "sample_size": 32, "num_vq_embeddings": 256,
+    "norm_num_groups": 32, "vq_embed_dim": None, "scaling_factor": 0.18215, "norm_type": "group",
+    "mid_block_add_attention": True,
 }
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
-# (diffusers, ours) dotted name pieces; the names both share (conv_in, conv_out, quant_conv, ...) are not listed.
+# (diffusers, ours) dotted name pieces; names both share (conv_in, conv_out, quant_conv, ...) are not listed.
 NAMES = [
     ("mid_block.resnets.0", "mid.block_1"), ("mid_block.resnets.1", "mid.block_2"),
-    ("mid_block.attentions.0", "mid.attn_1"), ("down_blocks", "down"), ("up_blocks", "up"), ("resnets", "block"),
-    ("attentions", "attn"), ("downsamplers.0", "downsample"), ("upsamplers.0", "upsample"),
-    ("conv_shortcut", "nin_shortcut"), ("conv_norm_out", "norm_out"), ("group_norm", "norm"), ("to_q", "q"),
-    ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"),
+    ("mid_block.attentions.0", "mid.attn_1"), ("down_blocks", "down"), ("up_blocks", "up"),
+    ("resnets", "block"), ("attentions", "attn"), ("downsamplers.0", "downsample"),
+    ("upsamplers.0", "upsample"), ("conv_shortcut", "nin_shortcut"), ("conv_norm_out", "norm_out"),
+    ("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"),
 ]
 # The deprecated names of older diffusers checkpoints.
 _LEGACY = [("query", "q"), ("key", "k"), ("value", "v"), ("proj_attn", "proj_out")]
@@ -61,15 +62,20 @@ def _is_attn_linear(key: str) -> bool:
     return bool(re.search(r"\.(q|k|v|proj_out)\.weight$", key)) and ".attn" in key
 
 
-def read_diffusers_config(folder: str | Path) -> dict[str, Any]:
-    """diffusers' ``config.json`` of a VQModel folder with its defaults filled in."""
-    path = Path(folder) / "config.json"
+def read_diffusers_config(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The VQModel folder (``folder``, or the sub-folder of a pipeline folder with ``model_index.json`` that
+    holds one) and its ``config.json`` with diffusers' defaults filled in."""
+    if not (folder / "config.json").is_file() and (folder / "model_index.json").is_file():
+        subs = [p for p in sorted(folder.iterdir()) if (p / "config.json").is_file()]
+        vq = [p for p in subs if json.loads((p / "config.json").read_text()).get("_class_name") == "VQModel"]
+        folder = vq[0] if vq else folder
+    path = folder / "config.json"
     if not path.is_file():
-        raise ConversionError(f"{path} not found: a diffusers model folder holds config.json and its weights")
+        raise ConversionError(f"{folder}: no diffusers VQModel config.json found (nor a pipeline sub-folder with one)")
     raw = json.loads(path.read_text())
     if raw.get("_class_name", "VQModel") != "VQModel":
         raise ConversionError(f"{path}: _class_name={raw['_class_name']!r}; only diffusers' VQModel is supported")
-    return {**DIFFUSERS_DEFAULTS, **{k: v for k, v in raw.items() if not k.startswith("_")}}
+    return folder, {**DIFFUSERS_DEFAULTS, **{k: v for k, v in raw.items() if not k.startswith("_")}}
 
 
 def diffusers_to_model_config(dc: dict[str, Any], source: str = "diffusers config") -> ModelConfig:
@@ -79,9 +85,11 @@ def diffusers_to_model_config(dc: dict[str, Any], source: str = "diffusers confi
     if dc["act_fn"] != "silu":
         raise ConversionError(f"{source}: act_fn={dc['act_fn']!r} is not supported (only 'silu')")
     widths, down, up = list(dc["block_out_channels"]), dc["down_block_types"], dc["up_block_types"]
-    ok_down, ok_up = {"DownEncoderBlock2D", "AttnDownEncoderBlock2D"}, {"UpDecoderBlock2D", "AttnUpDecoderBlock2D"}
+    ok_down = {"DownEncoderBlock2D", "AttnDownEncoderBlock2D"}
+    ok_up = {"UpDecoderBlock2D", "AttnUpDecoderBlock2D"}
     if bad := [t for t in down if t not in ok_down] + [t for t in up if t not in ok_up]:
-        raise ConversionError(f"{source}: block types {bad} are not supported; supported: {sorted(ok_down | ok_up)}")
+        supported = sorted(ok_down | ok_up)
+        raise ConversionError(f"{source}: block types {bad} are not supported; supported: {supported}")
     n = len(widths)
     if len(down) != n or len(up) != n:
         raise ConversionError(f"{source}: down/up block types don't match block_out_channels={widths}")
@@ -96,23 +104,11 @@ def diffusers_to_model_config(dc: dict[str, Any], source: str = "diffusers confi
     )
 
 
-def _find_vq_folder(folder: Path) -> Path:
-    """A VQModel folder, or the sub-folder of a pipeline (``model_index.json``) that holds one."""
-    if (folder / "config.json").is_file():
-        return folder
-    if (folder / "model_index.json").is_file():
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-            cfg = sub / "config.json"
-            if cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "VQModel":
-                return sub
-    raise ConversionError(f"{folder}: no diffusers VQModel config.json found (nor a pipeline sub-folder with one)")
-
-
 def load_diffusers(folder: str | Path) -> torch.nn.Module:
     """Convert a diffusers ``VQModel`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) into
     our :class:`~vqgan.models.VQModel` (eval mode); also accepts a pipeline folder with a VQModel sub-folder."""
-    folder = _find_vq_folder(Path(folder))
-    cfg = diffusers_to_model_config(read_diffusers_config(folder), str(folder))
+    folder, dc = read_diffusers_config(Path(folder))
+    cfg = diffusers_to_model_config(dc, str(folder))
     weights = next((folder / w for w in WEIGHT_NAMES if (folder / w).is_file()), None)
     if weights is None:
         raise ConversionError(f"{folder}: none of {', '.join(WEIGHT_NAMES)} found")
@@ -145,8 +141,9 @@ def model_config_to_diffusers(cfg: ModelConfig) -> dict[str, Any]:
         down_block_types=tuple("AttnDownEncoderBlock2D" if i in attn else "DownEncoderBlock2D" for i in range(n)),
         up_block_types=tuple("AttnUpDecoderBlock2D" if n - 1 - k in attn else "UpDecoderBlock2D" for k in range(n)),
         block_out_channels=tuple(cfg.ch * m for m in cfg.ch_mult), layers_per_block=cfg.num_res_blocks,
-        act_fn="silu", latent_channels=cfg.z_channels, sample_size=cfg.resolution, num_vq_embeddings=q.codebook_size,
-        norm_num_groups=cfg.num_groups, vq_embed_dim=cfg.embed_dim, mid_block_add_attention=cfg.mid_attention,
+        act_fn="silu", latent_channels=cfg.z_channels, sample_size=cfg.resolution,
+        num_vq_embeddings=q.codebook_size, norm_num_groups=cfg.num_groups, vq_embed_dim=cfg.embed_dim,
+        mid_block_add_attention=cfg.mid_attention,
     )
 
 
@@ -155,11 +152,8 @@ def diffusers_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     n, pairs = len(model.config.ch_mult), [(ours, theirs) for theirs, ours in NAMES]
     # Our quantizer's bookkeeping buffers (usage counters, EMA statistics) have no diffusers counterpart.
     skip = {k for k, _ in model.named_buffers() if k.startswith("quantize.")}
-    return {
-        rename_pieces(k, pairs, n): v[:, :, 0, 0] if _is_attn_linear(k) else v
-        for k, v in model.state_dict().items()
-        if k not in skip
-    }
+    state = {k: v for k, v in model.state_dict().items() if k not in skip}
+    return {rename_pieces(k, pairs, n): v[:, :, 0, 0] if _is_attn_linear(k) else v for k, v in state.items()}
 
 
 def to_diffusers(model: torch.nn.Module):
@@ -177,6 +171,5 @@ def to_diffusers(model: torch.nn.Module):
 
 def save_diffusers(model: torch.nn.Module, directory: str | Path) -> Path:
     """Write our model as a diffusers VQModel folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
-    directory = Path(directory)
     to_diffusers(model).save_pretrained(str(directory), safe_serialization=True)
-    return directory
+    return Path(directory)

@@ -119,16 +119,10 @@ def _export(
             warnings.simplefilter("ignore")  # tracer and deprecation chatter
             write(graph.eval(), examples[name], name, path)
     manifest = {
-        "format": fmt,
-        **extra,
-        "files": {k: p.name for k, p in written.items()},
-        "inputs": {k: _NAMES[k][0] for k in written},
-        "outputs": {k: _NAMES[k][1] for k in written},
-        "image_range": [-1.0, 1.0],
-        "downsample_factor": cfg.spatial_factor,
-        "latent_channels": cfg.embed_dim,
-        "codebook_size": getattr(model.quantize, "codebook_size", None),
-        "model_config": to_dict(cfg),
+        "format": fmt, **extra, "files": {k: p.name for k, p in written.items()},
+        "inputs": {k: _NAMES[k][0] for k in written}, "outputs": {k: _NAMES[k][1] for k in written},
+        "image_range": [-1.0, 1.0], "downsample_factor": cfg.spatial_factor, "latent_channels": cfg.embed_dim,
+        "codebook_size": getattr(model.quantize, "codebook_size", None), "model_config": to_dict(cfg),
     }
     (out / "export.json").write_text(json.dumps(manifest, indent=2))
     log.info("wrote %s to %s", ", ".join(p.name for p in written.values()), out)

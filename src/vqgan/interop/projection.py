@@ -181,18 +181,9 @@ def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, t
 
 
 def fit_projection(
-    model: nn.Module,
-    batches: Iterable[Any],
-    out_channels: int = 4,
-    steps: int = 500,
-    lr: float = 1e-3,
-    kernel_size: int = 1,
-    source: Literal["quantized", "continuous"] = "quantized",
-    latent_weight: float = 0.1,
-    train_decoder: bool = False,
-    device: str = "cpu",
-    seed: int = 0,
-    eval_images: torch.Tensor | None = None,
+    model: nn.Module, batches: Iterable[Any], out_channels: int = 4, steps: int = 500, lr: float = 1e-3,
+    kernel_size: int = 1, source: Literal["quantized", "continuous"] = "quantized", latent_weight: float = 0.1,
+    train_decoder: bool = False, device: str = "cpu", seed: int = 0, eval_images: torch.Tensor | None = None,
     train_encoder: bool = False,
 ) -> ProjectionFit:
     """Fit a :class:`LatentProjection` to a tokenizer with ``steps`` Adam steps (the objective: module docstring).
@@ -240,21 +231,15 @@ def fit_projection(
         proj.mean.copy_(mean)
         proj.std.copy_(std.clamp_min(1e-6))
         z = source_latents(model, held_out, source)
-        summary = {
-            "steps": steps,
-            "lr": lr,
-            "latent_weight": latent_weight,
-            "train_decoder": train_decoder,
-            "train_encoder": train_encoder,
-            "initial_loss": float(initial),
-            "final_loss": float(final),
-            "evaluated_on": "first training batch" if eval_images is None else "held-out images",
+        summary = dict(
+            steps=steps, lr=lr, latent_weight=latent_weight, train_decoder=train_decoder, train_encoder=train_encoder,
+            initial_loss=float(initial), final_loss=float(final),
+            evaluated_on="first training batch" if eval_images is None else "held-out images",
             # Mean of per-image PSNRs, as every other PSNR this package reports.
-            "psnr_tokenizer": float(psnr(model.decode(z), held_out).mean()),
-            "psnr_through_projection": float(psnr(model.decode(proj(z)), held_out).mean()),
-            "latent_mse": float(logs["latent_mse"]),
-            "statistics_positions": count,
-        }
+            psnr_tokenizer=float(psnr(model.decode(z), held_out).mean()),
+            psnr_through_projection=float(psnr(model.decode(proj(z)), held_out).mean()),
+            latent_mse=float(logs["latent_mse"]), statistics_positions=count,
+        )
     return ProjectionFit(proj, history, summary)
 
 

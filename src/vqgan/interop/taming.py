@@ -41,12 +41,18 @@ def find_taming_config(ckpt: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def read_taming_config(path: str | Path) -> dict[str, Any]:
-    """``model`` section of a taming YAML (``target`` and ``params``), read with ``yaml.safe_load``."""
-    data = yaml.safe_load(Path(path).read_text())
-    if not isinstance(data, dict) or "model" not in data or "params" not in data["model"]:
+def read_taming_config(path: Path) -> dict[str, Any]:
+    """``model.params`` of a taming YAML (read with ``yaml.safe_load``), for a supported ``model.target``."""
+    if not path.is_file():
+        raise ConversionError(f"taming config {path} does not exist")
+    data = yaml.safe_load(path.read_text())
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or "params" not in model:
         raise ConversionError(f"{path} is not a taming config: expected model.target and model.params")
-    return data["model"]
+    if model.get("target", "") not in SUPPORTED_TARGETS:
+        supported = ", ".join(SUPPORTED_TARGETS)
+        raise ConversionError(f"{path}: model.target={model.get('target', '')!r} is not supported; supported: {supported}")
+    return model["params"]
 
 
 def taming_state_dict(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
@@ -74,17 +80,14 @@ def _check_against_yaml(cfg, params: dict[str, Any], source: str) -> None:
     dd = params.get("ddconfig", {})
     if dd.get("double_z", False):
         raise ConversionError(f"{source}: ddconfig.double_z=True is a KL autoencoder, not a VQGAN")
-    expected = {
-        "ch": (dd.get("ch"), cfg.ch),
-        "ch_mult": (list(dd.get("ch_mult", [])) or None, cfg.ch_mult),
-        "num_res_blocks": (dd.get("num_res_blocks"), cfg.num_res_blocks),
-        "z_channels": (dd.get("z_channels"), cfg.z_channels),
-        "in_channels": (dd.get("in_channels"), cfg.in_channels),
-        "out_ch": (dd.get("out_ch"), cfg.out_channels or cfg.in_channels),
-        "embed_dim": (params.get("embed_dim"), cfg.embed_dim),
-        "n_embed": (params.get("n_embed"), cfg.quantizer.codebook_size),
-    }
-    bad = [f"{k}: config {a} vs weights {b}" for k, (a, b) in expected.items() if a is not None and a != b]
+    ours = dict(
+        ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks, z_channels=cfg.z_channels,
+        in_channels=cfg.in_channels, out_ch=cfg.out_channels or cfg.in_channels, embed_dim=cfg.embed_dim,
+        n_embed=cfg.quantizer.codebook_size,
+    )
+    theirs = {**dd, "ch_mult": list(dd.get("ch_mult", [])) or None, "embed_dim": params.get("embed_dim"),
+              "n_embed": params.get("n_embed")}
+    bad = [f"{k}: config {theirs.get(k)} vs weights {v}" for k, v in ours.items() if theirs.get(k) not in (None, v)]
     if bad:
         raise ConversionError(f"{source}: the YAML config does not match the weights: {'; '.join(bad)}")
     if params.get("remap"):
@@ -118,16 +121,8 @@ def load_taming(
     params: dict[str, Any] = {}
     if config_path is None:
         log.warning("no taming YAML config found for %s: reading the architecture from the weights only", path)
-    elif not config_path.is_file():
-        raise ConversionError(f"taming config {config_path} does not exist")
     else:
-        model_cfg = read_taming_config(config_path)
-        if model_cfg.get("target", "") not in SUPPORTED_TARGETS:
-            raise ConversionError(
-                f"{config_path}: model.target={model_cfg.get('target', '')!r} is not supported; supported: "
-                f"{', '.join(SUPPORTED_TARGETS)}"
-            )
-        params = model_cfg["params"]
+        params = read_taming_config(config_path)
     state = taming_state_dict(safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint, source)
     dd = params.get("ddconfig", {})
     cfg = infer_taming_config(state, resolution=int(dd.get("resolution", 256)), source=source)
