@@ -1,11 +1,6 @@
-"""Helpers shared by the converters: safe loading of pickled checkpoints, key renaming, a taming-style
-:class:`ModelConfig` read from a state dict, and strict loading.
-
-Nothing here executes code from a file: ``.ckpt`` / ``.pt`` files are read with ``weights_only=True``; one that
-needs other Python objects (taming's Lightning callbacks, LlamaGen's ``argparse.Namespace``) is refused with their
-names, unless the caller asks for *stand-ins*: inert placeholder classes that only record their arguments, so the
-unpickler builds the containers around the tensors without importing or calling anything.
-"""
+"""Helpers shared by the converters: safe loading of pickled checkpoints (no code from a file ever runs, see
+:func:`safe_torch_load`), key renaming, a taming-style :class:`ModelConfig` read from a state dict, and strict
+loading."""
 
 from __future__ import annotations
 
@@ -28,7 +23,8 @@ class ConversionError(ConfigError):
 
 class StandIn:
     """Inert placeholder for a class or function named inside a pickle (see :func:`safe_torch_load`):
-    creating, calling or building one only records the arguments."""
+    creating, calling or building one only records the arguments, so the unpickler can build the containers
+    around the tensors without importing or calling anything from the file."""
 
     _name = "?"
 
@@ -53,8 +49,9 @@ def _reason(e: Exception) -> str:
 
 def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; :class:`ConversionError` for a missing, empty or
-    corrupt file, or one that needs Python objects (listed). With ``allow_stand_ins`` each such class or
-    function is bound to an inert :class:`StandIn` instead; no code from the file runs either way."""
+    corrupt file, or one that needs Python objects (listed: taming's Lightning callbacks, LlamaGen's
+    ``argparse.Namespace``). With ``allow_stand_ins`` each such class or function is bound to an inert
+    :class:`StandIn` instead; no code from the file runs either way."""
     path = Path(path)
     if why := unusable_file(path):
         raise ConversionError(why)
@@ -133,10 +130,8 @@ def taming_config(
     return ModelConfig(
         arch="taming", resolution=resolution, ch=ch, ch_mult=[w // ch for w in widths],
         attn_resolutions=[resolution // 2**i for i in enc_attn],
-        quantizer=QuantizerConfig(
-            kind="vq", codebook_size=codebook_size, l2_normalize=l2_normalize, kmeans_init=False,
-            dead_code_threshold=0.0,
-        ),
+        quantizer=QuantizerConfig(kind="vq", codebook_size=codebook_size, l2_normalize=l2_normalize,
+                                  kmeans_init=False, dead_code_threshold=0.0),
         **fields,
     )
 
@@ -145,12 +140,8 @@ def infer_taming_config(
     state: dict[str, torch.Tensor], resolution: int = 256, num_groups: int = 32, l2_normalize: bool = False,
     source: str = "state dict",
 ) -> ModelConfig:
-    """Read a taming-style architecture from a state dict that already uses our key names.
-
-    Everything that changes the computation is visible in the tensors (widths, blocks and attention per
-    level, the mid-block attention, latent and code sizes); ``resolution`` (only places attention),
-    ``num_groups`` and ``l2_normalize`` are not.
-    """
+    """Read a taming-style architecture from a state dict that already uses our key names: everything that
+    changes the computation is in the tensors, except ``num_groups`` and ``l2_normalize``."""
     try:
         conv_in, codebook = state["encoder.conv_in.weight"], state["quantize.embedding.weight"]
         sizes = dict(
@@ -196,11 +187,9 @@ def check_group_norms(model: torch.nn.Module, num_groups: int, source: str) -> N
 
 
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str):
-    """Instantiate our :class:`VQModel` for ``config`` and load ``state`` strictly (eval mode).
-
-    Our quantizer's own bookkeeping buffers (usage counters, the k-means flag) are not in foreign files; they
-    keep their fresh values. Every other missing, unexpected or mis-shaped key raises, listed.
-    """
+    """Our :class:`VQModel` for ``config`` with ``state`` loaded strictly (eval mode): missing, unexpected or
+    mis-shaped keys raise, listed, except our quantizer's bookkeeping buffers (usage counters, the k-means
+    flag), which foreign files lack and which keep their fresh values."""
     from vqgan.models import VQModel
 
     model = VQModel(config)

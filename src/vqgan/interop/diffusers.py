@@ -1,15 +1,12 @@
-"""Convert between our autoencoder and diffusers' ``VQModel`` (``diffusers/models/autoencoders/vq_model.py``).
-
-diffusers' VQModel is taming's architecture with other names (the table :data:`NAMES`; diffusers lists the
-decoder's levels deepest first; its attention projections are ``Linear`` layers, ours 1x1 convs). Both use one
-attention head of full width, GroupNorm with ``eps=1e-6``, asymmetric (0, 1, 0, 1) padding before the
-stride-2 downsampling conv, nearest upsampling then a 3x3 conv, and ``layers_per_block + 1`` residual blocks per
-decoder level. Options our model can't represent raise :class:`ConversionError`: ``norm_type="spatial"`` (MoVQ), an
-activation other than SiLU, attention placed differently in encoder and decoder, block widths that are not
-multiples of the first. diffusers' ``scaling_factor`` (for latent diffusion) is not part of the tokenizer.
-
-Loading reads ``config.json`` and ``diffusion_pytorch_model.safetensors`` (or the ``.bin``, with
-``weights_only=True``); diffusers itself is only needed for :func:`to_diffusers`.
+"""Convert between our autoencoder and diffusers' ``VQModel`` (``diffusers/models/autoencoders/vq_model.py``):
+taming's architecture under other names (:data:`NAMES`; the decoder's levels deepest first, attention
+projections as ``Linear`` layers where ours are 1x1 convs), with the same one full-width attention head,
+GroupNorm ``eps=1e-6``, (0, 1, 0, 1) padding before the stride-2 downsampling conv, nearest upsampling and
+``layers_per_block + 1`` decoder blocks per level. What our model can't represent raises
+:class:`ConversionError`: ``norm_type="spatial"`` (MoVQ), an activation other than SiLU, attention placed
+differently in encoder and decoder, block widths that are not multiples of the first. ``scaling_factor`` (for
+latent diffusion) is not part of the tokenizer. Loading reads JSON and safetensors (or the ``.bin`` with
+``weights_only=True``); only :func:`to_diffusers` needs diffusers.
 """
 
 from __future__ import annotations

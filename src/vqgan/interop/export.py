@@ -99,7 +99,7 @@ def _export(
     model: nn.Module, output_dir: str | Path, resolution: int | None, graphs: tuple[str, ...], fmt: str,
     write: Callable[[nn.Module, tuple[torch.Tensor, ...], str, Path], None], **extra: Any,
 ) -> dict[str, Path]:
-    """Trace each graph on example inputs, write it with ``write(graph, inputs, name, path)``, then ``export.json``."""
+    """Trace each graph, write it with ``write(graph, example inputs, name, path)``, then ``export.json``."""
     model = model.float().cpu().eval()
     cfg = model.config
     resolution = resolution or cfg.resolution

@@ -1,13 +1,12 @@
 """Load LlamaGen image tokenizers (Sun et al. 2024, "Autoregressive Model Beats Diffusion: Llama for Scalable
 Image Generation", https://arxiv.org/abs/2406.06525), e.g. ``vq_ds16_c2i.pt`` / ``vq_ds8_c2i.pt``.
 
-A LlamaGen checkpoint is a ``.pt`` dict with the tokenizer under ``model`` (and ``ema``, optimizer states, ``args``).
-Its ``tokenizer/tokenizer_image/vq_model.py`` is taming's architecture with other module names (:data:`NAMES`; the
-decoder's ``conv_blocks`` are stored deepest level first). Attention sits on every block of the deepest level only;
-the codebook lives in the ``codebook_embed_dim = 8`` space that ``quant_conv`` maps to, and with
-``codebook_l2_norm=True`` (every released model) latents and codes are l2-normalised before the search: exactly our
-:class:`~vqgan.quantizers.VectorQuantizer` with ``l2_normalize=True`` and ``embed_dim=8``. That flag is not in the
-weights: it is read from the checkpoint's ``args``, else from ``l2_normalize`` (default ``True``, as LlamaGen's).
+Their ``.pt`` holds the tokenizer under ``model`` (and ``ema``, optimizer states, ``args``); its architecture
+is taming's under other names (:data:`NAMES`; the decoder's ``conv_blocks`` deepest level first), with
+attention on every block of the deepest level. With ``codebook_l2_norm=True`` (every release) latents and
+codes are l2-normalised before the search in the ``codebook_embed_dim = 8`` space that ``quant_conv`` maps to:
+our :class:`~vqgan.quantizers.VectorQuantizer` with ``l2_normalize=True`` and ``embed_dim=8``. That flag is
+not in the weights: it is read from the checkpoint's ``args``, else from ``l2_normalize`` (default ``True``).
 """
 
 from __future__ import annotations
@@ -39,23 +38,17 @@ def llamagen_state_dict(ckpt: Any, source: str, use_ema: bool = False) -> dict[s
     """The tokenizer weights of a loaded LlamaGen checkpoint, with our key names."""
     if not isinstance(ckpt, dict):
         raise ConversionError(f"{source}: expected a dict with a 'model' entry")
-    key = "ema" if use_ema else "model"
-    if isinstance(ckpt.get(key), dict):
-        state = ckpt[key]
-    elif use_ema:
+    if use_ema and not isinstance(ckpt.get("ema"), dict):
         raise ConversionError(f"{source}: no 'ema' weights in this checkpoint (entries: {sorted(ckpt)})")
-    elif isinstance(ckpt.get("state_dict"), dict):
-        state = ckpt["state_dict"]
-    elif any(k.startswith("encoder.conv_blocks.") for k in ckpt):
-        state = ckpt
-    else:
-        raise ConversionError(f"{source}: no LlamaGen tokenizer weights under 'model' (entries: {sorted(ckpt)})")
-    state = tensors_only(state, prefixes=("module.", "_orig_mod."))
+    found = [ckpt[k] for k in ("ema" if use_ema else "model", "state_dict") if isinstance(ckpt.get(k), dict)]
+    state = tensors_only(found[0] if found else ckpt, prefixes=("module.", "_orig_mod."))
     levels = {int(m[1]) for k in state if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k))}
     if not levels:
-        raise ConversionError(f"{source}: no encoder.conv_blocks.* weights: not a LlamaGen tokenizer")
-    # quantize.codebook_used is LlamaGen's usage history.
-    return {rename_pieces(k, NAMES, max(levels) + 1): v for k, v in state.items() if k != "quantize.codebook_used"}
+        raise ConversionError(
+            f"{source}: not a LlamaGen tokenizer, no encoder.conv_blocks.* weights (entries: {sorted(ckpt)[:10]})"
+        )
+    state.pop("quantize.codebook_used", None)  # LlamaGen's usage history
+    return {rename_pieces(k, NAMES, max(levels) + 1): v for k, v in state.items()}
 
 
 def load_llamagen(
@@ -81,7 +74,7 @@ def load_llamagen(
         args = getattr(args, "state", None) if isinstance(args, StandIn) else args
         flag = args.get("codebook_l2_norm") if isinstance(args, dict) else None
         l2_normalize = True if flag is None else bool(flag)
-    cfg = infer_taming_config(state, resolution=resolution, num_groups=32, l2_normalize=l2_normalize, source=str(path))
+    cfg = infer_taming_config(state, resolution, l2_normalize=l2_normalize, source=str(path))
     if cfg.attn_resolutions not in ([], [resolution // 2 ** (len(cfg.ch_mult) - 1)]):
         raise ConversionError(f"{path}: attention outside the deepest level is not LlamaGen's architecture")
     return build_model(cfg, state, str(path))

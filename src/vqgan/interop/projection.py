@@ -1,7 +1,6 @@
 """A learned projection of a tokenizer's latents to ``N`` channels, for downstream models that expect a fixed
-channel count (seed 004's "option A": a flow-matching model that reads 4-channel latents from a 256-channel VQGAN).
-
-``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)``; samples of the downstream model decode with
+channel count (seed 004's "option A": a flow-matching model that reads 4-channel latents from a 256-channel
+VQGAN). ``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)``; samples of the downstream model decode with
 ``tokenizer.decode(projection.unproject(p))``. It is fitted after stage 1 through the tokenizer's decoder ``D``::
 
     loss = || D(up(down(z))) - x ||^2  +  latent_weight * || up(down(z)) - z ||^2
@@ -164,8 +163,8 @@ def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
 
 
 def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel mean and (unbiased) standard deviation of ``(B, C, *spatial)`` tensors over every batch, in one
-    streamed pass of float64 sums of ``x`` and ``x^2``. Returns ``(mean, std, n)``, ``n`` the number of positions."""
+    """Per-channel mean and (unbiased) standard deviation of ``(B, C, *spatial)`` tensors over every batch, in
+    one streamed pass of float64 sums of ``x`` and ``x^2``. Returns ``(mean, std, n)``, ``n`` positions."""
     total = total_sq = 0.0
     n = 0
     for x in batches:
@@ -182,11 +181,11 @@ def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, t
 
 def fit_projection(
     model: nn.Module, batches: Iterable[Any], out_channels: int = 4, steps: int = 500, lr: float = 1e-3,
-    kernel_size: int = 1, source: Literal["quantized", "continuous"] = "quantized", latent_weight: float = 0.1,
-    train_decoder: bool = False, device: str = "cpu", seed: int = 0, eval_images: torch.Tensor | None = None,
-    train_encoder: bool = False,
+    kernel_size: int = 1, source: Literal["quantized", "continuous"] = "quantized",
+    latent_weight: float = 0.1, train_decoder: bool = False, device: str = "cpu", seed: int = 0,
+    eval_images: torch.Tensor | None = None, train_encoder: bool = False,
 ) -> ProjectionFit:
-    """Fit a :class:`LatentProjection` to a tokenizer with ``steps`` Adam steps (the objective: module docstring).
+    """Fit a :class:`LatentProjection` to a tokenizer in ``steps`` Adam steps (objective: module docstring).
 
     Args:
         model: the tokenizer (:class:`~vqgan.models.VQModel`); frozen except what ``train_*`` names.
@@ -204,9 +203,11 @@ def fit_projection(
     """
     torch.manual_seed(seed)
     model = model.to(device).eval().requires_grad_(False)
-    trained = [model.decoder, model.post_quant_conv] * train_decoder + [model.encoder, model.quant_conv] * train_encoder
+    trained = [model.decoder, model.post_quant_conv] if train_decoder else []
+    trained += [model.encoder, model.quant_conv] if train_encoder else []
     params_model = [p.requires_grad_(True) for mod in trained for p in mod.parameters()]
-    proj = LatentProjection(ProjectionConfig(model.config.embed_dim, out_channels, kernel_size, source)).to(device)
+    config = ProjectionConfig(model.config.embed_dim, out_channels, kernel_size, source)
+    proj = LatentProjection(config).to(device)
     it = _cycle(batches)
     first = next(it).to(device)
     held_out = first if eval_images is None else _images(eval_images).to(device)
@@ -232,8 +233,8 @@ def fit_projection(
         proj.std.copy_(std.clamp_min(1e-6))
         z = source_latents(model, held_out, source)
         summary = dict(
-            steps=steps, lr=lr, latent_weight=latent_weight, train_decoder=train_decoder, train_encoder=train_encoder,
-            initial_loss=float(initial), final_loss=float(final),
+            steps=steps, lr=lr, latent_weight=latent_weight, train_decoder=train_decoder,
+            train_encoder=train_encoder, initial_loss=float(initial), final_loss=float(final),
             evaluated_on="first training batch" if eval_images is None else "held-out images",
             # Mean of per-image PSNRs, as every other PSNR this package reports.
             psnr_tokenizer=float(psnr(model.decode(z), held_out).mean()),

@@ -1,12 +1,10 @@
 """Load taming-transformers VQGAN checkpoints (Esser et al. 2021, https://arxiv.org/abs/2012.09841), e.g.
 ``vqgan_imagenet_f16_1024.ckpt`` / ``vqgan_imagenet_f16_16384.ckpt`` with their ``*-project.yaml``.
 
-A taming checkpoint is a Lightning ``.ckpt`` whose ``state_dict`` holds the autoencoder under our own module names
-(``encoder.*``, ``decoder.*``, ``quant_conv``, ``post_quant_conv``, ``quantize.embedding.weight``) and the training
-loss (``loss.*``, dropped), so the weights load one to one; the architecture is read from the tensors and, when the
-YAML config is found, checked against ``model.params.ddconfig``. Not supported (a clear error names them):
-``GumbelVQ``, index remapping (``remap``), ``double_z``. The callback objects Lightning pickles are refused unless
-``allow_stand_ins=True`` (see :func:`vqgan.interop.common.safe_torch_load`); nothing from the file is executed.
+Their Lightning ``state_dict`` uses our module names (the training loss ``loss.*`` is dropped), so the weights
+load one to one; the architecture is read from the tensors and checked against the YAML's
+``model.params.ddconfig`` when it is found. Not supported (named in the error): ``GumbelVQ``, index remapping
+(``remap``), ``double_z``.
 """
 
 from __future__ import annotations
@@ -34,11 +32,9 @@ SUPPORTED_TARGETS = ("taming.models.vqgan.VQModel", "taming.models.vqgan.EMAVQ")
 def find_taming_config(ckpt: Path) -> Path | None:
     """The YAML next to a checkpoint: ``NAME.yaml``, or taming's log layout ``logs/RUN/configs/*-project.yaml``
     for ``logs/RUN/checkpoints/NAME.ckpt``."""
-    for cand in (ckpt.with_suffix(".yaml"), ckpt.with_suffix(".yml")):
-        if cand.is_file():
-            return cand
-    found = sorted((ckpt.parent.parent / "configs").glob("*-project.yaml"))
-    return found[-1] if found else None
+    found = [c for c in (ckpt.with_suffix(".yaml"), ckpt.with_suffix(".yml")) if c.is_file()]
+    found += sorted((ckpt.parent.parent / "configs").glob("*-project.yaml"))[-1:]
+    return found[0] if found else None
 
 
 def read_taming_config(path: Path) -> dict[str, Any]:
@@ -50,8 +46,10 @@ def read_taming_config(path: Path) -> dict[str, Any]:
     if not isinstance(model, dict) or "params" not in model:
         raise ConversionError(f"{path} is not a taming config: expected model.target and model.params")
     if model.get("target", "") not in SUPPORTED_TARGETS:
-        supported = ", ".join(SUPPORTED_TARGETS)
-        raise ConversionError(f"{path}: model.target={model.get('target', '')!r} is not supported; supported: {supported}")
+        raise ConversionError(
+            f"{path}: model.target={model.get('target', '')!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_TARGETS)}"
+        )
     return model["params"]
 
 
@@ -71,7 +69,7 @@ def taming_state_dict(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tens
         raise ConversionError("taming index remapping (quantize.used / remap=...) is not supported")
     if any(k.startswith(("quantize.proj.", "quantize.embed.")) for k in state):
         raise ConversionError("taming GumbelVQ checkpoints (GumbelQuantize) are not supported")
-    # Dropped: the training objective (LPIPS, discriminator) and EMAVQ's running statistics (cluster_size, ...).
+    # Dropped: the training objective (LPIPS, discriminator) and EMAVQ's running statistics (cluster_size...).
     dropped = ("loss.", "quantize.embedding.")
     return {k: v for k, v in state.items() if not k.startswith(dropped) or k == "quantize.embedding.weight"}
 
@@ -85,9 +83,9 @@ def _check_against_yaml(cfg, params: dict[str, Any], source: str) -> None:
         in_channels=cfg.in_channels, out_ch=cfg.out_channels or cfg.in_channels, embed_dim=cfg.embed_dim,
         n_embed=cfg.quantizer.codebook_size,
     )
-    theirs = {**dd, "ch_mult": list(dd.get("ch_mult", [])) or None, "embed_dim": params.get("embed_dim"),
-              "n_embed": params.get("n_embed")}
-    bad = [f"{k}: config {theirs.get(k)} vs weights {v}" for k, v in ours.items() if theirs.get(k) not in (None, v)]
+    yml = {**dd, "ch_mult": list(dd.get("ch_mult", [])) or None, "embed_dim": params.get("embed_dim"),
+           "n_embed": params.get("n_embed")}
+    bad = [f"{k}: config {yml[k]} vs weights {v}" for k, v in ours.items() if yml.get(k) not in (None, v)]
     if bad:
         raise ConversionError(f"{source}: the YAML config does not match the weights: {'; '.join(bad)}")
     if params.get("remap"):
@@ -97,7 +95,8 @@ def _check_against_yaml(cfg, params: dict[str, Any], source: str) -> None:
     yaml_attn = sorted(r for r in dd.get("attn_resolutions", []) if r in levels)
     if sorted(cfg.attn_resolutions) != yaml_attn:
         raise ConversionError(
-            f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, the YAML says {yaml_attn}"
+            f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, the YAML says "
+            f"{yaml_attn}"
         )
 
 
@@ -109,9 +108,9 @@ def load_taming(
 
     Args:
         path: the Lightning ``.ckpt`` (or a ``.pt`` holding ``{"state_dict": ...}`` or a bare state dict).
-        config: its YAML (``model.target`` / ``model.params``), found automatically next to the checkpoint or in
-            ``../configs/*-project.yaml``; optional: it gives the training resolution, which places attention, and
-            is checked against the weights.
+        config: its YAML (``model.target`` / ``model.params``), found automatically next to the checkpoint or
+            in ``../configs/*-project.yaml``; optional: it gives the training resolution, which places
+            attention, and is checked against the weights.
         allow_stand_ins: read files that pickle Lightning callbacks, with inert placeholders (no code runs).
         checkpoint: the file's contents when already loaded (by :func:`vqgan.interop.load_pretrained`).
     """
@@ -123,7 +122,8 @@ def load_taming(
         log.warning("no taming YAML config found for %s: reading the architecture from the weights only", path)
     else:
         params = read_taming_config(config_path)
-    state = taming_state_dict(safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint, source)
+    checkpoint = safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint
+    state = taming_state_dict(checkpoint, source)
     dd = params.get("ddconfig", {})
     cfg = infer_taming_config(state, resolution=int(dd.get("resolution", 256)), source=source)
     if params:
