@@ -17,7 +17,6 @@ from vqgan.interop.diffusers import load_diffusers, save_diffusers, to_diffusers
 from vqgan.interop.llamagen import load_llamagen
 from vqgan.interop.taming import load_taming
 
-SourceFormat = Literal["auto", "vqgan", "taming", "llamagen", "diffusers"]
 FORMATS = ("vqgan", "taming", "llamagen", "diffusers")
 
 
@@ -60,7 +59,7 @@ def detect_format(path: str | Path, allow_stand_ins: bool = False) -> str:
 
 def load_pretrained(
     path: str | Path,
-    source: SourceFormat = "auto",
+    source: Literal["auto", "vqgan", "taming", "llamagen", "diffusers"] = "auto",
     config: str | Path | None = None,
     allow_stand_ins: bool = False,
     l2_normalize: bool | None = None,

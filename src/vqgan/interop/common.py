@@ -26,8 +26,6 @@ class StandIn:
     creating, calling or building one only records the arguments, so the unpickler can build the containers
     around the tensors without importing or calling anything from the file."""
 
-    _name = "?"
-
     def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         obj = object.__new__(cls)
         obj.args = args
@@ -35,9 +33,6 @@ class StandIn:
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
-
-    def __repr__(self) -> str:
-        return f"<stand-in for {self._name}>"
 
 
 def _reason(e: Exception) -> str:
@@ -77,10 +72,9 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
             + (hint if names else "")
         )
     stand_ins = []
-    for full in names:
+    for full in names:  # each a class ``standin.<module>.<name>``
         module, _, name = full.rpartition(".")
-        cls = type(name or full, (StandIn,), {"__module__": f"standin.{module}", "_name": full})
-        stand_ins.append((cls, full))
+        stand_ins.append((type(name, (StandIn,), {"__module__": f"standin.{module}"}), full))
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)

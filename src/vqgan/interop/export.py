@@ -34,7 +34,6 @@ from vqgan.quantizers.vq import nearest_code
 
 log = logging.getLogger(__name__)
 
-Exporter = Literal["dynamo", "legacy"]
 GRAPHS = ("encode", "decode", "decode_codes")
 # The inputs and outputs of each graph, and the dynamic axes of each name.
 _NAMES = {
@@ -130,14 +129,13 @@ def _export(
 
 
 def export_onnx(
-    model: nn.Module, output_dir: str | Path, resolution: int | None = None, exporter: Exporter = "dynamo",
-    opset: int = 18, graphs: tuple[str, ...] = GRAPHS,
+    model: nn.Module, output_dir: str | Path, resolution: int | None = None,
+    exporter: Literal["dynamo", "legacy"] = "dynamo", opset: int = 18, graphs: tuple[str, ...] = GRAPHS,
 ) -> dict[str, Path]:
-    """Write ``encode.onnx``, ``decode.onnx`` and ``decode_codes.onnx`` (dynamic batch and spatial sizes).
+    """Write a :class:`~vqgan.models.VQModel` (in eval mode, fp32, on CPU) to ``encode.onnx``, ``decode.onnx``
+    and ``decode_codes.onnx`` in ``output_dir`` (dynamic batch and spatial sizes).
 
     Args:
-        model: a :class:`~vqgan.models.VQModel`; exported in eval mode, fp32, on CPU.
-        output_dir: folder to write to.
         resolution: example image size used for tracing (default: the model's).
         exporter: ``dynamo`` (needs ``onnxscript``) or ``legacy`` (TorchScript-based).
         graphs: which of ``encode``, ``decode``, ``decode_codes`` to write.

@@ -58,7 +58,6 @@ def load_llamagen(
     """Convert a LlamaGen tokenizer checkpoint into our :class:`~vqgan.models.VQModel` (eval mode).
 
     Args:
-        path: the ``.pt`` file.
         l2_normalize: cosine-similarity codebook lookup (``codebook_l2_norm``); ``None`` reads it from the
             checkpoint's ``args`` and defaults to ``True`` as LlamaGen does.
         use_ema: take the ``ema`` weights instead of ``model``.

@@ -9,18 +9,12 @@ with ``z`` the quantized (or continuous) latents of images ``x``; ``down`` and `
 components of ``z`` (the best linear ``N``-channel reconstruction), and the image term then spends the ``N``
 channels on what the decoder needs (:func:`fit_projection`).
 
-Saved files (:func:`save_projection`)::
-
-    projection/
-      projection.json           {"in_channels": 256, "out_channels": 4, "kernel_size": 1,
-                                 "source": "quantized", "fit": {"steps": 2000, "final_loss": ...,
-                                 "evaluated_on": "held-out images",
-                                 "psnr_through_projection": ..., ...}}
-      projection.safetensors    down.weight (N, D, k, k), down.bias (N,), up.weight (D, N, k, k), up.bias (D,),
-                                mean (N,), std (N,)   per-channel statistics of the projected training latents;
-                                                      ``normalize(p) = (p - mean) / std`` for the flow model
-      decoder/                  (only with train_decoder or train_encoder) the tokenizer with its fine-tuned decoder,
-                                our folder format (config.json + model.safetensors)
+Saved files (:func:`save_projection`): ``projection.json`` (the :class:`ProjectionConfig` fields and ``fit``,
+the summary of :func:`fit_projection`); ``projection.safetensors`` with ``down.weight (N, D, k, k)``,
+``down.bias (N,)``, ``up.weight (D, N, k, k)``, ``up.bias (D,)`` and ``mean``, ``std`` ``(N,)``: per-channel
+statistics of the projected training latents, ``normalize(p) = (p - mean) / std`` for the flow model; and, after
+``train_decoder`` or ``train_encoder``, ``decoder/``: the tokenizer with its fine-tuned decoder, in our folder
+format.
 """
 
 from __future__ import annotations
@@ -52,8 +46,7 @@ class ProjectionConfig:
         in_channels: channels of the tokenizer's latents (``embed_dim``).
         out_channels: channels the downstream model expects (``N``).
         kernel_size: 1 (a per-position linear map) or an odd size (a conv that also mixes neighbours).
-        source: which latents are projected: ``quantized`` (the code vectors the decoder reads) or
-            ``continuous`` (the encoder output before quantization).
+        source: the latents it reads: ``quantized`` codes or ``continuous`` encoder outputs.
     """
 
     in_channels: int
@@ -109,12 +102,10 @@ class LatentProjection(nn.Module):
             extra = torch.linalg.qr(torch.randn(d, n, dtype=torch.float64))[0][:, v.shape[1] :]
             v = torch.cat([v, extra], 1)
         c = self.config.kernel_size // 2
-        self.down.weight.zero_()
-        self.up.weight.zero_()
-        self.down.weight[:, :, c, c] = v.T.float()
-        self.down.bias.copy_((-(v.T @ mu)).float())
-        self.up.weight[:, :, c, c] = v.float()
-        self.up.bias.copy_(mu.float())
+        for conv, weight, bias in ((self.down, v.T, -(v.T @ mu)), (self.up, v, mu)):
+            conv.weight.zero_()
+            conv.weight[:, :, c, c] = weight.float()
+            conv.bias.copy_(bias.float())
 
 
 def source_latents(model: nn.Module, images: torch.Tensor, source: str) -> torch.Tensor:
@@ -194,11 +185,9 @@ def fit_projection(
         out_channels: ``N``.
         kernel_size, source: see :class:`ProjectionConfig`.
         train_decoder: train the decoder (and ``post_quant_conv``) jointly with the projection.
-        train_encoder: also train the encoder (and ``quant_conv``), so the projection sits at the output of an
-            encoder trained jointly with it (seed 004's "projection layer in the encoder output"); the codebook
-            stays fixed, but code indices may change. With ``source="quantized"`` gradients reach the encoder
-            through the straight-through estimator.
-        seed: seed of the initialisation.
+        train_encoder: also train the encoder (and ``quant_conv``): seed 004's "projection layer in the encoder
+            output". The codebook stays fixed, but code indices may change; with ``source="quantized"``
+            gradients reach the encoder through the straight-through estimator.
         eval_images: held-out images for the summary figures (default: the first training batch).
     """
     torch.manual_seed(seed)
@@ -270,8 +259,7 @@ def load_projection(directory: str | Path, map_location: str = "cpu") -> LatentP
     for p in (cfg_path, weights):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: a projection folder holds {PROJECTION_CONFIG} and {PROJECTION_WEIGHTS}")
-    meta = json.loads(cfg_path.read_text())
-    meta.pop("fit", None)
+    meta = {k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "fit"}
     try:
         config = ProjectionConfig(**meta)
     except TypeError as e:
