@@ -16,6 +16,8 @@ from vqgan.interop.common import ConversionError, StandIn, safe_torch_load
 from vqgan.interop.diffusers import load_diffusers, save_diffusers, to_diffusers
 from vqgan.interop.llamagen import load_llamagen
 from vqgan.interop.taming import load_taming
+from vqgan.models.io import load_model
+from vqgan.models.pretrained import from_pretrained
 
 FORMATS = ("vqgan", "taming", "llamagen", "diffusers")
 
@@ -26,8 +28,7 @@ def _detect(path: Path, allow_stand_ins: bool) -> tuple[str, Any]:
         ckpt = safe_torch_load(path, allow_stand_ins)
         if not isinstance(ckpt, dict):
             raise ConversionError(f"{path}: expected a dict of weights, got {type(ckpt).__name__}")
-        hp = ckpt.get("hyper_parameters")
-        if isinstance(hp, dict) and "config" in hp:
+        if isinstance(ckpt.get("hyper_parameters"), dict) and "config" in ckpt["hyper_parameters"]:
             return "vqgan", ckpt
         inner = [ckpt] + [ckpt[k] for k in ("model", "ema", "state_dict") if isinstance(ckpt.get(k), dict)]
         keys = [k for d in inner for k in d if isinstance(k, str)]
@@ -58,11 +59,8 @@ def detect_format(path: str | Path, allow_stand_ins: bool = False) -> str:
 
 
 def load_pretrained(
-    path: str | Path,
-    source: Literal["auto", "vqgan", "taming", "llamagen", "diffusers"] = "auto",
-    config: str | Path | None = None,
-    allow_stand_ins: bool = False,
-    l2_normalize: bool | None = None,
+    path: str | Path, source: Literal["auto", "vqgan", "taming", "llamagen", "diffusers"] = "auto",
+    config: str | Path | None = None, allow_stand_ins: bool = False, l2_normalize: bool | None = None,
     use_ema: bool = False,
 ) -> torch.nn.Module:
     """Load a tokenizer from any supported format into our :class:`~vqgan.models.VQModel` (eval mode, CPU).
@@ -96,9 +94,6 @@ def load_pretrained(
         return load_llamagen(path, l2_normalize, use_ema, allow_stand_ins, checkpoint=ckpt)
     if source != "vqgan":
         raise ConversionError(f"unknown source format {source!r}; choose one of auto, {', '.join(FORMATS)}")
-    from vqgan.models.io import load_model
-    from vqgan.models.pretrained import from_pretrained
-
     return from_pretrained(path) if path.is_dir() else load_model(path)[0]
 
 

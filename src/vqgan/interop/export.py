@@ -10,9 +10,6 @@ Three graphs are written, each with dynamic batch and spatial sizes (multiples o
 
 (``.pt`` instead of ``.onnx`` for TorchScript, loadable with ``torch.jit.load`` alone.) ``latents`` are the
 continuous ``quant_conv`` outputs, ``quantized`` the code vectors the decoder reads.
-
-ONNX uses torch's ``dynamo`` exporter (``torch.export`` + onnxscript, PyTorch's default since 2.9; every quantizer
-kind) or the ``legacy`` TorchScript-based one (no extra package, deprecated but faster; vq/ema quantizers only).
 """
 
 from __future__ import annotations
@@ -36,16 +33,11 @@ log = logging.getLogger(__name__)
 
 GRAPHS = ("encode", "decode", "decode_codes")
 # The inputs and outputs of each graph, and the dynamic axes of each name.
-_NAMES = {
-    "encode": (["image"], ["latents", "quantized", "indices"]),
-    "decode": (["quantized"], ["image"]),
-    "decode_codes": (["indices"], ["image"]),
-}
+_NAMES = {"encode": (["image"], ["latents", "quantized", "indices"]), "decode": (["quantized"], ["image"]),
+          "decode_codes": (["indices"], ["image"])}
 _LATENT_AXES = {0: "batch", 2: "h", 3: "w"}
-_AXES = {
-    "image": {0: "batch", 2: "height", 3: "width"}, "latents": _LATENT_AXES, "quantized": _LATENT_AXES,
-    "indices": {0: "batch", 1: "h", 2: "w"},
-}
+_AXES = {"image": {0: "batch", 2: "height", 3: "width"}, "latents": _LATENT_AXES, "quantized": _LATENT_AXES,
+         "indices": {0: "batch", 1: "h", 2: "w"}}
 
 
 def lookup_indices(quantizer: nn.Module, latents: torch.Tensor) -> torch.Tensor:
@@ -137,7 +129,8 @@ def export_onnx(
 
     Args:
         resolution: example image size used for tracing (default: the model's).
-        exporter: ``dynamo`` (needs ``onnxscript``) or ``legacy`` (TorchScript-based).
+        exporter: ``dynamo`` (``torch.export`` + ``onnxscript``, PyTorch's default since 2.9; every quantizer)
+            or ``legacy`` (TorchScript-based, deprecated by PyTorch but faster; the vq/ema quantizers only).
         graphs: which of ``encode``, ``decode``, ``decode_codes`` to write.
     """
     if exporter == "dynamo":

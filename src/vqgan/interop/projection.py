@@ -33,6 +33,7 @@ from torch import nn
 
 from vqgan.interop.common import ConversionError
 from vqgan.metrics.reconstruction import psnr
+from vqgan.models.pretrained import save_pretrained
 
 PROJECTION_CONFIG = "projection.json"
 PROJECTION_WEIGHTS = "projection.safetensors"
@@ -246,8 +247,6 @@ def save_projection(
     state = {k: v.detach().contiguous().cpu() for k, v in projection.state_dict().items()}
     save_file(state, str(directory / PROJECTION_WEIGHTS), metadata={"library": "vqgan", "kind": "latent-projection"})
     if model is not None:
-        from vqgan.models.pretrained import save_pretrained
-
         save_pretrained(model, directory / "decoder")
     return directory
 

@@ -108,9 +108,8 @@ def load_taming(
 
     Args:
         path: the Lightning ``.ckpt`` (or a ``.pt`` holding ``{"state_dict": ...}`` or a bare state dict).
-        config: its YAML (``model.target`` / ``model.params``), found automatically next to the checkpoint or
-            in ``../configs/*-project.yaml``; optional: it gives the training resolution, which places
-            attention, and is checked against the weights.
+        config: its YAML (optional; default: found next to it or in ``../configs/*-project.yaml``): gives
+            the training resolution, which places attention, and is checked against the weights.
         allow_stand_ins: read files that pickle Lightning callbacks, with inert placeholders (no code runs).
         checkpoint: the file's contents when already loaded (by :func:`vqgan.interop.load_pretrained`).
     """
