@@ -48,8 +48,8 @@ def _detect(path: Path, allow_stand_ins: bool) -> tuple[str, Any]:
     if (path / "model_index.json").is_file():
         return "diffusers", None
     raise ConversionError(
-        f"{path}: not a known model folder (ours: config.json + model.safetensors; diffusers: config.json with "
-        "_class_name VQModel + diffusion_pytorch_model.safetensors)"
+        f"{path}: not a known model folder (ours: config.json + model.safetensors; diffusers: config.json "
+        "with _class_name VQModel + diffusion_pytorch_model.safetensors)"
     )
 
 
@@ -98,6 +98,6 @@ def load_pretrained(
 
 
 __all__ = [
-    "FORMATS", "ConversionError", "StandIn", "detect_format", "load_diffusers", "load_llamagen", "load_pretrained",
-    "load_taming", "safe_torch_load", "save_diffusers", "to_diffusers",
+    "FORMATS", "ConversionError", "StandIn", "detect_format", "load_diffusers", "load_llamagen",
+    "load_pretrained", "load_taming", "safe_torch_load", "save_diffusers", "to_diffusers",
 ]

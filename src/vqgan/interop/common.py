@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from vqgan.config import ConfigError, ModelConfig, QuantizerConfig
+from vqgan.models import VQModel
 from vqgan.models.io import load_state_dict_strict, unusable_file
 
 
@@ -44,9 +45,8 @@ def _reason(e: Exception) -> str:
 
 def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; :class:`ConversionError` for a missing, empty or
-    corrupt file, or one that needs Python objects (listed: taming's Lightning callbacks, LlamaGen's
-    ``argparse.Namespace``). With ``allow_stand_ins`` each such class or function is bound to an inert
-    :class:`StandIn` instead; no code from the file runs either way."""
+    corrupt file, or one that needs Python objects (listed). With ``allow_stand_ins`` each such class or
+    function is bound to an inert :class:`StandIn` instead; no code from the file runs either way."""
     path = Path(path)
     if why := unusable_file(path):
         raise ConversionError(why)
@@ -184,8 +184,6 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str
     """Our :class:`VQModel` for ``config`` with ``state`` loaded strictly (eval mode): missing, unexpected or
     mis-shaped keys raise, listed, except our quantizer's bookkeeping buffers (usage counters, the k-means
     flag), which foreign files lack and which keep their fresh values."""
-    from vqgan.models import VQModel
-
     model = VQModel(config)
     check_group_norms(model, config.num_groups, source)
     own = model.state_dict()

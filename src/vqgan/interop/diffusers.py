@@ -68,7 +68,9 @@ def read_diffusers_config(folder: Path) -> tuple[Path, dict[str, Any]]:
         folder = vq[0] if vq else folder
     path = folder / "config.json"
     if not path.is_file():
-        raise ConversionError(f"{folder}: no diffusers VQModel config.json found (nor a pipeline sub-folder with one)")
+        raise ConversionError(
+            f"{folder}: no diffusers VQModel config.json found (nor a pipeline sub-folder with one)"
+        )
     raw = json.loads(path.read_text())
     if raw.get("_class_name", "VQModel") != "VQModel":
         raise ConversionError(f"{path}: _class_name={raw['_class_name']!r}; only diffusers' VQModel is supported")

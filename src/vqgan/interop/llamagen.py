@@ -45,7 +45,8 @@ def llamagen_state_dict(ckpt: Any, source: str, use_ema: bool = False) -> dict[s
     levels = {int(m[1]) for k in state if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k))}
     if not levels:
         raise ConversionError(
-            f"{source}: not a LlamaGen tokenizer, no encoder.conv_blocks.* weights (entries: {sorted(ckpt)[:10]})"
+            f"{source}: not a LlamaGen tokenizer, no encoder.conv_blocks.* weights "
+            f"(entries: {sorted(ckpt)[:10]})"
         )
     state.pop("quantize.codebook_used", None)  # LlamaGen's usage history
     return {rename_pieces(k, NAMES, max(levels) + 1): v for k, v in state.items()}

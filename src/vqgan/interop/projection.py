@@ -1,7 +1,7 @@
 """A learned projection of a tokenizer's latents to ``N`` channels, for downstream models that expect a fixed
 channel count (seed 004's "option A": a flow-matching model that reads 4-channel latents from a 256-channel
 VQGAN). ``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)``; samples of the downstream model decode with
-``tokenizer.decode(projection.unproject(p))``. It is fitted after stage 1 through the tokenizer's decoder ``D``::
+``tokenizer.decode(projection.unproject(p))``. It is fitted after stage 1 through the decoder ``D``::
 
     loss = || D(up(down(z))) - x ||^2  +  latent_weight * || up(down(z)) - z ||^2
 
@@ -12,9 +12,9 @@ channels on what the decoder needs (:func:`fit_projection`).
 Saved files (:func:`save_projection`): ``projection.json`` (the :class:`ProjectionConfig` fields and ``fit``,
 the summary of :func:`fit_projection`); ``projection.safetensors`` with ``down.weight (N, D, k, k)``,
 ``down.bias (N,)``, ``up.weight (D, N, k, k)``, ``up.bias (D,)`` and ``mean``, ``std`` ``(N,)``: per-channel
-statistics of the projected training latents, ``normalize(p) = (p - mean) / std`` for the flow model; and, after
-``train_decoder`` or ``train_encoder``, ``decoder/``: the tokenizer with its fine-tuned decoder, in our folder
-format.
+statistics of the projected training latents, ``normalize(p) = (p - mean) / std`` for the flow model; and,
+after ``train_decoder`` or ``train_encoder``, ``decoder/``: the tokenizer with its fine-tuned decoder, in our
+folder format.
 """
 
 from __future__ import annotations
@@ -157,8 +157,7 @@ def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
 def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-channel mean and (unbiased) standard deviation of ``(B, C, *spatial)`` tensors over every batch, in
     one streamed pass of float64 sums of ``x`` and ``x^2``. Returns ``(mean, std, n)``, ``n`` positions."""
-    total = total_sq = 0.0
-    n = 0
+    total = total_sq = n = 0
     for x in batches:
         flat = x.detach().movedim(1, -1).reshape(-1, x.shape[1]).double()
         total = total + flat.sum(0)
@@ -186,9 +185,9 @@ def fit_projection(
         out_channels: ``N``.
         kernel_size, source: see :class:`ProjectionConfig`.
         train_decoder: train the decoder (and ``post_quant_conv``) jointly with the projection.
-        train_encoder: also train the encoder (and ``quant_conv``): seed 004's "projection layer in the encoder
-            output". The codebook stays fixed, but code indices may change; with ``source="quantized"``
-            gradients reach the encoder through the straight-through estimator.
+        train_encoder: also train the encoder (and ``quant_conv``): seed 004's "projection layer in the
+            encoder output". The codebook stays fixed, but code indices may change; with
+            ``source="quantized"`` gradients reach the encoder through the straight-through estimator.
         eval_images: held-out images for the summary figures (default: the first training batch).
     """
     torch.manual_seed(seed)
