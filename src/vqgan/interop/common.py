@@ -1,26 +1,21 @@
-"""Helpers shared by the converters: safe loading of pickled checkpoints, key renaming with a report of what
-did not map, inference of a taming-style :class:`ModelConfig` from a state dict, and strict loading.
-
-Safety: nothing here executes code from a file. ``.ckpt`` / ``.pt`` files are read with ``torch.load(...,
-weights_only=True)``; a file that holds other Python objects (taming's Lightning callbacks, LlamaGen's
-``argparse.Namespace``) is refused with the list of the objects it names, unless the caller asks for
-*stand-ins*: every such name is then bound to an inert placeholder class that only records its arguments, so the
-unpickler can build the containers around the tensors without importing or calling anything from the file.
-"""
+"""Helpers shared by the converters: safe loading of pickled checkpoints (no code from a file ever runs, see
+:func:`safe_torch_load`), key renaming, a taming-style :class:`ModelConfig` read from a state dict, and strict
+loading."""
 
 from __future__ import annotations
 
 import pickle
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vqgan.config import ConfigError, ModelConfig, QuantizerConfig
-from vqgan.models.io import unusable_file
+from vqgan.models import VQModel
+from vqgan.models.io import load_state_dict_strict, unusable_file
 
 
 class ConversionError(ConfigError):
@@ -28,31 +23,17 @@ class ConversionError(ConfigError):
 
 
 class StandIn:
-    """Inert placeholder for a class or function named inside a pickle (see :func:`safe_torch_load`).
-
-    Creating, calling or building one only records the arguments; nothing from the file is imported or run.
-    """
-
-    _name = "?"
+    """Inert placeholder for a class or function named inside a pickle (see :func:`safe_torch_load`):
+    creating, calling or building one only records the arguments, so the unpickler can build the containers
+    around the tensors without importing or calling anything from the file."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         obj = object.__new__(cls)
         obj.args = args
         return obj
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
     def __setstate__(self, state: Any) -> None:
         self.state = state
-
-    def __repr__(self) -> str:
-        return f"<stand-in for {self._name}>"
-
-
-def _stand_in(full_name: str) -> type:
-    module, _, name = full_name.rpartition(".")
-    return type(name or full_name, (StandIn,), {"__module__": f"standin.{module}", "_name": full_name})
 
 
 def _reason(e: Exception) -> str:
@@ -63,18 +44,9 @@ def _reason(e: Exception) -> str:
 
 
 def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, with clear errors.
-
-    Args:
-        path: a ``.ckpt`` / ``.pt`` / ``.bin`` file.
-        allow_stand_ins: when the file names Python classes or functions that ``weights_only`` refuses, bind each
-            of them to an inert :class:`StandIn` instead of refusing the file. Tensors load normally; the other
-            objects become placeholders. No code from the file runs either way.
-
-    Raises:
-        ConversionError: missing, empty or corrupt file, or (without ``allow_stand_ins``) a file that needs
-            Python objects, listing them.
-    """
+    """``torch.load(path, weights_only=True)`` on CPU; :class:`ConversionError` for a missing, empty or
+    corrupt file, or one that needs Python objects (listed). With ``allow_stand_ins`` each such class or
+    function is bound to an inert :class:`StandIn` instead; no code from the file runs either way."""
     path = Path(path)
     if why := unusable_file(path):
         raise ConversionError(why)
@@ -91,16 +63,18 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     if not allow_stand_ins or not names:
         listed = f" It names: {', '.join(names)}." if names else ""
         hint = (
-            " Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors with inert "
-            "placeholders in place of those objects; nothing from the file is executed either way."
-            if names
-            else ""
+            " Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors with inert"
+            " placeholders in place of those objects; nothing from the file is executed either way."
         )
         raise ConversionError(
-            f"refusing to load {path}: it needs to import or run Python code to unpickle ({first_error}).{listed}"
-            f" Only tensors and plain containers are loaded (torch.load weights_only=True).{hint}"
+            f"refusing to load {path}: it needs to import or run Python code to unpickle ({first_error})."
+            f"{listed} Only tensors and plain containers are loaded (torch.load weights_only=True)."
+            + (hint if names else "")
         )
-    stand_ins = [(_stand_in(n), n) for n in names]
+    stand_ins = []
+    for full in names:  # each a class ``standin.<module>.<name>``
+        module, _, name = full.rpartition(".")
+        stand_ins.append((type(name, (StandIn,), {"__module__": f"standin.{module}"}), full))
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -108,102 +82,91 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
         raise ConversionError(f"refusing to load {path} even with stand-ins: {_reason(e)}") from None
 
 
-def tensors_only(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensor entries of a state dict, as plain contiguous CPU tensors (``Parameter`` unwrapped)."""
-    return {k: v.detach().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+def tensors_only(state: dict[str, Any], prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The tensor entries of a state dict as plain contiguous tensors, without any of ``prefixes`` that every
+    key carries (a DDP or ``torch.compile`` wrapper's)."""
+    state = {k: v.detach().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
-def rename_keys(
-    state: dict[str, torch.Tensor], rename: Callable[[str], str | None], source: str
-) -> dict[str, torch.Tensor]:
-    """Apply ``rename`` to every key; ``None`` drops a key on purpose. Keys it can't map raise, listed."""
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in state.items():
-        try:
-            new = rename(key)
-        except KeyError:
-            unknown.append(key)
-            continue
-        if new is not None:
-            out[new] = value
-    if unknown:
-        more = f" (+{len(unknown) - 30} more)" if len(unknown) > 30 else ""
-        raise ConversionError(f"{source}: unknown key(s) that can't be mapped: {', '.join(unknown[:30])}{more}")
-    return out
+def rename_pieces(key: str, pairs: Iterable[tuple[str, str]], levels: int) -> str:
+    """Replace each dotted name piece ``a`` by ``b`` for ``(a, b)`` in ``pairs`` (whole pieces, in order),
+    then renumber the decoder's levels ``decoder.up.{k}`` -> ``.{levels-1-k}`` (diffusers and LlamaGen list
+    them deepest first, taming and we in encoder order)."""
+    key = f".{key}."
+    for a, b in pairs:
+        key = key.replace(f".{a}.", f".{b}.")
+    key = re.sub(r"^\.decoder\.(up|up_blocks)\.(\d+)\.",
+                 lambda m: f".decoder.{m[1]}.{levels - 1 - int(m[2])}.", key)
+    return key[1:-1]
 
 
-_LEVEL = re.compile(r"(encoder\.down|decoder\.up)\.(\d+)\.")
+def taming_config(
+    source: str, ch: int, widths: list[int], enc_attn: list[int], dec_attn: list[int], resolution: int,
+    codebook_size: int, l2_normalize: bool = False, **fields: Any,
+) -> ModelConfig:
+    """Our taming-style :class:`ModelConfig` for level ``widths`` and attention levels (``resolution`` only
+    places attention), refusing what our autoencoder can't represent."""
+    if any(w % ch for w in widths):
+        raise ConversionError(f"{source}: level widths {widths} are not multiples of ch={ch}")
+    if enc_attn != dec_attn:
+        raise ConversionError(
+            f"{source}: attention at encoder levels {enc_attn} but decoder levels {dec_attn}; our "
+            "autoencoder places attention symmetrically"
+        )
+    if resolution % 2 ** (len(widths) - 1):
+        resolution = 16 * 2 ** (len(widths) - 1)
+    if fields["out_channels"] == fields["in_channels"]:
+        fields["out_channels"] = None
+    return ModelConfig(
+        arch="taming", resolution=resolution, ch=ch, ch_mult=[w // ch for w in widths],
+        attn_resolutions=[resolution // 2**i for i in enc_attn],
+        quantizer=QuantizerConfig(kind="vq", codebook_size=codebook_size, l2_normalize=l2_normalize,
+                                  kmeans_init=False, dead_code_threshold=0.0),
+        **fields,
+    )
 
 
 def infer_taming_config(
-    state: dict[str, torch.Tensor],
-    resolution: int = 256,
-    num_groups: int = 32,
-    l2_normalize: bool = False,
+    state: dict[str, torch.Tensor], resolution: int = 256, num_groups: int = 32, l2_normalize: bool = False,
     source: str = "state dict",
 ) -> ModelConfig:
-    """Read a taming-style architecture from a state dict that already uses our key names.
-
-    Everything that changes the computation is visible in the tensors: widths (``ch``, ``ch_mult``), blocks per
-    level, which levels have attention, the mid-block attention, latent and code sizes. ``resolution`` only
-    places attention (it is taken from the source's config when there is one); ``num_groups`` and
-    ``l2_normalize`` are not visible in the weights.
-    """
+    """Read a taming-style architecture from a state dict that already uses our key names: everything that
+    changes the computation is in the tensors, except ``num_groups`` and ``l2_normalize``."""
     try:
-        ch = state["encoder.conv_in.weight"].shape[0]
-        in_channels = state["encoder.conv_in.weight"].shape[1]
-        out_channels = state["decoder.conv_out.weight"].shape[0]
-        z_channels = state["encoder.conv_out.weight"].shape[0]
-        embed_dim = state["quant_conv.weight"].shape[0]
-        codebook_size = state["quantize.embedding.weight"].shape[0]
+        conv_in, codebook = state["encoder.conv_in.weight"], state["quantize.embedding.weight"]
+        sizes = dict(
+            in_channels=conv_in.shape[1], out_channels=state["decoder.conv_out.weight"].shape[0],
+            z_channels=state["encoder.conv_out.weight"].shape[0],
+            embed_dim=state["quant_conv.weight"].shape[0],
+        )
     except KeyError as e:
         raise ConversionError(f"{source}: not a taming-style autoencoder, {e.args[0]!r} is missing") from None
-    if state["quantize.embedding.weight"].shape[1] != embed_dim:
+    if codebook.shape[1] != sizes["embed_dim"]:
         raise ConversionError(
-            f"{source}: codebook vectors have {state['quantize.embedding.weight'].shape[1]} dimensions but "
-            f"quant_conv outputs {embed_dim}; factorized codebooks are not supported for this format"
+            f"{source}: codebook vectors have {codebook.shape[1]} dimensions but quant_conv outputs "
+            f"{sizes['embed_dim']}; factorized codebooks are not supported for this format"
         )
-    levels = sorted({int(m.group(2)) for k in state for m in [_LEVEL.match(k)] if m and m.group(1) == "encoder.down"})
-    ch_mult, attn_levels, blocks = [], [], set()
-    for i in levels:
-        widths = [state[k].shape[0] for k in state if re.fullmatch(rf"encoder\.down\.{i}\.block\.\d+\.conv1\.weight", k)]
-        blocks.add(len(widths))
-        if not widths or widths[0] % ch:
-            raise ConversionError(f"{source}: level {i} width {widths[:1]} is not a multiple of ch={ch}")
-        ch_mult.append(widths[0] // ch)
+    widths, enc_attn, blocks = [], [], set()
+    for i in sorted({int(m[1]) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))}):
+        conv1 = re.compile(rf"encoder\.down\.{i}\.block\.\d+\.conv1\.weight")
+        convs = [v.shape[0] for k, v in state.items() if conv1.fullmatch(k)]
+        if not convs:
+            raise ConversionError(f"{source}: level {i} has no residual blocks")
+        blocks.add(len(convs))
+        widths.append(convs[0])
         if f"encoder.down.{i}.attn.0.q.weight" in state:
-            attn_levels.append(i)
+            enc_attn.append(i)
     if len(blocks) != 1:
         raise ConversionError(f"{source}: levels have different numbers of residual blocks {sorted(blocks)}")
-    dec_attn = sorted(
-        {int(m.group(2)) for k in state for m in [_LEVEL.match(k)] if m and m.group(1) == "decoder.up" and ".attn." in k}
-    )
-    if dec_attn != attn_levels:
-        raise ConversionError(
-            f"{source}: the encoder has attention at levels {attn_levels} but the decoder at {dec_attn}; our "
-            "autoencoder places attention symmetrically"
-        )
-    factor = 2 ** (len(ch_mult) - 1)
-    if resolution % factor:
-        resolution = 16 * factor
-    return ModelConfig(
-        arch="taming",
-        in_channels=in_channels,
-        out_channels=out_channels if out_channels != in_channels else None,
-        resolution=resolution,
-        ch=ch,
-        ch_mult=ch_mult,
-        num_res_blocks=blocks.pop(),
-        attn_resolutions=[resolution // 2**i for i in attn_levels],
-        mid_attention="encoder.mid.attn_1.q.weight" in state,
-        z_channels=z_channels,
-        embed_dim=embed_dim,
-        num_groups=num_groups,
-        quantizer=QuantizerConfig(
-            kind="vq", codebook_size=codebook_size, l2_normalize=l2_normalize, kmeans_init=False,
-            dead_code_threshold=0.0,
-        ),
+    dec_attn = sorted({int(m[1]) for k in state if (m := re.match(r"decoder\.up\.(\d+)\.attn\.", k))})
+    return taming_config(
+        source, conv_in.shape[0], widths, enc_attn, dec_attn, resolution, codebook.shape[0], l2_normalize,
+        num_res_blocks=blocks.pop(), mid_attention="encoder.mid.attn_1.q.weight" in state,
+        num_groups=num_groups, **sizes,
     )
 
 
@@ -218,21 +181,15 @@ def check_group_norms(model: torch.nn.Module, num_groups: int, source: str) -> N
 
 
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str):
-    """Instantiate our :class:`VQModel` for ``config`` and load ``state`` strictly (eval mode).
-
-    Our quantizer's own bookkeeping buffers (usage counters, the k-means flag) are not in foreign files; they
-    keep their fresh values. Every other missing, unexpected or mis-shaped key raises, listed.
-    """
-    from vqgan.models import VQModel
-    from vqgan.models.pretrained import load_state_dict_strict
-
+    """Our :class:`VQModel` for ``config`` with ``state`` loaded strictly (eval mode): missing, unexpected or
+    mis-shaped keys raise, listed, except our quantizer's bookkeeping buffers (usage counters, the k-means
+    flag), which foreign files lack and which keep their fresh values."""
     model = VQModel(config)
     check_group_norms(model, config.num_groups, source)
     own = model.state_dict()
-    buffers = {k for k, _ in model.named_buffers() if k in own and k.startswith("quantize.")}
-    state = {**{k: own[k] for k in buffers if k not in state}, **state}
+    fresh = {k: own[k] for k, _ in model.named_buffers() if k in own and k.startswith("quantize.")}
     try:
-        load_state_dict_strict(model, state, source=source)
+        load_state_dict_strict(model, {**fresh, **state}, source=source)
     except ConfigError as e:
         raise ConversionError(str(e)) from None
     return model.eval()

@@ -10,11 +10,6 @@ Three graphs are written, each with dynamic batch and spatial sizes (multiples o
 
 (``.pt`` instead of ``.onnx`` for TorchScript, loadable with ``torch.jit.load`` alone.) ``latents`` are the
 continuous ``quant_conv`` outputs, ``quantized`` the code vectors the decoder reads.
-
-ONNX uses torch's ``dynamo`` exporter (``torch.export`` + onnxscript, PyTorch's default since 2.9; needs the
-``onnxscript`` package; every quantizer kind) or the ``legacy`` TorchScript-based exporter (no extra package,
-deprecated by PyTorch but still shipped, faster; the vq/ema quantizers only); both are checked against PyTorch
-with onnxruntime in ``tests/test_export.py``. TorchScript export works for every quantizer kind.
 """
 
 from __future__ import annotations
@@ -22,8 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +31,13 @@ from vqgan.quantizers.vq import nearest_code
 
 log = logging.getLogger(__name__)
 
-Exporter = Literal["dynamo", "legacy"]
 GRAPHS = ("encode", "decode", "decode_codes")
+# The inputs and outputs of each graph, and the dynamic axes of each name.
+_NAMES = {"encode": (["image"], ["latents", "quantized", "indices"]), "decode": (["quantized"], ["image"]),
+          "decode_codes": (["indices"], ["image"])}
+_LATENT_AXES = {0: "batch", 2: "h", 3: "w"}
+_AXES = {"image": {0: "batch", 2: "height", 3: "width"}, "latents": _LATENT_AXES, "quantized": _LATENT_AXES,
+         "indices": {0: "batch", 1: "h", 2: "w"}}
 
 
 def lookup_indices(quantizer: nn.Module, latents: torch.Tensor) -> torch.Tensor:
@@ -74,76 +75,62 @@ class EncodeGraph(nn.Module):
 
 
 class DecodeGraph(nn.Module):
-    """``quantized latents -> image``."""
+    """``quantized latents -> image``, or with ``codes`` ``code indices -> image``."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, codes: bool = False):
         super().__init__()
         self.model = model
+        self.codes = codes
 
-    def forward(self, quantized: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(quantized)
-
-
-class DecodeCodesGraph(nn.Module):
-    """``code indices -> image``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(codes_from_indices(self.model.quantize, indices))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(codes_from_indices(self.model.quantize, x) if self.codes else x)
 
 
-def _examples(model: nn.Module, resolution: int, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]:
+def _export(
+    model: nn.Module, output_dir: str | Path, resolution: int | None, graphs: tuple[str, ...], fmt: str,
+    write: Callable[[nn.Module, tuple[torch.Tensor, ...], str, Path], None], **extra: Any,
+) -> dict[str, Path]:
+    """Trace each graph, write it with ``write(graph, example inputs, name, path)``, then ``export.json``."""
+    model = model.float().cpu().eval()
     cfg = model.config
+    resolution = resolution or cfg.resolution
     if resolution % cfg.spatial_factor:
         raise ValueError(f"resolution {resolution} is not a multiple of the downsampling factor {cfg.spatial_factor}")
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(batch, cfg.in_channels, resolution, resolution, generator=g) * 2 - 1
+    image = torch.rand(2, cfg.in_channels, resolution, resolution, generator=g) * 2 - 1
     with torch.no_grad():
         _, quantized, indices = EncodeGraph(model)(image)
-    return {"encode": (image,), "decode": (quantized,), "decode_codes": (indices,)}
-
-
-_NAMES = {
-    "encode": (["image"], ["latents", "quantized", "indices"]),
-    "decode": (["quantized"], ["image"]),
-    "decode_codes": (["indices"], ["image"]),
-}
-
-
-def _dynamic_axes(graph: str) -> dict[str, dict[int, str]]:
-    spatial4 = {0: "batch", 2: "height", 3: "width"}
-    lat4 = {0: "batch", 2: "h", 3: "w"}
-    lat3 = {0: "batch", 1: "h", 2: "w"}
-    return {
-        "encode": {"image": spatial4, "latents": lat4, "quantized": lat4, "indices": lat3},
-        "decode": {"quantized": lat4, "image": spatial4},
-        "decode_codes": {"indices": lat3, "image": spatial4},
-    }[graph]
-
-
-def _graph(model: nn.Module, name: str) -> nn.Module:
-    return {"encode": EncodeGraph, "decode": DecodeGraph, "decode_codes": DecodeCodesGraph}[name](model).eval()
+    examples = {"encode": (image,), "decode": (quantized,), "decode_codes": (indices,)}
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {name: out / f"{name}.{'onnx' if fmt == 'onnx' else 'pt'}" for name in graphs}
+    for name, path in written.items():
+        graph = EncodeGraph(model) if name == "encode" else DecodeGraph(model, codes=name == "decode_codes")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter
+            write(graph.eval(), examples[name], name, path)
+    manifest = {
+        "format": fmt, **extra, "files": {k: p.name for k, p in written.items()},
+        "inputs": {k: _NAMES[k][0] for k in written}, "outputs": {k: _NAMES[k][1] for k in written},
+        "image_range": [-1.0, 1.0], "downsample_factor": cfg.spatial_factor, "latent_channels": cfg.embed_dim,
+        "codebook_size": getattr(model.quantize, "codebook_size", None), "model_config": to_dict(cfg),
+    }
+    (out / "export.json").write_text(json.dumps(manifest, indent=2))
+    log.info("wrote %s to %s", ", ".join(p.name for p in written.values()), out)
+    return written
 
 
 def export_onnx(
-    model: nn.Module,
-    output_dir: str | Path,
-    resolution: int | None = None,
-    exporter: Exporter = "dynamo",
-    opset: int = 18,
-    graphs: tuple[str, ...] = GRAPHS,
+    model: nn.Module, output_dir: str | Path, resolution: int | None = None,
+    exporter: Literal["dynamo", "legacy"] = "dynamo", opset: int = 18, graphs: tuple[str, ...] = GRAPHS,
 ) -> dict[str, Path]:
-    """Write ``encode.onnx``, ``decode.onnx`` and ``decode_codes.onnx`` (dynamic batch and spatial sizes).
+    """Write a :class:`~vqgan.models.VQModel` (in eval mode, fp32, on CPU) to ``encode.onnx``, ``decode.onnx``
+    and ``decode_codes.onnx`` in ``output_dir`` (dynamic batch and spatial sizes).
 
     Args:
-        model: a :class:`~vqgan.models.VQModel`; exported in eval mode, fp32, on CPU.
-        output_dir: folder to write to.
         resolution: example image size used for tracing (default: the model's).
-        exporter: ``dynamo`` (needs ``onnxscript``) or ``legacy`` (TorchScript-based).
-        opset: ONNX opset.
+        exporter: ``dynamo`` (``torch.export`` + ``onnxscript``, PyTorch's default since 2.9; every quantizer)
+            or ``legacy`` (TorchScript-based, deprecated by PyTorch but faster; the vq/ema quantizers only).
         graphs: which of ``encode``, ``decode``, ``decode_codes`` to write.
     """
     if exporter == "dynamo":
@@ -161,33 +148,19 @@ def export_onnx(
             f"the legacy ONNX exporter supports the vq/ema quantizers only, not {model.config.quantizer.kind!r}; "
             "use exporter='dynamo' (command line: --onnx-exporter dynamo)"
         )
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.float().cpu().eval()
-    examples = _examples(model, resolution or model.config.resolution)
-    written = {}
-    for name in graphs:
-        path = out / f"{name}.onnx"
+
+    def write(graph: nn.Module, example: tuple[torch.Tensor, ...], name: str, path: Path) -> None:
         inputs, outputs = _NAMES[name]
-        axes = _dynamic_axes(name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer and deprecation chatter
-            if exporter == "dynamo":
-                dyn = torch.export.Dim.DYNAMIC
-                shapes = ({i: dyn for i in axes[inputs[0]]},)
-                torch.onnx.export(
-                    _graph(model, name), examples[name], str(path), dynamo=True, input_names=inputs,
-                    output_names=outputs, dynamic_shapes=shapes, opset_version=opset, external_data=False,
-                    verbose=False,
-                )
-            else:
-                torch.onnx.export(
-                    _graph(model, name), examples[name], str(path), dynamo=False, input_names=inputs,
-                    output_names=outputs, dynamic_axes=axes, opset_version=opset,
-                )
-        written[name] = path
-    _write_manifest(model, out, "onnx", written, exporter=exporter, opset=opset)
-    return written
+        axes = {k: _AXES[k] for k in inputs + outputs}
+        if exporter == "dynamo":
+            shapes = ({i: torch.export.Dim.DYNAMIC for i in axes[inputs[0]]},)
+            dynamic = dict(dynamic_shapes=shapes, external_data=False, verbose=False)
+        else:
+            dynamic = dict(dynamic_axes=axes)
+        torch.onnx.export(graph, example, str(path), dynamo=exporter == "dynamo", input_names=inputs,
+                          output_names=outputs, opset_version=opset, **dynamic)
+
+    return _export(model, output_dir, resolution, graphs, "onnx", write, exporter=exporter, opset=opset)
 
 
 def export_torchscript(
@@ -195,35 +168,9 @@ def export_torchscript(
 ) -> dict[str, Path]:
     """Write ``encode.pt``, ``decode.pt`` and ``decode_codes.pt`` traced with ``torch.jit.trace``; load them with
     ``torch.jit.load`` (no vqgan import needed). Batch and spatial sizes stay dynamic."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.float().cpu().eval()
-    examples = _examples(model, resolution or model.config.resolution)
-    written = {}
-    for name in graphs:
-        path = out / f"{name}.pt"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_graph(model, name), examples[name], check_trace=False)
-        traced.save(str(path))
-        written[name] = path
-    _write_manifest(model, out, "torchscript", written)
-    return written
 
+    def write(graph: nn.Module, example: tuple[torch.Tensor, ...], name: str, path: Path) -> None:
+        with torch.no_grad():
+            torch.jit.trace(graph, example, check_trace=False).save(str(path))
 
-def _write_manifest(model: nn.Module, out: Path, fmt: str, written: dict[str, Path], **extra) -> None:
-    cfg = model.config
-    manifest = {
-        "format": fmt,
-        **extra,
-        "files": {k: p.name for k, p in written.items()},
-        "inputs": {k: _NAMES[k][0] for k in written},
-        "outputs": {k: _NAMES[k][1] for k in written},
-        "image_range": [-1.0, 1.0],
-        "downsample_factor": cfg.spatial_factor,
-        "latent_channels": cfg.embed_dim,
-        "codebook_size": getattr(model.quantize, "codebook_size", None),
-        "model_config": to_dict(cfg),
-    }
-    (out / "export.json").write_text(json.dumps(manifest, indent=2))
-    log.info("wrote %s to %s", ", ".join(p.name for p in written.values()), out)
+    return _export(model, output_dir, resolution, graphs, "torchscript", write)

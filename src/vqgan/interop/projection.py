@@ -1,31 +1,20 @@
 """A learned projection of a tokenizer's latents to ``N`` channels, for downstream models that expect a fixed
 channel count (seed 004's "option A": a flow-matching model that reads 4-channel latents from a 256-channel
-VQGAN).
-
-``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)`` and ``unproject`` maps back, so that samples of the
-downstream model are decoded by ``tokenizer.decode(projection.unproject(p))``. The projection is fitted after
-stage 1 on a reconstruction objective through the decoder::
+VQGAN). ``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)``; samples of the downstream model decode with
+``tokenizer.decode(projection.unproject(p))``. It is fitted after stage 1 through the decoder ``D``::
 
     loss = || D(up(down(z))) - x ||^2  +  latent_weight * || up(down(z)) - z ||^2
 
-with ``z`` the tokenizer's quantized (or continuous) latents of images ``x`` and ``D`` its frozen decoder;
-``down`` and ``up`` start from the principal components of ``z`` (the best linear ``N``-channel reconstruction of
-the latents), and the image term then spends the ``N`` channels on what the decoder needs. With
-``train_decoder=True`` the decoder (and ``post_quant_conv``) is trained jointly with the projection, so it adapts
-to the bottleneck; the encoder and codebook stay fixed, so code indices don't change.
+with ``z`` the quantized (or continuous) latents of images ``x``; ``down`` and ``up`` start from the principal
+components of ``z`` (the best linear ``N``-channel reconstruction), and the image term then spends the ``N``
+channels on what the decoder needs (:func:`fit_projection`).
 
-Saved files (:func:`save_projection`)::
-
-    projection/
-      projection.json           {"in_channels": 256, "out_channels": 4, "kernel_size": 1,
-                                 "source": "quantized", "fit": {"steps": 2000, "final_loss": ...,
-                                 "evaluated_on": "held-out images",
-                                 "psnr_through_projection": ..., ...}}
-      projection.safetensors    down.weight (N, D, k, k), down.bias (N,), up.weight (D, N, k, k), up.bias (D,),
-                                mean (N,), std (N,)   per-channel statistics of the projected training latents;
-                                                      ``normalize(p) = (p - mean) / std`` for the flow model
-      decoder/                  (only with train_decoder or train_encoder) the tokenizer with its fine-tuned decoder,
-                                our folder format (config.json + model.safetensors)
+Saved files (:func:`save_projection`): ``projection.json`` (the :class:`ProjectionConfig` fields and ``fit``,
+the summary of :func:`fit_projection`); ``projection.safetensors`` with ``down.weight (N, D, k, k)``,
+``down.bias (N,)``, ``up.weight (D, N, k, k)``, ``up.bias (D,)`` and ``mean``, ``std`` ``(N,)``: per-channel
+statistics of the projected training latents, ``normalize(p) = (p - mean) / std`` for the flow model; and,
+after ``train_decoder`` or ``train_encoder``, ``decoder/``: the tokenizer with its fine-tuned decoder, in our
+folder format.
 """
 
 from __future__ import annotations
@@ -33,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +33,7 @@ from torch import nn
 
 from vqgan.interop.common import ConversionError
 from vqgan.metrics.reconstruction import psnr
+from vqgan.models.pretrained import save_pretrained
 
 PROJECTION_CONFIG = "projection.json"
 PROJECTION_WEIGHTS = "projection.safetensors"
@@ -56,8 +47,7 @@ class ProjectionConfig:
         in_channels: channels of the tokenizer's latents (``embed_dim``).
         out_channels: channels the downstream model expects (``N``).
         kernel_size: 1 (a per-position linear map) or an odd size (a conv that also mixes neighbours).
-        source: which latents are projected: ``quantized`` (the code vectors the decoder reads) or
-            ``continuous`` (the encoder output before quantization).
+        source: the latents it reads: ``quantized`` codes or ``continuous`` encoder outputs.
     """
 
     in_channels: int
@@ -113,12 +103,10 @@ class LatentProjection(nn.Module):
             extra = torch.linalg.qr(torch.randn(d, n, dtype=torch.float64))[0][:, v.shape[1] :]
             v = torch.cat([v, extra], 1)
         c = self.config.kernel_size // 2
-        self.down.weight.zero_()
-        self.up.weight.zero_()
-        self.down.weight[:, :, c, c] = v.T.float()
-        self.down.bias.copy_((-(v.T @ mu)).float())
-        self.up.weight[:, :, c, c] = v.float()
-        self.up.bias.copy_(mu.float())
+        for conv, weight, bias in ((self.down, v.T, -(v.T @ mu)), (self.up, v, mu)):
+            conv.weight.zero_()
+            conv.weight[:, :, c, c] = weight.float()
+            conv.bias.copy_(bias.float())
 
 
 def source_latents(model: nn.Module, images: torch.Tensor, source: str) -> torch.Tensor:
@@ -131,7 +119,7 @@ def projection_loss(
     model: nn.Module, projection: LatentProjection, images: torch.Tensor, latent_weight: float = 0.1,
     train_encoder: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Reconstruction through the projection and the decoder, plus a latent reconstruction term. Pure: images in,
+    """Reconstruction through the projection and the decoder, plus a latent reconstruction term: images in,
     ``(loss, logs)`` out. The tokenizer's encoder runs without gradients unless ``train_encoder``."""
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         z = source_latents(model, images, projection.config.source)
@@ -153,9 +141,7 @@ class ProjectionFit:
 def _images(batch: Any) -> torch.Tensor:
     if isinstance(batch, dict):
         return batch["image"]
-    if isinstance(batch, (list, tuple)):
-        return batch[0]
-    return batch
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
@@ -169,17 +155,15 @@ def _cycle(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
 
 
 def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel mean and (unbiased) standard deviation of ``(B, C, *spatial)`` tensors over every batch, in one
-    streamed pass: running sums of ``x`` and ``x^2`` in float64 (no batch is kept). Returns ``(mean, std, n)``,
-    ``n`` being the number of positions (``B * prod(spatial)`` summed over the batches)."""
-    total = total_sq = None
-    n = 0
+    """Per-channel mean and (unbiased) standard deviation of ``(B, C, *spatial)`` tensors over every batch, in
+    one streamed pass of float64 sums of ``x`` and ``x^2``. Returns ``(mean, std, n)``, ``n`` positions."""
+    total = total_sq = n = 0
     for x in batches:
         flat = x.detach().movedim(1, -1).reshape(-1, x.shape[1]).double()
-        total = flat.sum(0) if total is None else total + flat.sum(0)
-        total_sq = flat.pow(2).sum(0) if total_sq is None else total_sq + flat.pow(2).sum(0)
+        total = total + flat.sum(0)
+        total_sq = total_sq + flat.pow(2).sum(0)
         n += flat.shape[0]
-    if total is None or total_sq is None or n < 2:
+    if n < 2:
         raise ValueError(f"channel_statistics needs at least 2 positions, got {n}")
     mean = total / n
     var = (total_sq - n * mean.pow(2)).clamp_min(0.0) / (n - 1)
@@ -187,101 +171,65 @@ def channel_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, t
 
 
 def fit_projection(
-    model: nn.Module,
-    batches: Iterable[Any],
-    out_channels: int = 4,
-    steps: int = 500,
-    lr: float = 1e-3,
-    kernel_size: int = 1,
-    source: Literal["quantized", "continuous"] = "quantized",
-    latent_weight: float = 0.1,
-    train_decoder: bool = False,
-    device: str = "cpu",
-    seed: int = 0,
-    eval_images: torch.Tensor | None = None,
-    train_encoder: bool = False,
+    model: nn.Module, batches: Iterable[Any], out_channels: int = 4, steps: int = 500, lr: float = 1e-3,
+    kernel_size: int = 1, source: Literal["quantized", "continuous"] = "quantized",
+    latent_weight: float = 0.1, train_decoder: bool = False, device: str = "cpu", seed: int = 0,
+    eval_images: torch.Tensor | None = None, train_encoder: bool = False,
 ) -> ProjectionFit:
-    """Fit a :class:`LatentProjection` to a tokenizer (see the module docstring for the objective).
+    """Fit a :class:`LatentProjection` to a tokenizer in ``steps`` Adam steps (objective: module docstring).
 
     Args:
-        model: the tokenizer (:class:`~vqgan.models.VQModel`); frozen except, with ``train_decoder``, its decoder
-            and ``post_quant_conv``.
-        batches: an iterable of image batches in [-1, 1] (tensors, ``(images, ...)`` tuples or dicts with
-            ``image``), e.g. a DataLoader; cycled until ``steps``.
+        model: the tokenizer (:class:`~vqgan.models.VQModel`); frozen except what ``train_*`` names.
+        batches: image batches in [-1, 1] (tensors, ``(images, ...)`` tuples or dicts with ``image``), e.g. a
+            DataLoader; cycled until ``steps``.
         out_channels: ``N``.
-        steps, lr: Adam steps and learning rate.
         kernel_size, source: see :class:`ProjectionConfig`.
-        latent_weight: weight of the latent reconstruction term.
-        train_decoder: train the decoder jointly with the projection.
-        train_encoder: also train the encoder (and ``quant_conv``), so the projection sits at the output of an
-            encoder trained jointly with it (seed 004's "projection layer in the encoder output"); the codebook
-            stays fixed, but code indices may change. With ``source="quantized"`` gradients reach the encoder
-            through the straight-through estimator.
-        device: where to run.
-        seed: seed of the initialisation.
+        train_decoder: train the decoder (and ``post_quant_conv``) jointly with the projection.
+        train_encoder: also train the encoder (and ``quant_conv``): seed 004's "projection layer in the
+            encoder output". The codebook stays fixed, but code indices may change; with
+            ``source="quantized"`` gradients reach the encoder through the straight-through estimator.
         eval_images: held-out images for the summary figures (default: the first training batch).
     """
     torch.manual_seed(seed)
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params_model: list[nn.Parameter] = []
+    model = model.to(device).eval().requires_grad_(False)
     trained = [model.decoder, model.post_quant_conv] if train_decoder else []
     trained += [model.encoder, model.quant_conv] if train_encoder else []
-    if trained:
-        for mod in trained:
-            for p in mod.parameters():
-                p.requires_grad_(True)
-                params_model.append(p)
-    d = model.config.embed_dim
-    proj = LatentProjection(ProjectionConfig(d, out_channels, kernel_size, source)).to(device)
+    params_model = [p.requires_grad_(True) for mod in trained for p in mod.parameters()]
+    config = ProjectionConfig(model.config.embed_dim, out_channels, kernel_size, source)
+    proj = LatentProjection(config).to(device)
     it = _cycle(batches)
     first = next(it).to(device)
-    with torch.no_grad():
-        z0 = source_latents(model, first, source)
-    proj.init_pca(z0)
-    opt = torch.optim.Adam([*proj.parameters(), *params_model], lr=lr)
-    history: list[float] = []
     held_out = first if eval_images is None else _images(eval_images).to(device)
     with torch.no_grad():
+        proj.init_pca(source_latents(model, first, source))
         initial, _ = projection_loss(model, proj, held_out, latent_weight)
-    images = first
-    for step in range(steps):
-        if step:
-            images = next(it).to(device)
-        loss, _ = projection_loss(model, proj, images, latent_weight, train_encoder)
+    opt = torch.optim.Adam([*proj.parameters(), *params_model], lr=lr)
+    history: list[float] = []
+    for images in islice(chain([first], it), steps):
+        loss, _ = projection_loss(model, proj, images.to(device), latent_weight, train_encoder)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         history.append(float(loss.detach()))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    model.requires_grad_(False).eval()
     proj.eval()
     with torch.no_grad():
         final, logs = projection_loss(model, proj, held_out, latent_weight)
-        # Channel statistics of the projected latents of the whole training set (one streamed pass over
-        # ``batches``), for normalisation downstream.
+        # Statistics of the projected latents of the whole training set (one more pass), for normalisation.
         projected = (proj.project(source_latents(model, _images(b).to(device), source)) for b in batches)
         mean, std, count = channel_statistics(projected)
-        proj.mean.copy_(mean.to(proj.mean.dtype))
-        proj.std.copy_(std.to(proj.std.dtype).clamp_min(1e-6))
+        proj.mean.copy_(mean)
+        proj.std.copy_(std.clamp_min(1e-6))
         z = source_latents(model, held_out, source)
-        summary = {
-            "steps": steps,
-            "lr": lr,
-            "latent_weight": latent_weight,
-            "train_decoder": train_decoder,
-            "train_encoder": train_encoder,
-            "initial_loss": float(initial),
-            "final_loss": float(final),
-            "evaluated_on": "first training batch" if eval_images is None else "held-out images",
+        summary = dict(
+            steps=steps, lr=lr, latent_weight=latent_weight, train_decoder=train_decoder,
+            train_encoder=train_encoder, initial_loss=float(initial), final_loss=float(final),
+            evaluated_on="first training batch" if eval_images is None else "held-out images",
             # Mean of per-image PSNRs, as every other PSNR this package reports.
-            "psnr_tokenizer": float(psnr(model.decode(z), held_out).mean()),
-            "psnr_through_projection": float(psnr(model.decode(proj(z)), held_out).mean()),
-            "latent_mse": float(logs["latent_mse"]),
-            "statistics_positions": count,
-        }
+            psnr_tokenizer=float(psnr(model.decode(z), held_out).mean()),
+            psnr_through_projection=float(psnr(model.decode(proj(z)), held_out).mean()),
+            latent_mse=float(logs["latent_mse"]), statistics_positions=count,
+        )
     return ProjectionFit(proj, history, summary)
 
 
@@ -298,8 +246,6 @@ def save_projection(
     state = {k: v.detach().contiguous().cpu() for k, v in projection.state_dict().items()}
     save_file(state, str(directory / PROJECTION_WEIGHTS), metadata={"library": "vqgan", "kind": "latent-projection"})
     if model is not None:
-        from vqgan.models.pretrained import save_pretrained
-
         save_pretrained(model, directory / "decoder")
     return directory
 
@@ -311,8 +257,7 @@ def load_projection(directory: str | Path, map_location: str = "cpu") -> LatentP
     for p in (cfg_path, weights):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: a projection folder holds {PROJECTION_CONFIG} and {PROJECTION_WEIGHTS}")
-    meta = json.loads(cfg_path.read_text())
-    meta.pop("fit", None)
+    meta = {k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "fit"}
     try:
         config = ProjectionConfig(**meta)
     except TypeError as e:

@@ -1,17 +1,10 @@
 """Load taming-transformers VQGAN checkpoints (Esser et al. 2021, https://arxiv.org/abs/2012.09841), e.g.
 ``vqgan_imagenet_f16_1024.ckpt`` / ``vqgan_imagenet_f16_16384.ckpt`` with their ``*-project.yaml``.
 
-A taming checkpoint is a PyTorch Lightning ``.ckpt``: a dict whose ``state_dict`` holds ``encoder.*``,
-``decoder.*``, ``quant_conv``, ``post_quant_conv``, ``quantize.embedding.weight`` and the training loss
-(``loss.*``: LPIPS and discriminator, dropped here). Our taming-style autoencoder uses the same module names
-(``encoder.down[i].block[j]``, ``.attn[j]``, ``mid.block_1``, ``norm_out``, ``decoder.up[i]`` stored in encoder
-order...), so the weights load one to one; the architecture is read from the tensors themselves and, when the
-YAML config is found, checked against ``model.params.ddconfig``.
-
-Not supported (a clear error names them): ``GumbelVQ`` (``quantize.proj``), index remapping (``remap``,
-``quantize.used``), ``double_z``. Lightning checkpoints also pickle callback objects; they are refused unless
-``allow_stand_ins=True`` (see :func:`vqgan.interop.common.safe_torch_load`), which reads the tensors without
-executing anything from the file.
+Their Lightning ``state_dict`` uses our module names (the training loss ``loss.*`` is dropped), so the weights
+load one to one; the architecture is read from the tensors and checked against the YAML's
+``model.params.ddconfig`` when it is found. Not supported (named in the error): ``GumbelVQ``, index remapping
+(``remap``), ``double_z``.
 """
 
 from __future__ import annotations
@@ -27,7 +20,6 @@ from vqgan.interop.common import (
     ConversionError,
     build_model,
     infer_taming_config,
-    rename_keys,
     safe_torch_load,
     tensors_only,
 )
@@ -40,35 +32,25 @@ SUPPORTED_TARGETS = ("taming.models.vqgan.VQModel", "taming.models.vqgan.EMAVQ")
 def find_taming_config(ckpt: Path) -> Path | None:
     """The YAML next to a checkpoint: ``NAME.yaml``, or taming's log layout ``logs/RUN/configs/*-project.yaml``
     for ``logs/RUN/checkpoints/NAME.ckpt``."""
-    for cand in (ckpt.with_suffix(".yaml"), ckpt.with_suffix(".yml")):
-        if cand.is_file():
-            return cand
-    configs = ckpt.parent.parent / "configs"
-    if configs.is_dir():
-        found = sorted(configs.glob("*-project.yaml"))
-        if found:
-            return found[-1]
-    return None
+    found = [c for c in (ckpt.with_suffix(".yaml"), ckpt.with_suffix(".yml")) if c.is_file()]
+    found += sorted((ckpt.parent.parent / "configs").glob("*-project.yaml"))[-1:]
+    return found[0] if found else None
 
 
-def read_taming_config(path: str | Path) -> dict[str, Any]:
-    """``model`` section of a taming YAML (``target`` and ``params``), read with ``yaml.safe_load``."""
-    data = yaml.safe_load(Path(path).read_text())
-    if not isinstance(data, dict) or "model" not in data or "params" not in data["model"]:
+def read_taming_config(path: Path) -> dict[str, Any]:
+    """``model.params`` of a taming YAML (read with ``yaml.safe_load``), for a supported ``model.target``."""
+    if not path.is_file():
+        raise ConversionError(f"taming config {path} does not exist")
+    data = yaml.safe_load(path.read_text())
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or "params" not in model:
         raise ConversionError(f"{path} is not a taming config: expected model.target and model.params")
-    return data["model"]
-
-
-def _rename(key: str) -> str | None:
-    if key.startswith("loss."):
-        return None  # LPIPS and discriminator of the training objective
-    if key == "quantize.used":
-        raise ConversionError("taming index remapping (quantize.used / remap=...) is not supported")
-    if key.startswith(("quantize.proj.", "quantize.embed.")):
-        raise ConversionError("taming GumbelVQ checkpoints (GumbelQuantize) are not supported")
-    if key.startswith("quantize.embedding.") and key != "quantize.embedding.weight":
-        return None  # EMAVQ running statistics (cluster_size, embed_avg): not needed for inference
-    return key
+    if model.get("target", "") not in SUPPORTED_TARGETS:
+        raise ConversionError(
+            f"{path}: model.target={model.get('target', '')!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_TARGETS)}"
+        )
+    return model["params"]
 
 
 def taming_state_dict(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
@@ -83,28 +65,39 @@ def taming_state_dict(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tens
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise ConversionError(f"{source}: no encoder.* or first_stage_model.encoder.* weights found")
-    return rename_keys(state, _rename, source)
+    if "quantize.used" in state:
+        raise ConversionError("taming index remapping (quantize.used / remap=...) is not supported")
+    if any(k.startswith(("quantize.proj.", "quantize.embed.")) for k in state):
+        raise ConversionError("taming GumbelVQ checkpoints (GumbelQuantize) are not supported")
+    # Dropped: the training objective (LPIPS, discriminator) and EMAVQ's running statistics (cluster_size...).
+    dropped = ("loss.", "quantize.embedding.")
+    return {k: v for k, v in state.items() if not k.startswith(dropped) or k == "quantize.embedding.weight"}
 
 
 def _check_against_yaml(cfg, params: dict[str, Any], source: str) -> None:
     dd = params.get("ddconfig", {})
     if dd.get("double_z", False):
         raise ConversionError(f"{source}: ddconfig.double_z=True is a KL autoencoder, not a VQGAN")
-    expected = {
-        "ch": (dd.get("ch"), cfg.ch),
-        "ch_mult": (list(dd.get("ch_mult", [])) or None, cfg.ch_mult),
-        "num_res_blocks": (dd.get("num_res_blocks"), cfg.num_res_blocks),
-        "z_channels": (dd.get("z_channels"), cfg.z_channels),
-        "in_channels": (dd.get("in_channels"), cfg.in_channels),
-        "out_ch": (dd.get("out_ch"), cfg.out_channels or cfg.in_channels),
-        "embed_dim": (params.get("embed_dim"), cfg.embed_dim),
-        "n_embed": (params.get("n_embed"), cfg.quantizer.codebook_size),
-    }
-    bad = [f"{k}: config {a} vs weights {b}" for k, (a, b) in expected.items() if a is not None and a != b]
+    ours = dict(
+        ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks, z_channels=cfg.z_channels,
+        in_channels=cfg.in_channels, out_ch=cfg.out_channels or cfg.in_channels, embed_dim=cfg.embed_dim,
+        n_embed=cfg.quantizer.codebook_size,
+    )
+    yml = {**dd, "ch_mult": list(dd.get("ch_mult", [])) or None, "embed_dim": params.get("embed_dim"),
+           "n_embed": params.get("n_embed")}
+    bad = [f"{k}: config {yml[k]} vs weights {v}" for k, v in ours.items() if yml.get(k) not in (None, v)]
     if bad:
         raise ConversionError(f"{source}: the YAML config does not match the weights: {'; '.join(bad)}")
     if params.get("remap"):
         raise ConversionError(f"{source}: taming index remapping (remap=...) is not supported")
+    resolution = int(dd.get("resolution", 256))
+    levels = [resolution // 2**i for i in range(len(cfg.ch_mult))]
+    yaml_attn = sorted(r for r in dd.get("attn_resolutions", []) if r in levels)
+    if sorted(cfg.attn_resolutions) != yaml_attn:
+        raise ConversionError(
+            f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, the YAML says "
+            f"{yaml_attn}"
+        )
 
 
 def load_taming(
@@ -115,9 +108,8 @@ def load_taming(
 
     Args:
         path: the Lightning ``.ckpt`` (or a ``.pt`` holding ``{"state_dict": ...}`` or a bare state dict).
-        config: its YAML (``model.target`` / ``model.params``); found automatically next to the checkpoint or
-            in ``../configs/*-project.yaml``; optional (the architecture is read from the weights; the YAML
-            gives the training resolution, which places attention, and is checked against the weights).
+        config: its YAML (optional; default: found next to it or in ``../configs/*-project.yaml``): gives
+            the training resolution, which places attention, and is checked against the weights.
         allow_stand_ins: read files that pickle Lightning callbacks, with inert placeholders (no code runs).
         checkpoint: the file's contents when already loaded (by :func:`vqgan.interop.load_pretrained`).
     """
@@ -125,31 +117,15 @@ def load_taming(
     source = str(path)
     config_path = Path(config) if config is not None else find_taming_config(path)
     params: dict[str, Any] = {}
-    if config_path is not None:
-        if not config_path.is_file():
-            raise ConversionError(f"taming config {config_path} does not exist")
-        model_cfg = read_taming_config(config_path)
-        target = model_cfg.get("target", "")
-        if target not in SUPPORTED_TARGETS:
-            raise ConversionError(
-                f"{config_path}: model.target={target!r} is not supported; supported: {', '.join(SUPPORTED_TARGETS)}"
-            )
-        params = model_cfg["params"]
-    else:
+    if config_path is None:
         log.warning("no taming YAML config found for %s: reading the architecture from the weights only", path)
-    if checkpoint is None:
-        checkpoint = safe_torch_load(path, allow_stand_ins)
+    else:
+        params = read_taming_config(config_path)
+    checkpoint = safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint
     state = taming_state_dict(checkpoint, source)
-    resolution = int(params.get("ddconfig", {}).get("resolution", 256))
-    cfg = infer_taming_config(state, resolution=resolution, num_groups=32, source=source)
+    dd = params.get("ddconfig", {})
+    cfg = infer_taming_config(state, resolution=int(dd.get("resolution", 256)), source=source)
     if params:
         _check_against_yaml(cfg, params, source)
-        cfg.dropout = float(params.get("ddconfig", {}).get("dropout", 0.0))
-        levels = [resolution // 2**i for i in range(len(cfg.ch_mult))]
-        yaml_attn = sorted(r for r in params.get("ddconfig", {}).get("attn_resolutions", []) if r in levels)
-        if sorted(cfg.attn_resolutions) != yaml_attn:
-            raise ConversionError(
-                f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, the YAML says "
-                f"{yaml_attn}"
-            )
+        cfg.dropout = float(dd.get("dropout", 0.0))
     return build_model(cfg, state, source)
