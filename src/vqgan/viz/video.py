@@ -11,24 +11,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from torchvision.transforms.v2.functional import pil_to_tensor
+from torchvision.utils import make_grid
 
 from vqgan.metrics.reconstruction import psnr, to_uint8, to_unit
+from vqgan.viz.grids import save_comparison
+from vqgan.viz.plots import new_figure, save_figure
+from vqgan.viz.samples import save_picture
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """``(C, T, H, W)`` in [-1, 1] -> ``(T, H, W, 3)`` uint8 (grayscale repeated to RGB)."""
-    v = to_unit(video.detach().float().cpu())
-    if v.shape[0] == 1:
-        v = v.expand(3, -1, -1, -1)
-    return to_uint8(v).permute(1, 2, 3, 0).numpy()
+    return to_uint8(to_unit(video.detach().cpu()).expand(3, -1, -1, -1)).permute(1, 2, 3, 0).numpy()
 
 
 def side_by_side(original: torch.Tensor, reconstruction: torch.Tensor, gap: int = 2) -> torch.Tensor:
     """``(C, T, H, 2W + gap)``: original | white gap | reconstruction. The shorter clip is cut to the other."""
     t = min(original.shape[1], reconstruction.shape[1])
     a, b = original[:, :t].cpu(), reconstruction[:, :t].cpu()
-    white = torch.ones(a.shape[0], t, a.shape[2], gap)
-    return torch.cat([a, white, b.clamp(-1, 1)], dim=-1)
+    return torch.cat([a, torch.ones(a.shape[0], t, a.shape[2], gap), b.clamp(-1, 1)], dim=-1)
 
 
 def per_frame_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,7 @@ def temporal_consistency(original: torch.Tensor, reconstruction: torch.Tensor) -
       frame).
     """
     t = min(original.shape[1], reconstruction.shape[1])
-    x, y = to_unit(original[:, :t].cpu().float()), to_unit(reconstruction[:, :t].cpu().float())
+    x, y = to_unit(original[:, :t].cpu()), to_unit(reconstruction[:, :t].cpu())
     dx, dy = x[:, 1:] - x[:, :-1], y[:, 1:] - y[:, :-1]
     dims = (0, 2, 3)
     return {
@@ -67,10 +69,9 @@ def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float =
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     suffix = path.suffix.lower()
     if suffix == ".gif":
-        from PIL import Image
-
         imgs = [Image.fromarray(f) for f in frames]
-        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=round(1000 / fps), loop=0, optimize=False)
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=round(1000 / fps), loop=0,
+                     optimize=False)
         return path
     if suffix not in (".mp4", ".avi", ".mkv", ".mov"):
         raise ValueError(f"unsupported video suffix {suffix!r}: use .mp4, .avi, .mkv, .mov or .gif")
@@ -79,61 +80,37 @@ def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float =
     import av
 
     t, h, w, _ = frames.shape
-    ph, pw = h + h % 2, w + w % 2
-    if (ph, pw) != (h, w):
-        frames = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     with av.open(str(path), mode="w") as container:
         codec = "libx264" if suffix in (".mp4", ".mkv", ".mov") else "mpeg4"
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "medium"}
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+        container.mux(stream.encode())
     return path
 
 
-def frame_grid(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path, max_frames: int = 16, scale: int = 1) -> Path:
-    """PNG with the original frames on the top row and the reconstructions under them, each captioned with its PSNR."""
-    from PIL import Image, ImageDraw
-
+def frame_grid(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path, max_frames: int = 16,
+               scale: int = 1) -> Path:
+    """PNG with the original frames on the top row and the reconstructions under them, each captioned with its
+    PSNR."""
     t = min(original.shape[1], reconstruction.shape[1])
-    idx = np.linspace(0, t - 1, min(t, max_frames)).round().astype(int)
-    a, b = to_uint8_frames(original[:, idx]), to_uint8_frames(reconstruction[:, idx].clamp(-1, 1))
-    p = per_frame_psnr(original[:, idx], reconstruction[:, idx])
-    if scale > 1:
-        a, b = (z.repeat(scale, axis=1).repeat(scale, axis=2) for z in (a, b))
-    n, h, w, _ = a.shape
-    cap, gap = 12, 2
-    canvas = Image.new("RGB", (n * (w + gap), 2 * h + gap + cap), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i in range(n):
-        canvas.paste(Image.fromarray(a[i]), (i * (w + gap), 0))
-        canvas.paste(Image.fromarray(b[i]), (i * (w + gap), h + gap))
-        draw.text((i * (w + gap) + 1, 2 * h + gap), f"{float(p[i]):.1f}", fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    idx = torch.linspace(0, t - 1, min(t, max_frames)).round().long()
+    a, b = original[:, idx].transpose(0, 1).cpu(), reconstruction[:, idx].clamp(-1, 1).transpose(0, 1).cpu()
+    return save_comparison(a, b, path, ncol=len(idx), scale=scale, captions=True)
 
 
-def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path, title: str = "") -> Path:
+def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path,
+                                title: str = "") -> Path:
     """Figure with per-frame PSNR, frame-to-frame motion of original and reconstruction with the added flicker,
     and x-t slices (the middle row of every frame stacked over time) of both clips."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = min(original.shape[1], reconstruction.shape[1])
     p = per_frame_psnr(original, reconstruction).numpy()
-    tc = {k: v.numpy() for k, v in temporal_consistency(original, reconstruction).items()}
-    xa, xb = to_uint8_frames(original[:, :t]), to_uint8_frames(reconstruction[:, :t].clamp(-1, 1))
-    row = xa.shape[1] // 2
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), gridspec_kw={"width_ratios": [1.2, 1.2, 1, 1]})
+    tc = temporal_consistency(original, reconstruction)
+    fig, axes = new_figure(14, 3.2, ncols=4, gridspec_kw={"width_ratios": [1.2, 1.2, 1, 1]})
     axes[0].plot(np.arange(t), p, "o-")
     axes[0].set(xlabel="frame", ylabel="PSNR (dB)", title=f"per-frame PSNR (mean {p.mean():.2f})")
     k = np.arange(1, t)
@@ -142,17 +119,13 @@ def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Te
     axes[1].plot(k, tc["flicker"], "^:", label="flicker (added change)")
     axes[1].set(xlabel="frame t", ylabel="mean abs change", title="temporal consistency")
     axes[1].legend(fontsize=7)
-    for ax, arr, name in ((axes[2], xa, "original"), (axes[3], xb, "reconstruction")):
-        ax.imshow(arr[:, row], aspect="auto", interpolation="nearest")
+    for ax, clip, name in ((axes[2], original, "original"), (axes[3], reconstruction, "reconstruction")):
+        xt = to_uint8_frames(clip[:, :t].clamp(-1, 1))[:, clip.shape[2] // 2]
+        ax.imshow(xt, aspect="auto", interpolation="nearest")
         ax.set(xlabel="x", ylabel="frame", title=f"x-t slice, {name}")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_video_reconstruction(
@@ -165,14 +138,15 @@ def save_video_reconstruction(
     both = side_by_side(original, reconstruction)
     files = {fmt: str(write_video(both, directory / f"{stem}_compare.{fmt}", fps, scale)) for fmt in formats}
     files["frames"] = str(frame_grid(original, reconstruction, directory / f"{stem}_frames.png", scale=scale))
-    files["temporal"] = str(temporal_consistency_figure(original, reconstruction, directory / f"{stem}_temporal.png", stem))
+    files["temporal"] = str(temporal_consistency_figure(original, reconstruction, directory / f"{stem}_temporal.png",
+                                                        stem))
     p = per_frame_psnr(original, reconstruction)
-    tc = temporal_consistency(original, reconstruction)
+    flicker = temporal_consistency(original, reconstruction)["flicker"]
     return {
         "files": files,
         "psnr": float(p.mean()),
         "psnr_per_frame": [round(float(v), 3) for v in p],
-        "flicker": float(tc["flicker"].mean()) if len(tc["flicker"]) else 0.0,
+        "flicker": float(flicker.mean()) if len(flicker) else 0.0,
     }
 
 
@@ -209,43 +183,32 @@ def reconstruct_video_file(
     rec, _ = reconstruct_video(model, clip.to(device))
     clip = clip[:, : rec.shape[1]]
     scale = scale or max(1, 96 // clip.shape[-1])
-    out = save_video_reconstruction(
-        clip, rec.cpu(), output_dir, path.stem, fps=src_fps / frame_stride, scale=scale, formats=formats
-    )
-    out["file"] = str(path)
-    out["frames"] = int(rec.shape[1])
-    return out
+    out = save_video_reconstruction(clip, rec.cpu(), output_dir, path.stem, fps=src_fps / frame_stride, scale=scale,
+                                    formats=formats)
+    return {**out, "file": str(path), "frames": int(rec.shape[1])}
 
 
-def clip_grid(clips: torch.Tensor, captions: list[str] | None = None, ncol: int = 4, scale: int = 1, gap: int = 2) -> np.ndarray:
+def _label(text: str, width: int, height: int = 12) -> torch.Tensor:
+    """A white ``(3, height, width)`` strip in [0, 1] with ``text`` in black, vertically centred."""
+    img = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(img).text((1, (height - 12) // 2), text, fill=(0, 0, 0))
+    return pil_to_tensor(img).float() / 255
+
+
+def clip_grid(clips: torch.Tensor, captions: list[str] | None = None, ncol: int = 4, scale: int = 1,
+              gap: int = 2) -> np.ndarray:
     """Clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row into one clip ``(T, H', W', 3)`` uint8, each
     under a white strip with its caption (e.g. the class it was generated for)."""
-    from PIL import Image, ImageDraw
-
-    b, _, t, h, w = clips.shape
-    frames = [to_uint8_frames(c.clamp(-1, 1)) for c in clips]  # B x (T, H, W, 3)
-    if scale > 1:
-        frames = [f.repeat(scale, axis=1).repeat(scale, axis=2) for f in frames]
-        h, w = h * scale, w * scale
-    cap = 12 if captions else 0
-    ncol = max(1, min(ncol, b))
-    nrow = (b + ncol - 1) // ncol
-    out = np.full((t, nrow * (h + cap + gap), ncol * (w + gap), 3), 255, np.uint8)
-    for i, f in enumerate(frames):
-        r, c = divmod(i, ncol)
-        y, x = r * (h + cap + gap) + cap, c * (w + gap)
-        out[:, y : y + h, x : x + w] = f
+    x = to_unit(clips.detach().cpu()).expand(-1, 3, -1, -1, -1)
+    x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
     if captions:
-        strip = Image.fromarray(out[0])
-        draw = ImageDraw.Draw(strip)
-        for i, text in enumerate(captions[:b]):
-            r, c = divmod(i, ncol)
-            draw.text((c * (w + gap) + 1, r * (h + cap + gap)), str(text)[: max(1, w // 6)], fill=(0, 0, 0))
-        labelled = np.asarray(strip)
-        for r in range(nrow):  # the caption strips are the same in every frame
-            y = r * (h + cap + gap)
-            out[:, y : y + cap] = labelled[y : y + cap]
-    return out
+        w = x.shape[-1]
+        labels = [str(c)[: max(1, w // 6)] for c in captions] + [""] * len(x)
+        strips = torch.stack([_label(c, w) for c in labels[: len(x)]])
+        x = torch.cat([strips[:, :, None].expand(-1, -1, x.shape[2], -1, -1), x], -2)
+    ncol = max(1, min(ncol, len(x)))
+    grid = [make_grid(x[:, :, t], nrow=ncol, padding=gap, pad_value=1.0) for t in range(x.shape[2])]
+    return to_uint8(torch.stack(grid)).permute(0, 2, 3, 1).numpy()
 
 
 def save_clip_grid(
@@ -258,20 +221,12 @@ def save_clip_grid(
     scale = scale or max(1, 64 // clips.shape[-1])
     grid = clip_grid(clips, captions, ncol, scale)
     files = {fmt: str(write_video(grid, directory / f"{stem}.{fmt}", fps)) for fmt in formats}
-    rows = clip_grid(clips.transpose(1, 2).flatten(0, 1)[:, :, None], None, clips.shape[2], scale)[0]
+    frames = to_unit(clips.detach().cpu()).transpose(1, 2).flatten(0, 1)  # (B * T, C, H, W), a row per clip
+    rows = make_grid(frames.repeat_interleave(scale, -1).repeat_interleave(scale, -2), nrow=clips.shape[2],
+                     padding=2, pad_value=1.0)
     if captions:  # a caption column on the left of every row
-        from PIL import Image, ImageDraw
-
-        pad = 8 * max(len(str(c)) for c in captions) + 4
-        canvas = Image.new("RGB", (rows.shape[1] + pad, rows.shape[0]), "white")
-        canvas.paste(Image.fromarray(rows), (pad, 0))
-        draw = ImageDraw.Draw(canvas)
-        step = rows.shape[0] // clips.shape[0]
-        for i, text in enumerate(captions[: clips.shape[0]]):
-            draw.text((2, i * step + step // 2 - 5), str(text), fill=(0, 0, 0))
-        rows = np.asarray(canvas)
-    from PIL import Image
-
-    files["frames"] = str(directory / f"{stem}_frames.png")
-    Image.fromarray(rows).save(files["frames"])
+        h, width = rows.shape[1] // len(clips), 8 * max(len(str(c)) for c in captions) + 4
+        labels = [_label(str(c), width, h) for c in captions[: len(clips)]]
+        rows = torch.cat([torch.cat([*labels, torch.ones(3, rows.shape[1] - h * len(labels), width)], 1), rows], -1)
+    files["frames"] = str(save_picture(rows, directory / f"{stem}_frames.png"))
     return files
