@@ -64,15 +64,14 @@ def _fmt(v: Any) -> str:
 
 
 def _table(rows: Mapping[str, Any]) -> str:
-    body = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td class='{'num' if isinstance(v, (int, float)) else ''}'>{_fmt(v)}</td></tr>"
-        for k, v in rows.items()
-        if not isinstance(v, dict)
-    )
-    nested = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{_table(v)}</td></tr>" for k, v in rows.items() if isinstance(v, dict)
-    )
-    return f"<table>{body}{nested}</table>"
+    """A two-column table; nested tables (dict values) come last."""
+    cells = [
+        f"<tr><th>{html.escape(str(k))}</th>"
+        + (f"<td>{_table(v)}</td>" if isinstance(v, dict) else
+           f"<td class='{'num' if isinstance(v, (int, float)) else ''}'>{_fmt(v)}</td>") + "</tr>"
+        for k, v in sorted(rows.items(), key=lambda kv: isinstance(kv[1], dict))
+    ]
+    return f"<table>{''.join(cells)}</table>"
 
 
 def _figure(rec: FigureRecord) -> str:
@@ -109,9 +108,7 @@ def write_report(
         f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)} · generated "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by vqgan</p></header><main>",
     ]
-    notes = list(notes)
-    if notes:
-        parts.append("".join(f"<div class='note'>{html.escape(n)}</div>" for n in notes))
+    parts.extend(f"<div class='note'>{html.escape(n)}</div>" for n in notes)
     tables = [(name, table) for name, table in (metrics or {}).items() if table]
     if tables:
         parts.append("<div class='tables'>")
@@ -141,10 +138,7 @@ def load_figure_index(folder: str | Path) -> tuple[list[FigureRecord], list[str]
     to the folder are resolved)."""
     folder = Path(folder)
     index = json.loads((folder / "figures.json").read_text())
-    figures = []
-    for f in index.get("figures", []):
-        p = Path(f["path"])
-        figures.append(FigureRecord(**{**f, "path": str(p if p.is_absolute() else folder / p)}))
+    figures = [FigureRecord(**{**f, "path": str(folder / f["path"])}) for f in index.get("figures", [])]
     return figures, list(index.get("notes", [])), dict(index.get("statistics", {}))
 
 
@@ -192,50 +186,45 @@ def find_browser() -> str | None:
     """Path of a Chromium executable (Debian's ``chromium``, or ``chromium-browser`` / ``google-chrome``)."""
     import shutil
 
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    return None
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next(filter(None, map(shutil.which, names)), None)
 
 
-def _run_browser(browser: str, extra: list[str], timeout: float):
-    """Run headless Chromium with a throw-away profile (otherwise it writes into, and locks, the user's)."""
+def _run_browser(browser: str | None, extra: list[str], timeout: float):
+    """Run headless Chromium (default: :func:`find_browser`'s) with a throw-away profile (otherwise it writes
+    into, and locks, the user's)."""
     import subprocess
     import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="vqgan-chromium-") as profile:
-        args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-                f"--user-data-dir={profile}", "--no-first-run", "--virtual-time-budget=10000", *extra]
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-
-
-def rendered_image_status(html_path: str | Path, browser: str | None = None, timeout: float = 120) -> tuple[int, int]:
-    """Open the page in headless Chromium and return ``(images loaded, images total)`` as counted by the page's
-    own script once loaded (see the module docstring)."""
-    import re
 
     browser = browser or find_browser()
     if browser is None:
         raise FileNotFoundError("no Chromium executable found (apt-get install chromium)")
-    url = Path(html_path).resolve().as_uri()
-    res = _run_browser(browser, ["--dump-dom", url], timeout)
+    with tempfile.TemporaryDirectory(prefix="vqgan-chromium-") as profile:
+        args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--hide-scrollbars", f"--user-data-dir={profile}", "--no-first-run", "--virtual-time-budget=10000",
+                *extra]
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def rendered_image_status(html_path: str | Path, browser: str | None = None,
+                          timeout: float = 120) -> tuple[int, int]:
+    """Open the page in headless Chromium and return ``(images loaded, images total)`` as counted by the page's
+    own script once loaded (see the module docstring)."""
+    import re
+
+    res = _run_browser(browser, ["--dump-dom", Path(html_path).resolve().as_uri()], timeout)
     body = re.search(r"<body[^>]*>", res.stdout)
     if body is None:
         raise RuntimeError(f"Chromium rendered no <body> (exit {res.returncode}): {res.stderr[-500:]}")
-    loaded = re.search(r'data-images-loaded="(\d+)"', body.group(0))
-    total = re.search(r'data-images-total="(\d+)"', body.group(0))
-    if loaded is None or total is None:
+    counts = dict(re.findall(r'data-images-(loaded|total)="(\d+)"', body.group(0)))
+    if len(counts) < 2:
         raise RuntimeError("the page's load script did not run (no data-images-* attributes on <body>)")
-    return int(loaded.group(1)), int(total.group(1))
+    return int(counts["loaded"]), int(counts["total"])
 
 
 def screenshot(html_path: str | Path, png_path: str | Path, width: int = 1280, height: int = 1600,
                browser: str | None = None, timeout: float = 120) -> Path:
     """A PNG screenshot of the top ``width x height`` pixels of the page, taken by headless Chromium."""
-    browser = browser or find_browser()
-    if browser is None:
-        raise FileNotFoundError("no Chromium executable found (apt-get install chromium)")
     png_path = Path(png_path).resolve()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     res = _run_browser(browser, [f"--window-size={width},{height}", f"--screenshot={png_path}",

@@ -1,15 +1,6 @@
 """Every picture of a trained tokenizer in one call (seed 000's five kinds and seed 002's codebook diagnostics),
 indexed in ``OUTPUT/figures.json`` for the HTML report.
 
-1. originals against reconstructions, with per-image PSNR;
-2. PCA and t-SNE projections of encoder outputs and of the codebook, latent statistics;
-3. codebook usage histogram, codebook atlas, token map overlaid on an image;
-4. latent interpolation between two samples;
-5. video reconstructions (GIF and MP4) when the data is video;
-6. the run's saved diagnostics: usage and perplexity over time, code gradient norms and heatmap, code norms and
-   their histogram over time;
-7. the run's loss curves (reconstruction, perceptual, VQ, generator, discriminator, codebook usage) from its logs.
-
 Each kind is one function of :data:`FIGURES`, taking the shared :class:`Inputs` (which computes the latents once)
 and returning its records, or raising :class:`Skipped` with the reason the report shows.
 """
@@ -17,7 +8,6 @@ and returning its records, or raising :class:`Skipped` with the reason the repor
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -38,8 +28,6 @@ from vqgan.viz.latent import (
     save_interpolation,
 )
 from vqgan.viz.plots import FigureRecord, diagnostics_figures, plot_usage_histogram
-
-log = logging.getLogger(__name__)
 
 
 def is_video_model(model: torch.nn.Module) -> bool:
@@ -95,8 +83,10 @@ class Inputs:
 
     @cached_property
     def histogram(self) -> torch.Tensor:
+        if self.counts is not None:
+            return self.counts
         k = self.model.quantize.codebook_size
-        return self.counts if self.counts is not None else torch.bincount(self.latents["indices"], minlength=k)[:k]
+        return torch.bincount(self.latents["indices"], minlength=k)[:k]
 
     @cached_property
     def busiest(self) -> list[int]:
@@ -114,87 +104,85 @@ def video_figures(d: Inputs) -> list[FigureRecord]:
         from vqgan.viz.video import save_video_reconstruction
     except ImportError as e:
         raise Skipped(f"video reconstructions skipped: the video modules are not available ({e})") from None
-    model, out, say, clip = d.model, d.out, d.say, d.images[0]
-    rec, _ = reconstruct_video(model, clip)
+    clip = d.images[0]
+    rec = reconstruct_video(d.model, clip)[0].clamp(-1, 1).cpu()
     scale = max(1, 96 // clip.shape[-1])
     try:
-        result = save_video_reconstruction(clip.cpu(), rec.clamp(-1, 1).cpu(), out, "video", scale=scale)
+        result = save_video_reconstruction(clip.cpu(), rec, d.out, "video", scale=scale)
     except Exception as e:  # e.g. a PyAV build without an H.264 encoder: keep the GIF and the other pictures
-        say(f"MP4 not written ({e}); writing the GIF only")
-        result = save_video_reconstruction(clip.cpu(), rec.clamp(-1, 1).cpu(), out, "video", scale=scale, formats=("gif",))
-    files = result["files"]
-    section, psnr_note = "Video", f"mean PSNR {result['psnr']:.2f} dB over {clip.shape[1]} frames"
-    records = [FigureRecord(f"video_{fmt}", f"Video reconstruction ({fmt.upper()})", files[fmt], section,
-                            f"original | reconstruction; {psnr_note}") for fmt in ("gif", "mp4") if fmt in files]
-    records.append(FigureRecord("video_frames", "Video frames", files["frames"], section, "originals (top), reconstructions with PSNR"))
-    records.append(FigureRecord("video_temporal", "Temporal consistency", files["temporal"], section,
-                                "per-frame PSNR, frame-to-frame change and flicker, x-t slices"))
-    return records
+        d.say(f"MP4 not written ({e}); writing the GIF only")
+        result = save_video_reconstruction(clip.cpu(), rec, d.out, "video", scale=scale, formats=("gif",))
+    files, note = result["files"], f"mean PSNR {result['psnr']:.2f} dB over {clip.shape[1]} frames"
+    return [
+        *(FigureRecord(f"video_{fmt}", f"Video reconstruction ({fmt.upper()})", files[fmt], "Video",
+                       f"original | reconstruction; {note}") for fmt in ("gif", "mp4") if fmt in files),
+        FigureRecord("video_frames", "Video frames", files["frames"], "Video",
+                     "originals (top), reconstructions with PSNR"),
+        FigureRecord("video_temporal", "Temporal consistency", files["temporal"], "Video",
+                     "per-frame PSNR, frame-to-frame change and flicker, x-t slices"),
+    ]
 
 
 def reconstruction_figures(d: Inputs) -> list[FigureRecord]:
     """Originals against reconstructions, with per-image PSNR."""
     x = d.frames[: d.grid_images]
     rec = d.model(x).reconstruction.clamp(-1, 1)
-    path = save_comparison(x.cpu(), rec.cpu(), d.out / "reconstructions.png", ncol=8, scale=max(1, 96 // x.shape[-1]),
+    path = save_comparison(x.cpu(), rec.cpu(), d.out / "reconstructions.png", scale=max(1, 96 // x.shape[-1]),
                            captions=True)
-    return [FigureRecord("reconstructions", "Originals and reconstructions", str(path), "Reconstructions",
-                         f"rows alternate originals and reconstructions; PSNR under each (mean {float(psnr(x, rec).mean()):.2f} dB)")]
+    return [FigureRecord("reconstructions", "Originals and reconstructions", path, "Reconstructions",
+                         "rows alternate originals and reconstructions; PSNR under each "
+                         f"(mean {float(psnr(x, rec).mean()):.2f} dB)")]
 
 
 def latent_figures(d: Inputs) -> list[FigureRecord]:
     """PCA and t-SNE of the encoder outputs with the codes, and per-dimension statistics."""
-    lat, cb, out = d.latents["latents"], d.codebook, d.out
+    lat, idx, cb, out = d.latents["latents"], d.latents["indices"], d.codebook, d.out
     what = "spatio-temporal latents of the clips and the codes" if d.encodes_clips else \
         "one joint PCA; points coloured by their code, crosses are codes sized by usage"
     return [
         FigureRecord("pca", "PCA of encoder outputs and codes",
-                     str(plot_projection(lat, d.latents["indices"], cb, out / "latent_pca.png", "pca", d.max_points)),
-                     "Latent space", what),
+                     plot_projection(lat, idx, cb, out / "latent_pca.png", "pca", d.max_points), "Latent space", what),
         FigureRecord("tsne", "t-SNE of encoder outputs and codes",
-                     str(plot_projection(lat, d.latents["indices"], cb, out / "latent_tsne.png", "tsne", d.tsne_points)),
-                     "Latent space", f"seeded subsample of at most {d.tsne_points} encoder outputs"),
-        FigureRecord("latent_stats", "Latent statistics", str(plot_latent_statistics(lat, cb, out / "latent_stats.png")),
+                     plot_projection(lat, idx, cb, out / "latent_tsne.png", "tsne", d.tsne_points), "Latent space",
+                     f"seeded subsample of at most {d.tsne_points} encoder outputs"),
+        FigureRecord("latent_stats", "Latent statistics", plot_latent_statistics(lat, cb, out / "latent_stats.png"),
                      "Latent space", "per-dimension mean ± std and norm histograms"),
     ]
 
 
-def usage_figures(d: Inputs) -> list[FigureRecord]:
-    """Hits per code."""
+def codebook_figures(d: Inputs) -> list[FigureRecord]:
+    """Hits per code, and the most used codes each decoded on its own."""
     if d.counts is not None:
         what = "hits per code on the evaluated images"
     else:
-        what = f"hits per code on {len(d.images)} clips" if d.encodes_clips else f"hits per code on {len(d.frames)} images"
-    path = plot_usage_histogram(d.histogram.cpu().numpy(), d.out / "codebook_usage.png")
-    return [FigureRecord("usage_histogram", "Codebook usage histogram", str(path), "Codebook", what)]
-
-
-def atlas_figures(d: Inputs) -> list[FigureRecord]:
-    """The most used codes, each decoded on its own."""
+        what = f"hits per code on {len(d.images)} clips" if d.encodes_clips else \
+            f"hits per code on {len(d.frames)} images"
+    usage = plot_usage_histogram(d.histogram.cpu().numpy(), d.out / "codebook_usage.png")
+    records = [FigureRecord("usage_histogram", "Codebook usage histogram", usage, "Codebook", what)]
     atlas, shown = save_codebook_atlas(d.model, d.out / "codebook_atlas.png", d.histogram.cpu().numpy(),
                                        max_codes=d.atlas_codes)
-    return [FigureRecord("atlas", "Codebook atlas", str(atlas), "Codebook",
-                         f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself")]
+    return records + [FigureRecord("atlas", "Codebook atlas", atlas, "Codebook",
+                                   f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself")]
 
 
 def token_map_figures(d: Inputs) -> list[FigureRecord]:
     """The code of every latent position over its image (a clip's first frame for a 3-D tokenizer)."""
-    k = d.model.quantize.codebook_size
+    k, path = d.model.quantize.codebook_size, d.out / "token_map.png"
     if d.encodes_clips:
-        path = plot_token_map(d.images[0][:, 0], d.latents["index_maps"][0][0], d.out / "token_map.png", k)
-        return [FigureRecord("token_map", "Token map (first latent frame)", str(path), "Codebook",
+        path = plot_token_map(d.images[0][:, 0], d.latents["index_maps"][0][0], path, k)
+        return [FigureRecord("token_map", "Token map (first latent frame)", path, "Codebook",
                              "codes of the first latent frame over the first frame of the clip")]
-    t0 = d.busiest[0]
-    path = plot_token_map(d.frames[t0], d.latents["index_maps"][t0], d.out / "token_map.png", k)
-    return [FigureRecord("token_map", "Token map", str(path), "Codebook", "the code of every latent position over the image")]
+    path = plot_token_map(d.frames[d.busiest[0]], d.latents["index_maps"][d.busiest[0]], path, k)
+    return [FigureRecord("token_map", "Token map", path, "Codebook",
+                         "the code of every latent position over the image")]
 
 
 def interpolation_figures(d: Inputs) -> list[FigureRecord]:
     """Decodes of interpolated latents between the two most textured images."""
-    i0, i1 = d.busiest[0], d.busiest[1] if len(d.busiest) > 1 else d.busiest[0]
+    i0, i1 = d.busiest[0], d.busiest[min(1, len(d.busiest) - 1)]
     path = save_interpolation(d.model, d.frames[i0], d.frames[i1], d.out / "interpolation.png", steps=8,
                               scale=max(2, 96 // d.frames.shape[-1]))
-    return [FigureRecord("interpolation", "Latent interpolation", str(path), "Latent space",
+    return [FigureRecord("interpolation", "Latent interpolation", path, "Latent space",
                          "decodes of quantized linear interpolations of the encoder outputs of two images")]
 
 
@@ -215,8 +203,7 @@ FIGURES: tuple[Callable[[Inputs], list[FigureRecord]], ...] = (
     video_figures,
     reconstruction_figures,
     latent_figures,
-    usage_figures,
-    atlas_figures,
+    codebook_figures,
     token_map_figures,
     interpolation_figures,
     _from_run("training diagnostics", diagnostics_figures),
@@ -261,12 +248,8 @@ def visualize_model(
             if str(e) not in notes:  # several kinds can share one reason
                 notes.append(str(e))
                 say(str(e))
+    relative = [{**asdict(r), "path": str(Path(r.path).relative_to(out)) if Path(r.path).is_relative_to(out) else r.path}
+                for r in records]
     stats = latent_statistics(d.latents["latents"], d.codebook)
-    index = {
-        "figures": [{**asdict(r), "path": str(Path(r.path).relative_to(out)) if Path(r.path).is_relative_to(out) else r.path}
-                    for r in records],
-        "notes": notes,
-        "statistics": stats,
-    }
-    (out / "figures.json").write_text(json.dumps(index, indent=2))
+    (out / "figures.json").write_text(json.dumps({"figures": relative, "notes": notes, "statistics": stats}, indent=2))
     return records
