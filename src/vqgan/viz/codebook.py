@@ -1,9 +1,5 @@
-"""Pictures of the codebook (seed 000): an atlas that decodes codes as image patches, and a token map overlaid on
-an image.
-
-An atlas patch is the decoder's output for a ``tokens x tokens`` latent map filled with one code: what the code
-"paints" on its own, including the decoder's response to a flat field.
-"""
+"""Pictures of the codebook (seed 000): an atlas of codes decoded as image patches (the decoder's output for a
+latent map filled with one code: what the code "paints" on its own), and a token map overlaid on an image."""
 
 from __future__ import annotations
 
@@ -21,11 +17,8 @@ from vqgan.viz.samples import save_picture, to_pil
 
 @torch.no_grad()
 def decode_code_patches(model: torch.nn.Module, codes: torch.Tensor, tokens: int = 2, batch_size: int = 64) -> torch.Tensor:
-    """Decode each code index of ``codes`` (``(N,)``) from a ``tokens x tokens`` map filled with it.
-
-    Returns ``(N, C, tokens * f, tokens * f)`` images in [-1, 1] (``f`` the downsampling factor). For residual
-    quantizers the other stages are set to code 0.
-    """
+    """Decode each code of ``codes`` ``(N,)`` from a ``tokens x tokens`` map filled with it: ``(N, C, tokens * f,
+    tokens * f)`` images in [-1, 1] (``f`` the downsampling factor; other residual stages set to code 0)."""
     device = next(model.parameters()).device
     stages = getattr(model.quantize, "num_stages", 1)
     out = []

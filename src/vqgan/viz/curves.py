@@ -27,10 +27,7 @@ LOG_DIR = "logs"
 
 def read_scalars(run_dir: str | Path) -> Scalars:
     """Every scalar logged to TensorBoard under ``RUN_DIR/logs``: ``{tag: (steps, values)}``, sorted by step.
-
-    Raises:
-        FileNotFoundError: no event files (a run with ``--train.logger none`` or ``wandb``).
-    """
+    Raises ``FileNotFoundError`` without event files (a run with ``--train.logger none`` or ``wandb``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logs = Path(run_dir, LOG_DIR)

@@ -1,8 +1,7 @@
 """Latent-space pictures (seed 000): PCA and t-SNE projections of encoder outputs together with the codebook,
-latent statistics, and interpolation between two images.
-
-Projections use scikit-learn: PCA is fitted on the codebook and the latents together so both live in one frame;
-t-SNE (van der Maaten & Hinton 2008) runs on a seeded subsample (at most ``max_points``) because it is quadratic.
+latent statistics, and interpolation between two images. Projections (scikit-learn) are fitted on the codebook and
+the latents together so both live in one frame; t-SNE (van der Maaten & Hinton 2008) runs on a seeded subsample
+because it is quadratic.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Codebook plots: the usage histogram of an evaluation set, and the training-time diagnostics of seed 002
-(usage and perplexity, per-code gradient norms and their heatmap, code norms and their histogram over time) read
-from ``RUN_DIR/diagnostics.npz``.
-
-Figures use matplotlib's object-oriented API on an Agg canvas (no pyplot, no global backend switch: safe in
-headless processes and threads) at a fixed dpi, so ``figsize=(w, h)`` is a PNG of exactly ``(100 w) x (100 h)``.
+"""Codebook plots: the usage histogram of an evaluation set, and seed 002's training diagnostics read from
+``RUN_DIR/diagnostics.npz``. Figures use matplotlib's object-oriented API on an Agg canvas (no pyplot: safe in
+headless processes and threads) at a fixed dpi: ``figsize=(w, h)`` is a PNG of exactly ``(100 w) x (100 h)``.
 """
 
 from __future__ import annotations

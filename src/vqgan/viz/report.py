@@ -1,9 +1,8 @@
 """One self-contained HTML page per run: its configuration, metrics and every picture, embedded as base64 data
 URIs so that the file can be mailed, attached to an issue or opened offline without its folder.
 
-The page carries a few lines of JavaScript that, once loaded, count the images that decoded
-(``img.complete && img.naturalWidth > 0``) into ``data-images-loaded`` / ``data-images-total`` attributes of
-``<body>``; the tests read them back from a headless browser.
+The page's script counts the images that decoded (``img.complete && img.naturalWidth > 0``) into
+``data-images-loaded`` / ``data-images-total`` attributes of ``<body>``, read back by a headless browser.
 """
 
 from __future__ import annotations
@@ -48,52 +47,37 @@ window.addEventListener('load', function () {
 """
 
 
-def data_uri(path: str | Path) -> str:
-    """The file's bytes as a ``data:`` URI (MIME type from the extension)."""
-    path = Path(path)
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-
-
-def _fmt(v: Any) -> str:
+def _cell(v: Any) -> str:
+    """A table cell: a nested table for a dict, numbers right-aligned, floats to 4 significant digits."""
+    if isinstance(v, dict):
+        return f"<td>{_table(v)}</td>"
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
-    if isinstance(v, (dict, list)):
-        return html.escape(json.dumps(v))
-    return html.escape(str(v))
+        text = f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+    else:
+        text = html.escape(json.dumps(v) if isinstance(v, list) else str(v))
+    return f"<td class='{'num' if isinstance(v, (int, float)) else ''}'>{text}</td>"
 
 
 def _table(rows: Mapping[str, Any]) -> str:
     """A two-column table; nested tables (dict values) come last."""
-    cells = [
-        f"<tr><th>{html.escape(str(k))}</th>"
-        + (f"<td>{_table(v)}</td>" if isinstance(v, dict) else
-           f"<td class='{'num' if isinstance(v, (int, float)) else ''}'>{_fmt(v)}</td>") + "</tr>"
-        for k, v in sorted(rows.items(), key=lambda kv: isinstance(kv[1], dict))
-    ]
-    return f"<table>{''.join(cells)}</table>"
+    rows = sorted(rows.items(), key=lambda kv: isinstance(kv[1], dict))
+    return f"<table>{''.join(f'<tr><th>{html.escape(str(k))}</th>{_cell(v)}</tr>' for k, v in rows)}</table>"
 
 
 def _figure(rec: FigureRecord) -> str:
-    path = Path(rec.path)
-    title = html.escape(rec.title)
+    """The picture (or MP4) embedded as a base64 ``data:`` URI, with its caption."""
+    path, title = Path(rec.path), html.escape(rec.title)
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    src = f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+    media = f"<video controls loop muted src='{src}'></video>" if mime == "video/mp4" else f"<img alt='{title}' src='{src}'>"
     caption = f"<figcaption><b>{title}</b>{' — ' + html.escape(rec.caption) if rec.caption else ''}</figcaption>"
-    if path.suffix.lower() == ".mp4":
-        media = f"<video controls loop muted src='{data_uri(path)}'></video>"
-    else:
-        media = f"<img alt='{title}' src='{data_uri(path)}'>"
     return f"<figure id='{html.escape(rec.key)}'>{media}{caption}</figure>"
 
 
 def write_report(
-    path: str | Path,
-    title: str,
-    figures: Iterable[FigureRecord],
-    config_text: str | None = None,
-    metrics: Mapping[str, Mapping[str, Any]] | None = None,
-    notes: Iterable[str] = (),
-    subtitle: str = "",
-    appendix: Mapping[str, Mapping[str, Any]] | None = None,
+    path: str | Path, title: str, figures: Iterable[FigureRecord], config_text: str | None = None,
+    metrics: Mapping[str, Mapping[str, Any] | None] | None = None, notes: Iterable[str] = (), subtitle: str = "",
+    appendix: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> Path:
     """Write the page: a header, notes (e.g. pictures skipped and why), metric tables (one per entry of
     ``metrics``), the figures grouped by ``section`` in order of first appearance, and the configuration."""
@@ -133,13 +117,8 @@ def write_report(
     return path
 
 
-def load_figure_index(folder: str | Path) -> tuple[list[FigureRecord], list[str], dict[str, Any]]:
-    """Figures, notes and extra statistics recorded by ``visualize`` in ``folder/figures.json`` (paths relative
-    to the folder are resolved)."""
-    folder = Path(folder)
-    index = json.loads((folder / "figures.json").read_text())
-    figures = [FigureRecord(**{**f, "path": str(folder / f["path"])}) for f in index.get("figures", [])]
-    return figures, list(index.get("notes", [])), dict(index.get("statistics", {}))
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, output: str | Path | None = None,
@@ -149,36 +128,27 @@ def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, o
     ``RUN_DIR/visualizations``); without an index, the training diagnostics and the last sample grid."""
     run_dir = Path(run_dir)
     figures_dir = Path(figures_dir) if figures_dir else run_dir / "visualizations"
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else None
-    metrics: dict[str, dict[str, Any]] = {}
-    appendix: dict[str, dict[str, Any]] = {}
-    if (run_dir / "metrics.json").is_file():
-        metrics["Training validation metrics"] = json.loads((run_dir / "metrics.json").read_text())
-    for ev in (run_dir / "evaluation.json", figures_dir / "evaluation.json"):
-        if ev.is_file():
-            data = json.loads(ev.read_text())
-            metrics["Evaluation"] = data.get("metrics", {})
-            appendix["Evaluation protocol"] = data.get("protocol", {})
-            break
-    notes: list[str] = []
-    if (figures_dir / "figures.json").is_file():
-        figures, notes, stats = load_figure_index(figures_dir)
-        if stats:
-            metrics["Latent statistics"] = stats
+    config = run_dir / "config.yaml"
+    evaluation = _read_json(run_dir / "evaluation.json") or _read_json(figures_dir / "evaluation.json") or {}
+    metrics = {"Training validation metrics": _read_json(run_dir / "metrics.json"),
+               "Evaluation": evaluation.get("metrics")}
+    index = _read_json(figures_dir / "figures.json")
+    if index is not None:  # written by visualize_model, paths relative to its folder
+        figures = [FigureRecord(**{**f, "path": str(figures_dir / f["path"])}) for f in index.get("figures", [])]
+        notes, metrics["Latent statistics"] = list(index.get("notes", [])), index.get("statistics")
     else:
         from vqgan.viz.plots import diagnostics_figures
 
-        figures = []
         samples = sorted((run_dir / "samples").glob("*.png"))
-        if samples:
-            figures.append(FigureRecord("samples", f"Reconstructions ({samples[-1].stem})", str(samples[-1]), "Reconstructions"))
+        figures = [FigureRecord("samples", f"Reconstructions ({p.stem})", p, "Reconstructions") for p in samples[-1:]]
+        notes = []
         try:
             figures += diagnostics_figures(run_dir, figures_dir)
         except FileNotFoundError as e:
             notes.append(f"training diagnostics not shown: {e}")
-    out = Path(output) if output else run_dir / "report.html"
-    return write_report(out, title or f"vqgan run {run_dir.name}", figures, config_text, metrics, notes,
-                        subtitle=str(run_dir.resolve()), appendix=appendix)
+    return write_report(output or run_dir / "report.html", title or f"vqgan run {run_dir.name}", figures,
+                        config.read_text() if config.is_file() else None, metrics, notes,
+                        subtitle=str(run_dir.resolve()), appendix={"Evaluation protocol": evaluation.get("protocol")})
 
 
 # -- headless browser helpers (rendering checks and the README screenshot) -----------------------------------

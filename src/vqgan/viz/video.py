@@ -1,8 +1,6 @@
 """Video reconstruction output: MP4 and GIF of the original and its reconstruction side by side, a frame grid,
-per-frame PSNR, and a temporal-consistency figure (frame-to-frame change of original and reconstruction, the
-flicker the tokenizer adds, and x-t slices through the middle row).
-
-All clips are ``(C, T, H, W)`` tensors in [-1, 1] (``C`` = 1 or 3).
+per-frame PSNR and a temporal-consistency figure. All clips are ``(C, T, H, W)`` tensors in [-1, 1] (``C`` = 1
+or 3).
 """
 
 from __future__ import annotations
@@ -26,13 +24,6 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     return to_uint8(to_unit(video.detach().cpu()).expand(3, -1, -1, -1)).permute(1, 2, 3, 0).numpy()
 
 
-def side_by_side(original: torch.Tensor, reconstruction: torch.Tensor, gap: int = 2) -> torch.Tensor:
-    """``(C, T, H, 2W + gap)``: original | white gap | reconstruction. The shorter clip is cut to the other."""
-    t = min(original.shape[1], reconstruction.shape[1])
-    a, b = original[:, :t].cpu(), reconstruction[:, :t].cpu()
-    return torch.cat([a, torch.ones(a.shape[0], t, a.shape[2], gap), b.clamp(-1, 1)], dim=-1)
-
-
 def per_frame_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     """PSNR of every frame (dB), ``(T,)``."""
     t = min(original.shape[1], reconstruction.shape[1])
@@ -40,22 +31,14 @@ def per_frame_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torc
 
 
 def temporal_consistency(original: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-transition statistics in [0, 1] pixel units, each ``(T - 1,)``:
-
-    * ``motion_original`` / ``motion_reconstruction``: mean ``|x_t - x_{t-1}|``;
-    * ``flicker``: mean ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``, the change the tokenizer adds or removes between
-      frames (0 for a perfectly consistent reconstruction, even an imperfect one that errs the same way every
-      frame).
-    """
+    """Per-transition statistics in [0, 1] pixel units, each ``(T - 1,)``: ``motion_original`` /
+    ``motion_reconstruction``, the mean ``|x_t - x_{t-1}|``, and ``flicker``, the mean
+    ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``: the change the tokenizer adds or removes between frames (0 for a
+    reconstruction that errs the same way every frame)."""
     t = min(original.shape[1], reconstruction.shape[1])
-    x, y = to_unit(original[:, :t].cpu()), to_unit(reconstruction[:, :t].cpu())
-    dx, dy = x[:, 1:] - x[:, :-1], y[:, 1:] - y[:, :-1]
-    dims = (0, 2, 3)
-    return {
-        "motion_original": dx.abs().mean(dims),
-        "motion_reconstruction": dy.abs().mean(dims),
-        "flicker": (dy - dx).abs().mean(dims),
-    }
+    dx, dy = (to_unit(v[:, :t].cpu()).diff(dim=1) for v in (original, reconstruction))
+    return {"motion_original": dx.abs().mean((0, 2, 3)), "motion_reconstruction": dy.abs().mean((0, 2, 3)),
+            "flicker": (dy - dx).abs().mean((0, 2, 3))}
 
 
 def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0, scale: int = 1) -> Path:
@@ -93,16 +76,6 @@ def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float =
     return path
 
 
-def frame_grid(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path, max_frames: int = 16,
-               scale: int = 1) -> Path:
-    """PNG with the original frames on the top row and the reconstructions under them, each captioned with its
-    PSNR."""
-    t = min(original.shape[1], reconstruction.shape[1])
-    idx = torch.linspace(0, t - 1, min(t, max_frames)).round().long()
-    a, b = original[:, idx].transpose(0, 1).cpu(), reconstruction[:, idx].clamp(-1, 1).transpose(0, 1).cpu()
-    return save_comparison(a, b, path, ncol=len(idx), scale=scale, captions=True)
-
-
 def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path,
                                 title: str = "") -> Path:
     """Figure with per-frame PSNR, frame-to-frame motion of original and reconstruction with the added flicker,
@@ -134,10 +107,13 @@ def save_video_reconstruction(
 ) -> dict:
     """Write ``STEM_compare.{mp4,gif}`` (original | reconstruction), ``STEM_frames.png`` and
     ``STEM_temporal.png`` under ``directory``; return the paths and the per-frame PSNR / consistency numbers."""
-    directory = Path(directory)
-    both = side_by_side(original, reconstruction)
+    directory, t = Path(directory), min(original.shape[1], reconstruction.shape[1])
+    a, b = original[:, :t].cpu(), reconstruction[:, :t].clamp(-1, 1).cpu()
+    both = torch.cat([a, torch.ones(*a.shape[:3], 2), b], -1)  # original | 2 white columns | reconstruction
     files = {fmt: str(write_video(both, directory / f"{stem}_compare.{fmt}", fps, scale)) for fmt in formats}
-    files["frames"] = str(frame_grid(original, reconstruction, directory / f"{stem}_frames.png", scale=scale))
+    idx = torch.linspace(0, t - 1, min(t, 16)).round().long()  # originals over reconstructions, PSNR under each
+    files["frames"] = str(save_comparison(a[:, idx].transpose(0, 1), b[:, idx].transpose(0, 1),
+                                          directory / f"{stem}_frames.png", len(idx), scale, captions=True))
     files["temporal"] = str(temporal_consistency_figure(original, reconstruction, directory / f"{stem}_temporal.png",
                                                         stem))
     p = per_frame_psnr(original, reconstruction)
@@ -159,11 +135,8 @@ def reconstruct_video_file(
     """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file with an image model
     (frame by frame) or a :class:`~vqgan.models.VideoVQModel`, and write the outputs of
     :func:`save_video_reconstruction`. Frames are resized (shorter side) and centre-cropped to ``resolution``
-    (default: the model's); ``scale`` enlarges the outputs (default: to about 96 pixels).
-
-    Raises:
-        VideoDecodeError: the file can't be opened or holds no decodable frame.
-    """
+    (default: the model's); ``scale`` enlarges the outputs (default: to about 96 pixels). Raises
+    ``VideoDecodeError`` when the file can't be opened or holds no decodable frame."""
     from vqgan.data.video import VideoDecodeError, decode_frames, prepare_clip, video_info
     from vqgan.models.video import VideoVQModel, reconstruct_video
 

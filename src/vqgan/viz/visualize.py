@@ -1,13 +1,12 @@
 """Every picture of a trained tokenizer in one call (seed 000's five kinds and seed 002's codebook diagnostics),
-indexed in ``OUTPUT/figures.json`` for the HTML report.
-
-Each kind is one function of :data:`FIGURES`, taking the shared :class:`Inputs` (which computes the latents once)
-and returning its records, or raising :class:`Skipped` with the reason the report shows.
+indexed in ``OUTPUT/figures.json`` for the HTML report. Each kind is one function of :data:`FIGURES`, taking the
+shared :class:`Inputs` and returning its records, or raising :class:`Skipped` with the reason the report shows.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from vqgan.metrics.reconstruction import frames, psnr
+from vqgan.models.video import reconstruct_video
 from vqgan.viz.codebook import plot_token_map, save_codebook_atlas
 from vqgan.viz.curves import loss_curve_figures
 from vqgan.viz.grids import save_comparison
@@ -28,11 +28,7 @@ from vqgan.viz.latent import (
     save_interpolation,
 )
 from vqgan.viz.plots import FigureRecord, diagnostics_figures, plot_usage_histogram
-
-
-def is_video_model(model: torch.nn.Module) -> bool:
-    """A spatio-temporal tokenizer (encodes clips, not frames)."""
-    return hasattr(model, "time_factor")
+from vqgan.viz.video import save_video_reconstruction
 
 
 class Skipped(Exception):
@@ -41,7 +37,7 @@ class Skipped(Exception):
 
 @dataclass
 class Inputs:
-    """What the figure functions read; the latents, codebook and histogram are computed once, on first use."""
+    """What the figure functions read, with the latents, codebook and code histogram computed once."""
 
     model: torch.nn.Module
     images: torch.Tensor
@@ -54,14 +50,14 @@ class Inputs:
     atlas_codes: int
     say: Callable[[str], None]
 
-    @property
-    def is_video(self) -> bool:
-        return self.images.dim() == 5
-
-    @property
-    def encodes_clips(self) -> bool:
-        """A 3-D tokenizer on clips: no single-frame pictures."""
-        return self.is_video and is_video_model(self.model)
+    def __post_init__(self):
+        self.is_video = self.images.dim() == 5
+        self.encodes_clips = self.is_video and hasattr(self.model, "time_factor")  # a 3-D tokenizer on clips
+        self.latents = collect_latents(self.model, *((self.images, 4) if self.encodes_clips else (self.frames, 64)))
+        self.codebook = _codebook_in_latent_space(self.model)
+        k = self.model.quantize.codebook_size
+        hits = torch.bincount(self.latents["indices"], minlength=k)[:k]
+        self.histogram = hits if self.counts is None else self.counts
 
     @cached_property
     def frames(self) -> torch.Tensor:
@@ -70,23 +66,6 @@ class Inputs:
             raise Skipped("image grids, codebook atlas and interpolation skipped: a spatio-temporal tokenizer "
                           "encodes clips, not single frames (see the video pictures)")
         return frames(self.images) if self.is_video else self.images
-
-    @cached_property
-    def latents(self) -> dict[str, torch.Tensor]:
-        if self.encodes_clips:
-            return collect_latents(self.model, self.images, batch_size=4)
-        return collect_latents(self.model, self.frames)
-
-    @cached_property
-    def codebook(self) -> torch.Tensor:
-        return _codebook_in_latent_space(self.model)
-
-    @cached_property
-    def histogram(self) -> torch.Tensor:
-        if self.counts is not None:
-            return self.counts
-        k = self.model.quantize.codebook_size
-        return torch.bincount(self.latents["indices"], minlength=k)[:k]
 
     @cached_property
     def busiest(self) -> list[int]:
@@ -99,11 +78,6 @@ def video_figures(d: Inputs) -> list[FigureRecord]:
     consistency, written by :mod:`vqgan.viz.video` (frame by frame for an image tokenizer)."""
     if not d.is_video:
         return []
-    try:
-        from vqgan.models.video import reconstruct_video
-        from vqgan.viz.video import save_video_reconstruction
-    except ImportError as e:
-        raise Skipped(f"video reconstructions skipped: the video modules are not available ({e})") from None
     clip = d.images[0]
     rec = reconstruct_video(d.model, clip)[0].clamp(-1, 1).cpu()
     scale = max(1, 96 // clip.shape[-1])
@@ -151,30 +125,24 @@ def latent_figures(d: Inputs) -> list[FigureRecord]:
 
 
 def codebook_figures(d: Inputs) -> list[FigureRecord]:
-    """Hits per code, and the most used codes each decoded on its own."""
-    if d.counts is not None:
-        what = "hits per code on the evaluated images"
-    else:
-        what = f"hits per code on {len(d.images)} clips" if d.encodes_clips else \
-            f"hits per code on {len(d.frames)} images"
+    """Hits per code, the most used codes each decoded on its own, and the code of every latent position over
+    its image (a clip's first frame for a 3-D tokenizer)."""
+    unit = "clips" if d.encodes_clips else "images"
+    what = "the evaluated images" if d.counts is not None else f"{len(d.latents['index_maps'])} {unit}"
     usage = plot_usage_histogram(d.histogram.cpu().numpy(), d.out / "codebook_usage.png")
-    records = [FigureRecord("usage_histogram", "Codebook usage histogram", usage, "Codebook", what)]
     atlas, shown = save_codebook_atlas(d.model, d.out / "codebook_atlas.png", d.histogram.cpu().numpy(),
                                        max_codes=d.atlas_codes)
-    return records + [FigureRecord("atlas", "Codebook atlas", atlas, "Codebook",
-                                   f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself")]
-
-
-def token_map_figures(d: Inputs) -> list[FigureRecord]:
-    """The code of every latent position over its image (a clip's first frame for a 3-D tokenizer)."""
+    records = [FigureRecord("usage_histogram", "Codebook usage histogram", usage, "Codebook", f"hits per code on {what}"),
+               FigureRecord("atlas", "Codebook atlas", atlas, "Codebook",
+                            f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself")]
     k, path = d.model.quantize.codebook_size, d.out / "token_map.png"
     if d.encodes_clips:
         path = plot_token_map(d.images[0][:, 0], d.latents["index_maps"][0][0], path, k)
-        return [FigureRecord("token_map", "Token map (first latent frame)", path, "Codebook",
-                             "codes of the first latent frame over the first frame of the clip")]
+        return records + [FigureRecord("token_map", "Token map (first latent frame)", path, "Codebook",
+                                       "codes of the first latent frame over the first frame of the clip")]
     path = plot_token_map(d.frames[d.busiest[0]], d.latents["index_maps"][d.busiest[0]], path, k)
-    return [FigureRecord("token_map", "Token map", path, "Codebook",
-                         "the code of every latent position over the image")]
+    return records + [FigureRecord("token_map", "Token map", path, "Codebook",
+                                   "the code of every latent position over the image")]
 
 
 def interpolation_figures(d: Inputs) -> list[FigureRecord]:
@@ -204,7 +172,6 @@ FIGURES: tuple[Callable[[Inputs], list[FigureRecord]], ...] = (
     reconstruction_figures,
     latent_figures,
     codebook_figures,
-    token_map_figures,
     interpolation_figures,
     _from_run("training diagnostics", diagnostics_figures),
     _from_run("loss curves", loss_curve_figures),
@@ -213,16 +180,9 @@ FIGURES: tuple[Callable[[Inputs], list[FigureRecord]], ...] = (
 
 @torch.no_grad()
 def visualize_model(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    output_dir: str | Path,
-    run_dir: str | Path | None = None,
-    counts: torch.Tensor | None = None,
-    max_points: int = 2000,
-    tsne_points: int = 600,
-    grid_images: int = 16,
-    atlas_codes: int = 64,
-    say: Callable[[str], None] = print,
+    model: torch.nn.Module, images: torch.Tensor, output_dir: str | Path, run_dir: str | Path | None = None,
+    counts: torch.Tensor | None = None, max_points: int = 2000, tsne_points: int = 600, grid_images: int = 16,
+    atlas_codes: int = 64, say: Callable[[str], None] = print,
 ) -> list[FigureRecord]:
     """Write every picture of :data:`FIGURES` for ``model`` on ``images`` (``(B, C, H, W)`` or video
     ``(B, C, T, H, W)`` in [-1, 1]) under ``output_dir`` and index them in ``figures.json``; returns the records.
@@ -248,8 +208,7 @@ def visualize_model(
             if str(e) not in notes:  # several kinds can share one reason
                 notes.append(str(e))
                 say(str(e))
-    relative = [{**asdict(r), "path": str(Path(r.path).relative_to(out)) if Path(r.path).is_relative_to(out) else r.path}
-                for r in records]
-    stats = latent_statistics(d.latents["latents"], d.codebook)
-    (out / "figures.json").write_text(json.dumps({"figures": relative, "notes": notes, "statistics": stats}, indent=2))
+    index = {"figures": [{**asdict(r), "path": os.path.relpath(r.path, out)} for r in records], "notes": notes,
+             "statistics": latent_statistics(d.latents["latents"], d.codebook)}
+    (out / "figures.json").write_text(json.dumps(index, indent=2))
     return records
