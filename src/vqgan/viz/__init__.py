@@ -1,5 +1,5 @@
-"""Visualizations: grids, plots and the HTML report. The plotting modules (matplotlib, scikit-learn) are imported
-on first use, so that training, which only needs the grids, does not pay for them."""
+"""Visualizations: grids, plots and the HTML report. The plotting modules (matplotlib, scikit-learn) are
+imported on first use, so that training, which only needs the grids, does not pay for them."""
 
 import importlib
 

@@ -17,8 +17,8 @@ from vqgan.viz.samples import save_picture, to_pil
 
 @torch.no_grad()
 def decode_code_patches(model: torch.nn.Module, codes: torch.Tensor, tokens: int = 2, batch_size: int = 64) -> torch.Tensor:
-    """Decode each code of ``codes`` ``(N,)`` from a ``tokens x tokens`` map filled with it: ``(N, C, tokens * f,
-    tokens * f)`` images in [-1, 1] (``f`` the downsampling factor; other residual stages set to code 0)."""
+    """Decode each code of ``codes`` ``(N,)`` from a ``tokens x tokens`` map filled with it: ``(N, C,
+    tokens * f, tokens * f)`` images in [-1, 1] (``f`` the downsampling factor; other stages at 0)."""
     device = next(model.parameters()).device
     stages = getattr(model.quantize, "num_stages", 1)
     out = []
@@ -37,9 +37,9 @@ def save_codebook_atlas(
     """A grid of decoded code patches (most used codes first when ``counts`` is given, else codes ``0..``), each
     labelled with its index, upscaled ``scale`` times (default: patches of at least 48 pixels). Returns the path
     and the codes shown."""
-    k = model.quantize.codebook_size
-    order = torch.arange(k) if counts is None else \
-        torch.as_tensor(np.asarray(counts)).float().argsort(descending=True, stable=True)
+    order = torch.arange(model.quantize.codebook_size)
+    if counts is not None:
+        order = torch.as_tensor(np.asarray(counts)).float().argsort(descending=True, stable=True)
     codes = order[:max_codes].tolist()
     patches = to_unit(decode_code_patches(model, torch.tensor(codes), tokens))
     ncol, side = int(np.ceil(np.sqrt(len(codes)))), patches.shape[-1]

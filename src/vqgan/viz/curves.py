@@ -1,6 +1,6 @@
-"""Loss curves of a training run (seed 002), drawn from the run's TensorBoard event files under ``RUN_DIR/logs``
-(read with TensorBoard's ``EventAccumulator``) so that the report shows them without TensorBoard. A resumed run
-adds event files; a step logged in several files keeps its latest value.
+"""Loss curves of a training run (seed 002), drawn from the run's TensorBoard event files under
+``RUN_DIR/logs`` (read with TensorBoard's ``EventAccumulator``) so that the report shows them without
+TensorBoard. A resumed run adds event files; a step logged in several files keeps its latest value.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...], bool], ...] = (
     ("Codebook usage", "fraction of codes",
      (("train/usage", "train batch"), ("val/codebook_usage", "validation")), False),
 )
-LOG_DIR = "logs"
 
 
 def read_scalars(run_dir: str | Path) -> Scalars:
@@ -30,15 +29,14 @@ def read_scalars(run_dir: str | Path) -> Scalars:
     Raises ``FileNotFoundError`` without event files (a run with ``--train.logger none`` or ``wandb``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    logs = Path(run_dir, LOG_DIR)
+    logs = Path(run_dir, "logs")
     files = sorted(logs.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
     if not files:
         # W&B's offline files (RUN_DIR/wandb) have no public reader outside W&B's own tools (`wandb sync`).
         wandb = " (this run logged to W&B: see its curves there)" if Path(run_dir, "wandb").is_dir() else ""
-        raise FileNotFoundError(
-            f"no TensorBoard event files under {logs}{wandb}: the loss curves are read from the "
-            "run's TensorBoard logs (train with --train.logger tensorboard, the default)"
-        )
+        raise FileNotFoundError(f"no TensorBoard event files under {logs}{wandb}: the loss curves are read "
+                                "from the run's TensorBoard logs (train with --train.logger tensorboard, "
+                                "the default)")
     merged: dict[str, dict[int, float]] = {}
     for f in files:
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0})  # 0: keep every point
@@ -47,11 +45,6 @@ def read_scalars(run_dir: str | Path) -> Scalars:
             merged.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
     return {tag: (np.array(sorted(points), dtype=np.int64), np.array([points[s] for s in sorted(points)]))
             for tag, points in merged.items()}
-
-
-def _plot(ax, steps: np.ndarray, values: np.ndarray, **style) -> list:
-    """A curve, with markers when it has few points."""
-    return ax.plot(steps, values, marker="o" if len(steps) < 20 else None, ms=3, **style)
 
 
 def plot_loss_curves(scalars: Scalars, path: str | Path) -> Path:
@@ -63,7 +56,7 @@ def plot_loss_curves(scalars: Scalars, path: str | Path) -> Path:
         logged = [(tag, label) for tag, label in tags if tag in scalars]
         for tag, label in logged:
             steps, values = scalars[tag]
-            _plot(ax, steps, values, lw=1, label=label)
+            ax.plot(steps, values, marker="o" if len(steps) < 20 else None, ms=3, lw=1, label=label)
             if log_scale and np.all(values > 0):
                 ax.set_yscale("log")
         if logged:
@@ -96,7 +89,7 @@ def plot_scalar_curves(scalars: Scalars, tags: list[str], path: str | Path, ylab
         if k > 1:
             color = ax.plot(steps, values, lw=0.6, alpha=0.35)[0].get_color()
             values, steps = np.convolve(values, np.ones(k) / k, mode="valid"), steps[k - 1 :]
-        _plot(ax, steps, values, lw=1.2, label=tag, color=color)
+        ax.plot(steps, values, marker="o" if len(steps) < 20 else None, ms=3, lw=1.2, label=tag, color=color)
     ax.set(xlabel="step", ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -34,7 +34,7 @@ def save_comparison(
     if captions:
         values = psnr(originals, reconstructions).tolist()
         w, pad = originals.shape[-1] * scale, 2 * scale
-        pair_h = 2 * (originals.shape[-2] * scale + pad)  # a row of originals and one of reconstructions, padded
+        pair_h = 2 * (originals.shape[-2] * scale + pad)  # a row of originals and one of reconstructions
         blocks = range(0, len(values), ncol)
         canvas = Image.new("RGB", (img.width, len(blocks) * (pair_h + pad + 12)), "white")
         draw = ImageDraw.Draw(canvas)

@@ -1,7 +1,7 @@
 """Latent-space pictures (seed 000): PCA and t-SNE projections of encoder outputs together with the codebook,
-latent statistics, and interpolation between two images. Projections (scikit-learn) are fitted on the codebook and
-the latents together so both live in one frame; t-SNE (van der Maaten & Hinton 2008) runs on a seeded subsample
-because it is quadratic.
+latent statistics, and interpolation between two images. Projections (scikit-learn) are fitted on the codebook
+and the latents together so both live in one frame; t-SNE (van der Maaten & Hinton 2008) runs on a seeded
+subsample because it is quadratic.
 """
 
 from __future__ import annotations
@@ -26,14 +26,11 @@ def collect_latents(model: torch.nn.Module, images: torch.Tensor, batch_size: in
     latents, indices = torch.cat([e.latents for e in encoded]), torch.cat([e.indices for e in encoded])
     if indices.dim() == latents.dim():  # (B, h, w, stages): keep the first stage
         indices = indices[..., 0]
-    return {
-        "latents": latents.movedim(1, -1).reshape(-1, latents.shape[1]).float().cpu(),
-        "indices": indices.reshape(-1).cpu(),
-        "index_maps": indices.cpu(),
-    }
+    return {"latents": latents.movedim(1, -1).reshape(-1, latents.shape[1]).float().cpu(),
+            "indices": indices.reshape(-1).cpu(), "index_maps": indices.cpu()}
 
 
-def _codebook_in_latent_space(model: torch.nn.Module) -> torch.Tensor | None:
+def codebook_in_latent_space(model: torch.nn.Module) -> torch.Tensor | None:
     """The ``(K, D)`` codes in the space the encoder writes (None when the codebook is implicit or projected)."""
     try:
         cb = model.quantize.codebook.detach().float().cpu()
@@ -103,13 +100,10 @@ def latent_statistics(latents: torch.Tensor, codebook: torch.Tensor | None = Non
     """Summary numbers of the encoder outputs (and of the codebook): per-dimension means and standard deviations,
     vector norms, and the mean distance to the nearest code (the quantization error)."""
     z = latents.double()
+    norms = z.norm(dim=1)
     stats: dict[str, Any] = {
-        "num_vectors": int(z.shape[0]),
-        "dim": int(z.shape[1]),
-        "mean_abs_per_dim": float(z.mean(0).abs().mean()),
-        "std_per_dim_mean": float(z.std(0).mean()),
-        "norm_mean": float(z.norm(dim=1).mean()),
-        "norm_std": float(z.norm(dim=1).std()),
+        "num_vectors": int(z.shape[0]), "dim": int(z.shape[1]), "mean_abs_per_dim": float(z.mean(0).abs().mean()),
+        "std_per_dim_mean": float(z.std(0).mean()), "norm_mean": float(norms.mean()), "norm_std": float(norms.std()),
     }
     if codebook is not None:
         c = codebook.double()
@@ -127,8 +121,8 @@ def plot_latent_statistics(latents: torch.Tensor, codebook: torch.Tensor | None,
         sets.append(("codes", codebook, "s", 0.25, 0.6))
     for (label, v, fmt, shift, alpha), color in zip(sets, ("tab:blue", "tab:orange"), strict=False):
         v = v.double().numpy()
-        a.errorbar(np.arange(v.shape[1]) + shift, v.mean(0), yerr=v.std(0), fmt=fmt, ms=3, capsize=2, color=color,
-                   label=label)
+        a.errorbar(np.arange(v.shape[1]) + shift, v.mean(0), yerr=v.std(0), fmt=fmt, ms=3, capsize=2,
+                   color=color, label=label)
         b.hist(np.linalg.norm(v, axis=1), bins=40, alpha=alpha, density=True, label=label)
     a.set(xlabel="latent dimension", ylabel="mean ± std", title="per-dimension statistics")
     b.set(xlabel="L2 norm", ylabel="density", title="vector norms")

@@ -1,6 +1,6 @@
 """Codebook plots: the usage histogram of an evaluation set, and seed 002's training diagnostics read from
-``RUN_DIR/diagnostics.npz``. Figures use matplotlib's object-oriented API on an Agg canvas (no pyplot: safe in
-headless processes and threads) at a fixed dpi: ``figsize=(w, h)`` is a PNG of exactly ``(100 w) x (100 h)``.
+``RUN_DIR/diagnostics.npz``. Figures use matplotlib's object-oriented API (no pyplot, no global backend: safe
+in headless processes and threads) at a fixed dpi: ``figsize=(w, h)`` is a PNG of ``(100 w) x (100 h)``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
@@ -34,9 +33,8 @@ class FigureRecord:
 
 
 def new_figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **subplots):
-    """A Figure on an Agg canvas and its axes (an array when there are several)."""
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
+    """A Figure (tight layout, no pyplot) and its axes (an array when there are several)."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="tight")
     return fig, fig.subplots(nrows, ncols, **subplots)
 
 
@@ -44,7 +42,6 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG of exactly its size in pixels (no tight bounding box)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(path, dpi=DPI, facecolor="white")
     return path
 
@@ -121,7 +118,8 @@ def plot_code_grad_norms(diag: dict[str, np.ndarray], path: str | Path) -> Path:
     a.set(xlabel="code index", ylabel="gradient / update norm", title="per-code gradient norm")
     a.legend(loc="upper right", fontsize=8)
     b.plot(step, 100 * (g > 0).mean(1), marker="o", ms=3, color="tab:red")
-    b.set(ylim=(0, 105), xlabel="step", ylabel="codes with non-zero gradient (%)", title="codes receiving gradient")
+    b.set(ylim=(0, 105), xlabel="step", ylabel="codes with non-zero gradient (%)",
+          title="codes receiving gradient")
     return save_figure(fig, path)
 
 
@@ -185,10 +183,12 @@ def plot_code_norm_histogram(diag: dict[str, np.ndarray], path: str | Path, bins
 
 # (key, title, plot, file, caption, the array it needs)
 DIAGNOSTICS = (
-    ("usage_over_time", "Codebook usage and perplexity over training", plot_usage_over_time, "diag_usage_perplexity",
-     "fraction of codes hit in each recording window, dead codes, perplexity and restarts", "step"),
+    ("usage_over_time", "Codebook usage and perplexity over training", plot_usage_over_time,
+     "diag_usage_perplexity", "fraction of codes hit in each recording window, dead codes, perplexity and "
+     "restarts", "step"),
     ("code_grad_norms", "Code gradient norms", plot_code_grad_norms, "diag_code_grad",
-     "gradient (or EMA update) norm of every code; few codes receiving gradient means collapse", "code_grad_norms"),
+     "gradient (or EMA update) norm of every code; few codes receiving gradient means collapse",
+     "code_grad_norms"),
     ("grad_heatmap", "Gradient heatmap", plot_grad_heatmap, "diag_grad_heatmap", "codes x time",
      "code_grad_norms"),
     ("code_norms", "Code norms", plot_code_norms, "diag_code_norm",
@@ -201,5 +201,6 @@ DIAGNOSTICS = (
 def diagnostics_figures(run_dir: str | Path, output_dir: str | Path) -> list[FigureRecord]:
     """Every diagnostics plot of a run (those whose arrays were recorded) written under ``output_dir``."""
     diag = load_diagnostics(run_dir)
-    return [FigureRecord(key, title, plot(diag, Path(output_dir, f"{file}.png")), "Training diagnostics", caption)
+    out = Path(output_dir)
+    return [FigureRecord(key, title, plot(diag, out / f"{file}.png"), "Training diagnostics", caption)
             for key, title, plot, file, caption, needs in DIAGNOSTICS if needs in diag]

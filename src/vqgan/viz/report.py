@@ -11,24 +11,27 @@ import base64
 import html
 import json
 import mimetypes
+import re
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vqgan.viz.plots import FigureRecord
+from vqgan.viz.plots import FigureRecord, diagnostics_figures
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2228}
 header{background:#1d2228;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;color:#b8c0cc;font-size:13px}
-main{padding:8px 28px 40px;max-width:1300px}
+header p{margin:4px 0 0;color:#b8c0cc;font-size:13px}main{padding:8px 28px 40px;max-width:1300px}
 h2{border-bottom:2px solid #d9dde3;padding-bottom:4px;margin-top:30px;font-size:18px}
-table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #d9dde3;padding:4px 10px;text-align:left}
-th{background:#eef0f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;font-size:13px;background:#fff}
+td,th{border:1px solid #d9dde3;padding:4px 10px;text-align:left}th{background:#eef0f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 .tables{display:flex;flex-wrap:wrap;gap:22px;align-items:flex-start;margin-top:14px}
-.tables h3{font-size:15px;margin:6px 0}
-.grid{display:flex;flex-wrap:wrap;gap:18px}
+.tables h3{font-size:15px;margin:6px 0}.grid{display:flex;flex-wrap:wrap;gap:18px}
 figure{margin:0;background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:10px;max-width:calc(50% - 32px)}
 @media (max-width:900px){figure{max-width:100%}}
 figure img,figure video{max-width:100%;height:auto;display:block;image-rendering:pixelated}
@@ -38,11 +41,10 @@ pre{background:#fff;border:1px solid #d9dde3;padding:10px;font-size:12px;overflo
 """
 
 _SCRIPT = """
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-images-total', String(imgs.length));
-  document.body.setAttribute('data-images-loaded', String(ok));
+addEventListener('load', () => {
+  const imgs = [...document.images];
+  document.body.dataset.imagesTotal = imgs.length;
+  document.body.dataset.imagesLoaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
 });
 """
 
@@ -69,22 +71,24 @@ def _figure(rec: FigureRecord) -> str:
     path, title = Path(rec.path), html.escape(rec.title)
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     src = f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-    media = f"<video controls loop muted src='{src}'></video>" if mime == "video/mp4" else f"<img alt='{title}' src='{src}'>"
+    media = f"<img alt='{title}' src='{src}'>"
+    if mime == "video/mp4":
+        media = f"<video controls loop muted src='{src}'></video>"
     caption = f"<figcaption><b>{title}</b>{' — ' + html.escape(rec.caption) if rec.caption else ''}</figcaption>"
     return f"<figure id='{html.escape(rec.key)}'>{media}{caption}</figure>"
 
 
 def write_report(
     path: str | Path, title: str, figures: Iterable[FigureRecord], config_text: str | None = None,
-    metrics: Mapping[str, Mapping[str, Any] | None] | None = None, notes: Iterable[str] = (), subtitle: str = "",
-    appendix: Mapping[str, Mapping[str, Any] | None] | None = None,
+    metrics: Mapping[str, Mapping[str, Any] | None] | None = None, notes: Iterable[str] = (),
+    subtitle: str = "", appendix: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> Path:
     """Write the page: a header, notes (e.g. pictures skipped and why), metric tables (one per entry of
     ``metrics``), the figures grouped by ``section`` in order of first appearance, and the configuration."""
-    figures = [f for f in figures if Path(f.path).is_file()]
     sections: dict[str, list[FigureRecord]] = {}
     for f in figures:
-        sections.setdefault(f.section, []).append(f)
+        if Path(f.path).is_file():
+            sections.setdefault(f.section, []).append(f)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -93,18 +97,16 @@ def write_report(
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by vqgan</p></header><main>",
     ]
     parts.extend(f"<div class='note'>{html.escape(n)}</div>" for n in notes)
-    tables = [(name, table) for name, table in (metrics or {}).items() if table]
+    tables = "".join(f"<section><h3>{html.escape(name)}</h3>{_table(table)}</section>"
+                     for name, table in (metrics or {}).items() if table)
     if tables:
-        parts.append("<div class='tables'>")
-        parts.extend(f"<section><h3>{html.escape(name)}</h3>{_table(table)}</section>" for name, table in tables)
-        parts.append("</div>")
+        parts.append(f"<div class='tables'>{tables}</div>")
     nav = " · ".join(f"<a href='#sec{i}'>{html.escape(s)}</a>" for i, s in enumerate(sections))
     if nav:
         parts.append(f"<p>{nav}</p>")
     for i, (name, recs) in enumerate(sections.items()):
-        parts.append(f"<h2 id='sec{i}'>{html.escape(name)}</h2><div class='grid'>")
-        parts.extend(_figure(r) for r in recs)
-        parts.append("</div>")
+        grid = "".join(map(_figure, recs))
+        parts.append(f"<h2 id='sec{i}'>{html.escape(name)}</h2><div class='grid'>{grid}</div>")
     for name, table in (appendix or {}).items():  # long tables (e.g. the evaluation protocol) after the pictures
         if table:
             parts.append(f"<h2>{html.escape(name)}</h2>{_table(table)}")
@@ -134,13 +136,12 @@ def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, o
                "Evaluation": evaluation.get("metrics")}
     index = _read_json(figures_dir / "figures.json")
     if index is not None:  # written by visualize_model, paths relative to its folder
-        figures = [FigureRecord(**{**f, "path": str(figures_dir / f["path"])}) for f in index.get("figures", [])]
+        figures = [FigureRecord(**{**f, "path": figures_dir / f["path"]}) for f in index.get("figures", [])]
         notes, metrics["Latent statistics"] = list(index.get("notes", [])), index.get("statistics")
     else:
-        from vqgan.viz.plots import diagnostics_figures
-
         samples = sorted((run_dir / "samples").glob("*.png"))
-        figures = [FigureRecord("samples", f"Reconstructions ({p.stem})", p, "Reconstructions") for p in samples[-1:]]
+        figures = [FigureRecord("samples", f"Reconstructions ({p.stem})", p, "Reconstructions")
+                   for p in samples[-1:]]
         notes = []
         try:
             figures += diagnostics_figures(run_dir, figures_dir)
@@ -148,31 +149,26 @@ def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, o
             notes.append(f"training diagnostics not shown: {e}")
     return write_report(output or run_dir / "report.html", title or f"vqgan run {run_dir.name}", figures,
                         config.read_text() if config.is_file() else None, metrics, notes,
-                        subtitle=str(run_dir.resolve()), appendix={"Evaluation protocol": evaluation.get("protocol")})
+                        str(run_dir.resolve()), {"Evaluation protocol": evaluation.get("protocol")})
 
 
 # -- headless browser helpers (rendering checks and the README screenshot) -----------------------------------
 def find_browser() -> str | None:
     """Path of a Chromium executable (Debian's ``chromium``, or ``chromium-browser`` / ``google-chrome``)."""
-    import shutil
-
     names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
     return next(filter(None, map(shutil.which, names)), None)
 
 
-def _run_browser(browser: str | None, extra: list[str], timeout: float):
-    """Run headless Chromium (default: :func:`find_browser`'s) with a throw-away profile (otherwise it writes
-    into, and locks, the user's)."""
-    import subprocess
-    import tempfile
-
+def _run_browser(browser: str | None, html_path: str | Path, extra: list[str], timeout: float):
+    """Open the page in headless Chromium (default: :func:`find_browser`'s) with a throw-away profile
+    (otherwise it writes into, and locks, the user's)."""
     browser = browser or find_browser()
     if browser is None:
         raise FileNotFoundError("no Chromium executable found (apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="vqgan-chromium-") as profile:
         args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--hide-scrollbars", f"--user-data-dir={profile}", "--no-first-run", "--virtual-time-budget=10000",
-                *extra]
+                "--hide-scrollbars", f"--user-data-dir={profile}", "--no-first-run",
+                "--virtual-time-budget=10000", *extra, Path(html_path).resolve().as_uri()]
         return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 
@@ -180,9 +176,7 @@ def rendered_image_status(html_path: str | Path, browser: str | None = None,
                           timeout: float = 120) -> tuple[int, int]:
     """Open the page in headless Chromium and return ``(images loaded, images total)`` as counted by the page's
     own script once loaded (see the module docstring)."""
-    import re
-
-    res = _run_browser(browser, ["--dump-dom", Path(html_path).resolve().as_uri()], timeout)
+    res = _run_browser(browser, html_path, ["--dump-dom"], timeout)
     body = re.search(r"<body[^>]*>", res.stdout)
     if body is None:
         raise RuntimeError(f"Chromium rendered no <body> (exit {res.returncode}): {res.stderr[-500:]}")
@@ -197,8 +191,8 @@ def screenshot(html_path: str | Path, png_path: str | Path, width: int = 1280, h
     """A PNG screenshot of the top ``width x height`` pixels of the page, taken by headless Chromium."""
     png_path = Path(png_path).resolve()
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    res = _run_browser(browser, [f"--window-size={width},{height}", f"--screenshot={png_path}",
-                                 Path(html_path).resolve().as_uri()], timeout)
+    res = _run_browser(browser, html_path, [f"--window-size={width},{height}", f"--screenshot={png_path}"],
+                       timeout)
     if not png_path.is_file():
         raise RuntimeError(f"Chromium wrote no screenshot (exit {res.returncode}): {res.stderr[-500:]}")
     return png_path

@@ -5,15 +5,19 @@ or 3).
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torchvision.transforms.v2.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
+from vqgan.data.video import VideoDecodeError, decode_frames, prepare_clip, video_info
 from vqgan.metrics.reconstruction import psnr, to_uint8, to_unit
+from vqgan.models.video import VideoVQModel, reconstruct_video
 from vqgan.viz.grids import save_comparison
 from vqgan.viz.plots import new_figure, save_figure
 from vqgan.viz.samples import save_picture
@@ -58,10 +62,6 @@ def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float =
         return path
     if suffix not in (".mp4", ".avi", ".mkv", ".mov"):
         raise ValueError(f"unsupported video suffix {suffix!r}: use .mp4, .avi, .mkv, .mov or .gif")
-    from fractions import Fraction
-
-    import av
-
     t, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     with av.open(str(path), mode="w") as container:
@@ -111,19 +111,15 @@ def save_video_reconstruction(
     a, b = original[:, :t].cpu(), reconstruction[:, :t].clamp(-1, 1).cpu()
     both = torch.cat([a, torch.ones(*a.shape[:3], 2), b], -1)  # original | 2 white columns | reconstruction
     files = {fmt: str(write_video(both, directory / f"{stem}_compare.{fmt}", fps, scale)) for fmt in formats}
-    idx = torch.linspace(0, t - 1, min(t, 16)).round().long()  # originals over reconstructions, PSNR under each
+    idx = torch.linspace(0, t - 1, min(t, 16)).round().long()  # originals over reconstructions with PSNR
     files["frames"] = str(save_comparison(a[:, idx].transpose(0, 1), b[:, idx].transpose(0, 1),
                                           directory / f"{stem}_frames.png", len(idx), scale, captions=True))
-    files["temporal"] = str(temporal_consistency_figure(original, reconstruction, directory / f"{stem}_temporal.png",
-                                                        stem))
+    temporal = temporal_consistency_figure(original, reconstruction, directory / f"{stem}_temporal.png", stem)
+    files["temporal"] = str(temporal)
     p = per_frame_psnr(original, reconstruction)
     flicker = temporal_consistency(original, reconstruction)["flicker"]
-    return {
-        "files": files,
-        "psnr": float(p.mean()),
-        "psnr_per_frame": [round(float(v), 3) for v in p],
-        "flicker": float(flicker.mean()) if len(flicker) else 0.0,
-    }
+    return {"files": files, "psnr": float(p.mean()), "psnr_per_frame": [round(float(v), 3) for v in p],
+            "flicker": float(flicker.mean()) if len(flicker) else 0.0}
 
 
 @torch.no_grad()
@@ -137,9 +133,6 @@ def reconstruct_video_file(
     :func:`save_video_reconstruction`. Frames are resized (shorter side) and centre-cropped to ``resolution``
     (default: the model's); ``scale`` enlarges the outputs (default: to about 96 pixels). Raises
     ``VideoDecodeError`` when the file can't be opened or holds no decodable frame."""
-    from vqgan.data.video import VideoDecodeError, decode_frames, prepare_clip, video_info
-    from vqgan.models.video import VideoVQModel, reconstruct_video
-
     path = Path(path)
     cfg = model.config
     try:
@@ -156,8 +149,8 @@ def reconstruct_video_file(
     rec, _ = reconstruct_video(model, clip.to(device))
     clip = clip[:, : rec.shape[1]]
     scale = scale or max(1, 96 // clip.shape[-1])
-    out = save_video_reconstruction(clip, rec.cpu(), output_dir, path.stem, fps=src_fps / frame_stride, scale=scale,
-                                    formats=formats)
+    out = save_video_reconstruction(clip, rec.cpu(), output_dir, path.stem, src_fps / frame_stride, scale,
+                                    formats)
     return {**out, "file": str(path), "frames": int(rec.shape[1])}
 
 
@@ -200,6 +193,7 @@ def save_clip_grid(
     if captions:  # a caption column on the left of every row
         h, width = rows.shape[1] // len(clips), 8 * max(len(str(c)) for c in captions) + 4
         labels = [_label(str(c), width, h) for c in captions[: len(clips)]]
-        rows = torch.cat([torch.cat([*labels, torch.ones(3, rows.shape[1] - h * len(labels), width)], 1), rows], -1)
+        column = torch.cat([*labels, torch.ones(3, rows.shape[1] - h * len(labels), width)], 1)
+        rows = torch.cat([column, rows], -1)
     files["frames"] = str(save_picture(rows, directory / f"{stem}_frames.png"))
     return files

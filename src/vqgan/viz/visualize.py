@@ -1,6 +1,7 @@
-"""Every picture of a trained tokenizer in one call (seed 000's five kinds and seed 002's codebook diagnostics),
-indexed in ``OUTPUT/figures.json`` for the HTML report. Each kind is one function of :data:`FIGURES`, taking the
-shared :class:`Inputs` and returning its records, or raising :class:`Skipped` with the reason the report shows.
+"""Every picture of a trained tokenizer in one call (seed 000's five kinds and seed 002's codebook
+diagnostics), indexed in ``OUTPUT/figures.json`` for the HTML report. Each kind is one function of
+:data:`FIGURES`, taking the shared :class:`Inputs` and returning its records, or raising :class:`Skipped` with
+the reason the report shows.
 """
 
 from __future__ import annotations
@@ -9,24 +10,17 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
 
 from vqgan.metrics.reconstruction import frames, psnr
 from vqgan.models.video import reconstruct_video
+from vqgan.viz import latent
 from vqgan.viz.codebook import plot_token_map, save_codebook_atlas
 from vqgan.viz.curves import loss_curve_figures
 from vqgan.viz.grids import save_comparison
-from vqgan.viz.latent import (
-    _codebook_in_latent_space,
-    collect_latents,
-    latent_statistics,
-    plot_latent_statistics,
-    plot_projection,
-    save_interpolation,
-)
 from vqgan.viz.plots import FigureRecord, diagnostics_figures, plot_usage_histogram
 from vqgan.viz.video import save_video_reconstruction
 
@@ -53,8 +47,9 @@ class Inputs:
     def __post_init__(self):
         self.is_video = self.images.dim() == 5
         self.encodes_clips = self.is_video and hasattr(self.model, "time_factor")  # a 3-D tokenizer on clips
-        self.latents = collect_latents(self.model, *((self.images, 4) if self.encodes_clips else (self.frames, 64)))
-        self.codebook = _codebook_in_latent_space(self.model)
+        batch = (self.images, 4) if self.encodes_clips else (self.frames, 64)
+        self.latents = latent.collect_latents(self.model, *batch)
+        self.codebook = latent.codebook_in_latent_space(self.model)
         k = self.model.quantize.codebook_size
         hits = torch.bincount(self.latents["indices"], minlength=k)[:k]
         self.histogram = hits if self.counts is None else self.counts
@@ -113,14 +108,15 @@ def latent_figures(d: Inputs) -> list[FigureRecord]:
     lat, idx, cb, out = d.latents["latents"], d.latents["indices"], d.codebook, d.out
     what = "spatio-temporal latents of the clips and the codes" if d.encodes_clips else \
         "one joint PCA; points coloured by their code, crosses are codes sized by usage"
+    pca = latent.plot_projection(lat, idx, cb, out / "latent_pca.png", "pca", d.max_points)
+    tsne = latent.plot_projection(lat, idx, cb, out / "latent_tsne.png", "tsne", d.tsne_points)
+    stats = latent.plot_latent_statistics(lat, cb, out / "latent_stats.png")
     return [
-        FigureRecord("pca", "PCA of encoder outputs and codes",
-                     plot_projection(lat, idx, cb, out / "latent_pca.png", "pca", d.max_points), "Latent space", what),
-        FigureRecord("tsne", "t-SNE of encoder outputs and codes",
-                     plot_projection(lat, idx, cb, out / "latent_tsne.png", "tsne", d.tsne_points), "Latent space",
+        FigureRecord("pca", "PCA of encoder outputs and codes", pca, "Latent space", what),
+        FigureRecord("tsne", "t-SNE of encoder outputs and codes", tsne, "Latent space",
                      f"seeded subsample of at most {d.tsne_points} encoder outputs"),
-        FigureRecord("latent_stats", "Latent statistics", plot_latent_statistics(lat, cb, out / "latent_stats.png"),
-                     "Latent space", "per-dimension mean ± std and norm histograms"),
+        FigureRecord("latent_stats", "Latent statistics", stats, "Latent space",
+                     "per-dimension mean ± std and norm histograms"),
     ]
 
 
@@ -132,7 +128,8 @@ def codebook_figures(d: Inputs) -> list[FigureRecord]:
     usage = plot_usage_histogram(d.histogram.cpu().numpy(), d.out / "codebook_usage.png")
     atlas, shown = save_codebook_atlas(d.model, d.out / "codebook_atlas.png", d.histogram.cpu().numpy(),
                                        max_codes=d.atlas_codes)
-    records = [FigureRecord("usage_histogram", "Codebook usage histogram", usage, "Codebook", f"hits per code on {what}"),
+    records = [FigureRecord("usage_histogram", "Codebook usage histogram", usage, "Codebook",
+                            f"hits per code on {what}"),
                FigureRecord("atlas", "Codebook atlas", atlas, "Codebook",
                             f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself")]
     k, path = d.model.quantize.codebook_size, d.out / "token_map.png"
@@ -148,23 +145,20 @@ def codebook_figures(d: Inputs) -> list[FigureRecord]:
 def interpolation_figures(d: Inputs) -> list[FigureRecord]:
     """Decodes of interpolated latents between the two most textured images."""
     i0, i1 = d.busiest[0], d.busiest[min(1, len(d.busiest) - 1)]
-    path = save_interpolation(d.model, d.frames[i0], d.frames[i1], d.out / "interpolation.png", steps=8,
-                              scale=max(2, 96 // d.frames.shape[-1]))
+    path = latent.save_interpolation(d.model, d.frames[i0], d.frames[i1], d.out / "interpolation.png", 8,
+                                     max(2, 96 // d.frames.shape[-1]))
     return [FigureRecord("interpolation", "Latent interpolation", path, "Latent space",
                          "decodes of quantized linear interpolations of the encoder outputs of two images")]
 
 
-def _from_run(kind: str, draw: Callable[[Path, Path], list[FigureRecord]]) -> Callable[[Inputs], list[FigureRecord]]:
-    def figures(d: Inputs) -> list[FigureRecord]:
-        if d.run_dir is None:
-            raise Skipped(f"{kind} skipped: no --run-dir given")
-        try:
-            return draw(d.run_dir, d.out)
-        except FileNotFoundError as e:
-            raise Skipped(f"{kind} skipped: {e}") from None
-
-    figures.__doc__ = f"The run's {kind}, from its folder."
-    return figures
+def _from_run(kind: str, draw: Callable[[Path, Path], list[FigureRecord]], d: Inputs) -> list[FigureRecord]:
+    """The run's ``kind`` of figures, drawn from its folder."""
+    if d.run_dir is None:
+        raise Skipped(f"{kind} skipped: no --run-dir given")
+    try:
+        return draw(d.run_dir, d.out)
+    except FileNotFoundError as e:
+        raise Skipped(f"{kind} skipped: {e}") from None
 
 
 FIGURES: tuple[Callable[[Inputs], list[FigureRecord]], ...] = (
@@ -173,8 +167,8 @@ FIGURES: tuple[Callable[[Inputs], list[FigureRecord]], ...] = (
     latent_figures,
     codebook_figures,
     interpolation_figures,
-    _from_run("training diagnostics", diagnostics_figures),
-    _from_run("loss curves", loss_curve_figures),
+    partial(_from_run, "training diagnostics", diagnostics_figures),
+    partial(_from_run, "loss curves", loss_curve_figures),
 )
 
 
@@ -208,7 +202,7 @@ def visualize_model(
             if str(e) not in notes:  # several kinds can share one reason
                 notes.append(str(e))
                 say(str(e))
-    index = {"figures": [{**asdict(r), "path": os.path.relpath(r.path, out)} for r in records], "notes": notes,
-             "statistics": latent_statistics(d.latents["latents"], d.codebook)}
+    index = {"figures": [{**asdict(r), "path": os.path.relpath(r.path, out)} for r in records],
+             "notes": notes, "statistics": latent.latent_statistics(d.latents["latents"], d.codebook)}
     (out / "figures.json").write_text(json.dumps(index, indent=2))
     return records
