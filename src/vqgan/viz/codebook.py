@@ -1,8 +1,6 @@
 """Pictures of the codebook (seed 000): an atlas of codes decoded as image patches (the decoder's output for a
 latent map filled with one code: what the code "paints" on its own), and a token map overlaid on an image."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

@@ -3,8 +3,6 @@
 TensorBoard. A resumed run adds event files; a step logged in several files keeps its latest value.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

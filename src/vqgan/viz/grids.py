@@ -1,7 +1,5 @@
 """Image grids: originals against reconstructions, with optional per-image PSNR captions."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch

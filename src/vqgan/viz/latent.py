@@ -4,8 +4,6 @@ and the latents together so both live in one frame; t-SNE (van der Maaten & Hint
 subsample because it is quadratic.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +38,8 @@ def codebook_in_latent_space(model: torch.nn.Module) -> torch.Tensor | None:
 
 
 def _subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
-    if n <= k:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    """A sorted, seeded random subset of at most ``k`` of ``range(n)``."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, k), replace=False))
 
 
 def project(latents: np.ndarray, codebook: np.ndarray | None, method: str = "pca",

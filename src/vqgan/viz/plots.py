@@ -3,8 +3,6 @@
 in headless processes and threads) at a fixed dpi: ``figsize=(w, h)`` is a PNG of ``(100 w) x (100 h)``.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 

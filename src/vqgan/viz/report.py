@@ -5,8 +5,6 @@ The page's script counts the images that decoded (``img.complete && img.naturalW
 ``data-images-loaded`` / ``data-images-total`` attributes of ``<body>``, read back by a headless browser.
 """
 
-from __future__ import annotations
-
 import base64
 import html
 import json
@@ -89,30 +87,26 @@ def write_report(
     for f in figures:
         if Path(f.path).is_file():
             sections.setdefault(f.section, []).append(f)
+    esc = html.escape
+    tables = "".join(f"<section><h3>{esc(name)}</h3>{_table(table)}</section>"
+                     for name, table in (metrics or {}).items() if table)
+    nav = " · ".join(f"<a href='#sec{i}'>{esc(s)}</a>" for i, s in enumerate(sections))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
-        f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)} · generated "
+        f"<title>{esc(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
+        f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)} · generated "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by vqgan</p></header><main>",
+        *(f"<div class='note'>{esc(n)}</div>" for n in notes),
+        f"<div class='tables'>{tables}</div>" if tables else "",
+        f"<p>{nav}</p>" if nav else "",
+        *(f"<h2 id='sec{i}'>{esc(name)}</h2><div class='grid'>{''.join(map(_figure, recs))}</div>"
+          for i, (name, recs) in enumerate(sections.items())),
+        # long tables (e.g. the evaluation protocol) after the pictures
+        *(f"<h2>{esc(name)}</h2>{_table(table)}" for name, table in (appendix or {}).items() if table),
+        f"<h2>Configuration</h2><pre>{esc(config_text)}</pre>" if config_text else "",
+        "</main></body></html>",
     ]
-    parts.extend(f"<div class='note'>{html.escape(n)}</div>" for n in notes)
-    tables = "".join(f"<section><h3>{html.escape(name)}</h3>{_table(table)}</section>"
-                     for name, table in (metrics or {}).items() if table)
-    if tables:
-        parts.append(f"<div class='tables'>{tables}</div>")
-    nav = " · ".join(f"<a href='#sec{i}'>{html.escape(s)}</a>" for i, s in enumerate(sections))
-    if nav:
-        parts.append(f"<p>{nav}</p>")
-    for i, (name, recs) in enumerate(sections.items()):
-        grid = "".join(map(_figure, recs))
-        parts.append(f"<h2 id='sec{i}'>{html.escape(name)}</h2><div class='grid'>{grid}</div>")
-    for name, table in (appendix or {}).items():  # long tables (e.g. the evaluation protocol) after the pictures
-        if table:
-            parts.append(f"<h2>{html.escape(name)}</h2>{_table(table)}")
-    if config_text:
-        parts.append(f"<h2>Configuration</h2><pre>{html.escape(config_text)}</pre>")
-    parts.append("</main></body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(parts), encoding="utf-8")

@@ -1,7 +1,5 @@
 """Grids and files of generated images (samples of a stage-2 prior decoded by the tokenizer)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch

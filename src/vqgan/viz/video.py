@@ -3,8 +3,6 @@ per-frame PSNR and a temporal-consistency figure. All clips are ``(C, T, H, W)``
 or 3).
 """
 
-from __future__ import annotations
-
 from fractions import Fraction
 from pathlib import Path
 
@@ -161,38 +159,31 @@ def _label(text: str, width: int, height: int = 12) -> torch.Tensor:
     return pil_to_tensor(img).float() / 255
 
 
-def clip_grid(clips: torch.Tensor, captions: list[str] | None = None, ncol: int = 4, scale: int = 1,
-              gap: int = 2) -> np.ndarray:
-    """Clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row into one clip ``(T, H', W', 3)`` uint8, each
-    under a white strip with its caption (e.g. the class it was generated for)."""
-    x = to_unit(clips.detach().cpu()).expand(-1, 3, -1, -1, -1)
-    x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
-    if captions:
-        w = x.shape[-1]
-        labels = [str(c)[: max(1, w // 6)] for c in captions] + [""] * len(x)
-        strips = torch.stack([_label(c, w) for c in labels[: len(x)]])
-        x = torch.cat([strips[:, :, None].expand(-1, -1, x.shape[2], -1, -1), x], -2)
-    ncol = max(1, min(ncol, len(x)))
-    grid = [make_grid(x[:, :, t], nrow=ncol, padding=gap, pad_value=1.0) for t in range(x.shape[2])]
-    return to_uint8(torch.stack(grid)).permute(0, 2, 3, 1).numpy()
-
-
 def save_clip_grid(
     clips: torch.Tensor, directory: str | Path, stem: str, captions: list[str] | None = None, ncol: int = 4,
     fps: float = 4.0, scale: int | None = None, formats: tuple[str, ...] = ("mp4", "gif"),
 ) -> dict[str, str]:
-    """Write :func:`clip_grid` as ``STEM.{mp4,gif}`` and its frames as ``STEM_frames.png`` (one row of frames per
-    clip, captioned) under ``directory``; small clips are enlarged to about 64 pixels. Returns the paths."""
-    directory = Path(directory)
-    scale = scale or max(1, 64 // clips.shape[-1])
-    grid = clip_grid(clips, captions, ncol, scale)
+    """Write clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row as ``STEM.{mp4,gif}``, each under a white
+    strip with its caption (e.g. the class it was generated for), and their frames as ``STEM_frames.png`` (a row
+    per clip, its caption on the left) under ``directory``; small clips are enlarged to about 64 pixels. Returns
+    the paths."""
+    directory, scale = Path(directory), scale or max(1, 64 // clips.shape[-1])
+    x = to_unit(clips.detach().cpu()).expand(-1, 3, -1, -1, -1).repeat_interleave(scale, -1)
+    x = x.repeat_interleave(scale, -2)
+    b, _, t, _, w = x.shape
+    tiles = x
+    if captions:
+        labels = [str(c)[: max(1, w // 6)] for c in captions] + [""] * b
+        strips = torch.stack([_label(c, w) for c in labels[:b]])
+        tiles = torch.cat([strips[:, :, None].expand(-1, -1, t, -1, -1), x], -2)
+    grid = torch.stack([make_grid(tiles[:, :, i], nrow=max(1, min(ncol, b)), padding=2, pad_value=1.0)
+                        for i in range(t)])
+    grid = to_uint8(grid).permute(0, 2, 3, 1).numpy()
     files = {fmt: str(write_video(grid, directory / f"{stem}.{fmt}", fps)) for fmt in formats}
-    frames = to_unit(clips.detach().cpu()).transpose(1, 2).flatten(0, 1)  # (B * T, C, H, W), a row per clip
-    rows = make_grid(frames.repeat_interleave(scale, -1).repeat_interleave(scale, -2), nrow=clips.shape[2],
-                     padding=2, pad_value=1.0)
+    rows = make_grid(x.transpose(1, 2).flatten(0, 1), nrow=t, padding=2, pad_value=1.0)
     if captions:  # a caption column on the left of every row
-        h, width = rows.shape[1] // len(clips), 8 * max(len(str(c)) for c in captions) + 4
-        labels = [_label(str(c), width, h) for c in captions[: len(clips)]]
+        h, width = rows.shape[1] // b, 8 * max(len(str(c)) for c in captions) + 4
+        labels = [_label(str(c), width, h) for c in captions[:b]]
         column = torch.cat([*labels, torch.ones(3, rows.shape[1] - h * len(labels), width)], 1)
         rows = torch.cat([column, rows], -1)
     files["frames"] = str(save_picture(rows, directory / f"{stem}_frames.png"))

@@ -4,8 +4,6 @@ diagnostics), indexed in ``OUTPUT/figures.json`` for the HTML report. Each kind 
 the reason the report shows.
 """
 
-from __future__ import annotations
-
 import json
 import os
 from collections.abc import Callable
@@ -180,14 +178,9 @@ def visualize_model(
 ) -> list[FigureRecord]:
     """Write every picture of :data:`FIGURES` for ``model`` on ``images`` (``(B, C, H, W)`` or video
     ``(B, C, T, H, W)`` in [-1, 1]) under ``output_dir`` and index them in ``figures.json``; returns the records.
-
-    Args:
-        run_dir: the training run folder, for the diagnostics plots (``RUN_DIR/diagnostics.npz``) and the loss
-            curves (``RUN_DIR/logs``).
-        counts: code histogram over a whole evaluation set (default: from ``images``).
-        max_points / tsne_points: encoder outputs shown by PCA / t-SNE (seeded subsamples).
-        say: where to print skipped pictures and their reasons.
-    """
+    ``run_dir``, the training run folder, gives the diagnostics plots and loss curves; ``counts`` is a code
+    histogram over a whole evaluation set (default: from ``images``); ``max_points`` / ``tsne_points`` cap the
+    encoder outputs shown by PCA / t-SNE (seeded subsamples); ``say`` prints skipped pictures and why."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
