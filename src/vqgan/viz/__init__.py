@@ -5,15 +5,13 @@ import importlib
 
 from vqgan.viz.grids import comparison_grid, save_comparison
 
-_LAZY = {name: module for module, names in {
-    "visualize": ("visualize_model",),
-    "report": ("write_report", "report_for_run"),
-    "plots": ("diagnostics_figures", "plot_usage_histogram", "save_code_histogram"),
-    "curves": ("plot_loss_curves", "read_scalars"),
-    "video": ("save_video_reconstruction",),
-    "codebook": ("save_codebook_atlas", "plot_token_map"),
-    "latent": ("plot_projection", "save_interpolation"),
-}.items() for name in names}
+_LAZY = {  # name: its module
+    "visualize_model": "visualize", "write_report": "report", "report_for_run": "report",
+    "diagnostics_figures": "plots", "plot_usage_histogram": "plots", "save_code_histogram": "plots",
+    "plot_loss_curves": "curves", "read_scalars": "curves", "save_video_reconstruction": "video",
+    "save_codebook_atlas": "codebook", "plot_token_map": "codebook", "plot_projection": "latent",
+    "save_interpolation": "latent",
+}
 
 
 def __getattr__(name: str):

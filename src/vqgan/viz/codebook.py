@@ -17,8 +17,7 @@ from vqgan.viz.samples import save_picture, to_pil
 def decode_code_patches(model: torch.nn.Module, codes: torch.Tensor, tokens: int = 2, batch_size: int = 64) -> torch.Tensor:
     """Decode each code of ``codes`` ``(N,)`` from a ``tokens x tokens`` map filled with it: ``(N, C,
     tokens * f, tokens * f)`` images in [-1, 1] (``f`` the downsampling factor; other stages at 0)."""
-    device = next(model.parameters()).device
-    stages = getattr(model.quantize, "num_stages", 1)
+    device, stages = next(model.parameters()).device, getattr(model.quantize, "num_stages", 1)
     out = []
     for c in codes.split(batch_size):
         maps = c.to(device).view(-1, 1, 1).expand(-1, tokens, tokens)
@@ -57,8 +56,7 @@ def plot_token_map(image: torch.Tensor, indices: torch.Tensor, path: str | Path,
     cell coloured by its code, indices written in the cells when the map is small)."""
     img = to_unit(image.detach().cpu()).expand(3, -1, -1).permute(1, 2, 0).numpy()
     idx = indices.detach().cpu().numpy()
-    if idx.ndim == 3:  # residual stages: first stage
-        idx = idx[..., 0]
+    idx = idx[..., 0] if idx.ndim == 3 else idx  # residual stages: the first
     (h, w), (H, W) = idx.shape, img.shape[:2]
     fig, axes = new_figure(11, 4, ncols=3)
     style = dict(extent=(0, W, H, 0), interpolation="nearest")

@@ -1,7 +1,6 @@
 """Loss curves of a training run (seed 002), drawn from the run's TensorBoard event files under
 ``RUN_DIR/logs`` (read with TensorBoard's ``EventAccumulator``) so that the report shows them without
-TensorBoard. A resumed run adds event files; a step logged in several files keeps its latest value.
-"""
+TensorBoard. A resumed run adds event files; a step logged in several files keeps its latest value."""
 
 from pathlib import Path
 

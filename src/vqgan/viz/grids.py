@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
@@ -12,14 +13,10 @@ from vqgan.viz.samples import save_picture, to_pil
 
 def comparison_grid(originals: torch.Tensor, reconstructions: torch.Tensor, ncol: int = 8) -> torch.Tensor:
     """A ``(3, H, W)`` grid in [0, 1]: rows alternate originals and their reconstructions, ``ncol`` per row."""
-    n = -(-originals.shape[0] // ncol) * ncol  # the last row padded with white to ncol images
-
-    def rows(x: torch.Tensor) -> torch.Tensor:
-        x = to_unit(x.detach().cpu())
-        return torch.cat([x, torch.ones(n - len(x), *x.shape[1:])]).view(-1, ncol, *x.shape[1:])
-
-    both = torch.stack([rows(originals), rows(reconstructions)], 1).flatten(0, 2)
-    return make_grid(both, nrow=ncol, padding=2, pad_value=1.0)
+    pad = (0, 0, 0, 0, 0, 0, 0, -len(originals) % ncol)  # the last row filled with white to ncol images
+    x, y = (F.pad(to_unit(v.detach().cpu()), pad, value=1.0).view(-1, ncol, *v.shape[1:])
+            for v in (originals, reconstructions))
+    return make_grid(torch.stack([x, y], 1).flatten(0, 2), nrow=ncol, padding=2, pad_value=1.0)
 
 
 def save_comparison(

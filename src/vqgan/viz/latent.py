@@ -1,8 +1,7 @@
 """Latent-space pictures (seed 000): PCA and t-SNE projections of encoder outputs together with the codebook,
 latent statistics, and interpolation between two images. Projections (scikit-learn) are fitted on the codebook
 and the latents together so both live in one frame; t-SNE (van der Maaten & Hinton 2008) runs on a seeded
-subsample because it is quadratic.
-"""
+subsample because it is quadratic."""
 
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,6 @@ def collect_latents(model: torch.nn.Module, images: torch.Tensor, batch_size: in
             "indices": indices.reshape(-1).cpu(), "index_maps": indices.cpu()}
 
 
-def codebook_in_latent_space(model: torch.nn.Module) -> torch.Tensor | None:
-    """The ``(K, D)`` codes in the space the encoder writes (None when the codebook is implicit or projected)."""
-    try:
-        cb = model.quantize.codebook.detach().float().cpu()
-    except (NotImplementedError, AttributeError):
-        return None
-    return cb if cb.dim() == 2 and cb.shape[1] == model.quantize.dim else None
-
-
 def _subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
     """A sorted, seeded random subset of at most ``k`` of ``range(n)``."""
     return np.sort(np.random.default_rng(seed).choice(n, size=min(n, k), replace=False))
@@ -47,13 +37,12 @@ def project(latents: np.ndarray, codebook: np.ndarray | None, method: str = "pca
     """2-D coordinates of latents and codes from one joint ``pca`` or ``tsne`` fit."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     pts = latents if codebook is None else np.concatenate([latents, codebook])
     if method == "pca":
         xy = PCA(n_components=2, random_state=seed).fit_transform(pts)
     elif method == "tsne":
-        from threadpoolctl import threadpool_limits
-
         perplexity = float(min(30.0, max(2.0, (len(pts) - 1) / 3)))
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500)
         # Barnes-Hut t-SNE on a few thousand points gains nothing from OpenMP threads, and on a busy machine
@@ -99,8 +88,9 @@ def latent_statistics(latents: torch.Tensor, codebook: torch.Tensor | None = Non
     z = latents.double()
     norms = z.norm(dim=1)
     stats: dict[str, Any] = {
-        "num_vectors": int(z.shape[0]), "dim": int(z.shape[1]), "mean_abs_per_dim": float(z.mean(0).abs().mean()),
-        "std_per_dim_mean": float(z.std(0).mean()), "norm_mean": float(norms.mean()), "norm_std": float(norms.std()),
+        "num_vectors": int(z.shape[0]), "dim": int(z.shape[1]),
+        "mean_abs_per_dim": float(z.mean(0).abs().mean()), "std_per_dim_mean": float(z.std(0).mean()),
+        "norm_mean": float(norms.mean()), "norm_std": float(norms.std()),
     }
     if codebook is not None:
         c = codebook.double()
@@ -113,18 +103,17 @@ def plot_latent_statistics(latents: torch.Tensor, codebook: torch.Tensor | None,
     """Per-dimension mean and standard deviation of the latents (codebook's in orange), and histograms of
     latent and code norms."""
     fig, (a, b) = new_figure(10, 3.6, ncols=2)
-    sets = [("encoder outputs", latents, "o", 0.0, 0.7)]
-    if codebook is not None:
-        sets.append(("codes", codebook, "s", 0.25, 0.6))
-    for (label, v, fmt, shift, alpha), color in zip(sets, ("tab:blue", "tab:orange"), strict=False):
+    sets = [("encoder outputs", latents, "o", 0.0, 0.7, "tab:blue"),
+            ("codes", codebook, "s", 0.25, 0.6, "tab:orange")]
+    for label, v, fmt, shift, alpha, color in (s for s in sets if s[1] is not None):
         v = v.double().numpy()
         a.errorbar(np.arange(v.shape[1]) + shift, v.mean(0), yerr=v.std(0), fmt=fmt, ms=3, capsize=2,
                    color=color, label=label)
         b.hist(np.linalg.norm(v, axis=1), bins=40, alpha=alpha, density=True, label=label)
     a.set(xlabel="latent dimension", ylabel="mean ± std", title="per-dimension statistics")
     b.set(xlabel="L2 norm", ylabel="density", title="vector norms")
-    a.legend(fontsize=8)
-    b.legend(fontsize=8)
+    for ax in (a, b):
+        ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 

@@ -1,7 +1,6 @@
 """Codebook plots: the usage histogram of an evaluation set, and seed 002's training diagnostics read from
 ``RUN_DIR/diagnostics.npz``. Figures use matplotlib's object-oriented API (no pyplot, no global backend: safe
-in headless processes and threads) at a fixed dpi: ``figsize=(w, h)`` is a PNG of ``(100 w) x (100 h)``.
-"""
+in headless processes and threads) at a fixed dpi: ``figsize=(w, h)`` is a PNG of ``(100 w) x (100 h)``."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,10 +163,9 @@ def plot_code_norm_histogram(diag: dict[str, np.ndarray], path: str | Path, bins
     with the median overlaid."""
     norms = np.asarray(diag["code_norms"], dtype=np.float64)
     step = diag["step"]
-    lo, hi = float(norms.min()), float(norms.max())
-    hi = max(hi, lo + 1e-6)
-    edges = np.linspace(lo, hi, bins + 1)
-    hist = np.stack([np.histogram(row, bins=edges)[0] for row in norms], 1).astype(float)
+    lo = float(norms.min())
+    hi = max(float(norms.max()), lo + 1e-6)
+    hist = np.stack([np.histogram(row, bins=bins, range=(lo, hi))[0] for row in norms], 1).astype(float)
     fig, ax = new_figure(8, 4)
     im = ax.imshow(hist, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
                    extent=(-0.5, len(step) - 0.5, lo, hi))

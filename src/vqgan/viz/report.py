@@ -1,9 +1,7 @@
 """One self-contained HTML page per run: its configuration, metrics and every picture, embedded as base64 data
-URIs so that the file can be mailed, attached to an issue or opened offline without its folder.
-
-The page's script counts the images that decoded (``img.complete && img.naturalWidth > 0``) into
-``data-images-loaded`` / ``data-images-total`` attributes of ``<body>``, read back by a headless browser.
-"""
+URIs so that the file can be mailed, attached to an issue or opened offline without its folder. The page's
+script counts the images that decoded (``img.complete && img.naturalWidth > 0``) into ``data-images-loaded`` /
+``data-images-total`` attributes of ``<body>``, read back by a headless browser."""
 
 import base64
 import html
@@ -20,9 +18,8 @@ from typing import Any
 
 from vqgan.viz.plots import FigureRecord, diagnostics_figures
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2228}
-header{background:#1d2228;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;
+color:#1d2228}header{background:#1d2228;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
 header p{margin:4px 0 0;color:#b8c0cc;font-size:13px}main{padding:8px 28px 40px;max-width:1300px}
 h2{border-bottom:2px solid #d9dde3;padding-bottom:4px;margin-top:30px;font-size:18px}
 table{border-collapse:collapse;font-size:13px;background:#fff}
@@ -30,21 +27,19 @@ td,th{border:1px solid #d9dde3;padding:4px 10px;text-align:left}th{background:#e
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .tables{display:flex;flex-wrap:wrap;gap:22px;align-items:flex-start;margin-top:14px}
 .tables h3{font-size:15px;margin:6px 0}.grid{display:flex;flex-wrap:wrap;gap:18px}
-figure{margin:0;background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:10px;max-width:calc(50% - 32px)}
-@media (max-width:900px){figure{max-width:100%}}
+figure{margin:0;background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:10px;
+max-width:calc(50% - 32px)}@media (max-width:900px){figure{max-width:100%}}
 figure img,figure video{max-width:100%;height:auto;display:block;image-rendering:pixelated}
 figcaption{font-size:12px;color:#4a525c;margin-top:6px;max-width:640px}figcaption b{color:#1d2228}
 pre{background:#fff;border:1px solid #d9dde3;padding:10px;font-size:12px;overflow:auto;max-height:420px}
-.note{font-size:13px;color:#7a4b00;background:#fff7e6;border:1px solid #f0d9a8;padding:6px 10px;border-radius:4px;margin:6px 0}
-"""
+.note{font-size:13px;color:#7a4b00;background:#fff7e6;border:1px solid #f0d9a8;padding:6px 10px;
+border-radius:4px;margin:6px 0}"""
 
-_SCRIPT = """
-addEventListener('load', () => {
+_SCRIPT = """addEventListener('load', () => {
   const imgs = [...document.images];
   document.body.dataset.imagesTotal = imgs.length;
   document.body.dataset.imagesLoaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-});
-"""
+});"""
 
 
 def _cell(v: Any) -> str:
@@ -69,9 +64,8 @@ def _figure(rec: FigureRecord) -> str:
     path, title = Path(rec.path), html.escape(rec.title)
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     src = f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-    media = f"<img alt='{title}' src='{src}'>"
-    if mime == "video/mp4":
-        media = f"<video controls loop muted src='{src}'></video>"
+    media = (f"<video controls loop muted src='{src}'></video>" if mime == "video/mp4"
+             else f"<img alt='{title}' src='{src}'>")
     caption = f"<figcaption><b>{title}</b>{' — ' + html.escape(rec.caption) if rec.caption else ''}</figcaption>"
     return f"<figure id='{html.escape(rec.key)}'>{media}{caption}</figure>"
 
@@ -133,9 +127,8 @@ def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, o
         figures = [FigureRecord(**{**f, "path": figures_dir / f["path"]}) for f in index.get("figures", [])]
         notes, metrics["Latent statistics"] = list(index.get("notes", [])), index.get("statistics")
     else:
-        samples = sorted((run_dir / "samples").glob("*.png"))
         figures = [FigureRecord("samples", f"Reconstructions ({p.stem})", p, "Reconstructions")
-                   for p in samples[-1:]]
+                   for p in sorted((run_dir / "samples").glob("*.png"))[-1:]]
         notes = []
         try:
             figures += diagnostics_figures(run_dir, figures_dir)

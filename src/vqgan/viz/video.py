@@ -1,7 +1,5 @@
-"""Video reconstruction output: MP4 and GIF of the original and its reconstruction side by side, a frame grid,
-per-frame PSNR and a temporal-consistency figure. All clips are ``(C, T, H, W)`` tensors in [-1, 1] (``C`` = 1
-or 3).
-"""
+"""Video reconstruction output: MP4 and GIF of the original and its reconstruction side by side, a frame grid
+with per-frame PSNR and a temporal-consistency figure. Clips are ``(C, T, H, W)`` in [-1, 1], C = 1 or 3."""
 
 from fractions import Fraction
 from pathlib import Path
@@ -94,8 +92,7 @@ def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Te
         xt = to_uint8_frames(clip[:, :t].clamp(-1, 1))[:, clip.shape[2] // 2]
         ax.imshow(xt, aspect="auto", interpolation="nearest")
         ax.set(xlabel="x", ylabel="frame", title=f"x-t slice, {name}")
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title)
     return save_figure(fig, path)
 
 
@@ -128,23 +125,19 @@ def reconstruct_video_file(
 ) -> dict:
     """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file with an image model
     (frame by frame) or a :class:`~vqgan.models.VideoVQModel`, and write the outputs of
-    :func:`save_video_reconstruction`. Frames are resized (shorter side) and centre-cropped to ``resolution``
-    (default: the model's); ``scale`` enlarges the outputs (default: to about 96 pixels). Raises
-    ``VideoDecodeError`` when the file can't be opened or holds no decodable frame."""
-    path = Path(path)
-    cfg = model.config
+    :func:`save_video_reconstruction`, frames resized and centre-cropped to ``resolution`` (default: the
+    model's), enlarged ``scale`` times (default: to about 96 pixels); ``VideoDecodeError`` if unreadable."""
+    path, cfg = Path(path), model.config
     try:
         src_fps, n = video_info(path)
     except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
         raise VideoDecodeError(f"{path}: {type(e).__name__}: {e}") from None
     if isinstance(model, VideoVQModel):  # use a whole number of temporal groups
-        s = model.time_factor
-        max_frames = 1 + (max_frames - 1) // s * s
+        max_frames = 1 + (max_frames - 1) // model.time_factor * model.time_factor
     count = min(max_frames, max(1, (n - 1) // frame_stride + 1) if n else max_frames)
     arr, _ = decode_frames(path, [k * frame_stride for k in range(count)])
     clip = prepare_clip(arr, resolution or cfg.resolution, None, cfg.in_channels, random_crop=False, flip=False)
-    model = model.to(device)
-    rec, _ = reconstruct_video(model, clip.to(device))
+    rec, _ = reconstruct_video(model.to(device), clip.to(device))
     clip = clip[:, : rec.shape[1]]
     scale = scale or max(1, 96 // clip.shape[-1])
     out = save_video_reconstruction(clip, rec.cpu(), output_dir, path.stem, src_fps / frame_stride, scale,
@@ -163,10 +156,9 @@ def save_clip_grid(
     clips: torch.Tensor, directory: str | Path, stem: str, captions: list[str] | None = None, ncol: int = 4,
     fps: float = 4.0, scale: int | None = None, formats: tuple[str, ...] = ("mp4", "gif"),
 ) -> dict[str, str]:
-    """Write clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row as ``STEM.{mp4,gif}``, each under a white
-    strip with its caption (e.g. the class it was generated for), and their frames as ``STEM_frames.png`` (a row
-    per clip, its caption on the left) under ``directory``; small clips are enlarged to about 64 pixels. Returns
-    the paths."""
+    """Write clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row, each under its caption (e.g. its
+    class), as ``DIRECTORY/STEM.{mp4,gif}`` and their frames as ``STEM_frames.png`` (a row per clip, the
+    caption on the left); small clips are enlarged to about 64 pixels. Returns the paths."""
     directory, scale = Path(directory), scale or max(1, 64 // clips.shape[-1])
     x = to_unit(clips.detach().cpu()).expand(-1, 3, -1, -1, -1).repeat_interleave(scale, -1)
     x = x.repeat_interleave(scale, -2)

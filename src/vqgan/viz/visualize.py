@@ -1,8 +1,7 @@
 """Every picture of a trained tokenizer in one call (seed 000's five kinds and seed 002's codebook
 diagnostics), indexed in ``OUTPUT/figures.json`` for the HTML report. Each kind is one function of
 :data:`FIGURES`, taking the shared :class:`Inputs` and returning its records, or raising :class:`Skipped` with
-the reason the report shows.
-"""
+the reason the report shows."""
 
 import json
 import os
@@ -47,9 +46,12 @@ class Inputs:
         self.encodes_clips = self.is_video and hasattr(self.model, "time_factor")  # a 3-D tokenizer on clips
         batch = (self.images, 4) if self.encodes_clips else (self.frames, 64)
         self.latents = latent.collect_latents(self.model, *batch)
-        self.codebook = latent.codebook_in_latent_space(self.model)
-        k = self.model.quantize.codebook_size
-        hits = torch.bincount(self.latents["indices"], minlength=k)[:k]
+        try:  # the (K, D) codes in the space the encoder writes (None when implicit or projected)
+            cb = self.model.quantize.codebook.detach().float().cpu()
+            self.codebook = cb if cb.dim() == 2 and cb.shape[1] == self.model.quantize.dim else None
+        except (NotImplementedError, AttributeError):
+            self.codebook = None
+        hits = torch.bincount(self.latents["indices"], minlength=self.model.quantize.codebook_size)
         self.histogram = hits if self.counts is None else self.counts
 
     @cached_property
@@ -71,9 +73,8 @@ def video_figures(d: Inputs) -> list[FigureRecord]:
     consistency, written by :mod:`vqgan.viz.video` (frame by frame for an image tokenizer)."""
     if not d.is_video:
         return []
-    clip = d.images[0]
+    clip, scale = d.images[0], max(1, 96 // d.images.shape[-1])
     rec = reconstruct_video(d.model, clip)[0].clamp(-1, 1).cpu()
-    scale = max(1, 96 // clip.shape[-1])
     try:
         result = save_video_reconstruction(clip.cpu(), rec, d.out, "video", scale=scale)
     except Exception as e:  # e.g. a PyAV build without an H.264 encoder: keep the GIF and the other pictures
@@ -101,36 +102,33 @@ def reconstruction_figures(d: Inputs) -> list[FigureRecord]:
                          f"(mean {float(psnr(x, rec).mean()):.2f} dB)")]
 
 
-def latent_figures(d: Inputs) -> list[FigureRecord]:
-    """PCA and t-SNE of the encoder outputs with the codes, and per-dimension statistics."""
+def latent_and_codebook_figures(d: Inputs) -> list[FigureRecord]:
+    """PCA and t-SNE of the encoder outputs with the codes, per-dimension statistics, hits per code, the most
+    used codes each decoded on its own, and the code of every latent position over its image (a clip's first
+    frame for a 3-D tokenizer)."""
     lat, idx, cb, out = d.latents["latents"], d.latents["indices"], d.codebook, d.out
     what = "spatio-temporal latents of the clips and the codes" if d.encodes_clips else \
         "one joint PCA; points coloured by their code, crosses are codes sized by usage"
     pca = latent.plot_projection(lat, idx, cb, out / "latent_pca.png", "pca", d.max_points)
     tsne = latent.plot_projection(lat, idx, cb, out / "latent_tsne.png", "tsne", d.tsne_points)
     stats = latent.plot_latent_statistics(lat, cb, out / "latent_stats.png")
-    return [
+    unit = "clips" if d.encodes_clips else "images"
+    hits = "hits per code on " + ("the evaluated images" if d.counts is not None else
+                                  f"{len(d.latents['index_maps'])} {unit}")
+    usage = plot_usage_histogram(d.histogram.cpu().numpy(), out / "codebook_usage.png")
+    atlas, shown = save_codebook_atlas(d.model, out / "codebook_atlas.png", d.histogram.cpu().numpy(),
+                                       max_codes=d.atlas_codes)
+    records = [
         FigureRecord("pca", "PCA of encoder outputs and codes", pca, "Latent space", what),
         FigureRecord("tsne", "t-SNE of encoder outputs and codes", tsne, "Latent space",
                      f"seeded subsample of at most {d.tsne_points} encoder outputs"),
         FigureRecord("latent_stats", "Latent statistics", stats, "Latent space",
                      "per-dimension mean ± std and norm histograms"),
+        FigureRecord("usage_histogram", "Codebook usage histogram", usage, "Codebook", hits),
+        FigureRecord("atlas", "Codebook atlas", atlas, "Codebook",
+                     f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself"),
     ]
-
-
-def codebook_figures(d: Inputs) -> list[FigureRecord]:
-    """Hits per code, the most used codes each decoded on its own, and the code of every latent position over
-    its image (a clip's first frame for a 3-D tokenizer)."""
-    unit = "clips" if d.encodes_clips else "images"
-    what = "the evaluated images" if d.counts is not None else f"{len(d.latents['index_maps'])} {unit}"
-    usage = plot_usage_histogram(d.histogram.cpu().numpy(), d.out / "codebook_usage.png")
-    atlas, shown = save_codebook_atlas(d.model, d.out / "codebook_atlas.png", d.histogram.cpu().numpy(),
-                                       max_codes=d.atlas_codes)
-    records = [FigureRecord("usage_histogram", "Codebook usage histogram", usage, "Codebook",
-                            f"hits per code on {what}"),
-               FigureRecord("atlas", "Codebook atlas", atlas, "Codebook",
-                            f"the {len(shown)} most used codes, each decoded from a 2x2 map of itself")]
-    k, path = d.model.quantize.codebook_size, d.out / "token_map.png"
+    k, path = d.model.quantize.codebook_size, out / "token_map.png"
     if d.encodes_clips:
         path = plot_token_map(d.images[0][:, 0], d.latents["index_maps"][0][0], path, k)
         return records + [FigureRecord("token_map", "Token map (first latent frame)", path, "Codebook",
@@ -162,8 +160,7 @@ def _from_run(kind: str, draw: Callable[[Path, Path], list[FigureRecord]], d: In
 FIGURES: tuple[Callable[[Inputs], list[FigureRecord]], ...] = (
     video_figures,
     reconstruction_figures,
-    latent_figures,
-    codebook_figures,
+    latent_and_codebook_figures,
     interpolation_figures,
     partial(_from_run, "training diagnostics", diagnostics_figures),
     partial(_from_run, "loss curves", loss_curve_figures),
@@ -183,11 +180,10 @@ def visualize_model(
     encoder outputs shown by PCA / t-SNE (seeded subsamples); ``say`` prints skipped pictures and why."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    d = Inputs(model, images.to(next(model.parameters()).device), out, None if run_dir is None else Path(run_dir),
-               counts, max_points, tsne_points, grid_images, atlas_codes, say)
-    records: list[FigureRecord] = []
-    notes: list[str] = []
+    run_dir = None if run_dir is None else Path(run_dir)
+    d = Inputs(model.eval(), images.to(next(model.parameters()).device), out, run_dir, counts, max_points,
+               tsne_points, grid_images, atlas_codes, say)
+    records, notes = [], []
     for figures in FIGURES:
         try:
             records += figures(d)
