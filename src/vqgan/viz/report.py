@@ -55,8 +55,8 @@ def _cell(v: Any) -> str:
 
 def _table(rows: Mapping[str, Any]) -> str:
     """A two-column table; nested tables (dict values) come last."""
-    rows = sorted(rows.items(), key=lambda kv: isinstance(kv[1], dict))
-    return f"<table>{''.join(f'<tr><th>{html.escape(str(k))}</th>{_cell(v)}</tr>' for k, v in rows)}</table>"
+    items = sorted(rows.items(), key=lambda kv: isinstance(kv[1], dict))
+    return f"<table>{''.join(f'<tr><th>{html.escape(str(k))}</th>{_cell(v)}</tr>' for k, v in items)}</table>"
 
 
 def _figure(rec: FigureRecord) -> str:

@@ -53,8 +53,7 @@ def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float =
     suffix = path.suffix.lower()
     if suffix == ".gif":
         imgs = [Image.fromarray(f) for f in frames]
-        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=round(1000 / fps), loop=0,
-                     optimize=False)
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=round(1000 / fps), loop=0)
         return path
     if suffix not in (".mp4", ".avi", ".mkv", ".mov"):
         raise ValueError(f"unsupported video suffix {suffix!r}: use .mp4, .avi, .mkv, .mov or .gif")
