@@ -1,30 +1,22 @@
 """Image grids: originals against reconstructions, with optional per-image PSNR captions."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
 from vqgan.metrics.reconstruction import psnr, to_unit
-from vqgan.viz.samples import to_pil
+from vqgan.viz.samples import save_picture, to_pil
 
 
 def comparison_grid(originals: torch.Tensor, reconstructions: torch.Tensor, ncol: int = 8) -> torch.Tensor:
     """A ``(3, H, W)`` grid in [0, 1]: rows alternate originals and their reconstructions, ``ncol`` per row."""
-    x, y = to_unit(originals.detach().cpu()), to_unit(reconstructions.detach().cpu())
-    if x.shape[1] == 1:
-        x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
-    rows = []
-    for start in range(0, x.shape[0], ncol):
-        rows += [x[start : start + ncol], y[start : start + ncol]]
-        pad = ncol - rows[-1].shape[0]
-        if pad:
-            rows[-2] = torch.cat([rows[-2], torch.ones(pad, *x.shape[1:])])
-            rows[-1] = torch.cat([rows[-1], torch.ones(pad, *x.shape[1:])])
-    return make_grid(torch.cat(rows), nrow=ncol, padding=2, pad_value=1.0)
+    pad = (0, 0, 0, 0, 0, 0, 0, -len(originals) % ncol)  # the last row filled with white to ncol images
+    x, y = (F.pad(to_unit(v.detach().cpu()), pad, value=1.0).view(-1, ncol, *v.shape[1:])
+            for v in (originals, reconstructions))
+    return make_grid(torch.stack([x, y], 1).flatten(0, 2), nrow=ncol, padding=2, pad_value=1.0)
 
 
 def save_comparison(
@@ -33,26 +25,18 @@ def save_comparison(
 ) -> Path:
     """Write :func:`comparison_grid` as a PNG, upscaled ``scale`` times (nearest), optionally with PSNR captions
     under every reconstruction."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid = comparison_grid(originals, reconstructions, ncol)
-    img = to_pil(grid, scale)
+    img = to_pil(comparison_grid(originals, reconstructions, ncol), scale)
     if captions:
         values = psnr(originals, reconstructions).tolist()
-        h, w = originals.shape[-2] * scale, originals.shape[-1] * scale
-        pad = 2 * scale
-        n_rows = (len(values) + ncol - 1) // ncol
-        pair_h = 2 * (h + pad)  # one row of originals and one of reconstructions, each with its top padding
-        canvas = Image.new("RGB", (img.width, n_rows * (pair_h + pad + 12)), "white")
+        w, pad = originals.shape[-1] * scale, 2 * scale
+        pair_h = 2 * (originals.shape[-2] * scale + pad)  # a row of originals and one of reconstructions
+        blocks = range(0, len(values), ncol)
+        canvas = Image.new("RGB", (img.width, len(blocks) * (pair_h + pad + 12)), "white")
         draw = ImageDraw.Draw(canvas)
-        y_off = 0
-        for k, r in enumerate(range(0, len(values), ncol)):
-            block = img.crop((0, k * pair_h, img.width, (k + 1) * pair_h + pad))
-            canvas.paste(block, (0, y_off))
-            y_off += pair_h + pad
+        for k, r in enumerate(blocks):  # a 12-pixel caption strip under every pair of rows
+            y = k * (pair_h + pad + 12)
+            canvas.paste(img.crop((0, k * pair_h, img.width, (k + 1) * pair_h + pad)), (0, y))
             for j, v in enumerate(values[r : r + ncol]):
-                draw.text((pad + j * (w + pad), y_off - 1), f"{v:.1f}dB", fill=(0, 0, 0))
-            y_off += 12
-        img = canvas.crop((0, 0, img.width, y_off))
-    img.save(path)
-    return path
+                draw.text((pad + j * (w + pad), y + pair_h + pad - 1), f"{v:.1f}dB", fill=(0, 0, 0))
+        img = canvas
+    return save_picture(img, path)

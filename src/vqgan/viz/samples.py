@@ -1,7 +1,5 @@
 """Grids and files of generated images (samples of a stage-2 prior decoded by the tokenizer)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch
@@ -14,10 +12,7 @@ from vqgan.metrics.reconstruction import to_uint8, to_unit
 
 def image_grid(images: torch.Tensor, ncol: int = 8, padding: int = 2) -> torch.Tensor:
     """A ``(3, H, W)`` grid in [0, 1] of images in [-1, 1], ``ncol`` per row."""
-    x = to_unit(images.detach().float().cpu().clamp(-1, 1))
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return make_grid(x, nrow=ncol, padding=padding, pad_value=1.0)
+    return make_grid(to_unit(images.detach().cpu()), nrow=ncol, padding=padding, pad_value=1.0)
 
 
 def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
@@ -29,22 +24,21 @@ def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
     return img
 
 
-def save_image_grid(images: torch.Tensor, path: str | Path, ncol: int = 8, scale: int | None = None) -> Path:
-    """Write :func:`image_grid` as a PNG (small images are upscaled so that they stay visible)."""
+def save_picture(image: torch.Tensor | Image.Image, path: str | Path, scale: int = 1) -> Path:
+    """Write a PIL image, or a ``(C, H, W)`` tensor in [0, 1] upscaled ``scale`` times (nearest)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scale = scale if scale is not None else (2 if images.shape[-1] < 64 else 1)
-    to_pil(image_grid(images, ncol), scale).save(path)
+    (image if isinstance(image, Image.Image) else to_pil(image, scale)).save(path)
     return path
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, ncol: int = 8, scale: int | None = None) -> Path:
+    """Write :func:`image_grid` as a PNG (small images are upscaled so that they stay visible)."""
+    scale = scale if scale is not None else (2 if images.shape[-1] < 64 else 1)
+    return save_picture(image_grid(images, ncol), path, scale)
 
 
 def save_images(images: torch.Tensor, directory: str | Path, names: list[str]) -> list[Path]:
     """Write every image in [-1, 1] as ``DIRECTORY/NAME.png``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for img, name in zip(images, names, strict=True):
-        p = directory / f"{name}.png"
-        to_pil(to_unit(img.detach().float().cpu().clamp(-1, 1))).save(p)
-        paths.append(p)
-    return paths
+    return [save_picture(to_unit(img.detach().cpu()), Path(directory, f"{name}.png"))
+            for img, name in zip(images, names, strict=True)]

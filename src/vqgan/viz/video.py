@@ -1,34 +1,27 @@
-"""Video reconstruction output: MP4 and GIF of the original and its reconstruction side by side, a frame grid,
-per-frame PSNR, and a temporal-consistency figure (frame-to-frame change of original and reconstruction, the
-flicker the tokenizer adds, and x-t slices through the middle row).
+"""Video reconstruction output: MP4 and GIF of the original and its reconstruction side by side, a frame grid
+with per-frame PSNR and a temporal-consistency figure. Clips are ``(C, T, H, W)`` in [-1, 1], C = 1 or 3."""
 
-All clips are ``(C, T, H, W)`` tensors in [-1, 1] (``C`` = 1 or 3).
-"""
-
-from __future__ import annotations
-
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from torchvision.transforms.v2.functional import pil_to_tensor
+from torchvision.utils import make_grid
 
+from vqgan.data.video import VideoDecodeError, decode_frames, prepare_clip, video_info
 from vqgan.metrics.reconstruction import psnr, to_uint8, to_unit
+from vqgan.models.video import VideoVQModel, reconstruct_video
+from vqgan.viz.grids import save_comparison
+from vqgan.viz.plots import new_figure, save_figure
+from vqgan.viz.samples import save_picture
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """``(C, T, H, W)`` in [-1, 1] -> ``(T, H, W, 3)`` uint8 (grayscale repeated to RGB)."""
-    v = to_unit(video.detach().float().cpu())
-    if v.shape[0] == 1:
-        v = v.expand(3, -1, -1, -1)
-    return to_uint8(v).permute(1, 2, 3, 0).numpy()
-
-
-def side_by_side(original: torch.Tensor, reconstruction: torch.Tensor, gap: int = 2) -> torch.Tensor:
-    """``(C, T, H, 2W + gap)``: original | white gap | reconstruction. The shorter clip is cut to the other."""
-    t = min(original.shape[1], reconstruction.shape[1])
-    a, b = original[:, :t].cpu(), reconstruction[:, :t].cpu()
-    white = torch.ones(a.shape[0], t, a.shape[2], gap)
-    return torch.cat([a, white, b.clamp(-1, 1)], dim=-1)
+    return to_uint8(to_unit(video.detach().cpu()).expand(3, -1, -1, -1)).permute(1, 2, 3, 0).numpy()
 
 
 def per_frame_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -38,22 +31,14 @@ def per_frame_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torc
 
 
 def temporal_consistency(original: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-transition statistics in [0, 1] pixel units, each ``(T - 1,)``:
-
-    * ``motion_original`` / ``motion_reconstruction``: mean ``|x_t - x_{t-1}|``;
-    * ``flicker``: mean ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``, the change the tokenizer adds or removes between
-      frames (0 for a perfectly consistent reconstruction, even an imperfect one that errs the same way every
-      frame).
-    """
+    """Per-transition statistics in [0, 1] pixel units, each ``(T - 1,)``: ``motion_original`` /
+    ``motion_reconstruction``, the mean ``|x_t - x_{t-1}|``, and ``flicker``, the mean
+    ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``: the change the tokenizer adds or removes between frames (0 for a
+    reconstruction that errs the same way every frame)."""
     t = min(original.shape[1], reconstruction.shape[1])
-    x, y = to_unit(original[:, :t].cpu().float()), to_unit(reconstruction[:, :t].cpu().float())
-    dx, dy = x[:, 1:] - x[:, :-1], y[:, 1:] - y[:, :-1]
-    dims = (0, 2, 3)
-    return {
-        "motion_original": dx.abs().mean(dims),
-        "motion_reconstruction": dy.abs().mean(dims),
-        "flicker": (dy - dx).abs().mean(dims),
-    }
+    dx, dy = (to_unit(v[:, :t].cpu()).diff(dim=1) for v in (original, reconstruction))
+    return {"motion_original": dx.abs().mean((0, 2, 3)), "motion_reconstruction": dy.abs().mean((0, 2, 3)),
+            "flicker": (dy - dx).abs().mean((0, 2, 3))}
 
 
 def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0, scale: int = 1) -> Path:
@@ -67,73 +52,33 @@ def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float =
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     suffix = path.suffix.lower()
     if suffix == ".gif":
-        from PIL import Image
-
         imgs = [Image.fromarray(f) for f in frames]
-        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=round(1000 / fps), loop=0, optimize=False)
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=round(1000 / fps), loop=0)
         return path
     if suffix not in (".mp4", ".avi", ".mkv", ".mov"):
         raise ValueError(f"unsupported video suffix {suffix!r}: use .mp4, .avi, .mkv, .mov or .gif")
-    from fractions import Fraction
-
-    import av
-
     t, h, w, _ = frames.shape
-    ph, pw = h + h % 2, w + w % 2
-    if (ph, pw) != (h, w):
-        frames = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     with av.open(str(path), mode="w") as container:
         codec = "libx264" if suffix in (".mp4", ".mkv", ".mov") else "mpeg4"
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "medium"}
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+        container.mux(stream.encode())
     return path
 
 
-def frame_grid(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path, max_frames: int = 16, scale: int = 1) -> Path:
-    """PNG with the original frames on the top row and the reconstructions under them, each captioned with its PSNR."""
-    from PIL import Image, ImageDraw
-
-    t = min(original.shape[1], reconstruction.shape[1])
-    idx = np.linspace(0, t - 1, min(t, max_frames)).round().astype(int)
-    a, b = to_uint8_frames(original[:, idx]), to_uint8_frames(reconstruction[:, idx].clamp(-1, 1))
-    p = per_frame_psnr(original[:, idx], reconstruction[:, idx])
-    if scale > 1:
-        a, b = (z.repeat(scale, axis=1).repeat(scale, axis=2) for z in (a, b))
-    n, h, w, _ = a.shape
-    cap, gap = 12, 2
-    canvas = Image.new("RGB", (n * (w + gap), 2 * h + gap + cap), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i in range(n):
-        canvas.paste(Image.fromarray(a[i]), (i * (w + gap), 0))
-        canvas.paste(Image.fromarray(b[i]), (i * (w + gap), h + gap))
-        draw.text((i * (w + gap) + 1, 2 * h + gap), f"{float(p[i]):.1f}", fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
-
-
-def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path, title: str = "") -> Path:
+def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path,
+                                title: str = "") -> Path:
     """Figure with per-frame PSNR, frame-to-frame motion of original and reconstruction with the added flicker,
     and x-t slices (the middle row of every frame stacked over time) of both clips."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = min(original.shape[1], reconstruction.shape[1])
     p = per_frame_psnr(original, reconstruction).numpy()
-    tc = {k: v.numpy() for k, v in temporal_consistency(original, reconstruction).items()}
-    xa, xb = to_uint8_frames(original[:, :t]), to_uint8_frames(reconstruction[:, :t].clamp(-1, 1))
-    row = xa.shape[1] // 2
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), gridspec_kw={"width_ratios": [1.2, 1.2, 1, 1]})
+    tc = temporal_consistency(original, reconstruction)
+    fig, axes = new_figure(14, 3.2, ncols=4, gridspec_kw={"width_ratios": [1.2, 1.2, 1, 1]})
     axes[0].plot(np.arange(t), p, "o-")
     axes[0].set(xlabel="frame", ylabel="PSNR (dB)", title=f"per-frame PSNR (mean {p.mean():.2f})")
     k = np.arange(1, t)
@@ -142,17 +87,12 @@ def temporal_consistency_figure(original: torch.Tensor, reconstruction: torch.Te
     axes[1].plot(k, tc["flicker"], "^:", label="flicker (added change)")
     axes[1].set(xlabel="frame t", ylabel="mean abs change", title="temporal consistency")
     axes[1].legend(fontsize=7)
-    for ax, arr, name in ((axes[2], xa, "original"), (axes[3], xb, "reconstruction")):
-        ax.imshow(arr[:, row], aspect="auto", interpolation="nearest")
+    for ax, clip, name in ((axes[2], original, "original"), (axes[3], reconstruction, "reconstruction")):
+        xt = to_uint8_frames(clip[:, :t].clamp(-1, 1))[:, clip.shape[2] // 2]
+        ax.imshow(xt, aspect="auto", interpolation="nearest")
         ax.set(xlabel="x", ylabel="frame", title=f"x-t slice, {name}")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    fig.suptitle(title)
+    return save_figure(fig, path)
 
 
 def save_video_reconstruction(
@@ -161,19 +101,19 @@ def save_video_reconstruction(
 ) -> dict:
     """Write ``STEM_compare.{mp4,gif}`` (original | reconstruction), ``STEM_frames.png`` and
     ``STEM_temporal.png`` under ``directory``; return the paths and the per-frame PSNR / consistency numbers."""
-    directory = Path(directory)
-    both = side_by_side(original, reconstruction)
+    directory, t = Path(directory), min(original.shape[1], reconstruction.shape[1])
+    a, b = original[:, :t].cpu(), reconstruction[:, :t].clamp(-1, 1).cpu()
+    both = torch.cat([a, torch.ones(*a.shape[:3], 2), b], -1)  # original | 2 white columns | reconstruction
     files = {fmt: str(write_video(both, directory / f"{stem}_compare.{fmt}", fps, scale)) for fmt in formats}
-    files["frames"] = str(frame_grid(original, reconstruction, directory / f"{stem}_frames.png", scale=scale))
-    files["temporal"] = str(temporal_consistency_figure(original, reconstruction, directory / f"{stem}_temporal.png", stem))
+    idx = torch.linspace(0, t - 1, min(t, 16)).round().long()  # originals over reconstructions with PSNR
+    files["frames"] = str(save_comparison(a[:, idx].transpose(0, 1), b[:, idx].transpose(0, 1),
+                                          directory / f"{stem}_frames.png", len(idx), scale, captions=True))
+    temporal = temporal_consistency_figure(original, reconstruction, directory / f"{stem}_temporal.png", stem)
+    files["temporal"] = str(temporal)
     p = per_frame_psnr(original, reconstruction)
-    tc = temporal_consistency(original, reconstruction)
-    return {
-        "files": files,
-        "psnr": float(p.mean()),
-        "psnr_per_frame": [round(float(v), 3) for v in p],
-        "flicker": float(tc["flicker"].mean()) if len(tc["flicker"]) else 0.0,
-    }
+    flicker = temporal_consistency(original, reconstruction)["flicker"]
+    return {"files": files, "psnr": float(p.mean()), "psnr_per_frame": [round(float(v), 3) for v in p],
+            "flicker": float(flicker.mean()) if len(flicker) else 0.0}
 
 
 @torch.no_grad()
@@ -184,94 +124,58 @@ def reconstruct_video_file(
 ) -> dict:
     """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file with an image model
     (frame by frame) or a :class:`~vqgan.models.VideoVQModel`, and write the outputs of
-    :func:`save_video_reconstruction`. Frames are resized (shorter side) and centre-cropped to ``resolution``
-    (default: the model's); ``scale`` enlarges the outputs (default: to about 96 pixels).
-
-    Raises:
-        VideoDecodeError: the file can't be opened or holds no decodable frame.
-    """
-    from vqgan.data.video import VideoDecodeError, decode_frames, prepare_clip, video_info
-    from vqgan.models.video import VideoVQModel, reconstruct_video
-
-    path = Path(path)
-    cfg = model.config
+    :func:`save_video_reconstruction`, frames resized and centre-cropped to ``resolution`` (default: the
+    model's), enlarged ``scale`` times (default: to about 96 pixels); ``VideoDecodeError`` if unreadable."""
+    path, cfg = Path(path), model.config
     try:
         src_fps, n = video_info(path)
     except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
         raise VideoDecodeError(f"{path}: {type(e).__name__}: {e}") from None
     if isinstance(model, VideoVQModel):  # use a whole number of temporal groups
-        s = model.time_factor
-        max_frames = 1 + (max_frames - 1) // s * s
+        max_frames = 1 + (max_frames - 1) // model.time_factor * model.time_factor
     count = min(max_frames, max(1, (n - 1) // frame_stride + 1) if n else max_frames)
     arr, _ = decode_frames(path, [k * frame_stride for k in range(count)])
     clip = prepare_clip(arr, resolution or cfg.resolution, None, cfg.in_channels, random_crop=False, flip=False)
-    model = model.to(device)
-    rec, _ = reconstruct_video(model, clip.to(device))
+    rec, _ = reconstruct_video(model.to(device), clip.to(device))
     clip = clip[:, : rec.shape[1]]
     scale = scale or max(1, 96 // clip.shape[-1])
-    out = save_video_reconstruction(
-        clip, rec.cpu(), output_dir, path.stem, fps=src_fps / frame_stride, scale=scale, formats=formats
-    )
-    out["file"] = str(path)
-    out["frames"] = int(rec.shape[1])
-    return out
+    out = save_video_reconstruction(clip, rec.cpu(), output_dir, path.stem, src_fps / frame_stride, scale,
+                                    formats)
+    return {**out, "file": str(path), "frames": int(rec.shape[1])}
 
 
-def clip_grid(clips: torch.Tensor, captions: list[str] | None = None, ncol: int = 4, scale: int = 1, gap: int = 2) -> np.ndarray:
-    """Clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row into one clip ``(T, H', W', 3)`` uint8, each
-    under a white strip with its caption (e.g. the class it was generated for)."""
-    from PIL import Image, ImageDraw
-
-    b, _, t, h, w = clips.shape
-    frames = [to_uint8_frames(c.clamp(-1, 1)) for c in clips]  # B x (T, H, W, 3)
-    if scale > 1:
-        frames = [f.repeat(scale, axis=1).repeat(scale, axis=2) for f in frames]
-        h, w = h * scale, w * scale
-    cap = 12 if captions else 0
-    ncol = max(1, min(ncol, b))
-    nrow = (b + ncol - 1) // ncol
-    out = np.full((t, nrow * (h + cap + gap), ncol * (w + gap), 3), 255, np.uint8)
-    for i, f in enumerate(frames):
-        r, c = divmod(i, ncol)
-        y, x = r * (h + cap + gap) + cap, c * (w + gap)
-        out[:, y : y + h, x : x + w] = f
-    if captions:
-        strip = Image.fromarray(out[0])
-        draw = ImageDraw.Draw(strip)
-        for i, text in enumerate(captions[:b]):
-            r, c = divmod(i, ncol)
-            draw.text((c * (w + gap) + 1, r * (h + cap + gap)), str(text)[: max(1, w // 6)], fill=(0, 0, 0))
-        labelled = np.asarray(strip)
-        for r in range(nrow):  # the caption strips are the same in every frame
-            y = r * (h + cap + gap)
-            out[:, y : y + cap] = labelled[y : y + cap]
-    return out
+def _label(text: str, width: int, height: int = 12) -> torch.Tensor:
+    """A white ``(3, height, width)`` strip in [0, 1] with ``text`` in black, vertically centred."""
+    img = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(img).text((1, (height - 12) // 2), text, fill=(0, 0, 0))
+    return pil_to_tensor(img).float() / 255
 
 
 def save_clip_grid(
     clips: torch.Tensor, directory: str | Path, stem: str, captions: list[str] | None = None, ncol: int = 4,
     fps: float = 4.0, scale: int | None = None, formats: tuple[str, ...] = ("mp4", "gif"),
 ) -> dict[str, str]:
-    """Write :func:`clip_grid` as ``STEM.{mp4,gif}`` and its frames as ``STEM_frames.png`` (one row of frames per
-    clip, captioned) under ``directory``; small clips are enlarged to about 64 pixels. Returns the paths."""
-    directory = Path(directory)
-    scale = scale or max(1, 64 // clips.shape[-1])
-    grid = clip_grid(clips, captions, ncol, scale)
+    """Write clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row, each under its caption (e.g. its
+    class), as ``DIRECTORY/STEM.{mp4,gif}`` and their frames as ``STEM_frames.png`` (a row per clip, the
+    caption on the left); small clips are enlarged to about 64 pixels. Returns the paths."""
+    directory, scale = Path(directory), scale or max(1, 64 // clips.shape[-1])
+    x = to_unit(clips.detach().cpu()).expand(-1, 3, -1, -1, -1).repeat_interleave(scale, -1)
+    x = x.repeat_interleave(scale, -2)
+    b, _, t, _, w = x.shape
+    tiles = x
+    if captions:
+        labels = [str(c)[: max(1, w // 6)] for c in captions] + [""] * b
+        strips = torch.stack([_label(c, w) for c in labels[:b]])
+        tiles = torch.cat([strips[:, :, None].expand(-1, -1, t, -1, -1), x], -2)
+    grid = torch.stack([make_grid(tiles[:, :, i], nrow=max(1, min(ncol, b)), padding=2, pad_value=1.0)
+                        for i in range(t)])
+    grid = to_uint8(grid).permute(0, 2, 3, 1).numpy()
     files = {fmt: str(write_video(grid, directory / f"{stem}.{fmt}", fps)) for fmt in formats}
-    rows = clip_grid(clips.transpose(1, 2).flatten(0, 1)[:, :, None], None, clips.shape[2], scale)[0]
+    rows = make_grid(x.transpose(1, 2).flatten(0, 1), nrow=t, padding=2, pad_value=1.0)
     if captions:  # a caption column on the left of every row
-        from PIL import Image, ImageDraw
-
-        pad = 8 * max(len(str(c)) for c in captions) + 4
-        canvas = Image.new("RGB", (rows.shape[1] + pad, rows.shape[0]), "white")
-        canvas.paste(Image.fromarray(rows), (pad, 0))
-        draw = ImageDraw.Draw(canvas)
-        step = rows.shape[0] // clips.shape[0]
-        for i, text in enumerate(captions[: clips.shape[0]]):
-            draw.text((2, i * step + step // 2 - 5), str(text), fill=(0, 0, 0))
-        rows = np.asarray(canvas)
-    from PIL import Image
-
-    files["frames"] = str(directory / f"{stem}_frames.png")
-    Image.fromarray(rows).save(files["frames"])
+        h, width = rows.shape[1] // b, 8 * max(len(str(c)) for c in captions) + 4
+        labels = [_label(str(c), width, h) for c in captions[:b]]
+        column = torch.cat([*labels, torch.ones(3, rows.shape[1] - h * len(labels), width)], 1)
+        rows = torch.cat([column, rows], -1)
+    files["frames"] = str(save_picture(rows, directory / f"{stem}_frames.png"))
     return files
