@@ -1,22 +1,16 @@
-"""Checkpoint files while training: atomic writes (temporary file, fsync, rename), and Lightning's loads through
-the safe reader of :mod:`vqgan.models.io` (``weights_only=True``; inference reads checkpoints there, without
-Lightning). A process killed while writing leaves the previous checkpoint intact.
-
-Resuming (``vqgan fit --resume last``) picks the newest checkpoint that passes :func:`verify_checkpoint` (CRC of
-every record, safe load, training state present) and falls back to older ones when the newest is damaged.
-:class:`ResumeState` and :class:`ResumableSampler` make the resumed run continue exactly: same data order and
-position inside the epoch, same random state. :class:`GuardedModelCheckpoint` keeps the last K step checkpoints
-and never writes while the run is producing non-finite steps.
-"""
+"""Checkpoint files while training: atomic writes (a killed process leaves the previous checkpoint intact), safe
+``weights_only`` loads through :mod:`vqgan.models.io`, resuming from the newest good checkpoint, and exact
+resumption (:class:`ResumeState`, :class:`ResumableSampler`: same data order, position and random state)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lightning as L
 import numpy as np
@@ -30,32 +24,33 @@ from vqgan.models.io import CheckpointError, load_checkpoint_file, verify_checkp
 log = logging.getLogger(__name__)
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, ``fsync``, then ``os.replace`` onto ``path``.
-
-    Our own rather than Lightning's (private) ``_atomic_save``: that one first serialises the whole checkpoint into
-    memory (a second copy of a 2 GB checkpoint) and never ``fsync``s, so a power cut can still leave a hole."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """``write(file)`` into a temporary ``.NAME.tmpPID`` in the same folder, ``fsync``, then ``os.replace`` onto
+    ``path``: readers see the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError:
-        pass
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` through :func:`atomic_write`. Not Lightning's (private) ``_atomic_save``: that one first
+    serialises the whole checkpoint into memory (a second copy of a 2 GB checkpoint) and never ``fsync``s."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -70,13 +65,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 # -- verification and resume ---------------------------------------------------------------------------------------
 def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
-    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (read cheaply,
-    tensors memory-mapped), then by modification time. Unreadable files come last (they fail verification).
-    The step, not only the time, decides, so a run folder copied without its timestamps still resumes from its
-    latest state."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
+    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (read with
+    tensors memory-mapped), then by modification time (so a folder copied without its timestamps still resumes from
+    its latest state). Unreadable files come last."""
 
     def key(p: Path) -> tuple[int, int, bool, str]:
         try:
@@ -85,44 +76,34 @@ def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
             step = -1
         return step, p.stat().st_mtime_ns, p.name == "last.ckpt", p.name
 
-    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
-    return sorted(files, key=key, reverse=True)
+    return sorted((p for p in Path(ckpt_dir).glob("*.ckpt") if p.is_file()), key=key, reverse=True)
 
 
 def remove_stale_temporaries(ckpt_dir: str | Path) -> list[Path]:
     """Delete ``.NAME.tmpPID`` files left by a writer that was killed (its process no longer exists)."""
     removed = []
-    for p in Path(ckpt_dir).glob(".*.tmp*") if Path(ckpt_dir).is_dir() else []:
+    for p in Path(ckpt_dir).glob(".*.tmp*"):
         pid = p.name.rpartition(".tmp")[2]
-        if pid.isdigit() and _process_alive(int(pid)):
-            continue
-        p.unlink(missing_ok=True)
-        removed.append(p)
+        if not (pid.isdigit() and _process_alive(int(pid))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # exists but belongs to someone else
-        return True
+        pass
     return True
 
 
 def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint`; ``None`` when there is none.
-
-    A corrupt or truncated newest file (a disk that filled up, a copy that was cut short) is reported with a
-    warning and the previous good one is used instead, so a run loses at most the steps since that one.
-
-    Raises:
-        CheckpointError: every checkpoint in the folder is unusable (each one's problem is listed).
-    """
-    ckpt_dir = Path(ckpt_dir)
+    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint` (``None`` when there is none).
+    A corrupt or truncated newer file is reported with a warning and skipped; :class:`CheckpointError` (listing
+    each problem) when every checkpoint is unusable."""
     for p in remove_stale_temporaries(ckpt_dir):
         log.warning("removed %s, a checkpoint write that was interrupted", p)
     problems = []
@@ -157,15 +138,13 @@ class ResumableSampler(DistributedSampler):
 
     A dataset with ``accepts_global_index = True`` receives *global* indices ``epoch * n + i`` (``i`` a permutation
     of ``range(n)``; it takes the index modulo its length), so that its random augmentations can be a function of
-    ``(seed, global index)``: the same items in every process, with any number of workers, before and after a
-    resume, and new augmentations every epoch. Other datasets receive plain indices in ``range(n)``.
+    ``(seed, global index)``: the same in every process and worker, before and after a resume, new every epoch.
 
     Under DDP, rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's order, padded to a multiple of
-    ``W`` with its first items, as :class:`~torch.utils.data.DistributedSampler` does. Sharding here rather than in
-    Lightning's wrapper (which re-shuffles the positions; the class is a ``DistributedSampler`` so that Lightning
-    leaves it alone) is what makes a resumed multi-process run exact: after ``k`` batches of ``B`` on every rank,
-    the first ``k * B * W`` items of the order are consumed, and the order rolled by that many continues each
-    rank's shard where it stopped.
+    ``W`` as :class:`~torch.utils.data.DistributedSampler` does. Sharding here rather than in Lightning's wrapper
+    (which re-shuffles; being a ``DistributedSampler`` makes Lightning leave this one alone) keeps a resumed
+    multi-process run exact: after ``k`` batches of ``B`` on every rank the first ``k * B * W`` items are consumed,
+    and the order rolled by that many continues each rank's shard where it stopped.
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
@@ -185,10 +164,6 @@ class ResumableSampler(DistributedSampler):
     @property
     def rank(self) -> int:  # type: ignore[override]
         return torch.distributed.get_rank() if _distributed() else 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = epoch
 
     def resume_at(self, epoch: int, items: int) -> None:
         """Make the next iteration of ``epoch`` skip its first ``items`` items (already trained on, all ranks)."""
@@ -251,11 +226,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 class ResumeState(L.Callback):
     """Saves what Lightning does not, so that a resumed run continues exactly where it stopped: the position in
     the training epoch (for :class:`ResumableSampler`) and the global random states (k-means starts and dead-code
-    restarts of the quantizers draw from them).
-
-    Lightning restores the step counters, weights, codebooks, optimizer, scheduler, discriminator and callback
-    states itself.
-    """
+    restarts of the quantizers draw from them)."""
 
     def __init__(self, sampler: ResumableSampler | None = None, batch_size: int = 1):
         self.sampler, self.batch_size = sampler, batch_size
@@ -296,21 +267,8 @@ class GuardedModelCheckpoint(ModelCheckpoint):
     """A :class:`ModelCheckpoint` that writes nothing while the module reports non-finite steps
     (``pl_module.counters["nonfinite_streak"] > 0``), so NaN weights never replace the last good checkpoints."""
 
-    @staticmethod
-    def _healthy(pl_module: L.LightningModule) -> bool:
-        streak = getattr(pl_module, "counters", {}).get("nonfinite_streak", 0)
+    def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
+        streak = getattr(trainer.lightning_module, "counters", {}).get("nonfinite_streak", 0)
         if streak:
             log.debug("not writing a checkpoint: the last %d step(s) were non-finite", streak)
-        return not streak
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
-        if self._healthy(pl_module):
-            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._healthy(pl_module):
-            super().on_validation_end(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._healthy(pl_module):
-            super().on_train_epoch_end(trainer, pl_module)
+        return bool(streak) or super()._should_skip_saving_checkpoint(trainer)

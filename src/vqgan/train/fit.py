@@ -1,18 +1,9 @@
 """``fit``: stage 1's data, module and callbacks, trained by the shared harness (:mod:`vqgan.train.harness`), which
-writes the run folder::
-
-    RUN_DIR/config.yaml                resolved configuration
-    RUN_DIR/checkpoints/last.ckpt      latest state (resume from it); best.ckpt; stepNNNNNNN.ckpt (last K)
-    RUN_DIR/samples/step_*.png         reconstructions of a fixed validation batch
-    RUN_DIR/logs/                      TensorBoard event files (RUN_DIR/wandb/ too with train.logger=wandb)
-    RUN_DIR/diagnostics.npz            codebook diagnostics (every train.diagnostics_every_n_steps and at the end)
-    RUN_DIR/metrics.json               final validation metrics and run statistics
-"""
+writes the run folder (README lists its files)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +16,7 @@ from vqgan.data import build_datasets, collate_skip, pin_memory
 from vqgan.train.callbacks import ReconstructionSamples
 from vqgan.train.checkpoint import ResumableSampler, ResumeState
 from vqgan.train.diagnostics import CodebookDiagnostics
-from vqgan.train.harness import (  # noqa: F401  (check_run_dir, resolve_resume, write_json_atomic: public here too)
-    RunParts,
-    check_run_dir,
-    finish_run,
-    resolve_resume,
-    resolve_run_dir,
-    run_training,
-    write_json_atomic,
-)
+from vqgan.train.harness import RunParts, finish_run, resolve_run_dir, run_training
 from vqgan.train.module import VQGANModule
 
 log = logging.getLogger(__name__)
@@ -43,19 +26,16 @@ def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
     """Training (shuffled, drop_last) and validation (fixed order) loaders for ``cfg.data``."""
     d = cfg.data
     train_ds, val_ds = build_datasets(d, cfg.train.seed)
-    workers = d.num_workers
     common: dict[str, Any] = dict(
-        num_workers=workers, collate_fn=collate_skip, persistent_workers=workers > 0,
+        num_workers=d.num_workers, collate_fn=collate_skip, persistent_workers=d.num_workers > 0,
         pin_memory=pin_memory(cfg.train.accelerator),
     )
-    if workers > 0:
-        common["multiprocessing_context"] = "spawn" if os.name == "nt" else None
-    drop_last = len(train_ds) >= d.batch_size
     # Iterable datasets (video chunks) shuffle themselves; a DataLoader refuses shuffle=True for them.
     shuffle = not isinstance(train_ds, torch.utils.data.IterableDataset)
     # A map-style set gets a sampler whose order depends on (seed, epoch) only and that can start mid-epoch, so
     # that a resumed run sees exactly the batches an uninterrupted one would have seen.
     sampler = ResumableSampler(train_ds, seed=cfg.train.seed) if shuffle else None
+    drop_last = len(train_ds) >= d.batch_size
     train = DataLoader(train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=drop_last, **common)
     val = DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **common)
     return train, val
@@ -80,21 +60,14 @@ def fit(
 ) -> dict[str, Any]:
     """Train a stage-1 tokenizer and return the final metrics (also written to ``RUN_DIR/metrics.json``).
 
-    Everything that can be checked before training (config consistency, data, perceptual backbone file) is
-    checked first, so that a mistake costs seconds rather than a run.
-
-    Args:
-        run_dir: the run folder; ``None`` trains in ``runs/RUN_NAME``.
-        resume: ``"last"`` (the newest good checkpoint of the run folder) or a checkpoint path.
-        run_name: names the run (the folder when ``run_dir`` is not given, and the W&B run); default ``cfg.name``.
+    The config is checked before training, so that a mistake costs seconds rather than a run. ``run_dir=None``
+    trains in ``runs/RUN_NAME``; ``resume`` is ``"last"`` (the newest good checkpoint of the run folder) or a
+    checkpoint path; ``run_name`` (default ``cfg.name``) names the run (and its W&B run).
     """
     cfg.validate()
     run_dir = resolve_run_dir(run_dir, run_name)
-    if cfg.train.accelerator == "cpu" or not torch.cuda.is_available():
-        torch.set_float32_matmul_precision("highest")
-    else:
-        torch.set_float32_matmul_precision("high")
-    diagnostics: list[CodebookDiagnostics] = []
+    on_gpu = cfg.train.accelerator != "cpu" and torch.cuda.is_available()
+    torch.set_float32_matmul_precision("high" if on_gpu else "highest")
 
     def build() -> RunParts:
         train_loader, val_loader = build_loaders(cfg)
@@ -104,19 +77,14 @@ def fit(
             # checkpoint keys stay those of an eager run (see VQModel.compile).
             module.model.compile()
         sampler = train_loader.sampler if isinstance(train_loader.sampler, ResumableSampler) else None
-        t = cfg.train
-        if t.diagnostics_every_n_steps > 0:
-            diagnostics.append(CodebookDiagnostics(run_dir, t.diagnostics_every_n_steps))
+        every = cfg.train.diagnostics_every_n_steps
+        diagnostics = [CodebookDiagnostics(run_dir, every)] if every > 0 else []
         callbacks = [ResumeState(sampler, cfg.data.batch_size), ReconstructionSamples(run_dir / "samples"), *diagnostics]
         return RunParts(module, train_loader, val_loader, cfg, callbacks, strategy=_strategy(cfg))
 
     result = run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks)
-    module = result.module
-    val = module.last_val_metrics
-    metrics = result.metrics(
-        codebook_usage=val.get("codebook_usage"),
-        **{k: v for k, v in module.counters.items() if k != "nonfinite_streak"},
-    )
+    counters = {k: v for k, v in result.module.counters.items() if k != "nonfinite_streak"}
+    metrics = result.metrics(codebook_usage=result.module.last_val_metrics.get("codebook_usage"), **counters)
     if metrics.get("skipped_data"):
         log.warning("%d unreadable data item(s) were skipped (see the warnings above)", metrics["skipped_data"])
     return finish_run(result, run_dir, metrics)

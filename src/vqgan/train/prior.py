@@ -1,22 +1,9 @@
 """Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching prior
-on a latent folder (``vqgan encode --what continuous|quantized``).
+on a latent folder (``vqgan encode --what continuous|quantized``), in a run folder like stage 1's (see README).
 
-The run folder mirrors stage 1's::
-
-    RUN_DIR/config.yaml                resolved configuration
-    RUN_DIR/checkpoints/last.ckpt      latest state (resume from it); best.ckpt (lowest val/loss); stepNNNNNNN.ckpt
-    RUN_DIR/samples/codes_*.png        code-usage histogram of sampled tokens against the data's
-    RUN_DIR/samples/step_*.png         decoded samples, when a tokenizer is known
-    RUN_DIR/samples/trajectory_*.png   flow priors: decoded ODE states from noise (left) to sample (right)
-    RUN_DIR/samples/loss.png           training and validation loss over the steps (from the TensorBoard logs)
-    RUN_DIR/logs/                      TensorBoard event files
-    RUN_DIR/metrics.json               final validation metrics and run statistics
-
-Token metrics: loss (cross-entropy in nats), perplexity ``exp(loss)`` and accuracy, on the predicted positions
-(all positions for GPT, the masked ones for MaskGIT). After every validation, ``train.num_samples`` token maps are
-sampled and their code histogram is compared with the data's (usage, perplexity, total-variation distance).
-A flow prior logs its flow-matching loss (also on each half of the path); its latents are normalised with
-statistics of the whole training set, computed before training and stored in the checkpoint.
+Token metrics (loss in nats, perplexity, accuracy) are on the predicted positions (all for GPT, the masked ones for
+MaskGIT); the code histogram of ``train.num_samples`` samples is compared with the data's after every validation.
+A flow prior's latents are normalised with whole-training-set statistics, stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -38,20 +25,23 @@ from vqgan.inference import decode_tokens
 from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.models.io import CheckpointError, load_model
 from vqgan.models.prior import PriorExperimentConfig, build_prior
-from vqgan.train.harness import RunParts, finish_run, lr_scheduler, resolve_run_dir, run_training
+from vqgan.train.harness import (
+    RunParts,
+    finish_run,
+    optimizers,
+    publish_validation,
+    resolve_run_dir,
+    run_training,
+)
+from vqgan.train.module import track_nonfinite
 
 log = logging.getLogger(__name__)
 
 
 class PriorModule(L.LightningModule):
-    """A prior, its optimiser (AdamW, warm-up then cosine decay) and its metrics (token metrics for GPT and
-    MaskGIT, the flow-matching loss for a flow prior).
-
-    Args:
-        config: a :class:`PriorExperimentConfig` as a plain dict (checkpoints stay plain data).
-        tokens: metadata of the token folder (codebook size, class names, source tokenizer), stored with the
-            checkpoint so that ``vqgan sample`` knows them.
-    """
+    """A prior, its optimiser and its metrics. ``config`` is a :class:`PriorExperimentConfig` as a plain dict;
+    ``tokens`` the token folder's metadata (codebook size, class names, source tokenizer), stored with the
+    checkpoint so that ``vqgan sample`` knows them."""
 
     def __init__(self, config: dict[str, Any], tokens: dict[str, Any] | None = None):
         super().__init__()
@@ -75,40 +65,23 @@ class PriorModule(L.LightningModule):
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "pos_emb" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "pos_emb" in n]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # The fused (single-kernel) AdamW where the device has one, as stage 1's Adam; same update rule.
-        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused)
-        return [opt], [lr_scheduler(opt, t, self._trainer)]
+        return optimizers(torch.optim.AdamW, groups, t, self._trainer, lr=t.lr)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model.training_loss(batch[self.key], batch.get("label"))
         b = batch[self.key].shape[0]
         if not bool(torch.isfinite(out.loss)):
-            from vqgan.train.module import NonFiniteLossError
-
-            self.counters["nonfinite_streak"] += 1
             self.counters["skipped_steps"] += 1
-            log.warning("step %d: non-finite prior loss (%d in a row)", self.global_step, self.counters["nonfinite_streak"])
-            if self.counters["nonfinite_streak"] >= self.cfg.train.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{self.counters['nonfinite_streak']} consecutive steps with a non-finite loss (step "
-                    f"{self.global_step}); stopping. The last good checkpoint is kept. Lower train.lr or raise "
-                    "train.max_nonfinite_steps."
-                )
+            track_nonfinite(self, False, "prior loss", "loss", "Lower train.lr or raise train.max_nonfinite_steps.")
             # Skip the update (automatic optimization skips a step whose training_step returns None); under DDP every
             # rank must step, so there the update happens and only the checkpoints are held back.
             return None if self.trainer.world_size == 1 else out.loss
         self.counters["nonfinite_streak"] = 0
-        if self.flow:
-            logs = {"train/loss": out.loss.detach(), **{f"train/{k}": v for k, v in out.logs.items()}}
-        else:
-            logs = {
-                "train/loss": out.loss.detach(),
-                "train/perplexity": out.loss.detach().exp(),
-                "train/accuracy": out.accuracy,
-            }
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=b)
-        self.log("loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
+        loss = out.loss.detach()
+        logs = out.logs if self.flow else {"perplexity": loss.exp(), "accuracy": out.accuracy}
+        self.log_dict({f"train/{k}": v for k, v in {"loss": loss, **logs}.items()}, on_step=True, on_epoch=False,
+                      batch_size=b)
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
         return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -132,11 +105,7 @@ class PriorModule(L.LightningModule):
             kw.update(temperature=t.sample_temperature, top_k=t.sample_top_k, top_p=t.sample_top_p)
         if m.kind == "maskgit":
             kw["steps"] = min(t.maskgit_steps, m.num_tokens)
-        was = self.model.training
-        self.model.eval()
-        tokens = self.model.generate(**kw)
-        self.model.train(was)
-        return tokens, labels
+        return _generate(self.model, **kw), labels
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
@@ -151,12 +120,17 @@ class PriorModule(L.LightningModule):
             if not self.flow:
                 codes = sample_code_metrics(tokens, self.data_histogram)
                 metrics.update({f"val/sample_{k}": v for k, v in codes.items()})
-        self.log_dict(metrics, prog_bar=False)
-        self.log("val_loss", metrics["val/loss"], prog_bar=True, logger=False)
-        self.last_val_metrics = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
-        self.last_val_step = self.global_step
+        publish_validation(self, metrics, "val/loss")
 
 
+def _generate(model: torch.nn.Module, **kwargs: Any) -> Any:
+    """``model.generate(**kwargs)`` in eval mode, restoring the mode after."""
+    was = model.training
+    model.eval()
+    try:
+        return model.generate(**kwargs)
+    finally:
+        model.train(was)
 
 
 class PriorSamples(L.Callback):
@@ -192,15 +166,11 @@ class PriorSamples(L.Callback):
         from vqgan.models.prior.latent_space import decode_latents, trajectory_images
         from vqgan.viz.samples import save_image_grid
 
-        model = pl_module.model
         labels = pl_module.last_sample_labels
         k = min(4, latents.shape[0])
         g = torch.Generator(device=pl_module.device).manual_seed(pl_module.cfg.train.seed)
-        was = model.training
-        model.eval()
-        _, trajectory = model.generate(num=k, labels=None if labels is None else labels[:k], generator=g,
-                                       return_trajectory=True)
-        model.train(was)
+        _, trajectory = _generate(pl_module.model, num=k, labels=None if labels is None else labels[:k], generator=g,
+                                  return_trajectory=True)
         columns = min(6, len(trajectory))
         frames = trajectory_images(self.tokenizer, trajectory, columns, self.projection, self.snap)
         save_image_grid(frames, self.directory / f"trajectory_{step:07d}.png", ncol=columns)
