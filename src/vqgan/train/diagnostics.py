@@ -19,6 +19,7 @@ import torch
 
 from vqgan.metrics.codebook import DIAGNOSTICS_FILE, load_diagnostics  # noqa: F401 - the reader of what this writes
 from vqgan.quantizers.base import Quantizer, perplexity_and_usage
+from vqgan.train.callbacks import log_to_experiments
 from vqgan.train.checkpoint import atomic_write
 
 SCALARS = ("usage", "perplexity", "dead_codes", "restarts")
@@ -113,7 +114,6 @@ class CodebookDiagnostics(L.Callback):
             save_diagnostics(self.records, self.path)
             for logger in trainer.loggers:
                 logger.log_metrics({f"diag/{k}": float(row[k]) for k in SCALARS}, step=step)
-                experiment = getattr(logger, "experiment", None)
-                if "code_norms" in row and hasattr(experiment, "add_histogram"):
-                    experiment.add_histogram("diag/code_norms", row["code_norms"], step)
+            if "code_norms" in row:
+                log_to_experiments(trainer, "histogram", "diag/code_norms", row["code_norms"], step)
         return row

@@ -16,7 +16,7 @@ from vqgan.data import build_datasets, collate_skip, pin_memory
 from vqgan.train.callbacks import ReconstructionSamples
 from vqgan.train.checkpoint import ResumableSampler, ResumeState
 from vqgan.train.diagnostics import CodebookDiagnostics
-from vqgan.train.harness import RunParts, finish_run, resolve_run_dir, run_training
+from vqgan.train.harness import RunParts, resolve_run_dir, run_training
 from vqgan.train.module import VQGANModule
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ def fit(
         callbacks = [ResumeState(sampler, cfg.data.batch_size), ReconstructionSamples(run_dir / "samples"), *diagnostics]
         return RunParts(module, train_loader, val_loader, cfg, callbacks, strategy=_strategy(cfg))
 
-    result = run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks)
-    counters = {k: v for k, v in result.module.counters.items() if k != "nonfinite_streak"}
-    metrics = result.metrics(codebook_usage=result.module.last_val_metrics.get("codebook_usage"), **counters)
-    if metrics.get("skipped_data"):
-        log.warning("%d unreadable data item(s) were skipped (see the warnings above)", metrics["skipped_data"])
-    return finish_run(result, run_dir, metrics)
+    def extra(module: VQGANModule) -> dict[str, Any]:
+        counters = {k: v for k, v in module.counters.items() if k != "nonfinite_streak"}
+        if counters["skipped_data"]:
+            log.warning("%d unreadable data item(s) were skipped (see the warnings above)", counters["skipped_data"])
+        return {"codebook_usage": module.last_val_metrics.get("codebook_usage"), **counters}
+
+    return run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks, extra)

@@ -53,25 +53,19 @@ class WarmupCosine:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def total_steps(settings: TrainerSettings, trainer: L.Trainer | None = None) -> int:
-    """Optimizer steps the run will take: ``max_steps``, or under ``max_epochs`` the Trainer's estimate (epochs
-    times batches per epoch)."""
-    if settings.max_epochs is None or trainer is None:
-        return settings.max_steps
-    estimate = trainer.estimated_stepping_batches
-    return int(estimate) if math.isfinite(estimate) else settings.max_steps
-
-
 def optimizers(
     cls: type[torch.optim.Optimizer], groups: list[dict], settings: TrainerSettings, trainer: L.Trainer | None,
     **kwargs: Any,
 ) -> tuple[list[torch.optim.Optimizer], list[dict]]:
     """``configure_optimizers``'s answer for both stages: ``cls`` over ``groups``, fused (one kernel; 3-4x faster
     than the per-tensor loop on CPU, same update rule) where the device has it, and the one schedule, stepped every
-    optimizer step."""
+    optimizer step; under ``max_epochs`` the cosine ends at the Trainer's estimate of the steps."""
     fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     opt = cls(groups, betas=tuple(settings.betas), fused=fused, **kwargs)
-    total = total_steps(settings, trainer) if settings.lr_schedule == "cosine" else None
+    total = None
+    if settings.lr_schedule == "cosine":
+        estimate = trainer.estimated_stepping_batches if settings.max_epochs and trainer is not None else math.inf
+        total = int(estimate) if math.isfinite(estimate) else settings.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(settings.warmup_steps, total, settings.min_lr_ratio))
     return [opt], [{"scheduler": sched, "interval": "step"}]
 
@@ -261,27 +255,6 @@ class RunParts:
     strategy: str | None = None
 
 
-@dataclass
-class RunResult:
-    """What :func:`run_training` returns: the Trainer and module after the final validation, the checkpoint the run
-    resumed from, and the training time in seconds."""
-
-    trainer: L.Trainer
-    module: L.LightningModule
-    resumed_from: str | None
-    seconds: float
-
-    def metrics(self, **extra: Any) -> dict[str, Any]:
-        """The final validation metrics, the step count, the timing and ``extra``."""
-        return {
-            **self.module.last_val_metrics,
-            "steps": self.trainer.global_step,
-            "train_seconds": round(self.seconds, 2),
-            "resumed_from": self.resumed_from,
-            **extra,
-        }
-
-
 def quiet_lightning() -> None:
     """Keep Lightning's advice to developers out of the user's terminal: the litlogger tip, the modules-in-eval-mode
     warning, the worker-count hint, and warnings about choices this harness makes on purpose."""
@@ -308,10 +281,13 @@ def run_training(
     resume: str | bool | None = None,
     run_name: str = "run",
     extra_callbacks: list[L.Callback] | None = None,
-) -> RunResult:
+    extra_metrics: Callable[[Any], dict[str, Any]] = lambda module: {},
+) -> dict[str, Any]:
     """The run procedure of every stage: check the run folder, seed, ``build()`` the parts, save the resolved
     config, fit (resuming when asked), write ``checkpoints/last.ckpt`` (full state), validate the final weights
-    unless that was just done. A failed run that created its folder and wrote nothing but its config removes it."""
+    unless that was just done, and return the final metrics (validation, steps, time, ``extra_metrics(module)``),
+    written to ``RUN_DIR/metrics.json`` on rank zero. A failed run that created its folder and wrote nothing but
+    its config removes it."""
     quiet_lightning()
     require_logger_package(settings)
     run_dir = Path(run_dir)
@@ -333,21 +309,23 @@ def run_training(
         if created:
             _remove_if_left_empty(run_dir, written)
         raise
+    module = parts.module
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state, to resume
-    if parts.module.last_val_step != trainer.global_step:  # validate the final weights unless just done
-        trainer.validate(parts.module, parts.val_loader, verbose=False, weights_only=True)
-    return RunResult(trainer, parts.module, ckpt_path, seconds)
-
-
-def finish_run(result: RunResult, run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Write ``RUN_DIR/metrics.json`` on rank zero only, close the W&B run (so that a next ``fit`` in the same
-    process starts its own instead of logging into this one), and return ``metrics``."""
+    if module.last_val_step != trainer.global_step:  # validate the final weights unless just done
+        trainer.validate(module, parts.val_loader, verbose=False, weights_only=True)
+    metrics = {
+        **module.last_val_metrics,
+        "steps": trainer.global_step,
+        "train_seconds": round(seconds, 2),
+        "resumed_from": ckpt_path,
+        **extra_metrics(module),
+    }
+    if trainer.is_global_zero:
+        text = json.dumps(metrics, indent=2, sort_keys=True)
+        atomic_write(run_dir / "metrics.json", lambda f: f.write(text.encode()))
     from lightning.pytorch.loggers import WandbLogger
 
-    if result.trainer.is_global_zero:
-        text = json.dumps(metrics, indent=2, sort_keys=True)
-        atomic_write(Path(run_dir) / "metrics.json", lambda f: f.write(text.encode()))
-    for logger in result.trainer.loggers:
+    for logger in trainer.loggers:  # close the W&B run, so that a next fit in this process starts its own
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
     return metrics

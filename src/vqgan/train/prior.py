@@ -25,9 +25,9 @@ from vqgan.inference import decode_tokens
 from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.models.io import CheckpointError, load_model
 from vqgan.models.prior import PriorExperimentConfig, build_prior
+from vqgan.train.callbacks import log_to_experiments
 from vqgan.train.harness import (
     RunParts,
-    finish_run,
     optimizers,
     publish_validation,
     resolve_run_dir,
@@ -189,24 +189,16 @@ class PriorSamples(L.Callback):
 
         if not pl_module.flow:
             save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
-            for logger in trainer.loggers:
-                exp = getattr(logger, "experiment", None)
-                if hasattr(exp, "add_histogram"):
-                    exp.add_histogram("samples/codes", tokens.flatten().cpu(), step)
+            log_to_experiments(trainer, "histogram", "samples/codes", tokens.flatten().cpu(), step)
         if self.tokenizer is not None:
-            if pl_module.flow:
-                images = self._flow_figures(pl_module, tokens, step)
-            else:
-                images = decode_tokens(self.tokenizer, tokens)
+            flow = pl_module.flow
+            images = self._flow_figures(pl_module, tokens, step) if flow else decode_tokens(self.tokenizer, tokens)
             ncol = 8
             if images.dim() == 5:  # clips: one row of frames per sample
                 ncol = images.shape[2]
                 images = images[:8].transpose(1, 2).flatten(0, 1)
             save_image_grid(images, self.directory / f"step_{step:07d}.png", ncol=ncol)
-            for logger in trainer.loggers:
-                exp = getattr(logger, "experiment", None)
-                if hasattr(exp, "add_image"):
-                    exp.add_image("samples/images", image_grid(images), step)
+            log_to_experiments(trainer, "image", "samples/images", image_grid(images), step)
         pl_module.last_samples = None
 
 
@@ -221,8 +213,7 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
     train_dir, val_dir = resolve_token_folders(root)
     if d.val_tokens is not None:
         val_dir = Path(d.val_tokens)
-    flow = cfg.model.kind == "flow"
-    what = read_manifest(train_dir).what
+    flow, what = cfg.model.kind == "flow", read_manifest(train_dir).what
     if flow and what == "indices":
         raise TokenFolderError(
             f"{train_dir} holds code indices; a flow prior trains on latents: `vqgan encode --what continuous`"
@@ -258,26 +249,19 @@ def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest, latent_shape: t
     """Take the vocabulary, map (or clip grid) size and classes from the token folder (they are facts of the data);
     for a flow prior, the latent channels and map size from ``latent_shape`` ``(C, h, w)`` (after any projection)."""
     m = cfg.model
-    frames = 1
-    changes = {}
     if latent_shape is not None:
         c, h, w = latent_shape
-        if m.latent_channels != c:
-            changes["latent_channels"] = c
+        facts = {"latent_channels": c, "token_frames": 1}
     else:
         *t, h, w = manifest.token_shape
-        frames = t[0] if t else 1
-    if m.vocab_size != manifest.codebook_size:
-        changes["vocab_size"] = manifest.codebook_size
-    if (m.token_height, m.token_width) != (h, w):
-        changes.update(token_height=h, token_width=w)
-    if m.token_frames != frames:
-        changes["token_frames"] = frames
-    if m.num_classes > 0 and m.num_classes != manifest.num_classes:
-        changes["num_classes"] = manifest.num_classes
-    for k, v in changes.items():
-        log.info("model.%s=%s taken from the token folder (config said %s)", k, v, getattr(m, k))
-        setattr(m, k, v)
+        facts = {"token_frames": t[0] if t else 1}
+    facts.update(vocab_size=manifest.codebook_size, token_height=h, token_width=w)
+    if m.num_classes > 0:
+        facts["num_classes"] = manifest.num_classes
+    for k, v in facts.items():
+        if getattr(m, k) != v:
+            log.info("model.%s=%s taken from the token folder (config said %s)", k, v, getattr(m, k))
+            setattr(m, k, v)
 
 
 # -- entry point ----------------------------------------------------------------------------------------------
@@ -292,13 +276,9 @@ def fit_prior(
 ) -> dict[str, Any]:
     """Train a prior on the token folder ``tokens_dir`` and return the final metrics (also in ``metrics.json``).
 
-    Args:
-        cfg: the experiment; vocabulary size, token map size and classes are taken from the token folder.
-        run_dir: the run folder; ``None`` trains in ``runs/RUN_NAME``.
-        resume: ``"last"``/``True`` (the newest good checkpoint of the run folder) or a checkpoint path.
-        tokenizer: stage-1 checkpoint to decode validation samples into image grids (default: the one recorded by
-            ``vqgan encode``, when it still exists).
-        run_name: names the run (the folder when ``run_dir`` is not given, and the W&B run); default ``cfg.name``.
+    The vocabulary, token map size and classes of ``cfg`` are taken from the token folder. ``run_dir``,
+    ``resume`` and ``run_name`` as for :func:`vqgan.train.fit`; ``tokenizer``: the stage-1 checkpoint that decodes
+    validation samples into image grids (default: the one recorded by ``vqgan encode``, when it still exists).
     """
     run_dir = resolve_run_dir(run_dir, run_name)
     tokens_dir = tokens_dir or cfg.data.tokens
@@ -320,10 +300,7 @@ def fit_prior(
             raise ConfigError(
                 f"labels go up to {int(train_ds.labels.max())} but model.num_classes={cfg.model.num_classes}"
             )
-        meta = {
-            "codebook_size": manifest.codebook_size, "token_shape": manifest.token_shape,
-            "class_names": manifest.class_names, "source": manifest.source, "what": manifest.what,
-        }
+        meta = {k: getattr(manifest, k) for k in ("codebook_size", "token_shape", "class_names", "source", "what")}
         if projection is not None:
             meta["projection"] = str(Path(cfg.data.projection).resolve())
         module = PriorModule(to_dict(cfg), meta)
@@ -341,12 +318,11 @@ def fit_prior(
         return RunParts(module, train_loader, val_loader, cfg, [samples],
                         trainer_kwargs={"gradient_clip_val": cfg.train.grad_clip})
 
-    result = run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks)
-    metrics = result.metrics(
-        parameters=sum(p.numel() for p in result.module.model.parameters()),
-        skipped_steps=result.module.counters["skipped_steps"],
-    )
-    return finish_run(result, run_dir, metrics)
+    def extra(module: PriorModule) -> dict[str, Any]:
+        return {"parameters": sum(p.numel() for p in module.model.parameters()),
+                "skipped_steps": module.counters["skipped_steps"]}
+
+    return run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks, extra)
 
 
 def _load_tokenizer(tokenizer: str | Path | None, manifest, projection: str | None = None) -> torch.nn.Module | None:
