@@ -12,11 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from vqgan.config import ExperimentConfig, to_dict
-from vqgan.data import build_datasets, collate_skip, pin_memory
+from vqgan.data import build_datasets, collate_skip
 from vqgan.train.callbacks import ReconstructionSamples
 from vqgan.train.checkpoint import ResumableSampler, ResumeState
 from vqgan.train.diagnostics import CodebookDiagnostics
-from vqgan.train.harness import RunParts, resolve_run_dir, run_training
+from vqgan.train.harness import RunParts, data_loaders, resolve_run_dir, run_training
 from vqgan.train.module import VQGANModule
 
 log = logging.getLogger(__name__)
@@ -24,21 +24,14 @@ log = logging.getLogger(__name__)
 
 def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
     """Training (shuffled, drop_last) and validation (fixed order) loaders for ``cfg.data``."""
-    d = cfg.data
-    train_ds, val_ds = build_datasets(d, cfg.train.seed)
-    common: dict[str, Any] = dict(
-        num_workers=d.num_workers, collate_fn=collate_skip, persistent_workers=d.num_workers > 0,
-        pin_memory=pin_memory(cfg.train.accelerator),
-    )
-    # Iterable datasets (video chunks) shuffle themselves; a DataLoader refuses shuffle=True for them.
-    shuffle = not isinstance(train_ds, torch.utils.data.IterableDataset)
+    train_ds, val_ds = build_datasets(cfg.data, cfg.train.seed)
     # A map-style set gets a sampler whose order depends on (seed, epoch) only and that can start mid-epoch, so
-    # that a resumed run sees exactly the batches an uninterrupted one would have seen.
-    sampler = ResumableSampler(train_ds, seed=cfg.train.seed) if shuffle else None
-    drop_last = len(train_ds) >= d.batch_size
-    train = DataLoader(train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=drop_last, **common)
-    val = DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **common)
-    return train, val
+    # that a resumed run sees exactly the batches an uninterrupted one would have seen. Iterable datasets (video
+    # chunks) shuffle themselves.
+    iterable = isinstance(train_ds, torch.utils.data.IterableDataset)
+    sampler = None if iterable else ResumableSampler(train_ds, seed=cfg.train.seed)
+    loader_kw = {"collate_fn": collate_skip}
+    return data_loaders(train_ds, val_ds, cfg.data, cfg.train.accelerator, {"sampler": sampler}, **loader_kw)
 
 
 def _strategy(cfg: ExperimentConfig) -> str:

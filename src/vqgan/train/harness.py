@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from torch.utils.data import DataLoader
 
 from vqgan.config import ConfigError, TrainerSettings, dump_config
+from vqgan.data import pin_memory
 from vqgan.train.checkpoint import (
     AtomicCheckpointIO,
     GuardedModelCheckpoint,
@@ -77,6 +78,16 @@ def publish_validation(module: L.LightningModule, metrics: dict[str, torch.Tenso
     module.log(bar.replace("/", "_"), metrics[bar], prog_bar=True, logger=False)
     module.last_val_metrics = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
     module.last_val_step = module.global_step
+
+
+def data_loaders(
+    train_ds: Any, val_ds: Any, d: Any, accelerator: str, train_kw: dict[str, Any], **kw: Any
+) -> tuple[DataLoader, DataLoader]:
+    """Both stages' training loader (``train_kw``: its sampler or shuffling; ``drop_last`` when the set holds a
+    batch) and validation loader (fixed order), with the batch sizes and workers of the data config ``d``."""
+    kw.update(num_workers=d.num_workers, persistent_workers=d.num_workers > 0, pin_memory=pin_memory(accelerator))
+    train = DataLoader(train_ds, batch_size=d.batch_size, drop_last=len(train_ds) >= d.batch_size, **train_kw, **kw)
+    return train, DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **kw)
 
 
 # -- Trainer --------------------------------------------------------------------------------------------------

@@ -1,11 +1,9 @@
 """Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization.
 
-One optimizer with two parameter groups (generator, discriminator) steps once per batch, so Lightning's
-``global_step`` counts batches whatever the GAN schedule. The generator's loss is back-propagated into the
-autoencoder's parameters only and the discriminator's into the discriminator's only (``inputs=``), and the
+One optimizer with two parameter groups (generator, discriminator) steps once per batch, so ``global_step`` counts
+batches whatever the GAN schedule. Each loss reaches its own network's parameters only (``inputs=``) and the
 discriminator sees detached reconstructions: no gradient leaks between the two (a bug of several public
-implementations; ``tests/test_training.py`` pins it). A non-finite loss or gradient skips that network's update
-for the step and is counted; too many in a row stop the run (:class:`NonFiniteLossError`).
+implementations). A non-finite loss or gradient skips that network's update and is counted.
 """
 
 from __future__ import annotations
@@ -69,13 +67,12 @@ class VQGANModule(L.LightningModule):
         )
         if self.cfg.train.channels_last:
             # NHWC weights as well as NHWC inputs (training_step), so that oneDNN / cuDNN don't reorder at every call.
-            self.model.to(memory_format=torch.channels_last)
-            if self.discriminator is not None:
-                self.discriminator.to(memory_format=torch.channels_last)
+            for net in (self.model, self.discriminator):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
         self.automatic_optimization = False
-        k = self.model.quantize.codebook_size
         self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_usage = CodebookUsage(k, num_stages=self.model.quantize.num_stages)
+        self.val_usage = CodebookUsage(self.model.quantize.codebook_size, num_stages=self.model.quantize.num_stages)
         # Counters saved in checkpoints (see on_save_checkpoint).
         self.counters = {"skipped_generator": 0, "skipped_discriminator": 0, "skipped_data": 0, "nonfinite_streak": 0}
         self.val_batch_for_samples: torch.Tensor | None = None
@@ -84,7 +81,6 @@ class VQGANModule(L.LightningModule):
         # Seed 000's chunk schedule: whether the current batch comes from GAN passes (None: no chunk schedule).
         self._batch_gan: bool | None = None
 
-    # -- optimisation ---------------------------------------------------------------------------------------
     def generator_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
@@ -115,7 +111,6 @@ class VQGANModule(L.LightningModule):
             return 1.0
         return float(scaler.get_scale())
 
-    # -- training -------------------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Count skipped (unreadable) items on the host, before the batch moves to the device: no sync later.
         if isinstance(batch, dict) and "skipped" in batch:
@@ -189,7 +184,6 @@ class VQGANModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0], logger=False)
 
-    # -- validation -----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self.val_batch_for_samples = None
 
@@ -208,27 +202,20 @@ class VQGANModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         stats = self.val_usage.compute()
-        metrics = {
-            "val/psnr": self.val_psnr.compute(),
-            "val/ssim": self.val_ssim.compute(),
-            "val/rec": self.val_rec.compute(),
-            "val/codebook_usage": stats["usage"],
-            "val/perplexity": stats["perplexity"],
-            "val/code_entropy_bits": stats["entropy"],
-        }
+        metrics = {"val/psnr": self.val_psnr.compute(), "val/ssim": self.val_ssim.compute(),
+                   "val/rec": self.val_rec.compute(), "val/codebook_usage": stats["usage"],
+                   "val/perplexity": stats["perplexity"], "val/code_entropy_bits": stats["entropy"]}
         for m in (self.val_psnr, self.val_ssim, self.val_rec, self.val_usage):
             m.reset()
         publish_validation(self, metrics, "val/psnr")
 
-    # -- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen perceptual network is rebuilt from its own file; don't copy 60 MB into every checkpoint.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss_fn.")}
         checkpoint["vqgan_counters"] = dict(self.counters)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        own = {k: v for k, v in self.state_dict().items() if k.startswith("loss_fn.")}
-        checkpoint["state_dict"].update(own)
+        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith("loss_fn.")})
         self.counters.update(checkpoint.get("vqgan_counters", {}))
 
 
@@ -247,11 +234,9 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None, scale: float = 1.0) -> torch.Tensor:
-    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync).
-
-    The gradients may hold ``scale`` times the true gradients (a mixed-precision loss scale, undone later by the
-    optimizer step): scaling is linear, so clipping them to ``max_norm * scale`` is clipping the true gradients to
-    ``max_norm``, and the true norm is the norm over ``scale``."""
+    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync). The
+    gradients may hold ``scale`` times the true ones (a mixed-precision loss scale): clipping them to
+    ``max_norm * scale`` clips the true gradients to ``max_norm``, whose norm is the norm over ``scale``."""
     grads = [p for p in params if p.grad is not None]
     if not grads:
         return torch.zeros((), device=params[0].device if params else None)

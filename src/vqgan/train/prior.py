@@ -14,11 +14,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from vqgan.config import ConfigError, from_dict, to_dict
-from vqgan.data import pin_memory
 from vqgan.data.latents import LatentDataset
 from vqgan.data.tokens import TokenDataset, TokenFolderError, read_manifest, resolve_token_folders
 from vqgan.inference import decode_tokens
@@ -28,6 +26,7 @@ from vqgan.models.prior import PriorExperimentConfig, build_prior
 from vqgan.train.callbacks import log_to_experiments
 from vqgan.train.harness import (
     RunParts,
+    data_loaders,
     optimizers,
     publish_validation,
     resolve_run_dir,
@@ -56,7 +55,6 @@ class PriorModule(L.LightningModule):
         self.last_val_step = -1
         self.last_samples: torch.Tensor | None = None
         self.last_sample_labels: torch.Tensor | None = None
-        # Read by the harness's guarded checkpoints: nothing is written while steps are non-finite.
         self.counters = {"skipped_steps": 0, "nonfinite_streak": 0}
 
     def configure_optimizers(self):
@@ -99,8 +97,7 @@ class PriorModule(L.LightningModule):
         training config's sampling options; classes cycle when conditional."""
         m, t = self.cfg.model, self.cfg.train
         labels = torch.arange(num, device=self.device) % m.num_classes if m.num_classes > 0 else None
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        kw = dict(labels=labels, num=num, generator=g)
+        kw = dict(labels=labels, num=num, generator=torch.Generator(device=self.device).manual_seed(seed))
         if not self.flow:
             kw.update(temperature=t.sample_temperature, top_k=t.sample_top_k, top_p=t.sample_top_p)
         if m.kind == "maskgit":
@@ -139,13 +136,8 @@ class PriorSamples(L.Callback):
     decoded through ``projection`` (when it was trained on projected latents) and, with ``snap``, the nearest
     codes; a figure of its ODE trajectory follows every grid. At the end of training, the loss over the steps."""
 
-    def __init__(
-        self,
-        directory: str | Path,
-        tokenizer: torch.nn.Module | None = None,
-        projection: torch.nn.Module | None = None,
-        snap: bool = False,
-    ):
+    def __init__(self, directory: str | Path, tokenizer: torch.nn.Module | None = None,
+                 projection: torch.nn.Module | None = None, snap: bool = False):
         self.directory = Path(directory)
         self.tokenizer, self.projection, self.snap = tokenizer, projection, snap
 
@@ -158,8 +150,7 @@ class PriorSamples(L.Callback):
             scalars = read_scalars(Path(trainer.default_root_dir))
         except FileNotFoundError:  # no TensorBoard logger (train.logger none)
             return
-        tags = [t for t in ("train/loss", "val/loss") if t in scalars]
-        if tags:
+        if tags := [t for t in ("train/loss", "val/loss") if t in scalars]:
             plot_scalar_curves(scalars, tags, self.directory / "loss.png", ylabel=f"{pl_module.cfg.model.kind} loss")
 
     def _flow_figures(self, pl_module: PriorModule, latents: torch.Tensor, step: int) -> torch.Tensor:
@@ -236,13 +227,7 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
         val_idx = set(torch.linspace(0, n - 1, n_val).round().long().tolist()) if n_val else set()
         train_ds = full.subset([i for i in range(n) if i not in val_idx] or range(n))
         val_ds = full.subset(sorted(val_idx) or range(n))
-    kw: dict[str, Any] = dict(
-        num_workers=d.num_workers, persistent_workers=d.num_workers > 0, pin_memory=pin_memory(cfg.train.accelerator)
-    )
-    drop = len(train_ds) >= d.batch_size
-    train = DataLoader(train_ds, batch_size=d.batch_size, shuffle=True, drop_last=drop, **kw)
-    val = DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **kw)
-    return train, val, train_ds
+    return (*data_loaders(train_ds, val_ds, d, cfg.train.accelerator, {"shuffle": True}), train_ds)
 
 
 def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest, latent_shape: tuple[int, ...] | None = None) -> None:
