@@ -37,12 +37,6 @@ def find_quantizer(module: torch.nn.Module) -> Quantizer:
     raise ValueError(f"{type(module).__name__} contains no Quantizer")
 
 
-def save_diagnostics(records: dict[str, list[Any]], path: str | Path) -> Path:
-    """Write ``records`` (lists of per-record values) as ``npz`` atomically."""
-    arrays = {k: np.asarray(v, dtype=_DTYPES.get(k)) for k, v in records.items() if len(v) or k in ("step", *SCALARS)}
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
 class CodebookDiagnostics(L.Callback):
     """Record codebook statistics into ``run_dir/diagnostics.npz`` every ``every_n_steps`` optimizer steps;
     per-code arrays only for codebooks of up to ``max_codes`` codes."""
@@ -68,9 +62,7 @@ class CodebookDiagnostics(L.Callback):
         self._previous_codes = self._codes(target)
         self._last_step = start
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_step:
             self.record(trainer, pl_module, step)
@@ -111,7 +103,9 @@ class CodebookDiagnostics(L.Callback):
         if trainer.is_global_zero:
             for k, v in row.items():
                 self.records[k].append(v)
-            save_diagnostics(self.records, self.path)
+            kept = {k: v for k, v in self.records.items() if len(v) or k in ("step", *SCALARS)}
+            arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in kept.items()}
+            atomic_write(self.path, lambda f: np.savez(f, **arrays))
             for logger in trainer.loggers:
                 logger.log_metrics({f"diag/{k}": float(row[k]) for k in SCALARS}, step=step)
             if "code_norms" in row:

@@ -45,11 +45,8 @@ def _strategy(cfg: ExperimentConfig) -> str:
 
 
 def fit(
-    cfg: ExperimentConfig,
-    run_dir: str | Path | None = None,
-    resume: str | bool | None = None,
-    extra_callbacks: list[L.Callback] | None = None,
-    run_name: str | None = None,
+    cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: str | bool | None = None,
+    extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train a stage-1 tokenizer and return the final metrics (also written to ``RUN_DIR/metrics.json``).
 

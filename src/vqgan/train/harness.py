@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch.utils.data import DataLoader
 
 from vqgan.config import ConfigError, TrainerSettings, dump_config
@@ -106,21 +107,6 @@ class StepProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
 
 
-def build_loggers(settings: TrainerSettings, run_dir: Path, run_name: str) -> list[Any]:
-    """TensorBoard under ``RUN_DIR/logs`` (also with W&B, so ``vqgan report`` always has event files), and W&B
-    under ``RUN_DIR/wandb`` for ``logger: wandb`` (not in debug mode)."""
-    loggers: list[Any] = []
-    if settings.logger in ("tensorboard", "wandb"):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
-    if settings.logger == "wandb" and not settings.debug:
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(WandbLogger(project=settings.wandb_project or "vqgan", name=run_name, save_dir=str(run_dir)))
-    return loggers
-
-
 def require_logger_package(settings: TrainerSettings) -> None:
     """Fail before training, in one line, when the chosen logger's package is missing."""
     if settings.logger == "wandb" and not settings.debug:
@@ -133,11 +119,7 @@ def require_logger_package(settings: TrainerSettings) -> None:
 
 
 def build_trainer(
-    settings: TrainerSettings,
-    run_dir: Path,
-    callbacks: list[L.Callback],
-    run_name: str,
-    strategy: str | None = None,
+    settings: TrainerSettings, run_dir: Path, callbacks: list[L.Callback], run_name: str, strategy: str | None = None,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """The Lightning Trainer of every run: checkpoints (``best``, ``last``, the last ``keep_last_k`` periodic ones,
@@ -153,11 +135,16 @@ def build_trainer(
     else:
         val_every = min(t.val_every_n_steps, max_steps) if max_steps > 0 else t.val_every_n_steps
         val = dict(val_check_interval=val_every, check_val_every_n_epoch=None)
-        periodic = (
-            {"every_n_epochs": t.checkpoint_every_n_epochs}
-            if t.checkpoint_every_n_epochs is not None
-            else {"every_n_train_steps": t.checkpoint_every_n_steps or val_every}
-        )
+        periodic = {"every_n_train_steps": t.checkpoint_every_n_steps or val_every}
+        if t.checkpoint_every_n_epochs is not None:
+            periodic = {"every_n_epochs": t.checkpoint_every_n_epochs}
+    # TensorBoard under RUN_DIR/logs (also with W&B, so that `vqgan report` always has event files), W&B under
+    # RUN_DIR/wandb (not in debug mode).
+    loggers: list[Any] = []
+    if t.logger in ("tensorboard", "wandb"):
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
+    if t.logger == "wandb" and not t.debug:
+        loggers.append(WandbLogger(project=t.wandb_project or "vqgan", name=run_name, save_dir=str(run_dir)))
     kw = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
     all_callbacks: list[L.Callback] = [
         GuardedModelCheckpoint(filename="best", monitor=t.monitor, mode=t.monitor_mode, save_last=True, **kw),
@@ -165,29 +152,16 @@ def build_trainer(
                                **periodic, **kw),
         StepProgressBar(),
         *callbacks,
+        *([LearningRateMonitor(logging_interval="step")] if loggers else []),
     ]
-    loggers = build_loggers(t, run_dir, run_name)
-    if loggers:
-        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     return L.Trainer(
-        default_root_dir=str(run_dir),
-        max_steps=max_steps,
+        default_root_dir=str(run_dir), max_steps=max_steps,
         max_epochs=t.max_epochs if t.max_epochs is not None and not t.debug else -1,
         max_time=None if t.max_time_minutes is None else timedelta(minutes=t.max_time_minutes),
-        **val,
-        limit_val_batches=2 if t.debug else None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1 if t.debug else t.log_every_n_steps,
-        logger=loggers or False,
-        callbacks=all_callbacks,
-        plugins=[AtomicCheckpointIO()],
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=strategy or t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        enable_model_summary=False,
-        enable_progress_bar=True,
+        **val, limit_val_batches=2 if t.debug else None, num_sanity_val_steps=0,
+        log_every_n_steps=1 if t.debug else t.log_every_n_steps, logger=loggers or False, callbacks=all_callbacks,
+        plugins=[AtomicCheckpointIO()], accelerator=t.accelerator, devices=t.devices, strategy=strategy or t.strategy,
+        num_nodes=t.num_nodes, precision=t.precision, enable_model_summary=False, enable_progress_bar=True,
         benchmark=True,  # cuDNN picks the fastest convolutions for the fixed batch shapes once (off by default)
         **trainer_kwargs,
     )
@@ -286,12 +260,8 @@ def _drop_chatter(record: logging.LogRecord) -> bool:
 
 
 def run_training(
-    settings: TrainerSettings,
-    run_dir: str | Path,
-    build: Callable[[], RunParts],
-    resume: str | bool | None = None,
-    run_name: str = "run",
-    extra_callbacks: list[L.Callback] | None = None,
+    settings: TrainerSettings, run_dir: str | Path, build: Callable[[], RunParts], resume: str | bool | None = None,
+    run_name: str = "run", extra_callbacks: list[L.Callback] | None = None,
     extra_metrics: Callable[[Any], dict[str, Any]] = lambda module: {},
 ) -> dict[str, Any]:
     """The run procedure of every stage: check the run folder, seed, ``build()`` the parts, save the resolved
@@ -334,8 +304,6 @@ def run_training(
     if trainer.is_global_zero:
         text = json.dumps(metrics, indent=2, sort_keys=True)
         atomic_write(run_dir / "metrics.json", lambda f: f.write(text.encode()))
-    from lightning.pytorch.loggers import WandbLogger
-
     for logger in trainer.loggers:  # close the W&B run, so that a next fit in this process starts its own
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()

@@ -102,15 +102,6 @@ class VQGANModule(L.LightningModule):
         c = self.cfg.loss
         return disc_factor(self.global_step, c.disc_start, c.disc_ramp_steps, c.disc_weight_max)
 
-    def grad_scale(self) -> float:
-        """The loss scale of the precision plugin's gradient scaler (``16-mixed``), else 1. ``manual_backward``
-        back-propagates the scaled loss and the plugin unscales only inside ``optimizer.step()``, so clipping and
-        the gradient norms must account for the scale."""
-        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
-        if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
-            return 1.0
-        return float(scaler.get_scale())
-
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Count skipped (unreadable) items on the host, before the batch moves to the device: no sync later.
         if isinstance(batch, dict) and "skipped" in batch:
@@ -154,7 +145,10 @@ class VQGANModule(L.LightningModule):
         # keep a copy so that a skipped step leaves no trace of a NaN batch in it.
         saved = _forward_state(self.model, self.discriminator)
         opt.zero_grad(set_to_none=True)
-        scale = self.grad_scale()
+        # The loss scale of the gradient scaler (16-mixed): manual_backward back-propagates the scaled loss and the
+        # plugin unscales only inside optimizer.step(), so clipping and the gradient norms must account for it.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         step = self.compute_gradients(x, mask, factor, backward=self.manual_backward, grad_scale=scale)
         g = step.g
         # One host sync per step: are the losses and gradients finite? Skip the update of a network that isn't.

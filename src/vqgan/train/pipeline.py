@@ -52,13 +52,8 @@ def _train_once(name: str, run_dir: Path, train: Callable[..., dict[str, Any]]) 
 
 
 def run_pipeline(
-    cfg: ExperimentConfig,
-    prior: PriorExperimentConfig,
-    run_dir: str | Path,
-    num_samples: int = 16,
-    ncol: int = 8,
-    device: str = "cpu",
-    progress: bool = False,
+    cfg: ExperimentConfig, prior: PriorExperimentConfig, run_dir: str | Path, num_samples: int = 16, ncol: int = 8,
+    device: str = "cpu", progress: bool = False,
 ) -> PipelineResult:
     """Train the tokenizer ``cfg``, encode its training set, train the prior ``prior`` on the codes and sample
     ``num_samples`` images (a grid of ``ncol`` columns) into ``run_dir``."""

@@ -251,13 +251,9 @@ def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest, latent_shape: t
 
 # -- entry point ----------------------------------------------------------------------------------------------
 def fit_prior(
-    cfg: PriorExperimentConfig,
-    tokens_dir: str | Path | None,
-    run_dir: str | Path | None = None,
-    resume: str | bool | None = None,
-    tokenizer: str | Path | None = None,
-    extra_callbacks: list[L.Callback] | None = None,
-    run_name: str | None = None,
+    cfg: PriorExperimentConfig, tokens_dir: str | Path | None, run_dir: str | Path | None = None,
+    resume: str | bool | None = None, tokenizer: str | Path | None = None,
+    extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train a prior on the token folder ``tokens_dir`` and return the final metrics (also in ``metrics.json``).
 

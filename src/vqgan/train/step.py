@@ -30,14 +30,8 @@ def plain_backward(loss: torch.Tensor, inputs: list[torch.nn.Parameter] | None =
 
 
 def generator_forward_backward(
-    model: nn.Module,
-    loss_fn: VQGANLoss,
-    discriminator: nn.Module | None,
-    x: torch.Tensor,
-    mask: torch.Tensor | None,
-    disc_factor: float,
-    params: list[torch.nn.Parameter],
-    backward: Backward = plain_backward,
+    model: nn.Module, loss_fn: VQGANLoss, discriminator: nn.Module | None, x: torch.Tensor,
+    mask: torch.Tensor | None, disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = plain_backward,
 ) -> tuple[VQModelOutput, LossOutput]:
     """Autoencoder forward pass, generator loss, and its gradients accumulated into ``params`` only; the returned
     loss is detached. ``discriminator`` is ``None`` (or ``disc_factor`` 0) when the adversarial term is off this
@@ -80,13 +74,8 @@ def generator_forward_backward(
 
 
 def discriminator_forward_backward(
-    loss_fn: VQGANLoss,
-    discriminator: nn.Module,
-    x: torch.Tensor,
-    reconstruction: torch.Tensor,
-    disc_factor: float,
-    params: list[torch.nn.Parameter],
-    backward: Backward = plain_backward,
+    loss_fn: VQGANLoss, discriminator: nn.Module, x: torch.Tensor, reconstruction: torch.Tensor, disc_factor: float,
+    params: list[torch.nn.Parameter], backward: Backward = plain_backward,
 ) -> LossOutput:
     """Discriminator loss on real images and detached reconstructions, its gradients accumulated into ``params``.
     Real and fake batches go through separately (as in taming), so BatchNorm statistics are those of each batch."""
