@@ -12,8 +12,8 @@ from vqgan.viz.grids import comparison_grid, save_comparison
 
 
 def log_to_experiments(trainer: L.Trainer, kind: str, tag: str, value: Any, step: int) -> None:
-    """``experiment.add_KIND(tag, value, step)`` on every logger whose experiment has it (TensorBoard); an image
-    also goes to W&B (``log_image``)."""
+    """``experiment.add_KIND(tag, value, step)`` on every logger whose experiment has it (TensorBoard); an
+    image also goes to W&B (``log_image``)."""
     for logger in trainer.loggers:
         add = getattr(getattr(logger, "experiment", None), f"add_{kind}", None)
         if add is not None:

@@ -1,6 +1,7 @@
-"""Checkpoint files while training: atomic writes (a killed process leaves the previous checkpoint intact), safe
-``weights_only`` loads through :mod:`vqgan.models.io`, resuming from the newest good checkpoint, and exact
-resumption (:class:`ResumeState`, :class:`ResumableSampler`: same data order, position and random state)."""
+"""Checkpoint files while training: atomic writes (a killed process leaves the previous checkpoint intact),
+safe ``weights_only`` loads through :mod:`vqgan.models.io`, resuming from the newest good checkpoint, and
+exact resumption (:class:`ResumeState`, :class:`ResumableSampler`: same data order, position and random
+state)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """``write(file)`` into a temporary ``.NAME.tmpPID`` in the same folder, ``fsync``, then ``os.replace`` onto
-    ``path``: readers see the old file or the new one, never a partial one."""
+    """``write(file)`` into a temporary ``.NAME.tmpPID`` in the same folder, ``fsync``, then ``os.replace``
+    onto ``path``: readers see the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -66,8 +67,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # -- verification and resume ---------------------------------------------------------------------------------------
 def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
     """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (read with
-    tensors memory-mapped), then by modification time (so a folder copied without its timestamps still resumes from
-    its latest state). Unreadable files come last."""
+    tensors memory-mapped), then by modification time (so a folder copied without its timestamps still resumes
+    from its latest state). Unreadable files come last."""
 
     def key(p: Path) -> tuple[int, int, bool, str]:
         try:
@@ -101,9 +102,9 @@ def _process_alive(pid: int) -> bool:
 
 
 def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint` (``None`` when there is none).
-    A corrupt or truncated newer file is reported with a warning and skipped; :class:`CheckpointError` (listing
-    each problem) when every checkpoint is unusable."""
+    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint` (``None`` when there is
+    none). A corrupt or truncated newer file is reported with a warning and skipped; :class:`CheckpointError`
+    (listing each problem) when every checkpoint is unusable."""
     for p in remove_stale_temporaries(ckpt_dir):
         log.warning("removed %s, a checkpoint write that was interrupted", p)
     problems = []
@@ -133,18 +134,20 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
 
 # -- exact resumption: data position and random state ----------------------------------------------------------------
 class ResumableSampler(DistributedSampler):
-    """Shuffled order that is a function of ``(seed, epoch)`` only, can start part-way into an epoch, and shards
-    itself over the processes of a data-parallel run.
+    """Shuffled order that is a function of ``(seed, epoch)`` only, can start part-way into an epoch, and
+    shards itself over the processes of a data-parallel run.
 
-    A dataset with ``accepts_global_index = True`` receives *global* indices ``epoch * n + i`` (``i`` a permutation
-    of ``range(n)``; it takes the index modulo its length), so that its random augmentations can be a function of
-    ``(seed, global index)``: the same in every process and worker, before and after a resume, new every epoch.
+    A dataset with ``accepts_global_index = True`` receives *global* indices ``epoch * n + i`` (``i`` a
+    permutation of ``range(n)``; it takes the index modulo its length), so that its random augmentations can
+    be a function of ``(seed, global index)``: the same in every process and worker, before and after a
+    resume, new every epoch.
 
-    Under DDP, rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's order, padded to a multiple of
-    ``W`` as :class:`~torch.utils.data.DistributedSampler` does. Sharding here rather than in Lightning's wrapper
-    (which re-shuffles; being a ``DistributedSampler`` makes Lightning leave this one alone) keeps a resumed
-    multi-process run exact: after ``k`` batches of ``B`` on every rank the first ``k * B * W`` items are consumed,
-    and the order rolled by that many continues each rank's shard where it stopped.
+    Under DDP, rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's order, padded to a
+    multiple of ``W`` as :class:`~torch.utils.data.DistributedSampler` does. Sharding here rather than in
+    Lightning's wrapper (which re-shuffles; being a ``DistributedSampler`` makes Lightning leave this one
+    alone) keeps a resumed multi-process run exact: after ``k`` batches of ``B`` on every rank the first ``k *
+    B * W`` items are consumed, and the order rolled by that many continues each rank's shard where it
+    stopped.
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
@@ -224,9 +227,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """Saves what Lightning does not, so that a resumed run continues exactly where it stopped: the position in
-    the training epoch (for :class:`ResumableSampler`) and the global random states (k-means starts and dead-code
-    restarts of the quantizers draw from them)."""
+    """Saves what Lightning does not, so that a resumed run continues exactly where it stopped: the position
+    in the training epoch (for :class:`ResumableSampler`) and the global random states (k-means starts and
+    dead-code restarts of the quantizers draw from them)."""
 
     def __init__(self, sampler: ResumableSampler | None = None, batch_size: int = 1):
         self.sampler, self.batch_size = sampler, batch_size

@@ -1,11 +1,12 @@
-"""Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer), every
-``train.diagnostics_every_n_steps`` steps and once more at the end of training, for the model's quantizer (the
-first stage of a residual one); README lists the statistics.
+"""Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer),
+every ``train.diagnostics_every_n_steps`` steps and once more at the end of training, for the model's
+quantizer (the first stage of a residual one); README lists the statistics.
 
 File format, ``RUN_DIR/diagnostics.npz`` (written atomically): ``step (T,)`` int64; scalars ``usage``,
 ``perplexity`` (float64), ``dead_codes``, ``restarts`` (int64), each ``(T,)``; per-code ``code_norms``,
 ``code_grad_norms``, ``code_counts`` ``(T, K)`` float32, left out for implicit codebooks over 65,536 codes.
-Read it with :func:`vqgan.metrics.codebook.load_diagnostics`. Recording syncs with the host once per record only.
+Read it with :func:`vqgan.metrics.codebook.load_diagnostics`. Recording syncs with the host once per record
+only.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""``fit``: stage 1's data, module and callbacks, trained by the shared harness (:mod:`vqgan.train.harness`), which
-writes the run folder (README lists its files)."""
+"""``fit``: stage 1's data, module and callbacks, trained by the shared harness (:mod:`vqgan.train.harness`),
+which writes the run folder (README lists its files)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
     """Training (shuffled, drop_last) and validation (fixed order) loaders for ``cfg.data``."""
     train_ds, val_ds = build_datasets(cfg.data, cfg.train.seed)
-    # A map-style set gets a sampler whose order depends on (seed, epoch) only and that can start mid-epoch, so
-    # that a resumed run sees exactly the batches an uninterrupted one would have seen. Iterable datasets (video
-    # chunks) shuffle themselves.
+    # A map-style set gets a sampler whose order depends on (seed, epoch) only and that can start mid-epoch,
+    # so that a resumed run sees exactly the batches an uninterrupted one would have seen. Iterable datasets
+    # (video chunks) shuffle themselves.
     iterable = isinstance(train_ds, torch.utils.data.IterableDataset)
     sampler = None if iterable else ResumableSampler(train_ds, seed=cfg.train.seed)
     loader_kw = {"collate_fn": collate_skip}
@@ -74,8 +74,8 @@ def fit(
 
     def extra(module: VQGANModule) -> dict[str, Any]:
         counters = {k: v for k, v in module.counters.items() if k != "nonfinite_streak"}
-        if counters["skipped_data"]:
-            log.warning("%d unreadable data item(s) were skipped (see the warnings above)", counters["skipped_data"])
+        if n := counters["skipped_data"]:
+            log.warning("%d unreadable data item(s) were skipped (see the warnings above)", n)
         return {"codebook_usage": module.last_val_metrics.get("codebook_usage"), **counters}
 
     return run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks, extra)

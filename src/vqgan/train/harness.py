@@ -1,6 +1,6 @@
 """The training harness shared by stage 1 (``fit``) and the priors (``fit_prior``): one Trainer builder, one
-learning-rate schedule, one run procedure (:func:`run_training`); what differs between the stages comes in through
-:class:`RunParts`."""
+learning-rate schedule, one run procedure (:func:`run_training`); what differs between the stages comes in
+through :class:`RunParts`."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ RUNS_ROOT = Path("runs")
 
 # -- learning rate ---------------------------------------------------------------------------------------------
 class WarmupCosine:
-    """Learning-rate factor: linear warm-up to 1 over ``warmup`` steps, then constant (``total=None``) or a cosine
-    decay to ``min_ratio`` at ``total`` steps. A picklable callable (not a lambda), so the scheduler's state stays
-    plain data."""
+    """Learning-rate factor: linear warm-up to 1 over ``warmup`` steps, then constant (``total=None``) or a
+    cosine decay to ``min_ratio`` at ``total`` steps. A picklable callable (not a lambda), so the scheduler's
+    state stays plain data."""
 
     def __init__(self, warmup: int, total: int | None = None, min_ratio: float = 0.1):
         self.warmup, self.total, self.min_ratio = max(warmup, 0), total, min_ratio
@@ -56,25 +56,28 @@ class WarmupCosine:
 
 
 def optimizers(
-    cls: type[torch.optim.Optimizer], groups: list[dict], settings: TrainerSettings, trainer: L.Trainer | None,
-    **kwargs: Any,
+    cls: type[torch.optim.Optimizer], groups: list[dict], settings: TrainerSettings,
+    trainer: L.Trainer | None, **kwargs: Any,
 ) -> tuple[list[torch.optim.Optimizer], list[dict]]:
-    """``configure_optimizers``'s answer for both stages: ``cls`` over ``groups``, fused (one kernel; 3-4x faster
-    than the per-tensor loop on CPU, same update rule) where the device has it, and the one schedule, stepped every
-    optimizer step; under ``max_epochs`` the cosine ends at the Trainer's estimate of the steps."""
+    """``configure_optimizers``'s answer for both stages: ``cls`` over ``groups``, fused (one kernel; 3-4x
+    faster than the per-tensor loop on CPU, same update rule) where the device has it, and the one schedule,
+    stepped every optimizer step; under ``max_epochs`` the cosine ends at the Trainer's estimate of the steps.
+    """
     fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     opt = cls(groups, betas=tuple(settings.betas), fused=fused, **kwargs)
     total = None
     if settings.lr_schedule == "cosine":
-        estimate = trainer.estimated_stepping_batches if settings.max_epochs and trainer is not None else math.inf
+        by_epochs = settings.max_epochs and trainer is not None
+        estimate = trainer.estimated_stepping_batches if by_epochs else math.inf
         total = int(estimate) if math.isfinite(estimate) else settings.max_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(settings.warmup_steps, total, settings.min_lr_ratio))
+    factor = WarmupCosine(settings.warmup_steps, total, settings.min_lr_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return [opt], [{"scheduler": sched, "interval": "step"}]
 
 
 def publish_validation(module: L.LightningModule, metrics: dict[str, torch.Tensor], bar: str) -> None:
-    """Log a validation's ``metrics``, show ``bar`` in the progress bar (as ``val_NAME``), and keep them, without
-    their ``val/`` prefix, in ``module.last_val_metrics`` for ``metrics.json``."""
+    """Log a validation's ``metrics``, show ``bar`` in the progress bar (as ``val_NAME``), and keep them,
+    without their ``val/`` prefix, in ``module.last_val_metrics`` for ``metrics.json``."""
     module.log_dict(metrics)
     module.log(bar.replace("/", "_"), metrics[bar], prog_bar=True, logger=False)
     module.last_val_metrics = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
@@ -84,17 +87,20 @@ def publish_validation(module: L.LightningModule, metrics: dict[str, torch.Tenso
 def data_loaders(
     train_ds: Any, val_ds: Any, d: Any, accelerator: str, train_kw: dict[str, Any], **kw: Any
 ) -> tuple[DataLoader, DataLoader]:
-    """Both stages' training loader (``train_kw``: its sampler or shuffling; ``drop_last`` when the set holds a
-    batch) and validation loader (fixed order), with the batch sizes and workers of the data config ``d``."""
-    kw.update(num_workers=d.num_workers, persistent_workers=d.num_workers > 0, pin_memory=pin_memory(accelerator))
-    train = DataLoader(train_ds, batch_size=d.batch_size, drop_last=len(train_ds) >= d.batch_size, **train_kw, **kw)
+    """Both stages' training loader (``train_kw``: its sampler or shuffling; ``drop_last`` when the set holds
+    a batch) and validation loader (fixed order), with the batch sizes and workers of the data config ``d``.
+    """
+    kw.update(num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
+              pin_memory=pin_memory(accelerator))
+    drop_last = len(train_ds) >= d.batch_size
+    train = DataLoader(train_ds, batch_size=d.batch_size, drop_last=drop_last, **train_kw, **kw)
     return train, DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **kw)
 
 
 # -- Trainer --------------------------------------------------------------------------------------------------
 class StepProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, labelled with what limits the run: ``step 40/1000`` for a step-limited run
-    (Lightning's own label reads ``Epoch 0/-2`` there), ``Epoch 3/9`` when ``max_epochs`` is the limit."""
+    """Lightning's rich progress bar, labelled with what limits the run: ``step 40/1000`` for a step-limited
+    run (Lightning's own label reads ``Epoch 0/-2`` there), ``Epoch 3/9`` when ``max_epochs`` is the limit."""
 
     def _get_train_description(self, current_epoch: int) -> str:
         t = self.trainer
@@ -119,12 +125,12 @@ def require_logger_package(settings: TrainerSettings) -> None:
 
 
 def build_trainer(
-    settings: TrainerSettings, run_dir: Path, callbacks: list[L.Callback], run_name: str, strategy: str | None = None,
-    **trainer_kwargs: Any,
+    settings: TrainerSettings, run_dir: Path, callbacks: list[L.Callback], run_name: str,
+    strategy: str | None = None, **trainer_kwargs: Any,
 ) -> L.Trainer:
-    """The Lightning Trainer of every run: checkpoints (``best``, ``last``, the last ``keep_last_k`` periodic ones,
-    never written during non-finite steps), loggers, progress bar, validation cadence, precision and hardware, plus
-    the stage's ``callbacks``; ``strategy`` overrides ``settings.strategy``."""
+    """The Lightning Trainer of every run: checkpoints (``best``, ``last``, the last ``keep_last_k`` periodic
+    ones, never written during non-finite steps), loggers, progress bar, validation cadence, precision and
+    hardware, plus the stage's ``callbacks``; ``strategy`` overrides ``settings.strategy``."""
     t = settings
     max_steps = min(t.max_steps, 10) if t.debug else t.max_steps
     if t.max_epochs is not None and not t.debug:
@@ -148,8 +154,8 @@ def build_trainer(
     kw = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
     all_callbacks: list[L.Callback] = [
         GuardedModelCheckpoint(filename="best", monitor=t.monitor, mode=t.monitor_mode, save_last=True, **kw),
-        GuardedModelCheckpoint(filename="step{step:07d}", monitor="step", mode="max", save_top_k=t.keep_last_k,
-                               **periodic, **kw),
+        GuardedModelCheckpoint(filename="step{step:07d}", monitor="step", mode="max",
+                               save_top_k=t.keep_last_k, **periodic, **kw),
         StepProgressBar(),
         *callbacks,
         *([LearningRateMonitor(logging_interval="step")] if loggers else []),
@@ -159,10 +165,11 @@ def build_trainer(
         max_epochs=t.max_epochs if t.max_epochs is not None and not t.debug else -1,
         max_time=None if t.max_time_minutes is None else timedelta(minutes=t.max_time_minutes),
         **val, limit_val_batches=2 if t.debug else None, num_sanity_val_steps=0,
-        log_every_n_steps=1 if t.debug else t.log_every_n_steps, logger=loggers or False, callbacks=all_callbacks,
-        plugins=[AtomicCheckpointIO()], accelerator=t.accelerator, devices=t.devices, strategy=strategy or t.strategy,
-        num_nodes=t.num_nodes, precision=t.precision, enable_model_summary=False, enable_progress_bar=True,
-        benchmark=True,  # cuDNN picks the fastest convolutions for the fixed batch shapes once (off by default)
+        log_every_n_steps=1 if t.debug else t.log_every_n_steps, logger=loggers or False,
+        callbacks=all_callbacks, plugins=[AtomicCheckpointIO()], accelerator=t.accelerator, devices=t.devices,
+        strategy=strategy or t.strategy, num_nodes=t.num_nodes, precision=t.precision,
+        enable_model_summary=False, enable_progress_bar=True,
+        benchmark=True,  # cuDNN picks the fastest convolutions for the fixed batch shapes once (default off)
         **trainer_kwargs,
     )
 
@@ -206,8 +213,8 @@ class RunDirInUseError(FileExistsError):
 
 
 def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
-    """Refuse to start a new run (no ``resume``) in a folder that holds checkpoints of an earlier one: it would
-    overwrite that run's ``config.yaml`` and mix two runs' checkpoints and logs."""
+    """Refuse to start a new run (no ``resume``) in a folder that holds checkpoints of an earlier one: it
+    would overwrite that run's ``config.yaml`` and mix two runs' checkpoints and logs."""
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     if ckpts and not wants_resume(resume):
         raise RunDirInUseError(
@@ -217,8 +224,9 @@ def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
 
 
 def _remove_if_left_empty(run_dir: Path, written: set[Path]) -> None:
-    """After a failed run that created ``run_dir``: remove it when it holds nothing but empty folders and the files
-    this run wrote before training (``written``). Anything else (a checkpoint, a file of the user's) keeps it."""
+    """After a failed run that created ``run_dir``: remove it when it holds nothing but empty folders and the
+    files this run wrote before training (``written``). Anything else (a checkpoint, a file of the user's)
+    keeps it."""
     if run_dir.is_dir() and all(p.is_dir() or p in written for p in run_dir.rglob("*")):
         shutil.rmtree(run_dir, ignore_errors=True)
         log.info("removed %s: the run failed before writing anything", run_dir)
@@ -260,15 +268,15 @@ def _drop_chatter(record: logging.LogRecord) -> bool:
 
 
 def run_training(
-    settings: TrainerSettings, run_dir: str | Path, build: Callable[[], RunParts], resume: str | bool | None = None,
-    run_name: str = "run", extra_callbacks: list[L.Callback] | None = None,
+    settings: TrainerSettings, run_dir: str | Path, build: Callable[[], RunParts],
+    resume: str | bool | None = None, run_name: str = "run", extra_callbacks: list[L.Callback] | None = None,
     extra_metrics: Callable[[Any], dict[str, Any]] = lambda module: {},
 ) -> dict[str, Any]:
     """The run procedure of every stage: check the run folder, seed, ``build()`` the parts, save the resolved
-    config, fit (resuming when asked), write ``checkpoints/last.ckpt`` (full state), validate the final weights
-    unless that was just done, and return the final metrics (validation, steps, time, ``extra_metrics(module)``),
-    written to ``RUN_DIR/metrics.json`` on rank zero. A failed run that created its folder and wrote nothing but
-    its config removes it."""
+    config, fit (resuming when asked), write ``checkpoints/last.ckpt`` (full state), validate the final
+    weights unless that was just done, and return the final metrics (validation, steps, time,
+    ``extra_metrics(module)``), written to ``RUN_DIR/metrics.json`` on rank zero. A failed run that created
+    its folder and wrote nothing but its config removes it."""
     quiet_lightning()
     require_logger_package(settings)
     run_dir = Path(run_dir)

@@ -1,9 +1,9 @@
 """Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization.
 
-One optimizer with two parameter groups (generator, discriminator) steps once per batch, so ``global_step`` counts
-batches whatever the GAN schedule. Each loss reaches its own network's parameters only (``inputs=``) and the
-discriminator sees detached reconstructions: no gradient leaks between the two (a bug of several public
-implementations). A non-finite loss or gradient skips that network's update and is counted.
+One optimizer with two parameter groups (generator, discriminator) steps once per batch, so ``global_step``
+counts batches whatever the GAN schedule. Each loss reaches its own network's parameters only (``inputs=``)
+and the discriminator sees detached reconstructions: no gradient leaks between the two (a bug of several
+public implementations). A non-finite loss or gradient skips that network's update and is counted.
 """
 
 from __future__ import annotations
@@ -46,14 +46,15 @@ def track_nonfinite(module: L.LightningModule, finite: bool, what: str, quantity
     log.warning("step %d: non-finite %s (%d in a row)", module.global_step, what, c["nonfinite_streak"])
     if c["nonfinite_streak"] >= module.cfg.train.max_nonfinite_steps:
         raise NonFiniteLossError(
-            f"{c['nonfinite_streak']} consecutive steps with a non-finite {quantity} (step {module.global_step}); "
-            f"stopping. The last good checkpoint is kept. {advice}"
+            f"{c['nonfinite_streak']} consecutive steps with a non-finite {quantity} "
+            f"(step {module.global_step}); stopping. The last good checkpoint is kept. {advice}"
         )
 
 
 class VQGANModule(L.LightningModule):
-    """Autoencoder + optional PatchGAN discriminator + the VQGAN loss; ``config`` is an :class:`ExperimentConfig`
-    as a plain dict (checkpoints stay plain data, loadable with ``weights_only=True``)."""
+    """Autoencoder + optional PatchGAN discriminator + the VQGAN loss; ``config`` is an
+    :class:`ExperimentConfig` as a plain dict (checkpoints stay plain data, loadable with
+    ``weights_only=True``)."""
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -72,7 +73,8 @@ class VQGANModule(L.LightningModule):
                     net.to(memory_format=torch.channels_last)
         self.automatic_optimization = False
         self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_usage = CodebookUsage(self.model.quantize.codebook_size, num_stages=self.model.quantize.num_stages)
+        q = self.model.quantize
+        self.val_usage = CodebookUsage(q.codebook_size, num_stages=q.num_stages)
         # Counters saved in checkpoints (see on_save_checkpoint).
         self.counters = {"skipped_generator": 0, "skipped_discriminator": 0, "skipped_data": 0, "nonfinite_streak": 0}
         self.val_batch_for_samples: torch.Tensor | None = None
@@ -117,9 +119,9 @@ class VQGANModule(L.LightningModule):
     ) -> StepGradients:
         """Forward passes, both losses and clipped gradients of one step; no optimizer step, no logging.
 
-        ``backward`` is ``manual_backward`` under a Trainer, else plain ``backward``. ``grad_scale`` is the factor
-        ``backward`` multiplies the gradients by (a mixed-precision loss scale): the clipping threshold and the
-        returned norms are those of the unscaled gradients."""
+        ``backward`` is ``manual_backward`` under a Trainer, else plain ``backward``. ``grad_scale`` is the
+        factor ``backward`` multiplies the gradients by (a mixed-precision loss scale): the clipping threshold
+        and the returned norms are those of the unscaled gradients."""
         t = self.cfg.train
         backward = backward or plain_backward
         gen_params = self.generator_parameters()
@@ -145,15 +147,16 @@ class VQGANModule(L.LightningModule):
         # keep a copy so that a skipped step leaves no trace of a NaN batch in it.
         saved = _forward_state(self.model, self.discriminator)
         opt.zero_grad(set_to_none=True)
-        # The loss scale of the gradient scaler (16-mixed): manual_backward back-propagates the scaled loss and the
-        # plugin unscales only inside optimizer.step(), so clipping and the gradient norms must account for it.
+        # The loss scale of the gradient scaler (16-mixed): manual_backward back-propagates the scaled loss
+        # and the plugin unscales only inside optimizer.step(), so clipping and the gradient norms must
+        # account for it.
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         step = self.compute_gradients(x, mask, factor, backward=self.manual_backward, grad_scale=scale)
         g = step.g
         # One host sync per step: are the losses and gradients finite? Skip the update of a network that isn't.
-        finite = torch.stack([torch.isfinite(g.loss) & torch.isfinite(step.g_norm), torch.isfinite(step.d_norm)])
-        finite = finite.tolist()
+        finite = [torch.isfinite(g.loss) & torch.isfinite(step.g_norm), torch.isfinite(step.d_norm)]
+        finite = torch.stack(finite).tolist()
         if scale != 1.0 and bool(torch.isfinite(g.loss)) and not all(finite):
             # A loss-scale overflow: the gradient scaler skips this optimizer step and lowers its scale itself (the
             # gradients stay as they are so that it sees them); only the forward pass's in-place state is undone.
@@ -172,10 +175,12 @@ class VQGANModule(L.LightningModule):
         opt.step()
         self.lr_schedulers().step()
 
-        logs = {**g.logs, **(step.d.logs if step.d is not None else {}), **step.out.stats, "grad_norm_g": step.g_norm}
+        logs = {**g.logs, **(step.d.logs if step.d is not None else {}), **step.out.stats}
         # Python numbers, not new CPU tensors: Lightning would copy each of them to the device every step.
-        logs.update(disc_factor=float(factor), **{k: float(v) for k, v in self.counters.items()})
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        logs.update(grad_norm_g=step.g_norm, disc_factor=float(factor))
+        logs.update({k: float(v) for k, v in self.counters.items()})
+        logs = {f"train/{k}": v for k, v in logs.items()}
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0], logger=False)
 
     def on_validation_epoch_start(self) -> None:
@@ -209,7 +214,8 @@ class VQGANModule(L.LightningModule):
         checkpoint["vqgan_counters"] = dict(self.counters)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith("loss_fn.")})
+        own = {k: v for k, v in self.state_dict().items() if k.startswith("loss_fn.")}
+        checkpoint["state_dict"].update(own)
         self.counters.update(checkpoint.get("vqgan_counters", {}))
 
 
@@ -228,8 +234,8 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None, scale: float = 1.0) -> torch.Tensor:
-    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync). The
-    gradients may hold ``scale`` times the true ones (a mixed-precision loss scale): clipping them to
+    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync).
+    The gradients may hold ``scale`` times the true ones (a mixed-precision loss scale): clipping them to
     ``max_norm * scale`` clips the true gradients to ``max_norm``, whose norm is the norm over ``scale``."""
     grads = [p for p in params if p.grad is not None]
     if not grads:

@@ -1,10 +1,11 @@
-"""The whole two-stage pipeline in one call, as seed 002's ``make ffhq`` ran it: train the tokenizer, encode its
-training set into token shards, train a transformer prior on them, and write a grid of samples.
+"""The whole two-stage pipeline in one call, as seed 002's ``make ffhq`` ran it: train the tokenizer, encode
+its training set into token shards, train a transformer prior on them, and write a grid of samples.
 
-Every stage is the library function its own command calls, so ``vqgan pipeline`` and the four commands run in turn
-give the same run. The run folder holds ``tokenizer/``, ``tokens/``, ``prior/``, ``samples/`` and
+Every stage is the library function its own command calls, so ``vqgan pipeline`` and the four commands run in
+turn give the same run. The run folder holds ``tokenizer/``, ``tokens/``, ``prior/``, ``samples/`` and
 ``pipeline.json``. A stage whose output is complete is not run again, so the same command continues an
-interrupted pipeline. Debug mode (``train.debug``): every stage runs a handful of batches, nothing logged online.
+interrupted pipeline. Debug mode (``train.debug``): every stage runs a handful of batches, nothing logged
+online.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ DEBUG_BATCHES = 10
 
 @dataclass
 class PipelineResult:
-    """Where each stage wrote its output (checkpoints, token folder, sample grid), the ``metrics.json`` of the two
-    trainings, and what sampling reported."""
+    """Where each stage wrote its output (checkpoints, token folder, sample grid), the ``metrics.json`` of the
+    two trainings, and what sampling reported."""
 
     tokenizer: str
     tokens: str
@@ -40,9 +41,9 @@ class PipelineResult:
     samples: dict[str, Any]
 
 
-def _train_once(name: str, run_dir: Path, train: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any], Path]:
-    """A training stage's metrics and last checkpoint: read back when it finished before, else ``train(resume)``
-    (continuing an interrupted training of the stage, if there is one)."""
+def _train_once(name: str, run_dir: Path, train: Callable[..., dict]) -> tuple[dict[str, Any], Path]:
+    """A training stage's metrics and last checkpoint: read back when it finished before, else
+    ``train(resume)`` (continuing an interrupted training of the stage, if there is one)."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if (run_dir / "metrics.json").is_file():
         log.info("%s: done already, %s", name, run_dir / "metrics.json")
@@ -52,8 +53,8 @@ def _train_once(name: str, run_dir: Path, train: Callable[..., dict[str, Any]]) 
 
 
 def run_pipeline(
-    cfg: ExperimentConfig, prior: PriorExperimentConfig, run_dir: str | Path, num_samples: int = 16, ncol: int = 8,
-    device: str = "cpu", progress: bool = False,
+    cfg: ExperimentConfig, prior: PriorExperimentConfig, run_dir: str | Path, num_samples: int = 16,
+    ncol: int = 8, device: str = "cpu", progress: bool = False,
 ) -> PipelineResult:
     """Train the tokenizer ``cfg``, encode its training set, train the prior ``prior`` on the codes and sample
     ``num_samples`` images (a grid of ``ncol`` columns) into ``run_dir``."""
@@ -94,9 +95,8 @@ def run_pipeline(
                        source=source, progress=progress)
 
     prior_dir = run_dir / "prior"
-    prior_metrics, prior_ckpt = _train_once(
-        "stage 2 (prior)", prior_dir, lambda r: fit_prior(prior, tokens_dir, prior_dir, resume=r, tokenizer=tok_ckpt)
-    )
+    prior_metrics, prior_ckpt = _train_once("stage 2 (prior)", prior_dir, lambda r: fit_prior(
+        prior, tokens_dir, prior_dir, resume=r, tokenizer=tok_ckpt))
 
     samples_dir = run_dir / "samples"
     log.info("sampling %d images into %s", num_samples, samples_dir)

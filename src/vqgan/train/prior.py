@@ -1,9 +1,11 @@
-"""Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching prior
-on a latent folder (``vqgan encode --what continuous|quantized``), in a run folder like stage 1's (see README).
+"""Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching
+prior on a latent folder (``vqgan encode --what continuous|quantized``), in a run folder like stage 1's (see
+README).
 
-Token metrics (loss in nats, perplexity, accuracy) are on the predicted positions (all for GPT, the masked ones for
-MaskGIT); the code histogram of ``train.num_samples`` samples is compared with the data's after every validation.
-A flow prior's latents are normalised with whole-training-set statistics, stored in the checkpoint.
+Token metrics (loss in nats, perplexity, accuracy) are on the predicted positions (all for GPT, the masked
+ones for MaskGIT); the code histogram of ``train.num_samples`` samples is compared with the data's after every
+validation. A flow prior's latents are normalised with whole-training-set statistics, stored in the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -70,15 +72,16 @@ class PriorModule(L.LightningModule):
         b = batch[self.key].shape[0]
         if not bool(torch.isfinite(out.loss)):
             self.counters["skipped_steps"] += 1
-            track_nonfinite(self, False, "prior loss", "loss", "Lower train.lr or raise train.max_nonfinite_steps.")
+            advice = "Lower train.lr or raise train.max_nonfinite_steps."
+            track_nonfinite(self, False, "prior loss", "loss", advice)
             # Skip the update (automatic optimization skips a step whose training_step returns None); under DDP every
             # rank must step, so there the update happens and only the checkpoints are held back.
             return None if self.trainer.world_size == 1 else out.loss
         self.counters["nonfinite_streak"] = 0
         loss = out.loss.detach()
         logs = out.logs if self.flow else {"perplexity": loss.exp(), "accuracy": out.accuracy}
-        self.log_dict({f"train/{k}": v for k, v in {"loss": loss, **logs}.items()}, on_step=True, on_epoch=False,
-                      batch_size=b)
+        logs = {f"train/{k}": v for k, v in {"loss": loss, **logs}.items()}
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=b)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
         return out.loss
 
@@ -160,8 +163,8 @@ class PriorSamples(L.Callback):
         labels = pl_module.last_sample_labels
         k = min(4, latents.shape[0])
         g = torch.Generator(device=pl_module.device).manual_seed(pl_module.cfg.train.seed)
-        _, trajectory = _generate(pl_module.model, num=k, labels=None if labels is None else labels[:k], generator=g,
-                                  return_trajectory=True)
+        labels = None if labels is None else labels[:k]
+        _, trajectory = _generate(pl_module.model, num=k, labels=labels, generator=g, return_trajectory=True)
         columns = min(6, len(trajectory))
         frames = trajectory_images(self.tokenizer, trajectory, columns, self.projection, self.snap)
         save_image_grid(frames, self.directory / f"trajectory_{step:07d}.png", ncol=columns)
@@ -182,8 +185,10 @@ class PriorSamples(L.Callback):
             save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
             log_to_experiments(trainer, "histogram", "samples/codes", tokens.flatten().cpu(), step)
         if self.tokenizer is not None:
-            flow = pl_module.flow
-            images = self._flow_figures(pl_module, tokens, step) if flow else decode_tokens(self.tokenizer, tokens)
+            if pl_module.flow:
+                images = self._flow_figures(pl_module, tokens, step)
+            else:
+                images = decode_tokens(self.tokenizer, tokens)
             ncol = 8
             if images.dim() == 5:  # clips: one row of frames per sample
                 ncol = images.shape[2]
@@ -255,11 +260,13 @@ def fit_prior(
     resume: str | bool | None = None, tokenizer: str | Path | None = None,
     extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
-    """Train a prior on the token folder ``tokens_dir`` and return the final metrics (also in ``metrics.json``).
+    """Train a prior on the token folder ``tokens_dir`` and return the final metrics (also in
+    ``metrics.json``).
 
     The vocabulary, token map size and classes of ``cfg`` are taken from the token folder. ``run_dir``,
-    ``resume`` and ``run_name`` as for :func:`vqgan.train.fit`; ``tokenizer``: the stage-1 checkpoint that decodes
-    validation samples into image grids (default: the one recorded by ``vqgan encode``, when it still exists).
+    ``resume`` and ``run_name`` as for :func:`vqgan.train.fit`; ``tokenizer``: the stage-1 checkpoint that
+    decodes validation samples into image grids (default: the one recorded by ``vqgan encode``, when it still
+    exists).
     """
     run_dir = resolve_run_dir(run_dir, run_name)
     tokens_dir = tokens_dir or cfg.data.tokens
@@ -281,7 +288,8 @@ def fit_prior(
             raise ConfigError(
                 f"labels go up to {int(train_ds.labels.max())} but model.num_classes={cfg.model.num_classes}"
             )
-        meta = {k: getattr(manifest, k) for k in ("codebook_size", "token_shape", "class_names", "source", "what")}
+        keys = ("codebook_size", "token_shape", "class_names", "source", "what")
+        meta = {k: getattr(manifest, k) for k in keys}
         if projection is not None:
             meta["projection"] = str(Path(cfg.data.projection).resolve())
         module = PriorModule(to_dict(cfg), meta)

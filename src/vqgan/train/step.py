@@ -2,11 +2,12 @@
 module, the benchmarks and the tests run the same code.
 
 The adaptive GAN weight of Esser et al. 2021 (eq. 7) needs the gradients of the reconstruction ("nll") and the
-adversarial loss at the decoder's last layer. taming back-propagates through LPIPS and the discriminator twice for
-them. Here each loss is back-propagated *once*, to the reconstruction cut from the autoencoder's graph
-(``rec_leaf``); the last-layer gradients follow by one weight-gradient each, and the autoencoder is back-propagated
-once with ``dnll/drec + lambda * dg/drec``: the same parameter gradients (the chain rule, regrouped), half the
-traversals of LPIPS and the discriminator, and their graphs freed before the autoencoder's backward pass.
+adversarial loss at the decoder's last layer. taming back-propagates through LPIPS and the discriminator twice
+for them. Here each loss is back-propagated *once*, to the reconstruction cut from the autoencoder's graph
+(``rec_leaf``); the last-layer gradients follow by one weight-gradient each, and the autoencoder is
+back-propagated once with ``dnll/drec + lambda * dg/drec``: the same parameter gradients (the chain rule,
+regrouped), half the traversals of LPIPS and the discriminator, and their graphs freed before the
+autoencoder's backward pass.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ def plain_backward(loss: torch.Tensor, inputs: list[torch.nn.Parameter] | None =
 
 def generator_forward_backward(
     model: nn.Module, loss_fn: VQGANLoss, discriminator: nn.Module | None, x: torch.Tensor,
-    mask: torch.Tensor | None, disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = plain_backward,
+    mask: torch.Tensor | None, disc_factor: float, params: list[torch.nn.Parameter],
+    backward: Backward = plain_backward,
 ) -> tuple[VQModelOutput, LossOutput]:
-    """Autoencoder forward pass, generator loss, and its gradients accumulated into ``params`` only; the returned
-    loss is detached. ``discriminator`` is ``None`` (or ``disc_factor`` 0) when the adversarial term is off this
-    step; ``backward(loss, inputs=params)`` is Lightning's ``manual_backward`` in training (precision scaling, DDP
-    hooks), ``loss.backward`` elsewhere."""
+    """Autoencoder forward pass, generator loss, and its gradients accumulated into ``params`` only; the
+    returned loss is detached. ``discriminator`` is ``None`` (or ``disc_factor`` 0) when the adversarial term
+    is off this step; ``backward(loss, inputs=params)`` is Lightning's ``manual_backward`` in training
+    (precision scaling, DDP hooks), ``loss.backward`` elsewhere."""
     c = loss_fn.cfg
     out = model(x)
     rec = out.reconstruction
@@ -74,11 +76,12 @@ def generator_forward_backward(
 
 
 def discriminator_forward_backward(
-    loss_fn: VQGANLoss, discriminator: nn.Module, x: torch.Tensor, reconstruction: torch.Tensor, disc_factor: float,
-    params: list[torch.nn.Parameter], backward: Backward = plain_backward,
+    loss_fn: VQGANLoss, discriminator: nn.Module, x: torch.Tensor, reconstruction: torch.Tensor,
+    disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = plain_backward,
 ) -> LossOutput:
-    """Discriminator loss on real images and detached reconstructions, its gradients accumulated into ``params``.
-    Real and fake batches go through separately (as in taming), so BatchNorm statistics are those of each batch."""
+    """Discriminator loss on real images and detached reconstructions, its gradients accumulated into
+    ``params``. Real and fake batches go through separately (as in taming), so BatchNorm statistics are those
+    of each batch."""
     logits_real = discriminator(x.detach())
     logits_fake = discriminator(reconstruction.detach())
     d = loss_fn.discriminator_loss(logits_real, logits_fake, disc_factor)
