@@ -64,7 +64,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_file(path, map_location or "cpu")
 
 
-# -- verification and resume ---------------------------------------------------------------------------------------
 def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
     """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (read with
     tensors memory-mapped), then by modification time (so a folder copied without its timestamps still resumes
@@ -132,23 +131,13 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return None
 
 
-# -- exact resumption: data position and random state ----------------------------------------------------------------
 class ResumableSampler(DistributedSampler):
-    """Shuffled order that is a function of ``(seed, epoch)`` only, can start part-way into an epoch, and
-    shards itself over the processes of a data-parallel run.
-
-    A dataset with ``accepts_global_index = True`` receives *global* indices ``epoch * n + i`` (``i`` a
-    permutation of ``range(n)``; it takes the index modulo its length), so that its random augmentations can
-    be a function of ``(seed, global index)``: the same in every process and worker, before and after a
-    resume, new every epoch.
-
-    Under DDP, rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's order, padded to a
-    multiple of ``W`` as :class:`~torch.utils.data.DistributedSampler` does. Sharding here rather than in
-    Lightning's wrapper (which re-shuffles; being a ``DistributedSampler`` makes Lightning leave this one
-    alone) keeps a resumed multi-process run exact: after ``k`` batches of ``B`` on every rank the first ``k *
-    B * W`` items are consumed, and the order rolled by that many continues each rank's shard where it
-    stopped.
-    """
+    """Shuffled order that is a function of ``(seed, epoch)`` only, can start part-way into an epoch (after a
+    resume) and shards itself over the ranks. A dataset with ``accepts_global_index = True`` receives indices
+    ``epoch * n + i`` (taken modulo its length), so that its augmentations can be a function of the global
+    index: the same in every process and worker and across resumes, new every epoch. Rank ``r`` of ``W``
+    takes positions ``r, r + W, ...`` (padded as :class:`DistributedSampler` does); sharding here, not in
+    Lightning's wrapper (which re-shuffles), keeps a resumed multi-process run exact."""
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
         # DistributedSampler.__init__ is not called: it needs the process group, which Lightning creates after the
@@ -204,12 +193,9 @@ def _distributed() -> bool:
 
 def capture_rng_state() -> dict[str, Any]:
     """The global random states (torch CPU and CUDA, numpy, Python) as plain tensors and containers."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-        "python": random.getstate(),
-    }
+    name, keys, *rest = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), *map(float, rest)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -236,13 +222,11 @@ class ResumeState(L.Callback):
         self.epoch, self.batches = 0, 0
         self._rng: dict[str, Any] | None = None
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch != self.epoch:
-            self.epoch, self.batches = trainer.current_epoch, 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        # Runs before the checkpoint callbacks (Lightning calls those last), so a save counts this batch.
-        self.batches += 1
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # Runs before the checkpoint callbacks (Lightning calls those last), so a save counts this batch. After a
+        # resume, Lightning's batch index continues from the batches already done in the epoch.
+        self.epoch, self.batches = trainer.current_epoch, batch_idx + 1
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["vqgan_resume"] = {"epoch": self.epoch, "batches": self.batches, "rng": capture_rng_state()}

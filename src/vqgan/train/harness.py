@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 RUNS_ROOT = Path("runs")
 
 
-# -- learning rate ---------------------------------------------------------------------------------------------
 class WarmupCosine:
     """Learning-rate factor: linear warm-up to 1 over ``warmup`` steps, then constant (``total=None``) or a
     cosine decay to ``min_ratio`` at ``total`` steps. A picklable callable (not a lambda), so the scheduler's
@@ -97,7 +96,6 @@ def data_loaders(
     return train, DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **kw)
 
 
-# -- Trainer --------------------------------------------------------------------------------------------------
 class StepProgressBar(RichProgressBar):
     """Lightning's rich progress bar, labelled with what limits the run: ``step 40/1000`` for a step-limited
     run (Lightning's own label reads ``Epoch 0/-2`` there), ``Epoch 3/9`` when ``max_epochs`` is the limit."""
@@ -174,7 +172,6 @@ def build_trainer(
     )
 
 
-# -- run folder ----------------------------------------------------------------------------------------------
 def resolve_run_dir(run_dir: str | Path | None, run_name: str | None) -> Path:
     """``run_dir`` when given, else ``runs/RUN_NAME`` (seed 004's ``--run-name``)."""
     if run_dir is not None:
@@ -232,7 +229,6 @@ def _remove_if_left_empty(run_dir: Path, written: set[Path]) -> None:
         log.info("removed %s: the run failed before writing anything", run_dir)
 
 
-# -- run procedure ---------------------------------------------------------------------------------------------
 @dataclass
 class RunParts:
     """What a stage contributes to :func:`run_training`, built after seeding: its module (which sets

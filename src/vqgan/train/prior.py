@@ -70,14 +70,13 @@ class PriorModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model.training_loss(batch[self.key], batch.get("label"))
         b = batch[self.key].shape[0]
-        if not bool(torch.isfinite(out.loss)):
-            self.counters["skipped_steps"] += 1
-            advice = "Lower train.lr or raise train.max_nonfinite_steps."
-            track_nonfinite(self, False, "prior loss", "loss", advice)
+        finite = bool(torch.isfinite(out.loss))
+        self.counters["skipped_steps"] += not finite
+        track_nonfinite(self, finite, "prior loss", "loss", "Lower train.lr or raise train.max_nonfinite_steps.")
+        if not finite:
             # Skip the update (automatic optimization skips a step whose training_step returns None); under DDP every
             # rank must step, so there the update happens and only the checkpoints are held back.
             return None if self.trainer.world_size == 1 else out.loss
-        self.counters["nonfinite_streak"] = 0
         loss = out.loss.detach()
         logs = out.logs if self.flow else {"perplexity": loss.exp(), "accuracy": out.accuracy}
         logs = {f"train/{k}": v for k, v in {"loss": loss, **logs}.items()}
@@ -198,7 +197,6 @@ class PriorSamples(L.Callback):
         pl_module.last_samples = None
 
 
-# -- data ------------------------------------------------------------------------------------------------------
 def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = None, projection=None):
     """Training and validation loaders over token folders (latent folders for a flow prior, projected through
     ``projection`` when given), and the training dataset (for its histogram or statistics)."""
@@ -254,7 +252,6 @@ def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest, latent_shape: t
             setattr(m, k, v)
 
 
-# -- entry point ----------------------------------------------------------------------------------------------
 def fit_prior(
     cfg: PriorExperimentConfig, tokens_dir: str | Path | None, run_dir: str | Path | None = None,
     resume: str | bool | None = None, tokenizer: str | Path | None = None,
