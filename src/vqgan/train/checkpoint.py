@@ -1,7 +1,5 @@
-"""Checkpoint files while training: atomic writes (a killed process leaves the previous checkpoint intact),
-safe ``weights_only`` loads through :mod:`vqgan.models.io`, resuming from the newest good checkpoint, and
-exact resumption (:class:`ResumeState`, :class:`ResumableSampler`: same data order, position and random
-state)."""
+"""Checkpoints while training: atomic writes, safe ``weights_only`` loads (:mod:`vqgan.models.io`), resuming
+from the newest good checkpoint, and exact resumption (data order, position in the epoch, random state)."""
 
 from __future__ import annotations
 
@@ -26,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """``write(file)`` into a temporary ``.NAME.tmpPID`` in the same folder, ``fsync``, then ``os.replace``
-    onto ``path``: readers see the old file or the new one, never a partial one."""
+    """``write(file)`` into a temporary ``.NAME.tmpPID`` next to ``path``, ``fsync``, then ``os.replace``:
+    readers see the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -65,9 +63,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
-    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (read with
-    tensors memory-mapped), then by modification time (so a folder copied without its timestamps still resumes
-    from its latest state). Unreadable files come last."""
+    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold, then by
+    modification time (a folder copied without its timestamps still resumes from its latest state)."""
 
     def key(p: Path) -> tuple[int, int, bool, str]:
         try:
@@ -101,9 +98,9 @@ def _process_alive(pid: int) -> bool:
 
 
 def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint` (``None`` when there is
-    none). A corrupt or truncated newer file is reported with a warning and skipped; :class:`CheckpointError`
-    (listing each problem) when every checkpoint is unusable."""
+    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint` (``None`` if none). A
+    damaged newer file is reported with a warning and skipped; :class:`CheckpointError` when all are
+    unusable."""
     for p in remove_stale_temporaries(ckpt_dir):
         log.warning("removed %s, a checkpoint write that was interrupted", p)
     problems = []
@@ -213,9 +210,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """Saves what Lightning does not, so that a resumed run continues exactly where it stopped: the position
-    in the training epoch (for :class:`ResumableSampler`) and the global random states (k-means starts and
-    dead-code restarts of the quantizers draw from them)."""
+    """Saves what Lightning does not, so that a resumed run continues exactly: the position in the epoch
+    (for :class:`ResumableSampler`) and the global random states (k-means starts and dead-code restarts use
+    them)."""
 
     def __init__(self, sampler: ResumableSampler | None = None, batch_size: int = 1):
         self.sampler, self.batch_size = sampler, batch_size

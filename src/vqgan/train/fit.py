@@ -1,5 +1,5 @@
-"""``fit``: stage 1's data, module and callbacks, trained by the shared harness (:mod:`vqgan.train.harness`),
-which writes the run folder (README lists its files)."""
+"""``fit``: stage 1's data, module and callbacks, trained by :mod:`vqgan.train.harness` (README lists the
+files of the run folder)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,8 @@ def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
 
 
 def _strategy(cfg: ExperimentConfig) -> str:
-    """``train.strategy``, with DDP's unused-parameter detection switched on for GAN training: each step runs two
-    backward passes (the generator's, then the discriminator's), each reaching only its own network's
-    parameters, which plain DDP reports as an error."""
+    """``train.strategy``, with DDP's unused-parameter detection for GAN training: each of a step's two
+    backward passes reaches only its own network's parameters, which plain DDP reports as an error."""
     strategy = cfg.train.strategy
     if cfg.loss.disc_weight > 0 and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         return f"{strategy}_find_unused_parameters_true"
@@ -49,11 +48,8 @@ def fit(
     extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train a stage-1 tokenizer and return the final metrics (also written to ``RUN_DIR/metrics.json``).
-
-    The config is checked before training, so that a mistake costs seconds rather than a run. ``run_dir=None``
-    trains in ``runs/RUN_NAME``; ``resume`` is ``"last"`` (the newest good checkpoint of the run folder) or a
-    checkpoint path; ``run_name`` (default ``cfg.name``) names the run (and its W&B run).
-    """
+    ``run_dir=None`` trains in ``runs/RUN_NAME``; ``resume`` is ``"last"`` (the newest good checkpoint of the
+    run folder) or a checkpoint path; ``run_name`` (default ``cfg.name``) also names the W&B run."""
     cfg.validate()
     run_dir = resolve_run_dir(run_dir, run_name)
     on_gpu = cfg.train.accelerator != "cpu" and torch.cuda.is_available()

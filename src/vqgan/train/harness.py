@@ -39,8 +39,7 @@ RUNS_ROOT = Path("runs")
 
 class WarmupCosine:
     """Learning-rate factor: linear warm-up to 1 over ``warmup`` steps, then constant (``total=None``) or a
-    cosine decay to ``min_ratio`` at ``total`` steps. A picklable callable (not a lambda), so the scheduler's
-    state stays plain data."""
+    cosine decay to ``min_ratio`` at ``total`` steps; picklable, so the scheduler's state stays plain data."""
 
     def __init__(self, warmup: int, total: int | None = None, min_ratio: float = 0.1):
         self.warmup, self.total, self.min_ratio = max(warmup, 0), total, min_ratio
@@ -222,8 +221,7 @@ def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
 
 def _remove_if_left_empty(run_dir: Path, written: set[Path]) -> None:
     """After a failed run that created ``run_dir``: remove it when it holds nothing but empty folders and the
-    files this run wrote before training (``written``). Anything else (a checkpoint, a file of the user's)
-    keeps it."""
+    files this run wrote before training (``written``), never a checkpoint or a file of the user's."""
     if run_dir.is_dir() and all(p.is_dir() or p in written for p in run_dir.rglob("*")):
         shutil.rmtree(run_dir, ignore_errors=True)
         log.info("removed %s: the run failed before writing anything", run_dir)
@@ -245,8 +243,8 @@ class RunParts:
 
 
 def quiet_lightning() -> None:
-    """Keep Lightning's advice to developers out of the user's terminal: the litlogger tip, the modules-in-eval-mode
-    warning, the worker-count hint, and warnings about choices this harness makes on purpose."""
+    """Keep Lightning's advice to developers (the litlogger tip, the worker-count hint, warnings about choices
+    made here on purpose) out of the user's terminal."""
     for message in (
         ".*pre-optimization state.*",  # manual optimization needs none saved
         ".*your dataloader is not resumable.*",  # ResumableSampler + ResumeState make resumption exact
@@ -270,9 +268,8 @@ def run_training(
 ) -> dict[str, Any]:
     """The run procedure of every stage: check the run folder, seed, ``build()`` the parts, save the resolved
     config, fit (resuming when asked), write ``checkpoints/last.ckpt`` (full state), validate the final
-    weights unless that was just done, and return the final metrics (validation, steps, time,
-    ``extra_metrics(module)``), written to ``RUN_DIR/metrics.json`` on rank zero. A failed run that created
-    its folder and wrote nothing but its config removes it."""
+    weights unless just done; return the final metrics (also ``extra_metrics(module)``), written to
+    ``RUN_DIR/metrics.json`` on rank zero. A run that fails before writing anything removes its new folder."""
     quiet_lightning()
     require_logger_package(settings)
     run_dir = Path(run_dir)
