@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch.utils.data import DataLoader
 
 from vqgan.config import ConfigError, TrainerSettings, dump_config
+from vqgan.config_checks import check_plain_name
 from vqgan.data import pin_memory
 from vqgan.train.checkpoint import (
     AtomicCheckpointIO,
@@ -33,8 +34,6 @@ from vqgan.train.checkpoint import (
 )
 
 log = logging.getLogger(__name__)
-
-RUNS_ROOT = Path("runs")
 
 
 class WarmupCosine:
@@ -177,10 +176,8 @@ def resolve_run_dir(run_dir: str | Path | None, run_name: str | None) -> Path:
         return Path(run_dir)
     if not run_name:
         raise ConfigError("no run folder: pass --run-dir DIR or --run-name NAME (which trains in runs/NAME)")
-    from vqgan.config_checks import check_plain_name
-
     check_plain_name(run_name, key="--run-name")
-    return RUNS_ROOT / run_name
+    return Path("runs") / run_name
 
 
 def wants_resume(resume: str | bool | None) -> bool:
@@ -204,16 +201,12 @@ def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-class RunDirInUseError(FileExistsError):
-    """A new run was asked for in a folder that already holds an earlier run's checkpoints."""
-
-
 def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
     """Refuse to start a new run (no ``resume``) in a folder that holds checkpoints of an earlier one: it
     would overwrite that run's ``config.yaml`` and mix two runs' checkpoints and logs."""
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     if ckpts and not wants_resume(resume):
-        raise RunDirInUseError(
+        raise FileExistsError(
             f"{run_dir} already holds an earlier run ({len(ckpts)} checkpoint(s), e.g. {ckpts[-1].name}). "
             "Pass --resume last to continue it, or choose another --run-dir (or delete the folder) for a new run."
         )
@@ -295,13 +288,8 @@ def run_training(
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state, to resume
     if module.last_val_step != trainer.global_step:  # validate the final weights unless just done
         trainer.validate(module, parts.val_loader, verbose=False, weights_only=True)
-    metrics = {
-        **module.last_val_metrics,
-        "steps": trainer.global_step,
-        "train_seconds": round(seconds, 2),
-        "resumed_from": ckpt_path,
-        **extra_metrics(module),
-    }
+    metrics = {**module.last_val_metrics, "steps": trainer.global_step, "train_seconds": round(seconds, 2),
+               "resumed_from": ckpt_path, **extra_metrics(module)}
     if trainer.is_global_zero:
         text = json.dumps(metrics, indent=2, sort_keys=True)
         atomic_write(run_dir / "metrics.json", lambda f: f.write(text.encode()))
