@@ -221,8 +221,8 @@ class ResumeState(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        # Runs before the checkpoint callbacks (Lightning calls those last), so a save counts this batch. After a
-        # resume, Lightning's batch index continues from the batches already done in the epoch.
+        # Runs before the checkpoint callbacks (Lightning calls those last), so a save counts this batch.
+        # After a resume, Lightning's batch index continues from the batches already done in the epoch.
         self.epoch, self.batches = trainer.current_epoch, batch_idx + 1
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:

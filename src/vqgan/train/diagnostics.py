@@ -48,13 +48,11 @@ class CodebookDiagnostics(L.Callback):
         self.path = Path(run_dir) / DIAGNOSTICS_FILE
         self.every_n_steps = every_n_steps
         self.max_codes = max_codes
-        self.records: dict[str, list[Any]] = {k: [] for k in ("step", *SCALARS, *PER_CODE)}
-        self._previous_codes: torch.Tensor | None = None
-        self._last_step = -1
+        self._last_step = -1  # records and _previous_codes start in on_train_start
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = trainer.global_step
-        self.records = {k: [] for k in ("step", *SCALARS, *PER_CODE)}
+        self.records: dict[str, list[Any]] = {k: [] for k in ("step", *SCALARS, *PER_CODE)}
         if start > 0 and self.path.is_file():  # resumed: keep what was recorded up to the checkpoint
             old = load_diagnostics(self.path.parent)
             self.records.update({k: list(old[k][old["step"] <= start]) for k in self.records if k in old})

@@ -53,8 +53,7 @@ def track_nonfinite(module: L.LightningModule, finite: bool, what: str, quantity
 
 class VQGANModule(L.LightningModule):
     """Autoencoder + optional PatchGAN discriminator + the VQGAN loss; ``config`` is an
-    :class:`ExperimentConfig` as a plain dict (checkpoints stay plain data, loadable with
-    ``weights_only=True``)."""
+    :class:`ExperimentConfig` as a plain dict, so that checkpoints load with ``weights_only=True``."""
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -62,10 +61,9 @@ class VQGANModule(L.LightningModule):
         self.cfg: ExperimentConfig = from_dict(ExperimentConfig, config)
         self.model = build_model(self.cfg.model)
         self.loss_fn = VQGANLoss(self.cfg.loss)
+        adversarial = self.cfg.loss.disc_weight > 0
         out_ch = self.cfg.model.out_channels or self.cfg.model.in_channels
-        self.discriminator = (
-            PatchDiscriminator(self.cfg.discriminator, out_ch) if self.cfg.loss.disc_weight > 0 else None
-        )
+        self.discriminator = PatchDiscriminator(self.cfg.discriminator, out_ch) if adversarial else None
         if self.cfg.train.channels_last:
             # NHWC weights as well as NHWC inputs (training_step), so that oneDNN / cuDNN don't reorder at every call.
             for net in (self.model, self.discriminator):
@@ -118,10 +116,9 @@ class VQGANModule(L.LightningModule):
         grad_scale: float = 1.0,
     ) -> StepGradients:
         """Forward passes, both losses and clipped gradients of one step; no optimizer step, no logging.
-
-        ``backward`` is ``manual_backward`` under a Trainer, else plain ``backward``. ``grad_scale`` is the
-        factor ``backward`` multiplies the gradients by (a mixed-precision loss scale): the clipping threshold
-        and the returned norms are those of the unscaled gradients."""
+        ``backward`` is ``manual_backward`` under a Trainer, else plain ``backward``; it multiplies the
+        gradients by ``grad_scale`` (a mixed-precision loss scale), which the clipping and the returned norms
+        undo."""
         t = self.cfg.train
         backward = backward or plain_backward
         gen_params = self.generator_parameters()

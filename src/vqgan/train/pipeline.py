@@ -1,12 +1,8 @@
 """The whole two-stage pipeline in one call, as seed 002's ``make ffhq`` ran it: train the tokenizer, encode
-its training set into token shards, train a transformer prior on them, and write a grid of samples.
-
-Every stage is the library function its own command calls, so ``vqgan pipeline`` and the four commands run in
-turn give the same run. The run folder holds ``tokenizer/``, ``tokens/``, ``prior/``, ``samples/`` and
-``pipeline.json``. A stage whose output is complete is not run again, so the same command continues an
-interrupted pipeline. Debug mode (``train.debug``): every stage runs a handful of batches, nothing logged
-online.
-"""
+its training set, train a prior on the tokens and write a grid of samples, each by the library function its
+own command calls, into ``tokenizer/``, ``tokens/``, ``prior/``, ``samples/`` and ``pipeline.json``. A stage
+whose output is complete is skipped, so the same command continues an interrupted pipeline; debug mode
+(``train.debug``) runs a handful of batches per stage and logs nothing online."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
 """Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching
-prior on a latent folder (``vqgan encode --what continuous|quantized``), in a run folder like stage 1's (see
-README).
-
-Token metrics (loss in nats, perplexity, accuracy) are on the predicted positions (all for GPT, the masked
-ones for MaskGIT); the code histogram of ``train.num_samples`` samples is compared with the data's after every
-validation. A flow prior's latents are normalised with whole-training-set statistics, stored in the
-checkpoint.
-"""
+prior on a latent folder (``--what continuous|quantized``); the run folder is like stage 1's (see README).
+Token metrics are on the predicted positions (all for GPT, the masked ones for MaskGIT); a flow prior's
+latents are normalised with whole-training-set statistics, stored in the checkpoint."""
 
 from __future__ import annotations
 
@@ -72,7 +67,8 @@ class PriorModule(L.LightningModule):
         b = batch[self.key].shape[0]
         finite = bool(torch.isfinite(out.loss))
         self.counters["skipped_steps"] += not finite
-        track_nonfinite(self, finite, "prior loss", "loss", "Lower train.lr or raise train.max_nonfinite_steps.")
+        track_nonfinite(self, finite, "prior loss", "loss",
+                        "Lower train.lr or raise train.max_nonfinite_steps.")
         if not finite:
             # Skip the update (automatic optimization skips a step whose training_step returns None); under DDP every
             # rank must step, so there the update happens and only the checkpoints are held back.
@@ -257,14 +253,10 @@ def fit_prior(
     resume: str | bool | None = None, tokenizer: str | Path | None = None,
     extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
-    """Train a prior on the token folder ``tokens_dir`` and return the final metrics (also in
-    ``metrics.json``).
-
-    The vocabulary, token map size and classes of ``cfg`` are taken from the token folder. ``run_dir``,
-    ``resume`` and ``run_name`` as for :func:`vqgan.train.fit`; ``tokenizer``: the stage-1 checkpoint that
-    decodes validation samples into image grids (default: the one recorded by ``vqgan encode``, when it still
-    exists).
-    """
+    """Train a prior on the token folder ``tokens_dir`` (which sets the vocabulary, token map size and
+    classes) and return the final metrics. ``run_dir``, ``resume``, ``run_name`` as for
+    :func:`vqgan.train.fit`; ``tokenizer`` decodes validation samples (default: the one recorded by ``vqgan
+    encode``, if it exists)."""
     run_dir = resolve_run_dir(run_dir, run_name)
     tokens_dir = tokens_dir or cfg.data.tokens
     cfg.data.tokens = str(tokens_dir) if tokens_dir is not None else None

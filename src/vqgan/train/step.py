@@ -91,8 +91,8 @@ def discriminator_forward_backward(
 
 @dataclass
 class StepGradients:
-    """What one step computed: the model's output, both losses (``d`` is ``None`` without discriminator step) and
-    the gradient norms before clipping (tensors, no host synchronisation)."""
+    """One step's model output, both losses (``d`` is ``None`` without a discriminator step) and the gradient
+    norms (tensors, no host synchronisation)."""
 
     out: VQModelOutput
     g: LossOutput
