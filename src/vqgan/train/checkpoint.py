@@ -160,12 +160,6 @@ class ResumableSampler(DistributedSampler):
             epoch, items = epoch + 1, 0
         self.epoch, self._start = epoch, (epoch, items)
 
-    def order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
-
     def __iter__(self) -> Iterator[int]:
         epoch = self.epoch
         skip = self._start[1] if self._start is not None and self._start[0] == epoch else 0
@@ -173,7 +167,8 @@ class ResumableSampler(DistributedSampler):
         offset = epoch * self.n if self.global_indices else 0
         # The consumed items move to the end rather than being dropped: the length stays the same (what the epoch
         # loop expects), and the loop stops after the remaining batches anyway.
-        order = self.order(epoch).roll(-skip)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = (torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)).roll(-skip)
         world, rank = self.num_replicas, self.rank
         if world > 1:
             total = -(-self.n // world) * world

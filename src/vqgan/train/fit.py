@@ -66,7 +66,7 @@ def fit(
         every = cfg.train.diagnostics_every_n_steps
         diagnostics = [CodebookDiagnostics(run_dir, every)] if every > 0 else []
         callbacks = [ResumeState(sampler, cfg.data.batch_size), ReconstructionSamples(run_dir / "samples"), *diagnostics]
-        return RunParts(module, train_loader, val_loader, cfg, callbacks, strategy=_strategy(cfg))
+        return RunParts(module, train_loader, val_loader, cfg, callbacks, {"strategy": _strategy(cfg)})
 
     def extra(module: VQGANModule) -> dict[str, Any]:
         counters = {k: v for k, v in module.counters.items() if k != "nonfinite_streak"}

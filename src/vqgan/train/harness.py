@@ -121,13 +121,13 @@ def require_logger_package(settings: TrainerSettings) -> None:
 
 
 def build_trainer(
-    settings: TrainerSettings, run_dir: Path, callbacks: list[L.Callback], run_name: str,
-    strategy: str | None = None, **trainer_kwargs: Any,
+    settings: TrainerSettings, run_dir: Path, callbacks: list[L.Callback], run_name: str, **trainer_kwargs: Any
 ) -> L.Trainer:
     """The Lightning Trainer of every run: checkpoints (``best``, ``last``, the last ``keep_last_k`` periodic
     ones, never written during non-finite steps), loggers, progress bar, validation cadence, precision and
-    hardware, plus the stage's ``callbacks``; ``strategy`` overrides ``settings.strategy``."""
+    hardware, plus the stage's ``callbacks`` and ``trainer_kwargs`` (which may override ``strategy``)."""
     t = settings
+    trainer_kwargs = {"strategy": t.strategy, **trainer_kwargs}
     max_steps = min(t.max_steps, 10) if t.debug else t.max_steps
     if t.max_epochs is not None and not t.debug:
         max_steps = -1  # the epochs are the limit
@@ -163,7 +163,7 @@ def build_trainer(
         **val, limit_val_batches=2 if t.debug else None, num_sanity_val_steps=0,
         log_every_n_steps=1 if t.debug else t.log_every_n_steps, logger=loggers or False,
         callbacks=all_callbacks, plugins=[AtomicCheckpointIO()], accelerator=t.accelerator, devices=t.devices,
-        strategy=strategy or t.strategy, num_nodes=t.num_nodes, precision=t.precision,
+        num_nodes=t.num_nodes, precision=t.precision,
         enable_model_summary=False, enable_progress_bar=True,
         benchmark=True,  # cuDNN picks the fastest convolutions for the fixed batch shapes once (default off)
         **trainer_kwargs,
@@ -224,7 +224,7 @@ def _remove_if_left_empty(run_dir: Path, written: set[Path]) -> None:
 class RunParts:
     """What a stage contributes to :func:`run_training`, built after seeding: its module (which sets
     ``last_val_metrics`` and ``last_val_step`` after validation), loaders, resolved config (written to
-    ``RUN_DIR/config.yaml``), callbacks, further ``L.Trainer`` arguments and ``strategy`` override."""
+    ``RUN_DIR/config.yaml``), callbacks and further ``L.Trainer`` arguments."""
 
     module: L.LightningModule
     train_loader: DataLoader
@@ -232,7 +232,6 @@ class RunParts:
     config: Any
     callbacks: list[L.Callback] = field(default_factory=list)
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
-    strategy: str | None = None
 
 
 def quiet_lightning() -> None:
@@ -275,7 +274,7 @@ def run_training(
         run_dir.mkdir(parents=True, exist_ok=True)
         written.add(dump_config(parts.config, run_dir / "config.yaml"))
         callbacks = [*parts.callbacks, *(extra_callbacks or [])]
-        trainer = build_trainer(settings, run_dir, callbacks, run_name, parts.strategy, **parts.trainer_kwargs)
+        trainer = build_trainer(settings, run_dir, callbacks, run_name, **parts.trainer_kwargs)
         ckpt_path = resolve_resume(resume, run_dir)
         start = time.perf_counter()
         trainer.fit(parts.module, parts.train_loader, parts.val_loader, ckpt_path=ckpt_path, weights_only=True)

@@ -20,6 +20,7 @@ from vqgan.inference import decode_tokens
 from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.models.io import CheckpointError, load_model
 from vqgan.models.prior import PriorExperimentConfig, build_prior
+from vqgan.models.prior.latent_space import decode_latents, trajectory_images
 from vqgan.train.callbacks import log_to_experiments
 from vqgan.train.harness import (
     RunParts,
@@ -30,6 +31,9 @@ from vqgan.train.harness import (
     run_training,
 )
 from vqgan.train.module import track_nonfinite
+from vqgan.viz.curves import plot_scalar_curves, read_scalars
+from vqgan.viz.plots import save_code_histogram
+from vqgan.viz.samples import image_grid, save_image_grid
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +146,6 @@ class PriorSamples(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: PriorModule) -> None:
         if not trainer.is_global_zero:
             return
-        from vqgan.viz.curves import plot_scalar_curves, read_scalars
-
         try:
             scalars = read_scalars(Path(trainer.default_root_dir))
         except FileNotFoundError:  # no TensorBoard logger (train.logger none)
@@ -152,13 +154,9 @@ class PriorSamples(L.Callback):
             plot_scalar_curves(scalars, tags, self.directory / "loss.png", ylabel=f"{pl_module.cfg.model.kind} loss")
 
     def _flow_figures(self, pl_module: PriorModule, latents: torch.Tensor, step: int) -> torch.Tensor:
-        from vqgan.models.prior.latent_space import decode_latents, trajectory_images
-        from vqgan.viz.samples import save_image_grid
-
-        labels = pl_module.last_sample_labels
-        k = min(4, latents.shape[0])
-        g = torch.Generator(device=pl_module.device).manual_seed(pl_module.cfg.train.seed)
+        k, labels = min(4, latents.shape[0]), pl_module.last_sample_labels
         labels = None if labels is None else labels[:k]
+        g = torch.Generator(device=pl_module.device).manual_seed(pl_module.cfg.train.seed)
         _, trajectory = _generate(pl_module.model, num=k, labels=labels, generator=g, return_trajectory=True)
         columns = min(6, len(trajectory))
         frames = trajectory_images(self.tokenizer, trajectory, columns, self.projection, self.snap)
@@ -173,9 +171,6 @@ class PriorSamples(L.Callback):
             return
         step = trainer.global_step
         self.directory.mkdir(parents=True, exist_ok=True)
-        from vqgan.viz.plots import save_code_histogram
-        from vqgan.viz.samples import image_grid, save_image_grid
-
         if not pl_module.flow:
             save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
             log_to_experiments(trainer, "histogram", "samples/codes", tokens.flatten().cpu(), step)
@@ -273,10 +268,9 @@ def fit_prior(
         manifest = train_ds.manifest
         sync_model_with_tokens(cfg, manifest, train_ds.latent_shape if flow else None)
         cfg.validate()
-        if train_ds.labels.max() >= max(cfg.model.num_classes, 1) and cfg.model.num_classes > 0:
-            raise ConfigError(
-                f"labels go up to {int(train_ds.labels.max())} but model.num_classes={cfg.model.num_classes}"
-            )
+        top = int(train_ds.labels.max())
+        if 0 < cfg.model.num_classes <= top:
+            raise ConfigError(f"labels go up to {top} but model.num_classes={cfg.model.num_classes}")
         keys = ("codebook_size", "token_shape", "class_names", "source", "what")
         meta = {k: getattr(manifest, k) for k in keys}
         if projection is not None:
