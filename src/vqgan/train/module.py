@@ -144,9 +144,8 @@ class VQGANModule(L.LightningModule):
         # keep a copy so that a skipped step leaves no trace of a NaN batch in it.
         saved = _forward_state(self.model, self.discriminator)
         opt.zero_grad(set_to_none=True)
-        # The loss scale of the gradient scaler (16-mixed): manual_backward back-propagates the scaled loss
-        # and the plugin unscales only inside optimizer.step(), so clipping and the gradient norms must
-        # account for it.
+        # The gradient scaler's loss scale (16-mixed): manual_backward back-propagates the scaled loss and the
+        # plugin unscales only inside optimizer.step(), so clipping and the gradient norms account for it.
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         step = self.compute_gradients(x, mask, factor, backward=self.manual_backward, grad_scale=scale)
@@ -173,9 +172,9 @@ class VQGANModule(L.LightningModule):
         self.lr_schedulers().step()
 
         logs = {**g.logs, **(step.d.logs if step.d is not None else {}), **step.out.stats}
+        logs["grad_norm_g"] = step.g_norm
         # Python numbers, not new CPU tensors: Lightning would copy each of them to the device every step.
-        logs.update(grad_norm_g=step.g_norm, disc_factor=float(factor))
-        logs.update({k: float(v) for k, v in self.counters.items()})
+        logs.update(disc_factor=float(factor), **{k: float(v) for k, v in self.counters.items()})
         logs = {f"train/{k}": v for k, v in logs.items()}
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0], logger=False)
