@@ -14,8 +14,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import Subset
+
 from vqgan.config import ExperimentConfig, to_dict
+from vqgan.data import build_datasets
+from vqgan.data.tokens import MANIFEST, encode_dataset, read_manifest
+from vqgan.inference import generate_images
+from vqgan.models.io import load_model
 from vqgan.models.prior.config import PriorExperimentConfig
+from vqgan.train.fit import fit
+from vqgan.train.prior import fit_prior
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +62,6 @@ def run_pipeline(
 ) -> PipelineResult:
     """Train the tokenizer ``cfg``, encode its training set, train the prior ``prior`` on the codes and sample
     ``num_samples`` images (a grid of ``ncol`` columns) into ``run_dir``."""
-    from torch.utils.data import Subset
-
-    from vqgan.data import build_datasets
-    from vqgan.data.tokens import MANIFEST, encode_dataset, read_manifest
-    from vqgan.inference import generate_images
-    from vqgan.models.io import load_model
-    from vqgan.train.fit import fit
-    from vqgan.train.prior import fit_prior
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     debug = cfg.train.debug
