@@ -56,10 +56,9 @@ def optimizers(
     cls: type[torch.optim.Optimizer], groups: list[dict], settings: TrainerSettings,
     trainer: L.Trainer | None, **kwargs: Any,
 ) -> tuple[list[torch.optim.Optimizer], list[dict]]:
-    """``configure_optimizers``'s answer for both stages: ``cls`` over ``groups``, fused (one kernel; 3-4x
-    faster than the per-tensor loop on CPU, same update rule) where the device has it, and the one schedule,
-    stepped every optimizer step; under ``max_epochs`` the cosine ends at the Trainer's estimate of the steps.
-    """
+    """``configure_optimizers``'s answer for both stages: ``cls`` over ``groups``, fused (one kernel, 3-4x
+    faster on CPU, same update) where the device has it, and the one schedule, stepped every optimizer step;
+    under ``max_epochs`` the cosine ends at the Trainer's estimate of the steps."""
     fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     opt = cls(groups, betas=tuple(settings.betas), fused=fused, **kwargs)
     total = None

@@ -1,10 +1,7 @@
-"""Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization.
-
-One optimizer with two parameter groups (generator, discriminator) steps once per batch, so ``global_step``
-counts batches whatever the GAN schedule. Each loss reaches its own network's parameters only (``inputs=``)
-and the discriminator sees detached reconstructions: no gradient leaks between the two (a bug of several
-public implementations). A non-finite loss or gradient skips that network's update and is counted.
-"""
+"""Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization: one optimizer with two
+parameter groups steps once per batch, so ``global_step`` counts batches whatever the GAN schedule. Unlike
+several public implementations, each loss reaches only its own network (``inputs=``; the discriminator sees
+detached reconstructions). A non-finite loss or gradient skips that network's update and is counted."""
 
 from __future__ import annotations
 

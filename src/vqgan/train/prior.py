@@ -133,10 +133,10 @@ def _generate(model: torch.nn.Module, **kwargs: Any) -> Any:
 
 
 class PriorSamples(L.Callback):
-    """After every validation: the code-usage histogram of the module's samples against the data's as a PNG and
-    in TensorBoard, and, with a tokenizer, the decoded samples as an image grid. A flow prior's latents are
-    decoded through ``projection`` (when it was trained on projected latents) and, with ``snap``, the nearest
-    codes; a figure of its ODE trajectory follows every grid. At the end of training, the loss over the steps."""
+    """After every validation: the samples' code-usage histogram against the data's (PNG, TensorBoard) and,
+    with a tokenizer, the decoded samples as a grid; a flow prior's latents are decoded through
+    ``projection`` (snapped to the nearest codes with ``snap``), followed by its ODE trajectory; at the
+    end, the loss curve."""
 
     def __init__(self, directory: str | Path, tokenizer: torch.nn.Module | None = None,
                  projection: torch.nn.Module | None = None, snap: bool = False):

@@ -35,10 +35,9 @@ def generator_forward_backward(
     mask: torch.Tensor | None, disc_factor: float, params: list[torch.nn.Parameter],
     backward: Backward = plain_backward,
 ) -> tuple[VQModelOutput, LossOutput]:
-    """Autoencoder forward pass, generator loss, and its gradients accumulated into ``params`` only; the
-    returned loss is detached. ``discriminator`` is ``None`` (or ``disc_factor`` 0) when the adversarial term
-    is off this step; ``backward(loss, inputs=params)`` is Lightning's ``manual_backward`` in training
-    (precision scaling, DDP hooks), ``loss.backward`` elsewhere."""
+    """Autoencoder forward pass, generator loss (returned detached), and its gradients accumulated into
+    ``params`` only; ``discriminator`` ``None`` or ``disc_factor`` 0 turn the adversarial term off this step.
+    ``backward(loss, inputs=params)``: ``manual_backward`` in training (precision scaling, DDP hooks)."""
     c = loss_fn.cfg
     out = model(x)
     rec = out.reconstruction
