@@ -5,9 +5,4 @@ from vqgan.train.checkpoint import AtomicCheckpointIO
 from vqgan.train.fit import fit
 from vqgan.train.module import NonFiniteLossError, VQGANModule
 
-__all__ = [
-    "AtomicCheckpointIO",
-    "NonFiniteLossError",
-    "VQGANModule",
-    "fit",
-]
+__all__ = ["AtomicCheckpointIO", "NonFiniteLossError", "VQGANModule", "fit"]

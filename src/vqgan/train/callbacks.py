@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 
 from vqgan.viz.grids import comparison_grid, save_comparison
+
+
+def log_to_experiments(trainer: L.Trainer, kind: str, tag: str, value: Any, step: int) -> None:
+    """``experiment.add_KIND(tag, value, step)`` on every logger whose experiment has it (TensorBoard); an
+    image also goes to W&B (``log_image``)."""
+    for logger in trainer.loggers:
+        add = getattr(getattr(logger, "experiment", None), f"add_{kind}", None)
+        if add is not None:
+            add(tag, value, step)
+        elif kind == "image" and hasattr(logger, "log_image"):
+            logger.log_image(tag, [value], step=step)
 
 
 class ReconstructionSamples(L.Callback):
@@ -24,18 +36,9 @@ class ReconstructionSamples(L.Callback):
         if x is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         x = x[: self.max_images]
+        rec = pl_module.model(x).reconstruction
         if x.dim() == 5:  # video: show the middle frame of each clip
-            x = x[:, :, x.shape[2] // 2]
-            rec = pl_module.model(pl_module.val_batch_for_samples[: self.max_images]).reconstruction
-            rec = rec[:, :, rec.shape[2] // 2]
-        else:
-            rec = pl_module.model(x).reconstruction
+            x, rec = x[:, :, x.shape[2] // 2], rec[:, :, rec.shape[2] // 2]
         step = trainer.global_step
         save_comparison(x, rec, self.directory / f"step_{step:07d}.png", scale=2 if x.shape[-1] < 64 else 1)
-        grid = comparison_grid(x, rec)
-        for logger in trainer.loggers:
-            exp = getattr(logger, "experiment", None)
-            if hasattr(exp, "add_image"):  # TensorBoard
-                exp.add_image("val/reconstructions", grid, step)
-            elif hasattr(logger, "log_image"):  # W&B
-                logger.log_image("val/reconstructions", [grid], step=step)
+        log_to_experiments(trainer, "image", "val/reconstructions", comparison_grid(x, rec), step)

@@ -1,22 +1,15 @@
-"""Checkpoint files while training: atomic writes (temporary file, fsync, rename), and Lightning's loads through
-the safe reader of :mod:`vqgan.models.io` (``weights_only=True``; inference reads checkpoints there, without
-Lightning). A process killed while writing leaves the previous checkpoint intact.
-
-Resuming (``vqgan fit --resume last``) picks the newest checkpoint that passes :func:`verify_checkpoint` (CRC of
-every record, safe load, training state present) and falls back to older ones when the newest is damaged.
-:class:`ResumeState` and :class:`ResumableSampler` make the resumed run continue exactly: same data order and
-position inside the epoch, same random state. :class:`GuardedModelCheckpoint` keeps the last K step checkpoints
-and never writes while the run is producing non-finite steps.
-"""
+"""Checkpoints while training: atomic writes, safe ``weights_only`` loads (:mod:`vqgan.models.io`), resuming
+from the newest good checkpoint, and exact resumption (data order, position in the epoch, random state)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lightning as L
 import numpy as np
@@ -30,32 +23,33 @@ from vqgan.models.io import CheckpointError, load_checkpoint_file, verify_checkp
 log = logging.getLogger(__name__)
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, ``fsync``, then ``os.replace`` onto ``path``.
-
-    Our own rather than Lightning's (private) ``_atomic_save``: that one first serialises the whole checkpoint into
-    memory (a second copy of a 2 GB checkpoint) and never ``fsync``s, so a power cut can still leave a hole."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """``write(file)`` into a temporary ``.NAME.tmpPID`` next to ``path``, ``fsync``, then ``os.replace``:
+    readers see the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError:
-        pass
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` through :func:`atomic_write`. Not Lightning's (private) ``_atomic_save``: that one first
+    serialises the whole checkpoint into memory (a second copy of a 2 GB checkpoint) and never ``fsync``s."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -68,15 +62,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_file(path, map_location or "cpu")
 
 
-# -- verification and resume ---------------------------------------------------------------------------------------
 def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
-    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (read cheaply,
-    tensors memory-mapped), then by modification time. Unreadable files come last (they fail verification).
-    The step, not only the time, decides, so a run folder copied without its timestamps still resumes from its
-    latest state."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
+    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold, then by
+    modification time (a folder copied without its timestamps still resumes from its latest state)."""
 
     def key(p: Path) -> tuple[int, int, bool, str]:
         try:
@@ -85,44 +73,34 @@ def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
             step = -1
         return step, p.stat().st_mtime_ns, p.name == "last.ckpt", p.name
 
-    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
-    return sorted(files, key=key, reverse=True)
+    return sorted((p for p in Path(ckpt_dir).glob("*.ckpt") if p.is_file()), key=key, reverse=True)
 
 
 def remove_stale_temporaries(ckpt_dir: str | Path) -> list[Path]:
     """Delete ``.NAME.tmpPID`` files left by a writer that was killed (its process no longer exists)."""
     removed = []
-    for p in Path(ckpt_dir).glob(".*.tmp*") if Path(ckpt_dir).is_dir() else []:
+    for p in Path(ckpt_dir).glob(".*.tmp*"):
         pid = p.name.rpartition(".tmp")[2]
-        if pid.isdigit() and _process_alive(int(pid)):
-            continue
-        p.unlink(missing_ok=True)
-        removed.append(p)
+        if not (pid.isdigit() and _process_alive(int(pid))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # exists but belongs to someone else
-        return True
+        pass
     return True
 
 
 def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint`; ``None`` when there is none.
-
-    A corrupt or truncated newest file (a disk that filled up, a copy that was cut short) is reported with a
-    warning and the previous good one is used instead, so a run loses at most the steps since that one.
-
-    Raises:
-        CheckpointError: every checkpoint in the folder is unusable (each one's problem is listed).
-    """
-    ckpt_dir = Path(ckpt_dir)
+    """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint` (``None`` if none). A
+    damaged newer file is reported with a warning and skipped; :class:`CheckpointError` when all are
+    unusable."""
     for p in remove_stale_temporaries(ckpt_dir):
         log.warning("removed %s, a checkpoint write that was interrupted", p)
     problems = []
@@ -150,23 +128,13 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return None
 
 
-# -- exact resumption: data position and random state ----------------------------------------------------------------
 class ResumableSampler(DistributedSampler):
-    """Shuffled order that is a function of ``(seed, epoch)`` only, can start part-way into an epoch, and shards
-    itself over the processes of a data-parallel run.
-
-    A dataset with ``accepts_global_index = True`` receives *global* indices ``epoch * n + i`` (``i`` a permutation
-    of ``range(n)``; it takes the index modulo its length), so that its random augmentations can be a function of
-    ``(seed, global index)``: the same items in every process, with any number of workers, before and after a
-    resume, and new augmentations every epoch. Other datasets receive plain indices in ``range(n)``.
-
-    Under DDP, rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's order, padded to a multiple of
-    ``W`` with its first items, as :class:`~torch.utils.data.DistributedSampler` does. Sharding here rather than in
-    Lightning's wrapper (which re-shuffles the positions; the class is a ``DistributedSampler`` so that Lightning
-    leaves it alone) is what makes a resumed multi-process run exact: after ``k`` batches of ``B`` on every rank,
-    the first ``k * B * W`` items of the order are consumed, and the order rolled by that many continues each
-    rank's shard where it stopped.
-    """
+    """Shuffled order that is a function of ``(seed, epoch)`` only, can start part-way into an epoch (after a
+    resume) and shards itself over the ranks. A dataset with ``accepts_global_index = True`` receives indices
+    ``epoch * n + i`` (taken modulo its length), so that its augmentations can be a function of the global
+    index: the same in every process and worker and across resumes, new every epoch. Rank ``r`` of ``W``
+    takes positions ``r, r + W, ...`` (padded as :class:`DistributedSampler` does); sharding here, not in
+    Lightning's wrapper (which re-shuffles), keeps a resumed multi-process run exact."""
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
         # DistributedSampler.__init__ is not called: it needs the process group, which Lightning creates after the
@@ -186,21 +154,11 @@ class ResumableSampler(DistributedSampler):
     def rank(self) -> int:  # type: ignore[override]
         return torch.distributed.get_rank() if _distributed() else 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = epoch
-
     def resume_at(self, epoch: int, items: int) -> None:
         """Make the next iteration of ``epoch`` skip its first ``items`` items (already trained on, all ranks)."""
         if items >= self.n:
             epoch, items = epoch + 1, 0
         self.epoch, self._start = epoch, (epoch, items)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
 
     def __iter__(self) -> Iterator[int]:
         epoch = self.epoch
@@ -209,7 +167,8 @@ class ResumableSampler(DistributedSampler):
         offset = epoch * self.n if self.global_indices else 0
         # The consumed items move to the end rather than being dropped: the length stays the same (what the epoch
         # loop expects), and the loop stops after the remaining batches anyway.
-        order = self.order(epoch).roll(-skip)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = (torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)).roll(-skip)
         world, rank = self.num_replicas, self.rank
         if world > 1:
             total = -(-self.n // world) * world
@@ -226,12 +185,9 @@ def _distributed() -> bool:
 
 def capture_rng_state() -> dict[str, Any]:
     """The global random states (torch CPU and CUDA, numpy, Python) as plain tensors and containers."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-        "python": random.getstate(),
-    }
+    name, keys, *rest = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), *map(float, rest)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -249,26 +205,20 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """Saves what Lightning does not, so that a resumed run continues exactly where it stopped: the position in
-    the training epoch (for :class:`ResumableSampler`) and the global random states (k-means starts and dead-code
-    restarts of the quantizers draw from them).
-
-    Lightning restores the step counters, weights, codebooks, optimizer, scheduler, discriminator and callback
-    states itself.
-    """
+    """Saves what Lightning does not, so that a resumed run continues exactly: the position in the epoch
+    (for :class:`ResumableSampler`) and the global random states (k-means starts and dead-code restarts use
+    them)."""
 
     def __init__(self, sampler: ResumableSampler | None = None, batch_size: int = 1):
         self.sampler, self.batch_size = sampler, batch_size
         self.epoch, self.batches = 0, 0
         self._rng: dict[str, Any] | None = None
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch != self.epoch:
-            self.epoch, self.batches = trainer.current_epoch, 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         # Runs before the checkpoint callbacks (Lightning calls those last), so a save counts this batch.
-        self.batches += 1
+        # After a resume, Lightning's batch index continues from the batches already done in the epoch.
+        self.epoch, self.batches = trainer.current_epoch, batch_idx + 1
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["vqgan_resume"] = {"epoch": self.epoch, "batches": self.batches, "rng": capture_rng_state()}
@@ -296,21 +246,8 @@ class GuardedModelCheckpoint(ModelCheckpoint):
     """A :class:`ModelCheckpoint` that writes nothing while the module reports non-finite steps
     (``pl_module.counters["nonfinite_streak"] > 0``), so NaN weights never replace the last good checkpoints."""
 
-    @staticmethod
-    def _healthy(pl_module: L.LightningModule) -> bool:
-        streak = getattr(pl_module, "counters", {}).get("nonfinite_streak", 0)
+    def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
+        streak = getattr(trainer.lightning_module, "counters", {}).get("nonfinite_streak", 0)
         if streak:
             log.debug("not writing a checkpoint: the last %d step(s) were non-finite", streak)
-        return not streak
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
-        if self._healthy(pl_module):
-            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._healthy(pl_module):
-            super().on_validation_end(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._healthy(pl_module):
-            super().on_train_epoch_end(trainer, pl_module)
+        return bool(streak) or super()._should_skip_saving_checkpoint(trainer)

@@ -1,27 +1,16 @@
-"""Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer).
+"""Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer),
+every ``train.diagnostics_every_n_steps`` steps and once more at the end of training, for the model's
+quantizer (the first stage of a residual one); README lists the statistics.
 
-Every ``train.diagnostics_every_n_steps`` steps, and once more at the end of training (so that a run shorter than
-the interval has them too), :class:`CodebookDiagnostics` records, for the quantizer of the
-model (the first stage of a residual quantizer):
-
-* ``usage`` (fraction of codes hit since the previous record), ``perplexity`` (of those hits), ``dead_codes``
-  (codes whose running usage is below the restart threshold), ``restarts`` (codes restarted since the previous
-  record);
-* per code: ``code_norms`` (L2 norm of each code in the latent space the decoder reads), ``code_grad_norms`` (norm
-  of each code's gradient at that step for codebooks learned by gradients; for EMA, SimVQ, FSQ and LFQ codebooks,
-  the norm of each code's change since the previous record) and ``code_counts`` (hits since the previous record).
-
-They are written atomically to ``RUN_DIR/diagnostics.npz`` (arrays ``step (T,)``, scalars ``(T,)``, per-code arrays
-``(T, K)`` float32; per-code arrays are left out for implicit codebooks larger than 65,536 codes) and logged to
-TensorBoard as ``diag/usage``, ``diag/perplexity``, ``diag/dead_codes``, ``diag/restarts`` and the histogram
-``diag/code_norms``. :func:`vqgan.metrics.codebook.load_diagnostics` reads the file back for plotting.
-
-Recording reads the statistics back to the host once per record, never in the steps between.
+File format, ``RUN_DIR/diagnostics.npz`` (written atomically): ``step (T,)`` int64; scalars ``usage``,
+``perplexity`` (float64), ``dead_codes``, ``restarts`` (int64), each ``(T,)``; per-code ``code_norms``,
+``code_grad_norms``, ``code_counts`` ``(T, K)`` float32, left out for implicit codebooks over 65,536 codes.
+Read it with :func:`vqgan.metrics.codebook.load_diagnostics`. Recording syncs with the host once per record
+only.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +20,8 @@ import torch
 
 from vqgan.metrics.codebook import DIAGNOSTICS_FILE, load_diagnostics  # noqa: F401 - the reader of what this writes
 from vqgan.quantizers.base import Quantizer, perplexity_and_usage
+from vqgan.train.callbacks import log_to_experiments
+from vqgan.train.checkpoint import atomic_write
 
 SCALARS = ("usage", "perplexity", "dead_codes", "restarts")
 PER_CODE = ("code_norms", "code_grad_norms", "code_counts")
@@ -47,25 +38,9 @@ def find_quantizer(module: torch.nn.Module) -> Quantizer:
     raise ValueError(f"{type(module).__name__} contains no Quantizer")
 
 
-def save_diagnostics(records: dict[str, list[Any]], path: str | Path) -> Path:
-    """Write ``records`` (lists of per-record values) as ``npz`` atomically: a temporary file, then ``os.replace``."""
-    path = Path(path)
-    arrays = {k: np.asarray(v, dtype=_DTYPES.get(k)) for k, v in records.items() if len(v) or k in ("step", *SCALARS)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-    return path
-
-
 class CodebookDiagnostics(L.Callback):
-    """Record codebook statistics every ``every_n_steps`` training steps (see the module docstring).
-
-    Args:
-        run_dir: folder of the run; the file is ``run_dir/diagnostics.npz``.
-        every_n_steps: record interval in optimizer steps.
-        max_codes: per-code arrays are recorded only for codebooks up to this size.
-    """
+    """Record codebook statistics into ``run_dir/diagnostics.npz`` every ``every_n_steps`` optimizer steps;
+    per-code arrays only for codebooks of up to ``max_codes`` codes."""
 
     def __init__(self, run_dir: str | Path, every_n_steps: int = 50, max_codes: int = 65536):
         if every_n_steps < 1:
@@ -73,28 +48,20 @@ class CodebookDiagnostics(L.Callback):
         self.path = Path(run_dir) / DIAGNOSTICS_FILE
         self.every_n_steps = every_n_steps
         self.max_codes = max_codes
-        self.records: dict[str, list[Any]] = {k: [] for k in ("step", *SCALARS, *PER_CODE)}
-        self._previous_codes: torch.Tensor | None = None
-        self._last_step = -1
+        self._last_step = -1  # records and _previous_codes start in on_train_start
 
-    # -- Lightning hooks ------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = trainer.global_step
-        self.records = {k: [] for k in ("step", *SCALARS, *PER_CODE)}
+        self.records: dict[str, list[Any]] = {k: [] for k in ("step", *SCALARS, *PER_CODE)}
         if start > 0 and self.path.is_file():  # resumed: keep what was recorded up to the checkpoint
             old = load_diagnostics(self.path.parent)
-            keep = old["step"] <= start
-            for k in self.records:
-                if k in old:
-                    self.records[k] = list(old[k][keep])
+            self.records.update({k: list(old[k][old["step"] <= start]) for k in self.records if k in old})
         target = find_quantizer(pl_module).diagnostic_target
         target.pop_window()
         self._previous_codes = self._codes(target)
         self._last_step = start
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_step:
             self.record(trainer, pl_module, step)
@@ -104,12 +71,8 @@ class CodebookDiagnostics(L.Callback):
         if step != self._last_step and step > 0:
             self.record(trainer, pl_module, step)
 
-    # -- recording ------------------------------------------------------------------------------------------
     def _codes(self, target: Quantizer) -> torch.Tensor | None:
-        if target.codebook_size > self.max_codes:
-            return None
-        with torch.no_grad():
-            return target.codebook.detach().float().clone()
+        return target.codebook.detach().float().clone() if target.codebook_size <= self.max_codes else None
 
     @torch.no_grad()
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, Any]:
@@ -139,14 +102,11 @@ class CodebookDiagnostics(L.Callback):
         if trainer.is_global_zero:
             for k, v in row.items():
                 self.records[k].append(v)
-            save_diagnostics(self.records, self.path)
-            self._log(trainer, row, step)
+            kept = {k: v for k, v in self.records.items() if len(v) or k in ("step", *SCALARS)}
+            arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in kept.items()}
+            atomic_write(self.path, lambda f: np.savez(f, **arrays))
+            for logger in trainer.loggers:
+                logger.log_metrics({f"diag/{k}": float(row[k]) for k in SCALARS}, step=step)
+            if "code_norms" in row:
+                log_to_experiments(trainer, "histogram", "diag/code_norms", row["code_norms"], step)
         return row
-
-    @staticmethod
-    def _log(trainer: L.Trainer, row: dict[str, Any], step: int) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics({f"diag/{k}": float(row[k]) for k in SCALARS}, step=step)
-            experiment = getattr(logger, "experiment", None)
-            if "code_norms" in row and hasattr(experiment, "add_histogram"):
-                experiment.add_histogram("diag/code_norms", row["code_norms"], step)

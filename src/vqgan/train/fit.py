@@ -1,18 +1,9 @@
-"""``fit``: stage 1's data, module and callbacks, trained by the shared harness (:mod:`vqgan.train.harness`), which
-writes the run folder::
-
-    RUN_DIR/config.yaml                resolved configuration
-    RUN_DIR/checkpoints/last.ckpt      latest state (resume from it); best.ckpt; stepNNNNNNN.ckpt (last K)
-    RUN_DIR/samples/step_*.png         reconstructions of a fixed validation batch
-    RUN_DIR/logs/                      TensorBoard event files (RUN_DIR/wandb/ too with train.logger=wandb)
-    RUN_DIR/diagnostics.npz            codebook diagnostics (every train.diagnostics_every_n_steps and at the end)
-    RUN_DIR/metrics.json               final validation metrics and run statistics
-"""
+"""``fit``: stage 1's data, module and callbacks, trained by :mod:`vqgan.train.harness` (README lists the
+files of the run folder)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from vqgan.config import ExperimentConfig, to_dict
-from vqgan.data import build_datasets, collate_skip, pin_memory
+from vqgan.data import build_datasets, collate_skip
 from vqgan.train.callbacks import ReconstructionSamples
 from vqgan.train.checkpoint import ResumableSampler, ResumeState
 from vqgan.train.diagnostics import CodebookDiagnostics
-from vqgan.train.harness import (  # noqa: F401  (check_run_dir, resolve_resume, write_json_atomic: public here too)
-    RunParts,
-    check_run_dir,
-    finish_run,
-    resolve_resume,
-    resolve_run_dir,
-    run_training,
-    write_json_atomic,
-)
+from vqgan.train.harness import RunParts, data_loaders, resolve_run_dir, run_training
 from vqgan.train.module import VQGANModule
 
 log = logging.getLogger(__name__)
@@ -41,30 +24,19 @@ log = logging.getLogger(__name__)
 
 def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
     """Training (shuffled, drop_last) and validation (fixed order) loaders for ``cfg.data``."""
-    d = cfg.data
-    train_ds, val_ds = build_datasets(d, cfg.train.seed)
-    workers = d.num_workers
-    common: dict[str, Any] = dict(
-        num_workers=workers, collate_fn=collate_skip, persistent_workers=workers > 0,
-        pin_memory=pin_memory(cfg.train.accelerator),
-    )
-    if workers > 0:
-        common["multiprocessing_context"] = "spawn" if os.name == "nt" else None
-    drop_last = len(train_ds) >= d.batch_size
-    # Iterable datasets (video chunks) shuffle themselves; a DataLoader refuses shuffle=True for them.
-    shuffle = not isinstance(train_ds, torch.utils.data.IterableDataset)
-    # A map-style set gets a sampler whose order depends on (seed, epoch) only and that can start mid-epoch, so
-    # that a resumed run sees exactly the batches an uninterrupted one would have seen.
-    sampler = ResumableSampler(train_ds, seed=cfg.train.seed) if shuffle else None
-    train = DataLoader(train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=drop_last, **common)
-    val = DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **common)
-    return train, val
+    train_ds, val_ds = build_datasets(cfg.data, cfg.train.seed)
+    # A map-style set gets a sampler whose order depends on (seed, epoch) only and that can start mid-epoch,
+    # so that a resumed run sees exactly the batches an uninterrupted one would have seen. Iterable datasets
+    # (video chunks) shuffle themselves.
+    iterable = isinstance(train_ds, torch.utils.data.IterableDataset)
+    sampler = None if iterable else ResumableSampler(train_ds, seed=cfg.train.seed)
+    loader_kw = {"collate_fn": collate_skip}
+    return data_loaders(train_ds, val_ds, cfg.data, cfg.train.accelerator, {"sampler": sampler}, **loader_kw)
 
 
 def _strategy(cfg: ExperimentConfig) -> str:
-    """``train.strategy``, with DDP's unused-parameter detection switched on for GAN training: each step runs two
-    backward passes (the generator's, then the discriminator's), each reaching only its own network's
-    parameters, which plain DDP reports as an error."""
+    """``train.strategy``, with DDP's unused-parameter detection for GAN training: each of a step's two
+    backward passes reaches only its own network's parameters, which plain DDP reports as an error."""
     strategy = cfg.train.strategy
     if cfg.loss.disc_weight > 0 and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         return f"{strategy}_find_unused_parameters_true"
@@ -72,29 +44,16 @@ def _strategy(cfg: ExperimentConfig) -> str:
 
 
 def fit(
-    cfg: ExperimentConfig,
-    run_dir: str | Path | None = None,
-    resume: str | bool | None = None,
-    extra_callbacks: list[L.Callback] | None = None,
-    run_name: str | None = None,
+    cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: str | bool | None = None,
+    extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train a stage-1 tokenizer and return the final metrics (also written to ``RUN_DIR/metrics.json``).
-
-    Everything that can be checked before training (config consistency, data, perceptual backbone file) is
-    checked first, so that a mistake costs seconds rather than a run.
-
-    Args:
-        run_dir: the run folder; ``None`` trains in ``runs/RUN_NAME``.
-        resume: ``"last"`` (the newest good checkpoint of the run folder) or a checkpoint path.
-        run_name: names the run (the folder when ``run_dir`` is not given, and the W&B run); default ``cfg.name``.
-    """
+    ``run_dir=None`` trains in ``runs/RUN_NAME``; ``resume`` is ``"last"`` (the newest good checkpoint of the
+    run folder) or a checkpoint path; ``run_name`` (default ``cfg.name``) also names the W&B run."""
     cfg.validate()
     run_dir = resolve_run_dir(run_dir, run_name)
-    if cfg.train.accelerator == "cpu" or not torch.cuda.is_available():
-        torch.set_float32_matmul_precision("highest")
-    else:
-        torch.set_float32_matmul_precision("high")
-    diagnostics: list[CodebookDiagnostics] = []
+    on_gpu = cfg.train.accelerator != "cpu" and torch.cuda.is_available()
+    torch.set_float32_matmul_precision("high" if on_gpu else "highest")
 
     def build() -> RunParts:
         train_loader, val_loader = build_loaders(cfg)
@@ -104,19 +63,15 @@ def fit(
             # checkpoint keys stay those of an eager run (see VQModel.compile).
             module.model.compile()
         sampler = train_loader.sampler if isinstance(train_loader.sampler, ResumableSampler) else None
-        t = cfg.train
-        if t.diagnostics_every_n_steps > 0:
-            diagnostics.append(CodebookDiagnostics(run_dir, t.diagnostics_every_n_steps))
+        every = cfg.train.diagnostics_every_n_steps
+        diagnostics = [CodebookDiagnostics(run_dir, every)] if every > 0 else []
         callbacks = [ResumeState(sampler, cfg.data.batch_size), ReconstructionSamples(run_dir / "samples"), *diagnostics]
-        return RunParts(module, train_loader, val_loader, cfg, callbacks, strategy=_strategy(cfg))
+        return RunParts(module, train_loader, val_loader, cfg, callbacks, {"strategy": _strategy(cfg)})
 
-    result = run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks)
-    module = result.module
-    val = module.last_val_metrics
-    metrics = result.metrics(
-        codebook_usage=val.get("codebook_usage"),
-        **{k: v for k, v in module.counters.items() if k != "nonfinite_streak"},
-    )
-    if metrics.get("skipped_data"):
-        log.warning("%d unreadable data item(s) were skipped (see the warnings above)", metrics["skipped_data"])
-    return finish_run(result, run_dir, metrics)
+    def extra(module: VQGANModule) -> dict[str, Any]:
+        counters = {k: v for k, v in module.counters.items() if k != "nonfinite_streak"}
+        if n := counters["skipped_data"]:
+            log.warning("%d unreadable data item(s) were skipped (see the warnings above)", n)
+        return {"codebook_usage": module.last_val_metrics.get("codebook_usage"), **counters}
+
+    return run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks, extra)

@@ -1,17 +1,12 @@
 """The training harness shared by stage 1 (``fit``) and the priors (``fit_prior``): one Trainer builder, one
-learning-rate schedule, one run procedure.
-
-A run (:func:`run_training`) checks the run folder, seeds, builds its parts, saves the resolved config, trains, writes
-the final checkpoint, validates the final weights and writes ``metrics.json`` (rank zero only). What differs between
-the stages (their module, loaders, callbacks and extra metrics) comes in through :class:`RunParts`.
-"""
+learning-rate schedule, one run procedure (:func:`run_training`); what differs between the stages comes in
+through :class:`RunParts`."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -24,26 +19,26 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch.utils.data import DataLoader
 
 from vqgan.config import ConfigError, TrainerSettings, dump_config
+from vqgan.config_checks import check_plain_name
+from vqgan.data import pin_memory
 from vqgan.train.checkpoint import (
     AtomicCheckpointIO,
     GuardedModelCheckpoint,
+    atomic_write,
     find_resume_checkpoint,
     verify_checkpoint,
 )
 
 log = logging.getLogger(__name__)
 
-RUNS_ROOT = Path("runs")
 
-
-# -- learning rate ---------------------------------------------------------------------------------------------
 class WarmupCosine:
-    """Learning-rate factor: linear warm-up to 1 over ``warmup`` steps, then constant (``total=None``) or a cosine
-    decay to ``min_ratio`` at ``total`` steps. A picklable callable for :class:`torch.optim.lr_scheduler.LambdaLR`,
-    so the scheduler's state stays plain data."""
+    """Learning-rate factor: linear warm-up to 1 over ``warmup`` steps, then constant (``total=None``) or a
+    cosine decay to ``min_ratio`` at ``total`` steps; picklable, so the scheduler's state stays plain data."""
 
     def __init__(self, warmup: int, total: int | None = None, min_ratio: float = 0.1):
         self.warmup, self.total, self.min_ratio = max(warmup, 0), total, min_ratio
@@ -57,61 +52,60 @@ class WarmupCosine:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def total_steps(settings: TrainerSettings, trainer: L.Trainer | None = None) -> int:
-    """Optimizer steps the run will take: ``max_steps``, or under ``max_epochs`` the Trainer's estimate (epochs
-    times batches per epoch)."""
-    if settings.max_epochs is None or trainer is None:
-        return settings.max_steps
-    estimate = trainer.estimated_stepping_batches
-    return int(estimate) if math.isfinite(estimate) else settings.max_steps
+def optimizers(
+    cls: type[torch.optim.Optimizer], groups: list[dict], settings: TrainerSettings,
+    trainer: L.Trainer | None, **kwargs: Any,
+) -> tuple[list[torch.optim.Optimizer], list[dict]]:
+    """``configure_optimizers``'s answer for both stages: ``cls`` over ``groups``, fused (one kernel, 3-4x
+    faster on CPU, same update) where the device has it, and the one schedule, stepped every optimizer step;
+    under ``max_epochs`` the cosine ends at the Trainer's estimate of the steps."""
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    opt = cls(groups, betas=tuple(settings.betas), fused=fused, **kwargs)
+    total = None
+    if settings.lr_schedule == "cosine":
+        by_epochs = settings.max_epochs and trainer is not None
+        estimate = trainer.estimated_stepping_batches if by_epochs else math.inf
+        total = int(estimate) if math.isfinite(estimate) else settings.max_steps
+    factor = WarmupCosine(settings.warmup_steps, total, settings.min_lr_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return [opt], [{"scheduler": sched, "interval": "step"}]
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, settings: TrainerSettings, trainer: L.Trainer | None = None) -> dict:
-    """The one schedule of both stages, as Lightning's ``lr_scheduler`` config (stepped every optimizer step)."""
-    total = total_steps(settings, trainer) if settings.lr_schedule == "cosine" else None
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(settings.warmup_steps, total, settings.min_lr_ratio))
-    return {"scheduler": sched, "interval": "step"}
+def publish_validation(module: L.LightningModule, metrics: dict[str, torch.Tensor], bar: str) -> None:
+    """Log a validation's ``metrics``, show ``bar`` in the progress bar (as ``val_NAME``), and keep them,
+    without their ``val/`` prefix, in ``module.last_val_metrics`` for ``metrics.json``."""
+    module.log_dict(metrics)
+    module.log(bar.replace("/", "_"), metrics[bar], prog_bar=True, logger=False)
+    module.last_val_metrics = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
+    module.last_val_step = module.global_step
 
 
-# -- Trainer --------------------------------------------------------------------------------------------------
+def data_loaders(
+    train_ds: Any, val_ds: Any, d: Any, accelerator: str, train_kw: dict[str, Any], **kw: Any
+) -> tuple[DataLoader, DataLoader]:
+    """Both stages' training loader (``train_kw``: its sampler or shuffling; ``drop_last`` when the set holds
+    a batch) and validation loader (fixed order), with the batch sizes and workers of the data config ``d``.
+    """
+    kw.update(num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
+              pin_memory=pin_memory(accelerator))
+    drop_last = len(train_ds) >= d.batch_size
+    train = DataLoader(train_ds, batch_size=d.batch_size, drop_last=drop_last, **train_kw, **kw)
+    return train, DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **kw)
+
+
 class StepProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, labelled with what limits the run: ``step 40/1000`` for a step-limited run
-    (Lightning's own label reads ``Epoch 0/-2`` there, from ``max_epochs=-1``), ``Epoch 3/9`` when ``max_epochs``
-    is the limit."""
+    """Lightning's rich progress bar, labelled with what limits the run: ``step 40/1000`` for a step-limited
+    run (Lightning's own label reads ``Epoch 0/-2`` there), ``Epoch 3/9`` when ``max_epochs`` is the limit."""
 
     def _get_train_description(self, current_epoch: int) -> str:
-        trainer = self.trainer
-        if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            text = f"Epoch {current_epoch}/{trainer.max_epochs - 1}"
-        else:
-            text = f"Epoch {current_epoch}"
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            text += f" · step {trainer.global_step}/{trainer.max_steps}"
-        return text
+        t = self.trainer
+        text = f"Epoch {current_epoch}" + (f"/{t.max_epochs - 1}" if (t.max_epochs or 0) > 0 else "")
+        return text + (f" · step {t.global_step}/{t.max_steps}" if (t.max_steps or 0) > 0 else "")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         if self.progress is not None and self.train_progress_bar_id is not None:
             self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
-
-
-def _devices(devices: str) -> str | int:
-    return devices if devices == "auto" else int(devices) if devices.isdigit() else devices
-
-
-def build_loggers(settings: TrainerSettings, run_dir: Path, run_name: str) -> list[Any]:
-    """TensorBoard under ``RUN_DIR/logs`` (also with W&B, so ``vqgan report`` always has event files), and W&B
-    under ``RUN_DIR/wandb`` for ``logger: wandb`` (not in debug mode)."""
-    loggers: list[Any] = []
-    if settings.logger in ("tensorboard", "wandb"):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
-    if settings.logger == "wandb" and not settings.debug:
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(WandbLogger(project=settings.wandb_project or "vqgan", name=run_name, save_dir=str(run_dir)))
-    return loggers
 
 
 def require_logger_package(settings: TrainerSettings) -> None:
@@ -126,23 +120,13 @@ def require_logger_package(settings: TrainerSettings) -> None:
 
 
 def build_trainer(
-    settings: TrainerSettings,
-    run_dir: Path,
-    callbacks: list[L.Callback],
-    run_name: str,
-    strategy: str | None = None,
-    **trainer_kwargs: Any,
+    settings: TrainerSettings, run_dir: Path, callbacks: list[L.Callback], run_name: str, **trainer_kwargs: Any
 ) -> L.Trainer:
-    """The Lightning Trainer of every run: checkpoints (``best``, ``last``, the last ``keep_last_k`` periodic ones,
-    never written during non-finite steps), loggers, progress bar, validation cadence, precision and hardware.
-
-    Args:
-        callbacks: the stage's own callbacks (samples, diagnostics, resume state...).
-        strategy: overrides ``settings.strategy`` (stage 1 asks DDP to find unused parameters for GAN training).
-        trainer_kwargs: further ``L.Trainer`` arguments (the prior's automatic gradient clipping).
-    """
+    """The Lightning Trainer of every run: checkpoints (``best``, ``last``, the last ``keep_last_k`` periodic
+    ones, never written during non-finite steps), loggers, progress bar, validation cadence, precision and
+    hardware, plus the stage's ``callbacks`` and ``trainer_kwargs`` (which may override ``strategy``)."""
     t = settings
-    ckpt_dir = run_dir / "checkpoints"
+    trainer_kwargs = {"strategy": t.strategy, **trainer_kwargs}
     max_steps = min(t.max_steps, 10) if t.debug else t.max_steps
     if t.max_epochs is not None and not t.debug:
         max_steps = -1  # the epochs are the limit
@@ -152,63 +136,47 @@ def build_trainer(
     else:
         val_every = min(t.val_every_n_steps, max_steps) if max_steps > 0 else t.val_every_n_steps
         val = dict(val_check_interval=val_every, check_val_every_n_epoch=None)
-        periodic = (
-            {"every_n_epochs": t.checkpoint_every_n_epochs}
-            if t.checkpoint_every_n_epochs is not None
-            else {"every_n_train_steps": t.checkpoint_every_n_steps or val_every}
-        )
+        periodic = {"every_n_train_steps": t.checkpoint_every_n_steps or val_every}
+        if t.checkpoint_every_n_epochs is not None:
+            periodic = {"every_n_epochs": t.checkpoint_every_n_epochs}
+    # TensorBoard under RUN_DIR/logs (also with W&B, so that `vqgan report` always has event files), W&B under
+    # RUN_DIR/wandb (not in debug mode).
+    loggers: list[Any] = []
+    if t.logger in ("tensorboard", "wandb"):
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
+    if t.logger == "wandb" and not t.debug:
+        loggers.append(WandbLogger(project=t.wandb_project or "vqgan", name=run_name, save_dir=str(run_dir)))
+    kw = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
     all_callbacks: list[L.Callback] = [
-        GuardedModelCheckpoint(
-            dirpath=ckpt_dir, filename="best", monitor=t.monitor, mode=t.monitor_mode, save_top_k=1, save_last=True,
-            enable_version_counter=False, auto_insert_metric_name=False,
-        ),
-        GuardedModelCheckpoint(
-            dirpath=ckpt_dir, filename="step{step:07d}", monitor="step", mode="max", save_top_k=t.keep_last_k,
-            auto_insert_metric_name=False, enable_version_counter=False, **periodic,
-        ),
+        GuardedModelCheckpoint(filename="best", monitor=t.monitor, mode=t.monitor_mode, save_last=True, **kw),
+        GuardedModelCheckpoint(filename="step{step:07d}", monitor="step", mode="max",
+                               save_top_k=t.keep_last_k, **periodic, **kw),
         StepProgressBar(),
         *callbacks,
+        *([LearningRateMonitor(logging_interval="step")] if loggers else []),
     ]
-    loggers = build_loggers(t, run_dir, run_name)
-    if loggers:
-        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     return L.Trainer(
-        default_root_dir=str(run_dir),
-        max_steps=max_steps,
+        default_root_dir=str(run_dir), max_steps=max_steps,
         max_epochs=t.max_epochs if t.max_epochs is not None and not t.debug else -1,
         max_time=None if t.max_time_minutes is None else timedelta(minutes=t.max_time_minutes),
-        **val,
-        limit_val_batches=2 if t.debug else None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1 if t.debug else t.log_every_n_steps,
-        logger=loggers or False,
-        callbacks=all_callbacks,
-        plugins=[AtomicCheckpointIO()],
-        accelerator=t.accelerator,
-        devices=_devices(t.devices),
-        strategy=strategy or t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        enable_model_summary=False,
-        enable_progress_bar=True,
-        # cuDNN picks the fastest convolution algorithms for the (fixed) batch shapes once; Lightning's default
-        # leaves it off. No effect on CPU.
-        benchmark=True,
+        **val, limit_val_batches=2 if t.debug else None, num_sanity_val_steps=0,
+        log_every_n_steps=1 if t.debug else t.log_every_n_steps, logger=loggers or False,
+        callbacks=all_callbacks, plugins=[AtomicCheckpointIO()], accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, precision=t.precision,
+        enable_model_summary=False, enable_progress_bar=True,
+        benchmark=True,  # cuDNN picks the fastest convolutions for the fixed batch shapes once (default off)
         **trainer_kwargs,
     )
 
 
-# -- run folder ----------------------------------------------------------------------------------------------
 def resolve_run_dir(run_dir: str | Path | None, run_name: str | None) -> Path:
     """``run_dir`` when given, else ``runs/RUN_NAME`` (seed 004's ``--run-name``)."""
     if run_dir is not None:
         return Path(run_dir)
     if not run_name:
         raise ConfigError("no run folder: pass --run-dir DIR or --run-name NAME (which trains in runs/NAME)")
-    from vqgan.config_checks import check_plain_name
-
     check_plain_name(run_name, key="--run-name")
-    return RUNS_ROOT / run_name
+    return Path("runs") / run_name
 
 
 def wants_resume(resume: str | bool | None) -> bool:
@@ -217,16 +185,14 @@ def wants_resume(resume: str | bool | None) -> bool:
 
 
 def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
-    """``True``/``"last"`` -> the newest *good* checkpoint of ``RUN_DIR/checkpoints`` (a corrupt or truncated
-    newest file falls back to the previous one, with a warning; ``None`` when the folder has none); a path -> that
-    file, verified; else ``None``."""
+    """``True``/``"last"`` -> the newest *good* checkpoint of ``RUN_DIR/checkpoints`` (see
+    :func:`find_resume_checkpoint`); a path -> that file, verified; else ``None``."""
     if not wants_resume(resume):
         return None
     if resume in (True, "true", "True", "last"):
-        found = find_resume_checkpoint(run_dir / "checkpoints")
-        if found is None:
+        if (found := find_resume_checkpoint(run_dir / "checkpoints")) is None:
             log.warning("--resume last: no checkpoint in %s, starting from scratch", run_dir / "checkpoints")
-        return None if found is None else str(found)
+        return found and str(found)
     path = Path(str(resume))
     if not path.is_file():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint")
@@ -234,58 +200,30 @@ def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-class RunDirInUseError(FileExistsError):
-    """A new run was asked for in a folder that already holds an earlier run's checkpoints."""
-
-
 def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
-    """Refuse to start a new run (no ``resume``) in a folder that holds checkpoints of an earlier one: it would
-    overwrite that run's ``config.yaml`` and mix two runs' checkpoints and logs. Raises :class:`RunDirInUseError`
-    saying how to continue the earlier run or where to start the new one."""
-    if wants_resume(resume):
-        return
-    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
-    if ckpts:
-        raise RunDirInUseError(
+    """Refuse to start a new run (no ``resume``) in a folder that holds checkpoints of an earlier one: it
+    would overwrite that run's ``config.yaml`` and mix two runs' checkpoints and logs."""
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    if ckpts and not wants_resume(resume):
+        raise FileExistsError(
             f"{run_dir} already holds an earlier run ({len(ckpts)} checkpoint(s), e.g. {ckpts[-1].name}). "
             "Pass --resume last to continue it, or choose another --run-dir (or delete the folder) for a new run."
         )
 
 
-def write_json_atomic(data: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
-
-
 def _remove_if_left_empty(run_dir: Path, written: set[Path]) -> None:
-    """After a failed run that created ``run_dir``: remove it when it holds nothing but empty folders and the files
-    this run wrote before training (``written``). Anything else (a checkpoint, a sample, a file of the user's)
-    keeps the whole folder."""
-    if not run_dir.is_dir():
-        return
-    files = [p for p in run_dir.rglob("*") if not p.is_dir()]
-    if any(p not in written for p in files):
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    log.info("removed %s: the run failed before writing anything", run_dir)
+    """After a failed run that created ``run_dir``: remove it when it holds nothing but empty folders and the
+    files this run wrote before training (``written``), never a checkpoint or a file of the user's."""
+    if run_dir.is_dir() and all(p.is_dir() or p in written for p in run_dir.rglob("*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("removed %s: the run failed before writing anything", run_dir)
 
 
-# -- run procedure ---------------------------------------------------------------------------------------------
 @dataclass
 class RunParts:
-    """What a stage contributes to :func:`run_training`, built after seeding.
-
-    Attributes:
-        module: the LightningModule to train; it sets ``last_val_metrics`` and ``last_val_step`` after validation.
-        train_loader, val_loader: the data.
-        config: the resolved experiment config, written to ``RUN_DIR/config.yaml``.
-        callbacks: the stage's own callbacks.
-        trainer_kwargs: further ``L.Trainer`` arguments.
-        strategy: overrides ``train.strategy`` (``None``: as configured).
-    """
+    """What a stage contributes to :func:`run_training`, built after seeding: its module (which sets
+    ``last_val_metrics`` and ``last_val_step`` after validation), loaders, resolved config (written to
+    ``RUN_DIR/config.yaml``), callbacks and further ``L.Trainer`` arguments."""
 
     module: L.LightningModule
     train_loader: DataLoader
@@ -293,33 +231,11 @@ class RunParts:
     config: Any
     callbacks: list[L.Callback] = field(default_factory=list)
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
-    strategy: str | None = None
-
-
-@dataclass
-class RunResult:
-    """What :func:`run_training` returns: the Trainer and module after the final validation, the checkpoint the run
-    resumed from, and the training time in seconds."""
-
-    trainer: L.Trainer
-    module: L.LightningModule
-    resumed_from: str | None
-    seconds: float
-
-    def metrics(self, **extra: Any) -> dict[str, Any]:
-        """The final validation metrics, the step count, the timing and ``extra``."""
-        return {
-            **self.module.last_val_metrics,
-            "steps": self.trainer.global_step,
-            "train_seconds": round(self.seconds, 2),
-            "resumed_from": self.resumed_from,
-            **extra,
-        }
 
 
 def quiet_lightning() -> None:
-    """Keep Lightning's advice to developers out of the user's terminal: the litlogger tip, the modules-in-eval-mode
-    warning, the worker-count hint, and warnings about choices this harness makes on purpose."""
+    """Keep Lightning's advice to developers (the litlogger tip, the worker-count hint, warnings about choices
+    made here on purpose) out of the user's terminal."""
     for message in (
         ".*pre-optimization state.*",  # manual optimization needs none saved
         ".*your dataloader is not resumable.*",  # ResumableSampler + ResumeState make resumption exact
@@ -337,19 +253,14 @@ def _drop_chatter(record: logging.LogRecord) -> bool:
 
 
 def run_training(
-    settings: TrainerSettings,
-    run_dir: str | Path,
-    build: Callable[[], RunParts],
-    resume: str | bool | None = None,
-    run_name: str = "run",
-    extra_callbacks: list[L.Callback] | None = None,
-) -> RunResult:
+    settings: TrainerSettings, run_dir: str | Path, build: Callable[[], RunParts],
+    resume: str | bool | None = None, run_name: str = "run", extra_callbacks: list[L.Callback] | None = None,
+    extra_metrics: Callable[[Any], dict[str, Any]] = lambda module: {},
+) -> dict[str, Any]:
     """The run procedure of every stage: check the run folder, seed, ``build()`` the parts, save the resolved
-    config, fit (resuming when asked), write ``checkpoints/last.ckpt`` (full state), validate the final weights
-    unless that was just done. ``metrics.json`` is written by :func:`finish_run`.
-
-    A failed run that created its folder and wrote nothing in it but its config removes the folder again.
-    """
+    config, fit (resuming when asked), write ``checkpoints/last.ckpt`` (full state), validate the final
+    weights unless just done; return the final metrics (also ``extra_metrics(module)``), written to
+    ``RUN_DIR/metrics.json`` on rank zero. A run that fails before writing anything removes its new folder."""
     quiet_lightning()
     require_logger_package(settings)
     run_dir = Path(run_dir)
@@ -362,7 +273,7 @@ def run_training(
         run_dir.mkdir(parents=True, exist_ok=True)
         written.add(dump_config(parts.config, run_dir / "config.yaml"))
         callbacks = [*parts.callbacks, *(extra_callbacks or [])]
-        trainer = build_trainer(settings, run_dir, callbacks, run_name, parts.strategy, **parts.trainer_kwargs)
+        trainer = build_trainer(settings, run_dir, callbacks, run_name, **parts.trainer_kwargs)
         ckpt_path = resolve_resume(resume, run_dir)
         start = time.perf_counter()
         trainer.fit(parts.module, parts.train_loader, parts.val_loader, ckpt_path=ckpt_path, weights_only=True)
@@ -375,17 +286,12 @@ def run_training(
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state, to resume
     if module.last_val_step != trainer.global_step:  # validate the final weights unless just done
         trainer.validate(module, parts.val_loader, verbose=False, weights_only=True)
-    return RunResult(trainer, module, ckpt_path, seconds)
-
-
-def finish_run(result: RunResult, run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Write ``RUN_DIR/metrics.json`` on rank zero only, close the W&B run (so that a next ``fit`` in the same
-    process starts its own instead of logging into this one), and return ``metrics``."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    if result.trainer.is_global_zero:
-        write_json_atomic(metrics, Path(run_dir) / "metrics.json")
-    for logger in result.trainer.loggers:
+    metrics = {**module.last_val_metrics, "steps": trainer.global_step, "train_seconds": round(seconds, 2),
+               "resumed_from": ckpt_path, **extra_metrics(module)}
+    if trainer.is_global_zero:
+        text = json.dumps(metrics, indent=2, sort_keys=True)
+        atomic_write(run_dir / "metrics.json", lambda f: f.write(text.encode()))
+    for logger in trainer.loggers:  # close the W&B run, so that a next fit in this process starts its own
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
     return metrics

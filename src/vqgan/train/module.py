@@ -1,12 +1,7 @@
-"""Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization.
-
-One optimizer with two parameter groups (generator, discriminator) steps once per batch, so Lightning's
-``global_step`` counts batches whatever the GAN schedule. The generator's loss is back-propagated into the
-autoencoder's parameters only and the discriminator's into the discriminator's only (``inputs=``), and the
-discriminator sees detached reconstructions: no gradient leaks between the two (a bug of several public
-implementations; ``tests/test_training.py`` pins it). A non-finite loss or gradient skips that network's update
-for the step and is counted; too many in a row stop the run (:class:`NonFiniteLossError`).
-"""
+"""Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization: one optimizer with two
+parameter groups steps once per batch, so ``global_step`` counts batches whatever the GAN schedule. Unlike
+several public implementations, each loss reaches only its own network (``inputs=``; the discriminator sees
+detached reconstructions). A non-finite loss or gradient skips that network's update and is counted."""
 
 from __future__ import annotations
 
@@ -22,7 +17,7 @@ from vqgan.config import ExperimentConfig, from_dict
 from vqgan.losses import VQGANLoss, disc_factor
 from vqgan.metrics import CodebookUsage, psnr, ssim
 from vqgan.models import PatchDiscriminator, build_model
-from vqgan.train.harness import lr_scheduler
+from vqgan.train.harness import optimizers, publish_validation
 from vqgan.train.step import (
     Backward,
     StepGradients,
@@ -38,13 +33,24 @@ class NonFiniteLossError(RuntimeError):
     """Raised after ``train.max_nonfinite_steps`` consecutive steps with a NaN/Inf loss or gradient."""
 
 
-class VQGANModule(L.LightningModule):
-    """Autoencoder + optional PatchGAN discriminator + the VQGAN loss.
+def track_nonfinite(module: L.LightningModule, finite: bool, what: str, quantity: str, advice: str) -> None:
+    """Reset ``module.counters["nonfinite_streak"]`` after a finite step, else advance it, warn (``what``) and
+    raise :class:`NonFiniteLossError` once it reaches ``train.max_nonfinite_steps``."""
+    c = module.counters
+    c["nonfinite_streak"] = 0 if finite else c["nonfinite_streak"] + 1
+    if finite:
+        return
+    log.warning("step %d: non-finite %s (%d in a row)", module.global_step, what, c["nonfinite_streak"])
+    if c["nonfinite_streak"] >= module.cfg.train.max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"{c['nonfinite_streak']} consecutive steps with a non-finite {quantity} "
+            f"(step {module.global_step}); stopping. The last good checkpoint is kept. {advice}"
+        )
 
-    Args:
-        config: an :class:`ExperimentConfig` as a plain dict (stored in checkpoints as plain data, so they load
-            with ``weights_only=True``).
-    """
+
+class VQGANModule(L.LightningModule):
+    """Autoencoder + optional PatchGAN discriminator + the VQGAN loss; ``config`` is an
+    :class:`ExperimentConfig` as a plain dict, so that checkpoints load with ``weights_only=True``."""
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -52,19 +58,18 @@ class VQGANModule(L.LightningModule):
         self.cfg: ExperimentConfig = from_dict(ExperimentConfig, config)
         self.model = build_model(self.cfg.model)
         self.loss_fn = VQGANLoss(self.cfg.loss)
+        adversarial = self.cfg.loss.disc_weight > 0
         out_ch = self.cfg.model.out_channels or self.cfg.model.in_channels
-        self.discriminator = (
-            PatchDiscriminator(self.cfg.discriminator, out_ch) if self.cfg.loss.disc_weight > 0 else None
-        )
+        self.discriminator = PatchDiscriminator(self.cfg.discriminator, out_ch) if adversarial else None
         if self.cfg.train.channels_last:
             # NHWC weights as well as NHWC inputs (training_step), so that oneDNN / cuDNN don't reorder at every call.
-            self.model.to(memory_format=torch.channels_last)
-            if self.discriminator is not None:
-                self.discriminator.to(memory_format=torch.channels_last)
+            for net in (self.model, self.discriminator):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
         self.automatic_optimization = False
-        k = self.model.quantize.codebook_size
         self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_usage = CodebookUsage(k, num_stages=self.model.quantize.num_stages)
+        q = self.model.quantize
+        self.val_usage = CodebookUsage(q.codebook_size, num_stages=q.num_stages)
         # Counters saved in checkpoints (see on_save_checkpoint).
         self.counters = {"skipped_generator": 0, "skipped_discriminator": 0, "skipped_data": 0, "nonfinite_streak": 0}
         self.val_batch_for_samples: torch.Tensor | None = None
@@ -73,7 +78,6 @@ class VQGANModule(L.LightningModule):
         # Seed 000's chunk schedule: whether the current batch comes from GAN passes (None: no chunk schedule).
         self._batch_gan: bool | None = None
 
-    # -- optimisation ---------------------------------------------------------------------------------------
     def generator_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
@@ -85,11 +89,7 @@ class VQGANModule(L.LightningModule):
         groups = [{"params": self.generator_parameters(), "lr": t.lr, "name": "generator"}]
         if self.discriminator is not None:
             groups.append({"params": self.discriminator_parameters(), "lr": t.lr_disc or t.lr, "name": "discriminator"})
-        # The fused (single-kernel) Adam where the device has one: 3-4x faster than the per-tensor loop on CPU
-        # (benchmarks/train_step.py); same update rule.
-        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-        opt = torch.optim.Adam(groups, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=fused)
-        return [opt], [lr_scheduler(opt, t, self._trainer)]
+        return optimizers(torch.optim.Adam, groups, t, self._trainer, weight_decay=t.weight_decay)
 
     def disc_factor(self) -> float:
         """The adversarial factor this step: ``loss.disc_start`` and its ramp, and under seed 000's chunk schedule
@@ -99,17 +99,6 @@ class VQGANModule(L.LightningModule):
         c = self.cfg.loss
         return disc_factor(self.global_step, c.disc_start, c.disc_ramp_steps, c.disc_weight_max)
 
-    def grad_scale(self) -> float:
-        """The loss scale of the precision plugin's gradient scaler (``16-mixed``), else 1. ``manual_backward``
-        back-propagates the scaled loss and the plugin unscales only inside ``optimizer.step()``, so clipping and
-        the gradient norms must account for the scale (issue 16 item 7)."""
-        trainer = self._trainer
-        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None) if trainer is not None else None
-        if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
-            return 1.0
-        return float(scaler.get_scale())
-
-    # -- training -------------------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Count skipped (unreadable) items on the host, before the batch moves to the device: no sync later.
         if isinstance(batch, dict) and "skipped" in batch:
@@ -124,12 +113,9 @@ class VQGANModule(L.LightningModule):
         grad_scale: float = 1.0,
     ) -> StepGradients:
         """Forward passes, both losses and clipped gradients of one step; no optimizer step, no logging.
-
-        ``backward`` is ``manual_backward`` under a Trainer; without one (benchmarks, tests) plain ``backward``.
-        ``grad_scale`` is the factor ``backward`` multiplies the gradients by (a mixed-precision loss scale): the
-        clipping threshold and the returned norms are those of the unscaled gradients.
-        The generator's gradients reach the autoencoder only, the discriminator's the discriminator only.
-        """
+        ``backward`` is ``manual_backward`` under a Trainer, else plain ``backward``; it multiplies the
+        gradients by ``grad_scale`` (a mixed-precision loss scale), which the clipping and the returned norms
+        undo."""
         t = self.cfg.train
         backward = backward or plain_backward
         gen_params = self.generator_parameters()
@@ -150,69 +136,46 @@ class VQGANModule(L.LightningModule):
         if self.cfg.train.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         opt = self.optimizers()
-        sched = self.lr_schedulers()
         factor = self.disc_factor()
-        t = self.cfg.train
-
         # The forward pass rewrites some state in place (EMA codebooks, dead-code restarts, BatchNorm statistics):
         # keep a copy so that a skipped step leaves no trace of a NaN batch in it.
         saved = _forward_state(self.model, self.discriminator)
         opt.zero_grad(set_to_none=True)
-        scale = self.grad_scale()
+        # The gradient scaler's loss scale (16-mixed): manual_backward back-propagates the scaled loss and the
+        # plugin unscales only inside optimizer.step(), so clipping and the gradient norms account for it.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         step = self.compute_gradients(x, mask, factor, backward=self.manual_backward, grad_scale=scale)
-        out, g, g_norm, d_norm = step.out, step.g, step.g_norm, step.d_norm
-        gen_params = self.generator_parameters()
-        logs = {f"train/{k}": v for k, v in g.logs.items()}
-        if step.d is not None:
-            logs.update({f"train/{k}": v for k, v in step.d.logs.items()})
-
+        g = step.g
         # One host sync per step: are the losses and gradients finite? Skip the update of a network that isn't.
-        finite = torch.stack([torch.isfinite(g.loss) & torch.isfinite(g_norm), torch.isfinite(d_norm)]).tolist()
+        finite = [torch.isfinite(g.loss) & torch.isfinite(step.g_norm), torch.isfinite(step.d_norm)]
+        finite = torch.stack(finite).tolist()
         if scale != 1.0 and bool(torch.isfinite(g.loss)) and not all(finite):
             # A loss-scale overflow: the gradient scaler skips this optimizer step and lowers its scale itself (the
             # gradients stay as they are so that it sees them); only the forward pass's in-place state is undone.
-            _restore(saved[0])
-            _restore(saved[1])
+            _restore(saved[0] + saved[1])
             finite = [True, True]
-        if not finite[0]:
-            for p in gen_params:
-                p.grad = None
-            _restore(saved[0])
-            self.counters["skipped_generator"] += 1
-        if not finite[1]:
-            for p in self.discriminator_parameters():
-                p.grad = None
-            _restore(saved[1])
-            self.counters["skipped_discriminator"] += 1
-        if all(finite):
-            self.counters["nonfinite_streak"] = 0
-        else:
-            self.counters["nonfinite_streak"] += 1
-            log.warning(
-                "step %d: non-finite %s skipped (%d in a row)",
-                self.global_step,
-                " and ".join(n for n, ok in zip(("generator", "discriminator"), finite, strict=True) if not ok),
-                self.counters["nonfinite_streak"],
-            )
-            if self.counters["nonfinite_streak"] >= t.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{self.counters['nonfinite_streak']} consecutive steps with a non-finite loss or gradient "
-                    f"(step {self.global_step}); stopping. The last good checkpoint is kept. Lower train.lr, set "
-                    "train.grad_clip, or raise train.max_nonfinite_steps."
-                )
+        nets = {"generator": self.generator_parameters(), "discriminator": self.discriminator_parameters()}
+        for ok, (name, params), state in zip(finite, nets.items(), saved, strict=True):
+            if not ok:
+                for p in params:
+                    p.grad = None
+                _restore(state)
+                self.counters[f"skipped_{name}"] += 1
+        skipped = " and ".join(n for n, ok in zip(nets, finite, strict=True) if not ok)
+        track_nonfinite(self, all(finite), f"{skipped} skipped", "loss or gradient",
+                        "Lower train.lr, set train.grad_clip, or raise train.max_nonfinite_steps.")
         opt.step()
-        sched.step()
+        self.lr_schedulers().step()
 
-        logs.update({f"train/{k}": v for k, v in out.stats.items()})
-        logs["train/grad_norm_g"] = g_norm
+        logs = {**g.logs, **(step.d.logs if step.d is not None else {}), **step.out.stats}
+        logs["grad_norm_g"] = step.g_norm
         # Python numbers, not new CPU tensors: Lightning would copy each of them to the device every step.
-        logs["train/disc_factor"] = float(factor)
-        for k, v in self.counters.items():
-            logs[f"train/{k}"] = float(v)
-        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=x.shape[0])
+        logs.update(disc_factor=float(factor), **{k: float(v) for k, v in self.counters.items()})
+        logs = {f"train/{k}": v for k, v in logs.items()}
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0], logger=False)
 
-    # -- validation -----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self.val_batch_for_samples = None
 
@@ -231,22 +194,13 @@ class VQGANModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         stats = self.val_usage.compute()
-        metrics = {
-            "val/psnr": self.val_psnr.compute(),
-            "val/ssim": self.val_ssim.compute(),
-            "val/rec": self.val_rec.compute(),
-            "val/codebook_usage": stats["usage"],
-            "val/perplexity": stats["perplexity"],
-            "val/code_entropy_bits": stats["entropy"],
-        }
+        metrics = {"val/psnr": self.val_psnr.compute(), "val/ssim": self.val_ssim.compute(),
+                   "val/rec": self.val_rec.compute(), "val/codebook_usage": stats["usage"],
+                   "val/perplexity": stats["perplexity"], "val/code_entropy_bits": stats["entropy"]}
         for m in (self.val_psnr, self.val_ssim, self.val_rec, self.val_usage):
             m.reset()
-        self.log_dict(metrics, prog_bar=False, sync_dist=False)
-        self.log("val_psnr", metrics["val/psnr"], prog_bar=True, logger=False)
-        self.last_val_metrics = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
-        self.last_val_step = self.global_step
+        publish_validation(self, metrics, "val/psnr")
 
-    # -- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen perceptual network is rebuilt from its own file; don't copy 60 MB into every checkpoint.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss_fn.")}
@@ -258,13 +212,10 @@ class VQGANModule(L.LightningModule):
         self.counters.update(checkpoint.get("vqgan_counters", {}))
 
 
-def _forward_state(
-    model: torch.nn.Module, discriminator: torch.nn.Module | None
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
+def _forward_state(model: torch.nn.Module, discriminator: torch.nn.Module | None) -> tuple[list, list]:
     """``(tensor, copy)`` pairs of the state a training forward pass may rewrite in place: every buffer of the
     autoencoder and of the discriminator, and the quantizer's parameters (EMA codebooks are set, not stepped)."""
-    quantizer = getattr(model, "quantize", None)
-    gen = list(model.buffers()) + ([p.data for p in quantizer.parameters()] if quantizer is not None else [])
+    gen = [*model.buffers(), *(p.data for p in model.quantize.parameters())]
     disc = list(discriminator.buffers()) if discriminator is not None else []
     return [(t, t.detach().clone()) for t in gen], [(t, t.detach().clone()) for t in disc]
 
@@ -277,10 +228,8 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None, scale: float = 1.0) -> torch.Tensor:
     """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync).
-
-    The gradients may hold ``scale`` times the true gradients (a mixed-precision loss scale, undone later by the
-    optimizer step): scaling is linear, so clipping them to ``max_norm * scale`` is clipping the true gradients to
-    ``max_norm``, and the true norm is the norm over ``scale``."""
+    The gradients may hold ``scale`` times the true ones (a mixed-precision loss scale): clipping them to
+    ``max_norm * scale`` clips the true gradients to ``max_norm``, whose norm is the norm over ``scale``."""
     grads = [p for p in params if p.grad is not None]
     if not grads:
         return torch.zeros((), device=params[0].device if params else None)

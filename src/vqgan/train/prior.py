@@ -1,23 +1,7 @@
-"""Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching prior
-on a latent folder (``vqgan encode --what continuous|quantized``).
-
-The run folder mirrors stage 1's::
-
-    RUN_DIR/config.yaml                resolved configuration
-    RUN_DIR/checkpoints/last.ckpt      latest state (resume from it); best.ckpt (lowest val/loss); stepNNNNNNN.ckpt
-    RUN_DIR/samples/codes_*.png        code-usage histogram of sampled tokens against the data's
-    RUN_DIR/samples/step_*.png         decoded samples, when a tokenizer is known
-    RUN_DIR/samples/trajectory_*.png   flow priors: decoded ODE states from noise (left) to sample (right)
-    RUN_DIR/samples/loss.png           training and validation loss over the steps (from the TensorBoard logs)
-    RUN_DIR/logs/                      TensorBoard event files
-    RUN_DIR/metrics.json               final validation metrics and run statistics
-
-Token metrics: loss (cross-entropy in nats), perplexity ``exp(loss)`` and accuracy, on the predicted positions
-(all positions for GPT, the masked ones for MaskGIT). After every validation, ``train.num_samples`` token maps are
-sampled and their code histogram is compared with the data's (usage, perplexity, total-variation distance).
-A flow prior logs its flow-matching loss (also on each half of the path); its latents are normalised with
-statistics of the whole training set, computed before training and stored in the checkpoint.
-"""
+"""Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching
+prior on a latent folder (``--what continuous|quantized``); the run folder is like stage 1's (see README).
+Token metrics are on the predicted positions (all for GPT, the masked ones for MaskGIT); a flow prior's
+latents are normalised with whole-training-set statistics, stored in the checkpoint."""
 
 from __future__ import annotations
 
@@ -27,31 +11,37 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from vqgan.config import ConfigError, from_dict, to_dict
-from vqgan.data import pin_memory
 from vqgan.data.latents import LatentDataset
 from vqgan.data.tokens import TokenDataset, TokenFolderError, read_manifest, resolve_token_folders
 from vqgan.inference import decode_tokens
 from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.models.io import CheckpointError, load_model
 from vqgan.models.prior import PriorExperimentConfig, build_prior
-from vqgan.train.harness import RunParts, finish_run, lr_scheduler, resolve_run_dir, run_training
+from vqgan.models.prior.latent_space import decode_latents, trajectory_images
+from vqgan.train.callbacks import log_to_experiments
+from vqgan.train.harness import (
+    RunParts,
+    data_loaders,
+    optimizers,
+    publish_validation,
+    resolve_run_dir,
+    run_training,
+)
+from vqgan.train.module import track_nonfinite
+from vqgan.viz.curves import plot_scalar_curves, read_scalars
+from vqgan.viz.plots import save_code_histogram
+from vqgan.viz.samples import image_grid, save_image_grid
 
 log = logging.getLogger(__name__)
 
 
 class PriorModule(L.LightningModule):
-    """A prior, its optimiser (AdamW, warm-up then cosine decay) and its metrics (token metrics for GPT and
-    MaskGIT, the flow-matching loss for a flow prior).
-
-    Args:
-        config: a :class:`PriorExperimentConfig` as a plain dict (checkpoints stay plain data).
-        tokens: metadata of the token folder (codebook size, class names, source tokenizer), stored with the
-            checkpoint so that ``vqgan sample`` knows them.
-    """
+    """A prior, its optimiser and its metrics. ``config`` is a :class:`PriorExperimentConfig` as a plain dict;
+    ``tokens`` the token folder's metadata (codebook size, class names, source tokenizer), stored with the
+    checkpoint so that ``vqgan sample`` knows them."""
 
     def __init__(self, config: dict[str, Any], tokens: dict[str, Any] | None = None):
         super().__init__()
@@ -66,7 +56,6 @@ class PriorModule(L.LightningModule):
         self.last_val_step = -1
         self.last_samples: torch.Tensor | None = None
         self.last_sample_labels: torch.Tensor | None = None
-        # Read by the harness's guarded checkpoints: nothing is written while steps are non-finite.
         self.counters = {"skipped_steps": 0, "nonfinite_streak": 0}
 
     def configure_optimizers(self):
@@ -75,40 +64,24 @@ class PriorModule(L.LightningModule):
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "pos_emb" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "pos_emb" in n]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # The fused (single-kernel) AdamW where the device has one, as stage 1's Adam; same update rule.
-        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused)
-        return [opt], [lr_scheduler(opt, t, self._trainer)]
+        return optimizers(torch.optim.AdamW, groups, t, self._trainer, lr=t.lr)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         out = self.model.training_loss(batch[self.key], batch.get("label"))
         b = batch[self.key].shape[0]
-        if not bool(torch.isfinite(out.loss)):
-            from vqgan.train.module import NonFiniteLossError
-
-            self.counters["nonfinite_streak"] += 1
-            self.counters["skipped_steps"] += 1
-            log.warning("step %d: non-finite prior loss (%d in a row)", self.global_step, self.counters["nonfinite_streak"])
-            if self.counters["nonfinite_streak"] >= self.cfg.train.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{self.counters['nonfinite_streak']} consecutive steps with a non-finite loss (step "
-                    f"{self.global_step}); stopping. The last good checkpoint is kept. Lower train.lr or raise "
-                    "train.max_nonfinite_steps."
-                )
+        finite = bool(torch.isfinite(out.loss))
+        self.counters["skipped_steps"] += not finite
+        track_nonfinite(self, finite, "prior loss", "loss",
+                        "Lower train.lr or raise train.max_nonfinite_steps.")
+        if not finite:
             # Skip the update (automatic optimization skips a step whose training_step returns None); under DDP every
             # rank must step, so there the update happens and only the checkpoints are held back.
             return None if self.trainer.world_size == 1 else out.loss
-        self.counters["nonfinite_streak"] = 0
-        if self.flow:
-            logs = {"train/loss": out.loss.detach(), **{f"train/{k}": v for k, v in out.logs.items()}}
-        else:
-            logs = {
-                "train/loss": out.loss.detach(),
-                "train/perplexity": out.loss.detach().exp(),
-                "train/accuracy": out.accuracy,
-            }
+        loss = out.loss.detach()
+        logs = out.logs if self.flow else {"perplexity": loss.exp(), "accuracy": out.accuracy}
+        logs = {f"train/{k}": v for k, v in {"loss": loss, **logs}.items()}
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=b)
-        self.log("loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
         return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -126,17 +99,12 @@ class PriorModule(L.LightningModule):
         training config's sampling options; classes cycle when conditional."""
         m, t = self.cfg.model, self.cfg.train
         labels = torch.arange(num, device=self.device) % m.num_classes if m.num_classes > 0 else None
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        kw = dict(labels=labels, num=num, generator=g)
+        kw = dict(labels=labels, num=num, generator=torch.Generator(device=self.device).manual_seed(seed))
         if not self.flow:
             kw.update(temperature=t.sample_temperature, top_k=t.sample_top_k, top_p=t.sample_top_p)
         if m.kind == "maskgit":
             kw["steps"] = min(t.maskgit_steps, m.num_tokens)
-        was = self.model.training
-        self.model.eval()
-        tokens = self.model.generate(**kw)
-        self.model.train(was)
-        return tokens, labels
+        return _generate(self.model, **kw), labels
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
@@ -151,56 +119,45 @@ class PriorModule(L.LightningModule):
             if not self.flow:
                 codes = sample_code_metrics(tokens, self.data_histogram)
                 metrics.update({f"val/sample_{k}": v for k, v in codes.items()})
-        self.log_dict(metrics, prog_bar=False)
-        self.log("val_loss", metrics["val/loss"], prog_bar=True, logger=False)
-        self.last_val_metrics = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
-        self.last_val_step = self.global_step
+        publish_validation(self, metrics, "val/loss")
 
 
+def _generate(model: torch.nn.Module, **kwargs: Any) -> Any:
+    """``model.generate(**kwargs)`` in eval mode, restoring the mode after."""
+    was = model.training
+    model.eval()
+    try:
+        return model.generate(**kwargs)
+    finally:
+        model.train(was)
 
 
 class PriorSamples(L.Callback):
-    """After every validation: the code-usage histogram of the module's samples against the data's as a PNG and
-    in TensorBoard, and, with a tokenizer, the decoded samples as an image grid. A flow prior's latents are
-    decoded through ``projection`` (when it was trained on projected latents) and, with ``snap``, the nearest
-    codes; a figure of its ODE trajectory follows every grid. At the end of training, the loss over the steps."""
+    """After every validation: the samples' code-usage histogram against the data's (PNG, TensorBoard) and,
+    with a tokenizer, the decoded samples as a grid; a flow prior's latents are decoded through
+    ``projection`` (snapped to the nearest codes with ``snap``), followed by its ODE trajectory; at the
+    end, the loss curve."""
 
-    def __init__(
-        self,
-        directory: str | Path,
-        tokenizer: torch.nn.Module | None = None,
-        projection: torch.nn.Module | None = None,
-        snap: bool = False,
-    ):
+    def __init__(self, directory: str | Path, tokenizer: torch.nn.Module | None = None,
+                 projection: torch.nn.Module | None = None, snap: bool = False):
         self.directory = Path(directory)
         self.tokenizer, self.projection, self.snap = tokenizer, projection, snap
 
     def on_train_end(self, trainer: L.Trainer, pl_module: PriorModule) -> None:
         if not trainer.is_global_zero:
             return
-        from vqgan.viz.curves import plot_scalar_curves, read_scalars
-
         try:
             scalars = read_scalars(Path(trainer.default_root_dir))
         except FileNotFoundError:  # no TensorBoard logger (train.logger none)
             return
-        tags = [t for t in ("train/loss", "val/loss") if t in scalars]
-        if tags:
+        if tags := [t for t in ("train/loss", "val/loss") if t in scalars]:
             plot_scalar_curves(scalars, tags, self.directory / "loss.png", ylabel=f"{pl_module.cfg.model.kind} loss")
 
     def _flow_figures(self, pl_module: PriorModule, latents: torch.Tensor, step: int) -> torch.Tensor:
-        from vqgan.models.prior.latent_space import decode_latents, trajectory_images
-        from vqgan.viz.samples import save_image_grid
-
-        model = pl_module.model
-        labels = pl_module.last_sample_labels
-        k = min(4, latents.shape[0])
+        k, labels = min(4, latents.shape[0]), pl_module.last_sample_labels
+        labels = None if labels is None else labels[:k]
         g = torch.Generator(device=pl_module.device).manual_seed(pl_module.cfg.train.seed)
-        was = model.training
-        model.eval()
-        _, trajectory = model.generate(num=k, labels=None if labels is None else labels[:k], generator=g,
-                                       return_trajectory=True)
-        model.train(was)
+        _, trajectory = _generate(pl_module.model, num=k, labels=labels, generator=g, return_trajectory=True)
         columns = min(6, len(trajectory))
         frames = trajectory_images(self.tokenizer, trajectory, columns, self.projection, self.snap)
         save_image_grid(frames, self.directory / f"trajectory_{step:07d}.png", ncol=columns)
@@ -214,15 +171,9 @@ class PriorSamples(L.Callback):
             return
         step = trainer.global_step
         self.directory.mkdir(parents=True, exist_ok=True)
-        from vqgan.viz.plots import save_code_histogram
-        from vqgan.viz.samples import image_grid, save_image_grid
-
         if not pl_module.flow:
             save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
-            for logger in trainer.loggers:
-                exp = getattr(logger, "experiment", None)
-                if hasattr(exp, "add_histogram"):
-                    exp.add_histogram("samples/codes", tokens.flatten().cpu(), step)
+            log_to_experiments(trainer, "histogram", "samples/codes", tokens.flatten().cpu(), step)
         if self.tokenizer is not None:
             if pl_module.flow:
                 images = self._flow_figures(pl_module, tokens, step)
@@ -233,14 +184,10 @@ class PriorSamples(L.Callback):
                 ncol = images.shape[2]
                 images = images[:8].transpose(1, 2).flatten(0, 1)
             save_image_grid(images, self.directory / f"step_{step:07d}.png", ncol=ncol)
-            for logger in trainer.loggers:
-                exp = getattr(logger, "experiment", None)
-                if hasattr(exp, "add_image"):
-                    exp.add_image("samples/images", image_grid(images), step)
+            log_to_experiments(trainer, "image", "samples/images", image_grid(images), step)
         pl_module.last_samples = None
 
 
-# -- data ------------------------------------------------------------------------------------------------------
 def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = None, projection=None):
     """Training and validation loaders over token folders (latent folders for a flow prior, projected through
     ``projection`` when given), and the training dataset (for its histogram or statistics)."""
@@ -251,8 +198,7 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
     train_dir, val_dir = resolve_token_folders(root)
     if d.val_tokens is not None:
         val_dir = Path(d.val_tokens)
-    flow = cfg.model.kind == "flow"
-    what = read_manifest(train_dir).what
+    flow, what = cfg.model.kind == "flow", read_manifest(train_dir).what
     if flow and what == "indices":
         raise TokenFolderError(
             f"{train_dir} holds code indices; a flow prior trains on latents: `vqgan encode --what continuous`"
@@ -275,61 +221,37 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
         val_idx = set(torch.linspace(0, n - 1, n_val).round().long().tolist()) if n_val else set()
         train_ds = full.subset([i for i in range(n) if i not in val_idx] or range(n))
         val_ds = full.subset(sorted(val_idx) or range(n))
-    kw: dict[str, Any] = dict(
-        num_workers=d.num_workers, persistent_workers=d.num_workers > 0, pin_memory=pin_memory(cfg.train.accelerator)
-    )
-    drop = len(train_ds) >= d.batch_size
-    train = DataLoader(train_ds, batch_size=d.batch_size, shuffle=True, drop_last=drop, **kw)
-    val = DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **kw)
-    return train, val, train_ds
+    return (*data_loaders(train_ds, val_ds, d, cfg.train.accelerator, {"shuffle": True}), train_ds)
 
 
 def sync_model_with_tokens(cfg: PriorExperimentConfig, manifest, latent_shape: tuple[int, ...] | None = None) -> None:
     """Take the vocabulary, map (or clip grid) size and classes from the token folder (they are facts of the data);
     for a flow prior, the latent channels and map size from ``latent_shape`` ``(C, h, w)`` (after any projection)."""
     m = cfg.model
-    frames = 1
-    changes = {}
     if latent_shape is not None:
         c, h, w = latent_shape
-        if m.latent_channels != c:
-            changes["latent_channels"] = c
+        facts = {"latent_channels": c, "token_frames": 1}
     else:
         *t, h, w = manifest.token_shape
-        frames = t[0] if t else 1
-    if m.vocab_size != manifest.codebook_size:
-        changes["vocab_size"] = manifest.codebook_size
-    if (m.token_height, m.token_width) != (h, w):
-        changes.update(token_height=h, token_width=w)
-    if m.token_frames != frames:
-        changes["token_frames"] = frames
-    if m.num_classes > 0 and m.num_classes != manifest.num_classes:
-        changes["num_classes"] = manifest.num_classes
-    for k, v in changes.items():
-        log.info("model.%s=%s taken from the token folder (config said %s)", k, v, getattr(m, k))
-        setattr(m, k, v)
+        facts = {"token_frames": t[0] if t else 1}
+    facts.update(vocab_size=manifest.codebook_size, token_height=h, token_width=w)
+    if m.num_classes > 0:
+        facts["num_classes"] = manifest.num_classes
+    for k, v in facts.items():
+        if getattr(m, k) != v:
+            log.info("model.%s=%s taken from the token folder (config said %s)", k, v, getattr(m, k))
+            setattr(m, k, v)
 
 
-# -- entry point ----------------------------------------------------------------------------------------------
 def fit_prior(
-    cfg: PriorExperimentConfig,
-    tokens_dir: str | Path | None,
-    run_dir: str | Path | None = None,
-    resume: str | bool | None = None,
-    tokenizer: str | Path | None = None,
-    extra_callbacks: list[L.Callback] | None = None,
-    run_name: str | None = None,
+    cfg: PriorExperimentConfig, tokens_dir: str | Path | None, run_dir: str | Path | None = None,
+    resume: str | bool | None = None, tokenizer: str | Path | None = None,
+    extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
-    """Train a prior on the token folder ``tokens_dir`` and return the final metrics (also in ``metrics.json``).
-
-    Args:
-        cfg: the experiment; vocabulary size, token map size and classes are taken from the token folder.
-        run_dir: the run folder; ``None`` trains in ``runs/RUN_NAME``.
-        resume: ``"last"``/``True`` (the newest good checkpoint of the run folder) or a checkpoint path.
-        tokenizer: stage-1 checkpoint to decode validation samples into image grids (default: the one recorded by
-            ``vqgan encode``, when it still exists).
-        run_name: names the run (the folder when ``run_dir`` is not given, and the W&B run); default ``cfg.name``.
-    """
+    """Train a prior on the token folder ``tokens_dir`` (which sets the vocabulary, token map size and
+    classes) and return the final metrics. ``run_dir``, ``resume``, ``run_name`` as for
+    :func:`vqgan.train.fit`; ``tokenizer`` decodes validation samples (default: the one recorded by ``vqgan
+    encode``, if it exists)."""
     run_dir = resolve_run_dir(run_dir, run_name)
     tokens_dir = tokens_dir or cfg.data.tokens
     cfg.data.tokens = str(tokens_dir) if tokens_dir is not None else None
@@ -346,14 +268,11 @@ def fit_prior(
         manifest = train_ds.manifest
         sync_model_with_tokens(cfg, manifest, train_ds.latent_shape if flow else None)
         cfg.validate()
-        if train_ds.labels.max() >= max(cfg.model.num_classes, 1) and cfg.model.num_classes > 0:
-            raise ConfigError(
-                f"labels go up to {int(train_ds.labels.max())} but model.num_classes={cfg.model.num_classes}"
-            )
-        meta = {
-            "codebook_size": manifest.codebook_size, "token_shape": manifest.token_shape,
-            "class_names": manifest.class_names, "source": manifest.source, "what": manifest.what,
-        }
+        top = int(train_ds.labels.max())
+        if 0 < cfg.model.num_classes <= top:
+            raise ConfigError(f"labels go up to {top} but model.num_classes={cfg.model.num_classes}")
+        keys = ("codebook_size", "token_shape", "class_names", "source", "what")
+        meta = {k: getattr(manifest, k) for k in keys}
         if projection is not None:
             meta["projection"] = str(Path(cfg.data.projection).resolve())
         module = PriorModule(to_dict(cfg), meta)
@@ -371,12 +290,11 @@ def fit_prior(
         return RunParts(module, train_loader, val_loader, cfg, [samples],
                         trainer_kwargs={"gradient_clip_val": cfg.train.grad_clip})
 
-    result = run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks)
-    metrics = result.metrics(
-        parameters=sum(p.numel() for p in result.module.model.parameters()),
-        skipped_steps=result.module.counters["skipped_steps"],
-    )
-    return finish_run(result, run_dir, metrics)
+    def extra(module: PriorModule) -> dict[str, Any]:
+        return {"parameters": sum(p.numel() for p in module.model.parameters()),
+                "skipped_steps": module.counters["skipped_steps"]}
+
+    return run_training(cfg.train, run_dir, build, resume, run_name or cfg.name, extra_callbacks, extra)
 
 
 def _load_tokenizer(tokenizer: str | Path | None, manifest, projection: str | None = None) -> torch.nn.Module | None:

@@ -1,15 +1,13 @@
-"""The computation of one stage-1 training step (losses and gradients), separate from Lightning's bookkeeping so
-that the training module, the benchmarks and the tests all run exactly the same code.
+"""One stage-1 training step's losses and gradients, apart from Lightning's bookkeeping, so that the training
+module, the benchmarks and the tests run the same code.
 
-The adaptive GAN weight of Esser et al. 2021 (eq. 7) needs the gradients of the reconstruction ("nll") loss and
-of the adversarial loss at the decoder's last layer. taming computes them with two ``autograd.grad`` calls that
-back-propagate through LPIPS and the discriminator, keeps both graphs, and then back-propagates the total loss
-through LPIPS and the discriminator a second time. Here the reconstruction is cut from the autoencoder's graph
-(``rec_leaf``), each loss is back-propagated *once* to the reconstruction, the two last-layer gradients follow
-from those by one cheap weight-gradient each, and the autoencoder is back-propagated once with the combined
-gradient ``dnll/drec + lambda * dg/drec``. The parameter gradients are the same (the chain rule, regrouped), the
-perceptual network and the discriminator are traversed once instead of twice, and their graphs are freed before
-the autoencoder's backward pass (lower peak memory).
+The adaptive GAN weight of Esser et al. 2021 (eq. 7) needs the gradients of the reconstruction ("nll") and the
+adversarial loss at the decoder's last layer. taming back-propagates through LPIPS and the discriminator twice
+for them. Here each loss is back-propagated *once*, to the reconstruction cut from the autoencoder's graph
+(``rec_leaf``); the last-layer gradients follow by one weight-gradient each, and the autoencoder is
+back-propagated once with ``dnll/drec + lambda * dg/drec``: the same parameter gradients (the chain rule,
+regrouped), half the traversals of LPIPS and the discriminator, and their graphs freed before the
+autoencoder's backward pass.
 """
 
 from __future__ import annotations
@@ -33,26 +31,13 @@ def plain_backward(loss: torch.Tensor, inputs: list[torch.nn.Parameter] | None =
 
 
 def generator_forward_backward(
-    model: nn.Module,
-    loss_fn: VQGANLoss,
-    discriminator: nn.Module | None,
-    x: torch.Tensor,
-    mask: torch.Tensor | None,
-    disc_factor: float,
-    params: list[torch.nn.Parameter],
+    model: nn.Module, loss_fn: VQGANLoss, discriminator: nn.Module | None, x: torch.Tensor,
+    mask: torch.Tensor | None, disc_factor: float, params: list[torch.nn.Parameter],
     backward: Backward = plain_backward,
 ) -> tuple[VQModelOutput, LossOutput]:
-    """Autoencoder forward pass, generator loss, and its gradients accumulated into ``params`` only.
-
-    Args:
-        discriminator: the discriminator, or ``None`` when the adversarial term is off this step.
-        disc_factor: the adversarial schedule's value this step (0 turns the term off).
-        backward: ``backward(loss, inputs=params)``; Lightning's ``manual_backward`` in training (it applies the
-            precision plugin's scaling and DDP's hooks), ``loss.backward`` elsewhere.
-
-    Returns:
-        The model's output and the generator loss; ``loss`` is detached (the gradients are already computed).
-    """
+    """Autoencoder forward pass, generator loss (returned detached), and its gradients accumulated into
+    ``params`` only; ``discriminator`` ``None`` or ``disc_factor`` 0 turn the adversarial term off this step.
+    ``backward(loss, inputs=params)``: ``manual_backward`` in training (precision scaling, DDP hooks)."""
     c = loss_fn.cfg
     out = model(x)
     rec = out.reconstruction
@@ -90,18 +75,12 @@ def generator_forward_backward(
 
 
 def discriminator_forward_backward(
-    loss_fn: VQGANLoss,
-    discriminator: nn.Module,
-    x: torch.Tensor,
-    reconstruction: torch.Tensor,
-    disc_factor: float,
-    params: list[torch.nn.Parameter],
-    backward: Backward = plain_backward,
+    loss_fn: VQGANLoss, discriminator: nn.Module, x: torch.Tensor, reconstruction: torch.Tensor,
+    disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = plain_backward,
 ) -> LossOutput:
-    """Discriminator loss on real images and detached reconstructions, its gradients accumulated into ``params``.
-
-    Real and fake batches go through the discriminator separately (as in taming), so that BatchNorm statistics
-    are those of each batch."""
+    """Discriminator loss on real images and detached reconstructions, its gradients accumulated into
+    ``params``. Real and fake batches go through separately (as in taming), so BatchNorm statistics are those
+    of each batch."""
     logits_real = discriminator(x.detach())
     logits_fake = discriminator(reconstruction.detach())
     d = loss_fn.discriminator_loss(logits_real, logits_fake, disc_factor)
@@ -111,8 +90,8 @@ def discriminator_forward_backward(
 
 @dataclass
 class StepGradients:
-    """What one step computed: the model's output, both losses (``d`` is ``None`` without discriminator step) and
-    the gradient norms before clipping (tensors, no host synchronisation)."""
+    """One step's model output, both losses (``d`` is ``None`` without a discriminator step) and the gradient
+    norms (tensors, no host synchronisation)."""
 
     out: VQModelOutput
     g: LossOutput
