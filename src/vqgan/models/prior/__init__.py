@@ -1,5 +1,5 @@
-"""Stage-2 priors: over a tokenizer's code indices, an autoregressive GPT and MaskGIT; over its continuous latents, a
-flow-matching DiT. All class-conditional with classifier-free guidance. :func:`build_prior` maps a :class:`PriorModelConfig` to the model."""
+"""Stage-2 priors: over a tokenizer's code indices, an autoregressive GPT and MaskGIT; over its continuous latents,
+a flow-matching DiT. All class-conditional with classifier-free guidance; :func:`build_prior` builds one."""
 
 from __future__ import annotations
 
@@ -31,27 +31,8 @@ def build_prior(config: PriorModelConfig) -> GPTPrior | MaskGITPrior | FlowPrior
 
 
 __all__ = [
-    "FlowOutput",
-    "FlowPrior",
-    "GPTPrior",
-    "MaskGITPrior",
-    "PRIORS",
-    "PriorDataConfig",
-    "PriorExperimentConfig",
-    "PriorModelConfig",
-    "PriorOutput",
-    "PriorTrainConfig",
-    "build_prior",
-    "classifier_free_guidance",
-    "cosine_schedule",
-    "filter_logits",
-    "flow_matching_loss",
-    "flow_matching_target",
-    "get_prior_preset",
-    "list_prior_presets",
-    "load_prior_config",
-    "masked_counts",
-    "register_prior_preset",
-    "sample_logits",
-    "solve_ode",
+    "FlowOutput", "FlowPrior", "GPTPrior", "MaskGITPrior", "PRIORS", "PriorDataConfig", "PriorExperimentConfig",
+    "PriorModelConfig", "PriorOutput", "PriorTrainConfig", "build_prior", "classifier_free_guidance",
+    "cosine_schedule", "filter_logits", "flow_matching_loss", "flow_matching_target", "get_prior_preset",
+    "list_prior_presets", "load_prior_config", "masked_counts", "register_prior_preset", "sample_logits", "solve_ode",
 ]

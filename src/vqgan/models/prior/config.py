@@ -1,9 +1,6 @@
-"""Typed configuration of stage 2: a transformer prior over a tokenizer's code indices.
-
-A run is one :class:`PriorExperimentConfig` (model, data, training). As for stage 1, YAML files set values, dotted
-command-line options override them (``--model.n_layer 4``), and the resolved config is written next to every run.
-Named presets (:func:`register_prior_preset`, :func:`get_prior_preset`, :func:`list_prior_presets`) live in
-:data:`PRIOR_PRESETS`, an instance of the package's one :class:`~vqgan.registry.Registry`.
+"""Typed configuration of stage 2, a prior over a tokenizer's codes or latents: a run is one
+:class:`PriorExperimentConfig` (model, data, training), set by YAML files and dotted overrides as for stage 1.
+Named presets live in :data:`PRIOR_PRESETS`, an instance of the package's one :class:`~vqgan.registry.Registry`.
 """
 
 from __future__ import annotations
@@ -19,7 +16,9 @@ from vqgan.registry import Registry, preset_config
 
 @dataclass
 class PriorModelConfig:
-    """Transformer prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT and conditioning need).
+    """Prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT, flows and conditioning need). ``kind=flow``
+    reads ``token_height``/``token_width`` as the latent map size, ignores ``vocab_size``, ``rope`` and ``bias``,
+    and alone uses the fields from ``latent_channels`` on.
 
     Attributes:
         kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021), ``maskgit`` (bidirectional, masked
@@ -27,41 +26,32 @@ class PriorModelConfig:
         vocab_size: number of codes of the tokenizer (its codebook size).
         token_height: rows of the token map of one image (or of one latent frame of a clip).
         token_width: columns of the token map of one image.
-        token_frames: latent frames ``T`` of a clip (its tokens form a ``(T, h, w)`` grid, modelled in raster
-            order over time, then rows, then columns); 1 models images (``(h, w)`` maps). The sequence length is
-            ``token_frames * token_height * token_width``.
         n_layer: transformer blocks.
         n_head: attention heads.
         n_embd: transformer width.
         dropout: dropout on embeddings, attention and MLP outputs.
         bias: biases in linear layers and LayerNorms.
-        rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones. Over a video grid
-            (``token_frames > 1``) the rotation is per axis: the head's frequency pairs are split between time,
-            rows and columns (3D RoPE, as the M-RoPE of video LLMs), so attention sees relative offsets in each.
+        rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones; over a clip's grid,
+            per axis (3D RoPE: the head's frequency pairs split between time, rows and columns).
         rope_base: RoPE's frequency base.
-        num_classes: number of classes for class conditioning; 0 trains an unconditional prior. One more "null"
-            class is always added, used for unlabelled data and classifier-free guidance (Ho & Salimans 2022).
+        num_classes: classes for conditioning (0: unconditional); one more "null" class serves unlabelled data
+            and classifier-free guidance (Ho & Salimans 2022).
         cond_dropout: probability of replacing a label by the null class during training (needed for guidance).
         mlp_ratio: hidden width of the MLP in units of ``n_embd``.
-        frame_prediction_prob: MaskGIT over clips: share of training clips whose mask covers only frames from a
-            random ``k`` in ``[1, T)`` on (the first ``k`` latent frames stay visible), so that the model also
-            learns the "predict the future from the past" pattern it meets in frame prediction (MAGVIT's task
-            mixing, Yu et al. 2023). 0 keeps MaskGIT's uniform masking over the whole grid.
+        token_frames: latent frames ``T`` of a clip, a ``(T, h, w)`` grid modelled in raster order over time, then
+            rows, then columns (1: images).
+        frame_prediction_prob: MaskGIT over clips: share of training clips masked only from a random latent frame
+            ``k`` in ``[1, T)`` on, to learn frame prediction (MAGVIT's task mixing); 0: uniform masking.
         latent_channels: channels of the latents it models (``N`` of seed 004's projection, or ``embed_dim``).
         patch_size: side of the latent patches that become transformer tokens (DiT, Peebles & Xie 2023).
-        time_sampling: ``uniform`` t ~ U(0, 1) (Lipman et al. 2023; Liu et al. 2023) or ``logit_normal``
-            t = sigmoid(N(logit_mean, logit_std)) (Esser et al. 2024), which trains the middle of the path more.
+        time_sampling: ``uniform`` t ~ U(0, 1) or ``logit_normal`` t = sigmoid(N(logit_mean, logit_std)) (Esser
+            et al. 2024), which trains the middle of the path more.
         logit_mean: mean of the logit-normal time distribution (of logit t).
         logit_std: standard deviation of the logit-normal time distribution (of logit t).
         sampler: ODE solver for sampling: ``euler`` or ``heun`` (second order, two evaluations per step).
         sample_steps: ODE steps for samples (validation grids and ``vqgan sample``'s default).
         guidance: classifier-free guidance scale of those samples (1: the conditional model, no guidance).
-        snap_to_codes: decode samples after snapping them to the tokenizer's nearest codes (off: the decoder reads
-            the sampled latents as they are; ``benchmarks/priors.py`` measures both).
-
-    ``kind="flow"`` (flow matching over continuous latents, :mod:`vqgan.models.prior.flow`) reads ``token_height``
-    and ``token_width`` as the latent map size, ignores ``vocab_size``, ``rope`` and ``bias``, and alone uses the
-    fields from ``latent_channels`` on.
+        snap_to_codes: decode samples after snapping them to the tokenizer's nearest codes.
     """
 
     kind: Literal["gpt", "maskgit", "flow"] = "gpt"
@@ -112,6 +102,7 @@ class PriorModelConfig:
         return self.num_classes
 
     def validate(self) -> PriorModelConfig:
+        """Raise :class:`ConfigError` naming the first bad ``model.*`` value; returns self."""
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if self.rope and (self.n_embd // self.n_head) % 2:
@@ -244,34 +235,50 @@ def list_prior_presets(prefix: str = "") -> list[str]:
     return PRIOR_PRESETS.names(prefix)
 
 
-def describe_prior_presets() -> dict[str, str]:
-    return PRIOR_PRESETS.describe()
+def _tiny(batch_size: int = 8, **model) -> PriorExperimentConfig:
+    """A tiny prior for tests: 2 layers of width 32 (``model`` sets the rest), 4 training steps."""
+    return PriorExperimentConfig(
+        model=PriorModelConfig(n_layer=2, n_head=2, n_embd=32, **model),
+        data=PriorDataConfig(batch_size=batch_size, val_fraction=0.25),
+        train=PriorTrainConfig(max_steps=4, lr=3e-3, warmup_steps=0, val_every_n_steps=2, log_every_n_steps=1,
+                               num_samples=4, maskgit_steps=4),
+    )
 
 
-def _tiny_train() -> PriorTrainConfig:
-    return PriorTrainConfig(
-        max_steps=4, lr=3e-3, warmup_steps=0, val_every_n_steps=2, log_every_n_steps=1, num_samples=4, maskgit_steps=4
+def _quickstart(**model) -> PriorExperimentConfig:
+    """A CPU-sized prior (4 layers of width 128) over the quick-start tokenizer's 8x8 maps of the 9 built-in
+    classes; ``model`` sets the rest."""
+    return PriorExperimentConfig(
+        model=PriorModelConfig(n_layer=4, n_head=4, n_embd=128, num_classes=9, **model),
+        data=PriorDataConfig(batch_size=64),
+        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
     )
 
 
 @register_prior_preset("test-gpt", "tiny class-conditional GPT prior for tests (2 layers, 32 wide, RoPE)")
 def _test_gpt() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=32, token_height=8, token_width=8, n_layer=2, n_head=2,
-                               n_embd=32, rope=True, num_classes=9),
-        data=PriorDataConfig(batch_size=8, val_fraction=0.25),
-        train=_tiny_train(),
-    )
+    return _tiny(kind="gpt", vocab_size=32, rope=True, num_classes=9)
 
 
 @register_prior_preset("test-maskgit", "tiny class-conditional MaskGIT prior for tests (2 layers, 32 wide)")
 def _test_maskgit() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="maskgit", vocab_size=32, token_height=8, token_width=8, n_layer=2, n_head=2,
-                               n_embd=32, num_classes=9),
-        data=PriorDataConfig(batch_size=8, val_fraction=0.25),
-        train=_tiny_train(),
-    )
+    return _tiny(kind="maskgit", vocab_size=32, num_classes=9)
+
+
+@register_prior_preset("test-flow", "tiny class-conditional flow-matching DiT for tests (2 layers, 32 wide)")
+def _test_flow() -> PriorExperimentConfig:
+    return _tiny(kind="flow", latent_channels=8, num_classes=9, sample_steps=4)
+
+
+@register_prior_preset("test-video-gpt", "tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)")
+def _test_video_gpt() -> PriorExperimentConfig:
+    return _tiny(4, kind="gpt", vocab_size=32, token_frames=3, token_height=4, token_width=4, rope=True, num_classes=10)
+
+
+@register_prior_preset("test-video-maskgit", "tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids")
+def _test_video_maskgit() -> PriorExperimentConfig:
+    return _tiny(4, kind="maskgit", vocab_size=32, token_frames=3, token_height=4, token_width=4, rope=True,
+                 num_classes=10, frame_prediction_prob=0.5)
 
 
 @register_prior_preset("quickstart-gpt", "GPT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")
@@ -282,12 +289,7 @@ def _quickstart_gpt() -> PriorExperimentConfig:
     parameters. model.vocab_size, token_height/width and num_classes are taken from the token folder at training
     time. Usage: vqgan fit-prior --config configs/prior_gpt.yaml --tokens TOKENS --run-dir RUN [--train.max_steps N]
     """
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=1024, token_height=8, token_width=8, n_layer=4, n_head=4,
-                               n_embd=128, dropout=0.1, rope=True, num_classes=9),
-        data=PriorDataConfig(batch_size=64),
-        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
-    )
+    return _quickstart(kind="gpt", dropout=0.1, rope=True)
 
 
 @register_prior_preset("quickstart-maskgit", "MaskGIT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")
@@ -298,32 +300,7 @@ def _quickstart_maskgit() -> PriorExperimentConfig:
     parameters. model.vocab_size, token_height/width and num_classes are taken from the token folder at training
     time. Usage: vqgan fit-prior --config configs/prior_maskgit.yaml --tokens TOKENS --run-dir RUN
     """
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="maskgit", vocab_size=1024, token_height=8, token_width=8, n_layer=4, n_head=4,
-                               n_embd=128, dropout=0.1, num_classes=9),
-        data=PriorDataConfig(batch_size=64),
-        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
-    )
-
-
-@register_prior_preset("test-flow", "tiny class-conditional flow-matching DiT for tests (2 layers, 32 wide)")
-def _test_flow() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="flow", token_height=8, token_width=8, latent_channels=8, n_layer=2, n_head=2,
-                               n_embd=32, num_classes=9, sample_steps=4),
-        data=PriorDataConfig(batch_size=8, val_fraction=0.25),
-        train=_tiny_train(),
-    )
-
-
-@register_prior_preset("test-video-gpt", "tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)")
-def _test_video_gpt() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=32, token_frames=3, token_height=4, token_width=4, n_layer=2,
-                               n_head=2, n_embd=32, rope=True, num_classes=10),
-        data=PriorDataConfig(batch_size=4, val_fraction=0.25),
-        train=_tiny_train(),
-    )
+    return _quickstart(kind="maskgit", dropout=0.1)
 
 
 @register_prior_preset("quickstart-flow", "flow-matching DiT over the quickstart tokenizer's 8x8 latents (CPU-sized)")
@@ -335,24 +312,8 @@ def _quickstart_flow() -> PriorExperimentConfig:
     Usage: vqgan encode --ckpt TOKENIZER --what continuous --output LATENTS
            vqgan fit-prior --config configs/prior_flow.yaml --tokens LATENTS --run-dir RUN [--train.max_steps N]
     """
-    # Same depth and width as the GPT and MaskGIT presets; latent channels and map size come from the latent
-    # folder (`vqgan encode --what continuous`). Heun with 16 steps: 32 network evaluations per sample.
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="flow", token_height=8, token_width=8, latent_channels=32, n_layer=4, n_head=4,
-                               n_embd=128, num_classes=9, sampler="heun", sample_steps=16),
-        data=PriorDataConfig(batch_size=64),
-        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
-    )
-
-
-@register_prior_preset("test-video-maskgit", "tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids")
-def _test_video_maskgit() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="maskgit", vocab_size=32, token_frames=3, token_height=4, token_width=4,
-                               n_layer=2, n_head=2, n_embd=32, rope=True, num_classes=10, frame_prediction_prob=0.5),
-        data=PriorDataConfig(batch_size=4, val_fraction=0.25),
-        train=_tiny_train(),
-    )
+    # Heun with 16 steps: 32 network evaluations per sample.
+    return _quickstart(kind="flow", latent_channels=32, sampler="heun", sample_steps=16)
 
 
 @register_prior_preset("moving-digits-video-gpt", "class-conditional GPT over moving-digits clip tokens (configs/prior_video_digits.yaml)")
@@ -368,11 +329,10 @@ def _moving_digits_video_gpt() -> PriorExperimentConfig:
     --model.kind maskgit trains MaskGIT over the same grid instead (add --model.frame_prediction_prob 0.5 for frame
     prediction).
     """
-    # 8-frame 16x16 clips tokenized frame by frame (f4, 256 codes): 8 x 4 x 4 = 128 tokens; CPU-sized.
     return PriorExperimentConfig(
         model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=8, token_height=4, token_width=4, n_layer=4,
-                               n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10, cond_dropout=0.1),
-        data=PriorDataConfig(batch_size=32, val_fraction=0.05),
+                               n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10),
+        data=PriorDataConfig(batch_size=32),
         train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=50, val_every_n_steps=250, num_samples=10,
                                maskgit_steps=12),
     )

@@ -1,23 +1,9 @@
-"""A flow-matching prior over continuous tokenizer latents: rectified flow / conditional flow matching (Lipman et
-al. 2023, "Flow Matching for Generative Modeling", https://arxiv.org/abs/2210.02747; Liu et al. 2023, "Flow
-Straight and Fast", https://arxiv.org/abs/2209.03003) with a small DiT (Peebles & Xie 2023, "Scalable Diffusion
-Models with Transformers", https://arxiv.org/abs/2212.09748) as the velocity network.
-
-Path and target: ``x_t = (1 - t) x0 + t x1`` with noise ``x0 ~ N(0, I)`` and a (normalised) data latent ``x1``; the
-network regresses the constant velocity ``x1 - x0`` of that straight path (mean squared error). Sampling integrates
-``dx/dt = v(x, t)`` from ``t = 0`` (noise) to ``t = 1`` (data) with Euler or Heun steps. Time is drawn uniformly or
-from a logit-normal (Esser et al. 2024, "Scaling Rectified Flow Transformers", https://arxiv.org/abs/2403.03206).
-
-Why a DiT rather than a U-Net: the latent maps are tiny (8x8 for a 64x64 image at factor 8, 4x4 for the smallest
-presets), so a U-Net has almost no resolution to go down through, while a transformer over 1x1 (or 2x2) patches
-attends over the whole map in every layer. It also shares its attention and MLP layers with the GPT and MaskGIT
-priors, so the three priors compared at equal depth and width differ in the objective, not in the network.
-
-Conditioning follows DiT's adaLN-Zero: the sum of a timestep embedding and a class embedding (with the extra
-"null" class of the discrete priors, dropped to with probability ``cond_dropout`` for classifier-free guidance,
-Ho & Salimans 2022) regresses per-block shifts, scales and gates; the gates and the output layer start at zero, so
-every block starts as the identity. Latents are normalised per channel with statistics of the whole training set,
-kept in the model's buffers (``latent_mean``, ``latent_std``), so a checkpoint samples in the tokenizer's units.
+"""A flow-matching prior over continuous tokenizer latents: rectified flow (Lipman et al. 2023,
+https://arxiv.org/abs/2210.02747; Liu et al. 2023, https://arxiv.org/abs/2209.03003) with a small DiT (Peebles &
+Xie 2023, https://arxiv.org/abs/2212.09748, adaLN-Zero conditioning on time and class) as the velocity network.
+The path ``x_t = (1 - t) x0 + t x1`` runs from noise ``x0`` to a normalised data latent ``x1``; sampling integrates
+``dx/dt = v(x, t)`` from 0 to 1. A DiT rather than a U-Net: the latent maps are tiny (8x8 or 4x4), and it shares
+the GPT and MaskGIT layers, so priors of equal depth and width differ in the objective, not in the network.
 """
 
 from __future__ import annotations
@@ -33,10 +19,8 @@ from einops import rearrange
 from torch import nn
 
 from vqgan.models.prior.config import PriorModelConfig
-from vqgan.models.prior.sampling import classifier_free_guidance
+from vqgan.models.prior.sampling import draw, guide
 from vqgan.models.prior.transformer import MLP, PriorBase, SelfAttention
-
-Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -64,15 +48,13 @@ def sample_time(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """``n`` times in (0, 1): uniform, or ``sigmoid(N(mean, std))`` (logit-normal, Esser et al. 2024 section 3.1)."""
-    dev = generator.device if generator is not None else device
+    """``n`` times in (0, 1): uniform, or ``sigmoid(N(mean, std))`` (logit-normal, Esser et al. 2024 section 3.1,
+    "Scaling Rectified Flow Transformers", which trains the middle of the path more)."""
     if kind == "uniform":
-        t = torch.rand(n, generator=generator, device=dev)
-    elif kind == "logit_normal":
-        t = torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=dev))
-    else:
-        raise ValueError(f"time sampling {kind!r}; choose uniform or logit_normal")
-    return t.to(device)
+        return draw(torch.rand, (n,), generator, device)
+    if kind == "logit_normal":
+        return torch.sigmoid(mean + std * draw(torch.randn, (n,), generator, device))
+    raise ValueError(f"time sampling {kind!r}; choose uniform or logit_normal")
 
 
 def flow_matching_target(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,39 +83,29 @@ def flow_matching_loss(
 
 # -- ODE solvers (pure functions of a velocity field) --------------------------------------------------------
 def solve_ode(
-    velocity: Velocity,
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x0: torch.Tensor,
     steps: int,
     method: Literal["euler", "heun"] = "heun",
     return_trajectory: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """Integrate ``dx/dt = velocity(x, t)`` from ``t = 0`` to ``t = 1`` in ``steps`` equal steps.
-
-    Euler takes one evaluation per step (first order); Heun (the explicit trapezoidal rule) two, and is second
-    order: its error falls with the square of the step, which pays when steps are few (Karras et al. 2022 use it
-    for the same reason).
-
-    Returns:
-        ``x(1)``, and with ``return_trajectory`` also the list of the ``steps + 1`` states from ``x0`` to ``x(1)``.
-    """
+    """Integrate ``dx/dt = velocity(x, t)`` from ``t = 0`` to ``t = 1`` in ``steps`` equal steps: ``x(1)``, and
+    with ``return_trajectory`` also the ``steps + 1`` states from ``x0`` to ``x(1)``. Euler takes one evaluation
+    per step (first order); Heun (explicit trapezoidal rule) two, and is second order, which pays when steps are
+    few (Karras et al. 2022 use it for the same reason)."""
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1")
     if method not in ("euler", "heun"):
         raise ValueError(f"sampler {method!r}; choose euler or heun")
-    # The time grid in Python floats: reading it from a device tensor would wait for the GPU at every step.
-    ts = [i / steps for i in range(steps + 1)]
     x, trajectory = x0, [x0]
     for i in range(steps):
-        t, t_next = ts[i], ts[i + 1]
-        dt = t_next - t
+        # The time grid in Python floats: reading it from a device tensor would wait for the GPU at every step.
+        t, t_next = i / steps, (i + 1) / steps
         tb = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
         v = velocity(x, tb)
-        if method == "euler":
-            x = x + dt * v
-        else:
-            x_pred = x + dt * v
-            v_next = velocity(x_pred, torch.full_like(tb, t_next))
-            x = x + 0.5 * dt * (v + v_next)
+        if method == "heun":
+            v = 0.5 * (v + velocity(x + (t_next - t) * v, torch.full_like(tb, t_next)))
+        x = x + (t_next - t) * v
         if return_trajectory:
             trajectory.append(x)
     return (x, trajectory) if return_trajectory else x
@@ -194,8 +166,8 @@ class FlowPrior(PriorBase):
     at times ``t``, conditioned on a class (or the null class)."""
 
     def __init__(self, config: PriorModelConfig):
-        super().__init__()
-        self.config = cfg = config.validate()
+        super().__init__(config)
+        cfg = self.config
         c, p, d = cfg.latent_channels, cfg.patch_size, cfg.n_embd
         self.patch_embed = nn.Conv2d(c, d, p, stride=p)
         hp, wp = cfg.token_height // p, cfg.token_width // p
@@ -234,7 +206,6 @@ class FlowPrior(PriorBase):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    # -- normalisation -------------------------------------------------------------------------------------
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel mean and standard deviation ``(latent_channels,)`` of the training latents."""
         c = self.config.latent_channels
@@ -249,7 +220,6 @@ class FlowPrior(PriorBase):
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
 
-    # -- forward -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity ``(B, C, h, w)`` at normalised latents ``x`` and times ``t`` ``(B,)``; ``labels`` ``(B,)``
         (``None`` or negative: the null class)."""
@@ -260,8 +230,7 @@ class FlowPrior(PriorBase):
         b = x.shape[0]
         c = self.time_mlp(timestep_embedding(t.expand(b) if t.dim() == 0 else t, 256).to(x.dtype))
         c = c + self.cls_emb(self._labels(labels, b, x.device))
-        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_emb
-        h = self.drop(h)
+        h = self.drop(self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_emb)
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.ada_out(c)[:, None].chunk(2, dim=-1)
@@ -276,11 +245,9 @@ class FlowPrior(PriorBase):
         the velocity as in SD3); ``cfg_scale = 1`` is the conditional model alone, in one forward pass."""
         if cfg_scale == 1.0:
             return self(x, t, labels)
-        b = x.shape[0]
-        labels = self._labels(labels, b, x.device)
+        labels = self._labels(labels, x.shape[0], x.device)
         null = torch.full_like(labels, self.config.null_class)
-        v = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
-        return classifier_free_guidance(v[:b], v[b:], cfg_scale)
+        return guide(self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])), cfg_scale)
 
     def training_loss(
         self,
@@ -295,18 +262,11 @@ class FlowPrior(PriorBase):
         cfg = self.config
         x1 = self.normalize(latents.float())
         b, dev = x1.shape[0], x1.device
-        labels = self._labels(labels, b, dev)
-        if self.training and cfg.cond_dropout > 0 and cfg.num_classes > 0:
-            u = torch.rand(b, generator=generator, device=generator.device if generator else dev).to(dev)
-            labels = torch.where(u < cfg.cond_dropout, torch.full_like(labels, cfg.null_class), labels)
-        if noise is None:
-            noise = torch.randn(x1.shape, generator=generator, device=generator.device if generator else dev).to(dev)
-        if t is None:
-            t = sample_time(b, cfg.time_sampling, cfg.logit_mean, cfg.logit_std, generator, dev)
-        x_t, _ = flow_matching_target(noise, x1, t)
-        v = self(x_t, t, labels)
-        loss, logs = flow_matching_loss(v, noise, x1, t)
-        return FlowOutput(v, loss, logs)
+        labels = self._train_labels(labels, b, dev, generator)
+        noise = draw(torch.randn, x1.shape, generator, dev) if noise is None else noise
+        t = sample_time(b, cfg.time_sampling, cfg.logit_mean, cfg.logit_std, generator, dev) if t is None else t
+        v = self(flow_matching_target(noise, x1, t)[0], t, labels)
+        return FlowOutput(v, *flow_matching_loss(v, noise, x1, t))
 
     @torch.no_grad()
     def generate(
@@ -321,37 +281,21 @@ class FlowPrior(PriorBase):
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Sample latents ``(B, latent_channels, token_height, token_width)`` in the tokenizer's units
-        (denormalised), by integrating the (guided) velocity from Gaussian noise.
-
-        Args:
-            num: number of samples (when ``labels`` is None: unconditional samples).
-            labels: ``(B,)`` classes to condition on.
-            steps, sampler, cfg_scale: ODE steps, ``euler``/``heun`` and guidance scale; default: the config's
-                ``sample_steps``, ``sampler`` and ``guidance``.
-            generator: random generator of the starting noise, for reproducible samples.
-            noise: the starting noise itself (normalised units), instead of drawing it.
-            return_trajectory: also return the ``steps + 1`` denormalised states from noise to sample.
-        """
+        (denormalised) by integrating the (guided) velocity from Gaussian noise: ``num`` unconditional samples or
+        one per class of ``labels`` ``(B,)``. ``steps``, ``sampler`` and ``cfg_scale`` default to the config's
+        ``sample_steps``, ``sampler`` and ``guidance``; ``noise`` (normalised units) replaces the draw from
+        ``generator``; ``return_trajectory`` also returns the ``steps + 1`` denormalised states."""
         cfg = self.config
-        device = next(self.parameters()).device
-        if labels is None:
-            if num is None and noise is None:
-                raise ValueError("give num (unconditional), labels (class-conditional) or noise")
-            b = num if noise is None else noise.shape[0]
-            labels = torch.full((b,), cfg.null_class, dtype=torch.long, device=device)
-        labels = self._labels(labels, labels.shape[0], device)
-        shape = (labels.shape[0], cfg.latent_channels, cfg.token_height, cfg.token_width)
+        device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
+        if labels is None and num is None and noise is None:
+            raise ValueError("give num (unconditional), labels (class-conditional) or noise")
+        b = labels.shape[0] if labels is not None else num if noise is None else noise.shape[0]
+        labels = self._labels(labels, b, device)
         if noise is None:
-            dev = generator.device if generator is not None else device
-            noise = torch.randn(shape, generator=generator, device=dev)
-        noise = noise.to(device=device, dtype=next(self.parameters()).dtype)
+            noise = draw(torch.randn, (b, cfg.latent_channels, cfg.token_height, cfg.token_width), generator, device)
         scale = cfg.guidance if cfg_scale is None else cfg_scale
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.velocity(x, t, labels, scale)
-
-        out = solve_ode(velocity, noise, steps or cfg.sample_steps, sampler or cfg.sampler, return_trajectory)
+        out = solve_ode(lambda x, t: self.velocity(x, t, labels, scale), noise.to(device=device, dtype=dtype),
+                        steps or cfg.sample_steps, sampler or cfg.sampler, return_trajectory)
         if return_trajectory:
-            x, trajectory = out
-            return self.denormalize(x), [self.denormalize(s) for s in trajectory]
+            return self.denormalize(out[0]), [self.denormalize(x) for x in out[1]]
         return self.denormalize(out)

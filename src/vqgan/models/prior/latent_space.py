@@ -1,10 +1,6 @@
-"""From a flow prior's latents back to images: (the prior's samples are already denormalised) -> unproject (seed 004's
-option A) -> optionally snap to the nearest codes -> the tokenizer's decoder.
-
-Snapping runs the tokenizer's quantizer on the (unprojected) latents, so the decoder reads code vectors, the only
-inputs it saw in training. Without snapping the decoder reads whatever the flow produced; with continuous
-(pre-quantization) latents that is off the codebook by construction. ``benchmarks/priors.py`` measures both.
-"""
+"""From a flow prior's (denormalised) latents back to images: unproject (seed 004's option A), optionally snap to
+the nearest codes (the decoder then reads code vectors, the only inputs it saw in training; unsnapped continuous
+latents are off the codebook by construction; ``benchmarks/priors.py`` measures both), decode."""
 
 from __future__ import annotations
 
@@ -17,28 +13,6 @@ from torch import nn
 
 
 @torch.no_grad()
-def latents_to_quantized(
-    tokenizer: nn.Module, latents: torch.Tensor, projection: nn.Module | None = None, snap: bool = False
-) -> torch.Tensor:
-    """Latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units as the decoder's input
-    ``(B, embed_dim, h, w)``: through ``projection.unproject`` when given, then through the quantizer with
-    ``snap``."""
-    z = latents if projection is None else projection.unproject(latents)
-    embed_dim = tokenizer.config.embed_dim
-    if z.shape[1] != embed_dim:
-        raise ValueError(
-            f"latents of {z.shape[1]} channels but the tokenizer decodes {embed_dim}: "
-            + ("pass the projection the prior was trained through" if projection is None else "wrong projection")
-        )
-    if snap:
-        was = tokenizer.quantize.training
-        tokenizer.quantize.eval()
-        z = tokenizer.quantize(z).quantized
-        tokenizer.quantize.train(was)
-    return z
-
-
-@torch.no_grad()
 def decode_latents(
     tokenizer: nn.Module,
     latents: torch.Tensor,
@@ -46,15 +20,24 @@ def decode_latents(
     snap: bool = False,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Decode a flow prior's latents to images in [-1, 1] (clamped), ``batch_size`` at a time, on the tokenizer's
-    device; returns CPU images."""
+    """Decode latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units to CPU images in [-1, 1]
+    (clamped), through ``projection.unproject`` when given, then the quantizer with ``snap``, ``batch_size`` at a
+    time on the tokenizer's device."""
     device = next(tokenizer.parameters()).device
-    out = []
+    projection = projection.to(device) if projection is not None else None
+    embed_dim, out = tokenizer.config.embed_dim, []
     for i in range(0, latents.shape[0], batch_size):
         z = latents[i : i + batch_size].to(device)
-        if projection is not None:
-            projection = projection.to(device)
-        z = latents_to_quantized(tokenizer, z, projection, snap)
+        z = z if projection is None else projection.unproject(z)
+        if z.shape[1] != embed_dim:
+            raise ValueError(
+                f"latents of {z.shape[1]} channels but the tokenizer decodes {embed_dim}: "
+                + ("pass the projection the prior was trained through" if projection is None else "wrong projection")
+            )
+        if snap:
+            was = tokenizer.quantize.training
+            z = tokenizer.quantize.eval()(z).quantized
+            tokenizer.quantize.train(was)
         out.append(tokenizer.decode(z).clamp(-1, 1).cpu())
     return torch.cat(out)
 
@@ -72,8 +55,7 @@ def trajectory_images(
     order ``(B * columns, C, H, W)``, for an image grid of ``columns`` columns (one row per sample)."""
     columns = max(2, min(columns, len(trajectory)))
     idx = torch.linspace(0, len(trajectory) - 1, columns).round().long().tolist()
-    images = [decode_latents(tokenizer, trajectory[i], projection, snap) for i in idx]
-    return torch.stack(images, 1).flatten(0, 1)
+    return torch.stack([decode_latents(tokenizer, trajectory[i], projection, snap) for i in idx], 1).flatten(0, 1)
 
 
 def load_latent_decoder(
@@ -95,14 +77,9 @@ def load_latent_decoder(
 
 @dataclass
 class LatentSamples:
-    """Result of :func:`sample_latent_images`.
-
-    Attributes:
-        latents: sampled latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units.
-        images: decoded images in [-1, 1], ``(B, C, H, W)``.
-        seconds: wall-clock seconds of the ODE integration (not the decoding).
-        trajectory: decoded states of the ODE for every sample, ``(B * columns, C, H, W)`` row-major, or None.
-    """
+    """Result of :func:`sample_latent_images`: sampled ``latents`` ``(B, C, h, w)`` in the tokenizer's (or the
+    projection's) units, decoded ``images`` in [-1, 1], wall-clock ``seconds`` of the ODE integration (not the
+    decoding) and the decoded ODE ``trajectory`` of every sample, ``(B * columns, C, H, W)`` row-major, or None."""
 
     latents: torch.Tensor
     images: torch.Tensor
@@ -132,7 +109,6 @@ def sample_latent_images(
     seconds = time.perf_counter() - start
     latents, trajectory = out if trajectory_columns > 0 else (out, None)
     images = decode_latents(tokenizer, latents, projection, snap)
-    traj = None
     if trajectory is not None:
-        traj = trajectory_images(tokenizer, trajectory, trajectory_columns, projection, snap)
-    return LatentSamples(latents.cpu(), images, seconds, traj)
+        trajectory = trajectory_images(tokenizer, trajectory, trajectory_columns, projection, snap)
+    return LatentSamples(latents.cpu(), images, seconds, trajectory)

@@ -1,8 +1,6 @@
-"""The transformer shared by both priors: pre-norm blocks (LayerNorm before attention and MLP, as GPT-2 and
-nanoGPT), attention through ``F.scaled_dot_product_attention`` (fused kernels where available), optional rotary
-position embeddings (Su et al. 2021, "RoFormer", https://arxiv.org/abs/2104.09864) and a key/value cache for
-autoregressive decoding.
-"""
+"""The transformer of the priors: pre-norm blocks (as GPT-2 and nanoGPT), attention through
+``F.scaled_dot_product_attention``, optional rotary position embeddings (Su et al. 2021, "RoFormer",
+https://arxiv.org/abs/2104.09864) and a key/value cache for autoregressive decoding."""
 
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqgan.models.prior.config import PriorModelConfig
+from vqgan.models.prior.sampling import draw
 
 
 def rope_sections(pairs: int, axes: int) -> list[int]:
@@ -37,13 +36,10 @@ def grid_positions(frames: int, height: int, width: int) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding: rotates pairs of query/key channels by position-dependent angles, so that the
-    attention score depends on relative positions only (RoFormer eq. 34). Uses the "rotate half" layout.
-
-    ``positions`` ``(L, A)`` gives the coordinates of the ``L`` sequence slots on ``A`` axes (default: the 1D
-    positions ``0 .. max_len - 1``). With several axes the frequency pairs are split between them
-    (:func:`rope_sections`), each axis rotating its own channels with its own full frequency range (RoPE per
-    axis, as LlamaGen's 2D RoPE and video LLMs' 3D RoPE), so the score depends on the offset along every axis.
+    """Rotary position embedding ("rotate half" layout): the attention score depends on relative positions only
+    (RoFormer eq. 34). ``positions`` ``(L, A)`` are the coordinates of the ``L`` sequence slots on ``A`` axes
+    (default: ``0 .. max_len - 1``); several axes split the frequency pairs (:func:`rope_sections`), each rotating
+    its own channels over its full frequency range (3D RoPE of video LLMs), so the score sees every axis' offset.
     """
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, positions: torch.Tensor | None = None):
@@ -55,8 +51,7 @@ class RotaryEmbedding(nn.Module):
         for axis, n in enumerate(rope_sections(head_dim // 2, pos.shape[1])):
             inv_freq = 1.0 / (base ** (torch.arange(n, dtype=torch.float64) / n))
             freqs.append(torch.outer(pos[:, axis].double(), inv_freq))
-        freqs = torch.cat(freqs, dim=-1)  # (L, D/2)
-        emb = torch.cat([freqs, freqs], dim=-1)
+        emb = torch.cat(freqs + freqs, dim=-1)  # (L, D): the (L, D/2) angles twice
         self.register_buffer("cos", emb.cos().float(), persistent=False)
         self.register_buffer("sin", emb.sin().float(), persistent=False)
 
@@ -78,8 +73,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, cfg: PriorModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
-        hd = cfg.n_embd // cfg.n_head
-        shape = (cfg.n_layer, batch, cfg.n_head, max_len, hd)
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
 
@@ -88,10 +82,9 @@ class SelfAttention(nn.Module):
 
     def __init__(self, cfg: PriorModelConfig, causal: bool, rope: RotaryEmbedding | None):
         super().__init__()
-        self.n_head, self.causal, self.rope = cfg.n_head, causal, rope
+        self.n_head, self.causal, self.rope, self.dropout = cfg.n_head, causal, rope, cfg.dropout
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -142,11 +135,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token + class embeddings, positions (learned or rotary), a stack of :class:`Block`, final LayerNorm.
-
-    The sequence seen by the blocks is ``[class token, token_0, ..., token_{n-1}]``: the class (or the null class)
-    is a prefix token, as in LlamaGen's class-conditional GPT, so both priors condition the same way.
-    """
+    """Token + class embeddings, positions (learned or rotary), a stack of :class:`Block`, final LayerNorm. The
+    blocks see ``[class, token_0, ..., token_{n-1}]``: the class (or the null class) is a prefix token (LlamaGen)."""
 
     def __init__(self, cfg: PriorModelConfig, causal: bool, input_vocab: int, max_len: int):
         super().__init__()
@@ -162,7 +152,6 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg, causal, rope) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.rope = rope
 
     def init_weights(self) -> None:
         """GPT-2 initialisation: N(0, 0.02), residual projections scaled by ``1/sqrt(2 * n_layer)``."""
@@ -171,10 +160,8 @@ class Transformer(nn.Module):
                 nn.init.zeros_(p)
             elif "ln" in name:
                 nn.init.ones_(p)
-            elif name.endswith("proj.weight"):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
             else:
-                nn.init.normal_(p, std=0.02)
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith("proj.weight") else 0.02)
 
     def embed(self, tokens: torch.Tensor, labels: torch.Tensor | None, start: int) -> torch.Tensor:
         """Embeddings of ``[class, tokens]`` (``labels`` given, sequence starts at 0) or of ``tokens`` alone
@@ -197,9 +184,11 @@ class Transformer(nn.Module):
 
 
 class PriorBase(nn.Module):
-    """What the GPT and MaskGIT priors share: class labels with the null class."""
+    """What the priors share: a validated config and class labels with the null class."""
 
-    config: PriorModelConfig
+    def __init__(self, config: PriorModelConfig):
+        super().__init__()
+        self.config = config.validate()
 
     def _labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         null = torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)
@@ -209,11 +198,39 @@ class PriorBase(nn.Module):
         # Negative labels (unlabelled data) map to the null class.
         return torch.where(labels < 0, null, labels)
 
+    def _train_labels(
+        self, labels: torch.Tensor | None, batch: int, device: torch.device, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Labels of a training batch, dropped to the null class with probability ``cond_dropout`` in training
+        mode, so that the same model also learns the unconditional distribution (for guidance)."""
+        cfg, labels = self.config, self._labels(labels, batch, device)
+        if self.training and cfg.cond_dropout > 0 and cfg.num_classes > 0:
+            labels = labels.masked_fill(draw(torch.rand, (batch,), generator, device) < cfg.cond_dropout, cfg.null_class)
+        return labels
+
+
+class TokenPrior(PriorBase):
+    """A transformer over ``[class, tokens]`` with a linear head over the codes (the GPT and MaskGIT priors)."""
+
+    def __init__(self, config: PriorModelConfig, causal: bool, input_vocab: int, max_len: int):
+        super().__init__(config)
+        self.transformer = Transformer(config, causal, input_vocab, max_len)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.init_weights()
+        nn.init.normal_(self.head.weight, std=0.02)
+
+    def _hidden(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Final hidden states ``(B, 1 + t, n_embd)`` of ``[class, tokens]`` (``tokens`` flattened to ``(B, t)``)."""
+        tokens = tokens.flatten(1)
+        x = self.transformer.embed(tokens, self._labels(labels, tokens.shape[0], tokens.device), start=0)
+        return self.transformer(x)
+
     def _generation_inputs(
-        self, num: int | None, labels: torch.Tensor | None, prefix: torch.Tensor | None
+        self, num: int | None, labels: torch.Tensor | None, prefix: torch.Tensor | None, cfg_scale: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labels ``(B,)`` (the null class when unconditional) and the given prefix as flat tokens ``(B, P)``
-        (``P = 0`` without one) for ``generate``; the batch size comes from ``labels``, ``prefix`` or ``num``."""
+        """Labels of the forward passes of ``generate`` (the null class when unconditional; followed by as many
+        null labels when guided) and the given prefix as flat tokens ``(B, P)`` (``P = 0`` without one); the batch
+        size comes from ``labels``, ``prefix`` or ``num``."""
         cfg = self.config
         device = next(self.parameters()).device
         if prefix is not None:
@@ -229,4 +246,5 @@ class PriorBase(nn.Module):
             raise ValueError(f"{prefix.shape[0]} prefixes for a batch of {batch}")
         if prefix is None:
             prefix = torch.empty(batch, 0, dtype=torch.long, device=device)
-        return self._labels(labels, batch, device), prefix
+        labels = self._labels(labels, batch, device)
+        return (labels if cfg_scale == 1.0 else torch.cat([labels, torch.full_like(labels, cfg.null_class)])), prefix
