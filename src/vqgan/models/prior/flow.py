@@ -1,9 +1,9 @@
 """A flow-matching prior over continuous tokenizer latents: rectified flow (Lipman et al. 2023,
-https://arxiv.org/abs/2210.02747; Liu et al. 2023, https://arxiv.org/abs/2209.03003) with a small DiT (Peebles &
-Xie 2023, https://arxiv.org/abs/2212.09748, adaLN-Zero conditioning on time and class) as the velocity network.
-The path ``x_t = (1 - t) x0 + t x1`` runs from noise ``x0`` to a normalised data latent ``x1``; sampling integrates
-``dx/dt = v(x, t)`` from 0 to 1. A DiT rather than a U-Net: the latent maps are tiny (8x8 or 4x4), and it shares
-the GPT and MaskGIT layers, so priors of equal depth and width differ in the objective, not in the network.
+https://arxiv.org/abs/2210.02747; Liu et al. 2023, https://arxiv.org/abs/2209.03003) with a small DiT (Peebles
+& Xie 2023, https://arxiv.org/abs/2212.09748, adaLN-Zero conditioning on time and class) as velocity network.
+The path ``x_t = (1 - t) x0 + t x1`` runs from noise ``x0`` to a normalised data latent ``x1``; sampling
+integrates ``dx/dt = v(x, t)`` from 0 to 1. A DiT, not a U-Net: the latent maps are tiny (8x8 or 4x4), and
+it shares the GPT and MaskGIT layers, so priors of equal depth and width differ in the objective only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -25,13 +24,8 @@ from vqgan.models.prior.transformer import MLP, PriorBase, SelfAttention
 
 @dataclass
 class FlowOutput:
-    """Result of :meth:`FlowPrior.training_loss`.
-
-    Attributes:
-        velocity: predicted velocities ``(B, C, h, w)``.
-        loss: mean squared error against the target velocity ``x1 - x0``.
-        logs: detached figures for logging (``loss_t<0.5``/``loss_t>=0.5``: the loss on each half of the path).
-    """
+    """Result of :meth:`FlowPrior.training_loss`: predicted ``velocity`` ``(B, C, h, w)``, its mean squared
+    error ``loss`` against ``x1 - x0``, and detached ``logs`` (``loss_t<0.5``, ``loss_t>=0.5``: per half)."""
 
     velocity: torch.Tensor
     loss: torch.Tensor
@@ -39,17 +33,12 @@ class FlowOutput:
     accuracy: torch.Tensor | None = None  # discrete priors report one; a flow has none
 
 
-# -- the objective (pure functions) --------------------------------------------------------------------------
 def sample_time(
-    n: int,
-    kind: Literal["uniform", "logit_normal"] = "uniform",
-    mean: float = 0.0,
-    std: float = 1.0,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
+    n: int, kind: Literal["uniform", "logit_normal"] = "uniform", mean: float = 0.0, std: float = 1.0,
+    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """``n`` times in (0, 1): uniform, or ``sigmoid(N(mean, std))`` (logit-normal, Esser et al. 2024 section 3.1,
-    "Scaling Rectified Flow Transformers", which trains the middle of the path more)."""
+    """``n`` times in (0, 1): uniform, or ``sigmoid(N(mean, std))`` (logit-normal, Esser et al. 2024 section
+    3.1, "Scaling Rectified Flow Transformers", which trains the middle of the path more)."""
     if kind == "uniform":
         return draw(torch.rand, (n,), generator, device)
     if kind == "logit_normal":
@@ -71,35 +60,28 @@ def flow_matching_loss(
     """Mean squared error of predicted ``velocity`` against ``x1 - x0``, and logs (the loss on both halves of the
     path: early times are hard, as the network must guess the data from almost pure noise; NaN for a half that
     holds no item of the batch). Masked sums, not boolean indexing: no value is read back from the device."""
-    _, target = flow_matching_target(x0, x1, t)
-    per_item = (velocity.float() - target.float()).pow(2).flatten(1).mean(1)
-    logs = {}
-    for name, sel in (("loss_t<0.5", t < 0.5), ("loss_t>=0.5", t >= 0.5)):
-        w = sel.to(per_item.dtype)
-        n = w.sum()
-        logs[name] = torch.where(n > 0, (per_item.detach() * w).sum() / n.clamp_min(1), per_item.new_tensor(float("nan")))
+    per_item = (velocity.float() - (x1 - x0).float()).pow(2).flatten(1).mean(1)
+    nan, logs = per_item.new_tensor(float("nan")), {}
+    for name, w in (("loss_t<0.5", (t < 0.5).float()), ("loss_t>=0.5", (t >= 0.5).float())):
+        logs[name] = torch.where(w.sum() > 0, (per_item.detach() * w).sum() / w.sum().clamp_min(1), nan)
     return per_item.mean(), logs
 
 
-# -- ODE solvers (pure functions of a velocity field) --------------------------------------------------------
 def solve_ode(
-    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x0: torch.Tensor,
-    steps: int,
-    method: Literal["euler", "heun"] = "heun",
-    return_trajectory: bool = False,
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, steps: int,
+    method: Literal["euler", "heun"] = "heun", return_trajectory: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """Integrate ``dx/dt = velocity(x, t)`` from ``t = 0`` to ``t = 1`` in ``steps`` equal steps: ``x(1)``, and
-    with ``return_trajectory`` also the ``steps + 1`` states from ``x0`` to ``x(1)``. Euler takes one evaluation
-    per step (first order); Heun (explicit trapezoidal rule) two, and is second order, which pays when steps are
-    few (Karras et al. 2022 use it for the same reason)."""
+    """Integrate ``dx/dt = velocity(x, t)`` from ``t = 0`` to ``t = 1`` in ``steps`` equal steps: ``x(1)``,
+    and with ``return_trajectory`` also the ``steps + 1`` states from ``x0`` to ``x(1)``. Euler takes one
+    evaluation per step (first order); Heun (explicit trapezoidal rule) two, and is second order, which pays
+    when steps are few (Karras et al. 2022 use it for the same reason)."""
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1")
     if method not in ("euler", "heun"):
         raise ValueError(f"sampler {method!r}; choose euler or heun")
     x, trajectory = x0, [x0]
     for i in range(steps):
-        # The time grid in Python floats: reading it from a device tensor would wait for the GPU at every step.
+        # The time grid in Python floats: reading a device tensor would wait for the GPU at every step.
         t, t_next = i / steps, (i + 1) / steps
         tb = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
         v = velocity(x, tb)
@@ -111,15 +93,13 @@ def solve_ode(
     return (x, trajectory) if return_trajectory else x
 
 
-# -- the network ---------------------------------------------------------------------------------------------
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding ``(B, dim)`` of times in [0, 1], scaled by 1000 as the diffusion step indices DiT
-    embeds (so the frequencies resolve small time differences)."""
+    """Sinusoidal embedding ``(B, dim)`` (``dim`` even) of times in [0, 1], scaled by 1000 as the diffusion
+    step indices DiT embeds (so the frequencies resolve small time differences)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = 1000.0 * t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
@@ -129,14 +109,9 @@ def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
         raise ValueError(f"n_embd={dim} must be divisible by 4 for 2-D sine-cosine positions")
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-
-    def axis(n: int) -> torch.Tensor:
-        out = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)  # (n, dim / 2)
-
-    rows, cols = axis(height), axis(width)
-    grid = torch.cat([rows[:, None].expand(height, width, -1), cols[None].expand(height, width, -1)], dim=-1)
-    return grid.reshape(height * width, dim).float()
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    angles = [pos.reshape(-1, 1).double() * omega for pos in (rows, cols)]  # (h w, dim / 4) each
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1).float()
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -170,8 +145,8 @@ class FlowPrior(PriorBase):
         cfg = self.config
         c, p, d = cfg.latent_channels, cfg.patch_size, cfg.n_embd
         self.patch_embed = nn.Conv2d(c, d, p, stride=p)
-        hp, wp = cfg.token_height // p, cfg.token_width // p
-        self.register_buffer("pos_emb", sincos_2d(hp, wp, d)[None], persistent=False)
+        pos = sincos_2d(cfg.token_height // p, cfg.token_width // p, d)
+        self.register_buffer("pos_emb", pos[None], persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.cls_emb = nn.Embedding(cfg.num_classes + 1, d)
         self.drop = nn.Dropout(cfg.dropout)
@@ -241,8 +216,8 @@ class FlowPrior(PriorBase):
     def velocity(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, cfg_scale: float = 1.0
     ) -> torch.Tensor:
-        """Velocity with classifier-free guidance ``v_null + s (v_cond - v_null)`` (Ho & Salimans 2022, applied to
-        the velocity as in SD3); ``cfg_scale = 1`` is the conditional model alone, in one forward pass."""
+        """Velocity with classifier-free guidance ``v_null + s (v_cond - v_null)`` (Ho & Salimans 2022,
+        applied to the velocity as in SD3); ``cfg_scale = 1`` is the conditional model alone, in one pass."""
         if cfg_scale == 1.0:
             return self(x, t, labels)
         labels = self._labels(labels, x.shape[0], x.device)
@@ -250,41 +225,34 @@ class FlowPrior(PriorBase):
         return guide(self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])), cfg_scale)
 
     def training_loss(
-        self,
-        latents: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
+        self, latents: torch.Tensor, labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
     ) -> FlowOutput:
-        """Flow-matching loss of raw (un-normalised) ``latents`` ``(B, C, h, w)``; labels dropped to the null class
-        with probability ``cond_dropout`` in training mode. ``noise`` and ``t`` may be given (tests, validation)."""
+        """Flow-matching loss of raw (un-normalised) ``latents`` ``(B, C, h, w)``; labels dropped to the null
+        class with probability ``cond_dropout`` in training mode; ``noise`` and ``t`` may be given."""
         cfg = self.config
         x1 = self.normalize(latents.float())
         b, dev = x1.shape[0], x1.device
         labels = self._train_labels(labels, b, dev, generator)
         noise = draw(torch.randn, x1.shape, generator, dev) if noise is None else noise
-        t = sample_time(b, cfg.time_sampling, cfg.logit_mean, cfg.logit_std, generator, dev) if t is None else t
+        if t is None:
+            t = sample_time(b, cfg.time_sampling, cfg.logit_mean, cfg.logit_std, generator, dev)
         v = self(flow_matching_target(noise, x1, t)[0], t, labels)
         return FlowOutput(v, *flow_matching_loss(v, noise, x1, t))
 
     @torch.no_grad()
     def generate(
-        self,
-        num: int | None = None,
-        labels: torch.Tensor | None = None,
-        steps: int | None = None,
-        sampler: Literal["euler", "heun"] | None = None,
-        cfg_scale: float | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
+        self, num: int | None = None, labels: torch.Tensor | None = None, steps: int | None = None,
+        sampler: Literal["euler", "heun"] | None = None, cfg_scale: float | None = None,
+        generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Sample latents ``(B, latent_channels, token_height, token_width)`` in the tokenizer's units
-        (denormalised) by integrating the (guided) velocity from Gaussian noise: ``num`` unconditional samples or
-        one per class of ``labels`` ``(B,)``. ``steps``, ``sampler`` and ``cfg_scale`` default to the config's
-        ``sample_steps``, ``sampler`` and ``guidance``; ``noise`` (normalised units) replaces the draw from
-        ``generator``; ``return_trajectory`` also returns the ``steps + 1`` denormalised states."""
+        (denormalised) by integrating the (guided) velocity from Gaussian noise: ``num`` unconditional samples
+        or one per class of ``labels`` ``(B,)``. ``steps``, ``sampler`` and ``cfg_scale`` default to the
+        config's ``sample_steps``, ``sampler`` and ``guidance``; ``noise`` (normalised units) replaces the
+        draw from ``generator``; ``return_trajectory`` also returns the ``steps + 1`` denormalised states."""
         cfg = self.config
         device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
         if labels is None and num is None and noise is None:
@@ -292,7 +260,8 @@ class FlowPrior(PriorBase):
         b = labels.shape[0] if labels is not None else num if noise is None else noise.shape[0]
         labels = self._labels(labels, b, device)
         if noise is None:
-            noise = draw(torch.randn, (b, cfg.latent_channels, cfg.token_height, cfg.token_width), generator, device)
+            shape = (b, cfg.latent_channels, cfg.token_height, cfg.token_width)
+            noise = draw(torch.randn, shape, generator, device)
         scale = cfg.guidance if cfg_scale is None else cfg_scale
         out = solve_ode(lambda x, t: self.velocity(x, t, labels, scale), noise.to(device=device, dtype=dtype),
                         steps or cfg.sample_steps, sampler or cfg.sampler, return_trajectory)

@@ -1,9 +1,9 @@
-"""An autoregressive GPT prior over code indices in raster order, as the stage-2 transformer of Esser et al. 2021
-("Taming Transformers", https://arxiv.org/abs/2012.09841) and LlamaGen (Sun et al. 2024), in nanoGPT's style.
-The class is a prefix token; the "null" class serves unlabelled data and classifier-free guidance (Ho & Salimans
-2022). Clips are ``(T, h, w)`` grids in raster order over time, then space; frame prediction is generation after
-a ``prefix``, the codes of the first ``k`` latent frames (which a causal tokenizer computes from those frames
-alone, MAGVIT-v2).
+"""An autoregressive GPT prior over code indices in raster order, as the stage-2 transformer of Esser et al.
+2021 ("Taming Transformers", https://arxiv.org/abs/2012.09841) and LlamaGen (Sun et al. 2024), in nanoGPT's
+style. The class is a prefix token; the "null" class serves unlabelled data and classifier-free guidance
+(Ho & Salimans 2022). Clips are ``(T, h, w)`` grids in raster order over time, then space; frame prediction
+generates after a ``prefix``, the codes of the first ``k`` latent frames (a causal tokenizer computes them
+from those frames alone, MAGVIT-v2).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ class GPTPrior(TokenPrior):
     def forward(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, targets: torch.Tensor | None = None
     ) -> PriorOutput:
-        """Logits ``(B, t + 1, vocab_size)`` of the next token after the class prefix and every token of ``tokens``
-        ``(B, t)`` (any ``(B, h, w)`` map or ``(B, T, h, w)`` clip is flattened in raster order), ``t < N``.
-        ``labels`` ``(B,)``: ``None`` or negative values mean the null class. With ``targets`` ``(B, t + 1)``
-        (usually the full map, with ``tokens = targets[:, :-1]``), also the loss and the accuracy."""
+        """Logits ``(B, t + 1, vocab_size)`` of the next token after the class prefix and every token of
+        ``tokens`` ``(B, t)`` (a ``(B, h, w)`` map or ``(B, T, h, w)`` clip is flattened in raster order),
+        ``t < N``. ``labels`` ``(B,)``: ``None`` or negative values mean the null class. With ``targets``
+        ``(B, t + 1)`` (usually the full map, ``tokens = targets[:, :-1]``), also the loss and accuracy."""
         return scored(self.head(self._hidden(tokens, labels)), targets)
 
     def training_loss(
@@ -36,20 +36,14 @@ class GPTPrior(TokenPrior):
         """Next-token cross-entropy over the whole map; labels dropped to the null class with probability
         ``cond_dropout`` in training mode."""
         tokens = tokens.flatten(1)
-        return self(tokens[:, :-1], self._train_labels(labels, tokens.shape[0], tokens.device, generator), tokens)
+        labels = self._train_labels(labels, tokens.shape[0], tokens.device, generator)
+        return self(tokens[:, :-1], labels, targets=tokens)
 
     @torch.no_grad()
     def generate(
-        self,
-        num: int | None = None,
-        labels: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        cfg_scale: float = 1.0,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-        prefix: torch.Tensor | None = None,
+        self, num: int | None = None, labels: torch.Tensor | None = None, temperature: float = 1.0,
+        top_k: int | None = None, top_p: float | None = None, cfg_scale: float = 1.0, use_cache: bool = True,
+        generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample token maps ``(B, token_height, token_width)`` (clips: ``(B, token_frames, token_height,
         token_width)``).
@@ -61,19 +55,20 @@ class GPTPrior(TokenPrior):
             cfg_scale: classifier-free guidance scale; ``1`` samples the conditional model without guidance.
             use_cache: reuse keys and values of past positions (same tokens, much faster for long maps).
             generator: random generator, for reproducible samples.
-            prefix: given first tokens in raster order, ``(B, P)`` or the codes of the first ``k`` latent frames
-                ``(B, k, h, w)`` (frame prediction), copied to the output unchanged.
+            prefix: given first tokens in raster order, ``(B, P)`` or the codes of the first ``k`` latent
+                frames ``(B, k, h, w)`` (frame prediction), copied to the output unchanged.
         """
         cfg = self.config
         labels, out = self._generation_inputs(num, labels, prefix, cfg_scale)
-        copies, p = labels.shape[0] // out.shape[0], out.shape[1]  # copies: 2 with guidance (the null-class rows)
+        copies, p = labels.shape[0] // out.shape[0], out.shape[1]  # 2 copies with guidance (null-class rows)
         cache = None
         if use_cache:
-            cache = KVCache.empty(cfg, labels.shape[0], cfg.num_tokens, labels.device, next(self.parameters()).dtype)
+            dtype = next(self.parameters()).dtype
+            cache = KVCache.empty(cfg, labels.shape[0], cfg.num_tokens, labels.device, dtype)
         last = out  # tokens not yet fed to the cache (the whole prefix at first, then the previous sample)
         for i in range(p, cfg.num_tokens):
-            # Without the cache every pass reads [class, all tokens]; with it, the first reads [class, prefix] and
-            # every later one the last token alone, at sequence index i.
+            # Without the cache every pass reads [class, all tokens]; with it, the first reads [class, prefix]
+            # and every later one the last token alone, at sequence index i.
             whole = cache is None or i == p
             rows = (out if cache is None else last).repeat(copies, 1)
             x = self.transformer.embed(rows, labels if whole else None, start=0 if whole else i)

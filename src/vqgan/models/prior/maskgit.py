@@ -1,9 +1,9 @@
-"""MaskGIT: a bidirectional transformer trained to predict masked code indices, decoded in a few parallel steps
-(Chang et al. 2022, "MaskGIT: Masked Generative Image Transformer", https://arxiv.org/abs/2202.04200). Training
-masks a share ``cos(pi r / 2)`` of the tokens, ``r ~ U(0, 1)`` (section 3.3), and scores those; decoding samples
-every masked token and masks the least confident again (section 3.2, with the reference implementation's annealed
-Gumbel noise). Over clips, frame prediction fixes the first ``k`` latent frames and decodes the future (MAGVIT,
-Yu et al. 2023, section 3.2); ``frame_prediction_prob`` trains on that pattern too.
+"""MaskGIT: a bidirectional transformer trained to predict masked code indices, decoded in a few parallel
+steps (Chang et al. 2022, "MaskGIT: Masked Generative Image Transformer", https://arxiv.org/abs/2202.04200).
+Training masks a share ``cos(pi r / 2)`` of the tokens, ``r ~ U(0, 1)`` (section 3.3), and scores those;
+decoding samples every masked token and masks the least confident again (section 3.2, with the reference
+implementation's annealed Gumbel noise). Over clips, frame prediction fixes the first ``k`` latent frames
+and decodes the future (MAGVIT, Yu et al. 2023, section 3.2); ``frame_prediction_prob`` trains on it too.
 """
 
 from __future__ import annotations
@@ -42,24 +42,24 @@ class MaskGITPrior(TokenPrior):
     (index ``vocab_size``); outputs logits over the ``vocab_size`` codes at every map position."""
 
     def __init__(self, config: PriorModelConfig):
-        super().__init__(config, causal=False, input_vocab=config.vocab_size + 1, max_len=config.num_tokens + 1)
+        super().__init__(config, False, input_vocab=config.vocab_size + 1, max_len=config.num_tokens + 1)
         self.mask_token = config.vocab_size
 
     def forward(
-        self,
-        tokens: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
+        self, tokens: torch.Tensor, labels: torch.Tensor | None = None, targets: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> PriorOutput:
-        """Logits ``(B, N, vocab_size)`` of every position of a (partly masked) map ``tokens`` ``(B, N)``; with
-        ``targets`` (and the boolean ``mask`` of positions to score; all when None), also the loss and accuracy."""
+        """Logits ``(B, N, vocab_size)`` at every position of a partly masked map ``tokens`` ``(B, N)``; with
+        ``targets``, also loss and accuracy where the boolean ``mask`` is set (everywhere without one)."""
         return scored(self.head(self._hidden(tokens, labels)[:, 1:]), targets, mask)
 
-    def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Boolean ``(B, N)`` masks with ``ceil(M cos(pi r / 2))`` (at least one) random positions, ``r ~ U(0,1)``,
-        among the ``M`` maskable ones: all ``N`` positions, or, for a share ``frame_prediction_prob`` of the
-        clips, the positions from a random latent frame ``k`` in ``[1, T)`` on (the past stays visible)."""
+    def random_mask(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Boolean ``(B, N)`` masks with ``ceil(M cos(pi r / 2))`` (at least one) random positions,
+        ``r ~ U(0,1)``, among the ``M`` maskable ones: all ``N`` positions, or, for a share
+        ``frame_prediction_prob`` of the clips, those from a random latent frame ``k`` in ``[1, T)`` on (the
+        past stays visible)."""
         cfg, n = self.config, self.config.num_tokens
         r = torch.rand(batch, generator=generator, device=device)
         first = torch.zeros(batch, dtype=torch.long, device=device)  # first maskable position of every row
@@ -69,7 +69,7 @@ class MaskGITPrior(TokenPrior):
             first = torch.where(u < cfg.frame_prediction_prob, k * cfg.frame_tokens, first)
         free = n - first
         count = torch.minimum(torch.ceil(free * cosine_schedule(r).to(device)).long().clamp(min=1), free)
-        # Visible past positions get scores above every random one, so they are never among the lowest `count`.
+        # Visible past positions score above every random one, so they are never among the lowest `count`.
         scores = torch.rand(batch, n, generator=generator, device=device)
         scores = scores.masked_fill(torch.arange(n, device=device)[None] < first[:, None], 2.0)
         return scores.argsort(-1).argsort(-1) < count[:, None]
@@ -77,8 +77,8 @@ class MaskGITPrior(TokenPrior):
     def training_loss(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> PriorOutput:
-        """Cross-entropy on a random cosine-scheduled share of masked positions; labels dropped to the null class
-        with probability ``cond_dropout`` in training mode."""
+        """Cross-entropy on a random cosine-scheduled share of masked positions; labels dropped to the null
+        class with probability ``cond_dropout`` in training mode."""
         tokens = tokens.flatten(1)
         b, dev = tokens.shape[0], tokens.device
         labels = self._train_labels(labels, b, dev, generator)
@@ -87,29 +87,21 @@ class MaskGITPrior(TokenPrior):
 
     @torch.no_grad()
     def generate(
-        self,
-        num: int | None = None,
-        labels: torch.Tensor | None = None,
-        steps: int = 8,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        cfg_scale: float = 1.0,
-        choice_temperature: float = 4.5,
-        generator: torch.Generator | None = None,
-        return_history: bool = False,
-        prefix: torch.Tensor | None = None,
+        self, num: int | None = None, labels: torch.Tensor | None = None, steps: int = 8,
+        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+        cfg_scale: float = 1.0, choice_temperature: float = 4.5, generator: torch.Generator | None = None,
+        return_history: bool = False, prefix: torch.Tensor | None = None,
     ):
         """Decode token maps ``(B, token_height, token_width)`` (clips: ``(B, token_frames, token_height,
         token_width)``) in ``steps`` parallel steps.
 
         ``num``, ``labels``, ``temperature``, ``top_k``, ``top_p``, ``cfg_scale`` and ``generator`` are as in
         :meth:`GPTPrior.generate`; ``steps`` (MaskGIT uses 8 to 12 for 16x16 maps) is capped by the number of
-        tokens to generate. ``choice_temperature`` scales the Gumbel noise added to the log-confidences that choose
-        the tokens to mask again, annealed linearly to 0 (4.5 in the reference implementation). ``return_history``
-        also returns the number of masked tokens after every step. ``prefix``: given first tokens in raster order,
-        ``(B, P)`` or the codes of the first ``k`` latent frames ``(B, k, h, w)`` (frame prediction), never masked:
-        the schedule runs over the ``N - P`` tokens that remain.
+        tokens to generate. ``choice_temperature`` scales the Gumbel noise added to the log-confidences that
+        choose the tokens to mask again, annealed linearly to 0 (4.5 in the reference implementation).
+        ``return_history`` also returns the number of masked tokens after every step. ``prefix``: given first
+        tokens in raster order, ``(B, P)`` or the codes of the first ``k`` latent frames ``(B, k, h, w)``
+        (frame prediction), never masked: the schedule runs over the ``N - P`` tokens that remain.
         """
         labels, prefix = self._generation_inputs(num, labels, prefix, cfg_scale)
         b, n, device = prefix.shape[0], self.config.num_tokens, labels.device

@@ -1,7 +1,7 @@
-"""Sampling helpers shared by the priors: logit filtering (temperature, top-k, nucleus/top-p of Holtzman et al.
-2020), classifier-free guidance (Ho & Salimans 2022) and a seeded categorical draw. Draws use the inverse CDF with
-one uniform number per row, so a generator state gives the same token whatever path computed the logits (with or
-without a KV cache), up to ties within floating-point rounding.
+"""Sampling helpers shared by the priors: logit filtering (temperature, top-k, nucleus/top-p of Holtzman et
+al. 2020), classifier-free guidance (Ho & Salimans 2022) and a seeded categorical draw. Draws use the inverse
+CDF with one uniform number per row, so a generator state gives the same token whatever path computed the
+logits (with or without a KV cache), up to ties within floating-point rounding.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ class PriorOutput:
     accuracy: torch.Tensor | None = None
 
 
-def scored(logits: torch.Tensor, targets: torch.Tensor | None, mask: torch.Tensor | None = None) -> PriorOutput:
-    """``logits`` with, given ``targets``, the cross-entropy and accuracy over the positions of ``mask`` (all when
-    None)."""
+def scored(
+    logits: torch.Tensor, targets: torch.Tensor | None, mask: torch.Tensor | None = None
+) -> PriorOutput:
+    """``logits`` and, given ``targets``, the cross-entropy and accuracy over ``mask`` (None: everywhere)."""
     if targets is None:
         return PriorOutput(logits)
     targets = targets.flatten(1)
@@ -43,25 +44,26 @@ def scored(logits: torch.Tensor, targets: torch.Tensor | None, mask: torch.Tenso
 
 
 def draw(
-    fn: Callable[..., torch.Tensor], shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str
+    fn: Callable[..., torch.Tensor], shape: tuple[int, ...], generator: torch.Generator | None, device
 ) -> torch.Tensor:
-    """``fn(shape)`` (``torch.rand`` or ``torch.randn``) drawn on the generator's device, then moved to ``device``."""
-    return fn(shape, generator=generator, device=generator.device if generator is not None else device).to(device)
+    """``fn(shape)`` (``torch.rand`` or ``torch.randn``) drawn on the generator's device, then moved to
+    ``device``."""
+    on = generator.device if generator is not None else device
+    return fn(shape, generator=generator, device=on).to(device)
 
 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Guided logits ``uncond + scale * (cond - uncond)`` (Ho & Salimans 2022, eq. 6 written for logits): ``scale = 1``
-    gives the conditional logits, ``0`` the unconditional ones, ``> 1`` extrapolates away from the unconditional."""
+    """Guided logits ``uncond + scale * (cond - uncond)`` (Ho & Salimans 2022, eq. 6 written for logits):
+    ``scale = 1`` gives the conditional logits, ``0`` the unconditional ones, ``> 1`` extrapolates."""
     return uncond + scale * (cond - uncond)
 
 
 def guide(out: torch.Tensor, scale: float) -> torch.Tensor:
-    """:func:`classifier_free_guidance` of a batch doubled as ``[conditional rows; null-class rows]``; ``out`` itself
-    at ``scale = 1`` (no doubled batch)."""
+    """:func:`classifier_free_guidance` over a batch doubled as ``[conditional rows; null-class rows]``; at
+    ``scale = 1`` (no doubled batch) ``out`` itself."""
     if scale == 1.0:
         return out
-    b = out.shape[0] // 2
-    return classifier_free_guidance(out[:b], out[b:], scale)
+    return classifier_free_guidance(*out.chunk(2), scale)
 
 
 def filter_logits(

@@ -36,11 +36,11 @@ def grid_positions(frames: int, height: int, width: int) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding ("rotate half" layout): the attention score depends on relative positions only
-    (RoFormer eq. 34). ``positions`` ``(L, A)`` are the coordinates of the ``L`` sequence slots on ``A`` axes
-    (default: ``0 .. max_len - 1``); several axes split the frequency pairs (:func:`rope_sections`), each rotating
-    its own channels over its full frequency range (3D RoPE of video LLMs), so the score sees every axis' offset.
-    """
+    """Rotary position embedding ("rotate half" layout): the attention score depends on relative positions
+    only (RoFormer eq. 34). ``positions`` ``(L, A)`` are the coordinates of the ``L`` sequence slots on ``A``
+    axes (default: ``0 .. max_len - 1``); several axes split the frequency pairs (:func:`rope_sections`), each
+    rotating its own channels over its full frequency range (3D RoPE of video LLMs), so the score sees every
+    axis' offset."""
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, positions: torch.Tensor | None = None):
         super().__init__()
@@ -135,8 +135,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token + class embeddings, positions (learned or rotary), a stack of :class:`Block`, final LayerNorm. The
-    blocks see ``[class, token_0, ..., token_{n-1}]``: the class (or the null class) is a prefix token (LlamaGen)."""
+    """Token + class embeddings, positions (learned or rotary), a stack of :class:`Block`, final LayerNorm;
+    the blocks see ``[class, t_0, ..., t_{n-1}]``, the class (or null class) a prefix token as in LlamaGen."""
 
     def __init__(self, cfg: PriorModelConfig, causal: bool, input_vocab: int, max_len: int):
         super().__init__()
@@ -146,7 +146,7 @@ class Transformer(nn.Module):
         rope = None
         if cfg.rope:
             # Images keep 1D positions over the raster sequence; clips get (t, y, x) coordinates.
-            grid = grid_positions(cfg.token_frames, cfg.token_height, cfg.token_width) if cfg.token_frames > 1 else None
+            grid = grid_positions(*cfg.token_shape) if cfg.token_frames > 1 else None
             rope = RotaryEmbedding(cfg.n_embd // cfg.n_head, max_len, cfg.rope_base, grid)
         self.pos_emb = None if cfg.rope else nn.Parameter(torch.zeros(1, max_len, cfg.n_embd))
         self.drop = nn.Dropout(cfg.dropout)
@@ -161,7 +161,8 @@ class Transformer(nn.Module):
             elif "ln" in name:
                 nn.init.ones_(p)
             else:
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith("proj.weight") else 0.02)
+                residual = name.endswith("proj.weight")
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.cfg.n_layer) if residual else 0.02)
 
     def embed(self, tokens: torch.Tensor, labels: torch.Tensor | None, start: int) -> torch.Tensor:
         """Embeddings of ``[class, tokens]`` (``labels`` given, sequence starts at 0) or of ``tokens`` alone
@@ -191,12 +192,10 @@ class PriorBase(nn.Module):
         self.config = config.validate()
 
     def _labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-        null = torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)
         if labels is None:
-            return null
+            return torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)
         labels = labels.to(device=device, dtype=torch.long)
-        # Negative labels (unlabelled data) map to the null class.
-        return torch.where(labels < 0, null, labels)
+        return labels.masked_fill(labels < 0, self.config.null_class)  # negative: unlabelled data
 
     def _train_labels(
         self, labels: torch.Tensor | None, batch: int, device: torch.device, generator: torch.Generator | None
@@ -205,12 +204,13 @@ class PriorBase(nn.Module):
         mode, so that the same model also learns the unconditional distribution (for guidance)."""
         cfg, labels = self.config, self._labels(labels, batch, device)
         if self.training and cfg.cond_dropout > 0 and cfg.num_classes > 0:
-            labels = labels.masked_fill(draw(torch.rand, (batch,), generator, device) < cfg.cond_dropout, cfg.null_class)
+            dropped = draw(torch.rand, (batch,), generator, device) < cfg.cond_dropout
+            labels = labels.masked_fill(dropped, cfg.null_class)
         return labels
 
 
 class TokenPrior(PriorBase):
-    """A transformer over ``[class, tokens]`` with a linear head over the codes (the GPT and MaskGIT priors)."""
+    """A transformer over ``[class, tokens]`` with a linear head over the codes (GPT and MaskGIT priors)."""
 
     def __init__(self, config: PriorModelConfig, causal: bool, input_vocab: int, max_len: int):
         super().__init__(config)
@@ -220,7 +220,8 @@ class TokenPrior(PriorBase):
         nn.init.normal_(self.head.weight, std=0.02)
 
     def _hidden(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Final hidden states ``(B, 1 + t, n_embd)`` of ``[class, tokens]`` (``tokens`` flattened to ``(B, t)``)."""
+        """Final hidden states ``(B, 1 + t, n_embd)`` of ``[class, tokens]`` (``tokens`` flattened to
+        ``(B, t)``)."""
         tokens = tokens.flatten(1)
         x = self.transformer.embed(tokens, self._labels(labels, tokens.shape[0], tokens.device), start=0)
         return self.transformer(x)
@@ -228,23 +229,22 @@ class TokenPrior(PriorBase):
     def _generation_inputs(
         self, num: int | None, labels: torch.Tensor | None, prefix: torch.Tensor | None, cfg_scale: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labels of the forward passes of ``generate`` (the null class when unconditional; followed by as many
-        null labels when guided) and the given prefix as flat tokens ``(B, P)`` (``P = 0`` without one); the batch
-        size comes from ``labels``, ``prefix`` or ``num``."""
-        cfg = self.config
-        device = next(self.parameters()).device
+        """Labels of ``generate``'s forward passes (the null class when unconditional; then as many null
+        labels when guided) and the prefix as flat tokens ``(B, P)`` (``P = 0`` without one); the batch size
+        comes from ``labels``, ``prefix`` or ``num``."""
+        n, vocab, device = self.config.num_tokens, self.config.vocab_size, next(self.parameters()).device
         if prefix is not None:
             prefix = prefix.to(device=device, dtype=torch.long).flatten(1)
-            if prefix.shape[1] >= cfg.num_tokens:
-                raise ValueError(f"a prefix of {prefix.shape[1]} tokens leaves nothing to generate of {cfg.num_tokens}")
-            if prefix.numel() and (int(prefix.min()) < 0 or int(prefix.max()) >= cfg.vocab_size):
-                raise ValueError(f"prefix tokens must be code indices in [0, {cfg.vocab_size})")
+            if prefix.shape[1] >= n:
+                raise ValueError(f"a prefix of {prefix.shape[1]} tokens leaves nothing to generate of {n}")
+            if prefix.numel() and (int(prefix.min()) < 0 or int(prefix.max()) >= vocab):
+                raise ValueError(f"prefix tokens must be code indices in [0, {vocab})")
         batch = labels.shape[0] if labels is not None else prefix.shape[0] if prefix is not None else num
         if batch is None:
             raise ValueError("give num (unconditional), labels (class-conditional) or a prefix")
         if prefix is not None and prefix.shape[0] != batch:
             raise ValueError(f"{prefix.shape[0]} prefixes for a batch of {batch}")
-        if prefix is None:
-            prefix = torch.empty(batch, 0, dtype=torch.long, device=device)
         labels = self._labels(labels, batch, device)
-        return (labels if cfg_scale == 1.0 else torch.cat([labels, torch.full_like(labels, cfg.null_class)])), prefix
+        if cfg_scale != 1.0:
+            labels = torch.cat([labels, torch.full_like(labels, self.config.null_class)])
+        return labels, torch.empty(batch, 0, dtype=torch.long, device=device) if prefix is None else prefix
