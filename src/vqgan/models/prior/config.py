@@ -1,7 +1,6 @@
 """Typed configuration of stage 2, a prior over a tokenizer's codes or latents: a run is one
-:class:`PriorExperimentConfig` (model, data, training), set by YAML files and dotted overrides as for stage 1.
-Named presets live in :data:`PRIOR_PRESETS`, an instance of the package's one :class:`~vqgan.registry.Registry`.
-"""
+:class:`PriorExperimentConfig` (model, data, training), set by YAML files and dotted overrides as for stage
+1; named presets live in :data:`PRIOR_PRESETS`, one more :class:`~vqgan.registry.Registry`."""
 
 from __future__ import annotations
 
@@ -16,9 +15,9 @@ from vqgan.registry import Registry, preset_config
 
 @dataclass
 class PriorModelConfig:
-    """Prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT, flows and conditioning need). ``kind=flow``
-    reads ``token_height``/``token_width`` as the latent map size, ignores ``vocab_size``, ``rope`` and ``bias``,
-    and alone uses the fields from ``latent_channels`` on.
+    """Prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT, flows and conditioning need).
+    ``kind=flow`` reads ``token_height``/``token_width`` as the latent map size, ignores ``vocab_size``,
+    ``rope`` and ``bias``, and alone uses the fields from ``latent_channels`` on.
 
     Attributes:
         kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021), ``maskgit`` (bidirectional, masked
@@ -31,21 +30,18 @@ class PriorModelConfig:
         n_embd: transformer width.
         dropout: dropout on embeddings, attention and MLP outputs.
         bias: biases in linear layers and LayerNorms.
-        rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones; over a clip's grid,
-            per axis (3D RoPE: the head's frequency pairs split between time, rows and columns).
+        rope: rotary position embeddings (Su et al. 2021), not learned ones; per axis over clips (3D RoPE).
         rope_base: RoPE's frequency base.
-        num_classes: classes for conditioning (0: unconditional); one more "null" class serves unlabelled data
-            and classifier-free guidance (Ho & Salimans 2022).
-        cond_dropout: probability of replacing a label by the null class during training (needed for guidance).
+        num_classes: classes to condition on (0: none), plus a "null" class for guidance and unlabelled data.
+        cond_dropout: probability of replacing a label by the null class in training (needed for guidance).
         mlp_ratio: hidden width of the MLP in units of ``n_embd``.
-        token_frames: latent frames ``T`` of a clip, a ``(T, h, w)`` grid modelled in raster order over time, then
-            rows, then columns (1: images).
-        frame_prediction_prob: MaskGIT over clips: share of training clips masked only from a random latent frame
-            ``k`` in ``[1, T)`` on, to learn frame prediction (MAGVIT's task mixing); 0: uniform masking.
-        latent_channels: channels of the latents it models (``N`` of seed 004's projection, or ``embed_dim``).
+        token_frames: latent frames ``T`` of a clip's ``(T, h, w)`` grid, in raster order (1: images).
+        frame_prediction_prob: MaskGIT over clips: share of training clips masked only from a random latent
+            frame on, to learn frame prediction (MAGVIT's task mixing); 0: uniform masking.
+        latent_channels: channels of the latents (``N`` of seed 004's projection, or ``embed_dim``).
         patch_size: side of the latent patches that become transformer tokens (DiT, Peebles & Xie 2023).
-        time_sampling: ``uniform`` t ~ U(0, 1) or ``logit_normal`` t = sigmoid(N(logit_mean, logit_std)) (Esser
-            et al. 2024), which trains the middle of the path more.
+        time_sampling: ``uniform`` or ``logit_normal``, t = sigmoid(N(logit_mean, logit_std)) (Esser et al.
+            2024), which trains the middle of the path more.
         logit_mean: mean of the logit-normal time distribution (of logit t).
         logit_std: standard deviation of the logit-normal time distribution (of logit t).
         sampler: ODE solver for sampling: ``euler`` or ``heun`` (second order, two evaluations per step).
@@ -138,14 +134,12 @@ class PriorDataConfig:
 
     Attributes:
         tokens: folder of token shards (``--tokens`` on the command line overrides it).
-        val_tokens: folder of validation shards; ``None`` uses ``TOKENS/val`` if it exists, else holds out
-            ``val_fraction`` of the training maps.
+        val_tokens: folder of validation shards (``None``: ``TOKENS/val`` if it exists, else held-out maps).
         val_fraction: share of the maps held out for validation when there is no validation folder.
         batch_size: training batch size (per process).
         val_batch_size: validation batch size (``None``: ``batch_size``).
         num_workers: data loader worker processes.
-        projection: ``kind: flow`` only: a folder written by ``vqgan fit-projection`` (seed 004's option A); the
-            latents are projected through it to ``N`` channels, and samples unprojected before decoding.
+        projection: ``kind: flow``: a ``vqgan fit-projection`` folder (seed 004's option A) for the latents.
     """
 
     tokens: str | None = None
@@ -159,12 +153,11 @@ class PriorDataConfig:
 
 @dataclass
 class PriorTrainConfig(TrainerSettings):
-    """Stage-2 training: the shared :class:`~vqgan.config.TrainerSettings` (here with AdamW, linear warm-up then
-    cosine decay, and ``best.ckpt`` by the lowest validation loss) and the validation samples.
+    """Stage-2 training: the shared :class:`~vqgan.config.TrainerSettings` (here AdamW, warm-up then cosine
+    decay, ``best.ckpt`` by the lowest validation loss) and the validation samples.
 
     Attributes:
-        num_samples: token maps sampled after every validation for the code-usage histogram (and an image grid
-            with a tokenizer).
+        num_samples: maps sampled after every validation for the code-usage histogram (and an image grid).
         sample_temperature: softmax temperature of those maps.
         sample_top_k: keep the k most likely codes when sampling them (``None``: all).
         sample_top_p: nucleus sampling mass for them (``None``: off).
@@ -192,7 +185,7 @@ class PriorExperimentConfig:
 
     Attributes:
         name: name of the run.
-        model: the transformer prior.
+        model: the prior.
         data: the token shards.
         train: optimisation, validation, checkpoints and hardware.
     """
@@ -272,7 +265,8 @@ def _test_flow() -> PriorExperimentConfig:
 
 @register_prior_preset("test-video-gpt", "tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)")
 def _test_video_gpt() -> PriorExperimentConfig:
-    return _tiny(4, kind="gpt", vocab_size=32, token_frames=3, token_height=4, token_width=4, rope=True, num_classes=10)
+    return _tiny(4, kind="gpt", vocab_size=32, token_frames=3, token_height=4, token_width=4, rope=True,
+                 num_classes=10)
 
 
 @register_prior_preset("test-video-maskgit", "tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids")
@@ -283,56 +277,50 @@ def _test_video_maskgit() -> PriorExperimentConfig:
 
 @register_prior_preset("quickstart-gpt", "GPT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")
 def _quickstart_gpt() -> PriorExperimentConfig:
-    """Autoregressive GPT prior (raster order) over the quick-start tokenizer's 8x8 codes.
-
-    Class-conditional on the built-in photos (9 classes) with classifier-free guidance. CPU-sized: about 1.1M
-    parameters. model.vocab_size, token_height/width and num_classes are taken from the token folder at training
-    time. Usage: vqgan fit-prior --config configs/prior_gpt.yaml --tokens TOKENS --run-dir RUN [--train.max_steps N]
+    """Autoregressive GPT prior (raster order) over the quick-start tokenizer's 8x8 codes, class-conditional
+    on the built-in photos (9 classes) with classifier-free guidance; CPU-sized, about 1.1M parameters.
+    model.vocab_size, token_height/width and num_classes are taken from the token folder at training time.
+    Usage: vqgan fit-prior --config configs/prior_gpt.yaml --tokens TOKENS --run-dir RUN [--train.max_steps N]
     """
     return _quickstart(kind="gpt", dropout=0.1, rope=True)
 
 
 @register_prior_preset("quickstart-maskgit", "MaskGIT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")
 def _quickstart_maskgit() -> PriorExperimentConfig:
-    """MaskGIT prior (bidirectional, cosine mask schedule) over the quick-start tokenizer's 8x8 codes.
-
-    Class-conditional on the built-in photos (9 classes) with classifier-free guidance. CPU-sized: about 1.1M
-    parameters. model.vocab_size, token_height/width and num_classes are taken from the token folder at training
-    time. Usage: vqgan fit-prior --config configs/prior_maskgit.yaml --tokens TOKENS --run-dir RUN
+    """MaskGIT prior (bidirectional, cosine mask schedule) over the quick-start tokenizer's 8x8 codes, as
+    configs/prior_gpt.yaml otherwise (class-conditional, about 1.1M parameters, sizes from the token folder).
+    Usage: vqgan fit-prior --config configs/prior_maskgit.yaml --tokens TOKENS --run-dir RUN
     """
     return _quickstart(kind="maskgit", dropout=0.1)
 
 
 @register_prior_preset("quickstart-flow", "flow-matching DiT over the quickstart tokenizer's 8x8 latents (CPU-sized)")
 def _quickstart_flow() -> PriorExperimentConfig:
-    """Flow-matching prior (rectified flow, a DiT with adaLN-Zero; Heun sampler) over the quick-start tokenizer's
-    8x8 continuous latents, class-conditional on the built-in photos with classifier-free guidance. CPU-sized, the
-    GPT and MaskGIT presets' depth and width. model.latent_channels, token_height/width and num_classes are taken
+    """Flow-matching prior (rectified flow, a DiT with adaLN-Zero; Heun sampler, 16 steps: 32 network
+    evaluations per sample) over the quick-start tokenizer's 8x8 continuous latents, with the GPT and MaskGIT
+    presets' depth, width and classes. model.latent_channels, token_height/width and num_classes are taken
     from the latent folder at training time (after data.projection, seed 004's option A, when one is given).
     Usage: vqgan encode --ckpt TOKENIZER --what continuous --output LATENTS
            vqgan fit-prior --config configs/prior_flow.yaml --tokens LATENTS --run-dir RUN [--train.max_steps N]
     """
-    # Heun with 16 steps: 32 network evaluations per sample.
     return _quickstart(kind="flow", latent_channels=32, sampler="heun", sample_steps=16)
 
 
 @register_prior_preset("moving-digits-video-gpt", "class-conditional GPT over moving-digits clip tokens (configs/prior_video_digits.yaml)")
 def _moving_digits_video_gpt() -> PriorExperimentConfig:
-    """Class-conditional GPT prior over the token grids of moving-digits clips (one digit per clip, 8 frames of
-    16x16, tokenized frame by frame by a 16x16 f4 image tokenizer with 256 codes): 8 x 4 x 4 = 128 tokens in raster
-    order over time, then space, with RoPE per axis (t, y, x). The class is the digit (10 classes); labels are
-    dropped with probability 0.1 so that classifier-free guidance works. About 0.86M parameters. A causal video3d
-    tokenizer's grids work the same way. vocab_size, token_frames/height/width and num_classes are taken from the
-    token folder. Usage (docs/video/README.md has the whole run, with timings):
+    """Class-conditional GPT prior over moving-digits clips (one digit per clip, 8 frames of 16x16, tokenized
+    frame by frame by a 16x16 f4 image tokenizer with 256 codes, or by a causal video3d tokenizer): 8 x 4 x 4
+    = 128 tokens in raster order over time, then space, with RoPE per axis (t, y, x). The class is the digit;
+    labels are dropped with probability 0.1 for classifier-free guidance. About 0.86M parameters; sizes and
+    classes are taken from the token folder. Usage (docs/video/README.md has the whole run, with timings):
       vqgan encode --ckpt TOKENIZER --output TOKENS/train --data.kind moving_digits --data.num_digits 1 ...
       vqgan fit-prior --config configs/prior_video_digits.yaml --tokens TOKENS --run-dir RUN
-    --model.kind maskgit trains MaskGIT over the same grid instead (add --model.frame_prediction_prob 0.5 for frame
-    prediction).
+    --model.kind maskgit trains MaskGIT instead (add --model.frame_prediction_prob 0.5 for frame prediction).
     """
     return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=8, token_height=4, token_width=4, n_layer=4,
-                               n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10),
+        model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=8, token_height=4, token_width=4,
+                               n_layer=4, n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10),
         data=PriorDataConfig(batch_size=32),
-        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=50, val_every_n_steps=250, num_samples=10,
-                               maskgit_steps=12),
+        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=50, val_every_n_steps=250,
+                               num_samples=10, maskgit_steps=12),
     )

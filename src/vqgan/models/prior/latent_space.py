@@ -1,5 +1,5 @@
-"""From a flow prior's (denormalised) latents back to images: unproject (seed 004's option A), optionally snap to
-the nearest codes (the decoder then reads code vectors, the only inputs it saw in training; unsnapped continuous
+"""From a flow prior's (denormalised) latents back to images: unproject (seed 004's option A), optionally
+snap to the nearest codes (the decoder then reads code vectors, the only inputs it saw in training; continuous
 latents are off the codebook by construction; ``benchmarks/priors.py`` measures both), decode."""
 
 from __future__ import annotations
@@ -14,26 +14,19 @@ from torch import nn
 
 @torch.no_grad()
 def decode_latents(
-    tokenizer: nn.Module,
-    latents: torch.Tensor,
-    projection: nn.Module | None = None,
-    snap: bool = False,
+    tokenizer: nn.Module, latents: torch.Tensor, projection: nn.Module | None = None, snap: bool = False,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Decode latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units to CPU images in [-1, 1]
-    (clamped), through ``projection.unproject`` when given, then the quantizer with ``snap``, ``batch_size`` at a
-    time on the tokenizer's device."""
-    device = next(tokenizer.parameters()).device
-    projection = projection.to(device) if projection is not None else None
-    embed_dim, out = tokenizer.config.embed_dim, []
+    """Decode latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units to CPU images in
+    [-1, 1] (clamped), through ``projection.unproject`` when given, then the quantizer with ``snap``,
+    ``batch_size`` at a time on the tokenizer's device."""
+    device, embed_dim, out = next(tokenizer.parameters()).device, tokenizer.config.embed_dim, []
+    hint = "pass the projection the prior was trained through" if projection is None else "wrong projection"
     for i in range(0, latents.shape[0], batch_size):
         z = latents[i : i + batch_size].to(device)
-        z = z if projection is None else projection.unproject(z)
+        z = z if projection is None else projection.to(device).unproject(z)
         if z.shape[1] != embed_dim:
-            raise ValueError(
-                f"latents of {z.shape[1]} channels but the tokenizer decodes {embed_dim}: "
-                + ("pass the projection the prior was trained through" if projection is None else "wrong projection")
-            )
+            raise ValueError(f"latents of {z.size(1)} channels but the tokenizer decodes {embed_dim}: {hint}")
         if snap:
             was = tokenizer.quantize.training
             z = tokenizer.quantize.eval()(z).quantized
@@ -44,25 +37,24 @@ def decode_latents(
 
 @torch.no_grad()
 def trajectory_images(
-    tokenizer: nn.Module,
-    trajectory: list[torch.Tensor],
-    columns: int = 6,
-    projection: nn.Module | None = None,
-    snap: bool = False,
+    tokenizer: nn.Module, trajectory: list[torch.Tensor], columns: int = 6,
+    projection: nn.Module | None = None, snap: bool = False,
 ) -> torch.Tensor:
     """Decoded states of an ODE trajectory (as returned by ``FlowPrior.generate(return_trajectory=True)``):
-    ``columns`` equally spaced states from the noise (t = 0) to the sample (t = 1) for every sample, in row-major
-    order ``(B * columns, C, H, W)``, for an image grid of ``columns`` columns (one row per sample)."""
+    ``columns`` equally spaced states from the noise (t = 0) to the sample (t = 1) for every sample, row-major
+    ``(B * columns, C, H, W)``, for an image grid of ``columns`` columns (one row per sample)."""
     columns = max(2, min(columns, len(trajectory)))
     idx = torch.linspace(0, len(trajectory) - 1, columns).round().long().tolist()
-    return torch.stack([decode_latents(tokenizer, trajectory[i], projection, snap) for i in idx], 1).flatten(0, 1)
+    images = [decode_latents(tokenizer, trajectory[i], projection, snap) for i in idx]
+    return torch.stack(images, 1).flatten(0, 1)
 
 
 def load_latent_decoder(
     tokenizer: str | Path, projection: str | Path | None = None, map_location: str = "cpu"
 ) -> tuple[nn.Module, nn.Module | None]:
     """The tokenizer and projection that turn a flow prior's latents into images. A projection folder holding
-    ``decoder/`` (fitted with ``--train-decoder`` or ``--train-encoder``) decodes with that fine-tuned tokenizer."""
+    ``decoder/`` (fitted with ``--train-decoder`` or ``--train-encoder``) decodes with that fine-tuned
+    tokenizer."""
     from vqgan import load_model
     from vqgan.interop.projection import load_projection
 
@@ -78,8 +70,8 @@ def load_latent_decoder(
 @dataclass
 class LatentSamples:
     """Result of :func:`sample_latent_images`: sampled ``latents`` ``(B, C, h, w)`` in the tokenizer's (or the
-    projection's) units, decoded ``images`` in [-1, 1], wall-clock ``seconds`` of the ODE integration (not the
-    decoding) and the decoded ODE ``trajectory`` of every sample, ``(B * columns, C, H, W)`` row-major, or None."""
+    projection's) units, decoded ``images`` in [-1, 1], wall-clock ``seconds`` of the ODE integration (not
+    the decoding) and the decoded ODE ``trajectory`` of every sample (``(B * columns, C, H, W)``) or None."""
 
     latents: torch.Tensor
     images: torch.Tensor
@@ -89,20 +81,13 @@ class LatentSamples:
 
 @torch.no_grad()
 def sample_latent_images(
-    prior: nn.Module,
-    tokenizer: nn.Module,
-    num: int | None = None,
-    labels: torch.Tensor | None = None,
-    projection: nn.Module | None = None,
-    snap: bool = False,
-    steps: int | None = None,
-    sampler: str | None = None,
-    cfg_scale: float | None = None,
-    generator: torch.Generator | None = None,
+    prior: nn.Module, tokenizer: nn.Module, num: int | None = None, labels: torch.Tensor | None = None,
+    projection: nn.Module | None = None, snap: bool = False, steps: int | None = None,
+    sampler: str | None = None, cfg_scale: float | None = None, generator: torch.Generator | None = None,
     trajectory_columns: int = 0,
 ) -> LatentSamples:
-    """Sample a flow prior (see :meth:`FlowPrior.generate`) and decode the samples; with ``trajectory_columns``,
-    also the decoded ODE trajectory of every sample."""
+    """Sample a flow prior (see :meth:`FlowPrior.generate`) and decode the samples; with
+    ``trajectory_columns``, also the decoded ODE trajectory of every sample."""
     start = time.perf_counter()
     out = prior.generate(num=num, labels=labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
                          generator=generator, return_trajectory=trajectory_columns > 0)
