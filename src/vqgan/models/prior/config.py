@@ -101,30 +101,28 @@ class PriorModelConfig:
         """Raise :class:`ConfigError` naming the first bad ``model.*`` value; returns self."""
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if self.rope and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(f"model.rope needs an even head dimension, got {self.n_embd // self.n_head}")
+        hd, p, h, w = self.n_embd // self.n_head, self.patch_size, self.token_height, self.token_width
+        if self.rope and hd % 2:
+            raise ConfigError(f"model.rope needs an even head dimension, got {hd}")
         if self.vocab_size < 2:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be at least 2")
         if self.num_classes < 0:
             raise ConfigError(f"model.num_classes={self.num_classes} must be >= 0")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"model.cond_dropout={self.cond_dropout} must be in [0, 1)")
-        if min(self.token_height, self.token_width, self.token_frames) < 1:
+        if min(h, w, self.token_frames) < 1:
             raise ConfigError("model.token_height, model.token_width and model.token_frames must be positive")
-        if self.rope and self.token_frames > 1 and self.n_embd // self.n_head < 6:
+        if self.rope and self.token_frames > 1 and hd < 6:
             raise ConfigError(
                 f"model.rope over a (T, h, w) grid needs a head dimension of at least 6 (a frequency pair per "
-                f"axis), got {self.n_embd // self.n_head}"
+                f"axis), got {hd}"
             )
         if not 0.0 <= self.frame_prediction_prob <= 1.0:
             raise ConfigError(f"model.frame_prediction_prob={self.frame_prediction_prob} must be in [0, 1]")
-        if self.kind == "flow":
-            if self.patch_size < 1 or self.token_height % self.patch_size or self.token_width % self.patch_size:
-                raise ConfigError(
-                    f"model.patch_size={self.patch_size} must divide the latent map {self.token_height}x{self.token_width}"
-                )
-            if self.latent_channels < 1 or self.sample_steps < 1 or self.logit_std <= 0:
-                raise ConfigError("model.latent_channels, model.sample_steps and model.logit_std must be positive")
+        if self.kind == "flow" and (p < 1 or h % p or w % p):
+            raise ConfigError(f"model.patch_size={p} must divide the latent map {h}x{w}")
+        if self.kind == "flow" and (self.latent_channels < 1 or self.sample_steps < 1 or self.logit_std <= 0):
+            raise ConfigError("model.latent_channels, model.sample_steps and model.logit_std must be positive")
         return self
 
 
@@ -228,14 +226,32 @@ def list_prior_presets(prefix: str = "") -> list[str]:
     return PRIOR_PRESETS.names(prefix)
 
 
-def _tiny(batch_size: int = 8, **model) -> PriorExperimentConfig:
-    """A tiny prior for tests: 2 layers of width 32 (``model`` sets the rest), 4 training steps."""
-    return PriorExperimentConfig(
+def _tiny(batch_size: int, **model) -> Callable[[], PriorExperimentConfig]:
+    """The preset of a tiny prior for tests: 2 layers of width 32 (``model`` sets the rest), 4 training steps."""
+    return lambda: PriorExperimentConfig(
         model=PriorModelConfig(n_layer=2, n_head=2, n_embd=32, **model),
         data=PriorDataConfig(batch_size=batch_size, val_fraction=0.25),
         train=PriorTrainConfig(max_steps=4, lr=3e-3, warmup_steps=0, val_every_n_steps=2, log_every_n_steps=1,
                                num_samples=4, maskgit_steps=4),
     )
+
+
+# The tiny presets for tests, one per prior kind (and per kind over clips): name -> (help, batch, model).
+_CLIP = dict(token_frames=3, token_height=4, token_width=4, rope=True, num_classes=10)
+_TINY_PRESETS = {
+    "test-gpt": ("tiny class-conditional GPT prior for tests (2 layers, 32 wide, RoPE)", 8,
+                 dict(kind="gpt", vocab_size=32, rope=True, num_classes=9)),
+    "test-maskgit": ("tiny class-conditional MaskGIT prior for tests (2 layers, 32 wide)", 8,
+                     dict(kind="maskgit", vocab_size=32, num_classes=9)),
+    "test-flow": ("tiny class-conditional flow-matching DiT for tests (2 layers, 32 wide)", 8,
+                  dict(kind="flow", latent_channels=8, num_classes=9, sample_steps=4)),
+    "test-video-gpt": ("tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)", 4,
+                       dict(kind="gpt", vocab_size=32, **_CLIP)),
+    "test-video-maskgit": ("tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids", 4,
+                           dict(kind="maskgit", vocab_size=32, frame_prediction_prob=0.5, **_CLIP)),
+}
+for _name, (_help, _batch, _model) in _TINY_PRESETS.items():
+    register_prior_preset(_name, _help)(_tiny(_batch, **_model))
 
 
 def _quickstart(**model) -> PriorExperimentConfig:
@@ -246,33 +262,6 @@ def _quickstart(**model) -> PriorExperimentConfig:
         data=PriorDataConfig(batch_size=64),
         train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
     )
-
-
-@register_prior_preset("test-gpt", "tiny class-conditional GPT prior for tests (2 layers, 32 wide, RoPE)")
-def _test_gpt() -> PriorExperimentConfig:
-    return _tiny(kind="gpt", vocab_size=32, rope=True, num_classes=9)
-
-
-@register_prior_preset("test-maskgit", "tiny class-conditional MaskGIT prior for tests (2 layers, 32 wide)")
-def _test_maskgit() -> PriorExperimentConfig:
-    return _tiny(kind="maskgit", vocab_size=32, num_classes=9)
-
-
-@register_prior_preset("test-flow", "tiny class-conditional flow-matching DiT for tests (2 layers, 32 wide)")
-def _test_flow() -> PriorExperimentConfig:
-    return _tiny(kind="flow", latent_channels=8, num_classes=9, sample_steps=4)
-
-
-@register_prior_preset("test-video-gpt", "tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)")
-def _test_video_gpt() -> PriorExperimentConfig:
-    return _tiny(4, kind="gpt", vocab_size=32, token_frames=3, token_height=4, token_width=4, rope=True,
-                 num_classes=10)
-
-
-@register_prior_preset("test-video-maskgit", "tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids")
-def _test_video_maskgit() -> PriorExperimentConfig:
-    return _tiny(4, kind="maskgit", vocab_size=32, token_frames=3, token_height=4, token_width=4, rope=True,
-                 num_classes=10, frame_prediction_prob=0.5)
 
 
 @register_prior_preset("quickstart-gpt", "GPT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")

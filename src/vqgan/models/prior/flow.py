@@ -1,9 +1,7 @@
 """A flow-matching prior over continuous tokenizer latents: rectified flow (Lipman et al. 2023,
 https://arxiv.org/abs/2210.02747; Liu et al. 2023, https://arxiv.org/abs/2209.03003) with a small DiT (Peebles
-& Xie 2023, https://arxiv.org/abs/2212.09748, adaLN-Zero conditioning on time and class) as velocity network.
-The path ``x_t = (1 - t) x0 + t x1`` runs from noise ``x0`` to a normalised data latent ``x1``; sampling
-integrates ``dx/dt = v(x, t)`` from 0 to 1. A DiT, not a U-Net: the latent maps are tiny (8x8 or 4x4), and
-it shares the GPT and MaskGIT layers, so priors of equal depth and width differ in the objective only.
+& Xie 2023, https://arxiv.org/abs/2212.09748) as velocity network. A DiT, not a U-Net: the latent maps are
+tiny (8x8 or 4x4), and it shares the GPT and MaskGIT layers, so priors of equal size differ in the objective.
 """
 
 from __future__ import annotations
@@ -174,10 +172,7 @@ class FlowPrior(PriorBase):
         nn.init.normal_(self.cls_emb.weight, std=0.02)
         for lin in (self.time_mlp[0], self.time_mlp[2]):
             nn.init.normal_(lin.weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.ada[-1].weight)
-            nn.init.zeros_(block.ada[-1].bias)
-        for lin in (self.ada_out[-1], self.head):
+        for lin in (*(block.ada[-1] for block in self.blocks), self.ada_out[-1], self.head):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
@@ -265,6 +260,6 @@ class FlowPrior(PriorBase):
         scale = cfg.guidance if cfg_scale is None else cfg_scale
         out = solve_ode(lambda x, t: self.velocity(x, t, labels, scale), noise.to(device=device, dtype=dtype),
                         steps or cfg.sample_steps, sampler or cfg.sampler, return_trajectory)
-        if return_trajectory:
-            return self.denormalize(out[0]), [self.denormalize(x) for x in out[1]]
-        return self.denormalize(out)
+        if not return_trajectory:
+            return self.denormalize(out)
+        return self.denormalize(out[0]), [self.denormalize(x) for x in out[1]]

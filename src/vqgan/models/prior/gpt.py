@@ -1,10 +1,7 @@
 """An autoregressive GPT prior over code indices in raster order, as the stage-2 transformer of Esser et al.
 2021 ("Taming Transformers", https://arxiv.org/abs/2012.09841) and LlamaGen (Sun et al. 2024), in nanoGPT's
-style. The class is a prefix token; the "null" class serves unlabelled data and classifier-free guidance
-(Ho & Salimans 2022). Clips are ``(T, h, w)`` grids in raster order over time, then space; frame prediction
-generates after a ``prefix``, the codes of the first ``k`` latent frames (a causal tokenizer computes them
-from those frames alone, MAGVIT-v2).
-"""
+style. Frame prediction over clips generates after a ``prefix``: the codes of the first ``k`` latent frames,
+which a causal tokenizer computes from those frames alone (MAGVIT-v2)."""
 
 from __future__ import annotations
 
@@ -46,27 +43,18 @@ class GPTPrior(TokenPrior):
         generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample token maps ``(B, token_height, token_width)`` (clips: ``(B, token_frames, token_height,
-        token_width)``).
-
-        Args:
-            num: number of maps (when ``labels`` is None: unconditional samples).
-            labels: ``(B,)`` classes to condition on.
-            temperature, top_k, top_p: see :func:`~vqgan.models.prior.sampling.filter_logits`.
-            cfg_scale: classifier-free guidance scale; ``1`` samples the conditional model without guidance.
-            use_cache: reuse keys and values of past positions (same tokens, much faster for long maps).
-            generator: random generator, for reproducible samples.
-            prefix: given first tokens in raster order, ``(B, P)`` or the codes of the first ``k`` latent
-                frames ``(B, k, h, w)`` (frame prediction), copied to the output unchanged.
-        """
-        cfg = self.config
+        token_width)``): ``num`` unconditional ones or one per class of ``labels`` ``(B,)``, after the given
+        first tokens ``prefix`` (``(B, P)`` in raster order, or the codes ``(B, k, h, w)`` of the first ``k``
+        latent frames), copied unchanged. ``temperature``, ``top_k``, ``top_p``: see :func:`filter_logits`;
+        ``cfg_scale``: classifier-free guidance (``1``: the conditional model alone); ``use_cache`` reuses
+        past keys and values (same tokens, much faster for long maps)."""
+        cfg, n = self.config, self.config.num_tokens
         labels, out = self._generation_inputs(num, labels, prefix, cfg_scale)
-        copies, p = labels.shape[0] // out.shape[0], out.shape[1]  # 2 copies with guidance (null-class rows)
-        cache = None
-        if use_cache:
-            dtype = next(self.parameters()).dtype
-            cache = KVCache.empty(cfg, labels.shape[0], cfg.num_tokens, labels.device, dtype)
+        copies, p = len(labels) // len(out), out.shape[1]  # 2 copies with guidance (the null-class rows)
+        dtype = next(self.parameters()).dtype
+        cache = KVCache.empty(cfg, len(labels), n, labels.device, dtype) if use_cache else None
         last = out  # tokens not yet fed to the cache (the whole prefix at first, then the previous sample)
-        for i in range(p, cfg.num_tokens):
+        for i in range(p, n):
             # Without the cache every pass reads [class, all tokens]; with it, the first reads [class, prefix]
             # and every later one the last token alone, at sequence index i.
             whole = cache is None or i == p

@@ -92,26 +92,20 @@ class MaskGITPrior(TokenPrior):
         cfg_scale: float = 1.0, choice_temperature: float = 4.5, generator: torch.Generator | None = None,
         return_history: bool = False, prefix: torch.Tensor | None = None,
     ):
-        """Decode token maps ``(B, token_height, token_width)`` (clips: ``(B, token_frames, token_height,
-        token_width)``) in ``steps`` parallel steps.
-
-        ``num``, ``labels``, ``temperature``, ``top_k``, ``top_p``, ``cfg_scale`` and ``generator`` are as in
-        :meth:`GPTPrior.generate`; ``steps`` (MaskGIT uses 8 to 12 for 16x16 maps) is capped by the number of
-        tokens to generate. ``choice_temperature`` scales the Gumbel noise added to the log-confidences that
-        choose the tokens to mask again, annealed linearly to 0 (4.5 in the reference implementation).
-        ``return_history`` also returns the number of masked tokens after every step. ``prefix``: given first
-        tokens in raster order, ``(B, P)`` or the codes of the first ``k`` latent frames ``(B, k, h, w)``
-        (frame prediction), never masked: the schedule runs over the ``N - P`` tokens that remain.
-        """
+        """Decode token maps as :meth:`GPTPrior.generate` (same arguments) in ``steps`` parallel steps
+        (MaskGIT uses 8 to 12 for 16x16 maps; at most the ``N - P`` tokens after the never masked ``prefix``).
+        ``choice_temperature`` scales the Gumbel noise on the log-confidences that choose the tokens to mask
+        again, annealed linearly to 0 (4.5 in the reference implementation); ``return_history`` also returns
+        the number of masked tokens after every step."""
         labels, prefix = self._generation_inputs(num, labels, prefix, cfg_scale)
-        b, n, device = prefix.shape[0], self.config.num_tokens, labels.device
+        b, n, device = len(prefix), self.config.num_tokens, labels.device
         tokens = torch.full((b, n), self.mask_token, dtype=torch.long, device=device)
         tokens[:, : prefix.shape[1]] = prefix
         history, todo = [], n - prefix.shape[1]
         steps = min(steps, todo)
         for t, n_mask in enumerate(masked_counts(todo, steps)):
             unknown = tokens == self.mask_token
-            logits = guide(self(tokens.repeat(labels.shape[0] // b, 1), labels).logits, cfg_scale)
+            logits = guide(self(tokens.repeat(len(labels) // b, 1), labels).logits, cfg_scale)
             sampled = sample_logits(filter_logits(logits, temperature, top_k, top_p), generator)
             tokens = torch.where(unknown, sampled, tokens)
             # Confidence = the model's (guided, unfiltered) probability of the sampled token, as in MaskGIT.

@@ -15,13 +15,9 @@ import torch.nn.functional as F
 
 @dataclass
 class PriorOutput:
-    """Result of a prior's forward pass.
-
-    Attributes:
-        logits: ``(B, T, vocab_size)`` scores of the tokens at the predicted positions.
-        loss: mean cross-entropy over the supervised positions (``None`` without targets).
-        accuracy: share of supervised positions whose arg-max equals the target (``None`` without targets).
-    """
+    """Result of a prior's forward pass: ``logits`` ``(B, T, vocab_size)`` of the tokens at the predicted
+    positions and, with targets, the mean cross-entropy ``loss`` and the ``accuracy`` (share of arg-max hits)
+    over the supervised positions."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None

@@ -96,8 +96,7 @@ class SelfAttention(nn.Module):
             q, k = self.rope(q, start), self.rope(k, start)
         mask, is_causal = None, self.causal and t > 1
         if cache is not None:
-            cache.k[layer, :, :, start : start + t] = k
-            cache.v[layer, :, :, start : start + t] = v
+            cache.k[layer, :, :, start : start + t], cache.v[layer, :, :, start : start + t] = k, v
             k, v = cache.k[layer, :, :, : start + t], cache.v[layer, :, :, : start + t]
             if is_causal and start > 0:
                 # New query i (absolute position start + i) sees keys 0 .. start + i.
