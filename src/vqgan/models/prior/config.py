@@ -15,13 +15,12 @@ from vqgan.registry import Registry, preset_config
 
 @dataclass
 class PriorModelConfig:
-    """Prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT, flows and conditioning need).
-    ``kind=flow`` reads ``token_height``/``token_width`` as the latent map size, ignores ``vocab_size``,
-    ``rope`` and ``bias``, and alone uses the fields from ``latent_channels`` on.
+    """Prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT, flows and conditioning need); a flow
+    reads the token map size as the latent map's, ignores ``vocab_size``, ``rope`` and ``bias``, and alone
+    uses the fields from ``latent_channels`` on.
 
     Attributes:
-        kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021), ``maskgit`` (bidirectional, masked
-            token modelling, Chang et al. 2022) or ``flow`` (rectified flow over continuous latents).
+        kind: ``gpt`` (autoregressive), ``maskgit`` (masked token modelling) or ``flow`` (over latents).
         vocab_size: number of codes of the tokenizer (its codebook size).
         token_height: rows of the token map of one image (or of one latent frame of a clip).
         token_width: columns of the token map of one image.
@@ -36,12 +35,10 @@ class PriorModelConfig:
         cond_dropout: probability of replacing a label by the null class in training (needed for guidance).
         mlp_ratio: hidden width of the MLP in units of ``n_embd``.
         token_frames: latent frames ``T`` of a clip's ``(T, h, w)`` grid, in raster order (1: images).
-        frame_prediction_prob: MaskGIT over clips: share of training clips masked only from a random latent
-            frame on, to learn frame prediction (MAGVIT's task mixing); 0: uniform masking.
+        frame_prediction_prob: MaskGIT: share of training clips masked from a random latent frame on only.
         latent_channels: channels of the latents (``N`` of seed 004's projection, or ``embed_dim``).
         patch_size: side of the latent patches that become transformer tokens (DiT, Peebles & Xie 2023).
-        time_sampling: ``uniform`` or ``logit_normal``, t = sigmoid(N(logit_mean, logit_std)) (Esser et al.
-            2024), which trains the middle of the path more.
+        time_sampling: ``uniform`` or ``logit_normal``: sigmoid(N(logit_mean, logit_std)) (Esser et al. 2024).
         logit_mean: mean of the logit-normal time distribution (of logit t).
         logit_std: standard deviation of the logit-normal time distribution (of logit t).
         sampler: ODE solver for sampling: ``euler`` or ``heun`` (second order, two evaluations per step).
@@ -121,8 +118,9 @@ class PriorModelConfig:
             raise ConfigError(f"model.frame_prediction_prob={self.frame_prediction_prob} must be in [0, 1]")
         if self.kind == "flow" and (p < 1 or h % p or w % p):
             raise ConfigError(f"model.patch_size={p} must divide the latent map {h}x{w}")
-        if self.kind == "flow" and (self.latent_channels < 1 or self.sample_steps < 1 or self.logit_std <= 0):
-            raise ConfigError("model.latent_channels, model.sample_steps and model.logit_std must be positive")
+        if self.kind == "flow" and min(self.latent_channels, self.sample_steps, self.logit_std) <= 0:
+            raise ConfigError("model.latent_channels, model.sample_steps and model.logit_std must be "
+                              "positive")
         return self
 
 
@@ -208,7 +206,6 @@ def load_prior_config(
     return parse_run_config(PriorExperimentConfig, PRIOR_PRESETS, path, overrides, preset)
 
 
-# -- presets (the one generic registry of vqgan.registry) ---------------------------------------------------
 PRIOR_PRESETS: Registry[Callable[[], PriorExperimentConfig]] = Registry("prior preset")
 
 
@@ -227,7 +224,7 @@ def list_prior_presets(prefix: str = "") -> list[str]:
 
 
 def _tiny(batch_size: int, **model) -> Callable[[], PriorExperimentConfig]:
-    """The preset of a tiny prior for tests: 2 layers of width 32 (``model`` sets the rest), 4 training steps."""
+    """The preset of a tiny prior for tests: 2 layers of width 32 (``model`` sets the rest), 4 steps."""
     return lambda: PriorExperimentConfig(
         model=PriorModelConfig(n_layer=2, n_head=2, n_embd=32, **model),
         data=PriorDataConfig(batch_size=batch_size, val_fraction=0.25),

@@ -45,9 +45,8 @@ def sample_time(
 
 
 def flow_matching_target(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The point ``x_t = (1 - t) x0 + t x1`` of the straight path from noise ``x0`` to data ``x1`` at times ``t``
-    ``(B,)``, and the velocity ``x1 - x0`` the network regresses there (Liu et al. 2023 eq. 1; Lipman et al. 2023
-    eq. 23 with sigma_min = 0)."""
+    """The point ``x_t = (1 - t) x0 + t x1`` between noise ``x0`` and data ``x1`` at times ``t`` ``(B,)``, and
+    the velocity ``x1 - x0`` regressed there (Liu et al. 2023 eq. 1; Lipman et al. 2023 eq. 23, sigma 0)."""
     tt = t.view(-1, *([1] * (x1.dim() - 1))).to(x1.dtype)
     return (1 - tt) * x0 + tt * x1, x1 - x0
 
@@ -55,9 +54,8 @@ def flow_matching_target(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) ->
 def flow_matching_loss(
     velocity: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean squared error of predicted ``velocity`` against ``x1 - x0``, and logs (the loss on both halves of the
-    path: early times are hard, as the network must guess the data from almost pure noise; NaN for a half that
-    holds no item of the batch). Masked sums, not boolean indexing: no value is read back from the device."""
+    """Mean squared error of ``velocity`` against ``x1 - x0``, and the loss on both halves of the path (early
+    times are hard: almost pure noise; NaN for an empty half), by masked sums that read nothing back."""
     per_item = (velocity.float() - (x1 - x0).float()).pow(2).flatten(1).mean(1)
     nan, logs = per_item.new_tensor(float("nan")), {}
     for name, w in (("loss_t<0.5", (t < 0.5).float()), ("loss_t>=0.5", (t >= 0.5).float())):
@@ -166,8 +164,7 @@ class FlowPrior(PriorBase):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        w = self.patch_embed.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.normal_(self.cls_emb.weight, std=0.02)
         for lin in (self.time_mlp[0], self.time_mlp[2]):

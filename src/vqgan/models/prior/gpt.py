@@ -21,10 +21,9 @@ class GPTPrior(TokenPrior):
     def forward(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, targets: torch.Tensor | None = None
     ) -> PriorOutput:
-        """Logits ``(B, t + 1, vocab_size)`` of the next token after the class prefix and every token of
-        ``tokens`` ``(B, t)`` (a ``(B, h, w)`` map or ``(B, T, h, w)`` clip is flattened in raster order),
-        ``t < N``. ``labels`` ``(B,)``: ``None`` or negative values mean the null class. With ``targets``
-        ``(B, t + 1)`` (usually the full map, ``tokens = targets[:, :-1]``), also the loss and accuracy."""
+        """Logits ``(B, t + 1, vocab_size)`` of the next token after the class and every token of ``tokens``
+        (``(B, t)``, ``t < N``, or maps and clips flattened in raster order); ``labels`` ``(B,)`` (``None`` or
+        negative: the null class). With ``targets`` ``(B, t + 1)`` (often the full map), loss and accuracy."""
         return scored(self.head(self._hidden(tokens, labels)), targets)
 
     def training_loss(

@@ -52,19 +52,15 @@ def trajectory_images(
 def load_latent_decoder(
     tokenizer: str | Path, projection: str | Path | None = None, map_location: str = "cpu"
 ) -> tuple[nn.Module, nn.Module | None]:
-    """The tokenizer and projection that turn a flow prior's latents into images. A projection folder holding
-    ``decoder/`` (fitted with ``--train-decoder`` or ``--train-encoder``) decodes with that fine-tuned
-    tokenizer."""
+    """The tokenizer and projection that turn a flow prior's latents into images (the fine-tuned tokenizer
+    in the projection folder's ``decoder/``, from ``--train-decoder`` or ``--train-encoder``, if any)."""
     from vqgan import load_model
     from vqgan.interop.projection import load_projection
 
-    proj = None
-    if projection is not None:
-        proj = load_projection(projection, map_location)
-        if (Path(projection) / "decoder").is_dir():
-            tokenizer = Path(projection) / "decoder"
-    model, _ = load_model(tokenizer, map_location)
-    return model.eval(), proj
+    proj = None if projection is None else load_projection(projection, map_location)
+    if projection is not None and (Path(projection) / "decoder").is_dir():
+        tokenizer = Path(projection) / "decoder"
+    return load_model(tokenizer, map_location)[0].eval(), proj
 
 
 @dataclass

@@ -1,10 +1,7 @@
 """MaskGIT: a bidirectional transformer trained to predict masked code indices, decoded in a few parallel
 steps (Chang et al. 2022, "MaskGIT: Masked Generative Image Transformer", https://arxiv.org/abs/2202.04200).
-Training masks a share ``cos(pi r / 2)`` of the tokens, ``r ~ U(0, 1)`` (section 3.3), and scores those;
-decoding samples every masked token and masks the least confident again (section 3.2, with the reference
-implementation's annealed Gumbel noise). Over clips, frame prediction fixes the first ``k`` latent frames
-and decodes the future (MAGVIT, Yu et al. 2023, section 3.2); ``frame_prediction_prob`` trains on it too.
-"""
+Over clips, frame prediction fixes the first ``k`` latent frames and decodes the future (MAGVIT, Yu et al.
+2023, section 3.2); ``frame_prediction_prob`` trains on that pattern too."""
 
 from __future__ import annotations
 
@@ -27,14 +24,12 @@ def masked_counts(num_tokens: int, steps: int) -> list[int]:
     forced to fall by at least one per step (so no step is wasted) and to end at 0."""
     if not 1 <= steps <= num_tokens:
         raise ValueError(f"steps={steps} must be between 1 and the number of tokens {num_tokens}")
-    counts, prev = [], num_tokens
+    counts = [num_tokens]
     for t in range(steps):
         n = int(math.floor(num_tokens * float(cosine_schedule((t + 1) / steps)) + 1e-9))
         # Leave at least one token for each remaining step, and unmask at least one now.
-        n = max(min(n, prev - 1), steps - 1 - t)
-        counts.append(n)
-        prev = n
-    return counts
+        counts.append(max(min(n, counts[-1] - 1), steps - 1 - t))
+    return counts[1:]
 
 
 class MaskGITPrior(TokenPrior):
@@ -56,10 +51,9 @@ class MaskGITPrior(TokenPrior):
     def random_mask(
         self, batch: int, device: torch.device, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Boolean ``(B, N)`` masks with ``ceil(M cos(pi r / 2))`` (at least one) random positions,
-        ``r ~ U(0,1)``, among the ``M`` maskable ones: all ``N`` positions, or, for a share
-        ``frame_prediction_prob`` of the clips, those from a random latent frame ``k`` in ``[1, T)`` on (the
-        past stays visible)."""
+        """Boolean ``(B, N)`` masks of ``ceil(M cos(pi r / 2))`` (at least one; ``r ~ U(0,1)``, section 3.3)
+        random positions among the ``M`` maskable ones: all, or, for a share ``frame_prediction_prob`` of the
+        clips, those from a random latent frame ``k`` in ``[1, T)`` on (the past stays visible)."""
         cfg, n = self.config, self.config.num_tokens
         r = torch.rand(batch, generator=generator, device=device)
         first = torch.zeros(batch, dtype=torch.long, device=device)  # first maskable position of every row
@@ -93,15 +87,14 @@ class MaskGITPrior(TokenPrior):
         return_history: bool = False, prefix: torch.Tensor | None = None,
     ):
         """Decode token maps as :meth:`GPTPrior.generate` (same arguments) in ``steps`` parallel steps
-        (MaskGIT uses 8 to 12 for 16x16 maps; at most the ``N - P`` tokens after the never masked ``prefix``).
-        ``choice_temperature`` scales the Gumbel noise on the log-confidences that choose the tokens to mask
-        again, annealed linearly to 0 (4.5 in the reference implementation); ``return_history`` also returns
-        the number of masked tokens after every step."""
+        (MaskGIT uses 8 to 12 for 16x16 maps; at most the ``N - P`` tokens after the never masked ``prefix``),
+        each sampling every masked token and masking the least confident again (section 3.2). The Gumbel noise
+        on the log-confidences that choose them is scaled by ``choice_temperature`` (4.5 in the reference
+        implementation), annealed linearly to 0; ``return_history`` also returns the masked count per step."""
         labels, prefix = self._generation_inputs(num, labels, prefix, cfg_scale)
         b, n, device = len(prefix), self.config.num_tokens, labels.device
-        tokens = torch.full((b, n), self.mask_token, dtype=torch.long, device=device)
-        tokens[:, : prefix.shape[1]] = prefix
-        history, todo = [], n - prefix.shape[1]
+        todo, history = n - prefix.shape[1], []
+        tokens = torch.cat([prefix, prefix.new_full((b, todo), self.mask_token)], dim=1)
         steps = min(steps, todo)
         for t, n_mask in enumerate(masked_counts(todo, steps)):
             unknown = tokens == self.mask_token

@@ -1,8 +1,5 @@
 """Sampling helpers shared by the priors: logit filtering (temperature, top-k, nucleus/top-p of Holtzman et
-al. 2020), classifier-free guidance (Ho & Salimans 2022) and a seeded categorical draw. Draws use the inverse
-CDF with one uniform number per row, so a generator state gives the same token whatever path computed the
-logits (with or without a KV cache), up to ties within floating-point rounding.
-"""
+al. 2020), classifier-free guidance (Ho & Salimans 2022), the loss of a forward pass and seeded draws."""
 
 from __future__ import annotations
 
@@ -83,7 +80,9 @@ def filter_logits(
 
 
 def sample_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One categorical draw per row of ``logits`` (``(..., V)``) by the inverse CDF of ``softmax(logits)``."""
+    """One categorical draw per row of ``logits`` (``(..., V)``) by the inverse CDF of ``softmax(logits)``:
+    one uniform number per row, so a generator state gives the same token whatever path computed the logits
+    (with or without a KV cache), up to ties within floating-point rounding."""
     flat = logits.float().softmax(-1).reshape(-1, logits.shape[-1])
     cdf = flat.cumsum(-1)
     u = draw(torch.rand, (flat.shape[0], 1), generator, flat.device) * cdf[:, -1:]

@@ -27,20 +27,18 @@ def rope_sections(pairs: int, axes: int) -> list[int]:
 
 
 def grid_positions(frames: int, height: int, width: int) -> torch.Tensor:
-    """``(1 + T h w, 3)`` integer ``(t, y, x)`` coordinates of the sequence ``[class, tokens in raster order]``:
-    the class token at the origin, token ``(t, y, x)`` at ``(t + 1, y + 1, x + 1)``, so that every token has its own
-    offset from the class token (which anchors absolute positions, as position 0 does in 1D)."""
+    """``(1 + T h w, 3)`` integer ``(t, y, x)`` coordinates of ``[class, tokens in raster order]``: the class
+    token at the origin (anchoring absolute positions, as position 0 in 1D), token ``(t, y, x)`` one further
+    on every axis."""
     t, y, x = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
     grid = torch.stack([t, y, x], dim=-1).reshape(-1, 3) + 1
     return torch.cat([torch.zeros(1, 3, dtype=grid.dtype), grid])
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding ("rotate half" layout): the attention score depends on relative positions
-    only (RoFormer eq. 34). ``positions`` ``(L, A)`` are the coordinates of the ``L`` sequence slots on ``A``
-    axes (default: ``0 .. max_len - 1``); several axes split the frequency pairs (:func:`rope_sections`), each
-    rotating its own channels over its full frequency range (3D RoPE of video LLMs), so the score sees every
-    axis' offset."""
+    """Rotary position embedding ("rotate half" layout; RoFormer eq. 34) at ``positions`` ``(L, A)``, the
+    coordinates of the ``L`` sequence slots on ``A`` axes (default: ``0 .. max_len - 1``). Axes split the
+    frequency pairs (:func:`rope_sections`; the 3D RoPE of video LLMs), so scores see every axis' offset."""
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, positions: torch.Tensor | None = None):
         super().__init__()
@@ -142,11 +140,9 @@ class Transformer(nn.Module):
         self.cfg, self.max_len = cfg, max_len
         self.tok_emb = nn.Embedding(input_vocab, cfg.n_embd)
         self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.n_embd)
-        rope = None
-        if cfg.rope:
-            # Images keep 1D positions over the raster sequence; clips get (t, y, x) coordinates.
-            grid = grid_positions(*cfg.token_shape) if cfg.token_frames > 1 else None
-            rope = RotaryEmbedding(cfg.n_embd // cfg.n_head, max_len, cfg.rope_base, grid)
+        # Images keep 1D positions over the raster sequence; clips get (t, y, x) coordinates.
+        grid = grid_positions(*cfg.token_shape) if cfg.token_frames > 1 else None
+        rope = RotaryEmbedding(cfg.n_embd // cfg.n_head, max_len, cfg.rope_base, grid) if cfg.rope else None
         self.pos_emb = None if cfg.rope else nn.Parameter(torch.zeros(1, max_len, cfg.n_embd))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg, causal, rope) for _ in range(cfg.n_layer)])
@@ -219,8 +215,7 @@ class TokenPrior(PriorBase):
         nn.init.normal_(self.head.weight, std=0.02)
 
     def _hidden(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Final hidden states ``(B, 1 + t, n_embd)`` of ``[class, tokens]`` (``tokens`` flattened to
-        ``(B, t)``)."""
+        """Final hidden states ``(B, 1 + t, n_embd)`` of ``[class, tokens]`` (``tokens`` flattened)."""
         tokens = tokens.flatten(1)
         x = self.transformer.embed(tokens, self._labels(labels, tokens.shape[0], tokens.device), start=0)
         return self.transformer(x)
@@ -228,9 +223,8 @@ class TokenPrior(PriorBase):
     def _generation_inputs(
         self, num: int | None, labels: torch.Tensor | None, prefix: torch.Tensor | None, cfg_scale: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labels of ``generate``'s forward passes (the null class when unconditional; then as many null
-        labels when guided) and the prefix as flat tokens ``(B, P)`` (``P = 0`` without one); the batch size
-        comes from ``labels``, ``prefix`` or ``num``."""
+        """Labels of ``generate``'s forward passes (null when unconditional; then as many null labels when
+        guided) and the prefix as flat tokens ``(B, P)`` (``P = 0`` without one), ``B`` from any argument."""
         n, vocab, device = self.config.num_tokens, self.config.vocab_size, next(self.parameters()).device
         if prefix is not None:
             prefix = prefix.to(device=device, dtype=torch.long).flatten(1)
