@@ -252,8 +252,7 @@ for _name, (_help, _batch, _model) in _TINY_PRESETS.items():
 
 
 def _quickstart(**model) -> PriorExperimentConfig:
-    """A CPU-sized prior (4 layers of width 128) over the quick-start tokenizer's 8x8 maps of the 9 built-in
-    classes; ``model`` sets the rest."""
+    """A CPU-sized prior (4 layers of width 128) over the quick-start tokenizer's 8x8 maps of 9 classes."""
     return PriorExperimentConfig(
         model=PriorModelConfig(n_layer=4, n_head=4, n_embd=128, num_classes=9, **model),
         data=PriorDataConfig(batch_size=64),
@@ -275,8 +274,7 @@ def _quickstart_gpt() -> PriorExperimentConfig:
 def _quickstart_maskgit() -> PriorExperimentConfig:
     """MaskGIT prior (bidirectional, cosine mask schedule) over the quick-start tokenizer's 8x8 codes, as
     configs/prior_gpt.yaml otherwise (class-conditional, about 1.1M parameters, sizes from the token folder).
-    Usage: vqgan fit-prior --config configs/prior_maskgit.yaml --tokens TOKENS --run-dir RUN
-    """
+    Usage: vqgan fit-prior --config configs/prior_maskgit.yaml --tokens TOKENS --run-dir RUN"""
     return _quickstart(kind="maskgit", dropout=0.1)
 
 
@@ -301,8 +299,7 @@ def _moving_digits_video_gpt() -> PriorExperimentConfig:
     classes are taken from the token folder. Usage (docs/video/README.md has the whole run, with timings):
       vqgan encode --ckpt TOKENIZER --output TOKENS/train --data.kind moving_digits --data.num_digits 1 ...
       vqgan fit-prior --config configs/prior_video_digits.yaml --tokens TOKENS --run-dir RUN
-    --model.kind maskgit trains MaskGIT instead (add --model.frame_prediction_prob 0.5 for frame prediction).
-    """
+    --model.kind maskgit: MaskGIT instead (--model.frame_prediction_prob 0.5 adds frame prediction)."""
     return PriorExperimentConfig(
         model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=8, token_height=4, token_width=4,
                                n_layer=4, n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10),

@@ -99,8 +99,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embeddings ``(height * width, dim)`` (DiT, MAE): half the channels encode
-    the row, half the column."""
+    """Fixed 2-D sine-cosine positions ``(height * width, dim)`` (DiT, MAE), half the channels per axis."""
     if dim % 4:
         raise ValueError(f"n_embd={dim} must be divisible by 4 for 2-D sine-cosine positions")
     quarter = dim // 4
@@ -133,8 +132,7 @@ class DiTBlock(nn.Module):
 
 
 class FlowPrior(PriorBase):
-    """A DiT predicting the flow-matching velocity of ``(B, latent_channels, token_height, token_width)`` latents
-    at times ``t``, conditioned on a class (or the null class)."""
+    """A DiT predicting the flow-matching velocity of latents ``(B, C, h, w)`` at times ``t`` and a class."""
 
     def __init__(self, config: PriorModelConfig):
         super().__init__(config)
@@ -150,8 +148,7 @@ class FlowPrior(PriorBase):
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.head = nn.Linear(d, p * p * c)
-        # Per-channel statistics of the training latents (set by the trainer from the whole set; saved with the
-        # weights so that samples come back in the tokenizer's units).
+        # Per-channel statistics of all training latents (set by the trainer), so samples come in their units.
         self.register_buffer("latent_mean", torch.zeros(c))
         self.register_buffer("latent_std", torch.ones(c))
         self.init_weights()

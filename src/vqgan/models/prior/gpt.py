@@ -24,7 +24,7 @@ class GPTPrior(TokenPrior):
         """Logits ``(B, t + 1, vocab_size)`` of the next token after the class and every token of ``tokens``
         (``(B, t)``, ``t < N``, or maps and clips flattened in raster order); ``labels`` ``(B,)`` (``None`` or
         negative: the null class). With ``targets`` ``(B, t + 1)`` (often the full map), loss and accuracy."""
-        return scored(self.head(self._hidden(tokens, labels)), targets)
+        return scored(self.head(self._hidden(tokens, labels)), targets, mask=None)
 
     def training_loss(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None

@@ -48,9 +48,7 @@ class MaskGITPrior(TokenPrior):
         ``targets``, also loss and accuracy where the boolean ``mask`` is set (everywhere without one)."""
         return scored(self.head(self._hidden(tokens, labels)[:, 1:]), targets, mask)
 
-    def random_mask(
-        self, batch: int, device: torch.device, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """Boolean ``(B, N)`` masks of ``ceil(M cos(pi r / 2))`` (at least one; ``r ~ U(0,1)``, section 3.3)
         random positions among the ``M`` maskable ones: all, or, for a share ``frame_prediction_prob`` of the
         clips, those from a random latent frame ``k`` in ``[1, T)`` on (the past stays visible)."""

@@ -12,18 +12,15 @@ import torch.nn.functional as F
 
 @dataclass
 class PriorOutput:
-    """Result of a prior's forward pass: ``logits`` ``(B, T, vocab_size)`` of the tokens at the predicted
-    positions and, with targets, the mean cross-entropy ``loss`` and the ``accuracy`` (share of arg-max hits)
-    over the supervised positions."""
+    """Result of a prior's forward pass: ``logits`` ``(B, T, vocab_size)`` at the predicted positions and,
+    with targets, the mean cross-entropy ``loss`` and ``accuracy`` (arg-max hits) over the scored ones."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     accuracy: torch.Tensor | None = None
 
 
-def scored(
-    logits: torch.Tensor, targets: torch.Tensor | None, mask: torch.Tensor | None = None
-) -> PriorOutput:
+def scored(logits: torch.Tensor, targets: torch.Tensor | None, mask: torch.Tensor | None) -> PriorOutput:
     """``logits`` and, given ``targets``, the cross-entropy and accuracy over ``mask`` (None: everywhere)."""
     if targets is None:
         return PriorOutput(logits)
@@ -39,8 +36,7 @@ def scored(
 def draw(
     fn: Callable[..., torch.Tensor], shape: tuple[int, ...], generator: torch.Generator | None, device
 ) -> torch.Tensor:
-    """``fn(shape)`` (``torch.rand`` or ``torch.randn``) drawn on the generator's device, then moved to
-    ``device``."""
+    """``fn(shape)`` (``torch.rand``, ``torch.randn``) drawn on the generator's device, then on ``device``."""
     on = generator.device if generator is not None else device
     return fn(shape, generator=generator, device=on).to(device)
 

@@ -160,8 +160,7 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.cfg.n_layer) if residual else 0.02)
 
     def embed(self, tokens: torch.Tensor, labels: torch.Tensor | None, start: int) -> torch.Tensor:
-        """Embeddings of ``[class, tokens]`` (``labels`` given, sequence starts at 0) or of ``tokens`` alone
-        placed at absolute position ``start``."""
+        """Embeddings of ``[class, tokens]`` (given ``labels``), or of ``tokens`` alone at ``start`` on."""
         x = self.tok_emb(tokens)
         if labels is not None:
             x = torch.cat([self.cls_emb(labels)[:, None], x], dim=1)
