@@ -34,5 +34,4 @@ __all__ = [
     "PriorExperimentConfig", "PriorModelConfig", "PriorOutput", "PriorTrainConfig", "build_prior",
     "classifier_free_guidance", "cosine_schedule", "filter_logits", "flow_matching_loss",
     "flow_matching_target", "get_prior_preset", "list_prior_presets", "load_prior_config", "masked_counts",
-    "register_prior_preset", "sample_logits", "solve_ode",
-]
+    "register_prior_preset", "sample_logits", "solve_ode"]

@@ -207,20 +207,13 @@ def load_prior_config(
 
 
 PRIOR_PRESETS: Registry[Callable[[], PriorExperimentConfig]] = Registry("prior preset")
-
-
-def register_prior_preset(name: str, description: str = "") -> Callable:
-    """Decorator registering ``fn() -> PriorExperimentConfig`` under ``name``."""
-    return PRIOR_PRESETS.register(name, description)
+register_prior_preset = PRIOR_PRESETS.register  # @register_prior_preset(name, help) on ``fn() -> config``
+list_prior_presets = PRIOR_PRESETS.names
 
 
 def get_prior_preset(name: str) -> PriorExperimentConfig:
     """A fresh copy of a prior preset, named after it."""
     return preset_config(PRIOR_PRESETS, name)
-
-
-def list_prior_presets(prefix: str = "") -> list[str]:
-    return PRIOR_PRESETS.names(prefix)
 
 
 def _tiny(batch_size: int, **model) -> Callable[[], PriorExperimentConfig]:

@@ -67,10 +67,9 @@ def solve_ode(
     velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, steps: int,
     method: Literal["euler", "heun"] = "heun", return_trajectory: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """Integrate ``dx/dt = velocity(x, t)`` from ``t = 0`` to ``t = 1`` in ``steps`` equal steps: ``x(1)``,
-    and with ``return_trajectory`` also the ``steps + 1`` states from ``x0`` to ``x(1)``. Euler takes one
-    evaluation per step (first order); Heun (explicit trapezoidal rule) two, and is second order, which pays
-    when steps are few (Karras et al. 2022 use it for the same reason)."""
+    """``x(1)`` (and with ``return_trajectory`` the ``steps + 1`` states) of ``dx/dt = velocity(x, t)`` from
+    ``x(0) = x0``, in ``steps`` equal steps: Euler (first order) or Heun (explicit trapezoidal rule, second
+    order for two evaluations per step, which pays when steps are few, as for Karras et al. 2022)."""
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1")
     if method not in ("euler", "heun"):
@@ -237,11 +236,10 @@ class FlowPrior(PriorBase):
         generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Sample latents ``(B, latent_channels, token_height, token_width)`` in the tokenizer's units
-        (denormalised) by integrating the (guided) velocity from Gaussian noise: ``num`` unconditional samples
-        or one per class of ``labels`` ``(B,)``. ``steps``, ``sampler`` and ``cfg_scale`` default to the
-        config's ``sample_steps``, ``sampler`` and ``guidance``; ``noise`` (normalised units) replaces the
-        draw from ``generator``; ``return_trajectory`` also returns the ``steps + 1`` denormalised states."""
+        """Sample latents ``(B, C, h, w)`` in the tokenizer's units from Gaussian noise along the (guided)
+        velocity: ``num`` unconditional ones or one per class of ``labels`` ``(B,)``. ``steps``, ``sampler``,
+        ``cfg_scale``: the config's ``sample_steps``, ``sampler``, ``guidance`` by default; ``noise``
+        (normalised) replaces the draw; ``return_trajectory`` also returns the ``steps + 1`` states."""
         cfg = self.config
         device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
         if labels is None and num is None and noise is None:

@@ -17,9 +17,8 @@ def decode_latents(
     tokenizer: nn.Module, latents: torch.Tensor, projection: nn.Module | None = None, snap: bool = False,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Decode latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units to CPU images in
-    [-1, 1] (clamped), through ``projection.unproject`` when given, then the quantizer with ``snap``,
-    ``batch_size`` at a time on the tokenizer's device."""
+    """CPU images in [-1, 1] of latents ``(B, C, h, w)`` in the tokenizer's (or projection's) units, through
+    ``projection.unproject`` and the quantizer with ``snap``, ``batch_size`` at a time on its device."""
     device, embed_dim, out = next(tokenizer.parameters()).device, tokenizer.config.embed_dim, []
     hint = "pass the projection the prior was trained through" if projection is None else "wrong projection"
     for i in range(0, latents.shape[0], batch_size):
@@ -40,9 +39,8 @@ def trajectory_images(
     tokenizer: nn.Module, trajectory: list[torch.Tensor], columns: int = 6,
     projection: nn.Module | None = None, snap: bool = False,
 ) -> torch.Tensor:
-    """Decoded states of an ODE trajectory (as returned by ``FlowPrior.generate(return_trajectory=True)``):
-    ``columns`` equally spaced states from the noise (t = 0) to the sample (t = 1) for every sample, row-major
-    ``(B * columns, C, H, W)``, for an image grid of ``columns`` columns (one row per sample)."""
+    """``columns`` equally spaced decoded states, noise to sample, of every sample's ODE trajectory (from
+    ``FlowPrior.generate(return_trajectory=True)``): ``(B * columns, C, H, W)``, a grid row per sample."""
     columns = max(2, min(columns, len(trajectory)))
     idx = torch.linspace(0, len(trajectory) - 1, columns).round().long().tolist()
     images = [decode_latents(tokenizer, trajectory[i], projection, snap) for i in idx]
@@ -65,9 +63,8 @@ def load_latent_decoder(
 
 @dataclass
 class LatentSamples:
-    """Result of :func:`sample_latent_images`: sampled ``latents`` ``(B, C, h, w)`` in the tokenizer's (or the
-    projection's) units, decoded ``images`` in [-1, 1], wall-clock ``seconds`` of the ODE integration (not
-    the decoding) and the decoded ODE ``trajectory`` of every sample (``(B * columns, C, H, W)``) or None."""
+    """Result of :func:`sample_latent_images`: ``latents`` ``(B, C, h, w)``, decoded ``images`` in [-1, 1],
+    ``seconds`` of ODE integration (not decoding), the decoded ``trajectory`` (:func:`trajectory_images`)."""
 
     latents: torch.Tensor
     images: torch.Tensor

@@ -72,9 +72,8 @@ class MaskGITPrior(TokenPrior):
         """Cross-entropy on a random cosine-scheduled share of masked positions; labels dropped to the null
         class with probability ``cond_dropout`` in training mode."""
         tokens = tokens.flatten(1)
-        b, dev = tokens.shape[0], tokens.device
-        labels = self._train_labels(labels, b, dev, generator)
-        mask = self.random_mask(b, dev, generator)
+        labels = self._train_labels(labels, len(tokens), tokens.device, generator)
+        mask = self.random_mask(len(tokens), tokens.device, generator)
         return self(tokens.masked_fill(mask, self.mask_token), labels, targets=tokens, mask=mask)
 
     @torch.no_grad()

@@ -50,9 +50,7 @@ def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: fl
 def guide(out: torch.Tensor, scale: float) -> torch.Tensor:
     """:func:`classifier_free_guidance` over a batch doubled as ``[conditional rows; null-class rows]``; at
     ``scale = 1`` (no doubled batch) ``out`` itself."""
-    if scale == 1.0:
-        return out
-    return classifier_free_guidance(*out.chunk(2), scale)
+    return out if scale == 1.0 else classifier_free_guidance(*out.chunk(2), scale)
 
 
 def filter_logits(

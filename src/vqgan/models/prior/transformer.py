@@ -1,6 +1,5 @@
-"""The transformer of the priors: pre-norm blocks (as GPT-2 and nanoGPT), attention through
-``F.scaled_dot_product_attention``, optional rotary position embeddings (Su et al. 2021, "RoFormer",
-https://arxiv.org/abs/2104.09864) and a key/value cache for autoregressive decoding."""
+"""The priors' transformer: pre-norm blocks (GPT-2, nanoGPT), ``F.scaled_dot_product_attention``, rotary
+positions (Su et al. 2021, "RoFormer", https://arxiv.org/abs/2104.09864) and a key/value cache."""
 
 from __future__ import annotations
 
@@ -45,10 +44,9 @@ class RotaryEmbedding(nn.Module):
         pos = torch.arange(max_len)[:, None] if positions is None else positions[:max_len]
         if pos.shape[0] < max_len:
             raise ValueError(f"{pos.shape[0]} positions given for a sequence of {max_len}")
-        freqs = []
-        for axis, n in enumerate(rope_sections(head_dim // 2, pos.shape[1])):
-            inv_freq = 1.0 / (base ** (torch.arange(n, dtype=torch.float64) / n))
-            freqs.append(torch.outer(pos[:, axis].double(), inv_freq))
+        sections = rope_sections(head_dim // 2, pos.shape[1])
+        inv_freqs = [1.0 / (base ** (torch.arange(n, dtype=torch.float64) / n)) for n in sections]
+        freqs = [torch.outer(pos[:, axis].double(), inv_freq) for axis, inv_freq in enumerate(inv_freqs)]
         emb = torch.cat(freqs + freqs, dim=-1)  # (L, D): the (L, D/2) angles twice
         self.register_buffer("cos", emb.cos().float(), persistent=False)
         self.register_buffer("sin", emb.sin().float(), persistent=False)
@@ -194,8 +192,7 @@ class PriorBase(nn.Module):
     def _train_labels(
         self, labels: torch.Tensor | None, batch: int, device: torch.device, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """Labels of a training batch, dropped to the null class with probability ``cond_dropout`` in training
-        mode, so that the same model also learns the unconditional distribution (for guidance)."""
+        """Labels dropped to the null class with probability ``cond_dropout`` in training (for guidance)."""
         cfg, labels = self.config, self._labels(labels, batch, device)
         if self.training and cfg.cond_dropout > 0 and cfg.num_classes > 0:
             dropped = draw(torch.rand, (batch,), generator, device) < cfg.cond_dropout
