@@ -1,6 +1,5 @@
-"""Typed configuration of stage 2, a prior over a tokenizer's codes or latents: a run is one
-:class:`PriorExperimentConfig` (model, data, training), set by YAML files and dotted overrides as for stage
-1; named presets live in :data:`PRIOR_PRESETS`, one more :class:`~vqgan.registry.Registry`."""
+"""Typed configuration of stage 2 (model, data, training), set as for stage 1 by YAML files and dotted
+overrides; named presets live in :data:`PRIOR_PRESETS`, one more :class:`~vqgan.registry.Registry`."""
 
 from __future__ import annotations
 
@@ -149,8 +148,7 @@ class PriorDataConfig:
 
 @dataclass
 class PriorTrainConfig(TrainerSettings):
-    """Stage-2 training: the shared :class:`~vqgan.config.TrainerSettings` (here AdamW, warm-up then cosine
-    decay, ``best.ckpt`` by the lowest validation loss) and the validation samples.
+    """Stage-2 training: :class:`~vqgan.config.TrainerSettings` (AdamW, warm-up, cosine decay) and samples.
 
     Attributes:
         num_samples: maps sampled after every validation for the code-usage histogram (and an image grid).
@@ -274,9 +272,9 @@ def _quickstart_maskgit() -> PriorExperimentConfig:
 @register_prior_preset("quickstart-flow", "flow-matching DiT over the quickstart tokenizer's 8x8 latents (CPU-sized)")
 def _quickstart_flow() -> PriorExperimentConfig:
     """Flow-matching prior (rectified flow, a DiT with adaLN-Zero; Heun sampler, 16 steps: 32 network
-    evaluations per sample) over the quick-start tokenizer's 8x8 continuous latents, with the GPT and MaskGIT
-    presets' depth, width and classes. model.latent_channels, token_height/width and num_classes are taken
-    from the latent folder at training time (after data.projection, seed 004's option A, when one is given).
+    evaluations per sample) over the quick-start tokenizer's 8x8 continuous latents, the size of the GPT and
+    MaskGIT presets; latent channels, map size and classes come from the latent folder (after
+    data.projection, seed 004's option A, when one is given).
     Usage: vqgan encode --ckpt TOKENIZER --what continuous --output LATENTS
            vqgan fit-prior --config configs/prior_flow.yaml --tokens LATENTS --run-dir RUN [--train.max_steps N]
     """
@@ -288,8 +286,8 @@ def _moving_digits_video_gpt() -> PriorExperimentConfig:
     """Class-conditional GPT prior over moving-digits clips (one digit per clip, 8 frames of 16x16, tokenized
     frame by frame by a 16x16 f4 image tokenizer with 256 codes, or by a causal video3d tokenizer): 8 x 4 x 4
     = 128 tokens in raster order over time, then space, with RoPE per axis (t, y, x). The class is the digit;
-    labels are dropped with probability 0.1 for classifier-free guidance. About 0.86M parameters; sizes and
-    classes are taken from the token folder. Usage (docs/video/README.md has the whole run, with timings):
+    labels are dropped with probability 0.1 for classifier-free guidance; about 0.86M parameters; sizes and
+    classes come from the token folder. Usage (docs/video/README.md has the whole run, with timings):
       vqgan encode --ckpt TOKENIZER --output TOKENS/train --data.kind moving_digits --data.num_digits 1 ...
       vqgan fit-prior --config configs/prior_video_digits.yaml --tokens TOKENS --run-dir RUN
     --model.kind maskgit: MaskGIT instead (--model.frame_prediction_prob 0.5 adds frame prediction)."""

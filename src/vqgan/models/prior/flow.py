@@ -1,8 +1,7 @@
 """A flow-matching prior over continuous tokenizer latents: rectified flow (Lipman et al. 2023,
 https://arxiv.org/abs/2210.02747; Liu et al. 2023, https://arxiv.org/abs/2209.03003) with a small DiT (Peebles
 & Xie 2023, https://arxiv.org/abs/2212.09748) as velocity network. A DiT, not a U-Net: the latent maps are
-tiny (8x8 or 4x4), and it shares the GPT and MaskGIT layers, so priors of equal size differ in the objective.
-"""
+tiny (8x8 or 4x4), and it shares the GPT and MaskGIT layers, so priors of equal size differ in objective."""
 
 from __future__ import annotations
 
@@ -162,9 +161,8 @@ class FlowPrior(PriorBase):
                     nn.init.zeros_(m.bias)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
         nn.init.zeros_(self.patch_embed.bias)
-        nn.init.normal_(self.cls_emb.weight, std=0.02)
-        for lin in (self.time_mlp[0], self.time_mlp[2]):
-            nn.init.normal_(lin.weight, std=0.02)
+        for w in (self.cls_emb.weight, self.time_mlp[0].weight, self.time_mlp[2].weight):
+            nn.init.normal_(w, std=0.02)
         for lin in (*(block.ada[-1] for block in self.blocks), self.ada_out[-1], self.head):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -236,10 +234,9 @@ class FlowPrior(PriorBase):
         generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Sample latents ``(B, C, h, w)`` in the tokenizer's units from Gaussian noise along the (guided)
-        velocity: ``num`` unconditional ones or one per class of ``labels`` ``(B,)``. ``steps``, ``sampler``,
-        ``cfg_scale``: the config's ``sample_steps``, ``sampler``, ``guidance`` by default; ``noise``
-        (normalised) replaces the draw; ``return_trajectory`` also returns the ``steps + 1`` states."""
+        """Latents ``(B, C, h, w)`` in the tokenizer's units, from noise (or ``noise``) along the guided
+        velocity: ``num`` unconditional ones or one per class of ``labels``; ``steps``, ``sampler`` and
+        ``cfg_scale`` default to the config's; ``return_trajectory`` also returns the ``steps + 1`` states."""
         cfg = self.config
         device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
         if labels is None and num is None and noise is None:

@@ -1,7 +1,6 @@
 """An autoregressive GPT prior over code indices in raster order, as the stage-2 transformer of Esser et al.
-2021 ("Taming Transformers", https://arxiv.org/abs/2012.09841) and LlamaGen (Sun et al. 2024), in nanoGPT's
-style. Frame prediction over clips generates after a ``prefix``: the codes of the first ``k`` latent frames,
-which a causal tokenizer computes from those frames alone (MAGVIT-v2)."""
+2021 ("Taming Transformers", https://arxiv.org/abs/2012.09841) and LlamaGen (Sun et al. 2024), nanoGPT-style;
+frame prediction over clips continues the first latent frames' codes (causal tokenizers, MAGVIT-v2)."""
 
 from __future__ import annotations
 

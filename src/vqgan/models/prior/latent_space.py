@@ -1,6 +1,5 @@
-"""From a flow prior's (denormalised) latents back to images: unproject (seed 004's option A), optionally
-snap to the nearest codes (the decoder then reads code vectors, the only inputs it saw in training; continuous
-latents are off the codebook by construction; ``benchmarks/priors.py`` measures both), decode."""
+"""A flow prior's latents back to images: unproject (seed 004's option A), optionally snap to the nearest
+codes (the decoder's only inputs in training; ``benchmarks/priors.py`` measures both ways), decode."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""MaskGIT: a bidirectional transformer trained to predict masked code indices, decoded in a few parallel
-steps (Chang et al. 2022, "MaskGIT: Masked Generative Image Transformer", https://arxiv.org/abs/2202.04200).
-Over clips, frame prediction fixes the first ``k`` latent frames and decodes the future (MAGVIT, Yu et al.
-2023, section 3.2); ``frame_prediction_prob`` trains on that pattern too."""
+"""MaskGIT (Chang et al. 2022, https://arxiv.org/abs/2202.04200): a bidirectional transformer predicting
+masked codes, decoded in a few parallel steps. Over clips, frame prediction fixes the first ``k`` latent
+frames and decodes the rest (MAGVIT, Yu et al. 2023, section 3.2); ``frame_prediction_prob`` trains on it."""
 
 from __future__ import annotations
 
@@ -83,11 +82,10 @@ class MaskGITPrior(TokenPrior):
         cfg_scale: float = 1.0, choice_temperature: float = 4.5, generator: torch.Generator | None = None,
         return_history: bool = False, prefix: torch.Tensor | None = None,
     ):
-        """Decode token maps as :meth:`GPTPrior.generate` (same arguments) in ``steps`` parallel steps
-        (MaskGIT uses 8 to 12 for 16x16 maps; at most the ``N - P`` tokens after the never masked ``prefix``),
-        each sampling every masked token and masking the least confident again (section 3.2). The Gumbel noise
-        on the log-confidences that choose them is scaled by ``choice_temperature`` (4.5 in the reference
-        implementation), annealed linearly to 0; ``return_history`` also returns the masked count per step."""
+        """Decode token maps as :meth:`GPTPrior.generate` in ``steps`` (8 to 12 for 16x16 maps; at most the
+        ``N - P`` after the never masked ``prefix``), each sampling every masked token and masking the least
+        confident again (section 3.2), with Gumbel noise scaled by ``choice_temperature`` (4.5 in the
+        reference) and annealed to 0. ``return_history`` also returns the masked count after each step."""
         labels, prefix = self._generation_inputs(num, labels, prefix, cfg_scale)
         b, n, device = len(prefix), self.config.num_tokens, labels.device
         todo, history = n - prefix.shape[1], []

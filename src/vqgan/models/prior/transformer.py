@@ -29,15 +29,13 @@ def grid_positions(frames: int, height: int, width: int) -> torch.Tensor:
     """``(1 + T h w, 3)`` integer ``(t, y, x)`` coordinates of ``[class, tokens in raster order]``: the class
     token at the origin (anchoring absolute positions, as position 0 in 1D), token ``(t, y, x)`` one further
     on every axis."""
-    t, y, x = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
-    grid = torch.stack([t, y, x], dim=-1).reshape(-1, 3) + 1
-    return torch.cat([torch.zeros(1, 3, dtype=grid.dtype), grid])
+    grid = torch.stack(torch.meshgrid(*map(torch.arange, (frames, height, width)), indexing="ij"), dim=-1)
+    return torch.cat([torch.zeros(1, 3, dtype=grid.dtype), grid.reshape(-1, 3) + 1])
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding ("rotate half" layout; RoFormer eq. 34) at ``positions`` ``(L, A)``, the
-    coordinates of the ``L`` sequence slots on ``A`` axes (default: ``0 .. max_len - 1``). Axes split the
-    frequency pairs (:func:`rope_sections`; the 3D RoPE of video LLMs), so scores see every axis' offset."""
+    """Rotary position embedding ("rotate half"; RoFormer eq. 34) at ``positions`` ``(L, A)`` on ``A`` axes
+    (default: ``0 .. max_len - 1``), which split the frequency pairs (:func:`rope_sections`; 3D RoPE)."""
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, positions: torch.Tensor | None = None):
         super().__init__()
@@ -53,8 +51,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Rotate ``x`` of shape ``(B, H, T, D)`` whose first position is ``start``."""
-        t = x.shape[-2]
-        cos, sin = self.cos[start : start + t].to(x.dtype), self.sin[start : start + t].to(x.dtype)
+        cos, sin = (table[start : start + x.shape[-2]].to(x.dtype) for table in (self.cos, self.sin))
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
