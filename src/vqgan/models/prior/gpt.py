@@ -48,8 +48,7 @@ class GPTPrior(TokenPrior):
         cfg, n = self.config, self.config.num_tokens
         labels, out = self._generation_inputs(num, labels, prefix, cfg_scale)
         copies, p = len(labels) // len(out), out.shape[1]  # 2 copies with guidance (the null-class rows)
-        dtype = next(self.parameters()).dtype
-        cache = KVCache.empty(cfg, len(labels), n, labels.device, dtype) if use_cache else None
+        cache = KVCache.empty(cfg, len(labels), n, out.device, self.head.weight.dtype) if use_cache else None
         last = out  # tokens not yet fed to the cache (the whole prefix at first, then the previous sample)
         for i in range(p, n):
             # Without the cache every pass reads [class, all tokens]; with it, the first reads [class, prefix]

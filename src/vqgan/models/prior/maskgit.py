@@ -36,7 +36,8 @@ class MaskGITPrior(TokenPrior):
     (index ``vocab_size``); outputs logits over the ``vocab_size`` codes at every map position."""
 
     def __init__(self, config: PriorModelConfig):
-        super().__init__(config, False, input_vocab=config.vocab_size + 1, max_len=config.num_tokens + 1)
+        super().__init__(
+            config, causal=False, input_vocab=config.vocab_size + 1, max_len=config.num_tokens + 1)
         self.mask_token = config.vocab_size
 
     def forward(

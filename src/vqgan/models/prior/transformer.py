@@ -136,7 +136,7 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(input_vocab, cfg.n_embd)
         self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.n_embd)
         # Images keep 1D positions over the raster sequence; clips get (t, y, x) coordinates.
-        grid = grid_positions(*cfg.token_shape) if cfg.token_frames > 1 else None
+        grid = grid_positions(*cfg.token_shape) if cfg.rope and cfg.token_frames > 1 else None
         rope = RotaryEmbedding(cfg.n_embd // cfg.n_head, max_len, cfg.rope_base, grid) if cfg.rope else None
         self.pos_emb = None if cfg.rope else nn.Parameter(torch.zeros(1, max_len, cfg.n_embd))
         self.drop = nn.Dropout(cfg.dropout)
