@@ -234,9 +234,9 @@ class FlowPrior(PriorBase):
         generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Latents ``(B, C, h, w)`` in the tokenizer's units, from noise (or ``noise``) along the guided
-        velocity: ``num`` unconditional ones or one per class of ``labels``; ``steps``, ``sampler`` and
-        ``cfg_scale`` default to the config's; ``return_trajectory`` also returns the ``steps + 1`` states."""
+        """Latents ``(B, C, h, w)`` in the tokenizer's units from noise (or ``noise``) by the guided flow:
+        ``num`` unconditional or one per class of ``labels``; ``steps``, ``sampler``, ``cfg_scale`` default to
+        the config's ``sample_steps``, ``sampler``, ``guidance``; ``return_trajectory`` adds the states."""
         cfg = self.config
         device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
         if labels is None and num is None and noise is None:
