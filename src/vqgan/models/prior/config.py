@@ -1,10 +1,5 @@
-"""Typed configuration of stage 2: a transformer prior over a tokenizer's code indices.
-
-A run is one :class:`PriorExperimentConfig` (model, data, training). As for stage 1, YAML files set values, dotted
-command-line options override them (``--model.n_layer 4``), and the resolved config is written next to every run.
-Named presets (:func:`register_prior_preset`, :func:`get_prior_preset`, :func:`list_prior_presets`) live in
-:data:`PRIOR_PRESETS`, an instance of the package's one :class:`~vqgan.registry.Registry`.
-"""
+"""Typed configuration of stage 2 (model, data, training), set as for stage 1 by YAML files and dotted
+overrides; named presets live in :data:`PRIOR_PRESETS`, one more :class:`~vqgan.registry.Registry`."""
 
 from __future__ import annotations
 
@@ -19,49 +14,36 @@ from vqgan.registry import Registry, preset_config
 
 @dataclass
 class PriorModelConfig:
-    """Transformer prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT and conditioning need).
+    """Prior architecture (nanoGPT's ``GPTConfig`` plus what MaskGIT, flows and conditioning need); a flow
+    reads the token map size as the latent map's, ignores ``vocab_size``, ``rope`` and ``bias``, and alone
+    uses the fields from ``latent_channels`` on.
 
     Attributes:
-        kind: ``gpt`` (autoregressive, raster order, Esser et al. 2021), ``maskgit`` (bidirectional, masked
-            token modelling, Chang et al. 2022) or ``flow`` (rectified flow over continuous latents).
+        kind: ``gpt`` (autoregressive), ``maskgit`` (masked token modelling) or ``flow`` (over latents).
         vocab_size: number of codes of the tokenizer (its codebook size).
         token_height: rows of the token map of one image (or of one latent frame of a clip).
         token_width: columns of the token map of one image.
-        token_frames: latent frames ``T`` of a clip (its tokens form a ``(T, h, w)`` grid, modelled in raster
-            order over time, then rows, then columns); 1 models images (``(h, w)`` maps). The sequence length is
-            ``token_frames * token_height * token_width``.
         n_layer: transformer blocks.
         n_head: attention heads.
         n_embd: transformer width.
         dropout: dropout on embeddings, attention and MLP outputs.
         bias: biases in linear layers and LayerNorms.
-        rope: rotary position embeddings (Su et al. 2021) instead of learned absolute ones. Over a video grid
-            (``token_frames > 1``) the rotation is per axis: the head's frequency pairs are split between time,
-            rows and columns (3D RoPE, as the M-RoPE of video LLMs), so attention sees relative offsets in each.
+        rope: rotary position embeddings (Su et al. 2021), not learned ones; per axis over clips (3D RoPE).
         rope_base: RoPE's frequency base.
-        num_classes: number of classes for class conditioning; 0 trains an unconditional prior. One more "null"
-            class is always added, used for unlabelled data and classifier-free guidance (Ho & Salimans 2022).
-        cond_dropout: probability of replacing a label by the null class during training (needed for guidance).
+        num_classes: classes to condition on (0: none), plus a "null" class for guidance and unlabelled data.
+        cond_dropout: probability of replacing a label by the null class in training (needed for guidance).
         mlp_ratio: hidden width of the MLP in units of ``n_embd``.
-        frame_prediction_prob: MaskGIT over clips: share of training clips whose mask covers only frames from a
-            random ``k`` in ``[1, T)`` on (the first ``k`` latent frames stay visible), so that the model also
-            learns the "predict the future from the past" pattern it meets in frame prediction (MAGVIT's task
-            mixing, Yu et al. 2023). 0 keeps MaskGIT's uniform masking over the whole grid.
-        latent_channels: channels of the latents it models (``N`` of seed 004's projection, or ``embed_dim``).
+        token_frames: latent frames ``T`` of a clip's ``(T, h, w)`` grid, in raster order (1: images).
+        frame_prediction_prob: MaskGIT: share of training clips masked from a random latent frame on only.
+        latent_channels: channels of the latents (``N`` of seed 004's projection, or ``embed_dim``).
         patch_size: side of the latent patches that become transformer tokens (DiT, Peebles & Xie 2023).
-        time_sampling: ``uniform`` t ~ U(0, 1) (Lipman et al. 2023; Liu et al. 2023) or ``logit_normal``
-            t = sigmoid(N(logit_mean, logit_std)) (Esser et al. 2024), which trains the middle of the path more.
+        time_sampling: ``uniform`` or ``logit_normal``: sigmoid(N(logit_mean, logit_std)) (Esser et al. 2024).
         logit_mean: mean of the logit-normal time distribution (of logit t).
         logit_std: standard deviation of the logit-normal time distribution (of logit t).
         sampler: ODE solver for sampling: ``euler`` or ``heun`` (second order, two evaluations per step).
         sample_steps: ODE steps for samples (validation grids and ``vqgan sample``'s default).
         guidance: classifier-free guidance scale of those samples (1: the conditional model, no guidance).
-        snap_to_codes: decode samples after snapping them to the tokenizer's nearest codes (off: the decoder reads
-            the sampled latents as they are; ``benchmarks/priors.py`` measures both).
-
-    ``kind="flow"`` (flow matching over continuous latents, :mod:`vqgan.models.prior.flow`) reads ``token_height``
-    and ``token_width`` as the latent map size, ignores ``vocab_size``, ``rope`` and ``bias``, and alone uses the
-    fields from ``latent_channels`` on.
+        snap_to_codes: decode samples after snapping them to the tokenizer's nearest codes.
     """
 
     kind: Literal["gpt", "maskgit", "flow"] = "gpt"
@@ -112,32 +94,32 @@ class PriorModelConfig:
         return self.num_classes
 
     def validate(self) -> PriorModelConfig:
+        """Raise :class:`ConfigError` naming the first bad ``model.*`` value; returns self."""
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if self.rope and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(f"model.rope needs an even head dimension, got {self.n_embd // self.n_head}")
+        hd, p, h, w = self.n_embd // self.n_head, self.patch_size, self.token_height, self.token_width
+        if self.rope and hd % 2:
+            raise ConfigError(f"model.rope needs an even head dimension, got {hd}")
         if self.vocab_size < 2:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be at least 2")
         if self.num_classes < 0:
             raise ConfigError(f"model.num_classes={self.num_classes} must be >= 0")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"model.cond_dropout={self.cond_dropout} must be in [0, 1)")
-        if min(self.token_height, self.token_width, self.token_frames) < 1:
+        if min(h, w, self.token_frames) < 1:
             raise ConfigError("model.token_height, model.token_width and model.token_frames must be positive")
-        if self.rope and self.token_frames > 1 and self.n_embd // self.n_head < 6:
+        if self.rope and self.token_frames > 1 and hd < 6:
             raise ConfigError(
                 f"model.rope over a (T, h, w) grid needs a head dimension of at least 6 (a frequency pair per "
-                f"axis), got {self.n_embd // self.n_head}"
+                f"axis), got {hd}"
             )
         if not 0.0 <= self.frame_prediction_prob <= 1.0:
             raise ConfigError(f"model.frame_prediction_prob={self.frame_prediction_prob} must be in [0, 1]")
-        if self.kind == "flow":
-            if self.patch_size < 1 or self.token_height % self.patch_size or self.token_width % self.patch_size:
-                raise ConfigError(
-                    f"model.patch_size={self.patch_size} must divide the latent map {self.token_height}x{self.token_width}"
-                )
-            if self.latent_channels < 1 or self.sample_steps < 1 or self.logit_std <= 0:
-                raise ConfigError("model.latent_channels, model.sample_steps and model.logit_std must be positive")
+        if self.kind == "flow" and (p < 1 or h % p or w % p):
+            raise ConfigError(f"model.patch_size={p} must divide the latent map {h}x{w}")
+        if self.kind == "flow" and min(self.latent_channels, self.sample_steps, self.logit_std) <= 0:
+            raise ConfigError("model.latent_channels, model.sample_steps and model.logit_std must be "
+                              "positive")
         return self
 
 
@@ -147,14 +129,12 @@ class PriorDataConfig:
 
     Attributes:
         tokens: folder of token shards (``--tokens`` on the command line overrides it).
-        val_tokens: folder of validation shards; ``None`` uses ``TOKENS/val`` if it exists, else holds out
-            ``val_fraction`` of the training maps.
+        val_tokens: folder of validation shards (``None``: ``TOKENS/val`` if it exists, else held-out maps).
         val_fraction: share of the maps held out for validation when there is no validation folder.
         batch_size: training batch size (per process).
         val_batch_size: validation batch size (``None``: ``batch_size``).
         num_workers: data loader worker processes.
-        projection: ``kind: flow`` only: a folder written by ``vqgan fit-projection`` (seed 004's option A); the
-            latents are projected through it to ``N`` channels, and samples unprojected before decoding.
+        projection: ``kind: flow``: a ``vqgan fit-projection`` folder (seed 004's option A) for the latents.
     """
 
     tokens: str | None = None
@@ -168,12 +148,10 @@ class PriorDataConfig:
 
 @dataclass
 class PriorTrainConfig(TrainerSettings):
-    """Stage-2 training: the shared :class:`~vqgan.config.TrainerSettings` (here with AdamW, linear warm-up then
-    cosine decay, and ``best.ckpt`` by the lowest validation loss) and the validation samples.
+    """Stage-2 training: :class:`~vqgan.config.TrainerSettings` (AdamW, warm-up, cosine decay) and samples.
 
     Attributes:
-        num_samples: token maps sampled after every validation for the code-usage histogram (and an image grid
-            with a tokenizer).
+        num_samples: maps sampled after every validation for the code-usage histogram (and an image grid).
         sample_temperature: softmax temperature of those maps.
         sample_top_k: keep the k most likely codes when sampling them (``None``: all).
         sample_top_p: nucleus sampling mass for them (``None``: off).
@@ -201,7 +179,7 @@ class PriorExperimentConfig:
 
     Attributes:
         name: name of the run.
-        model: the transformer prior.
+        model: the prior.
         data: the token shards.
         train: optimisation, validation, checkpoints and hardware.
     """
@@ -226,13 +204,9 @@ def load_prior_config(
     return parse_run_config(PriorExperimentConfig, PRIOR_PRESETS, path, overrides, preset)
 
 
-# -- presets (the one generic registry of vqgan.registry) ---------------------------------------------------
 PRIOR_PRESETS: Registry[Callable[[], PriorExperimentConfig]] = Registry("prior preset")
-
-
-def register_prior_preset(name: str, description: str = "") -> Callable:
-    """Decorator registering ``fn() -> PriorExperimentConfig`` under ``name``."""
-    return PRIOR_PRESETS.register(name, description)
+register_prior_preset = PRIOR_PRESETS.register  # @register_prior_preset(name, help) on ``fn() -> config``
+list_prior_presets = PRIOR_PRESETS.names
 
 
 def get_prior_preset(name: str) -> PriorExperimentConfig:
@@ -240,139 +214,87 @@ def get_prior_preset(name: str) -> PriorExperimentConfig:
     return preset_config(PRIOR_PRESETS, name)
 
 
-def list_prior_presets(prefix: str = "") -> list[str]:
-    return PRIOR_PRESETS.names(prefix)
-
-
-def describe_prior_presets() -> dict[str, str]:
-    return PRIOR_PRESETS.describe()
-
-
-def _tiny_train() -> PriorTrainConfig:
-    return PriorTrainConfig(
-        max_steps=4, lr=3e-3, warmup_steps=0, val_every_n_steps=2, log_every_n_steps=1, num_samples=4, maskgit_steps=4
+def _tiny(batch_size: int, **model) -> Callable[[], PriorExperimentConfig]:
+    """The preset of a tiny prior for tests: 2 layers of width 32 (``model`` sets the rest), 4 steps."""
+    return lambda: PriorExperimentConfig(
+        model=PriorModelConfig(n_layer=2, n_head=2, n_embd=32, **model),
+        data=PriorDataConfig(batch_size=batch_size, val_fraction=0.25),
+        train=PriorTrainConfig(max_steps=4, lr=3e-3, warmup_steps=0, val_every_n_steps=2, log_every_n_steps=1,
+                               num_samples=4, maskgit_steps=4),
     )
 
 
-@register_prior_preset("test-gpt", "tiny class-conditional GPT prior for tests (2 layers, 32 wide, RoPE)")
-def _test_gpt() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=32, token_height=8, token_width=8, n_layer=2, n_head=2,
-                               n_embd=32, rope=True, num_classes=9),
-        data=PriorDataConfig(batch_size=8, val_fraction=0.25),
-        train=_tiny_train(),
-    )
+# The tiny presets for tests, one per prior kind (and per kind over clips): name -> (help, batch, model).
+_CLIP = dict(token_frames=3, token_height=4, token_width=4, rope=True, num_classes=10)
+_TINY_PRESETS = {
+    "test-gpt": ("tiny class-conditional GPT prior for tests (2 layers, 32 wide, RoPE)", 8,
+                 dict(kind="gpt", vocab_size=32, rope=True, num_classes=9)),
+    "test-maskgit": ("tiny class-conditional MaskGIT prior for tests (2 layers, 32 wide)", 8,
+                     dict(kind="maskgit", vocab_size=32, num_classes=9)),
+    "test-flow": ("tiny class-conditional flow-matching DiT for tests (2 layers, 32 wide)", 8,
+                  dict(kind="flow", latent_channels=8, num_classes=9, sample_steps=4)),
+    "test-video-gpt": ("tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)", 4,
+                       dict(kind="gpt", vocab_size=32, **_CLIP)),
+    "test-video-maskgit": ("tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids", 4,
+                           dict(kind="maskgit", vocab_size=32, frame_prediction_prob=0.5, **_CLIP)),
+}
+for _name, (_help, _batch, _model) in _TINY_PRESETS.items():
+    register_prior_preset(_name, _help)(_tiny(_batch, **_model))
 
 
-@register_prior_preset("test-maskgit", "tiny class-conditional MaskGIT prior for tests (2 layers, 32 wide)")
-def _test_maskgit() -> PriorExperimentConfig:
+def _quickstart(**model) -> PriorExperimentConfig:
+    """A CPU-sized prior (4 layers of width 128) over the quick-start tokenizer's 8x8 maps of 9 classes."""
     return PriorExperimentConfig(
-        model=PriorModelConfig(kind="maskgit", vocab_size=32, token_height=8, token_width=8, n_layer=2, n_head=2,
-                               n_embd=32, num_classes=9),
-        data=PriorDataConfig(batch_size=8, val_fraction=0.25),
-        train=_tiny_train(),
+        model=PriorModelConfig(n_layer=4, n_head=4, n_embd=128, num_classes=9, **model),
+        data=PriorDataConfig(batch_size=64),
+        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
     )
 
 
 @register_prior_preset("quickstart-gpt", "GPT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")
 def _quickstart_gpt() -> PriorExperimentConfig:
-    """Autoregressive GPT prior (raster order) over the quick-start tokenizer's 8x8 codes.
-
-    Class-conditional on the built-in photos (9 classes) with classifier-free guidance. CPU-sized: about 1.1M
-    parameters. model.vocab_size, token_height/width and num_classes are taken from the token folder at training
-    time. Usage: vqgan fit-prior --config configs/prior_gpt.yaml --tokens TOKENS --run-dir RUN [--train.max_steps N]
+    """Autoregressive GPT prior (raster order) over the quick-start tokenizer's 8x8 codes, class-conditional
+    on the built-in photos (9 classes) with classifier-free guidance; CPU-sized, about 1.1M parameters.
+    model.vocab_size, token_height/width and num_classes are taken from the token folder at training time.
+    Usage: vqgan fit-prior --config configs/prior_gpt.yaml --tokens TOKENS --run-dir RUN [--train.max_steps N]
     """
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=1024, token_height=8, token_width=8, n_layer=4, n_head=4,
-                               n_embd=128, dropout=0.1, rope=True, num_classes=9),
-        data=PriorDataConfig(batch_size=64),
-        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
-    )
+    return _quickstart(kind="gpt", dropout=0.1, rope=True)
 
 
 @register_prior_preset("quickstart-maskgit", "MaskGIT prior over the quickstart tokenizer's 8x8 codes (CPU-sized)")
 def _quickstart_maskgit() -> PriorExperimentConfig:
-    """MaskGIT prior (bidirectional, cosine mask schedule) over the quick-start tokenizer's 8x8 codes.
-
-    Class-conditional on the built-in photos (9 classes) with classifier-free guidance. CPU-sized: about 1.1M
-    parameters. model.vocab_size, token_height/width and num_classes are taken from the token folder at training
-    time. Usage: vqgan fit-prior --config configs/prior_maskgit.yaml --tokens TOKENS --run-dir RUN
-    """
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="maskgit", vocab_size=1024, token_height=8, token_width=8, n_layer=4, n_head=4,
-                               n_embd=128, dropout=0.1, num_classes=9),
-        data=PriorDataConfig(batch_size=64),
-        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
-    )
-
-
-@register_prior_preset("test-flow", "tiny class-conditional flow-matching DiT for tests (2 layers, 32 wide)")
-def _test_flow() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="flow", token_height=8, token_width=8, latent_channels=8, n_layer=2, n_head=2,
-                               n_embd=32, num_classes=9, sample_steps=4),
-        data=PriorDataConfig(batch_size=8, val_fraction=0.25),
-        train=_tiny_train(),
-    )
-
-
-@register_prior_preset("test-video-gpt", "tiny class-conditional GPT prior over (3, 4, 4) clip token grids (3D RoPE)")
-def _test_video_gpt() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=32, token_frames=3, token_height=4, token_width=4, n_layer=2,
-                               n_head=2, n_embd=32, rope=True, num_classes=10),
-        data=PriorDataConfig(batch_size=4, val_fraction=0.25),
-        train=_tiny_train(),
-    )
+    """MaskGIT prior (bidirectional, cosine mask schedule) over the quick-start tokenizer's 8x8 codes, as
+    configs/prior_gpt.yaml otherwise (class-conditional, about 1.1M parameters, sizes from the token folder).
+    Usage: vqgan fit-prior --config configs/prior_maskgit.yaml --tokens TOKENS --run-dir RUN"""
+    return _quickstart(kind="maskgit", dropout=0.1)
 
 
 @register_prior_preset("quickstart-flow", "flow-matching DiT over the quickstart tokenizer's 8x8 latents (CPU-sized)")
 def _quickstart_flow() -> PriorExperimentConfig:
-    """Flow-matching prior (rectified flow, a DiT with adaLN-Zero; Heun sampler) over the quick-start tokenizer's
-    8x8 continuous latents, class-conditional on the built-in photos with classifier-free guidance. CPU-sized, the
-    GPT and MaskGIT presets' depth and width. model.latent_channels, token_height/width and num_classes are taken
-    from the latent folder at training time (after data.projection, seed 004's option A, when one is given).
+    """Flow-matching prior (rectified flow, a DiT with adaLN-Zero; Heun sampler, 16 steps: 32 network
+    evaluations per sample) over the quick-start tokenizer's 8x8 continuous latents, the size of the GPT and
+    MaskGIT presets; latent channels, map size and classes come from the latent folder (after
+    data.projection, seed 004's option A, when one is given).
     Usage: vqgan encode --ckpt TOKENIZER --what continuous --output LATENTS
            vqgan fit-prior --config configs/prior_flow.yaml --tokens LATENTS --run-dir RUN [--train.max_steps N]
     """
-    # Same depth and width as the GPT and MaskGIT presets; latent channels and map size come from the latent
-    # folder (`vqgan encode --what continuous`). Heun with 16 steps: 32 network evaluations per sample.
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="flow", token_height=8, token_width=8, latent_channels=32, n_layer=4, n_head=4,
-                               n_embd=128, num_classes=9, sampler="heun", sample_steps=16),
-        data=PriorDataConfig(batch_size=64),
-        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=100, val_every_n_steps=500),
-    )
-
-
-@register_prior_preset("test-video-maskgit", "tiny class-conditional MaskGIT prior over (3, 4, 4) clip token grids")
-def _test_video_maskgit() -> PriorExperimentConfig:
-    return PriorExperimentConfig(
-        model=PriorModelConfig(kind="maskgit", vocab_size=32, token_frames=3, token_height=4, token_width=4,
-                               n_layer=2, n_head=2, n_embd=32, rope=True, num_classes=10, frame_prediction_prob=0.5),
-        data=PriorDataConfig(batch_size=4, val_fraction=0.25),
-        train=_tiny_train(),
-    )
+    return _quickstart(kind="flow", latent_channels=32, sampler="heun", sample_steps=16)
 
 
 @register_prior_preset("moving-digits-video-gpt", "class-conditional GPT over moving-digits clip tokens (configs/prior_video_digits.yaml)")
 def _moving_digits_video_gpt() -> PriorExperimentConfig:
-    """Class-conditional GPT prior over the token grids of moving-digits clips (one digit per clip, 8 frames of
-    16x16, tokenized frame by frame by a 16x16 f4 image tokenizer with 256 codes): 8 x 4 x 4 = 128 tokens in raster
-    order over time, then space, with RoPE per axis (t, y, x). The class is the digit (10 classes); labels are
-    dropped with probability 0.1 so that classifier-free guidance works. About 0.86M parameters. A causal video3d
-    tokenizer's grids work the same way. vocab_size, token_frames/height/width and num_classes are taken from the
-    token folder. Usage (docs/video/README.md has the whole run, with timings):
+    """Class-conditional GPT prior over moving-digits clips (one digit per clip, 8 frames of 16x16, tokenized
+    frame by frame by a 16x16 f4 image tokenizer with 256 codes, or by a causal video3d tokenizer): 8 x 4 x 4
+    = 128 tokens in raster order over time, then space, with RoPE per axis (t, y, x). The class is the digit;
+    labels are dropped with probability 0.1 for classifier-free guidance; about 0.86M parameters; sizes and
+    classes come from the token folder. Usage (docs/video/README.md has the whole run, with timings):
       vqgan encode --ckpt TOKENIZER --output TOKENS/train --data.kind moving_digits --data.num_digits 1 ...
       vqgan fit-prior --config configs/prior_video_digits.yaml --tokens TOKENS --run-dir RUN
-    --model.kind maskgit trains MaskGIT over the same grid instead (add --model.frame_prediction_prob 0.5 for frame
-    prediction).
-    """
-    # 8-frame 16x16 clips tokenized frame by frame (f4, 256 codes): 8 x 4 x 4 = 128 tokens; CPU-sized.
+    --model.kind maskgit: MaskGIT instead (--model.frame_prediction_prob 0.5 adds frame prediction)."""
     return PriorExperimentConfig(
-        model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=8, token_height=4, token_width=4, n_layer=4,
-                               n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10, cond_dropout=0.1),
-        data=PriorDataConfig(batch_size=32, val_fraction=0.05),
-        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=50, val_every_n_steps=250, num_samples=10,
-                               maskgit_steps=12),
+        model=PriorModelConfig(kind="gpt", vocab_size=256, token_frames=8, token_height=4, token_width=4,
+                               n_layer=4, n_head=4, n_embd=128, dropout=0.1, rope=True, num_classes=10),
+        data=PriorDataConfig(batch_size=32),
+        train=PriorTrainConfig(max_steps=1500, lr=1e-3, warmup_steps=50, val_every_n_steps=250,
+                               num_samples=10, maskgit_steps=12),
     )

@@ -1,24 +1,7 @@
-"""A flow-matching prior over continuous tokenizer latents: rectified flow / conditional flow matching (Lipman et
-al. 2023, "Flow Matching for Generative Modeling", https://arxiv.org/abs/2210.02747; Liu et al. 2023, "Flow
-Straight and Fast", https://arxiv.org/abs/2209.03003) with a small DiT (Peebles & Xie 2023, "Scalable Diffusion
-Models with Transformers", https://arxiv.org/abs/2212.09748) as the velocity network.
-
-Path and target: ``x_t = (1 - t) x0 + t x1`` with noise ``x0 ~ N(0, I)`` and a (normalised) data latent ``x1``; the
-network regresses the constant velocity ``x1 - x0`` of that straight path (mean squared error). Sampling integrates
-``dx/dt = v(x, t)`` from ``t = 0`` (noise) to ``t = 1`` (data) with Euler or Heun steps. Time is drawn uniformly or
-from a logit-normal (Esser et al. 2024, "Scaling Rectified Flow Transformers", https://arxiv.org/abs/2403.03206).
-
-Why a DiT rather than a U-Net: the latent maps are tiny (8x8 for a 64x64 image at factor 8, 4x4 for the smallest
-presets), so a U-Net has almost no resolution to go down through, while a transformer over 1x1 (or 2x2) patches
-attends over the whole map in every layer. It also shares its attention and MLP layers with the GPT and MaskGIT
-priors, so the three priors compared at equal depth and width differ in the objective, not in the network.
-
-Conditioning follows DiT's adaLN-Zero: the sum of a timestep embedding and a class embedding (with the extra
-"null" class of the discrete priors, dropped to with probability ``cond_dropout`` for classifier-free guidance,
-Ho & Salimans 2022) regresses per-block shifts, scales and gates; the gates and the output layer start at zero, so
-every block starts as the identity. Latents are normalised per channel with statistics of the whole training set,
-kept in the model's buffers (``latent_mean``, ``latent_std``), so a checkpoint samples in the tokenizer's units.
-"""
+"""A flow-matching prior over continuous tokenizer latents: rectified flow (Lipman et al. 2023,
+https://arxiv.org/abs/2210.02747; Liu et al. 2023, https://arxiv.org/abs/2209.03003) with a small DiT (Peebles
+& Xie 2023, https://arxiv.org/abs/2212.09748) as velocity network. A DiT, not a U-Net: the latent maps are
+tiny (8x8 or 4x4), and it shares the GPT and MaskGIT layers, so priors of equal size differ in objective."""
 
 from __future__ import annotations
 
@@ -28,26 +11,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from vqgan.models.prior.config import PriorModelConfig
-from vqgan.models.prior.sampling import classifier_free_guidance
+from vqgan.models.prior.sampling import draw, guide
 from vqgan.models.prior.transformer import MLP, PriorBase, SelfAttention
-
-Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class FlowOutput:
-    """Result of :meth:`FlowPrior.training_loss`.
-
-    Attributes:
-        velocity: predicted velocities ``(B, C, h, w)``.
-        loss: mean squared error against the target velocity ``x1 - x0``.
-        logs: detached figures for logging (``loss_t<0.5``/``loss_t>=0.5``: the loss on each half of the path).
-    """
+    """Result of :meth:`FlowPrior.training_loss`: predicted ``velocity`` ``(B, C, h, w)``, its mean squared
+    error ``loss`` against ``x1 - x0``, and detached ``logs`` (``loss_t<0.5``, ``loss_t>=0.5``: per half)."""
 
     velocity: torch.Tensor
     loss: torch.Tensor
@@ -55,30 +30,22 @@ class FlowOutput:
     accuracy: torch.Tensor | None = None  # discrete priors report one; a flow has none
 
 
-# -- the objective (pure functions) --------------------------------------------------------------------------
 def sample_time(
-    n: int,
-    kind: Literal["uniform", "logit_normal"] = "uniform",
-    mean: float = 0.0,
-    std: float = 1.0,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
+    n: int, kind: Literal["uniform", "logit_normal"] = "uniform", mean: float = 0.0, std: float = 1.0,
+    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """``n`` times in (0, 1): uniform, or ``sigmoid(N(mean, std))`` (logit-normal, Esser et al. 2024 section 3.1)."""
-    dev = generator.device if generator is not None else device
+    """``n`` times in (0, 1): uniform, or ``sigmoid(N(mean, std))`` (logit-normal, Esser et al. 2024 section
+    3.1, "Scaling Rectified Flow Transformers", which trains the middle of the path more)."""
     if kind == "uniform":
-        t = torch.rand(n, generator=generator, device=dev)
-    elif kind == "logit_normal":
-        t = torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=dev))
-    else:
-        raise ValueError(f"time sampling {kind!r}; choose uniform or logit_normal")
-    return t.to(device)
+        return draw(torch.rand, (n,), generator, device)
+    if kind == "logit_normal":
+        return torch.sigmoid(mean + std * draw(torch.randn, (n,), generator, device))
+    raise ValueError(f"time sampling {kind!r}; choose uniform or logit_normal")
 
 
 def flow_matching_target(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The point ``x_t = (1 - t) x0 + t x1`` of the straight path from noise ``x0`` to data ``x1`` at times ``t``
-    ``(B,)``, and the velocity ``x1 - x0`` the network regresses there (Liu et al. 2023 eq. 1; Lipman et al. 2023
-    eq. 23 with sigma_min = 0)."""
+    """The point ``x_t = (1 - t) x0 + t x1`` between noise ``x0`` and data ``x1`` at times ``t`` ``(B,)``, and
+    the velocity ``x1 - x0`` regressed there (Liu et al. 2023 eq. 1; Lipman et al. 2023 eq. 23, sigma 0)."""
     tt = t.view(-1, *([1] * (x1.dim() - 1))).to(x1.dtype)
     return (1 - tt) * x0 + tt * x1, x1 - x0
 
@@ -86,85 +53,58 @@ def flow_matching_target(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) ->
 def flow_matching_loss(
     velocity: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean squared error of predicted ``velocity`` against ``x1 - x0``, and logs (the loss on both halves of the
-    path: early times are hard, as the network must guess the data from almost pure noise; NaN for a half that
-    holds no item of the batch). Masked sums, not boolean indexing: no value is read back from the device."""
-    _, target = flow_matching_target(x0, x1, t)
-    per_item = (velocity.float() - target.float()).pow(2).flatten(1).mean(1)
-    logs = {}
-    for name, sel in (("loss_t<0.5", t < 0.5), ("loss_t>=0.5", t >= 0.5)):
-        w = sel.to(per_item.dtype)
-        n = w.sum()
-        logs[name] = torch.where(n > 0, (per_item.detach() * w).sum() / n.clamp_min(1), per_item.new_tensor(float("nan")))
+    """Mean squared error of ``velocity`` against ``x1 - x0``, and the loss on both halves of the path (early
+    times are hard: almost pure noise; NaN for an empty half), by masked sums that read nothing back."""
+    per_item = (velocity.float() - (x1 - x0).float()).pow(2).flatten(1).mean(1)
+    nan, logs = per_item.new_tensor(float("nan")), {}
+    for name, w in (("loss_t<0.5", (t < 0.5).float()), ("loss_t>=0.5", (t >= 0.5).float())):
+        logs[name] = torch.where(w.sum() > 0, (per_item.detach() * w).sum() / w.sum().clamp_min(1), nan)
     return per_item.mean(), logs
 
 
-# -- ODE solvers (pure functions of a velocity field) --------------------------------------------------------
 def solve_ode(
-    velocity: Velocity,
-    x0: torch.Tensor,
-    steps: int,
-    method: Literal["euler", "heun"] = "heun",
-    return_trajectory: bool = False,
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, steps: int,
+    method: Literal["euler", "heun"] = "heun", return_trajectory: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """Integrate ``dx/dt = velocity(x, t)`` from ``t = 0`` to ``t = 1`` in ``steps`` equal steps.
-
-    Euler takes one evaluation per step (first order); Heun (the explicit trapezoidal rule) two, and is second
-    order: its error falls with the square of the step, which pays when steps are few (Karras et al. 2022 use it
-    for the same reason).
-
-    Returns:
-        ``x(1)``, and with ``return_trajectory`` also the list of the ``steps + 1`` states from ``x0`` to ``x(1)``.
-    """
+    """``x(1)`` (and with ``return_trajectory`` the ``steps + 1`` states) of ``dx/dt = velocity(x, t)`` from
+    ``x(0) = x0``, in ``steps`` equal steps: Euler (first order) or Heun (explicit trapezoidal rule, second
+    order for two evaluations per step, which pays when steps are few, as for Karras et al. 2022)."""
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1")
     if method not in ("euler", "heun"):
         raise ValueError(f"sampler {method!r}; choose euler or heun")
-    # The time grid in Python floats: reading it from a device tensor would wait for the GPU at every step.
-    ts = [i / steps for i in range(steps + 1)]
     x, trajectory = x0, [x0]
     for i in range(steps):
-        t, t_next = ts[i], ts[i + 1]
-        dt = t_next - t
+        # The time grid in Python floats: reading a device tensor would wait for the GPU at every step.
+        t, t_next = i / steps, (i + 1) / steps
         tb = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
         v = velocity(x, tb)
-        if method == "euler":
-            x = x + dt * v
-        else:
-            x_pred = x + dt * v
-            v_next = velocity(x_pred, torch.full_like(tb, t_next))
-            x = x + 0.5 * dt * (v + v_next)
+        if method == "heun":
+            v = 0.5 * (v + velocity(x + (t_next - t) * v, torch.full_like(tb, t_next)))
+        x = x + (t_next - t) * v
         if return_trajectory:
             trajectory.append(x)
     return (x, trajectory) if return_trajectory else x
 
 
-# -- the network ---------------------------------------------------------------------------------------------
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding ``(B, dim)`` of times in [0, 1], scaled by 1000 as the diffusion step indices DiT
-    embeds (so the frequencies resolve small time differences)."""
+    """Sinusoidal embedding ``(B, dim)`` (``dim`` even) of times in [0, 1], scaled by 1000 as the diffusion
+    step indices DiT embeds (so the frequencies resolve small time differences)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = 1000.0 * t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embeddings ``(height * width, dim)`` (DiT, MAE): half the channels encode
-    the row, half the column."""
+    """Fixed 2-D sine-cosine positions ``(height * width, dim)`` (DiT, MAE), half the channels per axis."""
     if dim % 4:
         raise ValueError(f"n_embd={dim} must be divisible by 4 for 2-D sine-cosine positions")
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-
-    def axis(n: int) -> torch.Tensor:
-        out = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)  # (n, dim / 2)
-
-    rows, cols = axis(height), axis(width)
-    grid = torch.cat([rows[:, None].expand(height, width, -1), cols[None].expand(height, width, -1)], dim=-1)
-    return grid.reshape(height * width, dim).float()
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    angles = [pos.reshape(-1, 1).double() * omega for pos in (rows, cols)]  # (h w, dim / 4) each
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1).float()
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -190,16 +130,15 @@ class DiTBlock(nn.Module):
 
 
 class FlowPrior(PriorBase):
-    """A DiT predicting the flow-matching velocity of ``(B, latent_channels, token_height, token_width)`` latents
-    at times ``t``, conditioned on a class (or the null class)."""
+    """A DiT predicting the flow-matching velocity of latents ``(B, C, h, w)`` at times ``t`` and a class."""
 
     def __init__(self, config: PriorModelConfig):
-        super().__init__()
-        self.config = cfg = config.validate()
+        super().__init__(config)
+        cfg = self.config
         c, p, d = cfg.latent_channels, cfg.patch_size, cfg.n_embd
         self.patch_embed = nn.Conv2d(c, d, p, stride=p)
-        hp, wp = cfg.token_height // p, cfg.token_width // p
-        self.register_buffer("pos_emb", sincos_2d(hp, wp, d)[None], persistent=False)
+        pos = sincos_2d(cfg.token_height // p, cfg.token_width // p, d)
+        self.register_buffer("pos_emb", pos[None], persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.cls_emb = nn.Embedding(cfg.num_classes + 1, d)
         self.drop = nn.Dropout(cfg.dropout)
@@ -207,8 +146,7 @@ class FlowPrior(PriorBase):
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.head = nn.Linear(d, p * p * c)
-        # Per-channel statistics of the training latents (set by the trainer from the whole set; saved with the
-        # weights so that samples come back in the tokenizer's units).
+        # Per-channel statistics of all training latents (set by the trainer), so samples come in their units.
         self.register_buffer("latent_mean", torch.zeros(c))
         self.register_buffer("latent_std", torch.ones(c))
         self.init_weights()
@@ -221,20 +159,14 @@ class FlowPrior(PriorBase):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        w = self.patch_embed.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
         nn.init.zeros_(self.patch_embed.bias)
-        nn.init.normal_(self.cls_emb.weight, std=0.02)
-        for lin in (self.time_mlp[0], self.time_mlp[2]):
-            nn.init.normal_(lin.weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.ada[-1].weight)
-            nn.init.zeros_(block.ada[-1].bias)
-        for lin in (self.ada_out[-1], self.head):
+        for w in (self.cls_emb.weight, self.time_mlp[0].weight, self.time_mlp[2].weight):
+            nn.init.normal_(w, std=0.02)
+        for lin in (*(block.ada[-1] for block in self.blocks), self.ada_out[-1], self.head):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    # -- normalisation -------------------------------------------------------------------------------------
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel mean and standard deviation ``(latent_channels,)`` of the training latents."""
         c = self.config.latent_channels
@@ -249,7 +181,6 @@ class FlowPrior(PriorBase):
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
 
-    # -- forward -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity ``(B, C, h, w)`` at normalised latents ``x`` and times ``t`` ``(B,)``; ``labels`` ``(B,)``
         (``None`` or negative: the null class)."""
@@ -260,8 +191,7 @@ class FlowPrior(PriorBase):
         b = x.shape[0]
         c = self.time_mlp(timestep_embedding(t.expand(b) if t.dim() == 0 else t, 256).to(x.dtype))
         c = c + self.cls_emb(self._labels(labels, b, x.device))
-        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_emb
-        h = self.drop(h)
+        h = self.drop(self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_emb)
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.ada_out(c)[:, None].chunk(2, dim=-1)
@@ -272,86 +202,53 @@ class FlowPrior(PriorBase):
     def velocity(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, cfg_scale: float = 1.0
     ) -> torch.Tensor:
-        """Velocity with classifier-free guidance ``v_null + s (v_cond - v_null)`` (Ho & Salimans 2022, applied to
-        the velocity as in SD3); ``cfg_scale = 1`` is the conditional model alone, in one forward pass."""
+        """Velocity with classifier-free guidance ``v_null + s (v_cond - v_null)`` (Ho & Salimans 2022,
+        applied to the velocity as in SD3); ``cfg_scale = 1`` is the conditional model alone, in one pass."""
         if cfg_scale == 1.0:
             return self(x, t, labels)
-        b = x.shape[0]
-        labels = self._labels(labels, b, x.device)
+        labels = self._labels(labels, x.shape[0], x.device)
         null = torch.full_like(labels, self.config.null_class)
-        v = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
-        return classifier_free_guidance(v[:b], v[b:], cfg_scale)
+        return guide(self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])), cfg_scale)
 
     def training_loss(
-        self,
-        latents: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
+        self, latents: torch.Tensor, labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
     ) -> FlowOutput:
-        """Flow-matching loss of raw (un-normalised) ``latents`` ``(B, C, h, w)``; labels dropped to the null class
-        with probability ``cond_dropout`` in training mode. ``noise`` and ``t`` may be given (tests, validation)."""
+        """Flow-matching loss of raw (un-normalised) ``latents`` ``(B, C, h, w)``; labels dropped to the null
+        class with probability ``cond_dropout`` in training mode; ``noise`` and ``t`` may be given."""
         cfg = self.config
         x1 = self.normalize(latents.float())
         b, dev = x1.shape[0], x1.device
-        labels = self._labels(labels, b, dev)
-        if self.training and cfg.cond_dropout > 0 and cfg.num_classes > 0:
-            u = torch.rand(b, generator=generator, device=generator.device if generator else dev).to(dev)
-            labels = torch.where(u < cfg.cond_dropout, torch.full_like(labels, cfg.null_class), labels)
-        if noise is None:
-            noise = torch.randn(x1.shape, generator=generator, device=generator.device if generator else dev).to(dev)
+        labels = self._train_labels(labels, b, dev, generator)
+        noise = draw(torch.randn, x1.shape, generator, dev) if noise is None else noise
         if t is None:
             t = sample_time(b, cfg.time_sampling, cfg.logit_mean, cfg.logit_std, generator, dev)
-        x_t, _ = flow_matching_target(noise, x1, t)
-        v = self(x_t, t, labels)
-        loss, logs = flow_matching_loss(v, noise, x1, t)
-        return FlowOutput(v, loss, logs)
+        v = self(flow_matching_target(noise, x1, t)[0], t, labels)
+        return FlowOutput(v, *flow_matching_loss(v, noise, x1, t))
 
     @torch.no_grad()
     def generate(
-        self,
-        num: int | None = None,
-        labels: torch.Tensor | None = None,
-        steps: int | None = None,
-        sampler: Literal["euler", "heun"] | None = None,
-        cfg_scale: float | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
+        self, num: int | None = None, labels: torch.Tensor | None = None, steps: int | None = None,
+        sampler: Literal["euler", "heun"] | None = None, cfg_scale: float | None = None,
+        generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Sample latents ``(B, latent_channels, token_height, token_width)`` in the tokenizer's units
-        (denormalised), by integrating the (guided) velocity from Gaussian noise.
-
-        Args:
-            num: number of samples (when ``labels`` is None: unconditional samples).
-            labels: ``(B,)`` classes to condition on.
-            steps, sampler, cfg_scale: ODE steps, ``euler``/``heun`` and guidance scale; default: the config's
-                ``sample_steps``, ``sampler`` and ``guidance``.
-            generator: random generator of the starting noise, for reproducible samples.
-            noise: the starting noise itself (normalised units), instead of drawing it.
-            return_trajectory: also return the ``steps + 1`` denormalised states from noise to sample.
-        """
+        """Latents ``(B, C, h, w)`` in the tokenizer's units from noise (or ``noise``) by the guided flow:
+        ``num`` unconditional or one per class of ``labels``; ``steps``, ``sampler``, ``cfg_scale`` default to
+        the config's ``sample_steps``, ``sampler``, ``guidance``; ``return_trajectory`` adds the states."""
         cfg = self.config
-        device = next(self.parameters()).device
-        if labels is None:
-            if num is None and noise is None:
-                raise ValueError("give num (unconditional), labels (class-conditional) or noise")
-            b = num if noise is None else noise.shape[0]
-            labels = torch.full((b,), cfg.null_class, dtype=torch.long, device=device)
-        labels = self._labels(labels, labels.shape[0], device)
-        shape = (labels.shape[0], cfg.latent_channels, cfg.token_height, cfg.token_width)
+        device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
+        if labels is None and num is None and noise is None:
+            raise ValueError("give num (unconditional), labels (class-conditional) or noise")
+        b = labels.shape[0] if labels is not None else num if noise is None else noise.shape[0]
+        labels = self._labels(labels, b, device)
         if noise is None:
-            dev = generator.device if generator is not None else device
-            noise = torch.randn(shape, generator=generator, device=dev)
-        noise = noise.to(device=device, dtype=next(self.parameters()).dtype)
+            shape = (b, cfg.latent_channels, cfg.token_height, cfg.token_width)
+            noise = draw(torch.randn, shape, generator, device)
         scale = cfg.guidance if cfg_scale is None else cfg_scale
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.velocity(x, t, labels, scale)
-
-        out = solve_ode(velocity, noise, steps or cfg.sample_steps, sampler or cfg.sampler, return_trajectory)
-        if return_trajectory:
-            x, trajectory = out
-            return self.denormalize(x), [self.denormalize(s) for s in trajectory]
-        return self.denormalize(out)
+        out = solve_ode(lambda x, t: self.velocity(x, t, labels, scale), noise.to(device=device, dtype=dtype),
+                        steps or cfg.sample_steps, sampler or cfg.sampler, return_trajectory)
+        if not return_trajectory:
+            return self.denormalize(out)
+        return self.denormalize(out[0]), [self.denormalize(x) for x in out[1]]

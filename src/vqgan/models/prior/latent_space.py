@@ -1,10 +1,5 @@
-"""From a flow prior's latents back to images: (the prior's samples are already denormalised) -> unproject (seed 004's
-option A) -> optionally snap to the nearest codes -> the tokenizer's decoder.
-
-Snapping runs the tokenizer's quantizer on the (unprojected) latents, so the decoder reads code vectors, the only
-inputs it saw in training. Without snapping the decoder reads whatever the flow produced; with continuous
-(pre-quantization) latents that is off the codebook by construction. ``benchmarks/priors.py`` measures both.
-"""
+"""A flow prior's latents back to images: unproject (seed 004's option A), optionally snap to the nearest
+codes (the decoder's only inputs in training; ``benchmarks/priors.py`` measures both ways), decode."""
 
 from __future__ import annotations
 
@@ -17,59 +12,34 @@ from torch import nn
 
 
 @torch.no_grad()
-def latents_to_quantized(
-    tokenizer: nn.Module, latents: torch.Tensor, projection: nn.Module | None = None, snap: bool = False
-) -> torch.Tensor:
-    """Latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units as the decoder's input
-    ``(B, embed_dim, h, w)``: through ``projection.unproject`` when given, then through the quantizer with
-    ``snap``."""
-    z = latents if projection is None else projection.unproject(latents)
-    embed_dim = tokenizer.config.embed_dim
-    if z.shape[1] != embed_dim:
-        raise ValueError(
-            f"latents of {z.shape[1]} channels but the tokenizer decodes {embed_dim}: "
-            + ("pass the projection the prior was trained through" if projection is None else "wrong projection")
-        )
-    if snap:
-        was = tokenizer.quantize.training
-        tokenizer.quantize.eval()
-        z = tokenizer.quantize(z).quantized
-        tokenizer.quantize.train(was)
-    return z
-
-
-@torch.no_grad()
 def decode_latents(
-    tokenizer: nn.Module,
-    latents: torch.Tensor,
-    projection: nn.Module | None = None,
-    snap: bool = False,
+    tokenizer: nn.Module, latents: torch.Tensor, projection: nn.Module | None = None, snap: bool = False,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Decode a flow prior's latents to images in [-1, 1] (clamped), ``batch_size`` at a time, on the tokenizer's
-    device; returns CPU images."""
-    device = next(tokenizer.parameters()).device
-    out = []
+    """CPU images in [-1, 1] of latents ``(B, C, h, w)`` in the tokenizer's (or projection's) units, through
+    ``projection.unproject`` and the quantizer with ``snap``, ``batch_size`` at a time on its device."""
+    device, embed_dim, out = next(tokenizer.parameters()).device, tokenizer.config.embed_dim, []
+    hint = "pass the projection the prior was trained through" if projection is None else "wrong projection"
     for i in range(0, latents.shape[0], batch_size):
         z = latents[i : i + batch_size].to(device)
-        if projection is not None:
-            projection = projection.to(device)
-        z = latents_to_quantized(tokenizer, z, projection, snap)
+        z = z if projection is None else projection.to(device).unproject(z)
+        if z.shape[1] != embed_dim:
+            raise ValueError(f"latents of {z.size(1)} channels but the tokenizer decodes {embed_dim}: {hint}")
+        if snap:
+            was = tokenizer.quantize.training
+            z = tokenizer.quantize.eval()(z).quantized
+            tokenizer.quantize.train(was)
         out.append(tokenizer.decode(z).clamp(-1, 1).cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def trajectory_images(
-    tokenizer: nn.Module,
-    trajectory: list[torch.Tensor],
-    columns: int = 6,
-    projection: nn.Module | None = None,
-    snap: bool = False,
+    tokenizer: nn.Module, trajectory: list[torch.Tensor], columns: int = 6,
+    projection: nn.Module | None = None, snap: bool = False,
 ) -> torch.Tensor:
-    """Decoded states of an ODE trajectory (as returned by ``FlowPrior.generate(return_trajectory=True)``):
-    ``columns`` equally spaced states from the noise (t = 0) to the sample (t = 1) for every sample, in row-major
-    order ``(B * columns, C, H, W)``, for an image grid of ``columns`` columns (one row per sample)."""
+    """``columns`` equally spaced decoded states, noise to sample, of every sample's ODE trajectory (from
+    ``FlowPrior.generate(return_trajectory=True)``): ``(B * columns, C, H, W)``, a grid row per sample."""
     columns = max(2, min(columns, len(trajectory)))
     idx = torch.linspace(0, len(trajectory) - 1, columns).round().long().tolist()
     images = [decode_latents(tokenizer, trajectory[i], projection, snap) for i in idx]
@@ -79,30 +49,21 @@ def trajectory_images(
 def load_latent_decoder(
     tokenizer: str | Path, projection: str | Path | None = None, map_location: str = "cpu"
 ) -> tuple[nn.Module, nn.Module | None]:
-    """The tokenizer and projection that turn a flow prior's latents into images. A projection folder holding
-    ``decoder/`` (fitted with ``--train-decoder`` or ``--train-encoder``) decodes with that fine-tuned tokenizer."""
+    """The tokenizer and projection that turn a flow prior's latents into images (the fine-tuned tokenizer
+    in the projection folder's ``decoder/``, from ``--train-decoder`` or ``--train-encoder``, if any)."""
     from vqgan import load_model
     from vqgan.interop.projection import load_projection
 
-    proj = None
-    if projection is not None:
-        proj = load_projection(projection, map_location)
-        if (Path(projection) / "decoder").is_dir():
-            tokenizer = Path(projection) / "decoder"
-    model, _ = load_model(tokenizer, map_location)
-    return model.eval(), proj
+    proj = None if projection is None else load_projection(projection, map_location)
+    if projection is not None and (Path(projection) / "decoder").is_dir():
+        tokenizer = Path(projection) / "decoder"
+    return load_model(tokenizer, map_location)[0].eval(), proj
 
 
 @dataclass
 class LatentSamples:
-    """Result of :func:`sample_latent_images`.
-
-    Attributes:
-        latents: sampled latents ``(B, C, h, w)`` in the tokenizer's (or the projection's) units.
-        images: decoded images in [-1, 1], ``(B, C, H, W)``.
-        seconds: wall-clock seconds of the ODE integration (not the decoding).
-        trajectory: decoded states of the ODE for every sample, ``(B * columns, C, H, W)`` row-major, or None.
-    """
+    """Result of :func:`sample_latent_images`: ``latents`` ``(B, C, h, w)``, decoded ``images`` in [-1, 1],
+    ``seconds`` of ODE integration (not decoding), the decoded ``trajectory`` (:func:`trajectory_images`)."""
 
     latents: torch.Tensor
     images: torch.Tensor
@@ -112,27 +73,19 @@ class LatentSamples:
 
 @torch.no_grad()
 def sample_latent_images(
-    prior: nn.Module,
-    tokenizer: nn.Module,
-    num: int | None = None,
-    labels: torch.Tensor | None = None,
-    projection: nn.Module | None = None,
-    snap: bool = False,
-    steps: int | None = None,
-    sampler: str | None = None,
-    cfg_scale: float | None = None,
-    generator: torch.Generator | None = None,
+    prior: nn.Module, tokenizer: nn.Module, num: int | None = None, labels: torch.Tensor | None = None,
+    projection: nn.Module | None = None, snap: bool = False, steps: int | None = None,
+    sampler: str | None = None, cfg_scale: float | None = None, generator: torch.Generator | None = None,
     trajectory_columns: int = 0,
 ) -> LatentSamples:
-    """Sample a flow prior (see :meth:`FlowPrior.generate`) and decode the samples; with ``trajectory_columns``,
-    also the decoded ODE trajectory of every sample."""
+    """Sample a flow prior (see :meth:`FlowPrior.generate`) and decode the samples; with
+    ``trajectory_columns``, also the decoded ODE trajectory of every sample."""
     start = time.perf_counter()
     out = prior.generate(num=num, labels=labels, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
                          generator=generator, return_trajectory=trajectory_columns > 0)
     seconds = time.perf_counter() - start
     latents, trajectory = out if trajectory_columns > 0 else (out, None)
     images = decode_latents(tokenizer, latents, projection, snap)
-    traj = None
     if trajectory is not None:
-        traj = trajectory_images(tokenizer, trajectory, trajectory_columns, projection, snap)
-    return LatentSamples(latents.cpu(), images, seconds, traj)
+        trajectory = trajectory_images(tokenizer, trajectory, trajectory_columns, projection, snap)
+    return LatentSamples(latents.cpu(), images, seconds, trajectory)

@@ -1,40 +1,56 @@
-"""Pure sampling helpers shared by both priors: logit filtering (temperature, top-k, nucleus/top-p of Holtzman et
-al. 2020), classifier-free guidance (Ho & Salimans 2022) and a seeded categorical draw.
-
-Draws go through the inverse CDF with one uniform number per row (:func:`sample_logits`), so the same generator
-state gives the same token whatever the path that computed the logits (with or without a KV cache), up to ties
-within floating-point rounding.
-"""
+"""Sampling helpers shared by the priors: logit filtering (temperature, top-k, nucleus/top-p of Holtzman et
+al. 2020), classifier-free guidance (Ho & Salimans 2022), the loss of a forward pass and seeded draws."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
 class PriorOutput:
-    """Result of a prior's forward pass.
-
-    Attributes:
-        logits: ``(B, T, vocab_size)`` scores of the tokens at the predicted positions.
-        loss: mean cross-entropy over the supervised positions (``None`` without targets).
-        accuracy: share of supervised positions whose arg-max equals the target (``None`` without targets).
-    """
+    """Result of a prior's forward pass: ``logits`` ``(B, T, vocab_size)`` at the predicted positions and,
+    with targets, the mean cross-entropy ``loss`` and ``accuracy`` (arg-max hits) over the scored ones."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     accuracy: torch.Tensor | None = None
 
 
-def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Guided logits ``uncond + scale * (cond - uncond)`` (Ho & Salimans 2022, eq. 6 written for logits).
+def scored(logits: torch.Tensor, targets: torch.Tensor | None, mask: torch.Tensor | None) -> PriorOutput:
+    """``logits`` and, given ``targets``, the cross-entropy and accuracy over ``mask`` (None: everywhere)."""
+    if targets is None:
+        return PriorOutput(logits)
+    targets = targets.flatten(1)
+    hit = (logits.detach().argmax(-1) == targets).float()
+    if mask is None:
+        return PriorOutput(logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten()), hit.mean())
+    m = mask.flatten(1).float()
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return PriorOutput(logits, (ce * m).sum() / m.sum().clamp_min(1), (hit * m).sum() / m.sum().clamp_min(1))
 
-    ``scale = 1`` gives the conditional logits, ``scale = 0`` the unconditional ones, ``scale > 1`` extrapolates
-    away from the unconditional model.
-    """
+
+def draw(
+    fn: Callable[..., torch.Tensor], shape: tuple[int, ...], generator: torch.Generator | None, device
+) -> torch.Tensor:
+    """``fn(shape)`` (``torch.rand``, ``torch.randn``) drawn on the generator's device, then on ``device``."""
+    on = generator.device if generator is not None else device
+    return fn(shape, generator=generator, device=on).to(device)
+
+
+def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Guided logits ``uncond + scale * (cond - uncond)`` (Ho & Salimans 2022, eq. 6 written for logits):
+    ``scale = 1`` gives the conditional logits, ``0`` the unconditional ones, ``> 1`` extrapolates."""
     return uncond + scale * (cond - uncond)
+
+
+def guide(out: torch.Tensor, scale: float) -> torch.Tensor:
+    """:func:`classifier_free_guidance` over a batch doubled as ``[conditional rows; null-class rows]``; at
+    ``scale = 1`` (no doubled batch) ``out`` itself."""
+    return out if scale == 1.0 else classifier_free_guidance(*out.chunk(2), scale)
 
 
 def filter_logits(
@@ -45,37 +61,27 @@ def filter_logits(
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be positive (use top_k=1 for greedy decoding)")
     logits = logits / temperature
-    if top_k is not None and top_k > 0 and top_k < logits.shape[-1]:
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and 0.0 < top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
+        probs = sorted_logits.softmax(-1)
         # Drop a token when the tokens before it already reach top_p (the most likely token is always kept).
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     return logits
 
 
 def sample_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One categorical draw per row of ``logits`` (``(..., V)``) by the inverse CDF of ``softmax(logits)``."""
-    probs = logits.float().softmax(-1)
-    flat = probs.reshape(-1, probs.shape[-1])
+    """One categorical draw per row of ``logits`` (``(..., V)``) by the inverse CDF of ``softmax(logits)``:
+    one uniform number per row, so a generator state gives the same token whatever path computed the logits
+    (with or without a KV cache), up to ties within floating-point rounding."""
+    flat = logits.float().softmax(-1).reshape(-1, logits.shape[-1])
     cdf = flat.cumsum(-1)
-    dev = generator.device if generator is not None else flat.device
-    u = torch.rand(flat.shape[0], 1, generator=generator, device=dev).to(flat.device) * cdf[:, -1:]
+    u = draw(torch.rand, (flat.shape[0], 1), generator, flat.device) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True).clamp_max(flat.shape[-1] - 1)
     # Never return a token of probability 0 (possible only through rounding at the edge of the CDF). Always a
     # where, never `if bad.any():`, which would wait for the GPU once per sampled token.
-    bad = flat.gather(-1, idx) == 0
-    idx = torch.where(bad, flat.argmax(-1, keepdim=True), idx)
-    return idx.reshape(probs.shape[:-1])
-
-
-def token_accuracy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Share of (masked) positions whose arg-max equals the target."""
-    hit = (logits.argmax(-1) == targets).float()
-    if mask is None:
-        return hit.mean()
-    return (hit * mask).sum() / mask.sum().clamp_min(1)
+    idx = torch.where(flat.gather(-1, idx) == 0, flat.argmax(-1, keepdim=True), idx)
+    return idx.reshape(logits.shape[:-1])
