@@ -367,37 +367,27 @@ class TrainerSettings:
                 "val_every_n_epochs", "checkpoint_every_n_steps", "checkpoint_every_n_epochs", "warmup_steps"]
         for key in keys:
             check_minimum(f"train.{key}", getattr(self, key), 0 if key == "warmup_steps" else 1)
-        if self.max_time_minutes is not None and self.max_time_minutes <= 0:
-            raise ConfigError(f"train.max_time_minutes={self.max_time_minutes} must be positive or null")
-        if self.keep_last_k < 1 and self.keep_last_k != -1:
-            raise ConfigError(
-                f"train.keep_last_k={self.keep_last_k} must be at least 1 (or -1 to keep every checkpoint)"
-            )
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr={self.lr} must be positive")
+        minutes, keep, max_epochs = self.max_time_minutes, self.keep_last_k, self.max_epochs
+        refuse(minutes is not None and minutes <= 0,
+               f"train.max_time_minutes={minutes} must be positive or null")
+        refuse(keep < 1 and keep != -1,
+               f"train.keep_last_k={keep} must be at least 1 (or -1 to keep every checkpoint)")
+        refuse(not self.lr > 0, f"train.lr={self.lr} must be positive")
         steps, epochs = self.checkpoint_every_n_steps, self.checkpoint_every_n_epochs
         val_epochs = self.val_every_n_epochs
-        if steps is not None and epochs is not None:
-            raise ConfigError(
-                f"train.checkpoint_every_n_steps={steps} and train.checkpoint_every_n_epochs={epochs}: "
-                "choose one cadence (set the other to null)"
-            )
-        if val_epochs is not None and steps is not None:
-            raise ConfigError(
-                f"train.checkpoint_every_n_steps={steps} with train.val_every_n_epochs={val_epochs}: "
-                "checkpoint by epochs too (train.checkpoint_every_n_epochs), or validate by steps "
-                "(train.val_every_n_epochs=null)"
-            )
-        if self.max_epochs is not None and (val_epochs or 0) > self.max_epochs:
-            raise ConfigError(
-                f"train.val_every_n_epochs={val_epochs} exceeds train.max_epochs={self.max_epochs}: "
-                "the run would never validate"
-            )
-        if self.max_epochs is not None and (epochs or 0) > self.max_epochs:
-            raise ConfigError(
-                f"train.checkpoint_every_n_epochs={epochs} exceeds train.max_epochs={self.max_epochs}: no "
-                "periodic checkpoint would be written"
-            )
+        refuse(steps is not None and epochs is not None,
+               f"train.checkpoint_every_n_steps={steps} and train.checkpoint_every_n_epochs={epochs}: "
+               "choose one cadence (set the other to null)")
+        refuse(val_epochs is not None and steps is not None,
+               f"train.checkpoint_every_n_steps={steps} with train.val_every_n_epochs={val_epochs}: "
+               "checkpoint by epochs too (train.checkpoint_every_n_epochs), or validate by steps "
+               "(train.val_every_n_epochs=null)")
+        refuse(max_epochs is not None and (val_epochs or 0) > max_epochs,
+               f"train.val_every_n_epochs={val_epochs} exceeds train.max_epochs={max_epochs}: the run "
+               "would never validate")
+        refuse(max_epochs is not None and (epochs or 0) > max_epochs,
+               f"train.checkpoint_every_n_epochs={epochs} exceeds train.max_epochs={max_epochs}: no "
+               "periodic checkpoint would be written")
         return self
 
 
@@ -446,108 +436,93 @@ class ExperimentConfig:
         check_plain_name(self.name)
         m, q, loss, d = self.model, self.model.quantizer, self.loss, self.data
         factor = f"{m.spatial_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult})"
-        if m.downsample_factor is not None and m.downsample_factor != m.spatial_factor:
-            raise ConfigError(
-                f"model.downsample_factor={m.downsample_factor} differs from the architecture's factor "
-                f"{factor}; change model.ch_mult, or set model.downsample_factor to null"
-            )
-        if m.resolution % m.spatial_factor:
-            raise ConfigError(f"model.resolution={m.resolution} is not divisible by the downsampling factor "
-                              f"{factor}")
+        refuse(m.downsample_factor is not None and m.downsample_factor != m.spatial_factor,
+               f"model.downsample_factor={m.downsample_factor} differs from the architecture's factor "
+               f"{factor}; change model.ch_mult, or set model.downsample_factor to null")
+        refuse(m.resolution % m.spatial_factor,
+               f"model.resolution={m.resolution} is not divisible by the downsampling factor {factor}")
         self._validate_decoder()
         kind = q.stage_kind if q.kind == "residual" else q.kind
-        if q.beta_on == "codebook" and kind not in ("vq", "simvq"):
-            where = f"kind=residual with stage_kind={kind}" if q.kind == "residual" else f"kind={kind}"
-            raise ConfigError(
-                "model.quantizer.beta_on=codebook needs a codebook learned by gradients (kind vq or simvq): "
-                f"model.quantizer.{where} has no codebook loss term for beta to weight; use "
-                "beta_on=commitment"
-            )
-        if d.resolution != m.resolution and d.patch_size is None:
-            raise ConfigError(f"data.resolution={d.resolution} differs from model.resolution={m.resolution}; "
-                              "set both to the same value")
+        where = f"kind=residual with stage_kind={kind}" if q.kind == "residual" else f"kind={kind}"
+        refuse(q.beta_on == "codebook" and kind not in ("vq", "simvq"),
+               "model.quantizer.beta_on=codebook needs a codebook learned by gradients (kind vq or simvq): "
+               f"model.quantizer.{where} has no codebook loss term for beta to weight; use "
+               "beta_on=commitment")
+        refuse(d.resolution != m.resolution and d.patch_size is None,
+               f"data.resolution={d.resolution} differs from model.resolution={m.resolution}; set both to "
+               "the same value")
         levels = [m.resolution // 2**i for i in range(len(m.ch_mult))]
         bad = [r for r in m.attn_resolutions if r not in levels]
-        if bad and m.arch == "taming":
-            raise ConfigError(
-                f"model.attn_resolutions={m.attn_resolutions}: {bad} never occur; the encoder's resolutions "
-                f"are {levels} for model.resolution={m.resolution} and model.ch_mult={m.ch_mult}"
-            )
-        if q.kind in ("vq", "ema", "residual", "simvq") and q.codebook_size < 2:
-            raise ConfigError(f"model.quantizer.codebook_size={q.codebook_size} must be at least 2")
-        if q.codebook_dim is not None and q.codebook_dim < 1:
-            raise ConfigError(f"model.quantizer.codebook_dim={q.codebook_dim} must be positive or null")
-        if not 0.0 < q.decay < 1.0:
-            raise ConfigError(f"model.quantizer.decay={q.decay} must be in (0, 1)")
+        refuse(bad and m.arch == "taming",
+               f"model.attn_resolutions={m.attn_resolutions}: {bad} never occur; the encoder's resolutions "
+               f"are {levels} for model.resolution={m.resolution} and model.ch_mult={m.ch_mult}")
+        refuse(q.kind in ("vq", "ema", "residual", "simvq") and q.codebook_size < 2,
+               f"model.quantizer.codebook_size={q.codebook_size} must be at least 2")
+        refuse(q.codebook_dim is not None and q.codebook_dim < 1,
+               f"model.quantizer.codebook_dim={q.codebook_dim} must be positive or null")
+        refuse(not 0.0 < q.decay < 1.0, f"model.quantizer.decay={q.decay} must be in (0, 1)")
         widths = [m.ch * c for c in m.ch_mult]
-        if m.arch == "taming" and any(min(w, m.z_channels) % min(m.num_groups, w) for w in widths):
-            raise ConfigError(f"model.num_groups={m.num_groups} must divide every block width model.ch * "
-                              f"model.ch_mult ({widths})")
-        masks = loss.mask_threshold is not None or d.kind in ("smoke", "smoke_video")
-        if loss.reconstruction == "masked_l2" and not masks:
-            raise ConfigError("loss.reconstruction=masked_l2 needs masks: set loss.mask_threshold, or use a "
-                              "dataset that provides masks (data.kind=smoke)")
-        if d.channels != m.in_channels:
-            raise ConfigError(f"data.channels={d.channels} differs from model.in_channels={m.in_channels}")
-        if m.arch == "video3d" and (d.frames_as_images or (d.frames - 1) % m.time_factor):
-            raise ConfigError(
-                f"model.arch=video3d needs clips (data.frames_as_images=false) of 1 + k * {m.time_factor} "
-                f"frames (model.temporal_downsample={m.temporal_downsample}); got data.frames={d.frames}"
-            )
-        if loss.disc_weight < 0 or loss.perceptual_weight < 0:
-            raise ConfigError("loss.disc_weight and loss.perceptual_weight must be non-negative")
+        refuse(m.arch == "taming" and any(min(w, m.z_channels) % min(m.num_groups, w) for w in widths),
+               f"model.num_groups={m.num_groups} must divide every block width model.ch * model.ch_mult "
+               f"({widths})")
+        refuse(loss.reconstruction == "masked_l2" and loss.mask_threshold is None
+               and d.kind not in ("smoke", "smoke_video"),
+               "loss.reconstruction=masked_l2 needs masks: set loss.mask_threshold, or use a dataset that "
+               "provides masks (data.kind=smoke)")
+        refuse(d.channels != m.in_channels,
+               f"data.channels={d.channels} differs from model.in_channels={m.in_channels}")
+        refuse(m.arch == "video3d" and (d.frames_as_images or (d.frames - 1) % m.time_factor),
+               f"model.arch=video3d needs clips (data.frames_as_images=false) of 1 + k * {m.time_factor} "
+               f"frames (model.temporal_downsample={m.temporal_downsample}); got data.frames={d.frames}")
+        refuse(loss.disc_weight < 0 or loss.perceptual_weight < 0,
+               "loss.disc_weight and loss.perceptual_weight must be non-negative")
         self.train.validate()
         check_minimum("data.batch_size", d.batch_size, 1)
         check_minimum("data.num_workers", d.num_workers, 0)
-        self._validate_data()
+        refuse(d.kind == "folder" and not d.root, "data.kind=folder needs data.root (a folder of images)")
+        refuse(d.epochs_per_chunk < 1 or d.gan_epochs_per_chunk < 0,
+               f"data.epochs_per_chunk={d.epochs_per_chunk} must be at least 1 and "
+               f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} at least 0")
+        refuse(d.gan_epochs_per_chunk > 0 and not d.videos_per_chunk,
+               f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} schedules the discriminator within "
+               "chunks: set data.videos_per_chunk (chunked video training) too")
+        refuse(d.test_chunk is not None and (not d.videos_per_chunk or d.test_chunk < 0),
+               f"data.test_chunk={d.test_chunk} holds out one chunk of the training videos: it needs "
+               "data.videos_per_chunk and a value of at least 0")
+        refuse(d.gan_epochs_per_chunk > 0 and loss.disc_weight == 0,
+               f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} needs a discriminator "
+               "(loss.disc_weight > 0)")
         return self
 
     def _validate_decoder(self) -> None:
-        m = self.model
-        if m.decoder_ch is not None and m.decoder_ch < 1:
-            raise ConfigError(f"model.decoder_ch={m.decoder_ch} must be positive or null")
-        mult = m.decoder_ch_mult
-        if mult is not None and (len(mult) != len(m.ch_mult) or min(mult) < 1):
-            raise ConfigError(
-                f"model.decoder_ch_mult={mult} must hold {len(m.ch_mult)} positive multipliers, one per "
-                f"level of model.ch_mult={m.ch_mult} (the decoder undoes every downsampling), or be null"
-            )
-        if m.arch == "video3d" and not m.decoder_mirrors_encoder:
-            raise ConfigError("model.decoder_ch and model.decoder_ch_mult are not available for "
-                              "model.arch=video3d (its decoder mirrors the encoder); set both to null")
+        m, mult = self.model, self.model.decoder_ch_mult
+        refuse(m.decoder_ch is not None and m.decoder_ch < 1,
+               f"model.decoder_ch={m.decoder_ch} must be positive or null")
+        refuse(mult is not None and (len(mult) != len(m.ch_mult) or min(mult) < 1),
+               f"model.decoder_ch_mult={mult} must hold {len(m.ch_mult)} positive multipliers, one per "
+               f"level of model.ch_mult={m.ch_mult} (the decoder undoes every downsampling), or be null")
+        refuse(m.arch == "video3d" and not m.decoder_mirrors_encoder,
+               "model.decoder_ch and model.decoder_ch_mult are not available for model.arch=video3d (its "
+               "decoder mirrors the encoder); set both to null")
         widths = m.decoder_widths
-        if m.arch == "taming" and any(w % min(m.num_groups, w) for w in widths):
-            raise ConfigError(f"model.num_groups={m.num_groups} must divide every decoder width {widths} "
-                              "(model.decoder_ch * model.decoder_ch_mult)")
-
-    def _validate_data(self) -> None:
-        d = self.data
-        if d.kind == "folder" and not d.root:
-            raise ConfigError("data.kind=folder needs data.root (a folder of images)")
-        if d.epochs_per_chunk < 1 or d.gan_epochs_per_chunk < 0:
-            raise ConfigError(f"data.epochs_per_chunk={d.epochs_per_chunk} must be at least 1 and "
-                              f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} at least 0")
-        if d.gan_epochs_per_chunk > 0 and not d.videos_per_chunk:
-            raise ConfigError(
-                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} schedules the discriminator within "
-                "chunks: set data.videos_per_chunk (chunked video training) too"
-            )
-        if d.test_chunk is not None and (not d.videos_per_chunk or d.test_chunk < 0):
-            raise ConfigError(f"data.test_chunk={d.test_chunk} holds out one chunk of the training videos: "
-                              "it needs data.videos_per_chunk and a value of at least 0")
-        if d.gan_epochs_per_chunk > 0 and self.loss.disc_weight == 0:
-            raise ConfigError(f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} needs a discriminator "
-                              "(loss.disc_weight > 0)")
+        refuse(m.arch == "taming" and any(w % min(m.num_groups, w) for w in widths),
+               f"model.num_groups={m.num_groups} must divide every decoder width {widths} "
+               "(model.decoder_ch * model.decoder_ch_mult)")
 
 
 class ConfigError(ValueError):
     """An inconsistent or invalid configuration, reported before any training starts."""
 
 
+def refuse(bad: Any, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` when ``bad`` is true."""
+    if bad:
+        raise ConfigError(message)
+
+
 def check_minimum(key: str, value: int | None, low: int) -> None:
     """Raise :class:`ConfigError` when ``value`` (``None`` is accepted) is below ``low``."""
-    if value is not None and value < low:
-        raise ConfigError(f"{key}={value} must be at least {low}")
+    refuse(value is not None and value < low, f"{key}={value} must be at least {low}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
