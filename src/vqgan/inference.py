@@ -141,25 +141,11 @@ def _save_samples(out: Path, images: torch.Tensor, ncol: int, labels: torch.Tens
 
 @torch.no_grad()
 def generate_images(
-    prior: str | Path,
-    output: str | Path,
-    tokenizer: str | Path | None = None,
-    num: int = 16,
-    class_: str | int | None = None,
-    cfg_scale: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    steps: int | None = None,
-    use_cache: bool = True,
-    seed: int = 0,
-    ncol: int = 8,
-    device: str = "cpu",
-    sampler: str | None = None,
-    snap: bool | None = None,
-    prefix_frames: int = 0,
-    inputs: str | Path | None = None,
-    fps: float = 4.0,
+    prior: str | Path, output: str | Path, tokenizer: str | Path | None = None, num: int = 16,
+    class_: str | int | None = None, cfg_scale: float = 1.0, temperature: float = 1.0,
+    top_k: int | None = None, top_p: float | None = None, steps: int | None = None, use_cache: bool = True,
+    seed: int = 0, ncol: int = 8, device: str = "cpu", sampler: str | None = None, snap: bool | None = None,
+    prefix_frames: int = 0, inputs: str | Path | None = None, fps: float = 4.0,
 ) -> dict[str, Any]:
     """Sample ``num`` token maps from a prior checkpoint, decode them with the tokenizer and write
     ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels)

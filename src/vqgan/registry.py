@@ -229,10 +229,9 @@ def _quickstart() -> ExperimentConfig:
     --train.max_time_minutes null lifts that. Override any key on the command line, e.g.
     --train.max_steps 1000 --model.quantizer.codebook_size 512.
     """
-    # Sized for two CPU cores: a narrow taming model (ch 32, f4) sees more images in the time budget than a
-    # wider one, and the L2 objective is the one PSNR measures. A cosine decay gains about 1 dB over a
-    # constant rate at 700 steps. 2100 steps take about 4.3 minutes on two idle cores (23.2 dB; 1800 steps
-    # gave 22.9 dB).
+    # Sized for two CPU cores: a narrow model (ch 32, f4) sees more images in the time budget than a wider
+    # one; L2 is what PSNR measures; a cosine decay gains about 1 dB at 700 steps. 2100 steps take about 4.3
+    # minutes on two idle cores (23.2 dB; 1800 steps gave 22.9 dB).
     return ExperimentConfig(
         model=ModelConfig(resolution=32, ch=32, ch_mult=[1, 2, 2], z_channels=32, embed_dim=32, num_groups=16,
                           quantizer=QuantizerConfig(kind="ema", codebook_size=1024)),
@@ -246,20 +245,14 @@ def _quickstart() -> ExperimentConfig:
 # -- one preset per seed system -----------------------------------------------------------------------------
 @register_preset("seed000-ucf101-vqgan", "seed 000: UCF101 frames, widths 64-512, latent 32, 512 codes")
 def _seed000() -> ExperimentConfig:
-    """Seed 000: VQGAN on UCF101 frames (frames used as independent images).
+    """Seed 000: VQGAN on UCF101 frames (frames used as independent images); docs/seeds.md maps every
+    setting of the seed to its key.
 
-    hidden_dims 64-128-256-512 (model.ch 64, ch_mult 1 2 4 8), latent_dim 32 (z_channels/embed_dim), 512
-    EMA codes with dead-code revival, LPIPS weight 0.1, spectral-norm PatchGAN with weight 0.1,
-    transposed-conv upsampling, attention at 8x8, downsample_factor 8 (checked against ch_mult). Point
-    data.root at the UCF-101 folder (class folders of .avi); the split lists (ucfTrainTestlist/) are looked
-    up next to it, or set data.annotations.
-      vqgan fit --config configs/ucf101_vqgan.yaml --data.root data/UCF-101 --run-dir runs/ucf101
-    Seed 000's schedule: chunks of 500 videos (data.videos_per_chunk); per chunk 10 reconstruction passes
-    (data.epochs_per_chunk, the seed's epochs_per_batch) then 5 passes with the discriminator
-    (data.gan_epochs_per_chunk, gan_epochs_per_batch); 3 passes over all chunks (train.max_epochs,
-    num_epoch). Patch-based processing: --data.patch_size 32 tiles every 64x64 frame into four 32x32
-    patches (also set --model.resolution 32). LPIPS needs the VGG16 weights from a local file:
-    --loss.backbone_weights /path/to/vgg16-397923af.pth
+    Point data.root at the UCF-101 folder (class folders of .avi; the split lists ucfTrainTestlist/ next to
+    it, or set data.annotations). LPIPS needs the VGG16 weights from a local file:
+      vqgan fit --config configs/ucf101_vqgan.yaml --data.root data/UCF-101 --run-dir runs/ucf101 \\
+          --loss.backbone_weights /path/to/vgg16-397923af.pth
+    Patch-based processing: --data.patch_size 32 --model.resolution 32.
     """
     return ExperimentConfig(
         model=ModelConfig(
@@ -271,8 +264,7 @@ def _seed000() -> ExperimentConfig:
         loss=LossConfig(reconstruction="l2", perceptual_weight=0.1, disc_weight=0.1, adaptive_weight=False,
                         disc_start=0),
         discriminator=DiscriminatorConfig(norm="none", spectral_norm=True),
-        # The seed does not state its chunk size; 500 videos (~19 chunks of UCF101's split-1 training list)
-        # fits a 64 GB host.
+        # The seed does not state its chunk size; 500 videos fit a 64 GB host.
         data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True,
                         crop="center", videos_per_chunk=500, epochs_per_chunk=10, gan_epochs_per_chunk=5,
                         test_chunk=13),
@@ -304,9 +296,8 @@ def _seed001() -> ExperimentConfig:
 def _seed003() -> ExperimentConfig:
     """Seed 003: residual VQ-VAE (van den Oord et al. 2017) on CelebA 128x128.
 
-    Hidden 256, 4 residual blocks, 512 codes of dimension 128, MSE + the seed's VQ loss (weight 1 on the
-    encoder term, 0.25 on the codebook term: model.quantizer.beta_on codebook), lr 2.25e-4. Point data.root
-    at img_align_celeba/.
+    The seed's VQ loss weighs the codebook term by 0.25 (model.quantizer.beta_on codebook). Point data.root at
+    img_align_celeba/.
     """
     return ExperimentConfig(
         model=ModelConfig(
@@ -323,9 +314,7 @@ def _seed003() -> ExperimentConfig:
 
 
 def _seed004(loss: LossConfig, batch_size: int, **train) -> ExperimentConfig:
-    """Seed 004's model and schedule: encoder 128-256-512-1024 (64 -> 8), light decoder 128-64-32-16 with a
-    tanh output, attention at 8x8, 1024 gradient-learned codes (codebook + 0.1 * commitment; no EMA, k-means
-    or restarts); 100 epochs, a checkpoint every 5, validation every epoch (the seed's Training Tips)."""
+    """Seed 004's model and its Training Tips: 100 epochs, a checkpoint every 5, validation every epoch."""
     return ExperimentConfig(
         model=ModelConfig(
             resolution=64, ch=128, ch_mult=[1, 2, 4, 8], attn_resolutions=[8], z_channels=256, embed_dim=256,
@@ -345,8 +334,7 @@ def _seed004_vqvae() -> ExperimentConfig:
     """Seed 004, VQ-VAE variant: 64x64 smoke plumes (procedural, with masks), masked L2 + VQ loss.
 
     Encoder 128-256-512-1024 and light decoder 128-64-32-16 with a tanh output, attention at 8x8, 1024
-    gradient-learned codes of dimension 256 (codebook + 0.1 * commitment; no EMA, k-means or restarts: see
-    docs/seeds.md).
+    gradient-learned codes of dimension 256 (codebook + 0.1 * commitment; docs/seeds.md says why).
     """
     return _seed004(LossConfig(reconstruction="masked_l2", perceptual="none", disc_weight=0.0), 64)
 
@@ -355,14 +343,10 @@ def _seed004_vqvae() -> ExperimentConfig:
 def _seed004_vqgan() -> ExperimentConfig:
     """Seed 004, VQGAN variant: the VQ-VAE variant's model + VGG16 feature loss and a PatchGAN hinge loss.
 
-    The model: encoder 128-256-512-1024, decoder 128-64-32-16, tanh, 1024x256 gradient-learned codes,
-    commitment 0.1. VGG16 feature loss (relu1_2..relu4_3, weight 1.0) and a PatchGAN hinge loss with the
-    plain weight 0.5 times 0.75 from step 10000 on (no adaptive weight, no ramp; docs/seeds.md says why and
-    how to turn the project's options on). VGG16 weights from a local file:
+    The adversarial weight is the plain 0.5 (taming's disc_weight) times 0.75 (its disc_factor) from step
+    10000 on: no adaptive weight, no ramp (docs/seeds.md says why). VGG16 weights from a local file:
     --loss.backbone_weights /path/to/vgg16-397923af.pth
     """
-    # --adversarial-weight 0.5 is taming's disc_weight, --disc-weight-max 0.75 the adversarial factor from
-    # --disc-start on (taming's disc_factor).
     loss = LossConfig(reconstruction="masked_l2", perceptual="vgg", disc_weight=0.5, adaptive_weight=False,
                       disc_start=10000, disc_weight_max=0.75)
     return _seed004(loss, 32, lr_disc=1e-4)
@@ -393,15 +377,11 @@ def _test_video3d() -> ExperimentConfig:
 def _moving_digits_video3d() -> ExperimentConfig:
     """Causal spatio-temporal tokenizer (model.arch: video3d, MAGVIT-v2-style causal 3D convolutions).
 
-    Trained on synthetic moving digits (scikit-learn's 8x8 digits, Moving-MNIST style): 9-frame 32x32 grey
-    clips, 4x spatial and 2x temporal downsampling (9 frames -> 5 latent frames of 8x8 codes), 256 codes.
-    CPU-sized: a few minutes.
+    Synthetic moving digits (scikit-learn's 8x8 digits): 9-frame 32x32 grey clips -> 5 latent frames of 8x8
+    codes, 256 codes; a few CPU minutes. The 3D PatchGAN starts at loss.disc_start (raise train.max_steps).
       vqgan fit --config configs/moving_digits_video.yaml --run-dir runs/moving_digits
-      vqgan reconstruct-video --ckpt runs/moving_digits/checkpoints/last.ckpt --input clip.mp4 --output out/
-    The 3D PatchGAN (discriminator.dims: 3) starts at loss.disc_start; raise train.max_steps to use it.
     """
-    # 8 channels at full resolution: about 3 GFLOP per clip for forward + backward, so that a CPU run takes
-    # minutes. No perceptual loss (no backbone file needed) and the 3D PatchGAN only after step 5000: short
+    # 8 channels at full resolution (about 3 GFLOP per clip, forward + backward) and no perceptual loss: short
     # CPU runs are pure VQ-VAE runs.
     return ExperimentConfig(
         model=_moving_digits_model(32, [1, 2, 4], 16, 256),

@@ -79,24 +79,11 @@ def encode_clips(tokenizer: torch.nn.Module, clips: torch.Tensor) -> torch.Tenso
 
 @torch.no_grad()
 def generate_clips(
-    model: torch.nn.Module,
-    tokenizer: torch.nn.Module,
-    output: str | Path,
-    labels: torch.Tensor | None = None,
-    num: int = 8,
-    class_names: list[str] | None = None,
-    prefix_frames: int = 0,
-    inputs: str | Path | torch.Tensor | None = None,
-    cfg_scale: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    steps: int = 8,
-    use_cache: bool = True,
-    seed: int = 0,
-    ncol: int = 4,
-    fps: float = 4.0,
-    device: str = "cpu",
+    model: torch.nn.Module, tokenizer: torch.nn.Module, output: str | Path,
+    labels: torch.Tensor | None = None, num: int = 8, class_names: list[str] | None = None,
+    prefix_frames: int = 0, inputs: str | Path | torch.Tensor | None = None, cfg_scale: float = 1.0,
+    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, steps: int = 8,
+    use_cache: bool = True, seed: int = 0, ncol: int = 4, fps: float = 4.0, device: str = "cpu",
 ) -> dict[str, Any]:
     """Sample clips from a clip prior and decode them with its tokenizer.
 
@@ -164,7 +151,7 @@ def generate_clips(
     scores = frame_prediction_scores(clips, truth, context_frames=prefix_frames)
     flicker = torch.stack([temporal_consistency(t, c)["flicker"] for t, c in zip(truth, clips, strict=True)])
     result.update(scores, flicker_per_transition=[round(float(v), 4) for v in flicker.mean(0)])
-    # Truth (left) and prediction (right) of every clip side by side; the captions say which frames were given.
+    # Truth (left) and prediction (right) of every clip side by side; captions say which frames were given.
     pairs = torch.stack([truth, clips], 1).flatten(0, 1)
     pair_captions = [c for f in result["inputs"] for c in (f"true {f}", f"pred {prefix_frames}+")]
     result["files"] = save_clip_grid(pairs, out, "prediction", pair_captions, 2, fps)
