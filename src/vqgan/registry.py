@@ -9,6 +9,7 @@ the installed package has no ``configs/``): the files in ``configs/`` are genera
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import inspect
 from collections.abc import Callable, Iterator
@@ -112,12 +113,7 @@ def create_model(name: str, **model_overrides):
     """Build the autoencoder of preset ``name``; keyword arguments override :class:`ModelConfig` fields."""
     from vqgan.models import build_model
 
-    cfg = get_preset(name).model
-    for k, v in model_overrides.items():
-        if not hasattr(cfg, k):
-            raise TypeError(f"ModelConfig has no field {k!r}")
-        setattr(cfg, k, v)
-    return build_model(cfg)
+    return build_model(dataclasses.replace(get_preset(name).model, **model_overrides))
 
 
 #: ``configs/`` file -> (``"stage1"`` or ``"prior"``, preset name): every file there is generated.
