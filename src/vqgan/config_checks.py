@@ -108,9 +108,8 @@ def key_hint(key: str, root: type | Fields | None = None) -> str:
     wrong = parts[len(known)]
     close = difflib.get_close_matches(wrong, list(fields), n=1, cutoff=0.6)
     dotted = (section + "." if section else "") + (close[0] if close else "")
-    msg = f"unknown key {key!r}"
-    msg += f"; did you mean {dotted!r}?" if close else "."
-    return msg + f" Valid keys of {section or 'the run'}: {', '.join(fields)}"
+    hint = f"; did you mean {dotted!r}?" if close else "."
+    return f"unknown key {key!r}{hint} Valid keys of {section or 'the run'}: {', '.join(fields)}"
 
 
 def _unknown_yaml_key(data: Any, root: type | Fields | None, prefix: str = "") -> str | None:
@@ -130,10 +129,9 @@ def _unknown_yaml_key(data: Any, root: type | Fields | None, prefix: str = "") -
 def describe_parse_error(
     parser: Any, argv: list[str], error: Exception, root: type | Fields | None = None
 ) -> str:
-    """One line for a mistake jsonargparse refused ``argv`` for: an option the parser does not know, or a key
-    of a ``--config`` file that names no field of ``root`` (the dataclass, or mapping of top-level type hints,
-    whose dotted keys the options are), named with its closest match (:func:`key_hint`); anything else is
-    jsonargparse's own message on one line (found from the parser's table and the dataclasses)."""
+    """One line for what jsonargparse refused in ``argv``: an unknown option, or a ``--config`` file's key
+    that names no field of ``root`` (the options' dataclass or top-level hints), with its closest match
+    (:func:`key_hint`); else jsonargparse's own message. Found from the parser's table, not its message."""
     known = parser._option_string_actions  # argparse's own table of option strings
     sections = {k: v for k, v in _fields(root).items() if _dataclass_in(v)}  # the options with dotted keys
     for token in argv:
@@ -148,7 +146,7 @@ def describe_parse_error(
         close = difflib.get_close_matches(f"--{key}", shown, n=1)
         return f"unknown option --{key}" + (f"; did you mean {close[0]}?" if close else "") + " (see --help)"
     files = [argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--config"]
-    for file in files + [t.split("=", 1)[1] for t in argv if t.startswith("--config=")]:
+    for file in files + [t.removeprefix("--config=") for t in argv if t.startswith("--config=")]:
         try:
             data = yaml.safe_load(Path(file).read_text())
         except (OSError, yaml.YAMLError):

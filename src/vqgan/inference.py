@@ -151,13 +151,10 @@ def generate_images(
     ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels)
     and ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there).
 
-    A flow prior's samples are latents: it writes ``OUTPUT/latents.safetensors`` instead of the tokens, and
-    ``OUTPUT/trajectory.png`` (the decoded ODE states of the first samples, noise on the left). ``steps``:
-    MaskGIT decoding steps (default 8) or the flow's ODE steps (default: the prior's ``sample_steps``);
-    ``sampler`` (``euler``/``heun``) and ``snap`` (to the nearest codes before decoding) default to the
-    prior's. A prior over clips (``model.token_frames > 1``) writes video grids instead, and predicts frames
-    after the first ``prefix_frames`` of the clips in ``inputs``: see
-    :func:`~vqgan.video_generation.generate_clips`."""
+    A flow prior writes ``OUTPUT/latents.safetensors`` instead of the tokens, and ``OUTPUT/trajectory.png``
+    (decoded ODE states, noise on the left); ``steps``, ``sampler`` and ``snap`` default to the prior's
+    config (MaskGIT: 8 steps). A prior over clips (``model.token_frames > 1``) writes video grids, and
+    predicts frames after ``prefix_frames`` of ``inputs`` (:func:`~vqgan.video_generation.generate_clips`)."""
     model, cfg, meta = load_prior(prior, device)
     tok_path = tokenizer or meta.get("source", {}).get("tokenizer")
     if tok_path is None:
