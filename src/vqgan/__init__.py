@@ -1,10 +1,5 @@
-"""vqgan: train, evaluate, inspect and use vector-quantized image and video tokenizers (VQ-VAE, VQGAN) and the
-transformer priors that generate from their codes.
-
-The public API::
-
-    from vqgan import VQModel, ModelConfig, create_model, load_config, fit, load_model, load_prior
-"""
+"""vqgan: train, evaluate, inspect and use vector-quantized image and video tokenizers (VQ-VAE, VQGAN) and
+the transformer priors that generate from their codes. The public API is re-exported here."""
 
 from vqgan.config import (
     ConfigError,
@@ -37,57 +32,26 @@ __version__ = "0.1.0"
 
 
 def fit(*args, **kwargs):
-    """Train a stage-1 tokenizer; see :func:`vqgan.train.fit.fit`. The one import of the training package outside
-    it and the CLI, and a lazy one: training needs Lightning, using a trained model (everything else here) does not."""
+    """Train a stage-1 tokenizer (:func:`vqgan.train.fit.fit`). Imported lazily: training needs Lightning,
+    using a trained model (everything else here) does not."""
     from vqgan.train.fit import fit as _fit
 
     return _fit(*args, **kwargs)
 
 
 def load_pretrained(path, **kwargs):
-    """Load a tokenizer from any supported format: our folder or training ``.ckpt``, a diffusers ``VQModel``
-    folder, a taming-transformers ``.ckpt`` (+ YAML), a LlamaGen ``.pt``; see :func:`vqgan.interop.load_pretrained`
-    for the options. Returns our :class:`VQModel` in eval mode. No code from the file is executed."""
+    """Load a tokenizer as our :class:`VQModel` in eval mode from our folder or ``.ckpt``, a diffusers folder,
+    a taming ``.ckpt`` or a LlamaGen ``.pt`` (:func:`vqgan.interop.load_pretrained`); no code is executed."""
     from vqgan.interop import load_pretrained as _load
 
     return _load(path, **kwargs)
 
 
 __all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DataConfig",
-    "DiscriminatorConfig",
-    "EncodeOutput",
-    "FSQ",
-    "ExperimentConfig",
-    "FlowPrior",
-    "GPTPrior",
-    "LFQ",
-    "MaskGITPrior",
-    "LossConfig",
-    "ModelConfig",
-    "PatchDiscriminator",
-    "PriorModelConfig",
-    "PriorOutput",
-    "Quantizer",
-    "QuantizerConfig",
-    "QuantizerOutput",
-    "ResidualQuantizer",
-    "SimVQ",
-    "TrainConfig",
-    "VQModel",
-    "VQModelOutput",
-    "VectorQuantizer",
-    "build_quantizer",
-    "create_model",
-    "dump_config",
-    "fit",
-    "get_preset",
-    "list_presets",
-    "load_config",
-    "load_model",
-    "load_pretrained",
-    "load_prior",
-    "register_preset",
+    "CheckpointError", "ConfigError", "DataConfig", "DiscriminatorConfig", "EncodeOutput", "FSQ",
+    "ExperimentConfig", "FlowPrior", "GPTPrior", "LFQ", "MaskGITPrior", "LossConfig", "ModelConfig",
+    "PatchDiscriminator", "PriorModelConfig", "PriorOutput", "Quantizer", "QuantizerConfig",
+    "QuantizerOutput", "ResidualQuantizer", "SimVQ", "TrainConfig", "VQModel", "VQModelOutput",
+    "VectorQuantizer", "build_quantizer", "create_model", "dump_config", "fit", "get_preset",
+    "list_presets", "load_config", "load_model", "load_pretrained", "load_prior", "register_preset",
 ]

@@ -1,15 +1,15 @@
 """Typed configuration for every part of a run.
 
-A run is described by one :class:`ExperimentConfig`, made of small dataclasses (model, quantizer, loss,
-discriminator, data, training). YAML files set values, dotted command-line options override them
-(``--model.ch 64``), and :func:`dump_config` writes the resolved result next to every run. There are no import
-strings: every choice is a plain value checked against the ``Literal`` types below, and
-:meth:`ExperimentConfig.validate` checks the choices against each other before any training starts.
+A run is one :class:`ExperimentConfig` of small dataclasses. YAML sets values, dotted options override
+them (``--model.ch 64``), :func:`dump_config` writes the resolved result next to every run. No import
+strings: choices are plain values checked against the ``Literal`` types, and
+:meth:`ExperimentConfig.validate` checks them against each other before training starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,35 +23,30 @@ QuantizerKind = Literal["vq", "ema", "fsq", "lfq", "residual", "simvq"]
 class QuantizerConfig:
     """Vector quantizer settings.
 
+    ``beta_on=commitment`` is the VQ-VAE paper's loss (eq. 3), ``||e - sg[z]||^2 + beta ||sg[e] - z||^2``;
+    ``codebook`` is taming's ``legacy=True`` placement (seed 003), ``||sg[e] - z||^2 + beta ||e - sg[z]||^2``,
+    only for kinds with a codebook gradient term (``vq``, ``simvq``, ``residual`` over those).
+
     Attributes:
-        kind: ``vq`` (codebook learned by gradients), ``ema`` (codebook learned by exponential moving averages,
-            van den Oord et al. 2017, appendix), ``fsq``, ``lfq``, ``residual`` or ``simvq``.
+        kind: ``vq`` (gradient-learned codebook), ``ema`` (EMA), ``fsq``, ``lfq``, ``residual``, ``simvq``.
         codebook_size: number of codes.
-        codebook_dim: dimension of the lookup space. ``None`` looks up in ``embed_dim``; a smaller value projects
-            to a low-dimensional space first (factorized codes, Yu et al. 2021 "ViT-VQGAN", LlamaGen).
-        beta: weight of one of the two VQ terms, the other one has weight 1 (see ``beta_on``).
-        beta_on: which term ``beta`` weights. ``commitment`` (default): the encoder term ``||sg[e] - z||^2``, as in
-            the VQ-VAE paper (eq. 3), loss ``||e - sg[z]||^2 + beta ||sg[e] - z||^2``. ``codebook``: the codebook
-            term, loss ``||sg[e] - z||^2 + beta ||e - sg[z]||^2`` (taming's ``legacy=True`` placement, and seed
-            003's "refined loss"). Only quantizers with both terms accept ``codebook`` (``vq``, ``simvq``, and
-            ``residual`` over those): ``ema``, ``fsq`` and ``lfq`` have no codebook gradient term to weight.
+        codebook_dim: lookup dimension; below ``embed_dim``: factorized codes (ViT-VQGAN).
+        beta: weight of one of the two VQ terms, the other has weight 1 (see ``beta_on``).
+        beta_on: which term ``beta`` weights: ``commitment`` (the encoder term) or ``codebook``.
         decay: EMA decay of the codebook statistics (``ema`` only).
         l2_normalize: look up with l2-normalised codes and latents (cosine similarity, ViT-VQGAN).
         kmeans_init: initialise the codebook with k-means on the first batch of encoder outputs.
         kmeans_iters: Lloyd iterations for ``kmeans_init``.
-        dead_code_threshold: a code whose running usage, relative to a uniform share of the hits (1 = used as
-            often as under uniform usage), falls below this is restarted from a current encoder output (0 disables
-            restarts). Relative, so the same value fits any batch size and codebook size.
+        dead_code_threshold: restart a code used less than this share of uniform usage (0: never).
         usage_decay: decay of the running usage used to find dead codes (0.95: about 20 steps of memory).
         entropy_weight: weight of an entropy penalty that pushes towards a uniform average code assignment.
         entropy_temperature: temperature of the soft assignment used by the entropy penalty.
-        levels: FSQ (Mentzer et al. 2023): number of levels per dimension; the codebook size is their product.
-        num_stages: residual VQ: number of quantization stages, each quantizing what the previous ones left.
-        stage_kind: residual VQ: the quantizer kind used at every stage.
-        lfq_sample_entropy_weight: LFQ (MAGVIT-v2): weight of the per-sample entropy term (confident assignments).
-        lfq_codebook_entropy_weight: LFQ (MAGVIT-v2): weight of the codebook (batch) entropy term (diverse codes).
-        search_chunk_size: codes compared per chunk in the nearest-code search, so that huge codebooks never
-            materialise a full distance matrix.
+        levels: FSQ (Mentzer et al. 2023): levels per dimension; the codebook size is their product.
+        num_stages: residual VQ: quantization stages, each quantizing what the previous ones left.
+        stage_kind: residual VQ: the quantizer kind of every stage.
+        lfq_sample_entropy_weight: LFQ (MAGVIT-v2): weight of the per-sample entropy term (confident codes).
+        lfq_codebook_entropy_weight: LFQ (MAGVIT-v2): weight of the batch entropy term (diverse codes).
+        search_chunk_size: codes compared per chunk in the nearest-code search (bounds the distance matrix).
     """
 
     kind: QuantizerKind = "ema"
@@ -78,23 +73,15 @@ class QuantizerConfig:
 
 @dataclass
 class ModelConfig:
-    """Autoencoder architecture.
-
-    ``arch="taming"`` is the encoder/decoder of Esser et al. 2021 (residual blocks with GroupNorm and SiLU,
-    strided-conv downsampling, nearest+conv upsampling, self-attention at ``attn_resolutions``).
-    ``arch="resnet"`` is the small residual VQ-VAE of van den Oord et al. 2017 (strided convs, a stack of residual
-    blocks, transposed convs in the decoder), as in seed 003.
-
-    The downsampling factor is ``2 ** (len(ch_mult) - 1)`` (:attr:`spatial_factor`).
+    """Autoencoder architecture; it downsamples by ``2 ** (len(ch_mult) - 1)`` (:attr:`spatial_factor`).
 
     Attributes:
-        arch: ``taming`` (Esser et al. 2021), ``resnet`` (van den Oord et al. 2017) or ``video3d`` (a causal
-            spatio-temporal tokenizer, MAGVIT-v2 style).
+        arch: ``taming`` (Esser et al. 2021), ``resnet`` (van den Oord et al. 2017) or causal ``video3d``.
         in_channels: image channels (3 for RGB, 1 for grey).
         out_channels: channels the decoder outputs (``None``: ``in_channels``).
         resolution: side of the square training crops, in pixels.
         ch: base width: channels of the first encoder level.
-        ch_mult: width multiplier of each resolution level; one level fewer than entries halves the resolution.
+        ch_mult: width multiplier of each resolution level; each level after the first halves the resolution.
         num_res_blocks: residual blocks per resolution level.
         attn_resolutions: resolutions (in pixels) at which the taming encoder/decoder add self-attention.
         mid_attention: self-attention in the middle block (at the latent resolution).
@@ -104,21 +91,12 @@ class ModelConfig:
         num_groups: GroupNorm groups (must divide every block width).
         upsample: decoder upsampling: ``nearest`` + conv (taming) or ``transposed`` convolutions.
         decoder_ch: base width of the decoder; ``None`` mirrors the encoder (``ch``).
-        decoder_ch_mult: width multipliers of the decoder levels, listed from the highest resolution to the latent
-            one as ``ch_mult`` is (same length: the decoder undoes every downsampling); ``None`` mirrors the
-            encoder. When either is set, every upsampling layer also narrows to the next level's width, so that no
-            convolution at a resolution is wider than that resolution's width (seed 004's light decoder,
-            128 -> 64 -> 32 -> 16); with both ``None`` the decoder is taming's, whose checkpoints load unchanged.
-        output_activation: ``tanh`` squashes the reconstruction into (-1, 1), the data range (seed 004); ``none``
-            leaves it unbounded (taming).
-        downsample_factor: the downsampling factor a config states (seed 000's Key Parameters); ``None`` states
-            nothing. When given it must equal the architecture's factor ``2 ** (len(ch_mult) - 1)``, checked by
-            :meth:`ExperimentConfig.validate`.
-        gradient_checkpointing: recompute the encoder's and decoder's activations in the backward pass instead of
-            storing them (torch.utils.checkpoint): less memory per image for more compute.
+        decoder_ch_mult: decoder width multipliers, ordered as ``ch_mult``; ``None``: the encoder's.
+        output_activation: ``tanh`` squashes the output into (-1, 1) (seed 004); ``none`` (taming).
+        downsample_factor: the factor a config states (seed 000), checked against ``ch_mult``.
+        gradient_checkpointing: recompute encoder and decoder activations in the backward pass (less memory).
         quantizer: the vector quantizer between encoder and decoder.
-        temporal_downsample: ``video3d``: number of 2x temporal downsamplings (clips then hold
-            ``1 + k * 2**temporal_downsample`` frames).
+        temporal_downsample: ``video3d``: 2x temporal downsamplings (clips hold ``1 + k * 2**this`` frames).
         temporal_attention: ``video3d``: causal temporal attention in the middle block.
     """
 
@@ -155,8 +133,7 @@ class ModelConfig:
     def decoder_widths(self) -> list[int]:
         """Width of the decoder at each level, from the highest resolution to the latent one."""
         ch = self.ch if self.decoder_ch is None else self.decoder_ch
-        mult = self.ch_mult if self.decoder_ch_mult is None else self.decoder_ch_mult
-        return [ch * m for m in mult]
+        return [ch * m for m in self.decoder_ch_mult or self.ch_mult]
 
     @property
     def decoder_mirrors_encoder(self) -> bool:
@@ -195,32 +172,27 @@ class DiscriminatorConfig:
 class LossConfig:
     """Weights and choices of the stage-1 objective.
 
-    The generator minimises ``w_rec * rec + w_p * perceptual + vq + d_factor * lambda * gan`` where ``lambda`` is
-    taming's adaptive weight (ratio of last-layer gradient norms, Esser et al. 2021 eq. 7) times ``disc_weight``,
-    and ``d_factor`` is 0 before ``disc_start`` and ramps to ``disc_weight_max`` over ``disc_ramp_steps`` (a step
-    to ``disc_weight_max`` at ``disc_start`` when ``disc_ramp_steps = 0``). ``d_factor`` also weights the
-    discriminator's own loss. This is taming's ``disc_weight * disc_factor``: with ``adaptive_weight = false`` the
-    generator's adversarial weight is ``disc_weight * disc_weight_max`` from ``disc_start`` on (docs/seeds.md, seed
-    004). ``disc_weight = 0`` trains a plain VQ-VAE and builds no discriminator.
+    The generator minimises ``w_rec * rec + w_p * perceptual + vq + d_factor * lambda * gan``: ``lambda`` is
+    taming's adaptive weight (Esser et al. 2021 eq. 7) times ``disc_weight``; ``d_factor`` (0 before
+    ``disc_start``, then ramping to ``disc_weight_max``) also weights the discriminator's loss (taming's
+    ``disc_factor``).
 
     Attributes:
         reconstruction: pixel loss: ``l1``, ``l2`` or ``masked_l2`` (per-pixel weights, seed 004).
         reconstruction_weight: weight of the pixel loss.
-        mask_threshold: ``masked_l2``: foreground is ``target > mask_threshold`` (``None``: the dataset's masks).
+        mask_threshold: ``masked_l2``: foreground is ``target > this`` (``None``: the dataset's masks).
         mask_foreground_weight: ``masked_l2``: weight of foreground pixels.
         mask_background_weight: ``masked_l2``: weight of background pixels.
-        perceptual: perceptual loss: ``lpips`` (Zhang et al. 2018), ``vgg`` (VGG16 feature distances) or ``none``.
+        perceptual: perceptual loss: ``lpips`` (Zhang et al. 2018), ``vgg`` (VGG16 features) or ``none``.
         perceptual_weight: weight of the perceptual loss.
         lpips_net: LPIPS backbone: ``vgg`` or ``alex``.
-        backbone_weights: local file with the torchvision backbone weights (vgg16 or alexnet state dict); never
-            downloaded.
-        random_backbone: a randomly initialised perceptual backbone, only when asked for explicitly (tests, smoke
-            runs).
+        backbone_weights: local file of the torchvision backbone weights (vgg16 or alexnet); never downloaded.
+        random_backbone: a randomly initialised perceptual backbone, only when asked for (tests, smoke runs).
         gan_loss: adversarial loss: ``hinge`` (taming) or ``non_saturating``.
         disc_weight: weight of the adversarial term (0: no discriminator, a plain VQ-VAE).
         adaptive_weight: scale the adversarial term by taming's ratio of last-layer gradient norms (eq. 7).
         disc_start: step at which the adversarial term starts.
-        disc_ramp_steps: steps over which the adversarial factor ramps from 0 to ``disc_weight_max`` (0: a jump).
+        disc_ramp_steps: steps of the adversarial factor's ramp from 0 to ``disc_weight_max`` (0: a jump).
         disc_weight_max: adversarial factor after the ramp.
         adaptive_weight_max: upper bound of the adaptive weight (taming clamps to 1e4).
     """
@@ -249,13 +221,16 @@ DataKind = Literal["builtin", "folder", "video_folder", "ucf101", "moving_digits
 
 @dataclass
 class DataConfig:
-    """Where images (or videos) come from and how they are prepared.
+    """Where images (or videos) come from and how they are prepared: float tensors in [-1, 1], (C, H, W) or
+    (C, T, H, W).
 
-    Images are returned as float tensors in [-1, 1], shape (C, H, W) (videos: (C, T, H, W)).
+    Seed 000's chunked training: load ``videos_per_chunk`` videos, make ``epochs_per_chunk`` passes, then
+    ``gan_epochs_per_chunk`` more with the discriminator on, then the next chunk; an epoch visits every
+    chunk once.
 
     Attributes:
-        kind: ``builtin`` (photos shipped with scikit-image), ``folder`` (any folder of images, searched
-            recursively), ``video_folder``, ``ucf101``, ``moving_digits``, ``smoke`` or ``smoke_video`` (synthetic).
+        kind: ``builtin`` (scikit-image photos), ``folder`` (images, searched recursively), ``video_folder``,
+            ``ucf101``, ``moving_digits``, ``smoke`` or ``smoke_video`` (synthetic).
         root: folder of the images or videos.
         val_root: folder of the validation images (``None``: an evenly spread tenth of ``root`` is held out).
         resolution: side of the square crops, in pixels.
@@ -265,9 +240,8 @@ class DataConfig:
         resize: resize the shorter side to this before cropping (``None``: ``resolution``).
         builtin_scale: the built-in photos are scaled by this factor before cropping.
         builtin_train_crops: random crops per epoch of the built-in and synthetic datasets.
-        builtin_hue: colour augmentation of the built-in training crops: a random hue rotation of up to this many
-            turns of the colour circle (0.5: any hue; validation crops are never changed).
-        builtin_saturation: a random saturation factor in [1 - this, 1 + this] for the built-in training crops.
+        builtin_hue: random hue rotation of the built-in training crops, up to this many turns (0.5: any hue).
+        builtin_saturation: random saturation factor in [1 - this, 1 + this] for the built-in training crops.
         val_size: at most this many validation images (the built-in photos: a fixed grid of crops).
         batch_size: training batch size (per process).
         val_batch_size: validation batch size (``None``: ``batch_size``).
@@ -279,15 +253,12 @@ class DataConfig:
         frames_as_images: train an image tokenizer on the frames of the clips (seed 000).
         patch_size: cut every frame into patches of this side (seed 000's patch-based processing).
         split: UCF101 train/test split (1, 2 or 3).
-        annotations: UCF101: folder with classInd.txt and the split lists (``None``: searched next to ``root``).
-        videos_per_chunk: process the videos in chunks of this many (seed 000, for machines that can't hold them all).
+        annotations: UCF101: folder of classInd.txt and the split lists (``None``: searched next to ``root``).
+        videos_per_chunk: process the videos in chunks of this many (seed 000).
         epochs_per_chunk: reconstruction passes over each chunk (seed 000's epochs_per_batch).
-        gan_epochs_per_chunk: further passes over each chunk with the discriminator on (seed 000: 5); with 0 the
-            discriminator follows ``loss.disc_start``.
-        test_chunk: seed 000's ``--test_batch``: validate on this chunk of the training videos (which training
-            then never sees) instead of the dataset's test list; ``None``: the test list.
-        num_digits: ``data.kind=moving_digits``: digits per clip. The clip's class (for class-conditional priors) is
-            the digit for one digit, else the digits sorted and read as one number (e.g. {7, 3} -> 37).
+        gan_epochs_per_chunk: further passes with the discriminator (seed 000: 5); 0: ``loss.disc_start``.
+        test_chunk: validate on this chunk of the training videos, never trained on (seed 000's test_batch).
+        num_digits: ``moving_digits``: digits per clip; the class is the digits sorted ({7, 3}: 37).
     """
 
     kind: DataKind = "builtin"
@@ -300,8 +271,8 @@ class DataConfig:
     resize: int | None = None
     builtin_scale: float = 1.0
     builtin_train_crops: int = 4096
-    # Colour augmentation: the training photos hold almost no green; without it the quick-start model turns green
-    # leaves blue (benchmarks/colour.py). Off by default, on in the quick-start.
+    # Colour augmentation: the training photos hold almost no green; without it the quick-start model turns
+    # green leaves blue (benchmarks/colour.py). Off by default, on in the quick-start.
     builtin_hue: float = 0.0
     builtin_saturation: float = 0.0
     val_size: int = 256
@@ -316,11 +287,6 @@ class DataConfig:
     patch_size: int | None = None
     split: int = 1
     annotations: str | None = None
-    # Seed 000's chunked training (video folders): load ``videos_per_chunk`` videos, make ``epochs_per_chunk``
-    # passes over them, then ``gan_epochs_per_chunk`` more passes with the discriminator on, then the next chunk.
-    # With ``gan_epochs_per_chunk > 0`` the discriminator runs only in those passes (seed 000: 10 then 5); with 0
-    # it follows ``loss.disc_start``. One epoch of the run visits every chunk once (``train.max_epochs``: seed 000's
-    # ``num_epoch``).
     videos_per_chunk: int | None = None
     epochs_per_chunk: int = 1
     gan_epochs_per_chunk: int = 0
@@ -331,25 +297,21 @@ class DataConfig:
 
 @dataclass
 class TrainerSettings:
-    """What every training run sets, stage 1 and the priors alike: length, optimiser, schedule, validation,
-    checkpoints, logging and hardware (the Lightning Trainer is built from these, ``vqgan.train.harness``).
-    Stage 1's :class:`TrainConfig` and the priors' ``PriorTrainConfig`` extend it, so both read ``train.*``.
+    """What every training run sets, stage 1 and the priors alike (``vqgan.train.harness`` uses it).
 
     Attributes:
         max_steps: optimizer steps to train (ignored when ``max_epochs`` is set).
-        max_epochs: train this many epochs instead of ``max_steps`` (seeds 003/004 count epochs; seed 000 counts
-            passes over all chunks). ``None``: ``max_steps`` is the limit.
-        max_time_minutes: stop after this many minutes even if the step or epoch limit is not reached (the demo's
-            time budget). ``None``: no limit.
+        max_epochs: train this many epochs instead of ``max_steps`` (seeds 000/003/004). ``None``: by steps.
+        max_time_minutes: stop after this many minutes, even before the step or epoch limit.
         lr: learning rate.
         betas: Adam's betas.
         weight_decay: weight decay.
         warmup_steps: linear learning-rate warm-up from ``lr / warmup_steps`` to ``lr``.
-        lr_schedule: after the warm-up, ``constant``, or ``cosine`` decay to ``lr * min_lr_ratio`` at the last step.
+        lr_schedule: after the warm-up, ``constant``, or ``cosine`` decay to ``lr * min_lr_ratio``.
         min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
         grad_clip: clip the gradients' global norm to this (``None``: no clipping).
         val_every_n_steps: validate every N optimizer steps (ignored when ``val_every_n_epochs`` is set).
-        val_every_n_epochs: validate at the end of every N-th epoch (seed 004: every epoch). ``None``: by steps.
+        val_every_n_epochs: validate at the end of every N-th epoch (seed 004: 1). ``None``: by steps.
         log_every_n_steps: logging interval of the training losses.
         checkpoint_every_n_steps: periodic ``stepNNNNNNN.ckpt`` every N steps (``None``: at every validation).
         checkpoint_every_n_epochs: periodic checkpoint at the end of every N-th epoch (seed 004: 5) instead.
@@ -363,12 +325,10 @@ class TrainerSettings:
         strategy: Lightning strategy (``auto``, ``ddp``, ``fsdp``...).
         num_nodes: machines for multi-node training (torchrun / SLURM).
         compile: ``torch.compile`` the model.
-        logger: ``tensorboard`` (``RUN_DIR/logs``), ``wandb`` (``RUN_DIR/wandb`` as well as TensorBoard; needs
-            ``pip install wandb``; ``WANDB_MODE=offline`` keeps it local) or ``none``.
+        logger: ``tensorboard`` (``RUN_DIR/logs``), ``wandb`` (needs ``pip install wandb``), ``none``.
         wandb_project: W&B project (default ``vqgan``).
         debug: a handful of steps, validation on two batches, no online logging (seed 002's DEBUG mode).
-        max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient (each one
-            is skipped, and no checkpoint is written while they last).
+        max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient.
     """
 
     max_steps: int = 1000
@@ -403,50 +363,31 @@ class TrainerSettings:
 
     def validate(self) -> TrainerSettings:
         """Check the values and their combinations; raise :class:`ConfigError` naming the ``train.*`` key."""
-        minimums = [
-            ("train.max_steps", self.max_steps, 1),
-            ("train.max_epochs", self.max_epochs, 1),
-            ("train.max_nonfinite_steps", self.max_nonfinite_steps, 1),
-            ("train.val_every_n_steps", self.val_every_n_steps, 1),
-            ("train.val_every_n_epochs", self.val_every_n_epochs, 1),
-            ("train.checkpoint_every_n_steps", self.checkpoint_every_n_steps, 1),
-            ("train.checkpoint_every_n_epochs", self.checkpoint_every_n_epochs, 1),
-            ("train.num_nodes", self.num_nodes, 1),
-            ("train.warmup_steps", self.warmup_steps, 0),
-        ]
-        for key, value, low in minimums:
-            if value is not None and value < low:
-                raise ConfigError(f"{key}={value} must be at least {low}")
-        if self.max_time_minutes is not None and self.max_time_minutes <= 0:
-            raise ConfigError(f"train.max_time_minutes={self.max_time_minutes} must be positive or null")
-        if self.keep_last_k < 1 and self.keep_last_k != -1:
-            raise ConfigError(f"train.keep_last_k={self.keep_last_k} must be at least 1 (or -1 to keep every checkpoint)")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr={self.lr} must be positive")
-        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_epochs is not None:
-            raise ConfigError(
-                f"train.checkpoint_every_n_steps={self.checkpoint_every_n_steps} and "
-                f"train.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs}: choose one cadence (set the other "
-                "to null)"
-            )
-        if self.val_every_n_epochs is not None and self.checkpoint_every_n_steps is not None:
-            raise ConfigError(
-                f"train.checkpoint_every_n_steps={self.checkpoint_every_n_steps} with "
-                f"train.val_every_n_epochs={self.val_every_n_epochs}: checkpoint by epochs too "
-                "(train.checkpoint_every_n_epochs), or validate by steps (train.val_every_n_epochs=null)"
-            )
-        if self.max_epochs is not None and self.val_every_n_epochs is not None and self.val_every_n_epochs > self.max_epochs:
-            raise ConfigError(
-                f"train.val_every_n_epochs={self.val_every_n_epochs} exceeds train.max_epochs={self.max_epochs}: "
-                "the run would never validate"
-            )
-        if self.max_epochs is not None and self.checkpoint_every_n_epochs is not None and (
-            self.checkpoint_every_n_epochs > self.max_epochs
-        ):
-            raise ConfigError(
-                f"train.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs} exceeds "
-                f"train.max_epochs={self.max_epochs}: no periodic checkpoint would be written"
-            )
+        keys = ["max_steps", "max_epochs", "max_nonfinite_steps", "val_every_n_steps", "num_nodes",
+                "val_every_n_epochs", "checkpoint_every_n_steps", "checkpoint_every_n_epochs", "warmup_steps"]
+        for key in keys:
+            check_minimum(f"train.{key}", getattr(self, key), 0 if key == "warmup_steps" else 1)
+        minutes, keep, max_epochs = self.max_time_minutes, self.keep_last_k, self.max_epochs
+        refuse(minutes is not None and minutes <= 0,
+               f"train.max_time_minutes={minutes} must be positive or null")
+        refuse(keep < 1 and keep != -1,
+               f"train.keep_last_k={keep} must be at least 1 (or -1 to keep every checkpoint)")
+        refuse(not self.lr > 0, f"train.lr={self.lr} must be positive")
+        steps, epochs = self.checkpoint_every_n_steps, self.checkpoint_every_n_epochs
+        val_epochs = self.val_every_n_epochs
+        refuse(steps is not None and epochs is not None,
+               f"train.checkpoint_every_n_steps={steps} and train.checkpoint_every_n_epochs={epochs}: "
+               "choose one cadence (set the other to null)")
+        refuse(val_epochs is not None and steps is not None,
+               f"train.checkpoint_every_n_steps={steps} with train.val_every_n_epochs={val_epochs}: "
+               "checkpoint by epochs too (train.checkpoint_every_n_epochs), or validate by steps "
+               "(train.val_every_n_epochs=null)")
+        refuse(max_epochs is not None and (val_epochs or 0) > max_epochs,
+               f"train.val_every_n_epochs={val_epochs} exceeds train.max_epochs={max_epochs}: the run "
+               "would never validate")
+        refuse(max_epochs is not None and (epochs or 0) > max_epochs,
+               f"train.checkpoint_every_n_epochs={epochs} exceeds train.max_epochs={max_epochs}: no "
+               "periodic checkpoint would be written")
         return self
 
 
@@ -457,8 +398,7 @@ class TrainConfig(TrainerSettings):
     Attributes:
         lr_disc: the discriminator's learning rate (``None``: ``lr``).
         channels_last: NHWC memory format for images (faster convolutions on most hardware).
-        diagnostics_every_n_steps: codebook diagnostics (usage, code norms, gradients) every N steps, and at the
-            end of the run; 0 disables them.
+        diagnostics_every_n_steps: codebook diagnostics every N steps and at the end (0: off).
         samples_every_n_steps: reserved; reconstruction samples are written at every validation.
     """
 
@@ -494,122 +434,95 @@ class ExperimentConfig:
 
         check_types(self)  # the Python API gets the same type checks as YAML and the command line
         check_plain_name(self.name)
-        m, q, loss = self.model, self.model.quantizer, self.loss
-        if m.downsample_factor is not None and m.downsample_factor != m.spatial_factor:
-            raise ConfigError(
-                f"model.downsample_factor={m.downsample_factor} differs from the architecture's factor "
-                f"{m.spatial_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult}); change "
-                "model.ch_mult, or set model.downsample_factor to null"
-            )
-        if m.resolution % m.spatial_factor:
-            raise ConfigError(
-                f"model.resolution={m.resolution} is not divisible by the downsampling factor "
-                f"{m.spatial_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult})"
-            )
+        m, q, loss, d = self.model, self.model.quantizer, self.loss, self.data
+        factor = f"{m.spatial_factor} (2 ** (len(model.ch_mult) - 1) with model.ch_mult={m.ch_mult})"
+        refuse(m.downsample_factor is not None and m.downsample_factor != m.spatial_factor,
+               f"model.downsample_factor={m.downsample_factor} differs from the architecture's factor "
+               f"{factor}; change model.ch_mult, or set model.downsample_factor to null")
+        refuse(m.resolution % m.spatial_factor,
+               f"model.resolution={m.resolution} is not divisible by the downsampling factor {factor}")
         self._validate_decoder()
-        self._validate_beta_on()
-        if self.data.resolution != m.resolution and self.data.patch_size is None:
-            raise ConfigError(
-                f"data.resolution={self.data.resolution} differs from model.resolution={m.resolution}; "
-                "set both to the same value"
-            )
+        kind = q.stage_kind if q.kind == "residual" else q.kind
+        where = f"kind=residual with stage_kind={kind}" if q.kind == "residual" else f"kind={kind}"
+        refuse(q.beta_on == "codebook" and kind not in ("vq", "simvq"),
+               "model.quantizer.beta_on=codebook needs a codebook learned by gradients (kind vq or simvq): "
+               f"model.quantizer.{where} has no codebook loss term for beta to weight; use "
+               "beta_on=commitment")
+        refuse(d.resolution != m.resolution and d.patch_size is None,
+               f"data.resolution={d.resolution} differs from model.resolution={m.resolution}; set both to "
+               "the same value")
         levels = [m.resolution // 2**i for i in range(len(m.ch_mult))]
         bad = [r for r in m.attn_resolutions if r not in levels]
-        if bad and m.arch == "taming":
-            raise ConfigError(
-                f"model.attn_resolutions={m.attn_resolutions}: {bad} never occur; the encoder's resolutions are "
-                f"{levels} for model.resolution={m.resolution} and model.ch_mult={m.ch_mult}"
-            )
-        if q.kind in ("vq", "ema", "residual", "simvq") and q.codebook_size < 2:
-            raise ConfigError(f"model.quantizer.codebook_size={q.codebook_size} must be at least 2")
-        if q.codebook_dim is not None and q.codebook_dim < 1:
-            raise ConfigError(f"model.quantizer.codebook_dim={q.codebook_dim} must be positive or null")
-        if not 0.0 < q.decay < 1.0:
-            raise ConfigError(f"model.quantizer.decay={q.decay} must be in (0, 1)")
-        if any(min(m.ch * c, m.z_channels) % min(m.num_groups, m.ch * c) for c in m.ch_mult) and m.arch == "taming":
-            raise ConfigError(
-                f"model.num_groups={m.num_groups} must divide every block width model.ch * model.ch_mult "
-                f"({[m.ch * c for c in m.ch_mult]})"
-            )
-        if loss.reconstruction == "masked_l2" and loss.mask_threshold is None and self.data.kind not in ("smoke", "smoke_video"):
-            raise ConfigError(
-                "loss.reconstruction=masked_l2 needs masks: set loss.mask_threshold, or use a dataset that "
-                "provides masks (data.kind=smoke)"
-            )
-        if self.data.channels != m.in_channels:
-            raise ConfigError(
-                f"data.channels={self.data.channels} differs from model.in_channels={m.in_channels}"
-            )
-        if m.arch == "video3d" and (self.data.frames_as_images or (self.data.frames - 1) % m.time_factor):
-            raise ConfigError(
-                f"model.arch=video3d needs clips (data.frames_as_images=false) of 1 + k * {m.time_factor} frames "
-                f"(model.temporal_downsample={m.temporal_downsample}); got data.frames={self.data.frames}"
-            )
-        if loss.disc_weight < 0 or loss.perceptual_weight < 0:
-            raise ConfigError("loss.disc_weight and loss.perceptual_weight must be non-negative")
-        t, d = self.train, self.data
-        t.validate()
-        for key, value, low in [("data.batch_size", d.batch_size, 1), ("data.num_workers", d.num_workers, 0)]:
-            if value < low:
-                raise ConfigError(f"{key}={value} must be at least {low}")
-        if d.kind == "folder" and not d.root:
-            raise ConfigError("data.kind=folder needs data.root (a folder of images)")
-        if d.epochs_per_chunk < 1 or d.gan_epochs_per_chunk < 0:
-            raise ConfigError(
-                f"data.epochs_per_chunk={d.epochs_per_chunk} must be at least 1 and "
-                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} at least 0"
-            )
-        if d.gan_epochs_per_chunk > 0 and not d.videos_per_chunk:
-            raise ConfigError(
-                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} schedules the discriminator within chunks: set "
-                "data.videos_per_chunk (chunked video training) too"
-            )
-        if d.test_chunk is not None and (not d.videos_per_chunk or d.test_chunk < 0):
-            raise ConfigError(
-                f"data.test_chunk={d.test_chunk} holds out one chunk of the training videos: it needs "
-                "data.videos_per_chunk and a value of at least 0"
-            )
-        if d.gan_epochs_per_chunk > 0 and loss.disc_weight == 0:
-            raise ConfigError(
-                f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} needs a discriminator (loss.disc_weight > 0)"
-            )
+        refuse(bad and m.arch == "taming",
+               f"model.attn_resolutions={m.attn_resolutions}: {bad} never occur; the encoder's resolutions "
+               f"are {levels} for model.resolution={m.resolution} and model.ch_mult={m.ch_mult}")
+        refuse(q.kind in ("vq", "ema", "residual", "simvq") and q.codebook_size < 2,
+               f"model.quantizer.codebook_size={q.codebook_size} must be at least 2")
+        refuse(q.codebook_dim is not None and q.codebook_dim < 1,
+               f"model.quantizer.codebook_dim={q.codebook_dim} must be positive or null")
+        refuse(not 0.0 < q.decay < 1.0, f"model.quantizer.decay={q.decay} must be in (0, 1)")
+        widths = [m.ch * c for c in m.ch_mult]
+        refuse(m.arch == "taming" and any(min(w, m.z_channels) % min(m.num_groups, w) for w in widths),
+               f"model.num_groups={m.num_groups} must divide every block width model.ch * model.ch_mult "
+               f"({widths})")
+        refuse(loss.reconstruction == "masked_l2" and loss.mask_threshold is None
+               and d.kind not in ("smoke", "smoke_video"),
+               "loss.reconstruction=masked_l2 needs masks: set loss.mask_threshold, or use a dataset that "
+               "provides masks (data.kind=smoke)")
+        refuse(d.channels != m.in_channels,
+               f"data.channels={d.channels} differs from model.in_channels={m.in_channels}")
+        refuse(m.arch == "video3d" and (d.frames_as_images or (d.frames - 1) % m.time_factor),
+               f"model.arch=video3d needs clips (data.frames_as_images=false) of 1 + k * {m.time_factor} "
+               f"frames (model.temporal_downsample={m.temporal_downsample}); got data.frames={d.frames}")
+        refuse(loss.disc_weight < 0 or loss.perceptual_weight < 0,
+               "loss.disc_weight and loss.perceptual_weight must be non-negative")
+        self.train.validate()
+        check_minimum("data.batch_size", d.batch_size, 1)
+        check_minimum("data.num_workers", d.num_workers, 0)
+        refuse(d.kind == "folder" and not d.root, "data.kind=folder needs data.root (a folder of images)")
+        refuse(d.epochs_per_chunk < 1 or d.gan_epochs_per_chunk < 0,
+               f"data.epochs_per_chunk={d.epochs_per_chunk} must be at least 1 and "
+               f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} at least 0")
+        refuse(d.gan_epochs_per_chunk > 0 and not d.videos_per_chunk,
+               f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} schedules the discriminator within "
+               "chunks: set data.videos_per_chunk (chunked video training) too")
+        refuse(d.test_chunk is not None and (not d.videos_per_chunk or d.test_chunk < 0),
+               f"data.test_chunk={d.test_chunk} holds out one chunk of the training videos: it needs "
+               "data.videos_per_chunk and a value of at least 0")
+        refuse(d.gan_epochs_per_chunk > 0 and loss.disc_weight == 0,
+               f"data.gan_epochs_per_chunk={d.gan_epochs_per_chunk} needs a discriminator "
+               "(loss.disc_weight > 0)")
         return self
 
     def _validate_decoder(self) -> None:
-        m = self.model
-        if m.decoder_ch is not None and m.decoder_ch < 1:
-            raise ConfigError(f"model.decoder_ch={m.decoder_ch} must be positive or null")
-        if m.decoder_ch_mult is not None:
-            if len(m.decoder_ch_mult) != len(m.ch_mult) or min(m.decoder_ch_mult) < 1:
-                raise ConfigError(
-                    f"model.decoder_ch_mult={m.decoder_ch_mult} must hold {len(m.ch_mult)} positive multipliers, one "
-                    f"per level of model.ch_mult={m.ch_mult} (the decoder undoes every downsampling), or be null"
-                )
-        if m.arch == "video3d" and not m.decoder_mirrors_encoder:
-            raise ConfigError(
-                "model.decoder_ch and model.decoder_ch_mult are not available for model.arch=video3d (its decoder "
-                "mirrors the encoder); set both to null"
-            )
+        m, mult = self.model, self.model.decoder_ch_mult
+        refuse(m.decoder_ch is not None and m.decoder_ch < 1,
+               f"model.decoder_ch={m.decoder_ch} must be positive or null")
+        refuse(mult is not None and (len(mult) != len(m.ch_mult) or min(mult) < 1),
+               f"model.decoder_ch_mult={mult} must hold {len(m.ch_mult)} positive multipliers, one per "
+               f"level of model.ch_mult={m.ch_mult} (the decoder undoes every downsampling), or be null")
+        refuse(m.arch == "video3d" and not m.decoder_mirrors_encoder,
+               "model.decoder_ch and model.decoder_ch_mult are not available for model.arch=video3d (its "
+               "decoder mirrors the encoder); set both to null")
         widths = m.decoder_widths
-        if m.arch == "taming" and any(w % min(m.num_groups, w) for w in widths):
-            raise ConfigError(
-                f"model.num_groups={m.num_groups} must divide every decoder width {widths} "
-                "(model.decoder_ch * model.decoder_ch_mult)"
-            )
-
-    def _validate_beta_on(self) -> None:
-        q = self.model.quantizer
-        kind = q.stage_kind if q.kind == "residual" else q.kind
-        if q.beta_on == "codebook" and kind not in ("vq", "simvq"):
-            where = f"model.quantizer.kind=residual with stage_kind={kind}" if q.kind == "residual" else f"model.quantizer.kind={kind}"
-            raise ConfigError(
-                f"model.quantizer.beta_on=codebook needs a codebook learned by gradients (kind vq or simvq): "
-                f"{where} has no codebook loss term for beta to weight; use beta_on=commitment"
-            )
+        refuse(m.arch == "taming" and any(w % min(m.num_groups, w) for w in widths),
+               f"model.num_groups={m.num_groups} must divide every decoder width {widths} "
+               "(model.decoder_ch * model.decoder_ch_mult)")
 
 
 class ConfigError(ValueError):
     """An inconsistent or invalid configuration, reported before any training starts."""
+
+
+def refuse(bad: Any, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` when ``bad`` is true."""
+    if bad:
+        raise ConfigError(message)
+
+
+def check_minimum(key: str, value: int | None, low: int) -> None:
+    """Raise :class:`ConfigError` when ``value`` (``None`` is accepted) is below ``low``."""
+    refuse(value is not None and value < low, f"{key}={value} must be at least {low}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -619,22 +532,12 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Build a (nested) config dataclass from a plain dict, rejecting unknown keys with the valid choices."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls} is not a dataclass")
-    import typing
-
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value)
-        kwargs[key] = value
-    return cls(**kwargs)
+        raise ConfigError(f"unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(hints)}")
+    nested = {k for k, v in data.items() if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict)}
+    return cls(**{k: from_dict(hints[k], v) if k in nested else v for k, v in data.items()})
 
 
 def replace_keys(config: Any, changes: dict[str, Any]) -> Any:
@@ -642,8 +545,8 @@ def replace_keys(config: Any, changes: dict[str, Any]) -> Any:
     ``{"train": {"max_steps": 3}}``; an unknown key is refused with the valid ones (:func:`from_dict`)."""
 
     def merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in new.items()}}
+        both = {k for k, v in new.items() if isinstance(v, dict) and isinstance(base.get(k), dict)}
+        return {**base, **{k: merge(base[k], v) if k in both else v for k, v in new.items()}}
 
     return from_dict(type(config), merge(to_dict(config), changes))
 
@@ -657,27 +560,13 @@ def dump_config(config: Any, path: str | Path) -> Path:
 
 
 def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> None:
-    """Add a run config's options to a jsonargparse parser: ``--preset NAME`` (when ``presets``, a
-    :class:`~vqgan.registry.Registry` of factories), ``--config FILE`` (YAML) and every field of the dataclass
-    ``cls`` as a dotted option at the top level (``--model.quantizer.kind``), documented by the dataclasses'
-    ``Attributes:``. ``--preset`` and ``--config`` apply where they stand: the options after them override them."""
-    from jsonargparse import ActionConfigFile
-
-    if presets is not None:
-        parser.add_argument(
-            "--preset", action=_preset_action(presets), metavar="NAME",
-            help=f"start from a named preset (the options after it override it): {', '.join(presets.names())}",
-        )
-    parser.add_argument("--config", action=ActionConfigFile,
-                        help="YAML file of options (see configs/); the options after it override it")
-    parser.add_argument("--print-config", "--print_config", action="store_true",
-                        help="print the resolved configuration as YAML instead of running")
-    parser.add_class_arguments(cls, None)
-
-
-def _preset_action(presets: Any) -> type:
-    """An argparse action that sets every option to the values of the named preset, where it stands."""
+    """Add ``--preset NAME`` (when ``presets``, a :class:`~vqgan.registry.Registry` of factories),
+    ``--config FILE`` and every field of the dataclass ``cls`` as a dotted option (``--model.quantizer.kind``)
+    to a jsonargparse parser. ``--preset`` and ``--config`` apply where they stand: later options override
+    them."""
     import argparse
+
+    from jsonargparse import ActionConfigFile
 
     class PresetAction(argparse.Action):
         def __call__(self, parser, namespace, value, option_string=None):
@@ -690,47 +579,54 @@ def _preset_action(presets: Any) -> type:
             namespace.update(parser.parse_object(to_dict(cfg), defaults=False))
             setattr(namespace, self.dest, value)
 
-    return PresetAction
+    if presets is not None:
+        parser.add_argument(
+            "--preset", action=PresetAction, metavar="NAME",
+            help="start from a named preset (later options override it): " + ", ".join(presets.names()),
+        )
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="YAML file of options (see configs/); the options after it override it")
+    parser.add_argument("--print-config", "--print_config", action="store_true",
+                        help="print the resolved configuration as YAML instead of running")
+    parser.add_class_arguments(cls, None)
 
 
 def run_config_from_namespace(cls: type, ns: Any) -> Any:
-    """Build the run config ``cls`` from a parsed jsonargparse namespace; fields not given keep their defaults."""
+    """The run config ``cls`` from a parsed jsonargparse namespace; fields not given keep their defaults."""
     data = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
-    names = {f.name for f in dataclasses.fields(cls)}
-    return from_dict(cls, {k: v for k, v in data.items() if k in names})
+    return from_dict(cls, {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 
 def parse_run_config(
     cls: type, presets: Any, path: str | Path | None, overrides: list[str] | None, preset: str | None
 ) -> Any:
-    """Preset, then YAML file, then dotted ``overrides``, parsed as the command line parses them (abbreviated keys
-    refused, an unknown key named with its closest match); shared by :func:`load_config` and the prior's loader."""
+    """Preset, then YAML file, then dotted ``overrides``, parsed as the command line parses them (abbreviated
+    keys refused, an unknown key named with its closest match), for :func:`load_config` and the priors'."""
     from jsonargparse import ArgumentParser
 
     from vqgan.config_checks import describe_parse_error
 
-    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False, print_config=None)  # "--model.d" is not dropout
+    # allow_abbrev=False: "--model.d" is not dropout
+    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False, print_config=None)
     add_run_config_arguments(parser, cls, presets)
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
-    args = [*(["--preset", preset] if preset else []), *(["--config", str(path)] if path else []), *(overrides or [])]
+    args = [*(["--preset", preset] if preset else []), *(["--config", str(path)] if path else [])]
+    args += overrides or []
     try:
         ns = parser.parse_args(args, defaults=False)
     except Exception as e:  # jsonargparse raises argparse.ArgumentError
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}: {describe_parse_error(parser, args, e, cls)}") from None
+        why = describe_parse_error(parser, args, e, cls)
+        raise ConfigError(f"invalid configuration{where}: {why}") from None
     return run_config_from_namespace(cls, ns)
 
 
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
 ) -> ExperimentConfig:
-    """Load an :class:`ExperimentConfig` the way ``vqgan fit`` does: preset, then YAML file, then dotted overrides.
-
-    Args:
-        path: YAML file with plain values (see ``configs/``).
-        overrides: command-line style options, e.g. ``["--model.ch", "32", "--train.lr=1e-3"]``.
-        preset: name of a registered preset that provides the defaults.
+    """Load an :class:`ExperimentConfig` the way ``vqgan fit`` does: preset, then YAML file (``configs/``),
+    then command-line style ``overrides`` (``["--model.ch", "32", "--train.lr=1e-3"]``).
 
     Raises:
         ConfigError: an unknown key, a wrong type or an invalid choice, with the key named.

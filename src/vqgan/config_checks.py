@@ -1,10 +1,7 @@
-"""Checks that make a configuration mistake cost seconds, not a run: value types against the dataclasses' type
-hints (so that the Python API is checked like the command line), unknown keys with the valid ones and the
-closest match, and output paths that must stay inside the run folder.
-
-Used by :meth:`vqgan.config.ExperimentConfig.validate`, :func:`vqgan.config.load_config` and the ``vqgan`` command
-(:func:`describe_parse_error` turns what jsonargparse refused into one line naming the key).
-"""
+"""Checks that make a configuration mistake cost seconds, not a run: value types against the dataclasses'
+type hints (the Python API is checked like the command line), unknown keys with the valid ones and the closest
+match (:func:`describe_parse_error`: what jsonargparse refused, as one line), and output paths that must stay
+inside the run folder."""
 
 from __future__ import annotations
 
@@ -17,14 +14,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-def _config_error(message: str) -> Exception:
-    from vqgan.config import ConfigError
-
-    return ConfigError(message)
+from vqgan.config import ConfigError, ExperimentConfig
 
 
-# -- types -------------------------------------------------------------------------------------------------------
+# -- types ----------------------------------------------------------------------------------------------
 def describe_type(hint: Any) -> str:
     """A short human description of a type hint: ``one of ['vq', 'ema']``, ``an integer or null`` ..."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -34,13 +27,14 @@ def describe_type(hint: Any) -> str:
         parts = [describe_type(a) for a in args if a is not type(None)]
         return " or ".join(parts) + (" or null" if type(None) in args else "")
     if origin is list:
-        return f"a list of {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+        item = describe_type(args[0]).removeprefix("a ").removeprefix("an ") if args else ""
+        return f"a list of {item}s" if args else "a list"
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 
 def matches_type(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits ``hint`` (the forms used by the config dataclasses; unknown forms are accepted)."""
+    """Whether ``value`` fits ``hint`` (the forms the config dataclasses use; unknown forms are accepted)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
@@ -52,14 +46,8 @@ def matches_type(value: Any, hint: Any) -> bool:
         return any(matches_type(value, a) for a in args)
     if origin in (list, tuple):
         return isinstance(value, (list, tuple)) and (not args or all(matches_type(v, args[0]) for v in value))
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
+    if hint in (int, float):  # a bool is an int to Python, not to a config
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True
@@ -73,21 +61,18 @@ def check_types(config: Any, prefix: str = "") -> None:
         key, value, hint = f"{prefix}{f.name}", getattr(config, f.name), hints[f.name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, hint):
-                raise _config_error(f"{key} must be a {hint.__name__} (a mapping of its keys), got {value!r}")
+                raise ConfigError(f"{key} must be a {hint.__name__} (a mapping of its keys), got {value!r}")
             check_types(value, key + ".")
         elif not matches_type(value, hint):
-            raise _config_error(f"{key}={value!r} is invalid: expected {describe_type(hint)}")
+            raise ConfigError(f"{key}={value!r} is invalid: expected {describe_type(hint)}")
 
 
-# -- unknown keys --------------------------------------------------------------------------------------------------
+# -- unknown keys ---------------------------------------------------------------------------------------
 Fields = dict[str, Any]  # the top level of a set of options: name -> type hint
 
 
 def _fields(root: type | Fields | None) -> Fields:
-    if root is None:
-        from vqgan.config import ExperimentConfig
-
-        root = ExperimentConfig
+    root = ExperimentConfig if root is None else root
     return dict(root) if isinstance(root, dict) else typing.get_type_hints(root)
 
 
@@ -111,8 +96,8 @@ def _unknown_part(key: str, root: type | Fields | None) -> bool:
 
 
 def key_hint(key: str, root: type | Fields | None = None) -> str:
-    """``unknown key 'model.chh'; did you mean 'model.ch'? Valid keys of model: ...`` for a dotted key of the
-    dataclass ``root`` (default :class:`~vqgan.config.ExperimentConfig`) or of a mapping of top-level hints."""
+    """``unknown key 'model.chh'; did you mean 'model.ch'? Valid keys of model: ...`` for a dotted key of
+    the dataclass ``root`` (default: :class:`~vqgan.config.ExperimentConfig`) or a mapping of hints."""
     fields, parts, known = _fields(root), key.split("."), []
     for part in parts[:-1]:
         cls = _dataclass_in(fields.get(part))
@@ -123,9 +108,8 @@ def key_hint(key: str, root: type | Fields | None = None) -> str:
     wrong = parts[len(known)]
     close = difflib.get_close_matches(wrong, list(fields), n=1, cutoff=0.6)
     dotted = (section + "." if section else "") + (close[0] if close else "")
-    msg = f"unknown key {key!r}"
-    msg += f"; did you mean {dotted!r}?" if close else "."
-    return msg + f" Valid keys of {section or 'the run'}: {', '.join(fields)}"
+    hint = f"; did you mean {dotted!r}?" if close else "."
+    return f"unknown key {key!r}{hint} Valid keys of {section or 'the run'}: {', '.join(fields)}"
 
 
 def _unknown_yaml_key(data: Any, root: type | Fields | None, prefix: str = "") -> str | None:
@@ -142,17 +126,12 @@ def _unknown_yaml_key(data: Any, root: type | Fields | None, prefix: str = "") -
     return None
 
 
-def describe_parse_error(parser: Any, argv: list[str], error: Exception, root: type | Fields | None = None) -> str:
-    """One line for a mistake jsonargparse refused. An option the parser does not know, or a key of a ``--config``
-    file that names no field, is named with its closest match (:func:`key_hint`); anything else is jsonargparse's own
-    message on one line. Found from the parser's table and the dataclasses, not by reading the message.
-
-    Args:
-        parser: the parser that refused ``argv``.
-        argv: what it was given.
-        error: what it raised.
-        root: the dataclass (or mapping of top-level type hints) whose dotted keys the options are.
-    """
+def describe_parse_error(
+    parser: Any, argv: list[str], error: Exception, root: type | Fields | None = None
+) -> str:
+    """One line for what jsonargparse refused in ``argv``: an unknown option, or a ``--config`` file's key
+    that names no field of ``root`` (the options' dataclass or top-level hints), with its closest match
+    (:func:`key_hint`); else jsonargparse's own message. Found from the parser's table, not its message."""
     known = parser._option_string_actions  # argparse's own table of option strings
     sections = {k: v for k, v in _fields(root).items() if _dataclass_in(v)}  # the options with dotted keys
     for token in argv:
@@ -167,7 +146,7 @@ def describe_parse_error(parser: Any, argv: list[str], error: Exception, root: t
         close = difflib.get_close_matches(f"--{key}", shown, n=1)
         return f"unknown option --{key}" + (f"; did you mean {close[0]}?" if close else "") + " (see --help)"
     files = [argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--config"]
-    for file in files + [t.split("=", 1)[1] for t in argv if t.startswith("--config=")]:
+    for file in files + [t.removeprefix("--config=") for t in argv if t.startswith("--config=")]:
         try:
             data = yaml.safe_load(Path(file).read_text())
         except (OSError, yaml.YAMLError):
@@ -177,30 +156,25 @@ def describe_parse_error(parser: Any, argv: list[str], error: Exception, root: t
     return " ".join(str(error).split())
 
 
-# -- paths ---------------------------------------------------------------------------------------------------------
+# -- paths ----------------------------------------------------------------------------------------------
 def resolve_output_path(run_dir: str | Path, path: str | Path, key: str = "path") -> Path:
-    """Where a path taken from a configuration may be written.
-
-    A relative path is resolved inside ``run_dir`` and must stay there (``../x``, or a symbolic link that leads
-    out, is refused); an absolute path is the user's explicit choice and is returned unchanged.
-
-    Raises:
-        ConfigError: naming ``key``, when a relative path would leave the run folder.
-    """
+    """Where a path taken from a configuration may be written: a relative path is resolved inside ``run_dir``
+    and must stay there (``../x``, or a symbolic link that leads out, is a ``ConfigError`` naming ``key``); an
+    absolute path is the user's explicit choice and is returned unchanged."""
     path = Path(path).expanduser()
     if path.is_absolute():
         return path
     base = Path(run_dir).resolve()
     target = (base / path).resolve()
     if target != base and base not in target.parents:
-        raise _config_error(
-            f"{key}={str(path)!r} would write outside the run folder {base}; use a path inside it, or an absolute "
-            "path if that is really meant"
+        raise ConfigError(
+            f"{key}={str(path)!r} would write outside the run folder {base}; use a path inside it, or an "
+            "absolute path if that is really meant"
         )
     return target
 
 
 def check_plain_name(name: str, key: str = "name") -> None:
-    """A run name is used for labels (and may become a file name): refuse separators, ``..`` and control bytes."""
+    """A run name labels things (and may become a file name): refuse separators, ``..`` and control bytes."""
     if not name or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable():
-        raise _config_error(f"{key}={name!r} must be a plain name (no '/', '\\\\', '..' or control characters)")
+        raise ConfigError(f"{key}={name!r} must be a plain name (no '/', '\\\\', '..' or control characters)")

@@ -1,9 +1,9 @@
-"""Using trained models, with torch only (no Lightning): reconstruct image files with a tokenizer, and sample
+"""Using trained models with torch only (no Lightning): reconstruct image files with a tokenizer, and sample
 images from a prior (generate token maps, decode them with the tokenizer, write grids and files).
 
-Bad input: a folder's unreadable files (corrupt, truncated, not an image) are skipped with a warning that names
-each one, and counted (:attr:`Reconstructions.skipped`), so that one bad file never loses the rest of the folder;
-a single file named on its own that can't be read raises ``ValueError`` with a one-line message.
+Bad input: a folder's unreadable files are skipped with a warning naming each one, and counted
+(:attr:`Reconstructions.skipped`), so that one bad file never loses the rest of the folder; a single file
+named on its own that can't be read raises ``ValueError`` with a one-line message.
 """
 
 from __future__ import annotations
@@ -30,12 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Reconstructions:
-    """What :func:`reconstruct_files` did.
-
-    Attributes:
-        records: one ``{"file", "psnr", "size"}`` per reconstructed image, in file order.
-        skipped: one ``{"file", "error"}`` per file that could not be read (each also logged as a warning).
-    """
+    """What :func:`reconstruct_files` did: ``records``, one ``{"file", "psnr", "size"}`` per image in file
+    order, and ``skipped``, one ``{"file", "error"}`` per unreadable file (each also logged as a warning)."""
 
     records: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
@@ -46,54 +42,50 @@ def reconstruct_files(
     model: torch.nn.Module, input_path: str | Path, output_dir: str | Path, resolution: int | None = None,
     full_size: bool = False, device: str = "cpu",
 ) -> Reconstructions:
-    """Reconstruct an image file or every image under a folder.
+    """Reconstruct an image file or every image under a folder: ``NAME_rec.png`` and ``NAME_compare.png``
+    (original | reconstruction) per image.
 
     Each image is resized (shorter side) and centre-cropped to ``resolution`` (default: the model's), or, with
-    ``full_size``, kept whole and cropped to a multiple of the downsampling factor. Writes ``NAME_rec.png`` and a
-    side-by-side ``NAME_compare.png`` (original | reconstruction) per image; returns per-image PSNR records and
-    the files skipped because they could not be read.
-
-    Raises:
-        ValueError: ``input_path`` is a single file that is not an image or can't be read.
+    ``full_size``, kept whole and cropped to a multiple of the downsampling factor. Raises ``ValueError`` when
+    ``input_path`` is a single file that is not an image or can't be read.
     """
     input_path, output_dir = Path(input_path), Path(output_dir)
-    files = [input_path] if input_path.is_file() else list_images(input_path)
-    if input_path.is_file() and input_path.suffix.lower() not in IMAGE_EXTENSIONS:
+    single = input_path.is_file()
+    if single and input_path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(f"{input_path} is not an image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     output_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
+    cfg, f = model.config, model.config.spatial_factor
     res = resolution or cfg.resolution
-    f = cfg.spatial_factor
     model = model.to(device).eval()
     out = Reconstructions()
-    for path in files:
+    for path in [input_path] if single else list_images(input_path):
         try:
             img = load_image(path, cfg.in_channels)
         except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
-            if input_path.is_file():
-                raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-            log.warning("skipping unreadable image %s: %s: %s", path, type(e).__name__, e)
-            out.skipped.append({"file": str(path), "error": f"{type(e).__name__}: {e}"})
+            error = f"{type(e).__name__}: {e}"
+            if single:
+                raise ValueError(f"cannot read image {path}: {error}") from None
+            log.warning("skipping unreadable image %s: %s", path, error)
+            out.skipped.append({"file": str(path), "error": error})
             continue
         if full_size:
-            w, h = (img.width // f) * f, (img.height // f) * f
-            img = img.crop((0, 0, w, h))
+            img = img.crop((0, 0, img.width // f * f, img.height // f * f))
         else:
             img = crop(resize_shorter(img, res), res, random=False)
         x = to_tensor(img)[None].to(device)
         rec = model(x).reconstruction.clamp(-1, 1)
-        stem = path.stem
-        to_pil(to_unit(rec[0])).save(output_dir / f"{stem}_rec.png")
-        to_pil(to_unit(torch.cat([x[0], rec[0]], dim=-1))).save(output_dir / f"{stem}_compare.png")
-        out.records.append({"file": str(path), "psnr": float(psnr(x, rec)[0]), "size": [img.height, img.width]})
+        to_pil(to_unit(rec[0])).save(output_dir / f"{path.stem}_rec.png")
+        to_pil(to_unit(torch.cat([x[0], rec[0]], dim=-1))).save(output_dir / f"{path.stem}_compare.png")
+        record = {"file": str(path), "psnr": float(psnr(x, rec)[0]), "size": [img.height, img.width]}
+        out.records.append(record)
     return out
 
 
 @torch.no_grad()
 def decode_tokens(tokenizer: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Decode ``(B, h, w)`` code indices (``(B, t, h, w)`` token grids of clips) with a stage-1 tokenizer to images
-    in [-1, 1] (clamped): ``(B, C, H, W)``, or clips ``(B, C, T, H, W)``. An image tokenizer decodes a token grid
-    frame by frame."""
+    """Decode ``(B, h, w)`` code indices (``(B, t, h, w)`` token grids of clips) with a stage-1 tokenizer to
+    images in [-1, 1] (clamped): ``(B, C, H, W)``, or clips ``(B, C, T, H, W)``. An image tokenizer decodes a
+    token grid frame by frame."""
     device = next(tokenizer.parameters()).device
     if tokens.dim() == 4 and getattr(tokenizer.config, "arch", None) != "video3d":
         b, t = tokens.shape[:2]
@@ -106,8 +98,10 @@ def decode_tokens(tokenizer: torch.nn.Module, tokens: torch.Tensor, batch_size: 
     return torch.cat(out)
 
 
-def resolve_class(class_: str | int | None, num_classes: int, class_names: list[str], num: int) -> torch.Tensor | None:
-    """Labels ``(num,)`` for ``--class``: ``None`` (unconditional), an index, a class name, or ``all`` (cycle)."""
+def resolve_class(
+    class_: str | int | None, num_classes: int, class_names: list[str], num: int
+) -> torch.Tensor | None:
+    """Labels ``(num,)`` for ``--class``: ``None`` (unconditional), an index, a name, or ``all`` (cycle)."""
     if class_ is None or class_ == "":
         return None
     if num_classes == 0:
@@ -119,94 +113,86 @@ def resolve_class(class_: str | int | None, num_classes: int, class_names: list[
     elif class_ in class_names:
         k = class_names.index(class_)
     else:
-        raise ValueError(f"--class {class_!r}: not an index in [0, {num_classes}) nor one of {class_names}")
+        raise ValueError(f"--class {class_!r}: not an index in [0, {num_classes}) nor one of "
+                         f"{class_names}")
     if not 0 <= k < num_classes:
         raise ValueError(f"--class {k} is out of range [0, {num_classes})")
     return torch.full((num,), k, dtype=torch.long)
 
 
-@torch.no_grad()
-def generate_images(
-    prior: str | Path,
-    output: str | Path,
-    tokenizer: str | Path | None = None,
-    num: int = 16,
-    class_: str | int | None = None,
-    cfg_scale: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    steps: int | None = None,
-    use_cache: bool = True,
-    seed: int = 0,
-    ncol: int = 8,
-    device: str = "cpu",
-    sampler: str | None = None,
-    snap: bool | None = None,
-    prefix_frames: int = 0,
-    inputs: str | Path | None = None,
-    fps: float = 4.0,
-) -> dict[str, Any]:
-    """Sample ``num`` token maps from a prior checkpoint, decode them with the tokenizer and write
-    ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels) and
-    ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there).
+def label_tensor(labels: torch.Tensor | None, num: int) -> torch.Tensor:
+    """The labels as saved with samples: ``-1`` for every sample when unconditional."""
+    return torch.full((num,), -1, dtype=torch.long) if labels is None else labels.cpu()
 
-    A flow prior's samples are latents: it writes ``OUTPUT/latents.safetensors`` instead of the tokens, and
-    ``OUTPUT/trajectory.png`` (the decoded ODE states of the first samples, noise on the left). ``steps``: MaskGIT
-    decoding steps (default 8) or the flow's ODE steps (default: the prior's ``sample_steps``); ``sampler``
-    (``euler``/``heun``) and ``snap`` (to the nearest codes before decoding) default to the prior's config.
 
-    A prior over clips (``model.token_frames > 1``) writes video grids instead, and predicts frames after the
-    first ``prefix_frames`` of the clips in ``inputs``: see :func:`vqgan.video_generation.generate_clips`."""
+def _save_samples(out: Path, images: torch.Tensor, ncol: int, labels: torch.Tensor | None, key: str,
+                  values: torch.Tensor) -> None:
+    """``OUT/grid.png``, ``OUT/images/sample_NNNN.png`` and ``OUT/KEY.safetensors`` (values, labels)."""
     from safetensors.torch import save_file
 
-    from vqgan.viz.plots import save_code_histogram
     from vqgan.viz.samples import save_image_grid, save_images
 
+    out.mkdir(parents=True, exist_ok=True)
+    save_image_grid(images, out / "grid.png", ncol=ncol)
+    save_images(images, out / "images", [f"sample_{i:04d}" for i in range(len(images))])
+    tensors = {key: values.cpu().contiguous(), "labels": label_tensor(labels, len(images)).contiguous()}
+    save_file(tensors, str(out / f"{key}.safetensors"))
+
+
+@torch.no_grad()
+def generate_images(
+    prior: str | Path, output: str | Path, tokenizer: str | Path | None = None, num: int = 16,
+    class_: str | int | None = None, cfg_scale: float = 1.0, temperature: float = 1.0,
+    top_k: int | None = None, top_p: float | None = None, steps: int | None = None, use_cache: bool = True,
+    seed: int = 0, ncol: int = 8, device: str = "cpu", sampler: str | None = None, snap: bool | None = None,
+    prefix_frames: int = 0, inputs: str | Path | None = None, fps: float = 4.0,
+) -> dict[str, Any]:
+    """Sample ``num`` token maps from a prior checkpoint, decode them with the tokenizer and write
+    ``OUTPUT/grid.png``, ``OUTPUT/images/sample_NNNN.png``, ``OUTPUT/tokens.safetensors`` (tokens and labels)
+    and ``OUTPUT/codes.png`` (code usage against the data, when the token folder is still there).
+
+    A flow prior writes ``OUTPUT/latents.safetensors`` instead of the tokens, and ``OUTPUT/trajectory.png``
+    (decoded ODE states, noise on the left); ``steps``, ``sampler`` and ``snap`` default to the prior's
+    config (MaskGIT: 8 steps). A prior over clips (``model.token_frames > 1``) writes video grids, and
+    predicts frames after ``prefix_frames`` of ``inputs`` (:func:`~vqgan.video_generation.generate_clips`)."""
     model, cfg, meta = load_prior(prior, device)
     tok_path = tokenizer or meta.get("source", {}).get("tokenizer")
     if tok_path is None:
         raise ValueError("no tokenizer known for this prior: pass --tokenizer FILE")
+    labels = resolve_class(class_, cfg.model.num_classes, list(meta.get("class_names", [])), num)
+    g = torch.Generator(device=device).manual_seed(seed)
     if cfg.model.kind == "flow":
-        return _generate_flow_images(model, cfg, meta, tok_path, output, num, class_, cfg_scale, steps, sampler, snap,
-                                     seed, ncol, device)
+        return _generate_flow_images(model, cfg, meta, tok_path, Path(output), num, labels, cfg_scale, steps,
+                                     sampler, snap, g, ncol, device)
     tok, _ = load_model(tok_path, device)
     if tok.quantize.codebook_size != cfg.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer {tok_path} has {tok.quantize.codebook_size} codes but the prior models {cfg.model.vocab_size}"
-        )
-    names = list(meta.get("class_names", []))
-    labels = resolve_class(class_, cfg.model.num_classes, names, num)
+        raise ConfigError(f"tokenizer {tok_path} has {tok.quantize.codebook_size} codes but the prior models "
+                          f"{cfg.model.vocab_size}")
     if cfg.model.token_frames > 1 or prefix_frames:
         from vqgan.video_generation import generate_clips
 
         if cfg.model.token_frames == 1:
             raise ValueError("--prefix-frames needs a prior over clips (model.token_frames > 1)")
-        return generate_clips(
-            model, tok, output, labels, num, names, prefix_frames, inputs, cfg_scale, temperature, top_k, top_p,
-            min(steps or 8, cfg.model.num_tokens), use_cache, seed, min(ncol, 8), fps, device,
-        )
-    g = torch.Generator(device=device).manual_seed(seed)
-    kw: dict[str, Any] = dict(num=num, labels=None if labels is None else labels.to(device), temperature=temperature,
-                              top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=g)
-    start = time.perf_counter()
+        names, steps = list(meta.get("class_names", [])), min(steps or 8, cfg.model.num_tokens)
+        return generate_clips(model, tok, output, labels, num, names, prefix_frames, inputs, cfg_scale,
+                              temperature, top_k, top_p, steps, use_cache, seed, min(ncol, 8), fps, device)
     if cfg.model.kind == "maskgit":
-        tokens = model.generate(steps=min(steps or 8, cfg.model.num_tokens), **kw)
+        extra: dict[str, Any] = {"steps": min(steps or 8, cfg.model.num_tokens)}
     else:
-        tokens = model.generate(use_cache=use_cache, **kw)
+        extra = {"use_cache": use_cache}
+    start = time.perf_counter()
+    tokens = model.generate(num=num, labels=None if labels is None else labels.to(device), top_k=top_k,
+                            top_p=top_p, temperature=temperature, cfg_scale=cfg_scale, generator=g, **extra)
     seconds = time.perf_counter() - start
-    images = decode_tokens(tok, tokens)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, out / "grid.png", ncol=ncol)
-    save_images(images, out / "images", [f"sample_{i:04d}" for i in range(num)])
-    lab = labels if labels is not None else torch.full((num,), -1, dtype=torch.long)
-    save_file({"tokens": tokens.cpu().contiguous(), "labels": lab.contiguous()}, str(out / "tokens.safetensors"))
-    result: dict[str, Any] = {"output": str(out), "num": num, "kind": cfg.model.kind, "sample_seconds": round(seconds, 3)}
-    tokens_dir = cfg.data.tokens
-    if tokens_dir is not None:
+    _save_samples(out, decode_tokens(tok, tokens), ncol, labels, "tokens", tokens)
+    result: dict[str, Any] = {"output": str(out), "num": num, "kind": cfg.model.kind,
+                              "sample_seconds": round(seconds, 3)}
+    if cfg.data.tokens is not None:
+        from vqgan.viz.plots import save_code_histogram
+
         try:
-            hist = TokenDataset(resolve_token_folders(tokens_dir)[0]).code_histogram()
+            hist = TokenDataset(resolve_token_folders(cfg.data.tokens)[0]).code_histogram()
             result.update({k: round(float(v), 4) for k, v in sample_code_metrics(tokens, hist).items()})
             save_code_histogram(tokens, hist, out / "codes.png")
         except TokenFolderError:
@@ -214,30 +200,22 @@ def generate_images(
     return result
 
 
-def _generate_flow_images(model, cfg, meta: dict[str, Any], tok_path: str | Path, output: str | Path, num: int,
-                          class_: str | int | None, cfg_scale: float, steps: int | None, sampler: str | None,
-                          snap: bool | None, seed: int, ncol: int, device: str) -> dict[str, Any]:
+def _generate_flow_images(
+    model, cfg, meta: dict[str, Any], tok_path: str | Path, out: Path, num: int, labels: torch.Tensor | None,
+    cfg_scale: float, steps: int | None, sampler: str | None, snap: bool | None, g: torch.Generator,
+    ncol: int, device: str,
+) -> dict[str, Any]:
     """:func:`generate_images` for a flow prior: sampled latents -> (unprojected) -> (snapped) -> decoded."""
-    from safetensors.torch import save_file
-
     from vqgan.models.prior.latent_space import load_latent_decoder, sample_latent_images
-    from vqgan.viz.samples import save_image_grid, save_images
+    from vqgan.viz.samples import save_image_grid
 
     tok, projection = load_latent_decoder(tok_path, meta.get("projection"), device)
     snap = cfg.model.snap_to_codes if snap is None else snap
-    labels = resolve_class(class_, cfg.model.num_classes, list(meta.get("class_names", [])), num)
-    g = torch.Generator(device=device).manual_seed(seed)
-    out_dir = Path(output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     columns = min(6, (steps or cfg.model.sample_steps) + 1)
     res = sample_latent_images(model, tok, num=num, labels=None if labels is None else labels.to(device),
-                               projection=projection, snap=snap, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
-                               generator=g, trajectory_columns=columns)
-    save_image_grid(res.images, out_dir / "grid.png", ncol=ncol)
-    save_images(res.images, out_dir / "images", [f"sample_{i:04d}" for i in range(num)])
-    rows = min(4, num)
-    save_image_grid(res.trajectory[: rows * columns], out_dir / "trajectory.png", ncol=columns)
-    lab = labels if labels is not None else torch.full((num,), -1, dtype=torch.long)
-    save_file({"latents": res.latents.contiguous(), "labels": lab.contiguous()}, str(out_dir / "latents.safetensors"))
-    return {"output": str(out_dir), "num": num, "kind": "flow", "sample_seconds": round(res.seconds, 3),
+                               projection=projection, snap=snap, steps=steps, sampler=sampler,
+                               cfg_scale=cfg_scale, generator=g, trajectory_columns=columns)
+    _save_samples(out, res.images, ncol, labels, "latents", res.latents)
+    save_image_grid(res.trajectory[: min(4, num) * columns], out / "trajectory.png", ncol=columns)
+    return {"output": str(out), "num": num, "kind": "flow", "sample_seconds": round(res.seconds, 3),
             "steps": steps or cfg.model.sample_steps, "sampler": sampler or cfg.model.sampler, "snap": snap}

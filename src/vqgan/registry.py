@@ -1,25 +1,15 @@
-"""One registry for every "name -> thing" table of the package, and the stage-1 presets.
+"""One registry for every "name -> thing" table (timm's ``register_model``), and the stage-1 presets.
 
-:class:`Registry` is the one mechanism (timm's ``register_model``, LlamaGen's ``VQ_models``): a name, a decorator
-that fills it, a lookup that names the closest match on a typo. It holds the stage-1 presets (:data:`PRESETS`,
-below), the prior presets (:data:`vqgan.models.prior.config.PRIOR_PRESETS`), the quantizer kinds
-(:data:`vqgan.quantizers.QUANTIZERS`), the data kinds (:data:`vqgan.data.DATA_KINDS`) and the ``vqgan``
-sub-commands.
-
-A preset is a function returning a full experiment configuration, with a tiny ``test-*`` preset for every
-architecture. The preset is the one source of truth: the files in ``configs/`` are generated from it
-(:data:`CONFIG_FILES`, ``vqgan presets --write-configs configs/``), not kept equal by hand. Python and not YAML holds
-the preset because presets share parts (every tiny quantizer preset is ``test-taming`` with another quantizer),
-because the package must work installed, without the repository's ``configs/``, and because a comment beside a
-value in Python survives a refactoring that a YAML copy does not.
-
->>> from vqgan.registry import create_model, list_presets
->>> model = create_model("test-taming")
+:class:`Registry` holds the stage-1 presets (:data:`PRESETS`), the prior presets, the quantizer kinds, the
+data kinds and the ``vqgan`` sub-commands. A preset is a function returning a full experiment config, with a
+tiny ``test-*`` preset per architecture. Python, not YAML, is the one source of truth (presets share parts;
+the installed package has no ``configs/``): the files in ``configs/`` are generated (:data:`CONFIG_FILES`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import inspect
 from collections.abc import Callable, Iterator
@@ -41,19 +31,16 @@ T = TypeVar("T")
 
 
 class UnknownNameError(KeyError, ValueError):
-    """A name that no entry of a :class:`Registry` has; the message names the closest ones. Both a ``KeyError``
-    (a failed lookup) and a ``ValueError`` (a bad value in a config), so either ``except`` catches it."""
+    """A name no entry of a :class:`Registry` has, with the closest ones named; a ``KeyError`` (a failed
+    lookup) and a ``ValueError`` (a bad config value), so either ``except`` catches it."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
 class Registry(Generic[T]):
-    """Named entries filled by a decorator: ``@REG.register("name", "one line of help")``.
-
-    Args:
-        what: what an entry is, for messages (``"preset"``, ``"quantizer kind"``).
-    """
+    """Named entries filled by a decorator, ``@REG.register("name", "one line of help")``; ``what`` names an
+    entry in messages (``"preset"``)."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -61,7 +48,7 @@ class Registry(Generic[T]):
         self._help: dict[str, str] = {}
 
     def register(self, name: str, help: str = "") -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name``; ``help`` defaults to the first line of its docstring."""
+        """Decorator registering ``obj`` under ``name``; ``help`` defaults to its docstring's first line."""
 
         def wrap(obj: T) -> T:
             if name in self._entries:
@@ -76,7 +63,8 @@ class Registry(Generic[T]):
         if name not in self._entries:
             close = difflib.get_close_matches(str(name), list(self._entries), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {', '.join(self.names())}")
+            choices = ", ".join(self.names())
+            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {choices}")
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:
@@ -97,13 +85,11 @@ class Registry(Generic[T]):
         return {n: self._help[n] for n in self.names()}
 
 
-# -- stage-1 presets ------------------------------------------------------------------------------------------
 PRESETS: Registry[Callable[[], ExperimentConfig]] = Registry("preset")
 
 
 def register_preset(name: str, description: str = "") -> Callable:
-    """Decorator registering ``fn() -> ExperimentConfig`` under ``name`` (the first docstring line is the default
-    description; the whole docstring heads the preset's generated YAML file, if it has one)."""
+    """Decorator registering ``fn() -> ExperimentConfig`` as ``name``; its docstring heads its YAML file."""
     return PRESETS.register(name, description)
 
 
@@ -123,24 +109,14 @@ def list_presets(prefix: str = "") -> list[str]:
     return PRESETS.names(prefix)
 
 
-def describe_presets() -> dict[str, str]:
-    return PRESETS.describe()
-
-
 def create_model(name: str, **model_overrides):
     """Build the autoencoder of preset ``name``; keyword arguments override :class:`ModelConfig` fields."""
     from vqgan.models import build_model
 
-    cfg = get_preset(name).model
-    for k, v in model_overrides.items():
-        if not hasattr(cfg, k):
-            raise TypeError(f"ModelConfig has no field {k!r}")
-        setattr(cfg, k, v)
-    return build_model(cfg)
+    return build_model(dataclasses.replace(get_preset(name).model, **model_overrides))
 
 
-# -- the files in configs/, generated from presets ------------------------------------------------------------
-#: ``configs/`` file -> (``"stage1"`` or ``"prior"``, preset name). Every file there is generated from its preset.
+#: ``configs/`` file -> (``"stage1"`` or ``"prior"``, preset name): every file there is generated.
 CONFIG_FILES: dict[str, tuple[str, str]] = {
     "quickstart.yaml": ("stage1", "quickstart"),
     "ucf101_vqgan.yaml": ("stage1", "seed000-ucf101-vqgan"),
@@ -157,30 +133,28 @@ CONFIG_FILES: dict[str, tuple[str, str]] = {
 
 
 def preset_yaml(name: str, stage: str = "stage1") -> str:
-    """The YAML text of a preset: its docstring as ``#`` comments, then every value (what ``configs/`` holds)."""
+    """A preset's YAML text: its docstring as ``#`` comments, then every value (what ``configs/`` holds)."""
     import yaml
 
+    registry = PRESETS
     if stage == "prior":
         from vqgan.models.prior.config import PRIOR_PRESETS as registry
-        from vqgan.models.prior.config import get_prior_preset as get
-    else:
-        registry, get = PRESETS, get_preset
-    lines = inspect.cleandoc(registry[name].__doc__ or registry.describe()[name]).splitlines()
-    lines.append(f"Generated from the preset {name!r} by `vqgan presets --write-configs configs/`: change the preset in")
-    lines.append("the package and regenerate; every key can be overridden on the command line (`vqgan fit --help`).")
+    lines = inspect.cleandoc(registry[name].__doc__ or registry.describe()[name]).splitlines() + [
+        f"Generated from the preset {name!r} by `vqgan presets --write-configs configs/`: change the "
+        "preset in",
+        "the package and regenerate; every key can be overridden on the command line (`vqgan fit --help`).",
+    ]
     header = "".join(f"# {line}".rstrip() + "\n" for line in lines)
-    return header + yaml.safe_dump(to_dict(get(name)), sort_keys=False)
+    return header + yaml.safe_dump(to_dict(preset_config(registry, name)), sort_keys=False)
 
 
 def write_config_files(folder: str | Path) -> list[Path]:
     """Write every file of :data:`CONFIG_FILES` into ``folder``; returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
     for file, (stage, name) in CONFIG_FILES.items():
         (folder / file).write_text(preset_yaml(name, stage))
-        written.append(folder / file)
-    return written
+    return [folder / file for file in CONFIG_FILES]
 
 
 # -- tiny presets for tests ---------------------------------------------------------------------------------
@@ -192,8 +166,8 @@ def _tiny_train() -> TrainConfig:
 def _test_taming() -> ExperimentConfig:
     return ExperimentConfig(
         model=ModelConfig(
-            resolution=16, ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=8,
-            embed_dim=8, num_groups=4, quantizer=QuantizerConfig(kind="ema", codebook_size=32, dead_code_threshold=0.01),
+            resolution=16, ch=8, ch_mult=[1, 2], attn_resolutions=[8], z_channels=8, embed_dim=8,
+            num_groups=4, quantizer=QuantizerConfig(kind="ema", codebook_size=32, dead_code_threshold=0.01),
         ),
         loss=LossConfig(perceptual="lpips", random_backbone=True, disc_start=1, disc_weight=0.8),
         discriminator=DiscriminatorConfig(n_layers=2, ch=8),
@@ -206,8 +180,9 @@ def _test_taming() -> ExperimentConfig:
 def _test_resnet() -> ExperimentConfig:
     return ExperimentConfig(
         model=ModelConfig(
-            arch="resnet", resolution=16, ch=16, ch_mult=[1, 1, 1], num_res_blocks=2, z_channels=8, embed_dim=8,
-            quantizer=QuantizerConfig(kind="vq", codebook_size=32, kmeans_init=False, dead_code_threshold=0.0),
+            arch="resnet", resolution=16, ch=16, ch_mult=[1, 1, 1], num_res_blocks=2, z_channels=8,
+            embed_dim=8, quantizer=QuantizerConfig(kind="vq", codebook_size=32, kmeans_init=False,
+                                                   dead_code_threshold=0.0),
         ),
         loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
         data=DataConfig(resolution=16, batch_size=4, builtin_train_crops=32, val_size=8),
@@ -215,68 +190,80 @@ def _test_resnet() -> ExperimentConfig:
     )
 
 
+#: Tiny presets for every quantizer kind: ``test-taming`` with another quantizer.
+_TINY_QUANTIZERS = {
+    "test-vq": ("tiny VQGAN with a gradient-learned codebook, k-means init and restarts (32 codes)",
+                dict(kind="vq", codebook_size=32, dead_code_threshold=0.01)),
+    "test-fsq": ("tiny VQGAN with finite scalar quantization (levels 4x4x2, 32 codes)",
+                 dict(kind="fsq", levels=[4, 4, 2])),
+    "test-lfq": ("tiny VQGAN with lookup-free quantization (5 bits, 32 codes)",
+                 dict(kind="lfq", codebook_size=32)),
+    "test-rvq": ("tiny VQGAN with 2-stage residual EMA VQ (32 codes per stage)",
+                 dict(kind="residual", num_stages=2, stage_kind="ema", codebook_size=32,
+                      dead_code_threshold=0.01)),
+    "test-simvq": ("tiny VQGAN with SimVQ (frozen codebook, learned linear map, 32 codes)",
+                   dict(kind="simvq", codebook_size=32)),
+}
+
+
+def _test_quantizer(**quantizer) -> ExperimentConfig:
+    cfg = _test_taming()
+    cfg.model.quantizer = QuantizerConfig(**quantizer)
+    return cfg
+
+
+for _name, (_help, _quantizer) in _TINY_QUANTIZERS.items():
+    register_preset(_name, _help)(lambda q=_quantizer: _test_quantizer(**q))
+
+
 # -- the quick-start model of the demo ----------------------------------------------------------------------
-@register_preset("quickstart", "demo tokenizer: 32x32 built-in crops to 8x8 tokens, 1024 codes, 5 CPU minutes")
+@register_preset("quickstart", "demo tokenizer: 32x32 built-in crops, 8x8 tokens, 1024 codes, 5 CPU minutes")
 def _quickstart() -> ExperimentConfig:
     """Quick-start tokenizer of `make demo`: 32x32 crops of the built-in photos -> 8x8 tokens, 1024 codes.
 
-    2100 steps, stopped after 4.75 minutes (train.max_time_minutes) on a slower machine; --train.max_time_minutes
-    null lifts that. Override any key on the command line, e.g. --train.max_steps 1000
-    --model.quantizer.codebook_size 512.
+    2100 steps, stopped after 4.75 minutes (train.max_time_minutes) on a slower machine;
+    --train.max_time_minutes null lifts that. Override any key on the command line, e.g.
+    --train.max_steps 1000 --model.quantizer.codebook_size 512.
     """
-    # Sized for two CPU cores: a narrow taming model (ch 32, f4) sees more images in the time budget than a wider
-    # one, and the L2 objective is the one PSNR measures. A cosine decay of the
-    # learning rate gains about 1 dB over a constant rate at 700 steps. 2100 steps take about 4.3 minutes on two
-    # idle cores (23.2 dB; 1800 steps gave 22.9 dB); training stops after 4.75 minutes in any case.
+    # Sized for two CPU cores: a narrow model (ch 32, f4) sees more images in the time budget than a wider
+    # one; L2 is what PSNR measures; a cosine decay gains about 1 dB at 700 steps. 2100 steps take about 4.3
+    # minutes on two idle cores (23.2 dB; 1800 steps gave 22.9 dB).
     return ExperimentConfig(
-        model=ModelConfig(
-            resolution=32, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], mid_attention=True,
-            z_channels=32, embed_dim=32, num_groups=16,
-            quantizer=QuantizerConfig(kind="ema", codebook_size=1024, codebook_dim=None),
-        ),
+        model=ModelConfig(resolution=32, ch=32, ch_mult=[1, 2, 2], z_channels=32, embed_dim=32, num_groups=16,
+                          quantizer=QuantizerConfig(kind="ema", codebook_size=1024)),
         loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
-        data=DataConfig(kind="builtin", resolution=32, batch_size=16, builtin_scale=1.0, builtin_hue=0.5),
-        train=TrainConfig(
-            max_steps=2100, max_time_minutes=4.75, lr=2e-3, betas=[0.9, 0.99], val_every_n_steps=350, warmup_steps=50,
-            lr_schedule="cosine",
-        ),
+        data=DataConfig(kind="builtin", resolution=32, batch_size=16, builtin_hue=0.5),
+        train=TrainConfig(max_steps=2100, max_time_minutes=4.75, lr=2e-3, betas=[0.9, 0.99],
+                          val_every_n_steps=350, warmup_steps=50, lr_schedule="cosine"),
     )
 
 
 # -- one preset per seed system -----------------------------------------------------------------------------
-@register_preset("seed000-ucf101-vqgan", "seed 000: UCF101 frames, hidden_dims 64-128-256-512, latent 32, 512 codes")
+@register_preset("seed000-ucf101-vqgan", "seed 000: UCF101 frames, widths 64-512, latent 32, 512 codes")
 def _seed000() -> ExperimentConfig:
-    """Seed 000: VQGAN on UCF101 frames (frames used as independent images).
+    """Seed 000: VQGAN on UCF101 frames (frames used as independent images); docs/seeds.md maps every
+    setting of the seed to its key.
 
-    hidden_dims 64-128-256-512 (model.ch 64, ch_mult 1 2 4 8), latent_dim 32 (z_channels/embed_dim), 512 EMA codes
-    with dead-code revival, LPIPS weight 0.1, spectral-norm PatchGAN with weight 0.1, transposed-conv upsampling,
-    attention at 8x8, downsample_factor 8 (checked against ch_mult). Point data.root at the UCF-101 folder (class folders of .avi); the split lists
-    (ucfTrainTestlist/) are looked up next to it, or set data.annotations.
-      vqgan fit --config configs/ucf101_vqgan.yaml --data.root data/UCF-101 --run-dir runs/ucf101
-    Seed 000's schedule: chunks of 500 videos (data.videos_per_chunk); per chunk 10 reconstruction passes
-    (data.epochs_per_chunk, the seed's epochs_per_batch) then 5 passes with the discriminator
-    (data.gan_epochs_per_chunk, gan_epochs_per_batch); 3 passes over all chunks (train.max_epochs, num_epoch).
-    Patch-based processing: --data.patch_size 32 tiles every 64x64 frame into four 32x32 patches (also set
-    --model.resolution 32). LPIPS needs the VGG16 weights from a local file:
-    --loss.backbone_weights /path/to/vgg16-397923af.pth
+    Point data.root at the UCF-101 folder (class folders of .avi; the split lists ucfTrainTestlist/ next to
+    it, or set data.annotations). LPIPS needs the VGG16 weights from a local file:
+      vqgan fit --config configs/ucf101_vqgan.yaml --data.root data/UCF-101 --run-dir runs/ucf101 \\
+          --loss.backbone_weights /path/to/vgg16-397923af.pth
+    Patch-based processing: --data.patch_size 32 --model.resolution 32.
     """
     return ExperimentConfig(
         model=ModelConfig(
-            resolution=64, ch=64, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=32,
-            embed_dim=32, upsample="transposed", downsample_factor=8,
-            quantizer=QuantizerConfig(kind="ema", codebook_size=512, beta=0.25),
+            resolution=64, ch=64, ch_mult=[1, 2, 4, 8], attn_resolutions=[8], z_channels=32, embed_dim=32,
+            upsample="transposed", downsample_factor=8,
+            quantizer=QuantizerConfig(kind="ema", codebook_size=512),
         ),
-        loss=LossConfig(
-            reconstruction="l2", perceptual="lpips", perceptual_weight=0.1, disc_weight=0.1, adaptive_weight=False,
-            # The discriminator follows seed 000's per-chunk schedule (data.gan_epochs_per_chunk), not a step count.
-            disc_start=0,
-        ),
-        discriminator=DiscriminatorConfig(n_layers=3, ch=64, norm="none", spectral_norm=True),
-        # Seed 000's schedule: per chunk of videos, epochs_per_batch=10 reconstruction passes then
-        # gan_epochs_per_batch=5 GAN passes; the whole pass over the chunks num_epoch=3 times. The seed does not state
-        # its chunk size; 500 videos (~19 chunks of UCF101's split-1 training list) fits a 64 GB host.
-        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True, crop="center",
-                        videos_per_chunk=500, epochs_per_chunk=10, gan_epochs_per_chunk=5, test_chunk=13),
+        # disc_start 0: the discriminator follows the per-chunk schedule (data.gan_epochs_per_chunk).
+        loss=LossConfig(reconstruction="l2", perceptual_weight=0.1, disc_weight=0.1, adaptive_weight=False,
+                        disc_start=0),
+        discriminator=DiscriminatorConfig(norm="none", spectral_norm=True),
+        # The seed does not state its chunk size; 500 videos fit a 64 GB host.
+        data=DataConfig(kind="ucf101", resolution=64, batch_size=64, frames=1, frames_as_images=True,
+                        crop="center", videos_per_chunk=500, epochs_per_chunk=10, gan_epochs_per_chunk=5,
+                        test_chunk=13),
         train=TrainConfig(max_epochs=3, lr=2e-4),
     )
 
@@ -285,19 +272,19 @@ def _seed000() -> ExperimentConfig:
 def _seed001() -> ExperimentConfig:
     """Seeds 001/002: taming-transformers' VQGAN f16 with 1024 codes on FFHQ 256x256 (Esser et al. 2021).
 
-    Point data.root at a folder of FFHQ images (any layout, searched recursively). The LPIPS backbone is read
-    from a local file: --loss.backbone_weights /path/to/vgg16-397923af.pth
+    Point data.root at a folder of FFHQ images (any layout, searched recursively). The LPIPS backbone is
+    read from a local file: --loss.backbone_weights /path/to/vgg16-397923af.pth
     """
     return ExperimentConfig(
         model=ModelConfig(
-            resolution=256, ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], z_channels=256,
-            embed_dim=256, dropout=0.0,
-            quantizer=QuantizerConfig(kind="vq", codebook_size=1024, beta=0.25, kmeans_init=False, dead_code_threshold=0.0),
+            resolution=256, ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
+            z_channels=256, embed_dim=256,
+            quantizer=QuantizerConfig(kind="vq", codebook_size=1024, kmeans_init=False,
+                                      dead_code_threshold=0.0),
         ),
-        loss=LossConfig(reconstruction="l1", perceptual="lpips", perceptual_weight=1.0, disc_weight=0.8, disc_start=30001),
-        discriminator=DiscriminatorConfig(n_layers=3, ch=64, norm="batch"),
-        data=DataConfig(kind="folder", root="data/ffhq", resolution=256, batch_size=8, crop="center", flip=True),
-        train=TrainConfig(max_steps=400000, lr=4.5e-6 * 8, val_every_n_steps=5000, warmup_steps=0),
+        loss=LossConfig(reconstruction="l1", disc_start=30001),
+        data=DataConfig(kind="folder", root="data/ffhq", resolution=256, batch_size=8, crop="center"),
+        train=TrainConfig(max_steps=400000, lr=4.5e-6 * 8, val_every_n_steps=5000),
     )
 
 
@@ -305,158 +292,99 @@ def _seed001() -> ExperimentConfig:
 def _seed003() -> ExperimentConfig:
     """Seed 003: residual VQ-VAE (van den Oord et al. 2017) on CelebA 128x128.
 
-    Hidden 256, 4 residual blocks, 512 codes of dimension 128, MSE + the seed's VQ loss (weight 1 on the encoder
-    term, 0.25 on the codebook term: model.quantizer.beta_on codebook), lr 2.25e-4. Point data.root at
+    The seed's VQ loss weighs the codebook term by 0.25 (model.quantizer.beta_on codebook). Point data.root at
     img_align_celeba/.
     """
     return ExperimentConfig(
         model=ModelConfig(
-            arch="resnet", resolution=128, ch=256, ch_mult=[1, 1, 1], num_res_blocks=4, z_channels=128, embed_dim=128,
-            upsample="transposed",
-            # The seed's "refined loss": weight 1 on the encoder term, 0.25 on the codebook term.
-            quantizer=QuantizerConfig(
-                kind="vq", codebook_size=512, beta=0.25, beta_on="codebook", kmeans_init=False, dead_code_threshold=0.0
-            ),
+            arch="resnet", resolution=128, ch=256, ch_mult=[1, 1, 1], num_res_blocks=4, z_channels=128,
+            embed_dim=128, upsample="transposed",
+            quantizer=QuantizerConfig(kind="vq", codebook_size=512, beta_on="codebook", kmeans_init=False,
+                                      dead_code_threshold=0.0),
         ),
         loss=LossConfig(reconstruction="l2", perceptual="none", disc_weight=0.0),
-        data=DataConfig(kind="folder", root="data/celeba/img_align_celeba", resolution=128, batch_size=64, crop="center", flip=False),
+        data=DataConfig(kind="folder", root="data/celeba/img_align_celeba", resolution=128, batch_size=64,
+                        crop="center", flip=False),
         train=TrainConfig(max_steps=100000, lr=2.25e-4, betas=[0.9, 0.999], grad_clip=None),
     )
 
 
-def _seed004_model() -> ModelConfig:
-    # Encoder 128-256-512-1024 (64 -> 8), light decoder 128-64-32-16 (8 -> 64) with a tanh output, attention at 8x8;
-    # the seed's VQ loss is codebook + 0.1 * commitment: a gradient-learned codebook without EMA, k-means or restarts.
-    return ModelConfig(
-        resolution=64, ch=128, ch_mult=[1, 2, 4, 8], num_res_blocks=1, attn_resolutions=[8], z_channels=256,
-        embed_dim=256, decoder_ch=16, decoder_ch_mult=[1, 2, 4, 8], output_activation="tanh",
-        quantizer=QuantizerConfig(kind="vq", codebook_size=1024, beta=0.1, kmeans_init=False, dead_code_threshold=0.0),
+def _seed004(loss: LossConfig, batch_size: int, **train) -> ExperimentConfig:
+    """Seed 004's model and its Training Tips: 100 epochs, a checkpoint every 5, validation every epoch."""
+    return ExperimentConfig(
+        model=ModelConfig(
+            resolution=64, ch=128, ch_mult=[1, 2, 4, 8], attn_resolutions=[8], z_channels=256, embed_dim=256,
+            decoder_ch=16, decoder_ch_mult=[1, 2, 4, 8], output_activation="tanh",
+            quantizer=QuantizerConfig(kind="vq", codebook_size=1024, beta=0.1, kmeans_init=False,
+                                      dead_code_threshold=0.0),
+        ),
+        loss=loss,
+        data=DataConfig(kind="smoke", resolution=64, batch_size=batch_size, flip=False),
+        train=TrainConfig(max_epochs=100, checkpoint_every_n_epochs=5, val_every_n_epochs=1, lr=1e-4,
+                          **train),
     )
 
 
-def _seed004_epochs(**kw) -> TrainConfig:
-    # "Train for 50-100 epochs" (--epochs 100), "Save checkpoints every 5 epochs", "Evaluate on validation set every
-    # epoch" (seed 004, Training Tips and General).
-    return TrainConfig(max_epochs=100, checkpoint_every_n_epochs=5, val_every_n_epochs=1, **kw)
-
-
-@register_preset("seed004-smoke-vqvae", "seed 004: 64x64 smoke VQ-VAE, masked L2, attention at 8x8, 1024x256 codes")
+@register_preset("seed004-smoke-vqvae", "seed 004: 64x64 smoke VQ-VAE, masked L2, 1024 codes")
 def _seed004_vqvae() -> ExperimentConfig:
     """Seed 004, VQ-VAE variant: 64x64 smoke plumes (procedural, with masks), masked L2 + VQ loss.
 
     Encoder 128-256-512-1024 and light decoder 128-64-32-16 with a tanh output, attention at 8x8, 1024
-    gradient-learned codes of dimension 256 (codebook + 0.1 * commitment; no EMA, k-means or restarts: see
-    docs/seeds.md).
+    gradient-learned codes of dimension 256 (codebook + 0.1 * commitment; docs/seeds.md says why).
     """
-    return ExperimentConfig(
-        model=_seed004_model(),
-        loss=LossConfig(reconstruction="masked_l2", perceptual="none", disc_weight=0.0),
-        data=DataConfig(kind="smoke", resolution=64, batch_size=64, flip=False),
-        train=_seed004_epochs(lr=1e-4),
-    )
+    return _seed004(LossConfig(reconstruction="masked_l2", perceptual="none", disc_weight=0.0), 64)
 
 
-@register_preset("seed004-smoke-vqgan", "seed 004: 64x64 smoke VQGAN, VGG16 perceptual, adv 0.5, disc start 10k")
+@register_preset("seed004-smoke-vqgan", "seed 004: 64x64 smoke VQGAN, VGG16 perceptual, adv 0.5 from 10k")
 def _seed004_vqgan() -> ExperimentConfig:
     """Seed 004, VQGAN variant: the VQ-VAE variant's model + VGG16 feature loss and a PatchGAN hinge loss.
 
-    The model: encoder 128-256-512-1024, decoder 128-64-32-16, tanh, 1024x256 gradient-learned codes, commitment
-    0.1. VGG16 feature loss (relu1_2..relu4_3, weight 1.0) and a PatchGAN hinge loss with the plain weight 0.5
-    times 0.75 from step 10000 on (no adaptive weight, no ramp; docs/seeds.md says why and how to turn the
-    project's options on). VGG16 weights from a local file: --loss.backbone_weights /path/to/vgg16-397923af.pth
+    The adversarial weight is the plain 0.5 (taming's disc_weight) times 0.75 (its disc_factor) from step
+    10000 on: no adaptive weight, no ramp (docs/seeds.md says why). VGG16 weights from a local file:
+    --loss.backbone_weights /path/to/vgg16-397923af.pth
     """
-    # --adversarial-weight 0.5 is taming's disc_weight and --disc-weight-max 0.75 the value the adversarial factor
-    # takes at --disc-start (taming's disc_factor): plain weights, no adaptive weight, no ramp (docs/seeds.md).
-    return ExperimentConfig(
-        model=_seed004_model(),
-        loss=LossConfig(
-            reconstruction="masked_l2", perceptual="vgg", perceptual_weight=1.0, disc_weight=0.5, adaptive_weight=False,
-            disc_start=10000, disc_ramp_steps=0, disc_weight_max=0.75,
-        ),
-        discriminator=DiscriminatorConfig(n_layers=3, ch=64),
-        data=DataConfig(kind="smoke", resolution=64, batch_size=32, flip=False),
-        train=_seed004_epochs(lr=1e-4, lr_disc=1e-4),
-    )
+    loss = LossConfig(reconstruction="masked_l2", perceptual="vgg", disc_weight=0.5, adaptive_weight=False,
+                      disc_start=10000, disc_weight_max=0.75)
+    return _seed004(loss, 32, lr_disc=1e-4)
 
 
-# -- video ------------------------------------------------------------------------------------------------------
-def _moving_digits_video3d_model(ch: int, codebook_size: int) -> ModelConfig:
+# -- video ----------------------------------------------------------------------------------------------
+def _moving_digits_model(resolution: int, ch_mult: list[int], width: int, codebook_size: int) -> ModelConfig:
     return ModelConfig(
-        arch="video3d", in_channels=1, resolution=32, ch=ch, ch_mult=[1, 2, 4], num_res_blocks=1, z_channels=16,
-        embed_dim=16, num_groups=4, temporal_downsample=1, temporal_attention=True, mid_attention=True,
+        arch="video3d", in_channels=1, resolution=resolution, ch=8, ch_mult=ch_mult, z_channels=width,
+        embed_dim=width, num_groups=4, temporal_downsample=1,
         quantizer=QuantizerConfig(kind="ema", codebook_size=codebook_size, dead_code_threshold=0.01),
     )
 
 
-@register_preset("test-video3d", "tiny causal 3D video tokenizer for tests (5x16x16 moving digits, 3D PatchGAN)")
+@register_preset("test-video3d", "tiny causal 3D video tokenizer for tests (5x16x16 moving digits)")
 def _test_video3d() -> ExperimentConfig:
-    model = _moving_digits_video3d_model(8, 32)
-    model.resolution, model.ch_mult, model.z_channels, model.embed_dim, model.num_groups = 16, [1, 2], 8, 8, 4
     return ExperimentConfig(
-        model=model,
+        model=_moving_digits_model(16, [1, 2], 8, 32),
         loss=LossConfig(perceptual="none", disc_start=1, disc_weight=0.5),
         discriminator=DiscriminatorConfig(n_layers=2, ch=8, norm="group", dims=3),
-        data=DataConfig(kind="moving_digits", resolution=16, channels=1, frames=5, batch_size=2, builtin_train_crops=8, val_size=4),
+        data=DataConfig(kind="moving_digits", resolution=16, channels=1, frames=5, batch_size=2,
+                        builtin_train_crops=8, val_size=4),
         train=_tiny_train(),
     )
 
 
-@register_preset("moving-digits-video3d", "causal 3D tokenizer on synthetic moving digits (9x32x32, f4 t2, CPU-sized)")
+@register_preset("moving-digits-video3d", "causal 3D tokenizer on moving digits (9x32x32, f4 t2, CPU-sized)")
 def _moving_digits_video3d() -> ExperimentConfig:
     """Causal spatio-temporal tokenizer (model.arch: video3d, MAGVIT-v2-style causal 3D convolutions).
 
-    Trained on synthetic moving digits (scikit-learn's 8x8 digits, Moving-MNIST style): 9-frame 32x32 grey clips,
-    4x spatial and 2x temporal downsampling (9 frames -> 5 latent frames of 8x8 codes), 256 codes. CPU-sized: a
-    few minutes.
+    Synthetic moving digits (scikit-learn's 8x8 digits): 9-frame 32x32 grey clips -> 5 latent frames of 8x8
+    codes, 256 codes; a few CPU minutes. The 3D PatchGAN starts at loss.disc_start (raise train.max_steps).
       vqgan fit --config configs/moving_digits_video.yaml --run-dir runs/moving_digits
-      vqgan reconstruct-video --ckpt runs/moving_digits/checkpoints/last.ckpt --input clip.mp4 --output out/
-    The 3D PatchGAN (discriminator.dims: 3) starts at loss.disc_start; raise train.max_steps to use it.
     """
-    # 8 channels at full resolution: about 3 GFLOP per clip for forward + backward, so that a CPU run takes minutes.
-    model = _moving_digits_video3d_model(8, 256)
+    # 8 channels at full resolution (about 3 GFLOP per clip, forward + backward) and no perceptual loss: short
+    # CPU runs are pure VQ-VAE runs.
     return ExperimentConfig(
-        model=model,
-        # No perceptual loss (no backbone file needed) and the 3D PatchGAN only after step 5000: short CPU runs are
-        # pure VQ-VAE runs; longer ones switch the adversarial term on.
-        loss=LossConfig(reconstruction="l1", perceptual="none", disc_weight=0.1, disc_start=5000),
+        model=_moving_digits_model(32, [1, 2, 4], 16, 256),
+        loss=LossConfig(perceptual="none", disc_weight=0.1, disc_start=5000),
         discriminator=DiscriminatorConfig(n_layers=2, ch=16, norm="group", dims=3),
-        data=DataConfig(kind="moving_digits", resolution=32, channels=1, frames=9, batch_size=4, flip=False, val_size=8),
-        train=TrainConfig(
-            max_steps=3000, max_time_minutes=5.0, lr=2e-3, warmup_steps=10, val_every_n_steps=250, log_every_n_steps=10,
-            diagnostics_every_n_steps=20,
-        ),
+        data=DataConfig(kind="moving_digits", resolution=32, channels=1, frames=9, batch_size=4, flip=False,
+                        val_size=8),
+        train=TrainConfig(max_steps=3000, max_time_minutes=5.0, lr=2e-3, warmup_steps=10,
+                          val_every_n_steps=250, log_every_n_steps=10, diagnostics_every_n_steps=20),
     )
-
-
-# -- tiny presets for every quantizer kind (same tiny autoencoder as test-taming) ---------------------------------
-def _test_quantizer(quantizer: QuantizerConfig) -> ExperimentConfig:
-    cfg = _test_taming()
-    cfg.model.quantizer = quantizer
-    return cfg
-
-
-@register_preset("test-vq", "tiny VQGAN with a gradient-learned codebook, k-means init and restarts (32 codes)")
-def _test_vq() -> ExperimentConfig:
-    return _test_quantizer(QuantizerConfig(kind="vq", codebook_size=32, dead_code_threshold=0.01))
-
-
-@register_preset("test-fsq", "tiny VQGAN with finite scalar quantization (levels 4x4x2, 32 codes)")
-def _test_fsq() -> ExperimentConfig:
-    return _test_quantizer(QuantizerConfig(kind="fsq", levels=[4, 4, 2]))
-
-
-@register_preset("test-lfq", "tiny VQGAN with lookup-free quantization (5 bits, 32 codes)")
-def _test_lfq() -> ExperimentConfig:
-    return _test_quantizer(QuantizerConfig(kind="lfq", codebook_size=32))
-
-
-@register_preset("test-rvq", "tiny VQGAN with 2-stage residual EMA VQ (32 codes per stage)")
-def _test_rvq() -> ExperimentConfig:
-    return _test_quantizer(
-        QuantizerConfig(kind="residual", num_stages=2, stage_kind="ema", codebook_size=32, dead_code_threshold=0.01)
-    )
-
-
-@register_preset("test-simvq", "tiny VQGAN with SimVQ (frozen codebook, learned linear map, 32 codes)")
-def _test_simvq() -> ExperimentConfig:
-    return _test_quantizer(QuantizerConfig(kind="simvq", codebook_size=32))

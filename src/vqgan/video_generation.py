@@ -1,12 +1,10 @@
 """Clips from a prior over a video tokenizer's ``(t, h, w)`` token grids, with torch only: class-conditional
-samples written as MP4 and GIF grids labelled by class, and frame prediction (the codes of the first frames of
-given clips fixed, the rest generated) scored against the true continuation.
-
-``vqgan sample`` calls :func:`generate_clips` when the prior models clips (``model.token_frames > 1``).
-"""
+samples as MP4 and GIF grids labelled by class, and frame prediction (the codes of the first frames of given
+clips fixed, the rest generated) scored against the true continuation. Used by ``vqgan sample``."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,38 +14,39 @@ import torch
 from vqgan.metrics.video import frame_prediction_scores, motion_profile
 from vqgan.viz.video import save_clip_grid, temporal_consistency, write_video
 
+log = logging.getLogger(__name__)
+
 
 def clip_frames(tokenizer: torch.nn.Module, latent_frames: int) -> int:
-    """Video frames decoded from ``latent_frames`` latent frames: ``1 + (t - 1) s`` for a causal video tokenizer
-    with time factor ``s``, ``t`` for a frame-wise (image) tokenizer."""
+    """Video frames decoded from ``t = latent_frames``: ``1 + (t - 1) s`` for a causal video tokenizer of time
+    factor ``s``, ``t`` for a frame-wise (image) tokenizer."""
     s = getattr(tokenizer, "time_factor", 1)
     return 1 + (latent_frames - 1) * s if s > 1 else latent_frames
 
 
 def prefix_latent_frames(tokenizer: torch.nn.Module, prefix_frames: int) -> int:
-    """Latent frames that encode the first ``prefix_frames`` video frames alone. With a causal video tokenizer of
-    time factor ``s`` these are ``1 + (k - 1) / s`` and ``k`` must be ``1 + j s`` (a latent frame mixes ``s``
-    frames: part of one would leak the future); a frame-wise tokenizer has one latent frame per frame."""
+    """Latent frames that encode the first ``k = prefix_frames`` video frames alone: with a causal video
+    tokenizer of time factor ``s``, ``1 + (k - 1) / s``, and ``k`` must be ``1 + j s`` (a latent frame mixes
+    ``s`` frames: part of one would leak the future); with a frame-wise tokenizer, ``k``."""
     s = getattr(tokenizer, "time_factor", 1)
     if prefix_frames < 1:
         raise ValueError(f"--prefix-frames {prefix_frames}: give at least one frame")
     if s > 1 and (prefix_frames - 1) % s:
         raise ValueError(
-            f"--prefix-frames {prefix_frames}: this tokenizer codes {s} frames per latent frame after the first, "
-            f"so the given frames must number 1 + j * {s} (e.g. {1 + s} or {1 + 2 * s})"
+            f"--prefix-frames {prefix_frames}: this tokenizer codes {s} frames per latent frame after the "
+            f"first, so the given frames must number 1 + j * {s} (e.g. {1 + s} or {1 + 2 * s})"
         )
     return 1 + (prefix_frames - 1) // s if s > 1 else prefix_frames
 
 
-def load_clips(path: str | Path, frames: int, resolution: int, channels: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
+def load_clips(
+    path: str | Path, frames: int, resolution: int, channels: int, limit: int | None = None
+) -> tuple[torch.Tensor, list[str]]:
     """The first ``frames`` frames of a video file or of every video under a folder (sorted), resized and
     centre-cropped: ``(N, C, T, H, W)`` in [-1, 1] and the file names. Unreadable or too short videos are
     skipped with a warning; none left is an error naming the input."""
-    import logging
-
     from vqgan.data.video import VideoDecodeError, decode_frames, list_videos, prepare_clip
 
-    log = logging.getLogger(__name__)
     src = Path(path)
     files = [src] if src.is_file() else [r.path for r in list_videos(src)]
     clips, names = [], []
@@ -80,80 +79,69 @@ def encode_clips(tokenizer: torch.nn.Module, clips: torch.Tensor) -> torch.Tenso
 
 @torch.no_grad()
 def generate_clips(
-    model: torch.nn.Module,
-    tokenizer: torch.nn.Module,
-    output: str | Path,
-    labels: torch.Tensor | None = None,
-    num: int = 8,
-    class_names: list[str] | None = None,
-    prefix_frames: int = 0,
-    inputs: str | Path | torch.Tensor | None = None,
-    cfg_scale: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    steps: int = 8,
-    use_cache: bool = True,
-    seed: int = 0,
-    ncol: int = 4,
-    fps: float = 4.0,
-    device: str = "cpu",
+    model: torch.nn.Module, tokenizer: torch.nn.Module, output: str | Path,
+    labels: torch.Tensor | None = None, num: int = 8, class_names: list[str] | None = None,
+    prefix_frames: int = 0, inputs: str | Path | torch.Tensor | None = None, cfg_scale: float = 1.0,
+    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, steps: int = 8,
+    use_cache: bool = True, seed: int = 0, ncol: int = 4, fps: float = 4.0, device: str = "cpu",
 ) -> dict[str, Any]:
     """Sample clips from a clip prior and decode them with its tokenizer.
 
-    Without ``prefix_frames``: ``num`` clips (classes from ``labels``), written as ``OUTPUT/grid.{mp4,gif}`` and
-    ``grid_frames.png`` with class captions. With ``prefix_frames = k`` and ``inputs`` (a video file or folder, or
-    clips ``(N, C, T, H, W)`` in [-1, 1] at the tokenizer's resolution):
-    frame prediction; every input clip (cut to the prior's length) is encoded, the codes of its first ``k`` frames
-    are kept and the rest generated. Written: ``prediction.{mp4,gif}`` (rows of truth | prediction) and the scores
-    of :func:`~vqgan.metrics.video.frame_prediction_scores` (against the true frames, ``k`` of them given).
-    ``OUTPUT/tokens.safetensors`` holds the token grids and labels; ``OUTPUT/clips.safetensors`` the decoded clips.
+    Without ``prefix_frames``: ``num`` clips (classes from ``labels``), written as ``OUTPUT/grid.{mp4,gif}``
+    and ``grid_frames.png`` with class captions. With ``prefix_frames = k`` and ``inputs`` (a video file or
+    folder, or clips ``(N, C, T, H, W)`` in [-1, 1] at the tokenizer's resolution): frame prediction; every
+    input clip (cut to the prior's length) is encoded, the codes of its first ``k`` frames kept and the rest
+    generated. Written: ``prediction.{mp4,gif}`` (rows of truth | prediction) and the scores of
+    :func:`~vqgan.metrics.video.frame_prediction_scores`. ``OUTPUT/tokens.safetensors`` holds the token grids
+    and labels; ``OUTPUT/clips.safetensors`` the decoded clips.
     """
     from safetensors.torch import save_file
 
-    from vqgan.inference import decode_tokens
+    from vqgan.inference import decode_tokens, label_tensor
 
-    cfg = model.config
-    out = Path(output)
+    cfg, out = model.config, Path(output)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer.to(device).eval()
-    g = torch.Generator(device=device).manual_seed(seed)
     names = list(class_names or [])
     frames = clip_frames(tokenizer, cfg.token_frames)
-    kw: dict[str, Any] = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=g)
-    kw.update(steps=steps) if cfg.kind == "maskgit" else kw.update(use_cache=use_cache)
+    kw: dict[str, Any] = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+                              generator=torch.Generator(device=device).manual_seed(seed))
+    kw.update({"steps": steps} if cfg.kind == "maskgit" else {"use_cache": use_cache})
     result: dict[str, Any] = {"output": str(out), "kind": cfg.kind, "frames": frames}
     truth = None
     if prefix_frames:
         if inputs is None:
-            raise ValueError("--prefix-frames needs --input: a video file or folder whose first frames are given")
+            raise ValueError("--prefix-frames needs --input: a video file or folder whose first frames are "
+                             "given")
         k = prefix_latent_frames(tokenizer, prefix_frames)
         if k >= cfg.token_frames:
-            raise ValueError(f"--prefix-frames {prefix_frames} covers all {cfg.token_frames} latent frames of the prior")
-        tcfg = tokenizer.config
+            raise ValueError(f"--prefix-frames {prefix_frames} covers all {cfg.token_frames} latent frames "
+                             "of the prior")
         if isinstance(inputs, torch.Tensor):
-            truth, files = inputs[:num, :, :frames].float().cpu(), [f"clip {i}" for i in range(min(num, len(inputs)))]
+            truth = inputs[:num, :, :frames].float().cpu()
+            files = [f"clip {i}" for i in range(len(truth))]
             if truth.shape[2] != frames:
                 raise ValueError(f"the given clips have {truth.shape[2]} frames; the prior models {frames}")
         else:
+            tcfg = tokenizer.config
             truth, files = load_clips(inputs, frames, tcfg.resolution, tcfg.in_channels, limit=num)
         codes = encode_clips(tokenizer, truth)
         if tuple(codes.shape[1:]) != tuple(cfg.token_shape):
-            raise ValueError(f"the tokenizer codes these clips as {tuple(codes.shape[1:])}; the prior models {cfg.token_shape}")
-        if labels is not None:
-            labels = labels[: len(truth)]
-        start = time.perf_counter()
-        tokens = model.generate(labels=None if labels is None else labels.to(device), prefix=codes[:, :k].to(device), **kw)
-        result.update(sample_seconds=round(time.perf_counter() - start, 3), prefix_frames=prefix_frames,
-                      prefix_latent_frames=k, inputs=files)
+            raise ValueError(f"the tokenizer codes these clips as {tuple(codes.shape[1:])}; the prior models "
+                             f"{cfg.token_shape}")
+        labels = None if labels is None else labels[: len(truth)]
+        kw["prefix"] = codes[:, :k].to(device)
+        result.update(prefix_frames=prefix_frames, prefix_latent_frames=k, inputs=files)
     else:
-        start = time.perf_counter()
-        tokens = model.generate(num=num, labels=None if labels is None else labels.to(device), **kw)
-        result["sample_seconds"] = round(time.perf_counter() - start, 3)
+        kw["num"] = num
+    start = time.perf_counter()
+    tokens = model.generate(labels=None if labels is None else labels.to(device), **kw)
+    result["sample_seconds"] = round(time.perf_counter() - start, 3)
     clips = decode_tokens(tokenizer, tokens)
-    lab = labels.cpu() if labels is not None else torch.full((tokens.shape[0],), -1, dtype=torch.long)
+    lab = label_tensor(labels, tokens.shape[0])
     captions = [names[i] if 0 <= i < len(names) else (str(i) if i >= 0 else "any") for i in lab.tolist()]
-    save_file({"tokens": tokens.cpu().contiguous(), "labels": lab.contiguous()}, str(out / "tokens.safetensors"))
+    save_file({"tokens": tokens.cpu().contiguous(), "labels": lab.contiguous()},
+              str(out / "tokens.safetensors"))
     save_file({"clips": clips.contiguous()}, str(out / "clips.safetensors"))
     result["num"] = int(tokens.shape[0])
     result["motion_per_transition"] = [round(float(v), 4) for v in motion_profile(clips)]
@@ -161,9 +149,9 @@ def generate_clips(
         result["files"] = save_clip_grid(clips, out, "grid", captions, ncol, fps)
         return result
     scores = frame_prediction_scores(clips, truth, context_frames=prefix_frames)
-    flicker = torch.stack([temporal_consistency(t, c)["flicker"] for t, c in zip(truth, clips, strict=True)]).mean(0)
-    result.update(scores, flicker_per_transition=[round(float(v), 4) for v in flicker])
-    # Truth (left) and prediction (right) of every clip, side by side; the captions say which frames were given.
+    flicker = torch.stack([temporal_consistency(t, c)["flicker"] for t, c in zip(truth, clips, strict=True)])
+    result.update(scores, flicker_per_transition=[round(float(v), 4) for v in flicker.mean(0)])
+    # Truth (left) and prediction (right) of every clip side by side; captions say which frames were given.
     pairs = torch.stack([truth, clips], 1).flatten(0, 1)
     pair_captions = [c for f in result["inputs"] for c in (f"true {f}", f"pred {prefix_frames}+")]
     result["files"] = save_clip_grid(pairs, out, "prediction", pair_captions, 2, fps)
