@@ -46,17 +46,15 @@ class TokenManifest:
 
     Attributes:
         what: ``indices`` (code indices), ``quantized`` or ``continuous`` (latents before quantization).
-        num_items: number of items of the source dataset (the folder is complete when all are written).
-        shard_size: items per shard.
+        num_items: items of the source dataset (the folder is complete when all are written).
         codebook_size: the tokenizer's number of codes (the prior's vocabulary).
         token_shape: ``[h, w]`` of one token map, ``[t, h, w]`` of one clip's token grid (``[C, h, w]`` /
             ``[C, t, h, w]`` of one latent for latents).
         num_classes: number of classes of the labels (0: unlabelled).
-        class_names: names of the classes, when known.
         file_format: ``safetensors`` or ``npy``.
         source: free-form provenance (tokenizer checkpoint, data config).
-        shards: ``{"file": stem, "count": n, "skipped": k}`` of every completed shard, in order (``k`` items of the
-            shard could not be read and were left out, see :attr:`skipped`).
+        shards: ``{"file": stem, "count": n, "skipped": k}`` of every completed shard, in order (``k`` unreadable
+            items of the shard were left out; ``file`` is ``None`` when every item was).
     """
 
     what: str = "indices"
@@ -97,8 +95,7 @@ def read_manifest(root: str | Path) -> TokenManifest:
     data = json.loads(path.read_text())
     if data.get("format") != FORMAT_NAME:
         raise TokenFolderError(f"{path} is not a {FORMAT_NAME} manifest")
-    known = {f for f in TokenManifest.__dataclass_fields__}
-    return TokenManifest(**{k: v for k, v in data.items() if k in known})
+    return TokenManifest(**{k: v for k, v in data.items() if k in TokenManifest.__dataclass_fields__})
 
 
 def _write_manifest(root: Path, manifest: TokenManifest) -> None:
@@ -144,10 +141,6 @@ def load_shard(root: str | Path, stem: str, file_format: str) -> dict[str, torch
     return out
 
 
-def _index_dtype(codebook_size: int) -> torch.dtype:
-    return torch.int16 if codebook_size <= 32767 else torch.int32
-
-
 def _encode(model: torch.nn.Module, x: torch.Tensor):
     """``model.encode(x)``; a batch of clips given to an image model is encoded frame by frame and the outputs
     regrouped per clip (indices ``(B, T, h, w)``, latents ``(B, C, T, h, w)``)."""
@@ -180,29 +173,19 @@ def encode_dataset(
     max_shards: int | None = None,
 ) -> TokenManifest:
     """Encode every item of ``dataset`` (dicts with ``image`` and optionally ``label``) with a stage-1
-    ``model`` (:class:`~vqgan.models.VQModel`) into a token folder; resume an interrupted run of the same settings.
+    ``model`` into a token folder, resuming an interrupted run of the same settings; returns the manifest.
 
     Clips ``(C, T, H, W)`` become token grids ``(t, h, w)``: a :class:`~vqgan.models.VideoVQModel` encodes the
-    clip (``t`` latent frames), an image model every frame on its own (``t = T``, frame-wise tokenization).
-
-    Args:
-        what: ``indices`` (code indices, for priors), ``quantized`` (quantized latents) or ``continuous``
-            (encoder latents before quantization).
-        shard_size: items per shard (the unit of resumption).
-        max_shards: stop after writing this many new shards (for tests of resumption).
-
-    Items the dataset can't read (``None``, e.g. a corrupt image of an :class:`~vqgan.data.ImageFolder`, already
-    logged by the dataset) are left out and counted per shard (``manifest.skipped``), as training does.
-
-    Returns:
-        the manifest (``manifest.complete`` tells whether every shard is written).
+    clip (``t`` latent frames), an image model every frame on its own (``t = T``). ``what``: ``indices``,
+    ``quantized`` or ``continuous`` (encoder latents before quantization). ``max_shards`` stops after that many new
+    shards. Items the dataset can't read (``None``) are left out and counted per shard (``manifest.skipped``).
     """
     from vqgan.data.images import collate_skip
 
-    root = Path(output)
-    root.mkdir(parents=True, exist_ok=True)
     if what not in ("indices", "quantized", "continuous"):
         raise ValueError(f"what={what!r}; choose indices, quantized or continuous")
+    root = Path(output)
+    root.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     codebook_size = int(model.quantize.codebook_size)
     n = len(dataset)
@@ -220,19 +203,13 @@ def encode_dataset(
             log.info("resuming: %d of %d shards already written in %s", len(manifest.shards), manifest.num_shards, root)
     else:
         manifest = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=dict(source or {}))
-    done = len(manifest.shards)
-    written = 0
-    max_label = -1
+    key = "indices" if what == "indices" else "latents"
     with progress_bar(n, f"encode {what}", progress, completed=manifest.num_written) as advance:
-        for s in range(done, manifest.num_shards):
-            if max_shards is not None and written >= max_shards:
-                break
+        for s in range(len(manifest.shards), manifest.num_shards)[:max_shards]:
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-            subset = torch.utils.data.Subset(dataset, range(lo, hi))
-            parts: dict[str, list[torch.Tensor]] = {"labels": [], what: []}
-            skipped = 0
-            loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                collate_fn=collate_skip, pin_memory=pin_memory(device))
+            loader = DataLoader(torch.utils.data.Subset(dataset, range(lo, hi)), batch_size=batch_size,
+                                num_workers=num_workers, collate_fn=collate_skip, pin_memory=pin_memory(device))
+            data, labels, skipped = [], [], 0
             for batch in loader:
                 lost = int(batch.pop("skipped"))
                 skipped += lost
@@ -240,8 +217,7 @@ def encode_dataset(
                     advance(lost)
                     continue
                 x = batch["image"].to(device, non_blocking=True)
-                labels = batch.get("label", torch.full((x.shape[0],), -1, dtype=torch.long))
-                parts["labels"].append(labels.long().cpu())
+                labels.append(batch.get("label", torch.full((x.shape[0],), -1)).long().cpu())
                 enc = _encode(model, x)
                 if what == "indices":
                     if enc.indices.dim() != x.dim() - 1:
@@ -249,25 +225,22 @@ def encode_dataset(
                             f"indices of shape {tuple(enc.indices.shape)}: the priors model one index per position; "
                             "multi-stage (residual) codes are not supported for `what=indices`"
                         )
-                    parts[what].append(enc.indices.to(_index_dtype(codebook_size)).cpu())
+                    data.append(enc.indices.to(torch.int16 if codebook_size <= 32767 else torch.int32).cpu())
                 else:
-                    parts[what].append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
+                    data.append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
                 advance(x.shape[0] + lost)
-            stem = f"shard_{s:05d}"
-            if parts[what]:
-                arrays = {("indices" if what == "indices" else "latents"): torch.cat(parts[what]), "labels": torch.cat(parts["labels"])}
-                max_label = max(max_label, int(arrays["labels"].max()))
+            stem = f"shard_{s:05d}" if data else None
+            if data:
+                arrays = {key: torch.cat(data), "labels": torch.cat(labels)}
                 _save_shard(root, stem, arrays, file_format)
-                if not manifest.token_shape:
-                    manifest.token_shape = list(arrays["indices" if what == "indices" else "latents"].shape[1:])
-                if not manifest.class_names and max_label + 1 > manifest.num_classes:
-                    manifest.num_classes = max_label + 1
+                manifest.token_shape = manifest.token_shape or list(arrays[key].shape[1:])
+                if not manifest.class_names:
+                    manifest.num_classes = max(manifest.num_classes, int(arrays["labels"].max()) + 1)
             if skipped:
                 log.warning("shard %d: %d of %d items could not be read and were left out", s, skipped, hi - lo)
             # A shard whose every item was unreadable is recorded with no file (count 0), so that resumption moves on.
-            manifest.shards.append({"file": stem if parts[what] else None, "count": hi - lo - skipped, "skipped": skipped})
+            manifest.shards.append({"file": stem, "count": hi - lo - skipped, "skipped": skipped})
             _write_manifest(root, manifest)
-            written += 1
     return manifest
 
 
@@ -292,20 +265,14 @@ class TokenDataset(Dataset):
             )
         if not m.shards:
             raise TokenFolderError(f"{self.root} holds no shards")
-        key = "indices" if m.what == "indices" else "latents"
-        data, labels = [], []
-        for s in m.shards:
-            if not s["count"]:  # every item of that shard was unreadable
-                continue
-            arrays = load_shard(self.root, s["file"], m.file_format)
-            data.append(arrays[key])
-            labels.append(arrays["labels"])
-        if not data:
+        # A shard of count 0 has no file: every item of it was unreadable.
+        shards = [load_shard(self.root, s["file"], m.file_format) for s in m.shards if s["count"]]
+        if not shards:
             raise TokenFolderError(f"{self.root} holds no items: every item of its source could not be read")
-        self.key = "tokens" if key == "indices" else "latents"
-        self.data = torch.cat(data)
-        self.data = self.data.long() if key == "indices" else self.data.float()
-        self.labels = torch.cat(labels).long()
+        self.key = "tokens" if m.what == "indices" else "latents"
+        data = torch.cat([a["indices" if m.what == "indices" else "latents"] for a in shards])
+        self.data = data.long() if m.what == "indices" else data.float()
+        self.labels = torch.cat([a["labels"] for a in shards]).long()
         self.indices = None if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
 
     def __len__(self) -> int:
@@ -317,7 +284,7 @@ class TokenDataset(Dataset):
 
     def subset(self, indices: Iterable[int]) -> TokenDataset:
         """A view of some items (positions into this dataset), sharing the loaded arrays."""
-        view = TokenDataset.__new__(TokenDataset)
+        view = type(self).__new__(type(self))
         view.__dict__.update(self.__dict__)
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         view.indices = idx if self.indices is None else self.indices[idx]
@@ -333,11 +300,8 @@ class TokenDataset(Dataset):
 
 def resolve_token_folders(tokens: str | Path) -> tuple[Path, Path | None]:
     """``TOKENS`` itself (a folder with a manifest) or ``TOKENS/train``, and ``TOKENS/val`` if it exists."""
-    root = Path(tokens)
-    if (root / "manifest.json").is_file():
-        val = root / "val"
-        return root, val if (val / "manifest.json").is_file() else None
-    if (root / "train" / "manifest.json").is_file():
-        val = root / "val"
-        return root / "train", val if (val / "manifest.json").is_file() else None
+    root, val = Path(tokens), Path(tokens) / "val"
+    for train in (root, root / "train"):
+        if (train / MANIFEST).is_file():
+            return train, val if (val / MANIFEST).is_file() else None
     raise TokenFolderError(f"no token folder at {root} (expected {root}/manifest.json): run `vqgan encode` first")
