@@ -41,8 +41,7 @@ def _builtin(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
         "train", length=cfg.builtin_train_crops, flip=cfg.flip, hue=cfg.builtin_hue, saturation=cfg.builtin_saturation,
         **common,
     )
-    val = BuiltinPhotos("val", length=cfg.val_size, **common)
-    return train, val
+    return train, BuiltinPhotos("val", length=cfg.val_size, **common)
 
 
 @register_data("folder")
@@ -62,44 +61,34 @@ def _folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     val_files = val_files[: cfg.val_size]
     common = dict(resolution=cfg.resolution, resize=cfg.resize, channels=cfg.channels)
     train = ImageFolder(train_files, random_crop=cfg.crop == "random", flip=cfg.flip, seed=seed, **common)
-    val = ImageFolder(val_files, **common)
-    return train, val
+    return train, ImageFolder(val_files, **common)
 
 
-# Synthetic data: ``builtin_train_crops`` items per training epoch, ``val_size`` validation items drawn from a
-# disjoint seed range, so that validation plumes/digits never occur in training.
-_VAL_SEED_OFFSET = 1_000_003
+def _synthetic(cls: type, cfg: DataConfig, seed: int, per_item: int = 1, **kwargs) -> tuple[Dataset, Dataset]:
+    """``builtin_train_crops`` / ``per_item`` training items and ``val_size`` / ``per_item`` validation items drawn
+    from a disjoint seed range, so that validation plumes/digits never occur in training."""
+    kwargs.update(resolution=cfg.resolution, channels=cfg.channels)
+    n_train, n_val = (n if per_item == 1 else max(1, n // per_item) for n in (cfg.builtin_train_crops, cfg.val_size))
+    return cls(n_train, seed=seed, **kwargs), cls(n_val, seed=seed + 1_000_003, **kwargs)
 
 
 @register_data("smoke")
 def _smoke(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
-    common = dict(resolution=cfg.resolution, channels=cfg.channels)
-    train = SmokePlume(cfg.builtin_train_crops, seed=seed, **common)
-    val = SmokePlume(cfg.val_size, seed=seed + _VAL_SEED_OFFSET, **common)
-    return train, val
+    return _synthetic(SmokePlume, cfg, seed)
 
 
 @register_data("smoke_video")
 def _smoke_video(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
-    common = dict(resolution=cfg.resolution, channels=cfg.channels, frames=cfg.frames, frame_stride=cfg.frame_stride)
-    train = SmokeVideo(cfg.builtin_train_crops, seed=seed, **common)
-    val = SmokeVideo(cfg.val_size, seed=seed + _VAL_SEED_OFFSET, **common)
-    return train, val
+    return _synthetic(SmokeVideo, cfg, seed, frames=cfg.frames, frame_stride=cfg.frame_stride)
 
 
 @register_data("moving_digits")
 def _moving_digits(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
-    common = dict(
-        resolution=cfg.resolution, channels=cfg.channels, frames=cfg.frames, frames_as_images=cfg.frames_as_images,
-        num_digits=cfg.num_digits,
-    )
     # With frames_as_images the lengths count clips; every clip gives ``frames`` images.
-    n_train, n_val = cfg.builtin_train_crops, cfg.val_size
-    if cfg.frames_as_images:
-        n_train, n_val = max(1, n_train // cfg.frames), max(1, n_val // cfg.frames)
-    train = MovingDigits(n_train, seed=seed, **common)
-    val = MovingDigits(n_val, seed=seed + _VAL_SEED_OFFSET, **common)
-    return train, val
+    return _synthetic(
+        MovingDigits, cfg, seed, cfg.frames if cfg.frames_as_images else 1, frames=cfg.frames,
+        frames_as_images=cfg.frames_as_images, num_digits=cfg.num_digits,
+    )
 
 
 def _video_datasets(
@@ -133,8 +122,6 @@ def hold_out_chunk(records: list[VideoRecord], per_chunk: int, k: int) -> tuple[
     """Seed 000's ``--test_batch k``: split ``records`` into chunks of ``per_chunk`` in a fixed shuffled order (seed
     0, whatever the run's seed, so every run holds out the same videos) and return ``(others, chunk k)``, each in
     the records' own order."""
-    import torch
-
     n_chunks = -(-len(records) // per_chunk)
     if not 0 <= k < n_chunks:
         raise EmptyDatasetError(
@@ -196,20 +183,7 @@ def available_data() -> list[str]:
 
 
 __all__ = [
-    "BuiltinPhotos",
-    "DATA_KINDS",
-    "EmptyDatasetError",
-    "ImageFolder",
-    "MovingDigits",
-    "SmokePlume",
-    "VideoChunks",
-    "VideoClips",
-    "SmokeVideo",
-    "available_data",
-    "build_datasets",
-    "collate_skip",
-    "list_images",
-    "load_photo",
-    "pin_memory",
-    "register_data",
+    "BuiltinPhotos", "DATA_KINDS", "EmptyDatasetError", "ImageFolder", "MovingDigits", "SmokePlume", "VideoChunks",
+    "VideoClips", "SmokeVideo", "available_data", "build_datasets", "collate_skip", "list_images", "load_photo",
+    "pin_memory", "register_data",
 ]

@@ -1,12 +1,9 @@
-"""The built-in dataset: crops of photos that ship inside installed packages, so that the demo and the tests
-need no download. Training crops come from scikit-image's photos (astronaut, chelsea, coffee, hubble_deep_field,
-immunohistochemistry, retina, rocket and both stereo_motorcycle views); validation crops from scikit-learn's
-``load_sample_images`` (china, flower), a fixed grid so that validation numbers are comparable across runs.
+"""The built-in dataset: crops of photos that ship inside installed packages (scikit-image's for training,
+scikit-learn's ``load_sample_images`` as a fixed validation grid), so that the demo and the tests need no download.
 
-The training photos hold almost no green (a grey rocket, a tabby cat, brown coffee, a red retina ...), so a model
-trained on their colours alone turns the flower's dark green leaves navy blue. ``hue`` and ``saturation`` rotate
-the hue and scale the saturation of every training crop at random, so that every colour is seen (the quick-start
-preset uses them; see ``benchmarks/colour.py`` for the measured effect)."""
+The training photos hold almost no green, so a model trained on their colours alone turns the flower's dark green
+leaves navy blue: ``hue`` and ``saturation`` jitter every training crop so that every colour is seen
+(``benchmarks/colour.py`` measures the effect)."""
 
 from __future__ import annotations
 
@@ -20,15 +17,8 @@ from torch.utils.data import Dataset
 from vqgan.data.transforms import jitter_colour, to_mode, to_tensor
 
 TRAIN_PHOTOS = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "rocket",
-    "stereo_motorcycle_0",
-    "stereo_motorcycle_1",
+    "astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket",
+    "stereo_motorcycle_0", "stereo_motorcycle_1",
 )
 VAL_PHOTOS = ("china", "flower")
 
@@ -56,19 +46,15 @@ def load_photo(name: str, scale: float = 1.0, channels: int = 3) -> Image.Image:
 
 
 class BuiltinPhotos(Dataset):
-    """Random crops (training) or a fixed grid of crops (validation) of the shipped photos.
+    """Random crops (``train``) or a fixed grid of crops (``val``) of the shipped photos.
 
     Args:
-        split: ``train`` or ``val``.
-        resolution: crop side.
         scale: factor applied to the photos before cropping (smaller means more content per crop).
-        length: number of random crops per epoch (training) / maximum number of grid crops (validation).
-        flip: random horizontal flips (training).
+        length: random crops per epoch (training) / maximum number of grid crops (validation).
         seed: seeds the crop positions, so that a run is reproducible whatever the worker layout.
-        hue: training crops get their hue rotated by a uniform random shift in ``[-hue, hue]`` turns of the colour
-            circle (0.5: any hue); 0 disables.
-        saturation: training crops get their saturation scaled by a uniform random factor in
-            ``[1 - saturation, 1 + saturation]``; 0 disables.
+        hue, saturation: training crops get their hue rotated by up to ``hue`` turns of the colour circle (0.5: any
+            hue) and their saturation scaled by a factor in ``[1 - saturation, 1 + saturation]`` (see
+            :func:`~vqgan.data.transforms.jitter_colour`); 0 disables.
     """
 
     # Crops are a function of (seed, epoch, index): a ResumableSampler's global indices (epoch * n + i) give new

@@ -1,13 +1,9 @@
-"""A dataset over any folder of images (recursive), e.g. CelebA's ``img_align_celeba/`` or FFHQ's numbered
-sub-folders.
+"""A dataset over any folder of images (recursive), e.g. CelebA's ``img_align_celeba/`` or FFHQ's sub-folders.
 
-Robustness: any image PIL can decode is converted (grayscale, RGBA and palette images with transparency over
-white, CMYK, 16-bit and float images rescaled, EXIF rotation applied, images smaller than the crop upscaled).
-A file that can't be decoded (corrupt, truncated, zero bytes, not an image, a decompression bomb, 1 pixel wide)
-is skipped: the item comes back as ``None`` with a warning, :func:`collate_skip` drops it and counts it in
-``batch["skipped"]``, the training module adds the count to ``counters["skipped_data"]``, which is logged every
-step (``train/skipped_data``) and written to ``metrics.json``. A folder where none of a sample of files can be
-read stops before training (:class:`EmptyDatasetError`).
+Any image PIL can decode is converted (see :func:`~vqgan.data.transforms.to_mode`; EXIF rotation applied, small
+images upscaled). A file that can't be decoded (corrupt, truncated, not an image, a decompression bomb, 1 pixel
+wide) comes back as ``None`` with a warning; :func:`collate_skip` drops and counts it (``batch["skipped"]``, logged
+as ``train/skipped_data``). A folder where none of a sample of files can be read raises :class:`EmptyDatasetError`.
 """
 
 from __future__ import annotations
@@ -46,12 +42,8 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 def load_image(path: str | Path, channels: int = 3) -> Image.Image:
-    """Decode ``path`` fully and convert it to ``RGB`` / ``L`` (see :func:`vqgan.data.transforms.to_mode`).
-
-    Raises whatever the decoder raises for a file it can't read (``OSError`` for truncated data,
-    ``UnidentifiedImageError`` for non-images, ``DecompressionBombError``, ...), and ``ValueError`` for an image
-    with a side below 2 pixels.
-    """
+    """Decode ``path`` fully and convert it to ``RGB`` / ``L``; raises what the decoder raises for a file it can't
+    read, and ``ValueError`` for an image with a side below 2 pixels."""
     with Image.open(path) as img:
         img.load()  # decode now: a truncated file fails here, not later inside a worker's transform
         img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
@@ -70,11 +62,7 @@ class ImageFolder(Dataset):
 
     Args:
         root: folder, searched recursively; or an explicit list of files.
-        resolution: output side.
         resize: shorter side before cropping (default: ``resolution``).
-        random_crop, flip: augmentations for training (validation uses centre crops, no flip).
-        channels: 3 (RGB) or 1 (grayscale).
-        seed: seeds the augmentations.
         probe: decode up to this many files (evenly spread) when the dataset is built, and raise
             :class:`EmptyDatasetError` if none of them can be read; 0 skips the check.
     """
@@ -100,12 +88,8 @@ class ImageFolder(Dataset):
 
     def check_readable(self, probe: int = 16) -> int:
         """Decode files of an evenly spread sample of ``probe`` until one is readable; return how many were tried.
-
-        Raises:
-            EmptyDatasetError: none of them could be read (with the first errors), so training would see no data.
-        """
-        step = max(1, len(self.files) // probe)
-        sample = self.files[::step][:probe]
+        Raises :class:`EmptyDatasetError` (with the first errors) when none can be read."""
+        sample = self.files[:: max(1, len(self.files) // probe)][:probe]
         errors = []
         for path in sample:
             try:
@@ -146,9 +130,4 @@ def collate_skip(items: list[dict | None]) -> dict[str, torch.Tensor]:
     from torch.utils.data import default_collate
 
     kept = [it for it in items if it is not None]
-    skipped = len(items) - len(kept)
-    if not kept:
-        return {"skipped": torch.tensor(skipped)}
-    batch = default_collate(kept)
-    batch["skipped"] = torch.tensor(skipped)
-    return batch
+    return {**(default_collate(kept) if kept else {}), "skipped": torch.tensor(len(items) - len(kept))}

@@ -1,18 +1,9 @@
-"""Synthetic data generated on the fly, deterministic per ``(seed, index)``: nothing to download, so tests, demos
-and benchmarks run anywhere.
-
-* :class:`SmokePlume` / :class:`SmokeVideo`: a procedural smoke plume, a density field advected by a small
-  incompressible fluid solver ("Stable Fluids", Stam 1999: semi-Lagrangian advection, a buoyancy force and a
-  pressure projection by Jacobi iterations), with the mask ``density > threshold`` that seed 004's masked loss
-  weights its pixels by.
-* :class:`MovingDigits`: Moving-MNIST-style videos (Srivastava et al. 2015) made from scikit-learn's 8x8
-  handwritten digits, which ship with the package, bouncing inside the frame.
-
-Every item is ``{"image": ..., "mask": ..., "label": ...}`` with images in [-1, 1]: ``(C, H, W)`` for the image
-datasets and ``(C, T, H, W)`` for the videos. Labels make class-conditional priors possible without any
-annotation: the smoke sets label a plume by the position of its source (``source_bins`` equal bins of its
-horizontal range), the moving digits by digit identity. Each dataset lists its class names in ``classes``.
-"""
+"""Synthetic data generated on the fly, deterministic per ``(seed, index)``, so tests, demos and benchmarks run
+anywhere: :class:`SmokePlume` / :class:`SmokeVideo`, a density field advected by a small incompressible fluid
+solver ("Stable Fluids", Stam 1999), with the mask ``density > threshold`` that seed 004's masked loss weights its
+pixels by; :class:`MovingDigits`, Moving-MNIST-style videos (Srivastava et al. 2015) of scikit-learn's 8x8 digits.
+Labels (class names in ``classes``) make class-conditional priors possible without annotation: the smoke sets
+label a plume by the position of its source, the moving digits by digit identity."""
 
 from __future__ import annotations
 
@@ -23,7 +14,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# ---------------------------------------------------------------------------------------------------------------
 # A tiny 2D fluid solver (numpy, float32). Grid cells are unit sized, y points down (row index), so buoyancy
 # pushes towards smaller y. All fields are (N, N).
 
@@ -32,10 +22,8 @@ def _bilinear(fields: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Sample each of the stacked ``fields`` ``(K, H, W)`` at fractional positions (clamped to the grid) with
     bilinear interpolation; the weights are computed once for all K fields."""
     _, n_y, n_x = fields.shape
-    y = np.clip(y, 0.0, n_y - 1.001)
-    x = np.clip(x, 0.0, n_x - 1.001)
-    y0 = y.astype(np.intp)
-    x0 = x.astype(np.intp)
+    y, x = np.clip(y, 0.0, n_y - 1.001), np.clip(x, 0.0, n_x - 1.001)
+    y0, x0 = y.astype(np.intp), x.astype(np.intp)
     fy, fx = y - y0, x - x0
     flat = fields.reshape(len(fields), -1)
     i00 = (y0 * n_x + x0).ravel()
@@ -68,13 +56,9 @@ class SmokeSolver:
 
     def __init__(self, n: int, params: SmokeParams, jacobi_iters: int = 12, dt: float = 1.0):
         self.n, self.p, self.iters, self.dt = n, params, jacobi_iters, dt
-        self.density = np.zeros((n, n), np.float32)
-        self.vx = np.zeros((n, n), np.float32)
-        self.vy = np.zeros((n, n), np.float32)
-        yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-        self.yy, self.xx = yy, xx
-        cx, cy = params.source_x * (n - 1), n - 1 - max(2.0, n / 16)
-        r = params.source_radius
+        self.density, self.vx, self.vy = np.zeros((3, n, n), np.float32)
+        self.yy, self.xx = yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+        cx, cy, r = params.source_x * (n - 1), n - 1 - max(2.0, n / 16), params.source_radius
         self.source = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)).astype(np.float32)
         self.t = 0
 
@@ -157,16 +141,12 @@ def source_class_names(bins: int) -> list[str]:
     return [f"source x {a:.2f}-{b:.2f}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def _item_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, index, 4])
-
-
 def simulate_smoke(
     resolution: int, steps: int, seed: int = 0, index: int = 0, every: int = 1, warmup: int = 0
 ) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
     """Run one plume and return ``(densities (T, H, W), params, tint (3,))``, ``T = steps``: one frame every
     ``every`` solver steps after ``warmup`` steps."""
-    rng = _item_rng(seed, index)
+    rng = np.random.default_rng([seed, index, 4])
     params = _smoke_params(rng, resolution)
     tint = rng.uniform(0.75, 1.0, 3).astype(np.float32)
     solver = SmokeSolver(resolution, params)
@@ -180,59 +160,13 @@ def simulate_smoke(
     return np.stack(frames), params, tint
 
 
-class SmokePlume(Dataset):
-    """Procedural smoke images with masks, for seed 004's masked reconstruction loss.
-
-    Item ``i`` simulates its own plume (parameters and length drawn from ``(seed, i)``), so the dataset is
-    deterministic and needs no storage. Returns ``{"image": (C, H, W) in [-1, 1], "mask": (1, H, W) in {0, 1},
-    "label": ()}`` where the mask is ``density > threshold`` and the label the source-position class
-    (:func:`source_class`).
-
-    Args:
-        length: number of items.
-        resolution: side of the simulation grid and of the images.
-        channels: 1 (grayscale) or 3 (tinted smoke on a coloured background).
-        threshold: density above which a pixel belongs to the plume.
-        min_steps, max_steps: range of the number of solver steps before the snapshot (young to developed plumes).
-        seed: base seed; training and validation sets use different seeds.
-    """
-
-    def __init__(
-        self,
-        length: int = 1024,
-        resolution: int = 64,
-        channels: int = 3,
-        threshold: float = 0.1,
-        min_steps: int = 12,
-        max_steps: int = 48,
-        seed: int = 0,
-        source_bins: int = 4,
-    ):
-        self.length, self.resolution, self.channels = length, resolution, channels
-        self.threshold, self.min_steps, self.max_steps, self.seed = threshold, min_steps, max(max_steps, min_steps), seed
-        self.source_bins = source_bins
-        self.classes = source_class_names(source_bins)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < self.length:
-            raise IndexError(i)
-        steps = int(np.random.default_rng([self.seed, i, 5]).integers(self.min_steps, self.max_steps + 1))
-        d, params, tint = simulate_smoke(self.resolution, 1, self.seed, i, every=steps)
-        return {
-            "image": torch.from_numpy(_render(d[0], self.channels, tint)),
-            "mask": torch.from_numpy((d[0] > self.threshold).astype(np.float32))[None],
-            "label": torch.tensor(source_class(params.source_x, self.source_bins)),
-        }
-
-
 class SmokeVideo(Dataset):
     """Procedural smoke clips with masks: ``{"image": (C, T, H, W), "mask": (1, T, H, W), "label": ()}``.
 
-    One frame every ``frame_stride`` solver steps, after ``warmup`` steps so that the plume is visible from the
-    first frame. The label is the source-position class (:func:`source_class`, ``source_bins`` bins).
+    Item ``i`` simulates its own plume (parameters drawn from ``(seed, i)``), so the dataset is deterministic and
+    needs no storage. One frame every ``frame_stride`` solver steps, after ``warmup`` steps so that the plume is
+    visible from the first frame. The mask is ``density > threshold``, the label the source-position class
+    (:func:`source_class`, ``source_bins`` bins); ``channels`` 3 gives tinted smoke on a coloured background.
     """
 
     def __init__(
@@ -255,20 +189,47 @@ class SmokeVideo(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def simulate(self, i: int) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
+        """:func:`simulate_smoke` for item ``i``."""
+        return simulate_smoke(self.resolution, self.frames, self.seed, i, self.stride, self.warmup)
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < self.length:
             raise IndexError(i)
-        d, params, tint = simulate_smoke(self.resolution, self.frames, self.seed, i, self.stride, self.warmup)
-        video = np.stack([_render(f, self.channels, tint) for f in d], axis=1)  # (C, T, H, W)
+        d, params, tint = self.simulate(i)
         return {
-            "image": torch.from_numpy(video),
+            "image": torch.from_numpy(np.stack([_render(f, self.channels, tint) for f in d], axis=1)),
             "mask": torch.from_numpy((d > self.threshold).astype(np.float32))[None],
             "label": torch.tensor(source_class(params.source_x, self.source_bins)),
         }
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Moving digits (Moving-MNIST style) from scikit-learn's 8x8 digits.
+class SmokePlume(SmokeVideo):
+    """Procedural smoke images with masks, for seed 004's masked reconstruction loss: one-frame clips of
+    :class:`SmokeVideo` as ``{"image": (C, H, W) in [-1, 1], "mask": (1, H, W) in {0, 1}, "label": ()}``, taken
+    after a number of solver steps drawn from ``[min_steps, max_steps]`` (young to developed plumes)."""
+
+    def __init__(
+        self,
+        length: int = 1024,
+        resolution: int = 64,
+        channels: int = 3,
+        threshold: float = 0.1,
+        min_steps: int = 12,
+        max_steps: int = 48,
+        seed: int = 0,
+        source_bins: int = 4,
+    ):
+        super().__init__(length, resolution, 1, 1, channels, threshold, 0, seed, source_bins)
+        self.min_steps, self.max_steps = min_steps, max(max_steps, min_steps)
+
+    def simulate(self, i: int) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
+        steps = int(np.random.default_rng([self.seed, i, 5]).integers(self.min_steps, self.max_steps + 1))
+        return simulate_smoke(self.resolution, 1, self.seed, i, every=steps)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(i)
+        return {**item, "image": item["image"][:, 0], "mask": item["mask"][:, 0]}
 
 
 @lru_cache(maxsize=1)
@@ -299,13 +260,9 @@ class MovingDigits(Dataset):
 
     Args:
         length: number of clips.
-        resolution: frame side.
-        frames: frames per clip.
-        num_digits: digits per clip.
         digit_size: side of a digit in pixels (default ``resolution // 2``).
         max_speed: pixels per frame.
         channels: 1, or 3 (the digits get a random colour per clip).
-        seed: base seed.
     """
 
     def __init__(

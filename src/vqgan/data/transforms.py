@@ -9,10 +9,8 @@ from PIL import Image
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL mode (RGBA, CMYK, P, I;16, LA, ...) to ``RGB`` (3 channels) or ``L`` (1 channel).
-
-    16-bit images are rescaled to 8 bits rather than clipped.
-    """
+    """Convert any PIL mode (RGBA, CMYK, P, I;16, LA, ...) to ``RGB`` (3 channels) or ``L`` (1 channel): 16-bit
+    images are rescaled to 8 bits rather than clipped, transparency is composited over white."""
     if img.mode == "I" or img.mode.startswith("I;16"):  # I;16, I;16B, I;16L, I;16N and 32-bit integers
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -21,13 +19,10 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         finite = np.isfinite(arr)
         lo, hi = (arr[finite].min(), arr[finite].max()) if finite.any() else (0.0, 0.0)
-        arr = np.where(finite, arr, lo)
-        arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        arr = (np.where(finite, arr, lo) - lo) / max(hi - lo, 1e-12) * 255.0
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
     return img.convert("RGB" if channels == 3 else "L")
 
 
@@ -61,10 +56,8 @@ def crop(img: Image.Image, size: int, random: bool, generator: torch.Generator |
 
 
 def rotate_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
-    """An RGB image in [-1, 1] with its hue rotated by ``shift`` turns of the colour circle (0.5: opposite hues).
-
-    torchvision's ``adjust_hue`` (HSV rotation, lightness and saturation kept) on the image mapped to [0, 1]; its
-    factor is limited to [-0.5, 0.5], so ``shift`` is wrapped into that range first (0.75 turns = -0.25)."""
+    """An RGB image in [-1, 1] with its hue rotated by ``shift`` turns of the colour circle (0.5: opposite hues),
+    by torchvision's ``adjust_hue``, whose factor is limited to [-0.5, 0.5]: ``shift`` is wrapped first."""
     from torchvision.transforms.v2.functional import adjust_hue
 
     shift = (shift + 0.5) % 1.0 - 0.5
@@ -72,12 +65,11 @@ def rotate_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def jitter_colour(x: torch.Tensor, hue: float, saturation: float, generator: torch.Generator) -> torch.Tensor:
-    """Training augmentation: rotate the hue of an RGB image in [-1, 1] by a uniform random shift in
-    ``[-hue, hue]`` turns and scale its saturation by a uniform random factor in ``[1 - saturation, 1 + saturation]``,
-    drawn from ``generator`` (so that a crop is a function of its seed). Grey images are returned unchanged.
+    """Rotate the hue of an RGB image in [-1, 1] by a uniform random shift in ``[-hue, hue]`` turns and scale its
+    saturation by a uniform random factor in ``[1 - saturation, 1 + saturation]``; grey images are unchanged.
 
     torchvision's ``ColorJitter`` does the same with the global random state; drawing from ``generator`` keeps
-    the built-in crops reproducible whatever the worker layout (see :class:`~vqgan.data.builtin.BuiltinPhotos`)."""
+    the built-in crops reproducible whatever the worker layout."""
     from torchvision.transforms.v2.functional import adjust_saturation
 
     if x.shape[0] != 3 or (hue <= 0 and saturation <= 0):

@@ -2,17 +2,10 @@
 
 UCF101 (Soomro et al. 2012, https://www.crcv.ucf.edu/data/UCF101.php) ships as ``UCF-101/<Class>/v_*.avi`` plus
 ``ucfTrainTestlist/`` with ``classInd.txt`` ("1 ApplyEyeMakeup"), ``trainlist0N.txt`` ("Class/v_....avi 1") and
-``testlist0N.txt`` ("Class/v_....avi") for the three official splits. Items are clips
-``{"image": (C, T, H, W) in [-1, 1], "label": class index}``; the same spatial crop and flip apply to every frame.
-
-Clip sampling: ``frames`` frames, ``frame_stride`` apart at ``fps`` (``None``: the file's own rate), starting at a
-random offset (training) or at evenly spread offsets (``uniform``: one centred clip, or ``clips_per_video`` of
-them). Seed 000's options are wrappers around a clip dataset: :class:`FramesAsImages` (every frame is an image),
-:class:`Patches` (tiles of frames) and :class:`VideoChunks` (load ``videos_per_chunk`` videos into memory and
-train ``epochs_per_chunk`` passes on them before moving on, for machines that can't hold the whole set).
-
-A video that can't be opened or decoded (truncated, corrupt, no video stream) comes back as ``None``:
-:func:`~vqgan.data.images.collate_skip` drops it and counts it, and a warning names the file.
+``testlist0N.txt`` ("Class/v_....avi") for the three official splits. Seed 000's options wrap a clip dataset:
+:class:`Exploded` (frames as images, tiles) and :class:`VideoChunks` (train several passes on a chunk of videos
+held in memory before moving on). A video that can't be opened or decoded comes back as ``None``, with a warning
+naming the file: :func:`~vqgan.data.images.collate_skip` drops and counts it.
 """
 
 from __future__ import annotations
@@ -75,16 +68,9 @@ def _find_annotations(root: Path) -> Path:
 def ucf101_records(
     root: str | Path, split: int = 1, train: bool = True, annotations: str | Path | None = None
 ) -> tuple[list[VideoRecord], list[str]]:
-    """The videos of one official UCF101 split and the class names.
-
-    Args:
-        root: the ``UCF-101`` folder (class folders of ``.avi``).
-        split: 1, 2 or 3 (``trainlist0N.txt`` / ``testlist0N.txt``).
-        train: the training list, else the test list.
-        annotations: folder with ``classInd.txt`` and the lists (default: searched next to ``root``).
-
-    Videos listed but missing on disk are left out with one warning (partial downloads).
-    """
+    """The videos of official UCF101 split 1, 2 or 3 (its training or test list) under the ``UCF-101`` folder
+    ``root`` and the class names. ``annotations``, the folder with ``classInd.txt`` and the lists, is searched next
+    to ``root`` by default. Videos listed but missing on disk are left out with one warning (partial downloads)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise EmptyDatasetError(f"UCF101 folder {root} does not exist")
@@ -135,9 +121,8 @@ def decode_frames(path: str | Path, indices: list[int] | None = None) -> tuple[n
     """
     import av
 
-    want = None if indices is None else sorted(set(indices))
+    wanted, stop = (None, None) if indices is None else (set(indices), max(indices))
     frames: dict[int, np.ndarray] = {}
-    last: np.ndarray | None = None
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
@@ -145,13 +130,10 @@ def decode_frames(path: str | Path, indices: list[int] | None = None) -> tuple[n
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             fps = float(s.average_rate or s.guessed_rate or 25)
-            stop = None if want is None else want[-1]
-            wanted = None if want is None else set(want)
             try:
                 for i, frame in enumerate(c.decode(s)):
                     if wanted is None or i in wanted:
-                        last = frame.to_ndarray(format="rgb24")
-                        frames[i] = last
+                        frames[i] = frame.to_ndarray(format="rgb24")
                     if stop is not None and i >= stop:
                         break
             except av.error.FFmpegError as e:  # truncated stream: keep what was decoded
@@ -215,15 +197,14 @@ class VideoClips(Dataset):
     """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}`` (``None`` for unreadable videos).
 
     Args:
-        records: the videos (see :func:`list_videos`, :func:`ucf101_records`).
-        resolution: output side; resize: shorter side before cropping (default ``resolution``).
+        resize: shorter side before cropping (default ``resolution``).
         frames, frame_stride, fps: clip length, spacing (in target frames) and target frame rate (``None``: the
             file's own).
         clip_offset: ``random`` (a new offset every time) or ``uniform`` (``clips_per_video`` evenly spread,
             deterministic clips; 1 gives the centred clip).
-        random_crop, flip: spatial augmentation (one draw per clip).
-        classes: names of the labels (UCF101: ``classInd.txt``'s order), written into token folders by
-            ``vqgan encode`` so that priors can be asked for a class by name.
+        random_crop, flip: spatial augmentation (one draw per clip, the same for every frame).
+        classes: names of the labels, written into token folders by ``vqgan encode`` so that priors can be asked
+            for a class by name.
     """
 
     def __init__(
@@ -265,14 +246,12 @@ class VideoClips(Dataset):
             src_fps, n = video_info(rec.path)
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
             raise VideoDecodeError(f"{rec.path}: {e}") from None
+        every = None
         if n <= 0:  # header without a frame count: decode everything once
-            arr, src_fps = decode_frames(rec.path)
-            n = len(arr)
-            idx = clip_indices(n, src_fps, self.frames, self.stride, self.fps, self._offset(i % self.clips_per_video))
-            arr = arr[np.minimum(idx, n - 1)]
-        else:
-            idx = clip_indices(n, src_fps, self.frames, self.stride, self.fps, self._offset(i % self.clips_per_video))
-            arr, _ = decode_frames(rec.path, idx)
+            every, src_fps = decode_frames(rec.path)
+            n = len(every)
+        idx = clip_indices(n, src_fps, self.frames, self.stride, self.fps, self._offset(i % self.clips_per_video))
+        arr = decode_frames(rec.path, idx)[0] if every is None else every[np.minimum(idx, n - 1)]
         clip = prepare_clip(arr, self.resolution, self.resize, self.channels, self.random_crop, self.flip)
         return {"image": clip, "label": torch.tensor(rec.label)}
 
@@ -287,22 +266,16 @@ class VideoClips(Dataset):
 
 def explode(item: dict[str, torch.Tensor], frames_as_images: bool, patch_size: int | None) -> list[dict[str, torch.Tensor]]:
     """Split one clip item into frames (``(C, H, W)`` each) and/or ``patch_size`` tiles, row-major."""
-    x = item["image"]
-    extra = {k: v for k, v in item.items() if k not in ("image", "mask")}
-    xs = list(x.unbind(1)) if frames_as_images else [x]
-    ms = list(item["mask"].unbind(1)) if frames_as_images and "mask" in item else [item.get("mask")] * len(xs)
+    keys = [k for k in ("image", "mask") if k in item]
+    extra = {k: v for k, v in item.items() if k not in keys}
+    views = [{k: item[k][:, f] for k in keys} for f in range(item["image"].shape[1])] if frames_as_images else [item]
     out = []
-    for img, m in zip(xs, ms, strict=True):
-        tiles = [(img, m)]
-        if patch_size:
-            h, w = img.shape[-2:]
-            tiles = [
-                (img[..., r : r + patch_size, c : c + patch_size], None if m is None else m[..., r : r + patch_size, c : c + patch_size])
-                for r in range(0, h - patch_size + 1, patch_size)
-                for c in range(0, w - patch_size + 1, patch_size)
-            ]
-        for t, tm in tiles:
-            out.append({"image": t.contiguous(), **({} if tm is None else {"mask": tm.contiguous()}), **extra})
+    for view in views:
+        h, w = view["image"].shape[-2:]
+        ph, pw = (patch_size, patch_size) if patch_size else (h, w)
+        for r in range(0, h - ph + 1, ph):
+            for c in range(0, w - pw + 1, pw):
+                out.append({**{k: view[k][..., r : r + ph, c : c + pw].contiguous() for k in keys}, **extra})
     return out
 
 
