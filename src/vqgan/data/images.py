@@ -26,19 +26,21 @@ class EmptyDatasetError(ValueError):
     """The data source holds no usable items; raised before training starts."""
 
 
+def find_files(root: str | Path, extensions: set[str], kind: str) -> list[Path]:
+    """Files with one of ``extensions`` under ``root``, recursively, sorted (deterministic order); raises
+    :class:`EmptyDatasetError` naming the ``kind`` of files when there are none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise EmptyDatasetError(f"{kind} folder {root} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+    if not files:
+        raise EmptyDatasetError(f"no {kind}s found under {root} (looked recursively for {', '.join(sorted(extensions))})")
+    return files
+
+
 def list_images(root: str | Path) -> list[Path]:
     """Image files under ``root``, recursively, sorted (deterministic order)."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise EmptyDatasetError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise EmptyDatasetError(f"{root} is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise EmptyDatasetError(
-            f"no images found under {root} (looked recursively for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    return files
+    return find_files(root, IMAGE_EXTENSIONS, "image")
 
 
 def load_image(path: str | Path, channels: int = 3) -> Image.Image:

@@ -160,38 +160,17 @@ def simulate_smoke(
     return np.stack(frames), params, tint
 
 
-class SmokeVideo(Dataset):
-    """Procedural smoke clips with masks: ``{"image": (C, T, H, W), "mask": (1, T, H, W), "label": ()}``.
+class _Smoke(Dataset):
+    """Item ``i`` simulates its own plume (parameters drawn from ``(seed, i)``: deterministic, no storage) and renders
+    its densities as ``{"image": (C, T, H, W) in [-1, 1], "mask": (1, T, H, W) in {0, 1}, "label": ()}``: the mask
+    is ``density > threshold``, the label the source-position class (:func:`source_class`, ``source_bins`` bins);
+    ``channels`` 3 gives tinted smoke on a coloured background."""
 
-    Item ``i`` simulates its own plume (parameters drawn from ``(seed, i)``), so the dataset is deterministic and
-    needs no storage. One frame every ``frame_stride`` solver steps, after ``warmup`` steps so that the plume is
-    visible from the first frame. The mask is ``density > threshold``, the label the source-position class
-    (:func:`source_class`, ``source_bins`` bins); ``channels`` 3 gives tinted smoke on a coloured background.
-    """
-
-    def __init__(
-        self,
-        length: int = 256,
-        resolution: int = 64,
-        frames: int = 8,
-        frame_stride: int = 2,
-        channels: int = 3,
-        threshold: float = 0.1,
-        warmup: int = 10,
-        seed: int = 0,
-        source_bins: int = 4,
-    ):
-        self.length, self.resolution, self.frames, self.stride = length, resolution, frames, frame_stride
-        self.channels, self.threshold, self.warmup, self.seed = channels, threshold, warmup, seed
-        self.source_bins = source_bins
-        self.classes = source_class_names(source_bins)
+    def __post_init__(self):
+        self.classes = source_class_names(self.source_bins)
 
     def __len__(self) -> int:
         return self.length
-
-    def simulate(self, i: int) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
-        """:func:`simulate_smoke` for item ``i``."""
-        return simulate_smoke(self.resolution, self.frames, self.seed, i, self.stride, self.warmup)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < self.length:
@@ -204,32 +183,47 @@ class SmokeVideo(Dataset):
         }
 
 
-class SmokePlume(SmokeVideo):
-    """Procedural smoke images with masks, for seed 004's masked reconstruction loss: one-frame clips of
-    :class:`SmokeVideo` as ``{"image": (C, H, W) in [-1, 1], "mask": (1, H, W) in {0, 1}, "label": ()}``, taken
-    after a number of solver steps drawn from ``[min_steps, max_steps]`` (young to developed plumes)."""
+@dataclass(eq=False)
+class SmokePlume(_Smoke):
+    """Procedural smoke images with masks (``(C, H, W)``, ``(1, H, W)``), for seed 004's masked reconstruction
+    loss, taken after a number of solver steps drawn from ``[min_steps, max_steps]`` (young to developed plumes)."""
 
-    def __init__(
-        self,
-        length: int = 1024,
-        resolution: int = 64,
-        channels: int = 3,
-        threshold: float = 0.1,
-        min_steps: int = 12,
-        max_steps: int = 48,
-        seed: int = 0,
-        source_bins: int = 4,
-    ):
-        super().__init__(length, resolution, 1, 1, channels, threshold, 0, seed, source_bins)
-        self.min_steps, self.max_steps = min_steps, max(max_steps, min_steps)
+    length: int = 1024
+    resolution: int = 64
+    channels: int = 3
+    threshold: float = 0.1
+    min_steps: int = 12
+    max_steps: int = 48
+    seed: int = 0
+    source_bins: int = 4
 
     def simulate(self, i: int) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
-        steps = int(np.random.default_rng([self.seed, i, 5]).integers(self.min_steps, self.max_steps + 1))
+        rng = np.random.default_rng([self.seed, i, 5])
+        steps = int(rng.integers(self.min_steps, max(self.min_steps, self.max_steps) + 1))
         return simulate_smoke(self.resolution, 1, self.seed, i, every=steps)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = super().__getitem__(i)
         return {**item, "image": item["image"][:, 0], "mask": item["mask"][:, 0]}
+
+
+@dataclass(eq=False)
+class SmokeVideo(_Smoke):
+    """Procedural smoke clips with masks: one frame every ``frame_stride`` solver steps, after ``warmup`` steps so
+    that the plume is visible from the first frame."""
+
+    length: int = 256
+    resolution: int = 64
+    frames: int = 8
+    frame_stride: int = 2
+    channels: int = 3
+    threshold: float = 0.1
+    warmup: int = 10
+    seed: int = 0
+    source_bins: int = 4
+
+    def simulate(self, i: int) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
+        return simulate_smoke(self.resolution, self.frames, self.seed, i, self.frame_stride, self.warmup)
 
 
 @lru_cache(maxsize=1)
@@ -249,6 +243,7 @@ def _upsample(img: np.ndarray, size: int) -> np.ndarray:
     return _bilinear(padded[None], yy + 1, xx + 1)[0]
 
 
+@dataclass(eq=False)
 class MovingDigits(Dataset):
     """Moving-MNIST-style clips: ``num_digits`` handwritten digits (scikit-learn's ``load_digits``, upsampled)
     moving at constant speed and bouncing off the frame's edges, drawn with ``max`` blending on black.
@@ -265,24 +260,21 @@ class MovingDigits(Dataset):
         channels: 1, or 3 (the digits get a random colour per clip).
     """
 
-    def __init__(
-        self,
-        length: int = 1024,
-        resolution: int = 32,
-        frames: int = 8,
-        num_digits: int = 2,
-        digit_size: int | None = None,
-        max_speed: float = 2.0,
-        channels: int = 1,
-        frames_as_images: bool = False,
-        seed: int = 0,
-    ):
-        self.length, self.resolution, self.frames, self.num_digits = length, resolution, frames, num_digits
-        self.digit_size = digit_size or max(8, resolution // 2)
-        if self.digit_size > resolution:
-            raise ValueError(f"digit_size={self.digit_size} is larger than the frame ({resolution})")
-        self.max_speed, self.channels, self.frames_as_images, self.seed = max_speed, channels, frames_as_images, seed
-        self.classes = [f"{k:0{num_digits}d}" for k in range(10**num_digits)]
+    length: int = 1024
+    resolution: int = 32
+    frames: int = 8
+    num_digits: int = 2
+    digit_size: int | None = None
+    max_speed: float = 2.0
+    channels: int = 1
+    frames_as_images: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        self.digit_size = self.digit_size or max(8, self.resolution // 2)
+        if self.digit_size > self.resolution:
+            raise ValueError(f"digit_size={self.digit_size} is larger than the frame ({self.resolution})")
+        self.classes = [f"{k:0{self.num_digits}d}" for k in range(10**self.num_digits)]
 
     @staticmethod
     def class_of(digits: np.ndarray) -> int:
@@ -321,11 +313,9 @@ class MovingDigits(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(i)
+        video, labels = self.clip(i // self.frames if self.frames_as_images else i)
         if self.frames_as_images:
-            video, labels = self.clip(i // self.frames)
             video = video[:, i % self.frames]
-        else:
-            video, labels = self.clip(i)
         return {
             "image": torch.from_numpy(video * 2.0 - 1.0),
             "label": torch.tensor(self.class_of(labels)),

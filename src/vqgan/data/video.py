@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from vqgan.data.images import EmptyDatasetError
+from vqgan.data.images import EmptyDatasetError, find_files
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,11 @@ class VideoRecord:
     label: int = -1
 
 
-# -- listing ----------------------------------------------------------------------------------------------------
 def list_videos(root: str | Path) -> list[VideoRecord]:
     """Videos under ``root`` (recursive, sorted). The label is the index of the first-level sub-folder (sorted),
     or ``-1`` for videos directly in ``root``."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise EmptyDatasetError(f"video folder {root} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-    if not files:
-        raise EmptyDatasetError(f"no videos under {root} (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    files = find_files(root, VIDEO_EXTENSIONS, "video")
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     index = {c: i for i, c in enumerate(classes)}
     return [VideoRecord(p, index.get(p.relative_to(root).parts[0], -1) if p.parent != root else -1) for p in files]
@@ -75,34 +70,21 @@ def ucf101_records(
     if not root.is_dir():
         raise EmptyDatasetError(f"UCF101 folder {root} does not exist")
     ann = Path(annotations) if annotations else _find_annotations(root)
-    classes: dict[str, int] = {}
-    for line in (ann / "classInd.txt").read_text().splitlines():
-        if line.strip():
-            num, name = line.split()
-            classes[name] = int(num) - 1  # classInd is 1-based; labels are 0-based
+    rows = [line.split() for line in (ann / "classInd.txt").read_text().splitlines() if line.strip()]
+    classes = {name: int(num) - 1 for num, name in rows}  # classInd is 1-based; labels are 0-based
     lst = ann / f"{'train' if train else 'test'}list{split:02d}.txt"
     if not lst.is_file():
         raise EmptyDatasetError(f"split file {lst} not found (UCF101 has splits 1, 2 and 3)")
-    records, missing = [], 0
-    for line in lst.read_text().splitlines():
-        if not line.strip():
-            continue
-        rel = line.split()[0].replace("\\", "/")
-        cls = rel.split("/")[0]
-        if cls not in classes:
-            raise EmptyDatasetError(f"{lst}: class {cls!r} of {rel} is not in classInd.txt")
-        path = root / rel
-        if not path.is_file():
-            missing += 1
-            continue
-        records.append(VideoRecord(path, classes[cls]))
-    if missing:
-        log.warning("%d videos listed in %s are missing under %s", missing, lst.name, root)
-    names = [n for n, _ in sorted(classes.items(), key=lambda kv: kv[1])]
-    return records, names
+    listed = [line.split()[0].replace("\\", "/") for line in lst.read_text().splitlines() if line.strip()]
+    for rel in listed:
+        if rel.split("/")[0] not in classes:
+            raise EmptyDatasetError(f"{lst}: class {rel.split('/')[0]!r} of {rel} is not in classInd.txt")
+    records = [VideoRecord(root / rel, classes[rel.split("/")[0]]) for rel in listed if (root / rel).is_file()]
+    if len(records) < len(listed):
+        log.warning("%d videos listed in %s are missing under %s", len(listed) - len(records), lst.name, root)
+    return records, sorted(classes, key=classes.get)
 
 
-# -- decoding ---------------------------------------------------------------------------------------------------
 def video_info(path: str | Path) -> tuple[float, int]:
     """``(fps, number of frames)`` from the container header (the count may be 0 when the header lacks it)."""
     import av
@@ -159,9 +141,7 @@ def clip_indices(
     ``offset`` in [0, 1] of the free range (0: start, 0.5: centred, 1: end). Short videos give a clip whose tail
     repeats the last frame (handled by :func:`decode_frames`)."""
     step = stride * (src_fps / fps if fps else 1.0)  # source frames between two clip frames
-    span = step * (frames - 1)
-    free = max(num_frames - 1 - span, 0.0)
-    start = offset * free
+    start = offset * max(num_frames - 1 - step * (frames - 1), 0.0)
     return [int(round(start + k * step)) for k in range(frames)]
 
 
@@ -192,7 +172,6 @@ def prepare_clip(
     return (x.clamp(0, 255) / 127.5 - 1.0).permute(1, 0, 2, 3).contiguous()
 
 
-# -- datasets ---------------------------------------------------------------------------------------------------
 class VideoClips(Dataset):
     """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}`` (``None`` for unreadable videos).
 
