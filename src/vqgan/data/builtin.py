@@ -51,10 +51,9 @@ class BuiltinPhotos(Dataset):
     Args:
         scale: factor applied to the photos before cropping (smaller means more content per crop).
         length: random crops per epoch (training) / maximum number of grid crops (validation).
-        seed: seeds the crop positions, so that a run is reproducible whatever the worker layout.
-        hue, saturation: training crops get their hue rotated by up to ``hue`` turns of the colour circle (0.5: any
-            hue) and their saturation scaled by a factor in ``[1 - saturation, 1 + saturation]`` (see
-            :func:`~vqgan.data.transforms.jitter_colour`); 0 disables.
+        hue, saturation: training crops get their hue rotated by up to ``hue`` turns (0.5: any hue) and their
+            saturation scaled by a factor in ``[1 - saturation, 1 + saturation]`` (see
+            :func:`~vqgan.data.transforms.jitter_colour`).
     """
 
     # Crops are a function of (seed, epoch, index): a ResumableSampler's global indices (epoch * n + i) give new

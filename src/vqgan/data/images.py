@@ -1,10 +1,7 @@
 """A dataset over any folder of images (recursive), e.g. CelebA's ``img_align_celeba/`` or FFHQ's sub-folders.
-
-Any image PIL can decode is converted (see :func:`~vqgan.data.transforms.to_mode`; EXIF rotation applied, small
-images upscaled). A file that can't be decoded (corrupt, truncated, not an image, a decompression bomb, 1 pixel
-wide) comes back as ``None`` with a warning; :func:`collate_skip` drops and counts it (``batch["skipped"]``, logged
-as ``train/skipped_data``). A folder where none of a sample of files can be read raises :class:`EmptyDatasetError`.
-"""
+A file that can't be decoded (corrupt, truncated, not an image, a decompression bomb, 1 pixel wide) comes back as
+``None`` with a warning; :func:`collate_skip` drops and counts it (``batch["skipped"]``, logged as
+``train/skipped_data``)."""
 
 from __future__ import annotations
 
@@ -56,17 +53,12 @@ def load_image(path: str | Path, channels: int = 3) -> Image.Image:
 
 
 class ImageFolder(Dataset):
-    """Images under a folder as ``{"image": (C, H, W) in [-1, 1]}``, resized (shorter side) and cropped.
+    """Images under a folder (or a list of files) as ``{"image": (C, H, W) in [-1, 1]}``, shorter side resized to
+    ``resize`` (default ``resolution``) and cropped. ``probe`` files are test-decoded when the dataset is built.
 
     Random crops and flips are a function of ``(seed, index)``: indices past the end (``epoch * len + i``, from
     :class:`vqgan.train.checkpoint.ResumableSampler`) select file ``i`` with new augmentations, so that an
     interrupted and resumed run sees exactly the same pixels as an uninterrupted one.
-
-    Args:
-        root: folder, searched recursively; or an explicit list of files.
-        resize: shorter side before cropping (default: ``resolution``).
-        probe: decode up to this many files (evenly spread) when the dataset is built, and raise
-            :class:`EmptyDatasetError` if none of them can be read; 0 skips the check.
     """
 
     accepts_global_index = True

@@ -14,13 +14,8 @@ from vqgan.data.tokens import TokenDataset, TokenFolderError
 
 class LatentDataset(TokenDataset):
     """Items ``{"latents": (C, h, w) float32, "label": int64}`` of a complete latent folder, loaded into memory
-    once, optionally projected to ``N`` channels.
-
-    Args:
-        projection: a :class:`~vqgan.interop.projection.LatentProjection` applied to every latent at load time;
-            it must read the folder's kind of latents (its ``source``) and channel count.
-        batch_size: items projected at a time.
-    """
+    once, optionally passed through a :class:`~vqgan.interop.projection.LatentProjection` (``batch_size`` items at
+    a time) that reads the folder's kind of latents (its ``source``) and channel count."""
 
     def __init__(
         self,

@@ -49,10 +49,7 @@ class SmokeParams:
 class SmokeSolver:
     """A buoyant plume on an ``n x n`` grid: each :meth:`step` injects density at the source, adds buoyancy and a
     gentle swirling force, advects velocity, projects it to be divergence free, then advects the density.
-
-    Semi-Lagrangian advection (trace back along the velocity and interpolate) is unconditionally stable, which is
-    why Stam's scheme suits a generator that must never blow up whatever the random parameters.
-    """
+    Semi-Lagrangian advection is unconditionally stable: the generator never blows up, whatever its parameters."""
 
     def __init__(self, n: int, params: SmokeParams, jacobi_iters: int = 12, dt: float = 1.0):
         self.n, self.p, self.iters, self.dt = n, params, jacobi_iters, dt
@@ -248,16 +245,11 @@ class MovingDigits(Dataset):
     """Moving-MNIST-style clips: ``num_digits`` handwritten digits (scikit-learn's ``load_digits``, upsampled)
     moving at constant speed and bouncing off the frame's edges, drawn with ``max`` blending on black.
 
-    Returns ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}``: ``digits`` are the digits
-    in drawing order, ``label`` the clip's class (:meth:`class_of`: the digit itself for one digit, else the digits
-    sorted and read as one number, so that a class names the set of digits shown). With ``frames_as_images`` every
-    frame is an item of its own, ``(C, H, W)`` (index ``i`` is frame ``i % frames`` of clip ``i // frames``).
-
-    Args:
-        length: number of clips.
-        digit_size: side of a digit in pixels (default ``resolution // 2``).
-        max_speed: pixels per frame.
-        channels: 1, or 3 (the digits get a random colour per clip).
+    Returns ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}``: ``digits`` in drawing
+    order, ``label`` the clip's class (:meth:`class_of`). With ``frames_as_images`` every frame is an item of its
+    own, ``(C, H, W)`` (index ``i`` is frame ``i % frames`` of clip ``i // frames``). ``length`` counts clips,
+    ``max_speed`` is in pixels per frame, ``digit_size`` defaults to ``resolution // 2``; with 3 ``channels`` the
+    digits get a random colour per clip.
     """
 
     length: int = 1024

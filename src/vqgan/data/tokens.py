@@ -1,10 +1,8 @@
 """Token shards: a dataset encoded once by a stage-1 tokenizer, for training stage-2 priors without running the
-tokenizer again.
-
-A token folder holds ``manifest.json`` and shards ``shard_NNNNN.safetensors`` (or ``shard_NNNNN.indices.npy`` /
-``.labels.npy`` / ``.latents.npy`` with ``format="npy"``). Shard ``i`` always holds items ``[i S, (i + 1) S)`` of
-the (deterministically ordered) source dataset, is written atomically, and is recorded in the manifest only once
-complete, so an interrupted encoding resumes at the first missing shard. Each shard holds
+tokenizer again. A token folder holds ``manifest.json`` and shards ``shard_NNNNN.safetensors`` (or
+``shard_NNNNN.indices.npy`` / ``.labels.npy`` / ``.latents.npy`` with ``format="npy"``). Shard ``i`` always holds
+items ``[i S, (i + 1) S)`` of the (deterministically ordered) source dataset, is written atomically, and is recorded
+in the manifest only once complete, so an interrupted encoding resumes at the first missing shard. Each shard holds
 
 - ``indices``: code indices ``(n, h, w)`` (int16 when the codebook has at most 32767 codes, else int32), or
   ``(n, t, h, w)`` for clips (a video tokenizer's latent frames, or every frame of an image tokenizer), and/or
@@ -14,6 +12,7 @@ complete, so an interrupted encoding resumes at the first missing shard. Each sh
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from vqgan.data import pin_memory
 from vqgan.progress import progress_bar
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_NAME = "vqgan-tokens"
-What = Literal["indices", "quantized", "continuous"]
 
 
 class TokenFolderError(ValueError):
@@ -98,27 +96,29 @@ def read_manifest(root: str | Path) -> TokenManifest:
     return TokenManifest(**{k: v for k, v in data.items() if k in TokenManifest.__dataclass_fields__})
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename: a reader never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def _write_manifest(root: Path, manifest: TokenManifest) -> None:
-    tmp = root / f".{MANIFEST}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({**asdict(manifest), "complete": manifest.complete}, indent=2))
-    os.replace(tmp, root / MANIFEST)
+    text = json.dumps({**asdict(manifest), "complete": manifest.complete}, indent=2)
+    _write_atomic(root / MANIFEST, text.encode())
 
 
 def _save_shard(root: Path, stem: str, arrays: dict[str, torch.Tensor], file_format: str) -> None:
-    """Write one shard atomically (temporary name, then rename)."""
     arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
     if file_format == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        tmp = root / f".{stem}.safetensors.tmp"
-        save_file(arrays, str(tmp), metadata={"library": "vqgan"})
-        os.replace(tmp, root / f"{stem}.safetensors")
+        _write_atomic(root / f"{stem}.safetensors", save(arrays, metadata={"library": "vqgan"}))
     elif file_format == "npy":
         for k, v in arrays.items():
-            tmp = root / f".{stem}.{k}.npy.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, v.numpy(), allow_pickle=False)
-            os.replace(tmp, root / f"{stem}.{k}.npy")
+            buffer = io.BytesIO()
+            np.save(buffer, v.numpy(), allow_pickle=False)
+            _write_atomic(root / f"{stem}.{k}.npy", buffer.getvalue())
     else:
         raise ValueError(f"file_format={file_format!r}; choose safetensors or npy")
 
@@ -133,9 +133,8 @@ def load_shard(root: str | Path, stem: str, file_format: str) -> dict[str, torch
         if not path.is_file():
             raise TokenFolderError(f"shard {path} listed in the manifest is missing")
         return load_file(str(path))
-    out = {}
-    for path in sorted(root.glob(f"{stem}.*.npy")):
-        out[path.name[len(stem) + 1 : -4]] = torch.from_numpy(np.load(path, allow_pickle=False))
+    paths = root.glob(f"{stem}.*.npy")
+    out = {p.name[len(stem) + 1 : -4]: torch.from_numpy(np.load(p, allow_pickle=False)) for p in paths}
     if not out:
         raise TokenFolderError(f"shard {root / stem}.*.npy listed in the manifest is missing")
     return out
@@ -162,7 +161,7 @@ def encode_dataset(
     model: torch.nn.Module,
     dataset: Dataset,
     output: str | Path,
-    what: What = "indices",
+    what: Literal["indices", "quantized", "continuous"] = "indices",
     shard_size: int = 1024,
     batch_size: int = 64,
     file_format: Literal["safetensors", "npy"] = "safetensors",
@@ -207,8 +206,8 @@ def encode_dataset(
     with progress_bar(n, f"encode {what}", progress, completed=manifest.num_written) as advance:
         for s in range(len(manifest.shards), manifest.num_shards)[:max_shards]:
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-            loader = DataLoader(torch.utils.data.Subset(dataset, range(lo, hi)), batch_size=batch_size,
-                                num_workers=num_workers, collate_fn=collate_skip, pin_memory=pin_memory(device))
+            loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
+                                collate_fn=collate_skip, pin_memory=pin_memory(device))
             data, labels, skipped = [], [], 0
             for batch in loader:
                 lost = int(batch.pop("skipped"))
@@ -245,14 +244,9 @@ def encode_dataset(
 
 
 class TokenDataset(Dataset):
-    """Items of a complete token folder: ``{"tokens": (h, w) or (t, h, w) int64, "label": int64}`` (or
-    ``{"latents": (C, h, w), "label"}`` for latent folders). Everything is loaded into memory once (token maps are small).
-
-    Args:
-        root: the folder written by :func:`encode_dataset`.
-        indices: optional subset (positions into the folder's items), e.g. a train/validation split.
-        allow_incomplete: read the shards written so far of an unfinished folder.
-    """
+    """Items ``{"tokens": (h, w) or (t, h, w) int64, "label": int64}`` (or ``{"latents": (C, h, w), "label"}``) of
+    a complete token folder (``allow_incomplete``: the shards written so far), or of a subset (``indices``), all
+    loaded into memory once (token maps are small)."""
 
     def __init__(self, root: str | Path, indices: Iterable[int] | None = None, allow_incomplete: bool = False):
         self.root = Path(root)

@@ -1,12 +1,8 @@
-"""Video datasets: UCF101 in its official layout and any folder of videos, decoded with PyAV.
-
-UCF101 (Soomro et al. 2012, https://www.crcv.ucf.edu/data/UCF101.php) ships as ``UCF-101/<Class>/v_*.avi`` plus
-``ucfTrainTestlist/`` with ``classInd.txt`` ("1 ApplyEyeMakeup"), ``trainlist0N.txt`` ("Class/v_....avi 1") and
-``testlist0N.txt`` ("Class/v_....avi") for the three official splits. Seed 000's options wrap a clip dataset:
-:class:`Exploded` (frames as images, tiles) and :class:`VideoChunks` (train several passes on a chunk of videos
-held in memory before moving on). A video that can't be opened or decoded comes back as ``None``, with a warning
-naming the file: :func:`~vqgan.data.images.collate_skip` drops and counts it.
-"""
+"""Video datasets, decoded with PyAV: any folder of videos, and UCF101 (Soomro et al. 2012) as it ships:
+``UCF-101/<Class>/v_*.avi`` plus ``ucfTrainTestlist/`` with ``classInd.txt`` ("1 ApplyEyeMakeup"),
+``trainlist0N.txt`` ("Class/v_....avi 1") and ``testlist0N.txt`` ("Class/v_....avi") for the three splits.
+A video that can't be opened or decoded comes back as ``None``, with a warning naming the file:
+:func:`~vqgan.data.images.collate_skip` drops and counts it."""
 
 from __future__ import annotations
 
@@ -50,16 +46,6 @@ def list_videos(root: str | Path) -> list[VideoRecord]:
     return [VideoRecord(p, index.get(p.relative_to(root).parts[0], -1) if p.parent != root else -1) for p in files]
 
 
-def _find_annotations(root: Path) -> Path:
-    for cand in (root, root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist"):
-        if (cand / "classInd.txt").is_file():
-            return cand
-    raise EmptyDatasetError(
-        f"no classInd.txt found in {root}, {root / 'ucfTrainTestlist'} or {root.parent / 'ucfTrainTestlist'}: "
-        "unpack UCF101TrainTestSplits-RecognitionTask.zip next to the videos"
-    )
-
-
 def ucf101_records(
     root: str | Path, split: int = 1, train: bool = True, annotations: str | Path | None = None
 ) -> tuple[list[VideoRecord], list[str]]:
@@ -69,7 +55,13 @@ def ucf101_records(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise EmptyDatasetError(f"UCF101 folder {root} does not exist")
-    ann = Path(annotations) if annotations else _find_annotations(root)
+    places = [Path(annotations)] if annotations else [root, root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist"]
+    ann = next((p for p in places if (p / "classInd.txt").is_file()), None)
+    if ann is None:
+        raise EmptyDatasetError(
+            f"no classInd.txt found in {' or '.join(map(str, places))}: "
+            "unpack UCF101TrainTestSplits-RecognitionTask.zip next to the videos"
+        )
     rows = [line.split() for line in (ann / "classInd.txt").read_text().splitlines() if line.strip()]
     classes = {name: int(num) - 1 for num, name in rows}  # classInd is 1-based; labels are 0-based
     lst = ann / f"{'train' if train else 'test'}list{split:02d}.txt"
@@ -96,11 +88,8 @@ def video_info(path: str | Path) -> tuple[float, int]:
 
 
 def decode_frames(path: str | Path, indices: list[int] | None = None) -> tuple[np.ndarray, float]:
-    """Decode frames (``(T, H, W, 3)`` uint8 RGB) and the video's frame rate.
-
-    ``indices`` (sorted or not) selects frames by decode order; decoding stops after the last one needed. Indices
-    past the end of a short (or truncated) video repeat its last frame. Raises :class:`VideoDecodeError`.
-    """
+    """Decode frames (``(T, H, W, 3)`` uint8 RGB), all or ``indices`` (in decode order, stopping after the last one
+    needed), and the video's frame rate. Raises :class:`VideoDecodeError`."""
     import av
 
     wanted, stop = (None, None) if indices is None else (set(indices), max(indices))
@@ -112,26 +101,22 @@ def decode_frames(path: str | Path, indices: list[int] | None = None) -> tuple[n
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             fps = float(s.average_rate or s.guessed_rate or 25)
-            try:
-                for i, frame in enumerate(c.decode(s)):
-                    if wanted is None or i in wanted:
-                        frames[i] = frame.to_ndarray(format="rgb24")
-                    if stop is not None and i >= stop:
-                        break
-            except av.error.FFmpegError as e:  # truncated stream: keep what was decoded
-                if not frames:
-                    raise VideoDecodeError(f"{path}: {e}") from None
-                log.warning("%s: decoding stopped early (%s); using the %d frames read", path, e, len(frames))
-    except av.error.FFmpegError as e:
-        raise VideoDecodeError(f"{path}: {e}") from None
+            for i, frame in enumerate(c.decode(s)):
+                if wanted is None or i in wanted:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if stop is not None and i >= stop:
+                    break
+    except av.error.FFmpegError as e:  # unreadable, or a truncated stream: keep what was decoded
+        if not frames:
+            raise VideoDecodeError(f"{path}: {e}") from None
+        log.warning("%s: decoding stopped early (%s); using the %d frames read", path, e, len(frames))
     if not frames:
         raise VideoDecodeError(f"{path}: no decodable frames")
-    if indices is None:
-        return np.stack([frames[i] for i in sorted(frames)]), fps
-    # A frame past the end of the stream (short or truncated video) repeats the last frame decoded before it.
     got = sorted(frames)
-    out = [frames[max((k for k in got if k <= i), default=got[0])] for i in indices]
-    return np.stack(out), fps
+    if indices is None:
+        return np.stack([frames[i] for i in got]), fps
+    # A frame past the end of the stream (short or truncated video) repeats the last frame decoded before it.
+    return np.stack([frames[max((k for k in got if k <= i), default=got[0])] for i in indices]), fps
 
 
 def clip_indices(
@@ -172,6 +157,7 @@ def prepare_clip(
     return (x.clamp(0, 255) / 127.5 - 1.0).permute(1, 0, 2, 3).contiguous()
 
 
+@dataclass(eq=False)
 class VideoClips(Dataset):
     """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}`` (``None`` for unreadable videos).
 
@@ -181,39 +167,32 @@ class VideoClips(Dataset):
             file's own).
         clip_offset: ``random`` (a new offset every time) or ``uniform`` (``clips_per_video`` evenly spread,
             deterministic clips; 1 gives the centred clip).
-        random_crop, flip: spatial augmentation (one draw per clip, the same for every frame).
-        classes: names of the labels, written into token folders by ``vqgan encode`` so that priors can be asked
-            for a class by name.
+        classes: names of the labels, written into token folders by ``vqgan encode``.
     """
 
-    def __init__(
-        self,
-        records: list[VideoRecord],
-        resolution: int,
-        frames: int = 8,
-        frame_stride: int = 1,
-        fps: float | None = None,
-        clip_offset: str = "random",
-        clips_per_video: int = 1,
-        resize: int | None = None,
-        channels: int = 3,
-        random_crop: bool = False,
-        flip: bool = False,
-        classes: list[str] | None = None,
-    ):
-        if clip_offset not in ("random", "uniform"):
-            raise ValueError(f"clip_offset must be 'random' or 'uniform', not {clip_offset!r}")
-        self.records, self.resolution, self.frames, self.stride, self.fps = records, resolution, frames, frame_stride, fps
-        self.offset, self.clips_per_video = clip_offset, max(1, clips_per_video)
-        self.resize, self.channels, self.random_crop, self.flip = resize, channels, random_crop, flip
-        self.skipped = 0
-        self.classes = list(classes or [])
+    records: list[VideoRecord]
+    resolution: int
+    frames: int = 8
+    frame_stride: int = 1
+    fps: float | None = None
+    clip_offset: str = "random"
+    clips_per_video: int = 1
+    resize: int | None = None
+    channels: int = 3
+    random_crop: bool = False
+    flip: bool = False
+    classes: list[str] | None = None
+
+    def __post_init__(self):
+        if self.clip_offset not in ("random", "uniform"):
+            raise ValueError(f"clip_offset must be 'random' or 'uniform', not {self.clip_offset!r}")
+        self.clips_per_video, self.classes, self.skipped = max(1, self.clips_per_video), list(self.classes or []), 0
 
     def __len__(self) -> int:
         return len(self.records) * self.clips_per_video
 
     def _offset(self, k: int) -> float:
-        if self.offset == "random":
+        if self.clip_offset == "random":
             return float(torch.rand(()))
         n = self.clips_per_video
         return 0.5 if n == 1 else k / (n - 1)
@@ -229,7 +208,7 @@ class VideoClips(Dataset):
         if n <= 0:  # header without a frame count: decode everything once
             every, src_fps = decode_frames(rec.path)
             n = len(every)
-        idx = clip_indices(n, src_fps, self.frames, self.stride, self.fps, self._offset(i % self.clips_per_video))
+        idx = clip_indices(n, src_fps, self.frames, self.frame_stride, self.fps, self._offset(i % self.clips_per_video))
         arr = decode_frames(rec.path, idx)[0] if every is None else every[np.minimum(idx, n - 1)]
         clip = prepare_clip(arr, self.resolution, self.resize, self.channels, self.random_crop, self.flip)
         return {"image": clip, "label": torch.tensor(rec.label)}
@@ -286,14 +265,11 @@ class Exploded(Dataset):
 
 class VideoChunks(IterableDataset):
     """Seed 000's chunked training: load ``videos_per_chunk`` clips (exploded into frames/tiles) into memory,
-    yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk. One iteration visits
-    every chunk once. Unreadable clips are yielded as ``None`` once (so that they are counted) and dropped.
-    Chunks are split between data-loader workers.
+    yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk; chunks are split between
+    data-loader workers. Unreadable clips are yielded as ``None`` once (so that they are counted) and dropped.
 
-    With ``gan_epochs_per_chunk > 0`` (seed 000: ``epochs_per_batch`` 10 reconstruction passes, then
-    ``gan_epochs_per_batch`` 5 GAN passes per chunk) every item carries ``gan`` (whether its pass is a GAN pass) and
-    ``chunk_pass`` (the pass's index within its chunk); the training module runs the discriminator on a batch only
-    when all of its items come from GAN passes.
+    With ``gan_epochs_per_chunk > 0`` (seed 000: 10 reconstruction passes, then 5 GAN passes per chunk) every item
+    carries ``gan`` (whether its pass is a GAN pass) and ``chunk_pass`` (the pass's index within its chunk).
     """
 
     def __init__(
