@@ -6,7 +6,9 @@ A file that can't be decoded (corrupt, truncated, not an image, a decompression 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from PIL import Image, ImageOps
@@ -52,6 +54,7 @@ def load_image(path: str | Path, channels: int = 3) -> Image.Image:
     return img
 
 
+@dataclass(eq=False)
 class ImageFolder(Dataset):
     """Images under a folder (or a list of files) as ``{"image": (C, H, W) in [-1, 1]}``, shorter side resized to
     ``resize`` (default ``resolution``) and cropped. ``probe`` files are test-decoded when the dataset is built.
@@ -61,24 +64,20 @@ class ImageFolder(Dataset):
     interrupted and resumed run sees exactly the same pixels as an uninterrupted one.
     """
 
-    accepts_global_index = True
+    root: str | Path | list[Path]
+    resolution: int
+    resize: int | None = None
+    random_crop: bool = False
+    flip: bool = False
+    channels: int = 3
+    seed: int = 0
+    probe: int = 16
+    accepts_global_index: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        root: str | Path | list[Path],
-        resolution: int,
-        resize: int | None = None,
-        random_crop: bool = False,
-        flip: bool = False,
-        channels: int = 3,
-        seed: int = 0,
-        probe: int = 16,
-    ):
-        self.files = list(root) if isinstance(root, list) else list_images(root)
-        self.resolution, self.resize = resolution, resize or resolution
-        self.random_crop, self.flip, self.channels, self.seed = random_crop, flip, channels, seed
-        if probe and self.files:
-            self.check_readable(probe)
+    def __post_init__(self):
+        self.files = list(self.root) if isinstance(self.root, list) else list_images(self.root)
+        if self.probe and self.files:
+            self.check_readable(self.probe)
 
     def check_readable(self, probe: int = 16) -> int:
         """Decode files of an evenly spread sample of ``probe`` until one is readable; return how many were tried.
@@ -88,10 +87,9 @@ class ImageFolder(Dataset):
         for path in sample:
             try:
                 load_image(path, self.channels)
+                return len(errors) + 1
             except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
                 errors.append(f"{path}: {type(e).__name__}: {e}")
-                continue
-            return len(errors) + 1
         raise EmptyDatasetError(
             f"none of the {len(sample)} images checked (of {len(self.files)}) can be read, e.g.\n  "
             + "\n  ".join(errors[:5])
@@ -101,10 +99,9 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def load(self, path: Path, generator: torch.Generator | None = None) -> torch.Tensor:
-        img = load_image(path, self.channels)
-        img = resize_shorter(img, max(self.resize, self.resolution))
-        img = crop(img, self.resolution, self.random_crop, generator)
-        x = to_tensor(img)
+        side = max(self.resize or self.resolution, self.resolution)
+        img = resize_shorter(load_image(path, self.channels), side)
+        x = to_tensor(crop(img, self.resolution, self.random_crop, generator))
         if self.flip and torch.rand((), generator=generator) < 0.5:
             x = x.flip(-1)
         return x

@@ -245,8 +245,7 @@ class Exploded(Dataset):
 
     def __init__(self, clips: Dataset, pieces_per_clip: int, frames_as_images: bool, patch_size: int | None, cache: int = 8):
         self.clips, self.n, self.frames_as_images, self.patch_size = clips, pieces_per_clip, frames_as_images, patch_size
-        self.cache: OrderedDict[int, list | None] = OrderedDict()
-        self.cache_size = cache
+        self.cache, self.cache_size = OrderedDict(), cache
         self.classes = list(getattr(clips, "classes", []))
 
     def __len__(self) -> int:
@@ -287,19 +286,13 @@ class VideoChunks(IterableDataset):
         """Items in one iteration (exact unless some videos are unreadable)."""
         return len(self.clips) * self.pieces * (self.epochs + self.gan_epochs)
 
-    @property
-    def num_chunks(self) -> int:
-        return math.ceil(len(self.clips) / self.per_chunk)
-
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + 7919 * self.iteration)
         self.iteration += 1
         order = torch.randperm(len(self.clips), generator=g).tolist()
-        info = get_worker_info()
-        chunk_ids = range(self.num_chunks)
-        if info is not None:
-            chunk_ids = chunk_ids[info.id :: info.num_workers]
-        for c in chunk_ids:
+        info = get_worker_info()  # chunks are split between the data-loader workers
+        first, step = (info.id, info.num_workers) if info else (0, 1)
+        for c in range(first, math.ceil(len(self.clips) / self.per_chunk), step):
             pieces = []
             for v in order[c * self.per_chunk : (c + 1) * self.per_chunk]:
                 item = self.clips[v]
