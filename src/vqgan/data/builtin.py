@@ -7,7 +7,9 @@ leaves navy blue: ``hue`` and ``saturation`` jitter every training crop so that 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -45,6 +47,7 @@ def load_photo(name: str, scale: float = 1.0, channels: int = 3) -> Image.Image:
     return img
 
 
+@dataclass(eq=False)
 class BuiltinPhotos(Dataset):
     """Random crops (``train``) or a fixed grid of crops (``val``) of the shipped photos.
 
@@ -56,62 +59,49 @@ class BuiltinPhotos(Dataset):
             :func:`~vqgan.data.transforms.jitter_colour`).
     """
 
+    split: str = "train"
+    resolution: int = 32
+    scale: float = 1.0
+    length: int = 4096
+    flip: bool = True
+    channels: int = 3
+    seed: int = 0
+    hue: float = 0.0
+    saturation: float = 0.0
     # Crops are a function of (seed, epoch, index): a ResumableSampler's global indices (epoch * n + i) give new
     # crops every epoch, identical before and after a resume.
-    accepts_global_index = True
+    accepts_global_index: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        split: str = "train",
-        resolution: int = 32,
-        scale: float = 1.0,
-        length: int = 4096,
-        flip: bool = True,
-        channels: int = 3,
-        seed: int = 0,
-        hue: float = 0.0,
-        saturation: float = 0.0,
-    ):
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-        self.split, self.resolution, self.flip, self.seed = split, resolution, flip and split == "train", seed
-        if not (0 <= hue <= 0.5 and 0 <= saturation <= 1):
-            raise ValueError(f"hue must be in [0, 0.5] and saturation in [0, 1], not {hue} and {saturation}")
-        # Validation crops are never jittered: their numbers stay comparable across runs and configs.
-        self.hue, self.saturation = (hue, saturation) if split == "train" else (0.0, 0.0)
-        names = TRAIN_PHOTOS if split == "train" else VAL_PHOTOS
+    def __post_init__(self):
+        if self.split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', not {self.split!r}")
+        if not (0 <= self.hue <= 0.5 and 0 <= self.saturation <= 1):
+            raise ValueError(
+                f"hue must be in [0, 0.5] and saturation in [0, 1], not {self.hue} and {self.saturation}"
+            )
+        train, r = self.split == "train", self.resolution
+        # Validation crops are never flipped or jittered: their numbers stay comparable across runs and configs.
+        self.flip, self.hue, self.saturation = (self.flip, self.hue, self.saturation) if train else (False, 0.0, 0.0)
+        names = TRAIN_PHOTOS if train else VAL_PHOTOS
         # Training crops are labelled by their source photo; validation photos are other photos (no label).
-        self.classes: list[str] = list(TRAIN_PHOTOS) if split == "train" else []
-        self.images = [to_tensor(load_photo(n, scale, channels)) for n in names]
-        small = [n for n, im in zip(names, self.images, strict=True) if min(im.shape[1:]) < resolution]
+        self.classes: list[str] = list(TRAIN_PHOTOS) if train else []
+        self.images = [to_tensor(load_photo(n, self.scale, self.channels)) for n in names]
+        small = [n for n, im in zip(names, self.images, strict=True) if min(im.shape[1:]) < r]
         if small:
-            raise ValueError(f"photos {small} are smaller than resolution={resolution} at scale={scale}")
-        if split == "train":
-            # Sample photos in proportion to their area, so every pixel is equally likely to be seen.
-            areas = torch.tensor([im.shape[1] * im.shape[2] for im in self.images], dtype=torch.float)
-            self.weights = areas / areas.sum()
-            self.length = length
-            self.epoch = 0
-        else:
-            self.crops = self._grid(length)
+            raise ValueError(f"photos {small} are smaller than resolution={r} at scale={self.scale}")
+        # Training samples photos in proportion to their area, so every pixel is equally likely to be seen.
+        areas = torch.tensor([im.shape[1] * im.shape[2] for im in self.images], dtype=torch.float)
+        self.weights, self.epoch = areas / areas.sum(), 0
+        if not train:
+            # Non-overlapping crops over the validation photos, evenly thinned to at most ``length``.
+            crops = [(k, y, x) for k, im in enumerate(self.images)
+                     for y in range(0, im.shape[1] - r + 1, r) for x in range(0, im.shape[2] - r + 1, r)]
+            if len(crops) > self.length:
+                crops = [crops[i] for i in np.linspace(0, len(crops) - 1, self.length).round().astype(int)]
+            # A fixed shuffle (the set is unchanged): the first validation batch, whose reconstructions are saved
+            # as samples, then spans both photos instead of one strip of sky.
+            self.crops = [crops[i] for i in np.random.default_rng(0).permutation(len(crops))]
             self.length = len(self.crops)
-
-    def _grid(self, limit: int) -> list[tuple[int, int, int]]:
-        """Non-overlapping crop positions over the validation photos, evenly thinned to at most ``limit``."""
-        r = self.resolution
-        crops = [
-            (k, y, x)
-            for k, im in enumerate(self.images)
-            for y in range(0, im.shape[1] - r + 1, r)
-            for x in range(0, im.shape[2] - r + 1, r)
-        ]
-        if len(crops) > limit:
-            keep = np.linspace(0, len(crops) - 1, limit).round().astype(int)
-            crops = [crops[i] for i in keep]
-        # A fixed shuffle (the set is unchanged): the first validation batch, whose reconstructions are saved
-        # as samples, then spans both photos instead of one strip of sky.
-        order = np.random.default_rng(0).permutation(len(crops))
-        return [crops[i] for i in order]
 
     def set_epoch(self, epoch: int) -> None:
         """New random crops each epoch (called by the training loop)."""
@@ -127,10 +117,8 @@ class BuiltinPhotos(Dataset):
             return {"image": self.images[k][:, y : y + r, x : x + r].clone()}
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) % (2**63))
         k = int(torch.multinomial(self.weights, 1, generator=g))
-        im = self.images[k]
-        y = int(torch.randint(0, im.shape[1] - r + 1, (1,), generator=g))
-        x = int(torch.randint(0, im.shape[2] - r + 1, (1,), generator=g))
-        crop = im[:, y : y + r, x : x + r].clone()
+        y, x = (int(torch.randint(0, n - r + 1, (1,), generator=g)) for n in self.images[k].shape[1:])
+        crop = self.images[k][:, y : y + r, x : x + r].clone()
         if self.flip and torch.rand((), generator=g) < 0.5:
             crop = crop.flip(-1)
         # Drawn after the flip, so that the crops of a run without jitter are the same as before the option existed.
