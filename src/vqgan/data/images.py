@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from vqgan.data.transforms import crop, resize_shorter, to_mode, to_tensor
 
@@ -118,7 +118,5 @@ class ImageFolder(Dataset):
 
 def collate_skip(items: list[dict | None]) -> dict[str, torch.Tensor]:
     """Default collation after dropping ``None`` (unreadable) items; ``batch["skipped"]`` counts them."""
-    from torch.utils.data import default_collate
-
     kept = [it for it in items if it is not None]
     return {**(default_collate(kept) if kept else {}), "skipped": torch.tensor(len(items) - len(kept))}

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -17,14 +16,8 @@ class LatentDataset(TokenDataset):
     once, optionally passed through a :class:`~vqgan.interop.projection.LatentProjection` (``batch_size`` items at
     a time) that reads the folder's kind of latents (its ``source``) and channel count."""
 
-    def __init__(
-        self,
-        root: str | Path,
-        projection: torch.nn.Module | None = None,
-        indices: Iterable[int] | None = None,
-        batch_size: int = 256,
-    ):
-        super().__init__(root, indices)
+    def __init__(self, root: str | Path, projection: torch.nn.Module | None = None, batch_size: int = 256):
+        super().__init__(root)
         if self.key != "latents":
             raise TokenFolderError(
                 f"{root} holds code indices; a flow prior trains on latents: write them with "

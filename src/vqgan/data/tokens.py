@@ -23,9 +23,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vqgan.data import pin_memory
+from vqgan.data.images import collate_skip
 from vqgan.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,6 @@ def _write_manifest(root: Path, manifest: TokenManifest) -> None:
 def _save_shard(root: Path, stem: str, arrays: dict[str, torch.Tensor], file_format: str) -> None:
     arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
     if file_format == "safetensors":
-        from safetensors.torch import save
-
         _write_atomic(root / f"{stem}.safetensors", save(arrays, metadata={"library": "vqgan"}))
     elif file_format == "npy":
         for k, v in arrays.items():
@@ -127,8 +127,6 @@ def load_shard(root: str | Path, stem: str, file_format: str) -> dict[str, torch
     """The arrays of one shard (no code is executed: safetensors, or ``np.load(allow_pickle=False)``)."""
     root = Path(root)
     if file_format == "safetensors":
-        from safetensors.torch import load_file
-
         path = root / f"{stem}.safetensors"
         if not path.is_file():
             raise TokenFolderError(f"shard {path} listed in the manifest is missing")
@@ -158,18 +156,10 @@ def _encode(model: torch.nn.Module, x: torch.Tensor):
 
 @torch.no_grad()
 def encode_dataset(
-    model: torch.nn.Module,
-    dataset: Dataset,
-    output: str | Path,
-    what: Literal["indices", "quantized", "continuous"] = "indices",
-    shard_size: int = 1024,
-    batch_size: int = 64,
-    file_format: Literal["safetensors", "npy"] = "safetensors",
-    device: str = "cpu",
-    num_workers: int = 0,
-    source: dict[str, Any] | None = None,
-    progress: bool = True,
-    max_shards: int | None = None,
+    model: torch.nn.Module, dataset: Dataset, output: str | Path,
+    what: Literal["indices", "quantized", "continuous"] = "indices", shard_size: int = 1024, batch_size: int = 64,
+    file_format: Literal["safetensors", "npy"] = "safetensors", device: str = "cpu", num_workers: int = 0,
+    source: dict[str, Any] | None = None, progress: bool = True, max_shards: int | None = None,
 ) -> TokenManifest:
     """Encode every item of ``dataset`` (dicts with ``image`` and optionally ``label``) with a stage-1
     ``model`` into a token folder, resuming an interrupted run of the same settings; returns the manifest.
@@ -179,8 +169,6 @@ def encode_dataset(
     ``quantized`` or ``continuous`` (encoder latents before quantization). ``max_shards`` stops after that many new
     shards. Items the dataset can't read (``None``) are left out and counted per shard (``manifest.skipped``).
     """
-    from vqgan.data.images import collate_skip
-
     if what not in ("indices", "quantized", "continuous"):
         raise ValueError(f"what={what!r}; choose indices, quantized or continuous")
     root = Path(output)
@@ -245,10 +233,10 @@ def encode_dataset(
 
 class TokenDataset(Dataset):
     """Items ``{"tokens": (h, w) or (t, h, w) int64, "label": int64}`` (or ``{"latents": (C, h, w), "label"}``) of
-    a complete token folder (``allow_incomplete``: the shards written so far), or of a subset (``indices``), all
-    loaded into memory once (token maps are small)."""
+    a complete token folder (``allow_incomplete``: the shards written so far), all loaded into memory once (token
+    maps are small); :meth:`subset` gives a view of some of them."""
 
-    def __init__(self, root: str | Path, indices: Iterable[int] | None = None, allow_incomplete: bool = False):
+    def __init__(self, root: str | Path, allow_incomplete: bool = False):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         m = self.manifest
@@ -267,7 +255,7 @@ class TokenDataset(Dataset):
         data = torch.cat([a["indices" if m.what == "indices" else "latents"] for a in shards])
         self.data = data.long() if m.what == "indices" else data.float()
         self.labels = torch.cat([a["labels"] for a in shards]).long()
-        self.indices = None if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
+        self.indices: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.data) if self.indices is None else len(self.indices)

@@ -28,11 +28,8 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
     """``(C, H, W)`` float tensor in [-1, 1] from a uint8 PIL image or HxW(xC) array."""
-    arr = np.array(img)  # a writable copy: PIL's buffer is read-only
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
-    return t / 127.5 - 1.0
+    arr = np.array(img)  # a writable, contiguous copy: PIL's buffer is read-only
+    return torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:

@@ -194,8 +194,7 @@ class VideoClips(Dataset):
     def _offset(self, k: int) -> float:
         if self.clip_offset == "random":
             return float(torch.rand(()))
-        n = self.clips_per_video
-        return 0.5 if n == 1 else k / (n - 1)
+        return 0.5 if self.clips_per_video == 1 else k / (self.clips_per_video - 1)
 
     def load(self, i: int) -> dict[str, torch.Tensor]:
         """Clip ``i``; raises :class:`VideoDecodeError` for an unreadable video."""
@@ -227,14 +226,14 @@ def explode(item: dict[str, torch.Tensor], frames_as_images: bool, patch_size: i
     keys = [k for k in ("image", "mask") if k in item]
     extra = {k: v for k, v in item.items() if k not in keys}
     views = [{k: item[k][:, f] for k in keys} for f in range(item["image"].shape[1])] if frames_as_images else [item]
-    out = []
-    for view in views:
-        h, w = view["image"].shape[-2:]
-        ph, pw = (patch_size, patch_size) if patch_size else (h, w)
-        for r in range(0, h - ph + 1, ph):
-            for c in range(0, w - pw + 1, pw):
-                out.append({**{k: view[k][..., r : r + ph, c : c + pw].contiguous() for k in keys}, **extra})
-    return out
+    h, w = item["image"].shape[-2:]
+    ph, pw = (patch_size, patch_size) if patch_size else (h, w)
+    return [
+        {**{k: view[k][..., r : r + ph, c : c + pw].contiguous() for k in keys}, **extra}
+        for view in views
+        for r in range(0, h - ph + 1, ph)
+        for c in range(0, w - pw + 1, pw)
+    ]
 
 
 class Exploded(Dataset):
