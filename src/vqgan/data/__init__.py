@@ -119,9 +119,8 @@ def _video_datasets(
 
 
 def hold_out_chunk(records: list[VideoRecord], per_chunk: int, k: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
-    """Seed 000's ``--test_batch k``: split ``records`` into chunks of ``per_chunk`` in a fixed shuffled order (seed
-    0, whatever the run's seed, so every run holds out the same videos) and return ``(others, chunk k)``, each in
-    the records' own order."""
+    """Seed 000's ``--test_batch k``: ``(others, chunk k)`` of ``records`` cut into chunks of ``per_chunk`` in a
+    shuffled order fixed whatever the run's seed (every run holds out the same videos), each in the records' order."""
     n_chunks = -(-len(records) // per_chunk)
     if not 0 <= k < n_chunks:
         raise EmptyDatasetError(
@@ -171,9 +170,8 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
 
 
 def pin_memory(device: str | torch.device) -> bool:
-    """Whether a loader feeding ``device`` (a device or a Lightning accelerator name: ``cpu``, ``gpu``, ``cuda``,
-    ``auto``) should return page-locked batches: only when they go to a CUDA device, where pinned host memory makes
-    the copy asynchronous (Lightning and our loops copy with ``non_blocking=True``); elsewhere it costs a copy."""
+    """Whether a loader feeding ``device`` (or a Lightning accelerator name) should return page-locked batches: only
+    for a CUDA device, where they make the ``non_blocking`` copy asynchronous; elsewhere they cost a copy."""
     kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
     return kind in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 

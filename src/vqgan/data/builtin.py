@@ -1,9 +1,7 @@
 """The built-in dataset: crops of photos that ship inside installed packages (scikit-image's for training,
 scikit-learn's ``load_sample_images`` as a fixed validation grid), so that the demo and the tests need no download.
-
-The training photos hold almost no green, so a model trained on their colours alone turns the flower's dark green
-leaves navy blue: ``hue`` and ``saturation`` jitter every training crop so that every colour is seen
-(``benchmarks/colour.py`` measures the effect)."""
+The training photos hold almost no green (a model trained on them turns the flower's leaves navy blue): ``hue`` and
+``saturation`` jitter every training crop so that every colour is seen (``benchmarks/colour.py``)."""
 
 from __future__ import annotations
 
@@ -49,14 +47,9 @@ def load_photo(name: str, scale: float = 1.0, channels: int = 3) -> Image.Image:
 
 @dataclass(eq=False)
 class BuiltinPhotos(Dataset):
-    """Random crops (``train``) or a fixed grid of crops (``val``) of the shipped photos.
-
-    Args:
-        scale: factor applied to the photos before cropping (smaller means more content per crop).
-        length: random crops per epoch (training) / maximum number of grid crops (validation).
-        hue, saturation: training crops get their hue rotated by up to ``hue`` turns (0.5: any hue) and their
-            saturation scaled by a factor in ``[1 - saturation, 1 + saturation]`` (see
-            :func:`~vqgan.data.transforms.jitter_colour`).
+    """Random crops (``train``, ``length`` per epoch) or a fixed grid of at most ``length`` crops (``val``) of the
+    shipped photos, scaled by ``scale`` first (smaller: more content per crop). Training crops get their hue rotated
+    by up to ``hue`` turns and their saturation scaled by up to ``saturation`` (:func:`~.transforms.jitter_colour`).
     """
 
     split: str = "train"

@@ -158,10 +158,8 @@ def simulate_smoke(
 
 
 class _Smoke(Dataset):
-    """Item ``i`` simulates its own plume (parameters drawn from ``(seed, i)``: deterministic, no storage) and renders
-    its densities as ``{"image": (C, T, H, W) in [-1, 1], "mask": (1, T, H, W) in {0, 1}, "label": ()}``: the mask
-    is ``density > threshold``, the label the source-position class (:func:`source_class`, ``source_bins`` bins);
-    ``channels`` 3 gives tinted smoke on a coloured background."""
+    """Item ``i`` simulates its own plume (drawn from ``(seed, i)``) as ``{"image": (C, T, H, W) in [-1, 1], "mask":
+    (1, T, H, W), "label": ()}``: the mask is ``density > threshold``, the label :func:`source_class`."""
 
     def __post_init__(self):
         self.classes = source_class_names(self.source_bins)
@@ -245,12 +243,9 @@ class MovingDigits(Dataset):
     """Moving-MNIST-style clips: ``num_digits`` handwritten digits (scikit-learn's ``load_digits``, upsampled)
     moving at constant speed and bouncing off the frame's edges, drawn with ``max`` blending on black.
 
-    Returns ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}``: ``digits`` in drawing
-    order, ``label`` the clip's class (:meth:`class_of`). With ``frames_as_images`` every frame is an item of its
-    own, ``(C, H, W)`` (index ``i`` is frame ``i % frames`` of clip ``i // frames``). ``length`` counts clips,
-    ``max_speed`` is in pixels per frame, ``digit_size`` defaults to ``resolution // 2``; with 3 ``channels`` the
-    digits get a random colour per clip.
-    """
+    Items ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}`` (``label``: :meth:`class_of`),
+    or with ``frames_as_images`` frame ``i % frames`` of clip ``i // frames`` as ``(C, H, W)``. ``max_speed`` is in
+    pixels per frame; with 3 ``channels`` the digits get a random colour per clip."""
 
     length: int = 1024
     resolution: int = 32
@@ -292,10 +287,8 @@ class MovingDigits(Dataset):
                 y, x = np.round(pos).astype(int)
                 video[f, y : y + s, x : x + s] = np.maximum(video[f, y : y + s, x : x + s], glyph)
                 pos = pos + vel
-                for d in range(2):  # bounce
-                    if pos[d] < 0 or pos[d] > n - s:
-                        vel[d] = -vel[d]
-                        pos[d] = np.clip(pos[d], 0, n - s)
+                vel = np.where((pos < 0) | (pos > n - s), -vel, vel)  # bounce off the edges
+                pos = np.clip(pos, 0, n - s)
         video = np.clip(video, 0.0, 1.0)[None]
         if self.channels == 3:
             colour = rng.uniform(0.5, 1.0, 3).astype(np.float32)

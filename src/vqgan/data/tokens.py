@@ -191,6 +191,8 @@ def encode_dataset(
     else:
         manifest = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=dict(source or {}))
     key = "indices" if what == "indices" else "latents"
+    attr = "latents" if what == "continuous" else what  # the encoder's output: continuous latents are ``latents``
+    dtype = torch.float32 if key == "latents" else torch.int16 if codebook_size <= 32767 else torch.int32
     with progress_bar(n, f"encode {what}", progress, completed=manifest.num_written) as advance:
         for s in range(len(manifest.shards), manifest.num_shards)[:max_shards]:
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
@@ -205,16 +207,13 @@ def encode_dataset(
                     continue
                 x = batch["image"].to(device, non_blocking=True)
                 labels.append(batch.get("label", torch.full((x.shape[0],), -1)).long().cpu())
-                enc = _encode(model, x)
-                if what == "indices":
-                    if enc.indices.dim() != x.dim() - 1:
-                        raise TokenFolderError(
-                            f"indices of shape {tuple(enc.indices.shape)}: the priors model one index per position; "
-                            "multi-stage (residual) codes are not supported for `what=indices`"
-                        )
-                    data.append(enc.indices.to(torch.int16 if codebook_size <= 32767 else torch.int32).cpu())
-                else:
-                    data.append((enc.quantized if what == "quantized" else enc.latents).float().cpu())
+                out = getattr(_encode(model, x), attr)
+                if what == "indices" and out.dim() != x.dim() - 1:
+                    raise TokenFolderError(
+                        f"indices of shape {tuple(out.shape)}: the priors model one index per position; "
+                        "multi-stage (residual) codes are not supported for `what=indices`"
+                    )
+                data.append(out.to(dtype).cpu())
                 advance(x.shape[0] + lost)
             stem = f"shard_{s:05d}" if data else None
             if data:

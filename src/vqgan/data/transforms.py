@@ -64,9 +64,7 @@ def rotate_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
 def jitter_colour(x: torch.Tensor, hue: float, saturation: float, generator: torch.Generator) -> torch.Tensor:
     """Rotate the hue of an RGB image in [-1, 1] by a uniform random shift in ``[-hue, hue]`` turns and scale its
     saturation by a uniform random factor in ``[1 - saturation, 1 + saturation]``; grey images are unchanged.
-
-    torchvision's ``ColorJitter`` does the same with the global random state; drawing from ``generator`` keeps
-    the built-in crops reproducible whatever the worker layout."""
+    Unlike torchvision's ``ColorJitter``, draws from ``generator``: crops stay reproducible whatever the workers."""
     from torchvision.transforms.v2.functional import adjust_saturation
 
     if x.shape[0] != 3 or (hue <= 0 and saturation <= 0):

@@ -161,13 +161,9 @@ def prepare_clip(
 class VideoClips(Dataset):
     """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}`` (``None`` for unreadable videos).
 
-    Args:
-        resize: shorter side before cropping (default ``resolution``).
-        frames, frame_stride, fps: clip length, spacing (in target frames) and target frame rate (``None``: the
-            file's own).
-        clip_offset: ``random`` (a new offset every time) or ``uniform`` (``clips_per_video`` evenly spread,
-            deterministic clips; 1 gives the centred clip).
-        classes: names of the labels, written into token folders by ``vqgan encode``.
+    ``frames`` frames ``frame_stride`` apart at ``fps`` (``None``: the file's own rate), from a random offset
+    (``clip_offset="random"``) or ``clips_per_video`` evenly spread ones (``uniform``; 1: the centred clip), shorter
+    side resized to ``resize`` (default ``resolution``). ``classes`` names the labels (for token folders).
     """
 
     records: list[VideoRecord]
@@ -237,10 +233,9 @@ def explode(item: dict[str, torch.Tensor], frames_as_images: bool, patch_size: i
 
 
 class Exploded(Dataset):
-    """Map-style view of a clip dataset where every frame and/or tile is an item (seed 000's "frames as images"
-    and "patch-based processing"). Item ``i`` is piece ``i % n`` of clip ``i // n``; the last few decoded clips
-    are cached because neighbouring indices share a clip. A shuffled loader decodes a clip per item: prefer
-    :class:`VideoChunks` for long runs."""
+    """A clip dataset where every frame and/or tile is an item (seed 000's "frames as images" and "patch-based
+    processing"): item ``i`` is piece ``i % n`` of clip ``i // n``, the last few decoded clips cached. A shuffled
+    loader decodes a clip per item: prefer :class:`VideoChunks` for long runs."""
 
     def __init__(self, clips: Dataset, pieces_per_clip: int, frames_as_images: bool, patch_size: int | None, cache: int = 8):
         self.clips, self.n, self.frames_as_images, self.patch_size = clips, pieces_per_clip, frames_as_images, patch_size
