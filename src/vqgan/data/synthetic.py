@@ -147,14 +147,8 @@ def simulate_smoke(
     params = _smoke_params(rng, resolution)
     tint = rng.uniform(0.75, 1.0, 3).astype(np.float32)
     solver = SmokeSolver(resolution, params)
-    for _ in range(warmup):
-        solver.step()
-    frames = []
-    for _ in range(steps):
-        for _ in range(every):
-            d = solver.step()
-        frames.append(d.copy())
-    return np.stack(frames), params, tint
+    densities = [solver.step().copy() for _ in range(warmup + steps * every)]
+    return np.stack(densities[warmup + every - 1 :: every]), params, tint
 
 
 class _Smoke(Dataset):
@@ -291,8 +285,7 @@ class MovingDigits(Dataset):
                 pos = np.clip(pos, 0, n - s)
         video = np.clip(video, 0.0, 1.0)[None]
         if self.channels == 3:
-            colour = rng.uniform(0.5, 1.0, 3).astype(np.float32)
-            video = video * colour[:, None, None, None]
+            video = video * rng.uniform(0.5, 1.0, 3).astype(np.float32)[:, None, None, None]
         return video, targets[picks]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
