@@ -79,8 +79,7 @@ class BuiltinPhotos(Dataset):
         # Training crops are labelled by their source photo; validation photos are other photos (no label).
         self.classes: list[str] = list(TRAIN_PHOTOS) if train else []
         self.images = [to_tensor(load_photo(n, self.scale, self.channels)) for n in names]
-        small = [n for n, im in zip(names, self.images, strict=True) if min(im.shape[1:]) < r]
-        if small:
+        if small := [n for n, im in zip(names, self.images, strict=True) if min(im.shape[1:]) < r]:
             raise ValueError(f"photos {small} are smaller than resolution={r} at scale={self.scale}")
         # Training samples photos in proportion to their area, so every pixel is equally likely to be seen.
         areas = torch.tensor([im.shape[1] * im.shape[2] for im in self.images], dtype=torch.float)

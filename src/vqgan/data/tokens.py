@@ -146,11 +146,9 @@ def _encode(model: torch.nn.Module, x: torch.Tensor):
     b, t = x.shape[0], x.shape[2]
     enc = model.encode(x.transpose(1, 2).flatten(0, 1))
     for name in ("indices", "quantized", "latents"):
-        v = getattr(enc, name, None)
-        if v is None:
-            continue
-        v = v.view(b, t, *v.shape[1:])
-        setattr(enc, name, v if name == "indices" else v.transpose(1, 2))
+        if (v := getattr(enc, name, None)) is not None:
+            v = v.view(b, t, *v.shape[1:])
+            setattr(enc, name, v if name == "indices" else v.transpose(1, 2))
     return enc
 
 
@@ -237,8 +235,7 @@ class TokenDataset(Dataset):
 
     def __init__(self, root: str | Path, allow_incomplete: bool = False):
         self.root = Path(root)
-        self.manifest = read_manifest(self.root)
-        m = self.manifest
+        self.manifest = m = read_manifest(self.root)
         if not m.complete and not allow_incomplete:
             raise TokenFolderError(
                 f"{self.root} is incomplete ({len(m.shards)} of {m.num_shards} shards): run the same "

@@ -55,9 +55,9 @@ def ucf101_records(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise EmptyDatasetError(f"UCF101 folder {root} does not exist")
-    places = [Path(annotations)] if annotations else [root, root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist"]
-    ann = next((p for p in places if (p / "classInd.txt").is_file()), None)
-    if ann is None:
+    places = [root, root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist"]
+    places = [Path(annotations)] if annotations else places
+    if (ann := next((p for p in places if (p / "classInd.txt").is_file()), None)) is None:
         raise EmptyDatasetError(
             f"no classInd.txt found in {' or '.join(map(str, places))}: "
             "unpack UCF101TrainTestSplits-RecognitionTask.zip next to the videos"
@@ -83,8 +83,7 @@ def video_info(path: str | Path) -> tuple[float, int]:
 
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        fps = float(s.average_rate or s.guessed_rate or 25)
-        return fps, int(s.frames or 0)
+        return float(s.average_rate or s.guessed_rate or 25), int(s.frames or 0)
 
 
 def decode_frames(path: str | Path, indices: list[int] | None = None) -> tuple[np.ndarray, float]:
