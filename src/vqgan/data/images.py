@@ -98,22 +98,17 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def load(self, path: Path, generator: torch.Generator | None = None) -> torch.Tensor:
-        side = max(self.resize or self.resolution, self.resolution)
-        img = resize_shorter(load_image(path, self.channels), side)
-        x = to_tensor(crop(img, self.resolution, self.random_crop, generator))
-        if self.flip and torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-        return x
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor] | None:
         path = self.files[i % len(self.files)]
         g = torch.Generator().manual_seed(hash((self.seed, i)) % (2**63))
         try:
-            return {"image": self.load(path, g)}
+            side = max(self.resize or self.resolution, self.resolution)
+            img = resize_shorter(load_image(path, self.channels), side)
+            x = to_tensor(crop(img, self.resolution, self.random_crop, g))
         except Exception as e:  # noqa: BLE001 - a bad file must not stop a run that lasts days
             log.warning("skipping unreadable image %s: %s: %s", path, type(e).__name__, e)
             return None
+        return {"image": x.flip(-1) if self.flip and torch.rand((), generator=g) < 0.5 else x}
 
 
 def collate_skip(items: list[dict | None]) -> dict[str, torch.Tensor]:

@@ -34,14 +34,8 @@ class LatentDataset(TokenDataset):
                 raise TokenFolderError(f"the projection reads {pc.in_channels} channels; {root} holds {latents.shape[1]}")
             projection = projection.eval()
             with torch.no_grad():
-                batches = [latents[i : i + batch_size] for i in range(0, len(latents), batch_size)]
-                self.data = torch.cat([projection.project(b) for b in batches])
-        self.data = self.data.float().contiguous()
-
-    @property
-    def latents(self) -> torch.Tensor:
-        """Every latent of the folder ``(n, C, h, w)`` (after the projection)."""
-        return self.data
+                self.data = torch.cat([projection.project(b) for b in latents.split(batch_size)])
+        self.data = self.latents = self.data.float().contiguous()  # (n, C, h, w), after the projection
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -49,10 +43,9 @@ class LatentDataset(TokenDataset):
         return tuple(self.data.shape[1:])  # type: ignore[return-value]
 
     def statistics(self, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and standard deviation ``(C,)`` of every latent of this (subset of the) set, streamed
-        in batches."""
+        """Per-channel mean and standard deviation ``(C,)`` of this (subset of the) set, streamed in batches."""
         from vqgan.interop.projection import channel_statistics
 
         data = self.data if self.indices is None else self.data[self.indices]
-        mean, std, _ = channel_statistics(data[i : i + batch_size] for i in range(0, len(data), batch_size))
+        mean, std, _ = channel_statistics(data.split(batch_size))
         return mean, std
