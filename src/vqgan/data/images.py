@@ -57,12 +57,9 @@ def load_image(path: str | Path, channels: int = 3) -> Image.Image:
 @dataclass(eq=False)
 class ImageFolder(Dataset):
     """Images under a folder (or a list of files) as ``{"image": (C, H, W) in [-1, 1]}``, shorter side resized to
-    ``resize`` (default ``resolution``) and cropped. ``probe`` files are test-decoded when the dataset is built.
-
-    Random crops and flips are a function of ``(seed, index)``: indices past the end (``epoch * len + i``, from
-    :class:`vqgan.train.checkpoint.ResumableSampler`) select file ``i`` with new augmentations, so that an
-    interrupted and resumed run sees exactly the same pixels as an uninterrupted one.
-    """
+    ``resize`` (default ``resolution``) and cropped; ``probe`` files are test-decoded when the dataset is built.
+    Augmentations are a function of ``(seed, index)``: indices past the end (``epoch * len + i``, from a
+    ``ResumableSampler``) give file ``i`` new ones, the same pixels whether a run was resumed or not."""
 
     root: str | Path | list[Path]
     resolution: int

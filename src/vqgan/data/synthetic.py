@@ -1,9 +1,7 @@
-"""Synthetic data generated on the fly, deterministic per ``(seed, index)``, so tests, demos and benchmarks run
-anywhere: :class:`SmokePlume` / :class:`SmokeVideo`, a density field advected by a small incompressible fluid
-solver ("Stable Fluids", Stam 1999), with the mask ``density > threshold`` that seed 004's masked loss weights its
-pixels by; :class:`MovingDigits`, Moving-MNIST-style videos (Srivastava et al. 2015) of scikit-learn's 8x8 digits.
-Labels (class names in ``classes``) make class-conditional priors possible without annotation: the smoke sets
-label a plume by the position of its source, the moving digits by digit identity."""
+"""Synthetic data generated on the fly, deterministic per ``(seed, index)``: :class:`SmokePlume` /
+:class:`SmokeVideo`, a density field advected by a small incompressible fluid solver ("Stable Fluids", Stam 1999)
+with the mask seed 004's masked loss weights its pixels by, and :class:`MovingDigits`, Moving-MNIST-style videos
+(Srivastava et al. 2015). Labels (named in ``classes``): a plume's source position, the digits shown."""
 
 from __future__ import annotations
 

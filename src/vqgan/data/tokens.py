@@ -159,13 +159,10 @@ def encode_dataset(
     file_format: Literal["safetensors", "npy"] = "safetensors", device: str = "cpu", num_workers: int = 0,
     source: dict[str, Any] | None = None, progress: bool = True, max_shards: int | None = None,
 ) -> TokenManifest:
-    """Encode every item of ``dataset`` (dicts with ``image`` and optionally ``label``) with a stage-1
-    ``model`` into a token folder, resuming an interrupted run of the same settings; returns the manifest.
-
-    Clips ``(C, T, H, W)`` become token grids ``(t, h, w)``: a :class:`~vqgan.models.VideoVQModel` encodes the
-    clip (``t`` latent frames), an image model every frame on its own (``t = T``). ``what``: ``indices``,
-    ``quantized`` or ``continuous`` (encoder latents before quantization). ``max_shards`` stops after that many new
-    shards. Items the dataset can't read (``None``) are left out and counted per shard (``manifest.skipped``).
+    """Encode every item of ``dataset`` (dicts with ``image``, optionally ``label``) with a stage-1 ``model`` into a
+    token folder, resuming an interrupted run of the same settings; returns the manifest. Clips ``(C, T, H, W)``
+    become token grids ``(t, h, w)``: latent frames of a video model, every frame for an image model (``t = T``).
+    ``max_shards`` stops after that many new shards. Unreadable items (``None``) are left out and counted per shard.
     """
     if what not in ("indices", "quantized", "continuous"):
         raise ValueError(f"what={what!r}; choose indices, quantized or continuous")
@@ -176,18 +173,15 @@ def encode_dataset(
     n = len(dataset)
     classes = list(getattr(dataset, "classes", []) or [])
     expected = dict(what=what, num_items=n, shard_size=shard_size, codebook_size=codebook_size, file_format=file_format)
-    if (root / MANIFEST).is_file():
-        manifest = read_manifest(root)
-        have = {k: getattr(manifest, k) for k in expected}
-        if have != expected:
-            raise TokenFolderError(
-                f"{root} already holds tokens written with other settings {have}; asked for {expected}. "
-                "Use another output folder."
-            )
-        if manifest.shards:
-            log.info("resuming: %d of %d shards already written in %s", len(manifest.shards), manifest.num_shards, root)
-    else:
-        manifest = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=dict(source or {}))
+    fresh = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=dict(source or {}))
+    manifest = read_manifest(root) if (root / MANIFEST).is_file() else fresh
+    if (have := {k: getattr(manifest, k) for k in expected}) != expected:
+        raise TokenFolderError(
+            f"{root} already holds tokens written with other settings {have}; asked for {expected}. "
+            "Use another output folder."
+        )
+    if manifest.shards:
+        log.info("resuming: %d of %d shards already written in %s", len(manifest.shards), manifest.num_shards, root)
     key = "indices" if what == "indices" else "latents"
     attr = "latents" if what == "continuous" else what  # the encoder's output: continuous latents are ``latents``
     dtype = torch.float32 if key == "latents" else torch.int16 if codebook_size <= 32767 else torch.int32

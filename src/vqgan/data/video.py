@@ -49,9 +49,8 @@ def list_videos(root: str | Path) -> list[VideoRecord]:
 def ucf101_records(
     root: str | Path, split: int = 1, train: bool = True, annotations: str | Path | None = None
 ) -> tuple[list[VideoRecord], list[str]]:
-    """The videos of official UCF101 split 1, 2 or 3 (its training or test list) under the ``UCF-101`` folder
-    ``root`` and the class names. ``annotations``, the folder with ``classInd.txt`` and the lists, is searched next
-    to ``root`` by default. Videos listed but missing on disk are left out with one warning (partial downloads)."""
+    """The videos of UCF101 split 1, 2 or 3 (training or test list) under the ``UCF-101`` folder ``root``, and the
+    class names; videos listed but missing on disk (partial downloads) are left out with one warning."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise EmptyDatasetError(f"UCF101 folder {root} does not exist")
@@ -122,8 +121,7 @@ def clip_indices(
     num_frames: int, src_fps: float, frames: int, stride: int, fps: float | None, offset: float
 ) -> list[int]:
     """Decode-order indices of one clip: ``frames`` samples ``stride`` target frames apart at ``fps``, starting at
-    ``offset`` in [0, 1] of the free range (0: start, 0.5: centred, 1: end). Short videos give a clip whose tail
-    repeats the last frame (handled by :func:`decode_frames`)."""
+    ``offset`` in [0, 1] of the free range (0: start, 0.5: centred, 1: end; past the end: the last frame)."""
     step = stride * (src_fps / fps if fps else 1.0)  # source frames between two clip frames
     start = offset * max(num_frames - 1 - step * (frames - 1), 0.0)
     return [int(round(start + k * step)) for k in range(frames)]
@@ -146,8 +144,7 @@ def prepare_clip(
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     h, w = x.shape[-2:]
     if random_crop:
-        top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
+        top, left = (int(torch.randint(0, n - resolution + 1, (1,), generator=generator)) for n in (h, w))
     else:
         top, left = (h - resolution) // 2, (w - resolution) // 2
     x = x[..., top : top + resolution, left : left + resolution]
@@ -257,12 +254,9 @@ class Exploded(Dataset):
 
 class VideoChunks(IterableDataset):
     """Seed 000's chunked training: load ``videos_per_chunk`` clips (exploded into frames/tiles) into memory,
-    yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk; chunks are split between
-    data-loader workers. Unreadable clips are yielded as ``None`` once (so that they are counted) and dropped.
-
-    With ``gan_epochs_per_chunk > 0`` (seed 000: 10 reconstruction passes, then 5 GAN passes per chunk) every item
-    carries ``gan`` (whether its pass is a GAN pass) and ``chunk_pass`` (the pass's index within its chunk).
-    """
+    yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk. Unreadable clips are
+    yielded as ``None`` once (so that they are counted). With ``gan_epochs_per_chunk > 0`` (seed 000: 10
+    reconstruction passes, then 5 GAN passes) items carry ``gan`` (a GAN pass?) and ``chunk_pass`` (its index)."""
 
     def __init__(
         self, clips: Dataset, videos_per_chunk: int, epochs_per_chunk: int = 1, frames_as_images: bool = False,
