@@ -65,10 +65,11 @@ def _folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
 
 
 def _synthetic(cls: type, cfg: DataConfig, seed: int, per_item: int = 1, **kwargs) -> tuple[Dataset, Dataset]:
-    """``builtin_train_crops`` / ``per_item`` training items and ``val_size`` / ``per_item`` validation items drawn
-    from a disjoint seed range, so that validation plumes/digits never occur in training."""
+    """``builtin_train_crops`` / ``per_item`` training and ``val_size`` / ``per_item`` validation items, drawn
+    from a disjoint seed range so that validation plumes/digits never occur in training."""
     kwargs.update(resolution=cfg.resolution, channels=cfg.channels)
-    n_train, n_val = (n if per_item == 1 else max(1, n // per_item) for n in (cfg.builtin_train_crops, cfg.val_size))
+    sizes = (cfg.builtin_train_crops, cfg.val_size)
+    n_train, n_val = sizes if per_item == 1 else (max(1, n // per_item) for n in sizes)
     return cls(n_train, seed=seed, **kwargs), cls(n_val, seed=seed + 1_000_003, **kwargs)
 
 
@@ -119,8 +120,8 @@ def _video_datasets(
 
 
 def hold_out_chunk(records: list[VideoRecord], per_chunk: int, k: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
-    """Seed 000's ``--test_batch k``: ``(others, chunk k)`` of ``records`` cut into chunks of ``per_chunk`` in a
-    shuffled order fixed whatever the run's seed (every run holds out the same videos), each in the records' order."""
+    """Seed 000's ``--test_batch k``: ``(others, chunk k)`` of ``records`` cut into chunks of ``per_chunk`` in
+    a shuffled order that is the same in every run (they hold out the same videos), in the records' order."""
     n_chunks = -(-len(records) // per_chunk)
     if not 0 <= k < n_chunks:
         raise EmptyDatasetError(
@@ -170,8 +171,8 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
 
 
 def pin_memory(device: str | torch.device) -> bool:
-    """Whether a loader feeding ``device`` (or a Lightning accelerator name) should return page-locked batches: only
-    for a CUDA device, where they make the ``non_blocking`` copy asynchronous; elsewhere they cost a copy."""
+    """Whether a loader feeding ``device`` (or a Lightning accelerator name) should return page-locked
+    batches: only for CUDA, where they make ``non_blocking`` copies asynchronous (elsewhere they cost)."""
     kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
     return kind in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
@@ -181,7 +182,7 @@ def available_data() -> list[str]:
 
 
 __all__ = [
-    "BuiltinPhotos", "DATA_KINDS", "EmptyDatasetError", "ImageFolder", "MovingDigits", "SmokePlume", "VideoChunks",
-    "VideoClips", "SmokeVideo", "available_data", "build_datasets", "collate_skip", "list_images", "load_photo",
-    "pin_memory", "register_data",
+    "BuiltinPhotos", "DATA_KINDS", "EmptyDatasetError", "ImageFolder", "MovingDigits", "SmokePlume",
+    "VideoChunks", "VideoClips", "SmokeVideo", "available_data", "build_datasets", "collate_skip",
+    "list_images", "load_photo", "pin_memory", "register_data",
 ]

@@ -1,7 +1,7 @@
-"""The built-in dataset: crops of photos that ship inside installed packages (scikit-image's for training,
-scikit-learn's ``load_sample_images`` as a fixed validation grid), so that the demo and the tests need no download.
-The training photos hold almost no green (a model trained on them turns the flower's leaves navy blue): ``hue`` and
-``saturation`` jitter every training crop so that every colour is seen (``benchmarks/colour.py``)."""
+"""The built-in dataset: crops of photos shipped by installed packages (scikit-image's for training, a fixed
+grid over scikit-learn's ``load_sample_images`` for validation), so that the demo and tests need no download.
+The training photos hold almost no green (a model trained on them turns the flower's leaves navy blue):
+``hue`` and ``saturation`` jitter training crops so that every colour is seen (``benchmarks/colour.py``)."""
 
 from __future__ import annotations
 
@@ -47,10 +47,9 @@ def load_photo(name: str, scale: float = 1.0, channels: int = 3) -> Image.Image:
 
 @dataclass(eq=False)
 class BuiltinPhotos(Dataset):
-    """Random crops (``train``, ``length`` per epoch) or a fixed grid of at most ``length`` crops (``val``) of the
-    shipped photos, scaled by ``scale`` first (smaller: more content per crop). Training crops get their hue rotated
-    by up to ``hue`` turns and their saturation scaled by up to ``saturation`` (:func:`~.transforms.jitter_colour`).
-    """
+    """Random crops (``train``, ``length`` per epoch) or a fixed grid of at most ``length`` crops (``val``) of
+    the shipped photos, scaled by ``scale`` first (smaller: more content per crop). Training crops get their
+    hue rotated by up to ``hue`` turns, their saturation scaled by up to ``saturation`` (jitter_colour)."""
 
     split: str = "train"
     resolution: int = 32
@@ -73,8 +72,8 @@ class BuiltinPhotos(Dataset):
                 f"hue must be in [0, 0.5] and saturation in [0, 1], not {self.hue} and {self.saturation}"
             )
         train, r = self.split == "train", self.resolution
-        # Validation crops are never flipped or jittered: their numbers stay comparable across runs and configs.
-        self.flip, self.hue, self.saturation = (self.flip, self.hue, self.saturation) if train else (False, 0.0, 0.0)
+        if not train:  # validation crops are never flipped or jittered: comparable across runs and configs
+            self.flip, self.hue, self.saturation = False, 0.0, 0.0
         names = TRAIN_PHOTOS if train else VAL_PHOTOS
         # Training crops are labelled by their source photo; validation photos are other photos (no label).
         self.classes: list[str] = list(TRAIN_PHOTOS) if train else []
@@ -90,8 +89,8 @@ class BuiltinPhotos(Dataset):
                      for y in range(0, im.shape[1] - r + 1, r) for x in range(0, im.shape[2] - r + 1, r)]
             if len(crops) > self.length:
                 crops = [crops[i] for i in np.linspace(0, len(crops) - 1, self.length).round().astype(int)]
-            # A fixed shuffle (the set is unchanged): the first validation batch, whose reconstructions are saved
-            # as samples, then spans both photos instead of one strip of sky.
+            # A fixed shuffle (the set is unchanged): the first validation batch, whose reconstructions are
+            # saved as samples, then spans both photos instead of one strip of sky.
             self.crops = [crops[i] for i in np.random.default_rng(0).permutation(len(crops))]
             self.length = len(self.crops)
 

@@ -1,6 +1,6 @@
 """A dataset over any folder of images (recursive), e.g. CelebA's ``img_align_celeba/`` or FFHQ's sub-folders.
-A file that can't be decoded (corrupt, truncated, not an image, a decompression bomb, 1 pixel wide) comes back as
-``None`` with a warning; :func:`collate_skip` drops and counts it (``batch["skipped"]``, logged as
+A file that can't be decoded (corrupt, truncated, not an image, a decompression bomb, 1 pixel wide) comes back
+as ``None`` with a warning; :func:`collate_skip` drops and counts it (``batch["skipped"]``, logged as
 ``train/skipped_data``)."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def find_files(root: str | Path, extensions: set[str], kind: str) -> list[Path]:
         raise EmptyDatasetError(f"{kind} folder {root} does not exist or is not a folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
     if not files:
-        raise EmptyDatasetError(f"no {kind}s found under {root} (looked recursively for {', '.join(sorted(extensions))})")
+        looked = ", ".join(sorted(extensions))
+        raise EmptyDatasetError(f"no {kind}s found under {root} (looked recursively for {looked})")
     return files
 
 
@@ -43,8 +44,8 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 def load_image(path: str | Path, channels: int = 3) -> Image.Image:
-    """Decode ``path`` fully and convert it to ``RGB`` / ``L``; raises what the decoder raises for a file it can't
-    read, and ``ValueError`` for an image with a side below 2 pixels."""
+    """Decode ``path`` fully and convert it to ``RGB`` / ``L``; raises what the decoder raises for a file it
+    can't read, and ``ValueError`` for an image with a side below 2 pixels."""
     with Image.open(path) as img:
         img.load()  # decode now: a truncated file fails here, not later inside a worker's transform
         img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
@@ -56,8 +57,8 @@ def load_image(path: str | Path, channels: int = 3) -> Image.Image:
 
 @dataclass(eq=False)
 class ImageFolder(Dataset):
-    """Images under a folder (or a list of files) as ``{"image": (C, H, W) in [-1, 1]}``, shorter side resized to
-    ``resize`` (default ``resolution``) and cropped; ``probe`` files are test-decoded when the dataset is built.
+    """Images under a folder (or a list of files) as ``{"image": (C, H, W) in [-1, 1]}``, shorter side resized
+    to ``resize`` (default ``resolution``) and cropped; ``probe`` files are test-decoded when it is built.
     Augmentations are a function of ``(seed, index)``: indices past the end (``epoch * len + i``, from a
     ``ResumableSampler``) give file ``i`` new ones, the same pixels whether a run was resumed or not."""
 

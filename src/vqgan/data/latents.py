@@ -1,4 +1,4 @@
-"""Continuous latents for the flow-matching prior: latent shards written by ``vqgan encode --what continuous`` or
+"""Continuous latents for the flow-matching prior: shards written by ``vqgan encode --what continuous`` or
 ``--what quantized`` (seed 004's options B and C), optionally passed through a learned projection (option A,
 :mod:`vqgan.interop.projection`), and their per-channel statistics for normalisation."""
 
@@ -13,8 +13,8 @@ from vqgan.data.tokens import TokenDataset, TokenFolderError
 
 class LatentDataset(TokenDataset):
     """Items ``{"latents": (C, h, w) float32, "label": int64}`` of a complete latent folder, loaded into memory
-    once, optionally passed through a :class:`~vqgan.interop.projection.LatentProjection` (``batch_size`` items at
-    a time) that reads the folder's kind of latents (its ``source``) and channel count."""
+    once, optionally through a :class:`~vqgan.interop.projection.LatentProjection` (``batch_size`` items at a
+    time) that reads the folder's kind of latents (its ``source``) and channel count."""
 
     def __init__(self, root: str | Path, projection: torch.nn.Module | None = None, batch_size: int = 256):
         super().__init__(root)
@@ -43,7 +43,7 @@ class LatentDataset(TokenDataset):
         return tuple(self.data.shape[1:])  # type: ignore[return-value]
 
     def statistics(self, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and standard deviation ``(C,)`` of this (subset of the) set, streamed in batches."""
+        """Per-channel mean and standard deviation ``(C,)`` of this (subset of the) set, in batches."""
         from vqgan.interop.projection import channel_statistics
 
         data = self.data if self.indices is None else self.data[self.indices]

@@ -1,7 +1,7 @@
 """Synthetic data generated on the fly, deterministic per ``(seed, index)``: :class:`SmokePlume` /
-:class:`SmokeVideo`, a density field advected by a small incompressible fluid solver ("Stable Fluids", Stam 1999)
-with the mask seed 004's masked loss weights its pixels by, and :class:`MovingDigits`, Moving-MNIST-style videos
-(Srivastava et al. 2015). Labels (named in ``classes``): a plume's source position, the digits shown."""
+:class:`SmokeVideo`, a density field advected by a small incompressible fluid solver ("Stable Fluids", Stam
+1999), with the mask that seed 004's masked loss weights its pixels by; :class:`MovingDigits`,
+Moving-MNIST-style videos (Srivastava et al. 2015). Labels: a plume's source position, the digits shown."""
 
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ class SmokeParams:
 
 
 class SmokeSolver:
-    """A buoyant plume on an ``n x n`` grid: each :meth:`step` injects density at the source, adds buoyancy and a
-    gentle swirling force, advects velocity, projects it to be divergence free, then advects the density.
-    Semi-Lagrangian advection is unconditionally stable: the generator never blows up, whatever its parameters."""
+    """A buoyant plume on an ``n x n`` grid: each :meth:`step` injects density at the source, adds buoyancy
+    and a gentle swirling force, advects velocity, projects it to be divergence free, then advects density.
+    Semi-Lagrangian advection is unconditionally stable: the generator never blows up, whatever its inputs."""
 
     def __init__(self, n: int, params: SmokeParams, jacobi_iters: int = 12, dt: float = 1.0):
         self.n, self.p, self.iters, self.dt = n, params, jacobi_iters, dt
@@ -150,8 +150,8 @@ def simulate_smoke(
 
 
 class _Smoke(Dataset):
-    """Item ``i`` simulates its own plume (drawn from ``(seed, i)``) as ``{"image": (C, T, H, W) in [-1, 1], "mask":
-    (1, T, H, W), "label": ()}``: the mask is ``density > threshold``, the label :func:`source_class`."""
+    """Item ``i`` simulates its own plume (drawn from ``(seed, i)``) as ``{"image": (C, T, H, W) in [-1, 1],
+    "mask": (1, T, H, W), "label": ()}``: the mask is ``density > threshold``, the label ``source_class``."""
 
     def __post_init__(self):
         self.classes = source_class_names(self.source_bins)
@@ -173,7 +173,7 @@ class _Smoke(Dataset):
 @dataclass(eq=False)
 class SmokePlume(_Smoke):
     """Procedural smoke images with masks (``(C, H, W)``, ``(1, H, W)``), for seed 004's masked reconstruction
-    loss, taken after a number of solver steps drawn from ``[min_steps, max_steps]`` (young to developed plumes)."""
+    loss, after a number of solver steps drawn from ``[min_steps, max_steps]`` (young to developed plumes)."""
 
     length: int = 1024
     resolution: int = 64
@@ -196,8 +196,8 @@ class SmokePlume(_Smoke):
 
 @dataclass(eq=False)
 class SmokeVideo(_Smoke):
-    """Procedural smoke clips with masks: one frame every ``frame_stride`` solver steps, after ``warmup`` steps so
-    that the plume is visible from the first frame."""
+    """Procedural smoke clips with masks: one frame every ``frame_stride`` solver steps, after ``warmup``
+    steps so that the plume is visible from the first frame."""
 
     length: int = 256
     resolution: int = 64
@@ -235,9 +235,9 @@ class MovingDigits(Dataset):
     """Moving-MNIST-style clips: ``num_digits`` handwritten digits (scikit-learn's ``load_digits``, upsampled)
     moving at constant speed and bouncing off the frame's edges, drawn with ``max`` blending on black.
 
-    Items ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}`` (``label``: :meth:`class_of`),
-    or with ``frames_as_images`` frame ``i % frames`` of clip ``i // frames`` as ``(C, H, W)``. ``max_speed`` is in
-    pixels per frame; with 3 ``channels`` the digits get a random colour per clip."""
+    Items ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}`` (label: ``class_of``),
+    or with ``frames_as_images`` frame ``i % frames`` of clip ``i // frames`` as ``(C, H, W)``. ``max_speed``
+    is in pixels per frame; with 3 ``channels`` the digits get a random colour per clip."""
 
     length: int = 1024
     resolution: int = 32

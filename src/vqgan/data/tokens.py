@@ -1,8 +1,9 @@
 """Token shards: a dataset encoded once by a stage-1 tokenizer, for training stage-2 priors without running the
 tokenizer again. A token folder holds ``manifest.json`` and shards ``shard_NNNNN.safetensors`` (or
-``shard_NNNNN.indices.npy`` / ``.labels.npy`` / ``.latents.npy`` with ``format="npy"``). Shard ``i`` always holds
-items ``[i S, (i + 1) S)`` of the (deterministically ordered) source dataset, is written atomically, and is recorded
-in the manifest only once complete, so an interrupted encoding resumes at the first missing shard. Each shard holds
+``shard_NNNNN.indices.npy`` / ``.labels.npy`` / ``.latents.npy`` with ``format="npy"``). Shard ``i`` holds
+items ``[i S, (i + 1) S)`` of the (deterministically ordered) source dataset, is written atomically, and is
+recorded in the manifest only once complete, so an interrupted encoding resumes at the first missing shard.
+Each shard holds
 
 - ``indices``: code indices ``(n, h, w)`` (int16 when the codebook has at most 32767 codes, else int32), or
   ``(n, t, h, w)`` for clips (a video tokenizer's latent frames, or every frame of an image tokenizer), and/or
@@ -53,8 +54,8 @@ class TokenManifest:
         num_classes: number of classes of the labels (0: unlabelled).
         file_format: ``safetensors`` or ``npy``.
         source: free-form provenance (tokenizer checkpoint, data config).
-        shards: ``{"file": stem, "count": n, "skipped": k}`` of every completed shard, in order (``k`` unreadable
-            items of the shard were left out; ``file`` is ``None`` when every item was).
+        shards: ``{"file": stem, "count": n, "skipped": k}`` of every completed shard, in order (``k``
+            unreadable items of the shard were left out; ``file`` is ``None`` when every item was).
     """
 
     what: str = "indices"
@@ -155,14 +156,15 @@ def _encode(model: torch.nn.Module, x: torch.Tensor):
 @torch.no_grad()
 def encode_dataset(
     model: torch.nn.Module, dataset: Dataset, output: str | Path,
-    what: Literal["indices", "quantized", "continuous"] = "indices", shard_size: int = 1024, batch_size: int = 64,
-    file_format: Literal["safetensors", "npy"] = "safetensors", device: str = "cpu", num_workers: int = 0,
-    source: dict[str, Any] | None = None, progress: bool = True, max_shards: int | None = None,
+    what: Literal["indices", "quantized", "continuous"] = "indices", shard_size: int = 1024,
+    batch_size: int = 64, file_format: Literal["safetensors", "npy"] = "safetensors", device: str = "cpu",
+    num_workers: int = 0, source: dict[str, Any] | None = None, progress: bool = True,
+    max_shards: int | None = None,
 ) -> TokenManifest:
-    """Encode every item of ``dataset`` (dicts with ``image``, optionally ``label``) with a stage-1 ``model`` into a
-    token folder, resuming an interrupted run of the same settings; returns the manifest. Clips ``(C, T, H, W)``
-    become token grids ``(t, h, w)``: latent frames of a video model, every frame for an image model (``t = T``).
-    ``max_shards`` stops after that many new shards. Unreadable items (``None``) are left out and counted per shard.
+    """Encode every item of ``dataset`` (dicts with ``image``, optionally ``label``) with a stage-1 ``model``
+    into a token folder, resuming an interrupted run of the same settings; returns the manifest. Clips
+    ``(C, T, H, W)`` become token grids ``(t, h, w)``: a video model's latent frames, or every frame
+    (``t = T``). ``max_shards`` stops after that many new shards. Unreadable items are left out and counted.
     """
     if what not in ("indices", "quantized", "continuous"):
         raise ValueError(f"what={what!r}; choose indices, quantized or continuous")
@@ -173,7 +175,7 @@ def encode_dataset(
     n = len(dataset)
     classes = list(getattr(dataset, "classes", []) or [])
     expected = dict(what=what, num_items=n, shard_size=shard_size, codebook_size=codebook_size, file_format=file_format)
-    fresh = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=dict(source or {}))
+    fresh = TokenManifest(**expected, num_classes=len(classes), class_names=classes, source=source or {})
     manifest = read_manifest(root) if (root / MANIFEST).is_file() else fresh
     if (have := {k: getattr(manifest, k) for k in expected}) != expected:
         raise TokenFolderError(
@@ -181,14 +183,15 @@ def encode_dataset(
             "Use another output folder."
         )
     if manifest.shards:
-        log.info("resuming: %d of %d shards already written in %s", len(manifest.shards), manifest.num_shards, root)
+        log.info("resuming: %d of %d shards already written in %s", len(manifest.shards), manifest.num_shards,
+                 root)
     key = "indices" if what == "indices" else "latents"
-    attr = "latents" if what == "continuous" else what  # the encoder's output: continuous latents are ``latents``
+    attr = "latents" if what == "continuous" else what  # the encoder output: continuous ones are ``latents``
     dtype = torch.float32 if key == "latents" else torch.int16 if codebook_size <= 32767 else torch.int32
     with progress_bar(n, f"encode {what}", progress, completed=manifest.num_written) as advance:
         for s in range(len(manifest.shards), manifest.num_shards)[:max_shards]:
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-            loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
+            loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size, num_workers=num_workers,
                                 collate_fn=collate_skip, pin_memory=pin_memory(device))
             data, labels, skipped = [], [], 0
             for batch in loader:
@@ -223,9 +226,9 @@ def encode_dataset(
 
 
 class TokenDataset(Dataset):
-    """Items ``{"tokens": (h, w) or (t, h, w) int64, "label": int64}`` (or ``{"latents": (C, h, w), "label"}``) of
-    a complete token folder (``allow_incomplete``: the shards written so far), all loaded into memory once (token
-    maps are small); :meth:`subset` gives a view of some of them."""
+    """Items ``{"tokens": (h, w) or (t, h, w) int64, "label": int64}`` (``{"latents": (C, h, w), "label"}``)
+    of a complete token folder (``allow_incomplete``: the shards written so far), all loaded into memory once
+    (token maps are small); :meth:`subset` gives a view of some of them."""
 
     def __init__(self, root: str | Path, allow_incomplete: bool = False):
         self.root = Path(root)

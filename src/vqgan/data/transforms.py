@@ -9,8 +9,8 @@ from PIL import Image
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL mode (RGBA, CMYK, P, I;16, LA, ...) to ``RGB`` (3 channels) or ``L`` (1 channel): 16-bit
-    images are rescaled to 8 bits rather than clipped, transparency is composited over white."""
+    """Convert any PIL mode (RGBA, CMYK, P, I;16, LA, ...) to ``RGB`` (3 channels) or ``L`` (1 channel):
+    16-bit images are rescaled to 8 bits rather than clipped, transparency is composited over white."""
     if img.mode == "I" or img.mode.startswith("I;16"):  # I;16, I;16B, I;16L, I;16N and 32-bit integers
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -53,8 +53,8 @@ def crop(img: Image.Image, size: int, random: bool, generator: torch.Generator |
 
 
 def rotate_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
-    """An RGB image in [-1, 1] with its hue rotated by ``shift`` turns of the colour circle (0.5: opposite hues),
-    by torchvision's ``adjust_hue``, whose factor is limited to [-0.5, 0.5]: ``shift`` is wrapped first."""
+    """An RGB image in [-1, 1] with its hue rotated by ``shift`` turns of the colour circle (0.5: opposite
+    hues), by torchvision's ``adjust_hue``, whose factor is limited to [-0.5, 0.5] (``shift`` is wrapped)."""
     from torchvision.transforms.v2.functional import adjust_hue
 
     shift = (shift + 0.5) % 1.0 - 0.5
@@ -62,9 +62,9 @@ def rotate_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def jitter_colour(x: torch.Tensor, hue: float, saturation: float, generator: torch.Generator) -> torch.Tensor:
-    """Rotate the hue of an RGB image in [-1, 1] by a uniform random shift in ``[-hue, hue]`` turns and scale its
-    saturation by a uniform random factor in ``[1 - saturation, 1 + saturation]``; grey images are unchanged.
-    Unlike torchvision's ``ColorJitter``, draws from ``generator``: crops stay reproducible whatever the workers."""
+    """Rotate the hue of an RGB image in [-1, 1] by a uniform random shift in ``[-hue, hue]`` turns and scale
+    its saturation by a uniform random factor in ``[1 - saturation, 1 + saturation]``; grey images are kept.
+    Unlike torchvision's ``ColorJitter``, draws from ``generator``: the same crops whatever the workers."""
     from torchvision.transforms.v2.functional import adjust_saturation
 
     if x.shape[0] != 3 or (hue <= 0 and saturation <= 0):

@@ -49,8 +49,8 @@ def list_videos(root: str | Path) -> list[VideoRecord]:
 def ucf101_records(
     root: str | Path, split: int = 1, train: bool = True, annotations: str | Path | None = None
 ) -> tuple[list[VideoRecord], list[str]]:
-    """The videos of UCF101 split 1, 2 or 3 (training or test list) under the ``UCF-101`` folder ``root``, and the
-    class names; videos listed but missing on disk (partial downloads) are left out with one warning."""
+    """The videos of UCF101 split 1, 2 or 3 (training or test list) under the ``UCF-101`` folder ``root``, and
+    the class names; videos listed but missing on disk (partial downloads) are left out with one warning."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise EmptyDatasetError(f"UCF101 folder {root} does not exist")
@@ -70,7 +70,7 @@ def ucf101_records(
     for rel in listed:
         if rel.split("/")[0] not in classes:
             raise EmptyDatasetError(f"{lst}: class {rel.split('/')[0]!r} of {rel} is not in classInd.txt")
-    records = [VideoRecord(root / rel, classes[rel.split("/")[0]]) for rel in listed if (root / rel).is_file()]
+    records = [VideoRecord(root / r, classes[r.split("/")[0]]) for r in listed if (root / r).is_file()]
     if len(records) < len(listed):
         log.warning("%d videos listed in %s are missing under %s", len(listed) - len(records), lst.name, root)
     return records, sorted(classes, key=classes.get)
@@ -86,8 +86,8 @@ def video_info(path: str | Path) -> tuple[float, int]:
 
 
 def decode_frames(path: str | Path, indices: list[int] | None = None) -> tuple[np.ndarray, float]:
-    """Decode frames (``(T, H, W, 3)`` uint8 RGB), all or ``indices`` (in decode order, stopping after the last one
-    needed), and the video's frame rate. Raises :class:`VideoDecodeError`."""
+    """Decode frames (``(T, H, W, 3)`` uint8 RGB), all or ``indices`` (in decode order, stopping after the
+    last one needed), and the video's frame rate. Raises :class:`VideoDecodeError`."""
     import av
 
     wanted, stop = (None, None) if indices is None else (set(indices), max(indices))
@@ -158,8 +158,8 @@ class VideoClips(Dataset):
     """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}`` (``None`` for unreadable videos).
 
     ``frames`` frames ``frame_stride`` apart at ``fps`` (``None``: the file's own rate), from a random offset
-    (``clip_offset="random"``) or ``clips_per_video`` evenly spread ones (``uniform``; 1: the centred clip), shorter
-    side resized to ``resize`` (default ``resolution``). ``classes`` names the labels (for token folders).
+    (``clip_offset="random"``) or ``clips_per_video`` evenly spread ones (``uniform``; 1: the centred clip),
+    shorter side resized to ``resize`` (default ``resolution``). ``classes`` names the labels (token folders).
     """
 
     records: list[VideoRecord]
@@ -178,7 +178,8 @@ class VideoClips(Dataset):
     def __post_init__(self):
         if self.clip_offset not in ("random", "uniform"):
             raise ValueError(f"clip_offset must be 'random' or 'uniform', not {self.clip_offset!r}")
-        self.clips_per_video, self.classes, self.skipped = max(1, self.clips_per_video), list(self.classes or []), 0
+        self.clips_per_video, self.classes = max(1, self.clips_per_video), list(self.classes or [])
+        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.records) * self.clips_per_video
@@ -199,7 +200,8 @@ class VideoClips(Dataset):
         if n <= 0:  # header without a frame count: decode everything once
             every, src_fps = decode_frames(rec.path)
             n = len(every)
-        idx = clip_indices(n, src_fps, self.frames, self.frame_stride, self.fps, self._offset(i % self.clips_per_video))
+        offset = self._offset(i % self.clips_per_video)
+        idx = clip_indices(n, src_fps, self.frames, self.frame_stride, self.fps, offset)
         arr = decode_frames(rec.path, idx)[0] if every is None else every[np.minimum(idx, n - 1)]
         clip = prepare_clip(arr, self.resolution, self.resize, self.channels, self.random_crop, self.flip)
         return {"image": clip, "label": torch.tensor(rec.label)}
@@ -217,7 +219,9 @@ def explode(item: dict[str, torch.Tensor], frames_as_images: bool, patch_size: i
     """Split one clip item into frames (``(C, H, W)`` each) and/or ``patch_size`` tiles, row-major."""
     keys = [k for k in ("image", "mask") if k in item]
     extra = {k: v for k, v in item.items() if k not in keys}
-    views = [{k: item[k][:, f] for k in keys} for f in range(item["image"].shape[1])] if frames_as_images else [item]
+    views = [item]
+    if frames_as_images:
+        views = [{k: item[k][:, f] for k in keys} for f in range(item["image"].shape[1])]
     h, w = item["image"].shape[-2:]
     ph, pw = (patch_size, patch_size) if patch_size else (h, w)
     return [
@@ -230,8 +234,8 @@ def explode(item: dict[str, torch.Tensor], frames_as_images: bool, patch_size: i
 
 class Exploded(Dataset):
     """A clip dataset where every frame and/or tile is an item (seed 000's "frames as images" and "patch-based
-    processing"): item ``i`` is piece ``i % n`` of clip ``i // n``, the last few decoded clips cached. A shuffled
-    loader decodes a clip per item: prefer :class:`VideoChunks` for long runs."""
+    processing"): item ``i`` is piece ``i % n`` of clip ``i // n``, the last few decoded clips cached. A
+    shuffled loader decodes a clip per item: prefer :class:`VideoChunks` for long runs."""
 
     def __init__(self, clips: Dataset, pieces_per_clip: int, frames_as_images: bool, patch_size: int | None, cache: int = 8):
         self.clips, self.n, self.frames_as_images, self.patch_size = clips, pieces_per_clip, frames_as_images, patch_size
@@ -254,9 +258,9 @@ class Exploded(Dataset):
 
 class VideoChunks(IterableDataset):
     """Seed 000's chunked training: load ``videos_per_chunk`` clips (exploded into frames/tiles) into memory,
-    yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk. Unreadable clips are
-    yielded as ``None`` once (so that they are counted). With ``gan_epochs_per_chunk > 0`` (seed 000: 10
-    reconstruction passes, then 5 GAN passes) items carry ``gan`` (a GAN pass?) and ``chunk_pass`` (its index)."""
+    yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk; unreadable clips are
+    yielded as ``None`` once, to be counted. With ``gan_epochs_per_chunk > 0`` (seed 000: 10 reconstruction
+    passes, then 5 GAN passes) items carry ``gan`` (a GAN pass or not) and ``chunk_pass`` (the pass index)."""
 
     def __init__(
         self, clips: Dataset, videos_per_chunk: int, epochs_per_chunk: int = 1, frames_as_images: bool = False,
