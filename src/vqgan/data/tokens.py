@@ -126,17 +126,12 @@ def _save_shard(root: Path, stem: str, arrays: dict[str, torch.Tensor], file_for
 
 def load_shard(root: str | Path, stem: str, file_format: str) -> dict[str, torch.Tensor]:
     """The arrays of one shard (no code is executed: safetensors, or ``np.load(allow_pickle=False)``)."""
-    root = Path(root)
+    pattern = f"{stem}.safetensors" if file_format == "safetensors" else f"{stem}.*.npy"
+    if not (paths := sorted(Path(root).glob(pattern))):
+        raise TokenFolderError(f"shard {Path(root) / pattern} listed in the manifest is missing")
     if file_format == "safetensors":
-        path = root / f"{stem}.safetensors"
-        if not path.is_file():
-            raise TokenFolderError(f"shard {path} listed in the manifest is missing")
-        return load_file(str(path))
-    paths = root.glob(f"{stem}.*.npy")
-    out = {p.name[len(stem) + 1 : -4]: torch.from_numpy(np.load(p, allow_pickle=False)) for p in paths}
-    if not out:
-        raise TokenFolderError(f"shard {root / stem}.*.npy listed in the manifest is missing")
-    return out
+        return load_file(str(paths[0]))
+    return {p.name[len(stem) + 1 : -4]: torch.from_numpy(np.load(p, allow_pickle=False)) for p in paths}
 
 
 def _encode(model: torch.nn.Module, x: torch.Tensor):
