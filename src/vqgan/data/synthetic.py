@@ -57,19 +57,6 @@ class SmokeSolver:
         self.source = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)).astype(np.float32)
         self.t = 0
 
-    def _project(self) -> None:
-        # Solve lap(p) = div(v) by Jacobi iterations (Neumann boundary: the padding copies the edge), then
-        # subtract grad(p) so that the velocity is (approximately) divergence free.
-        vx, vy = self.vx, self.vy
-        div = np.zeros_like(vx)
-        div[1:-1, 1:-1] = 0.5 * (vx[1:-1, 2:] - vx[1:-1, :-2] + vy[2:, 1:-1] - vy[:-2, 1:-1])
-        q = np.zeros((self.n + 2, self.n + 2), np.float32)
-        for _ in range(self.iters):
-            q[1:-1, 1:-1] = (q[1:-1, 2:] + q[1:-1, :-2] + q[2:, 1:-1] + q[:-2, 1:-1] - div) * 0.25
-            q[0], q[-1], q[:, 0], q[:, -1] = q[1], q[-2], q[:, 1], q[:, -2]
-        self.vx = vx - 0.5 * (q[1:-1, 2:] - q[1:-1, :-2])
-        self.vy = vy - 0.5 * (q[2:, 1:-1] - q[:-2, 1:-1])
-
     def step(self) -> np.ndarray:
         """Advance one time step; returns the density field (values in [0, ~1])."""
         p, n, dt = self.p, self.n, self.dt
@@ -80,10 +67,19 @@ class SmokeSolver:
         self.vy -= dt * p.buoyancy * scale * self.density
         self.vx += dt * (p.wind * scale * self.density + p.swirl * scale * np.sin(self.yy * 6.0 / n + w))
         self.vy += dt * p.swirl * scale * 0.5 * np.sin(self.xx * 5.0 / n - w)
-        # Advect velocity along itself, project, advect density.
+        # Advect velocity along itself, then project it: solve lap(p) = div(v) by Jacobi iterations (Neumann
+        # boundary: the padding copies the edge) and subtract grad(p), so that it is (nearly) divergence free.
         by, bx = self.yy - dt * self.vy, self.xx - dt * self.vx
-        self.vx, self.vy = 0.995 * _bilinear(np.stack([self.vx, self.vy]), by, bx)
-        self._project()
+        vx, vy = 0.995 * _bilinear(np.stack([self.vx, self.vy]), by, bx)
+        div = np.zeros_like(vx)
+        div[1:-1, 1:-1] = 0.5 * (vx[1:-1, 2:] - vx[1:-1, :-2] + vy[2:, 1:-1] - vy[:-2, 1:-1])
+        q = np.zeros((self.n + 2, self.n + 2), np.float32)
+        for _ in range(self.iters):
+            q[1:-1, 1:-1] = (q[1:-1, 2:] + q[1:-1, :-2] + q[2:, 1:-1] + q[:-2, 1:-1] - div) * 0.25
+            q[0], q[-1], q[:, 0], q[:, -1] = q[1], q[-2], q[:, 1], q[:, -2]
+        self.vx = vx - 0.5 * (q[1:-1, 2:] - q[1:-1, :-2])
+        self.vy = vy - 0.5 * (q[2:, 1:-1] - q[:-2, 1:-1])
+        # Advect density along the projected velocity.
         by, bx = self.yy - dt * self.vy, self.xx - dt * self.vx
         self.density = 0.995 * _bilinear(self.density[None], by, bx)[0]
         # Closed box: no flow through the walls.
@@ -263,10 +259,11 @@ class MovingDigits(Dataset):
     def __len__(self) -> int:
         return self.length * self.frames if self.frames_as_images else self.length
 
-    def clip(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Clip ``i`` as ``(C, T, H, W)`` float32 in [0, 1] and its digit labels."""
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         images, targets = _digits()
-        rng = np.random.default_rng([self.seed, i, 7])
+        rng = np.random.default_rng([self.seed, i // self.frames if self.frames_as_images else i, 7])
         s, n, t = self.digit_size, self.resolution, self.frames
         video = np.zeros((t, n, n), np.float32)
         picks = rng.integers(0, len(images), self.num_digits)
@@ -281,17 +278,12 @@ class MovingDigits(Dataset):
                 pos = pos + vel
                 vel = np.where((pos < 0) | (pos > n - s), -vel, vel)  # bounce off the edges
                 pos = np.clip(pos, 0, n - s)
-        video = np.clip(video, 0.0, 1.0)[None]
+        video = np.clip(video, 0.0, 1.0)[None]  # (C, T, H, W) in [0, 1]
         if self.channels == 3:
             video = video * rng.uniform(0.5, 1.0, 3).astype(np.float32)[:, None, None, None]
-        return video, targets[picks]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        video, labels = self.clip(i // self.frames if self.frames_as_images else i)
         if self.frames_as_images:
             video = video[:, i % self.frames]
+        labels = targets[picks]
         return {
             "image": torch.from_numpy(video * 2.0 - 1.0),
             "label": torch.tensor(self.class_of(labels)),

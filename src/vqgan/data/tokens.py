@@ -190,8 +190,7 @@ def encode_dataset(
                                 collate_fn=collate_skip, pin_memory=pin_memory(device))
             data, labels, skipped = [], [], 0
             for batch in loader:
-                lost = int(batch.pop("skipped"))
-                skipped += lost
+                skipped += (lost := int(batch.pop("skipped")))
                 if "image" not in batch:  # every item of the batch was unreadable
                     advance(lost)
                     continue
