@@ -136,11 +136,9 @@ def prepare_clip(
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
     if channels == 1:  # ITU-R 601 luma, as PIL's "L" mode
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    h, w = x.shape[-2:]
     target = max(resize or resolution, resolution)
-    if min(h, w) != target:
-        scale = target / min(h, w)
-        size = (max(target, round(h * scale)), max(target, round(w * scale)))
+    if (scale := target / min(x.shape[-2:])) != 1:
+        size = [max(target, round(n * scale)) for n in x.shape[-2:]]
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     h, w = x.shape[-2:]
     if random_crop:
