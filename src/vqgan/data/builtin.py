@@ -40,8 +40,7 @@ def load_photo(name: str, scale: float = 1.0, channels: int = 3) -> Image.Image:
     """One of the shipped photos as a PIL image, rescaled by ``scale``."""
     img = to_mode(Image.fromarray(_photo(name)), channels)
     if scale != 1.0:
-        w, h = img.size
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        img = img.resize(tuple(max(1, round(n * scale)) for n in img.size), Image.BICUBIC)
     return img
 
 

@@ -106,11 +106,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_manifest(root: Path, manifest: TokenManifest) -> None:
-    text = json.dumps({**asdict(manifest), "complete": manifest.complete}, indent=2)
-    _write_atomic(root / MANIFEST, text.encode())
-
-
 def _save_shard(root: Path, stem: str, arrays: dict[str, torch.Tensor], file_format: str) -> None:
     arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
     if file_format == "safetensors":
@@ -215,7 +210,8 @@ def encode_dataset(
                 log.warning("shard %d: %d of %d items could not be read and were left out", s, skipped, hi - lo)
             # A shard whose every item was unreadable is recorded with no file (count 0), so that resumption moves on.
             manifest.shards.append({"file": stem, "count": hi - lo - skipped, "skipped": skipped})
-            _write_manifest(root, manifest)
+            text = json.dumps({**asdict(manifest), "complete": manifest.complete}, indent=2)
+            _write_atomic(root / MANIFEST, text.encode())
     return manifest
 
 

@@ -34,19 +34,16 @@ def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     """Resize so that the shorter side is ``size`` (bicubic with antialiasing, as PIL does when reducing)."""
-    w, h = img.size
-    if min(w, h) == size:
+    if (scale := size / min(img.size)) == 1:
         return img
-    scale = size / min(w, h)
-    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    return img.resize(tuple(max(size, round(n * scale)) for n in img.size), Image.BICUBIC)
 
 
 def crop(img: Image.Image, size: int, random: bool, generator: torch.Generator | None = None) -> Image.Image:
     """Square crop of side ``size``: random (with ``generator``) or centred."""
     w, h = img.size
     if random:
-        x = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-        y = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+        x, y = (int(torch.randint(0, n - size + 1, (1,), generator=generator)) for n in (w, h))
     else:
         x, y = (w - size) // 2, (h - size) // 2
     return img.crop((x, y, x + size, y + size))
