@@ -37,10 +37,8 @@ def register_data(kind: str, description: str = "") -> Callable:
 @register_data("builtin")
 def _builtin(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     common = dict(resolution=cfg.resolution, scale=cfg.builtin_scale, channels=cfg.channels, seed=seed)
-    train = BuiltinPhotos(
-        "train", length=cfg.builtin_train_crops, flip=cfg.flip, hue=cfg.builtin_hue, saturation=cfg.builtin_saturation,
-        **common,
-    )
+    jitter = dict(flip=cfg.flip, hue=cfg.builtin_hue, saturation=cfg.builtin_saturation)
+    train = BuiltinPhotos("train", length=cfg.builtin_train_crops, **jitter, **common)
     return train, BuiltinPhotos("val", length=cfg.val_size, **common)
 
 
@@ -58,10 +56,9 @@ def _folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
         val_idx = set(range(0, len(files), step)[:n_val])
         train_files = [f for i, f in enumerate(files) if i not in val_idx] or files
         val_files = [f for i, f in enumerate(files) if i in val_idx] or files
-    val_files = val_files[: cfg.val_size]
     common = dict(resolution=cfg.resolution, resize=cfg.resize, channels=cfg.channels)
     train = ImageFolder(train_files, random_crop=cfg.crop == "random", flip=cfg.flip, seed=seed, **common)
-    return train, ImageFolder(val_files, **common)
+    return train, ImageFolder(val_files[: cfg.val_size], **common)
 
 
 def _synthetic(cls: type, cfg: DataConfig, seed: int, per_item: int = 1, **kwargs) -> tuple[Dataset, Dataset]:
@@ -99,10 +96,8 @@ def _video_datasets(
     """Clip datasets (labelled by ``classes``), then seed 000's frames-as-images / patches / chunks options on top."""
     if cfg.test_chunk is not None:
         train_records, val_records = hold_out_chunk(train_records, cfg.videos_per_chunk or 1, cfg.test_chunk)
-    common = dict(
-        resolution=cfg.resolution, frames=cfg.frames, frame_stride=cfg.frame_stride, fps=cfg.fps, resize=cfg.resize,
-        channels=cfg.channels, classes=classes,
-    )
+    common = dict(resolution=cfg.resolution, frames=cfg.frames, frame_stride=cfg.frame_stride, fps=cfg.fps,
+                  resize=cfg.resize, channels=cfg.channels, classes=classes)
     per_clip = pieces_per_clip(cfg.frames, cfg.frames_as_images, cfg.resolution, cfg.patch_size)
     # Validation: deterministic centred clips of at most val_size items.
     val_records = val_records[: max(1, cfg.val_size // per_clip)]

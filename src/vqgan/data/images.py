@@ -1,7 +1,6 @@
-"""A dataset over any folder of images (recursive), e.g. CelebA's ``img_align_celeba/`` or FFHQ's sub-folders.
-A file that can't be decoded (corrupt, truncated, not an image, a decompression bomb, 1 pixel wide) comes back
-as ``None`` with a warning; :func:`collate_skip` drops and counts it (``batch["skipped"]``, logged as
-``train/skipped_data``)."""
+"""A dataset over any folder of images (recursive). A file that can't be decoded (corrupt, truncated, not an
+image, a decompression bomb, 1 pixel wide) comes back as ``None`` with a warning; :func:`collate_skip` drops
+and counts it (``batch["skipped"]``, logged as ``train/skipped_data``)."""
 
 from __future__ import annotations
 

@@ -106,8 +106,7 @@ def _smoke_params(rng: np.random.Generator, n: int) -> SmokeParams:
 
 def _render(density: np.ndarray, channels: int, tint: np.ndarray) -> np.ndarray:
     """Composite smoke over a dark vertical-gradient background; returns ``(C, H, W)`` in [-1, 1]."""
-    a = np.clip(density, 0.0, 1.0)[None]
-    n = density.shape[0]
+    a, n = np.clip(density, 0.0, 1.0)[None], density.shape[0]
     if channels == 1:
         bg = np.linspace(0.05, 0.2, n, dtype=np.float32)[None, :, None] * np.ones((1, 1, n), np.float32)
         img = bg * (1 - a) + 0.95 * a
@@ -230,7 +229,6 @@ def _upsample(img: np.ndarray, size: int) -> np.ndarray:
 class MovingDigits(Dataset):
     """Moving-MNIST-style clips: ``num_digits`` handwritten digits (scikit-learn's ``load_digits``, upsampled)
     moving at constant speed and bouncing off the frame's edges, drawn with ``max`` blending on black.
-
     Items ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}`` (label: ``class_of``),
     or with ``frames_as_images`` frame ``i % frames`` of clip ``i // frames`` as ``(C, H, W)``. ``max_speed``
     is in pixels per frame; with 3 ``channels`` the digits get a random colour per clip."""

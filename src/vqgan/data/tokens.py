@@ -228,12 +228,9 @@ class TokenDataset(Dataset):
                 f"{self.root} is incomplete ({len(m.shards)} of {m.num_shards} shards): run the same "
                 "`vqgan encode` command again to finish it"
             )
-        if not m.shards:
-            raise TokenFolderError(f"{self.root} holds no shards")
         # A shard of count 0 has no file: every item of it was unreadable.
-        shards = [load_shard(self.root, s["file"], m.file_format) for s in m.shards if s["count"]]
-        if not shards:
-            raise TokenFolderError(f"{self.root} holds no items: every item of its source could not be read")
+        if not (shards := [load_shard(self.root, s["file"], m.file_format) for s in m.shards if s["count"]]):
+            raise TokenFolderError(f"{self.root} holds no items (no shards, or no readable source items)")
         self.key = "tokens" if m.what == "indices" else "latents"
         data = torch.cat([a["indices" if m.what == "indices" else "latents"] for a in shards])
         self.data = data.long() if m.what == "indices" else data.float()
