@@ -113,5 +113,4 @@ class BuiltinPhotos(Dataset):
             crop = crop.flip(-1)
         # Drawn after the flip, so that the crops of a run without jitter are the same as before the option existed.
         crop = jitter_colour(crop, self.hue, self.saturation, g)
-        # The source photo's index is the crop's class (used by class-conditional priors).
         return {"image": crop, "label": torch.tensor(k)}

@@ -58,8 +58,8 @@ def load_image(path: str | Path, channels: int = 3) -> Image.Image:
 class ImageFolder(Dataset):
     """Images under a folder (or a list of files) as ``{"image": (C, H, W) in [-1, 1]}``, shorter side resized
     to ``resize`` (default ``resolution``) and cropped; ``probe`` files are test-decoded when it is built.
-    Augmentations are a function of ``(seed, index)``: indices past the end (``epoch * len + i``, from a
-    ``ResumableSampler``) give file ``i`` new ones, the same pixels whether a run was resumed or not."""
+    Augmentations depend on ``(seed, index)`` only, so resumed and uninterrupted runs see the same pixels
+    (a ``ResumableSampler``'s indices past the end, ``epoch * len + i``, give file ``i`` new ones)."""
 
     root: str | Path | list[Path]
     resolution: int

@@ -1,6 +1,5 @@
-"""Continuous latents for the flow-matching prior: shards written by ``vqgan encode --what continuous`` or
-``--what quantized`` (seed 004's options B and C), optionally passed through a learned projection (option A,
-:mod:`vqgan.interop.projection`), and their per-channel statistics for normalisation."""
+"""Continuous latents for the flow-matching prior (``vqgan encode --what continuous`` or ``quantized``: seed
+004's options B and C; a learned projection of them: option A) and their per-channel statistics."""
 
 from __future__ import annotations
 

@@ -22,14 +22,12 @@ def _bilinear(fields: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     _, n_y, n_x = fields.shape
     y, x = np.clip(y, 0.0, n_y - 1.001), np.clip(x, 0.0, n_x - 1.001)
     y0, x0 = y.astype(np.intp), x.astype(np.intp)
-    fy, fx = y - y0, x - x0
+    fy, fx = (y - y0).ravel(), (x - x0).ravel()
     flat = fields.reshape(len(fields), -1)
     i00 = (y0 * n_x + x0).ravel()
     a, b = flat[:, i00], flat[:, i00 + 1]
     c, d = flat[:, i00 + n_x], flat[:, i00 + n_x + 1]
-    fx, fy = fx.ravel(), fy.ravel()
-    out = (a + (b - a) * fx) * (1 - fy) + (c + (d - c) * fx) * fy
-    return out.reshape(len(fields), *y.shape)
+    return ((a + (b - a) * fx) * (1 - fy) + (c + (d - c) * fx) * fy).reshape(len(fields), *y.shape)
 
 
 @dataclass
@@ -218,8 +216,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _upsample(img: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of an 8x8 digit to ``size x size`` (no PIL round trip: keeps float precision)."""
-    n = img.shape[0]
-    c = (np.arange(size, dtype=np.float32) + 0.5) * n / size - 0.5
+    c = (np.arange(size, dtype=np.float32) + 0.5) * img.shape[0] / size - 0.5
     yy, xx = np.meshgrid(c, c, indexing="ij")
     padded = np.pad(img, 1)  # zero border so that the digit fades out at its edges
     return _bilinear(padded[None], yy + 1, xx + 1)[0]

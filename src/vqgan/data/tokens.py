@@ -134,11 +134,10 @@ def _encode(model: torch.nn.Module, x: torch.Tensor):
     regrouped per clip (indices ``(B, T, h, w)``, latents ``(B, C, T, h, w)``)."""
     if x.dim() != 5 or getattr(model.config, "arch", None) == "video3d":
         return model.encode(x)
-    b, t = x.shape[0], x.shape[2]
     enc = model.encode(x.transpose(1, 2).flatten(0, 1))
     for name in ("indices", "quantized", "latents"):
         if (v := getattr(enc, name, None)) is not None:
-            v = v.view(b, t, *v.shape[1:])
+            v = v.unflatten(0, (x.shape[0], x.shape[2]))
             setattr(enc, name, v if name == "indices" else v.transpose(1, 2))
     return enc
 
@@ -153,9 +152,8 @@ def encode_dataset(
 ) -> TokenManifest:
     """Encode every item of ``dataset`` (dicts with ``image``, optionally ``label``) with a stage-1 ``model``
     into a token folder, resuming an interrupted run of the same settings; returns the manifest. Clips
-    ``(C, T, H, W)`` become token grids ``(t, h, w)``: a video model's latent frames, or every frame
-    (``t = T``). ``max_shards`` stops after that many new shards. Unreadable items are left out and counted.
-    """
+    ``(C, T, H, W)`` become token grids ``(t, h, w)``: a video model's latent frames, or every frame (t = T).
+    ``max_shards`` stops after that many new shards. Unreadable items are left out and counted."""
     if what not in ("indices", "quantized", "continuous"):
         raise ValueError(f"what={what!r}; choose indices, quantized or continuous")
     root = Path(output)

@@ -1,8 +1,7 @@
 """Video datasets, decoded with PyAV: any folder of videos, and UCF101 (Soomro et al. 2012) as it ships:
 ``UCF-101/<Class>/v_*.avi`` plus ``ucfTrainTestlist/`` with ``classInd.txt`` ("1 ApplyEyeMakeup"),
 ``trainlist0N.txt`` ("Class/v_....avi 1") and ``testlist0N.txt`` ("Class/v_....avi") for the three splits.
-A video that can't be opened or decoded comes back as ``None``, with a warning naming the file:
-:func:`~vqgan.data.images.collate_skip` drops and counts it."""
+A video that can't be decoded comes back as ``None`` with a warning; ``collate_skip`` drops and counts it."""
 
 from __future__ import annotations
 
@@ -231,9 +230,8 @@ def explode(item: dict[str, torch.Tensor], frames_as_images: bool, patch_size: i
 
 
 class Exploded(Dataset):
-    """A clip dataset where every frame and/or tile is an item (seed 000's "frames as images" and "patch-based
-    processing"): item ``i`` is piece ``i % n`` of clip ``i // n``, the last few decoded clips cached. A
-    shuffled loader decodes a clip per item: prefer :class:`VideoChunks` for long runs."""
+    """Clips split into frames and/or tiles (seed 000's "frames as images", "patch-based processing"): item
+    ``i`` is piece ``i % n`` of clip ``i // n``, recent clips cached (for long runs :class:`VideoChunks`)."""
 
     def __init__(self, clips: Dataset, pieces_per_clip: int, frames_as_images: bool, patch_size: int | None, cache: int = 8):
         self.clips, self.n, self.frames_as_images, self.patch_size = clips, pieces_per_clip, frames_as_images, patch_size
