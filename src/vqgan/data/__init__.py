@@ -82,11 +82,9 @@ def _smoke_video(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
 
 @register_data("moving_digits")
 def _moving_digits(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+    options = dict(frames=cfg.frames, frames_as_images=cfg.frames_as_images, num_digits=cfg.num_digits)
     # With frames_as_images the lengths count clips; every clip gives ``frames`` images.
-    return _synthetic(
-        MovingDigits, cfg, seed, cfg.frames if cfg.frames_as_images else 1, frames=cfg.frames,
-        frames_as_images=cfg.frames_as_images, num_digits=cfg.num_digits,
-    )
+    return _synthetic(MovingDigits, cfg, seed, cfg.frames if cfg.frames_as_images else 1, **options)
 
 
 def _video_datasets(

@@ -47,8 +47,7 @@ def load_photo(name: str, scale: float = 1.0, channels: int = 3) -> Image.Image:
 @dataclass(eq=False)
 class BuiltinPhotos(Dataset):
     """Random crops (``train``, ``length`` per epoch) or a fixed grid of at most ``length`` crops (``val``) of
-    the shipped photos, scaled by ``scale`` first (smaller: more content per crop). Training crops get their
-    hue rotated by up to ``hue`` turns, their saturation scaled by up to ``saturation`` (jitter_colour)."""
+    the photos scaled by ``scale``; training crops get ``hue`` and ``saturation`` colour jitter at most."""
 
     split: str = "train"
     resolution: int = 32

@@ -11,9 +11,8 @@ from vqgan.data.tokens import TokenDataset, TokenFolderError
 
 
 class LatentDataset(TokenDataset):
-    """Items ``{"latents": (C, h, w) float32, "label": int64}`` of a complete latent folder, loaded into memory
-    once, optionally through a :class:`~vqgan.interop.projection.LatentProjection` (``batch_size`` items at a
-    time) that reads the folder's kind of latents (its ``source``) and channel count."""
+    """Items ``{"latents": (C, h, w) float32, "label": int64}`` of a latent folder, optionally projected by a
+    :class:`~vqgan.interop.projection.LatentProjection` reading the folder's kind and channels of latents."""
 
     def __init__(self, root: str | Path, projection: torch.nn.Module | None = None, batch_size: int = 256):
         super().__init__(root)

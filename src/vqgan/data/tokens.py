@@ -215,8 +215,7 @@ def encode_dataset(
 
 class TokenDataset(Dataset):
     """Items ``{"tokens": (h, w) or (t, h, w) int64, "label": int64}`` (``{"latents": (C, h, w), "label"}``)
-    of a complete token folder (``allow_incomplete``: the shards written so far), all loaded into memory once
-    (token maps are small); :meth:`subset` gives a view of some of them."""
+    of a complete token folder (``allow_incomplete``: the shards written so far), loaded into memory once."""
 
     def __init__(self, root: str | Path, allow_incomplete: bool = False):
         self.root = Path(root)

@@ -152,8 +152,7 @@ def prepare_clip(
 
 @dataclass(eq=False)
 class VideoClips(Dataset):
-    """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}`` (``None`` for unreadable videos).
-
+    """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}``, ``None`` for unreadable ones:
     ``frames`` frames ``frame_stride`` apart at ``fps`` (``None``: the file's own rate), from a random offset
     (``clip_offset="random"``) or ``clips_per_video`` evenly spread ones (``uniform``; 1: the centred clip),
     shorter side resized to ``resize`` (default ``resolution``). ``classes`` names the labels (token folders).
@@ -248,15 +247,13 @@ class Exploded(Dataset):
             self.cache[c] = None if item is None else explode(item, self.frames_as_images, self.patch_size)
             if len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
-        pieces = self.cache[c]
-        return None if pieces is None else pieces[i % self.n]
+        return None if (pieces := self.cache[c]) is None else pieces[i % self.n]
 
 
 class VideoChunks(IterableDataset):
-    """Seed 000's chunked training: load ``videos_per_chunk`` clips (exploded into frames/tiles) into memory,
-    yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk; unreadable clips are
-    yielded as ``None`` once, to be counted. With ``gan_epochs_per_chunk > 0`` (seed 000: 10 reconstruction
-    passes, then 5 GAN passes) items carry ``gan`` (a GAN pass or not) and ``chunk_pass`` (the pass index)."""
+    """Seed 000's chunked training: hold ``videos_per_chunk`` clips (in frames/tiles) in memory, yield them
+    shuffled ``epochs_per_chunk`` times, then the next chunk; an unreadable clip is yielded once as ``None``.
+    With ``gan_epochs_per_chunk`` (seed 000: 10, then 5 GAN passes) items carry ``gan`` and ``chunk_pass``."""
 
     def __init__(
         self, clips: Dataset, videos_per_chunk: int, epochs_per_chunk: int = 1, frames_as_images: bool = False,
@@ -282,8 +279,7 @@ class VideoChunks(IterableDataset):
         for c in range(first, math.ceil(len(self.clips) / self.per_chunk), step):
             pieces = []
             for v in order[c * self.per_chunk : (c + 1) * self.per_chunk]:
-                item = self.clips[v]
-                if item is None:
+                if (item := self.clips[v]) is None:
                     yield None
                 else:
                     pieces += explode(item, self.frames_as_images, self.patch_size)
