@@ -37,12 +37,9 @@ def register_data(kind: str, description: str = "") -> Callable:
 @register_data("builtin")
 def _builtin(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
     common = dict(resolution=cfg.resolution, scale=cfg.builtin_scale, channels=cfg.channels, seed=seed)
-    train = BuiltinPhotos(
-        "train", length=cfg.builtin_train_crops, flip=cfg.flip, hue=cfg.builtin_hue, saturation=cfg.builtin_saturation,
-        **common,
-    )
-    val = BuiltinPhotos("val", length=cfg.val_size, **common)
-    return train, val
+    jitter = dict(flip=cfg.flip, hue=cfg.builtin_hue, saturation=cfg.builtin_saturation)
+    train = BuiltinPhotos("train", length=cfg.builtin_train_crops, **jitter, **common)
+    return train, BuiltinPhotos("val", length=cfg.val_size, **common)
 
 
 @register_data("folder")
@@ -59,47 +56,35 @@ def _folder(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
         val_idx = set(range(0, len(files), step)[:n_val])
         train_files = [f for i, f in enumerate(files) if i not in val_idx] or files
         val_files = [f for i, f in enumerate(files) if i in val_idx] or files
-    val_files = val_files[: cfg.val_size]
     common = dict(resolution=cfg.resolution, resize=cfg.resize, channels=cfg.channels)
     train = ImageFolder(train_files, random_crop=cfg.crop == "random", flip=cfg.flip, seed=seed, **common)
-    val = ImageFolder(val_files, **common)
-    return train, val
+    return train, ImageFolder(val_files[: cfg.val_size], **common)
 
 
-# Synthetic data: ``builtin_train_crops`` items per training epoch, ``val_size`` validation items drawn from a
-# disjoint seed range, so that validation plumes/digits never occur in training.
-_VAL_SEED_OFFSET = 1_000_003
+def _synthetic(cls: type, cfg: DataConfig, seed: int, per_item: int = 1, **kwargs) -> tuple[Dataset, Dataset]:
+    """``builtin_train_crops`` / ``per_item`` training and ``val_size`` / ``per_item`` validation items, drawn
+    from a disjoint seed range so that validation plumes/digits never occur in training."""
+    kwargs.update(resolution=cfg.resolution, channels=cfg.channels)
+    sizes = (cfg.builtin_train_crops, cfg.val_size)
+    n_train, n_val = sizes if per_item == 1 else (max(1, n // per_item) for n in sizes)
+    return cls(n_train, seed=seed, **kwargs), cls(n_val, seed=seed + 1_000_003, **kwargs)
 
 
 @register_data("smoke")
 def _smoke(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
-    common = dict(resolution=cfg.resolution, channels=cfg.channels)
-    train = SmokePlume(cfg.builtin_train_crops, seed=seed, **common)
-    val = SmokePlume(cfg.val_size, seed=seed + _VAL_SEED_OFFSET, **common)
-    return train, val
+    return _synthetic(SmokePlume, cfg, seed)
 
 
 @register_data("smoke_video")
 def _smoke_video(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
-    common = dict(resolution=cfg.resolution, channels=cfg.channels, frames=cfg.frames, frame_stride=cfg.frame_stride)
-    train = SmokeVideo(cfg.builtin_train_crops, seed=seed, **common)
-    val = SmokeVideo(cfg.val_size, seed=seed + _VAL_SEED_OFFSET, **common)
-    return train, val
+    return _synthetic(SmokeVideo, cfg, seed, frames=cfg.frames, frame_stride=cfg.frame_stride)
 
 
 @register_data("moving_digits")
 def _moving_digits(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
-    common = dict(
-        resolution=cfg.resolution, channels=cfg.channels, frames=cfg.frames, frames_as_images=cfg.frames_as_images,
-        num_digits=cfg.num_digits,
-    )
+    options = dict(frames=cfg.frames, frames_as_images=cfg.frames_as_images, num_digits=cfg.num_digits)
     # With frames_as_images the lengths count clips; every clip gives ``frames`` images.
-    n_train, n_val = cfg.builtin_train_crops, cfg.val_size
-    if cfg.frames_as_images:
-        n_train, n_val = max(1, n_train // cfg.frames), max(1, n_val // cfg.frames)
-    train = MovingDigits(n_train, seed=seed, **common)
-    val = MovingDigits(n_val, seed=seed + _VAL_SEED_OFFSET, **common)
-    return train, val
+    return _synthetic(MovingDigits, cfg, seed, cfg.frames if cfg.frames_as_images else 1, **options)
 
 
 def _video_datasets(
@@ -109,10 +94,8 @@ def _video_datasets(
     """Clip datasets (labelled by ``classes``), then seed 000's frames-as-images / patches / chunks options on top."""
     if cfg.test_chunk is not None:
         train_records, val_records = hold_out_chunk(train_records, cfg.videos_per_chunk or 1, cfg.test_chunk)
-    common = dict(
-        resolution=cfg.resolution, frames=cfg.frames, frame_stride=cfg.frame_stride, fps=cfg.fps, resize=cfg.resize,
-        channels=cfg.channels, classes=classes,
-    )
+    common = dict(resolution=cfg.resolution, frames=cfg.frames, frame_stride=cfg.frame_stride, fps=cfg.fps,
+                  resize=cfg.resize, channels=cfg.channels, classes=classes)
     per_clip = pieces_per_clip(cfg.frames, cfg.frames_as_images, cfg.resolution, cfg.patch_size)
     # Validation: deterministic centred clips of at most val_size items.
     val_records = val_records[: max(1, cfg.val_size // per_clip)]
@@ -130,11 +113,8 @@ def _video_datasets(
 
 
 def hold_out_chunk(records: list[VideoRecord], per_chunk: int, k: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
-    """Seed 000's ``--test_batch k``: split ``records`` into chunks of ``per_chunk`` in a fixed shuffled order (seed
-    0, whatever the run's seed, so every run holds out the same videos) and return ``(others, chunk k)``, each in
-    the records' own order."""
-    import torch
-
+    """Seed 000's ``--test_batch k``: ``(others, chunk k)`` of ``records`` cut into chunks of ``per_chunk`` in
+    a shuffled order that is the same in every run (they hold out the same videos), in the records' order."""
     n_chunks = -(-len(records) // per_chunk)
     if not 0 <= k < n_chunks:
         raise EmptyDatasetError(
@@ -184,9 +164,8 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
 
 
 def pin_memory(device: str | torch.device) -> bool:
-    """Whether a loader feeding ``device`` (a device or a Lightning accelerator name: ``cpu``, ``gpu``, ``cuda``,
-    ``auto``) should return page-locked batches: only when they go to a CUDA device, where pinned host memory makes
-    the copy asynchronous (Lightning and our loops copy with ``non_blocking=True``); elsewhere it costs a copy."""
+    """Whether a loader feeding ``device`` (or a Lightning accelerator name) should return page-locked
+    batches: only for CUDA, where they make ``non_blocking`` copies asynchronous (elsewhere they cost)."""
     kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
     return kind in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
@@ -196,20 +175,7 @@ def available_data() -> list[str]:
 
 
 __all__ = [
-    "BuiltinPhotos",
-    "DATA_KINDS",
-    "EmptyDatasetError",
-    "ImageFolder",
-    "MovingDigits",
-    "SmokePlume",
-    "VideoChunks",
-    "VideoClips",
-    "SmokeVideo",
-    "available_data",
-    "build_datasets",
-    "collate_skip",
-    "list_images",
-    "load_photo",
-    "pin_memory",
-    "register_data",
+    "BuiltinPhotos", "DATA_KINDS", "EmptyDatasetError", "ImageFolder", "MovingDigits", "SmokePlume",
+    "VideoChunks", "VideoClips", "SmokeVideo", "available_data", "build_datasets", "collate_skip",
+    "list_images", "load_photo", "pin_memory", "register_data",
 ]

@@ -1,16 +1,13 @@
-"""The built-in dataset: crops of photos that ship inside installed packages, so that the demo and the tests
-need no download. Training crops come from scikit-image's photos (astronaut, chelsea, coffee, hubble_deep_field,
-immunohistochemistry, retina, rocket and both stereo_motorcycle views); validation crops from scikit-learn's
-``load_sample_images`` (china, flower), a fixed grid so that validation numbers are comparable across runs.
-
-The training photos hold almost no green (a grey rocket, a tabby cat, brown coffee, a red retina ...), so a model
-trained on their colours alone turns the flower's dark green leaves navy blue. ``hue`` and ``saturation`` rotate
-the hue and scale the saturation of every training crop at random, so that every colour is seen (the quick-start
-preset uses them; see ``benchmarks/colour.py`` for the measured effect)."""
+"""The built-in dataset: crops of photos shipped by installed packages (scikit-image's for training, a fixed
+grid over scikit-learn's ``load_sample_images`` for validation), so that the demo and tests need no download.
+The training photos hold almost no green (a model trained on them turns the flower's leaves navy blue):
+``hue`` and ``saturation`` jitter training crops so that every colour is seen (``benchmarks/colour.py``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,15 +17,8 @@ from torch.utils.data import Dataset
 from vqgan.data.transforms import jitter_colour, to_mode, to_tensor
 
 TRAIN_PHOTOS = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "rocket",
-    "stereo_motorcycle_0",
-    "stereo_motorcycle_1",
+    "astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket",
+    "stereo_motorcycle_0", "stereo_motorcycle_1",
 )
 VAL_PHOTOS = ("china", "flower")
 
@@ -50,83 +40,57 @@ def load_photo(name: str, scale: float = 1.0, channels: int = 3) -> Image.Image:
     """One of the shipped photos as a PIL image, rescaled by ``scale``."""
     img = to_mode(Image.fromarray(_photo(name)), channels)
     if scale != 1.0:
-        w, h = img.size
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        img = img.resize(tuple(max(1, round(n * scale)) for n in img.size), Image.BICUBIC)
     return img
 
 
+@dataclass(eq=False)
 class BuiltinPhotos(Dataset):
-    """Random crops (training) or a fixed grid of crops (validation) of the shipped photos.
+    """Random crops (``train``, ``length`` per epoch) or a fixed grid of at most ``length`` crops (``val``) of
+    the photos scaled by ``scale``; training crops get ``hue`` and ``saturation`` colour jitter at most."""
 
-    Args:
-        split: ``train`` or ``val``.
-        resolution: crop side.
-        scale: factor applied to the photos before cropping (smaller means more content per crop).
-        length: number of random crops per epoch (training) / maximum number of grid crops (validation).
-        flip: random horizontal flips (training).
-        seed: seeds the crop positions, so that a run is reproducible whatever the worker layout.
-        hue: training crops get their hue rotated by a uniform random shift in ``[-hue, hue]`` turns of the colour
-            circle (0.5: any hue); 0 disables.
-        saturation: training crops get their saturation scaled by a uniform random factor in
-            ``[1 - saturation, 1 + saturation]``; 0 disables.
-    """
-
+    split: str = "train"
+    resolution: int = 32
+    scale: float = 1.0
+    length: int = 4096
+    flip: bool = True
+    channels: int = 3
+    seed: int = 0
+    hue: float = 0.0
+    saturation: float = 0.0
     # Crops are a function of (seed, epoch, index): a ResumableSampler's global indices (epoch * n + i) give new
     # crops every epoch, identical before and after a resume.
-    accepts_global_index = True
+    accepts_global_index: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        split: str = "train",
-        resolution: int = 32,
-        scale: float = 1.0,
-        length: int = 4096,
-        flip: bool = True,
-        channels: int = 3,
-        seed: int = 0,
-        hue: float = 0.0,
-        saturation: float = 0.0,
-    ):
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-        self.split, self.resolution, self.flip, self.seed = split, resolution, flip and split == "train", seed
-        if not (0 <= hue <= 0.5 and 0 <= saturation <= 1):
-            raise ValueError(f"hue must be in [0, 0.5] and saturation in [0, 1], not {hue} and {saturation}")
-        # Validation crops are never jittered: their numbers stay comparable across runs and configs.
-        self.hue, self.saturation = (hue, saturation) if split == "train" else (0.0, 0.0)
-        names = TRAIN_PHOTOS if split == "train" else VAL_PHOTOS
+    def __post_init__(self):
+        if self.split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', not {self.split!r}")
+        if not (0 <= self.hue <= 0.5 and 0 <= self.saturation <= 1):
+            raise ValueError(
+                f"hue must be in [0, 0.5] and saturation in [0, 1], not {self.hue} and {self.saturation}"
+            )
+        train, r = self.split == "train", self.resolution
+        if not train:  # validation crops are never flipped or jittered: comparable across runs and configs
+            self.flip, self.hue, self.saturation = False, 0.0, 0.0
+        names = TRAIN_PHOTOS if train else VAL_PHOTOS
         # Training crops are labelled by their source photo; validation photos are other photos (no label).
-        self.classes: list[str] = list(TRAIN_PHOTOS) if split == "train" else []
-        self.images = [to_tensor(load_photo(n, scale, channels)) for n in names]
-        small = [n for n, im in zip(names, self.images, strict=True) if min(im.shape[1:]) < resolution]
-        if small:
-            raise ValueError(f"photos {small} are smaller than resolution={resolution} at scale={scale}")
-        if split == "train":
-            # Sample photos in proportion to their area, so every pixel is equally likely to be seen.
-            areas = torch.tensor([im.shape[1] * im.shape[2] for im in self.images], dtype=torch.float)
-            self.weights = areas / areas.sum()
-            self.length = length
-            self.epoch = 0
-        else:
-            self.crops = self._grid(length)
+        self.classes: list[str] = list(TRAIN_PHOTOS) if train else []
+        self.images = [to_tensor(load_photo(n, self.scale, self.channels)) for n in names]
+        if small := [n for n, im in zip(names, self.images, strict=True) if min(im.shape[1:]) < r]:
+            raise ValueError(f"photos {small} are smaller than resolution={r} at scale={self.scale}")
+        # Training samples photos in proportion to their area, so every pixel is equally likely to be seen.
+        areas = torch.tensor([im.shape[1] * im.shape[2] for im in self.images], dtype=torch.float)
+        self.weights, self.epoch = areas / areas.sum(), 0
+        if not train:
+            # Non-overlapping crops over the validation photos, evenly thinned to at most ``length``.
+            crops = [(k, y, x) for k, im in enumerate(self.images)
+                     for y in range(0, im.shape[1] - r + 1, r) for x in range(0, im.shape[2] - r + 1, r)]
+            if len(crops) > self.length:
+                crops = [crops[i] for i in np.linspace(0, len(crops) - 1, self.length).round().astype(int)]
+            # A fixed shuffle (the set is unchanged): the first validation batch, whose reconstructions are
+            # saved as samples, then spans both photos instead of one strip of sky.
+            self.crops = [crops[i] for i in np.random.default_rng(0).permutation(len(crops))]
             self.length = len(self.crops)
-
-    def _grid(self, limit: int) -> list[tuple[int, int, int]]:
-        """Non-overlapping crop positions over the validation photos, evenly thinned to at most ``limit``."""
-        r = self.resolution
-        crops = [
-            (k, y, x)
-            for k, im in enumerate(self.images)
-            for y in range(0, im.shape[1] - r + 1, r)
-            for x in range(0, im.shape[2] - r + 1, r)
-        ]
-        if len(crops) > limit:
-            keep = np.linspace(0, len(crops) - 1, limit).round().astype(int)
-            crops = [crops[i] for i in keep]
-        # A fixed shuffle (the set is unchanged): the first validation batch, whose reconstructions are saved
-        # as samples, then spans both photos instead of one strip of sky.
-        order = np.random.default_rng(0).permutation(len(crops))
-        return [crops[i] for i in order]
 
     def set_epoch(self, epoch: int) -> None:
         """New random crops each epoch (called by the training loop)."""
@@ -142,13 +106,10 @@ class BuiltinPhotos(Dataset):
             return {"image": self.images[k][:, y : y + r, x : x + r].clone()}
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) % (2**63))
         k = int(torch.multinomial(self.weights, 1, generator=g))
-        im = self.images[k]
-        y = int(torch.randint(0, im.shape[1] - r + 1, (1,), generator=g))
-        x = int(torch.randint(0, im.shape[2] - r + 1, (1,), generator=g))
-        crop = im[:, y : y + r, x : x + r].clone()
+        y, x = (int(torch.randint(0, n - r + 1, (1,), generator=g)) for n in self.images[k].shape[1:])
+        crop = self.images[k][:, y : y + r, x : x + r].clone()
         if self.flip and torch.rand((), generator=g) < 0.5:
             crop = crop.flip(-1)
         # Drawn after the flip, so that the crops of a run without jitter are the same as before the option existed.
         crop = jitter_colour(crop, self.hue, self.saturation, g)
-        # The source photo's index is the crop's class (used by class-conditional priors).
         return {"image": crop, "label": torch.tensor(k)}

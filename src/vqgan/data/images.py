@@ -1,23 +1,17 @@
-"""A dataset over any folder of images (recursive), e.g. CelebA's ``img_align_celeba/`` or FFHQ's numbered
-sub-folders.
-
-Robustness: any image PIL can decode is converted (grayscale, RGBA and palette images with transparency over
-white, CMYK, 16-bit and float images rescaled, EXIF rotation applied, images smaller than the crop upscaled).
-A file that can't be decoded (corrupt, truncated, zero bytes, not an image, a decompression bomb, 1 pixel wide)
-is skipped: the item comes back as ``None`` with a warning, :func:`collate_skip` drops it and counts it in
-``batch["skipped"]``, the training module adds the count to ``counters["skipped_data"]``, which is logged every
-step (``train/skipped_data``) and written to ``metrics.json``. A folder where none of a sample of files can be
-read stops before training (:class:`EmptyDatasetError`).
-"""
+"""A dataset over any folder of images (recursive). A file that can't be decoded (corrupt, truncated, not an
+image, a decompression bomb, 1 pixel wide) comes back as ``None`` with a warning; :func:`collate_skip` drops
+and counts it (``batch["skipped"]``, logged as ``train/skipped_data``)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from vqgan.data.transforms import crop, resize_shorter, to_mode, to_tensor
 
@@ -30,28 +24,27 @@ class EmptyDatasetError(ValueError):
     """The data source holds no usable items; raised before training starts."""
 
 
-def list_images(root: str | Path) -> list[Path]:
-    """Image files under ``root``, recursively, sorted (deterministic order)."""
+def find_files(root: str | Path, extensions: set[str], kind: str) -> list[Path]:
+    """Files with one of ``extensions`` under ``root``, recursively, sorted (deterministic order); raises
+    :class:`EmptyDatasetError` naming the ``kind`` of files when there are none."""
     root = Path(root).expanduser()
-    if not root.exists():
-        raise EmptyDatasetError(f"image folder {root} does not exist")
     if not root.is_dir():
-        raise EmptyDatasetError(f"{root} is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        raise EmptyDatasetError(f"{kind} folder {root} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
     if not files:
-        raise EmptyDatasetError(
-            f"no images found under {root} (looked recursively for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        looked = ", ".join(sorted(extensions))
+        raise EmptyDatasetError(f"no {kind}s found under {root} (looked recursively for {looked})")
     return files
 
 
-def load_image(path: str | Path, channels: int = 3) -> Image.Image:
-    """Decode ``path`` fully and convert it to ``RGB`` / ``L`` (see :func:`vqgan.data.transforms.to_mode`).
+def list_images(root: str | Path) -> list[Path]:
+    """Image files under ``root``, recursively, sorted (deterministic order)."""
+    return find_files(root, IMAGE_EXTENSIONS, "image")
 
-    Raises whatever the decoder raises for a file it can't read (``OSError`` for truncated data,
-    ``UnidentifiedImageError`` for non-images, ``DecompressionBombError``, ...), and ``ValueError`` for an image
-    with a side below 2 pixels.
-    """
+
+def load_image(path: str | Path, channels: int = 3) -> Image.Image:
+    """Decode ``path`` fully and convert it to ``RGB`` / ``L``; raises what the decoder raises for a file it
+    can't read, and ``ValueError`` for an image with a side below 2 pixels."""
     with Image.open(path) as img:
         img.load()  # decode now: a truncated file fails here, not later inside a worker's transform
         img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
@@ -61,59 +54,39 @@ def load_image(path: str | Path, channels: int = 3) -> Image.Image:
     return img
 
 
+@dataclass(eq=False)
 class ImageFolder(Dataset):
-    """Images under a folder as ``{"image": (C, H, W) in [-1, 1]}``, resized (shorter side) and cropped.
+    """Images under a folder (or a list of files) as ``{"image": (C, H, W) in [-1, 1]}``, shorter side resized
+    to ``resize`` (default ``resolution``) and cropped; ``probe`` files are test-decoded when it is built.
+    Augmentations depend on ``(seed, index)`` only, so resumed and uninterrupted runs see the same pixels
+    (a ``ResumableSampler``'s indices past the end, ``epoch * len + i``, give file ``i`` new ones)."""
 
-    Random crops and flips are a function of ``(seed, index)``: indices past the end (``epoch * len + i``, from
-    :class:`vqgan.train.checkpoint.ResumableSampler`) select file ``i`` with new augmentations, so that an
-    interrupted and resumed run sees exactly the same pixels as an uninterrupted one.
+    root: str | Path | list[Path]
+    resolution: int
+    resize: int | None = None
+    random_crop: bool = False
+    flip: bool = False
+    channels: int = 3
+    seed: int = 0
+    probe: int = 16
+    accepts_global_index: ClassVar[bool] = True
 
-    Args:
-        root: folder, searched recursively; or an explicit list of files.
-        resolution: output side.
-        resize: shorter side before cropping (default: ``resolution``).
-        random_crop, flip: augmentations for training (validation uses centre crops, no flip).
-        channels: 3 (RGB) or 1 (grayscale).
-        seed: seeds the augmentations.
-        probe: decode up to this many files (evenly spread) when the dataset is built, and raise
-            :class:`EmptyDatasetError` if none of them can be read; 0 skips the check.
-    """
-
-    accepts_global_index = True
-
-    def __init__(
-        self,
-        root: str | Path | list[Path],
-        resolution: int,
-        resize: int | None = None,
-        random_crop: bool = False,
-        flip: bool = False,
-        channels: int = 3,
-        seed: int = 0,
-        probe: int = 16,
-    ):
-        self.files = list(root) if isinstance(root, list) else list_images(root)
-        self.resolution, self.resize = resolution, resize or resolution
-        self.random_crop, self.flip, self.channels, self.seed = random_crop, flip, channels, seed
-        if probe and self.files:
-            self.check_readable(probe)
+    def __post_init__(self):
+        self.files = list(self.root) if isinstance(self.root, list) else list_images(self.root)
+        if self.probe and self.files:
+            self.check_readable(self.probe)
 
     def check_readable(self, probe: int = 16) -> int:
         """Decode files of an evenly spread sample of ``probe`` until one is readable; return how many were tried.
-
-        Raises:
-            EmptyDatasetError: none of them could be read (with the first errors), so training would see no data.
-        """
-        step = max(1, len(self.files) // probe)
-        sample = self.files[::step][:probe]
+        Raises :class:`EmptyDatasetError` (with the first errors) when none can be read."""
+        sample = self.files[:: max(1, len(self.files) // probe)][:probe]
         errors = []
         for path in sample:
             try:
                 load_image(path, self.channels)
+                return len(errors) + 1
             except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
                 errors.append(f"{path}: {type(e).__name__}: {e}")
-                continue
-            return len(errors) + 1
         raise EmptyDatasetError(
             f"none of the {len(sample)} images checked (of {len(self.files)}) can be read, e.g.\n  "
             + "\n  ".join(errors[:5])
@@ -122,33 +95,20 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def load(self, path: Path, generator: torch.Generator | None = None) -> torch.Tensor:
-        img = load_image(path, self.channels)
-        img = resize_shorter(img, max(self.resize, self.resolution))
-        img = crop(img, self.resolution, self.random_crop, generator)
-        x = to_tensor(img)
-        if self.flip and torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-        return x
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor] | None:
         path = self.files[i % len(self.files)]
         g = torch.Generator().manual_seed(hash((self.seed, i)) % (2**63))
         try:
-            return {"image": self.load(path, g)}
+            side = max(self.resize or self.resolution, self.resolution)
+            img = resize_shorter(load_image(path, self.channels), side)
+            x = to_tensor(crop(img, self.resolution, self.random_crop, g))
         except Exception as e:  # noqa: BLE001 - a bad file must not stop a run that lasts days
             log.warning("skipping unreadable image %s: %s: %s", path, type(e).__name__, e)
             return None
+        return {"image": x.flip(-1) if self.flip and torch.rand((), generator=g) < 0.5 else x}
 
 
 def collate_skip(items: list[dict | None]) -> dict[str, torch.Tensor]:
     """Default collation after dropping ``None`` (unreadable) items; ``batch["skipped"]`` counts them."""
-    from torch.utils.data import default_collate
-
     kept = [it for it in items if it is not None]
-    skipped = len(items) - len(kept)
-    if not kept:
-        return {"skipped": torch.tensor(skipped)}
-    batch = default_collate(kept)
-    batch["skipped"] = torch.tensor(skipped)
-    return batch
+    return {**(default_collate(kept) if kept else {}), "skipped": torch.tensor(len(items) - len(kept))}

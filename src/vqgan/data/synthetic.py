@@ -1,18 +1,7 @@
-"""Synthetic data generated on the fly, deterministic per ``(seed, index)``: nothing to download, so tests, demos
-and benchmarks run anywhere.
-
-* :class:`SmokePlume` / :class:`SmokeVideo`: a procedural smoke plume, a density field advected by a small
-  incompressible fluid solver ("Stable Fluids", Stam 1999: semi-Lagrangian advection, a buoyancy force and a
-  pressure projection by Jacobi iterations), with the mask ``density > threshold`` that seed 004's masked loss
-  weights its pixels by.
-* :class:`MovingDigits`: Moving-MNIST-style videos (Srivastava et al. 2015) made from scikit-learn's 8x8
-  handwritten digits, which ship with the package, bouncing inside the frame.
-
-Every item is ``{"image": ..., "mask": ..., "label": ...}`` with images in [-1, 1]: ``(C, H, W)`` for the image
-datasets and ``(C, T, H, W)`` for the videos. Labels make class-conditional priors possible without any
-annotation: the smoke sets label a plume by the position of its source (``source_bins`` equal bins of its
-horizontal range), the moving digits by digit identity. Each dataset lists its class names in ``classes``.
-"""
+"""Synthetic data generated on the fly, deterministic per ``(seed, index)``: :class:`SmokePlume` /
+:class:`SmokeVideo`, a density field advected by a small incompressible fluid solver ("Stable Fluids", Stam
+1999), with the mask that seed 004's masked loss weights its pixels by; :class:`MovingDigits`,
+Moving-MNIST-style videos (Srivastava et al. 2015). Labels: a plume's source position, the digits shown."""
 
 from __future__ import annotations
 
@@ -23,7 +12,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# ---------------------------------------------------------------------------------------------------------------
 # A tiny 2D fluid solver (numpy, float32). Grid cells are unit sized, y points down (row index), so buoyancy
 # pushes towards smaller y. All fields are (N, N).
 
@@ -32,18 +20,14 @@ def _bilinear(fields: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Sample each of the stacked ``fields`` ``(K, H, W)`` at fractional positions (clamped to the grid) with
     bilinear interpolation; the weights are computed once for all K fields."""
     _, n_y, n_x = fields.shape
-    y = np.clip(y, 0.0, n_y - 1.001)
-    x = np.clip(x, 0.0, n_x - 1.001)
-    y0 = y.astype(np.intp)
-    x0 = x.astype(np.intp)
-    fy, fx = y - y0, x - x0
+    y, x = np.clip(y, 0.0, n_y - 1.001), np.clip(x, 0.0, n_x - 1.001)
+    y0, x0 = y.astype(np.intp), x.astype(np.intp)
+    fy, fx = (y - y0).ravel(), (x - x0).ravel()
     flat = fields.reshape(len(fields), -1)
     i00 = (y0 * n_x + x0).ravel()
     a, b = flat[:, i00], flat[:, i00 + 1]
     c, d = flat[:, i00 + n_x], flat[:, i00 + n_x + 1]
-    fx, fy = fx.ravel(), fy.ravel()
-    out = (a + (b - a) * fx) * (1 - fy) + (c + (d - c) * fx) * fy
-    return out.reshape(len(fields), *y.shape)
+    return ((a + (b - a) * fx) * (1 - fy) + (c + (d - c) * fx) * fy).reshape(len(fields), *y.shape)
 
 
 @dataclass
@@ -59,37 +43,17 @@ class SmokeParams:
 
 
 class SmokeSolver:
-    """A buoyant plume on an ``n x n`` grid: each :meth:`step` injects density at the source, adds buoyancy and a
-    gentle swirling force, advects velocity, projects it to be divergence free, then advects the density.
-
-    Semi-Lagrangian advection (trace back along the velocity and interpolate) is unconditionally stable, which is
-    why Stam's scheme suits a generator that must never blow up whatever the random parameters.
-    """
+    """A buoyant plume on an ``n x n`` grid: each :meth:`step` injects density at the source, adds buoyancy
+    and a gentle swirling force, advects velocity, projects it to be divergence free, then advects density.
+    Semi-Lagrangian advection is unconditionally stable: the generator never blows up, whatever its inputs."""
 
     def __init__(self, n: int, params: SmokeParams, jacobi_iters: int = 12, dt: float = 1.0):
         self.n, self.p, self.iters, self.dt = n, params, jacobi_iters, dt
-        self.density = np.zeros((n, n), np.float32)
-        self.vx = np.zeros((n, n), np.float32)
-        self.vy = np.zeros((n, n), np.float32)
-        yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-        self.yy, self.xx = yy, xx
-        cx, cy = params.source_x * (n - 1), n - 1 - max(2.0, n / 16)
-        r = params.source_radius
+        self.density, self.vx, self.vy = np.zeros((3, n, n), np.float32)
+        self.yy, self.xx = yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+        cx, cy, r = params.source_x * (n - 1), n - 1 - max(2.0, n / 16), params.source_radius
         self.source = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)).astype(np.float32)
         self.t = 0
-
-    def _project(self) -> None:
-        # Solve lap(p) = div(v) by Jacobi iterations (Neumann boundary: the padding copies the edge), then
-        # subtract grad(p) so that the velocity is (approximately) divergence free.
-        vx, vy = self.vx, self.vy
-        div = np.zeros_like(vx)
-        div[1:-1, 1:-1] = 0.5 * (vx[1:-1, 2:] - vx[1:-1, :-2] + vy[2:, 1:-1] - vy[:-2, 1:-1])
-        q = np.zeros((self.n + 2, self.n + 2), np.float32)
-        for _ in range(self.iters):
-            q[1:-1, 1:-1] = (q[1:-1, 2:] + q[1:-1, :-2] + q[2:, 1:-1] + q[:-2, 1:-1] - div) * 0.25
-            q[0], q[-1], q[:, 0], q[:, -1] = q[1], q[-2], q[:, 1], q[:, -2]
-        self.vx = vx - 0.5 * (q[1:-1, 2:] - q[1:-1, :-2])
-        self.vy = vy - 0.5 * (q[2:, 1:-1] - q[:-2, 1:-1])
 
     def step(self) -> np.ndarray:
         """Advance one time step; returns the density field (values in [0, ~1])."""
@@ -101,10 +65,19 @@ class SmokeSolver:
         self.vy -= dt * p.buoyancy * scale * self.density
         self.vx += dt * (p.wind * scale * self.density + p.swirl * scale * np.sin(self.yy * 6.0 / n + w))
         self.vy += dt * p.swirl * scale * 0.5 * np.sin(self.xx * 5.0 / n - w)
-        # Advect velocity along itself, project, advect density.
+        # Advect velocity along itself, then project it: solve lap(p) = div(v) by Jacobi iterations (Neumann
+        # boundary: the padding copies the edge) and subtract grad(p), so that it is (nearly) divergence free.
         by, bx = self.yy - dt * self.vy, self.xx - dt * self.vx
-        self.vx, self.vy = 0.995 * _bilinear(np.stack([self.vx, self.vy]), by, bx)
-        self._project()
+        vx, vy = 0.995 * _bilinear(np.stack([self.vx, self.vy]), by, bx)
+        div = np.zeros_like(vx)
+        div[1:-1, 1:-1] = 0.5 * (vx[1:-1, 2:] - vx[1:-1, :-2] + vy[2:, 1:-1] - vy[:-2, 1:-1])
+        q = np.zeros((self.n + 2, self.n + 2), np.float32)
+        for _ in range(self.iters):
+            q[1:-1, 1:-1] = (q[1:-1, 2:] + q[1:-1, :-2] + q[2:, 1:-1] + q[:-2, 1:-1] - div) * 0.25
+            q[0], q[-1], q[:, 0], q[:, -1] = q[1], q[-2], q[:, 1], q[:, -2]
+        self.vx = vx - 0.5 * (q[1:-1, 2:] - q[1:-1, :-2])
+        self.vy = vy - 0.5 * (q[2:, 1:-1] - q[:-2, 1:-1])
+        # Advect density along the projected velocity.
         by, bx = self.yy - dt * self.vy, self.xx - dt * self.vx
         self.density = 0.995 * _bilinear(self.density[None], by, bx)[0]
         # Closed box: no flow through the walls.
@@ -131,8 +104,7 @@ def _smoke_params(rng: np.random.Generator, n: int) -> SmokeParams:
 
 def _render(density: np.ndarray, channels: int, tint: np.ndarray) -> np.ndarray:
     """Composite smoke over a dark vertical-gradient background; returns ``(C, H, W)`` in [-1, 1]."""
-    a = np.clip(density, 0.0, 1.0)[None]
-    n = density.shape[0]
+    a, n = np.clip(density, 0.0, 1.0)[None], density.shape[0]
     if channels == 1:
         bg = np.linspace(0.05, 0.2, n, dtype=np.float32)[None, :, None] * np.ones((1, 1, n), np.float32)
         img = bg * (1 - a) + 0.95 * a
@@ -157,61 +129,25 @@ def source_class_names(bins: int) -> list[str]:
     return [f"source x {a:.2f}-{b:.2f}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def _item_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, index, 4])
-
-
 def simulate_smoke(
     resolution: int, steps: int, seed: int = 0, index: int = 0, every: int = 1, warmup: int = 0
 ) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
     """Run one plume and return ``(densities (T, H, W), params, tint (3,))``, ``T = steps``: one frame every
     ``every`` solver steps after ``warmup`` steps."""
-    rng = _item_rng(seed, index)
+    rng = np.random.default_rng([seed, index, 4])
     params = _smoke_params(rng, resolution)
     tint = rng.uniform(0.75, 1.0, 3).astype(np.float32)
     solver = SmokeSolver(resolution, params)
-    for _ in range(warmup):
-        solver.step()
-    frames = []
-    for _ in range(steps):
-        for _ in range(every):
-            d = solver.step()
-        frames.append(d.copy())
-    return np.stack(frames), params, tint
+    densities = [solver.step().copy() for _ in range(warmup + steps * every)]
+    return np.stack(densities[warmup + every - 1 :: every]), params, tint
 
 
-class SmokePlume(Dataset):
-    """Procedural smoke images with masks, for seed 004's masked reconstruction loss.
+class _Smoke(Dataset):
+    """Item ``i`` simulates its own plume (drawn from ``(seed, i)``) as ``{"image": (C, T, H, W) in [-1, 1],
+    "mask": (1, T, H, W), "label": ()}``: the mask is ``density > threshold``, the label ``source_class``."""
 
-    Item ``i`` simulates its own plume (parameters and length drawn from ``(seed, i)``), so the dataset is
-    deterministic and needs no storage. Returns ``{"image": (C, H, W) in [-1, 1], "mask": (1, H, W) in {0, 1},
-    "label": ()}`` where the mask is ``density > threshold`` and the label the source-position class
-    (:func:`source_class`).
-
-    Args:
-        length: number of items.
-        resolution: side of the simulation grid and of the images.
-        channels: 1 (grayscale) or 3 (tinted smoke on a coloured background).
-        threshold: density above which a pixel belongs to the plume.
-        min_steps, max_steps: range of the number of solver steps before the snapshot (young to developed plumes).
-        seed: base seed; training and validation sets use different seeds.
-    """
-
-    def __init__(
-        self,
-        length: int = 1024,
-        resolution: int = 64,
-        channels: int = 3,
-        threshold: float = 0.1,
-        min_steps: int = 12,
-        max_steps: int = 48,
-        seed: int = 0,
-        source_bins: int = 4,
-    ):
-        self.length, self.resolution, self.channels = length, resolution, channels
-        self.threshold, self.min_steps, self.max_steps, self.seed = threshold, min_steps, max(max_steps, min_steps), seed
-        self.source_bins = source_bins
-        self.classes = source_class_names(source_bins)
+    def __post_init__(self):
+        self.classes = source_class_names(self.source_bins)
 
     def __len__(self) -> int:
         return self.length
@@ -219,56 +155,55 @@ class SmokePlume(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < self.length:
             raise IndexError(i)
-        steps = int(np.random.default_rng([self.seed, i, 5]).integers(self.min_steps, self.max_steps + 1))
-        d, params, tint = simulate_smoke(self.resolution, 1, self.seed, i, every=steps)
+        d, params, tint = self.simulate(i)
         return {
-            "image": torch.from_numpy(_render(d[0], self.channels, tint)),
-            "mask": torch.from_numpy((d[0] > self.threshold).astype(np.float32))[None],
-            "label": torch.tensor(source_class(params.source_x, self.source_bins)),
-        }
-
-
-class SmokeVideo(Dataset):
-    """Procedural smoke clips with masks: ``{"image": (C, T, H, W), "mask": (1, T, H, W), "label": ()}``.
-
-    One frame every ``frame_stride`` solver steps, after ``warmup`` steps so that the plume is visible from the
-    first frame. The label is the source-position class (:func:`source_class`, ``source_bins`` bins).
-    """
-
-    def __init__(
-        self,
-        length: int = 256,
-        resolution: int = 64,
-        frames: int = 8,
-        frame_stride: int = 2,
-        channels: int = 3,
-        threshold: float = 0.1,
-        warmup: int = 10,
-        seed: int = 0,
-        source_bins: int = 4,
-    ):
-        self.length, self.resolution, self.frames, self.stride = length, resolution, frames, frame_stride
-        self.channels, self.threshold, self.warmup, self.seed = channels, threshold, warmup, seed
-        self.source_bins = source_bins
-        self.classes = source_class_names(source_bins)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < self.length:
-            raise IndexError(i)
-        d, params, tint = simulate_smoke(self.resolution, self.frames, self.seed, i, self.stride, self.warmup)
-        video = np.stack([_render(f, self.channels, tint) for f in d], axis=1)  # (C, T, H, W)
-        return {
-            "image": torch.from_numpy(video),
+            "image": torch.from_numpy(np.stack([_render(f, self.channels, tint) for f in d], axis=1)),
             "mask": torch.from_numpy((d > self.threshold).astype(np.float32))[None],
             "label": torch.tensor(source_class(params.source_x, self.source_bins)),
         }
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Moving digits (Moving-MNIST style) from scikit-learn's 8x8 digits.
+@dataclass(eq=False)
+class SmokePlume(_Smoke):
+    """Procedural smoke images with masks (``(C, H, W)``, ``(1, H, W)``), for seed 004's masked reconstruction
+    loss, after a number of solver steps drawn from ``[min_steps, max_steps]`` (young to developed plumes)."""
+
+    length: int = 1024
+    resolution: int = 64
+    channels: int = 3
+    threshold: float = 0.1
+    min_steps: int = 12
+    max_steps: int = 48
+    seed: int = 0
+    source_bins: int = 4
+
+    def simulate(self, i: int) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
+        rng = np.random.default_rng([self.seed, i, 5])
+        steps = int(rng.integers(self.min_steps, max(self.min_steps, self.max_steps) + 1))
+        return simulate_smoke(self.resolution, 1, self.seed, i, every=steps)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(i)
+        return {**item, "image": item["image"][:, 0], "mask": item["mask"][:, 0]}
+
+
+@dataclass(eq=False)
+class SmokeVideo(_Smoke):
+    """Procedural smoke clips with masks: one frame every ``frame_stride`` solver steps, after ``warmup``
+    steps so that the plume is visible from the first frame."""
+
+    length: int = 256
+    resolution: int = 64
+    frames: int = 8
+    frame_stride: int = 2
+    channels: int = 3
+    threshold: float = 0.1
+    warmup: int = 10
+    seed: int = 0
+    source_bins: int = 4
+
+    def simulate(self, i: int) -> tuple[np.ndarray, SmokeParams, np.ndarray]:
+        return simulate_smoke(self.resolution, self.frames, self.seed, i, self.frame_stride, self.warmup)
 
 
 @lru_cache(maxsize=1)
@@ -281,51 +216,35 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _upsample(img: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of an 8x8 digit to ``size x size`` (no PIL round trip: keeps float precision)."""
-    n = img.shape[0]
-    c = (np.arange(size, dtype=np.float32) + 0.5) * n / size - 0.5
+    c = (np.arange(size, dtype=np.float32) + 0.5) * img.shape[0] / size - 0.5
     yy, xx = np.meshgrid(c, c, indexing="ij")
     padded = np.pad(img, 1)  # zero border so that the digit fades out at its edges
     return _bilinear(padded[None], yy + 1, xx + 1)[0]
 
 
+@dataclass(eq=False)
 class MovingDigits(Dataset):
     """Moving-MNIST-style clips: ``num_digits`` handwritten digits (scikit-learn's ``load_digits``, upsampled)
     moving at constant speed and bouncing off the frame's edges, drawn with ``max`` blending on black.
+    Items ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}`` (label: ``class_of``),
+    or with ``frames_as_images`` frame ``i % frames`` of clip ``i // frames`` as ``(C, H, W)``. ``max_speed``
+    is in pixels per frame; with 3 ``channels`` the digits get a random colour per clip."""
 
-    Returns ``{"image": (C, T, H, W) in [-1, 1], "label": (), "digits": (num_digits,)}``: ``digits`` are the digits
-    in drawing order, ``label`` the clip's class (:meth:`class_of`: the digit itself for one digit, else the digits
-    sorted and read as one number, so that a class names the set of digits shown). With ``frames_as_images`` every
-    frame is an item of its own, ``(C, H, W)`` (index ``i`` is frame ``i % frames`` of clip ``i // frames``).
+    length: int = 1024
+    resolution: int = 32
+    frames: int = 8
+    num_digits: int = 2
+    digit_size: int | None = None
+    max_speed: float = 2.0
+    channels: int = 1
+    frames_as_images: bool = False
+    seed: int = 0
 
-    Args:
-        length: number of clips.
-        resolution: frame side.
-        frames: frames per clip.
-        num_digits: digits per clip.
-        digit_size: side of a digit in pixels (default ``resolution // 2``).
-        max_speed: pixels per frame.
-        channels: 1, or 3 (the digits get a random colour per clip).
-        seed: base seed.
-    """
-
-    def __init__(
-        self,
-        length: int = 1024,
-        resolution: int = 32,
-        frames: int = 8,
-        num_digits: int = 2,
-        digit_size: int | None = None,
-        max_speed: float = 2.0,
-        channels: int = 1,
-        frames_as_images: bool = False,
-        seed: int = 0,
-    ):
-        self.length, self.resolution, self.frames, self.num_digits = length, resolution, frames, num_digits
-        self.digit_size = digit_size or max(8, resolution // 2)
-        if self.digit_size > resolution:
-            raise ValueError(f"digit_size={self.digit_size} is larger than the frame ({resolution})")
-        self.max_speed, self.channels, self.frames_as_images, self.seed = max_speed, channels, frames_as_images, seed
-        self.classes = [f"{k:0{num_digits}d}" for k in range(10**num_digits)]
+    def __post_init__(self):
+        self.digit_size = self.digit_size or max(8, self.resolution // 2)
+        if self.digit_size > self.resolution:
+            raise ValueError(f"digit_size={self.digit_size} is larger than the frame ({self.resolution})")
+        self.classes = [f"{k:0{self.num_digits}d}" for k in range(10**self.num_digits)]
 
     @staticmethod
     def class_of(digits: np.ndarray) -> int:
@@ -335,10 +254,11 @@ class MovingDigits(Dataset):
     def __len__(self) -> int:
         return self.length * self.frames if self.frames_as_images else self.length
 
-    def clip(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Clip ``i`` as ``(C, T, H, W)`` float32 in [0, 1] and its digit labels."""
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         images, targets = _digits()
-        rng = np.random.default_rng([self.seed, i, 7])
+        rng = np.random.default_rng([self.seed, i // self.frames if self.frames_as_images else i, 7])
         s, n, t = self.digit_size, self.resolution, self.frames
         video = np.zeros((t, n, n), np.float32)
         picks = rng.integers(0, len(images), self.num_digits)
@@ -351,24 +271,14 @@ class MovingDigits(Dataset):
                 y, x = np.round(pos).astype(int)
                 video[f, y : y + s, x : x + s] = np.maximum(video[f, y : y + s, x : x + s], glyph)
                 pos = pos + vel
-                for d in range(2):  # bounce
-                    if pos[d] < 0 or pos[d] > n - s:
-                        vel[d] = -vel[d]
-                        pos[d] = np.clip(pos[d], 0, n - s)
-        video = np.clip(video, 0.0, 1.0)[None]
+                vel = np.where((pos < 0) | (pos > n - s), -vel, vel)  # bounce off the edges
+                pos = np.clip(pos, 0, n - s)
+        video = np.clip(video, 0.0, 1.0)[None]  # (C, T, H, W) in [0, 1]
         if self.channels == 3:
-            colour = rng.uniform(0.5, 1.0, 3).astype(np.float32)
-            video = video * colour[:, None, None, None]
-        return video, targets[picks]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+            video = video * rng.uniform(0.5, 1.0, 3).astype(np.float32)[:, None, None, None]
         if self.frames_as_images:
-            video, labels = self.clip(i // self.frames)
             video = video[:, i % self.frames]
-        else:
-            video, labels = self.clip(i)
+        labels = targets[picks]
         return {
             "image": torch.from_numpy(video * 2.0 - 1.0),
             "label": torch.tensor(self.class_of(labels)),

@@ -9,10 +9,8 @@ from PIL import Image
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL mode (RGBA, CMYK, P, I;16, LA, ...) to ``RGB`` (3 channels) or ``L`` (1 channel).
-
-    16-bit images are rescaled to 8 bits rather than clipped.
-    """
+    """Convert any PIL mode (RGBA, CMYK, P, I;16, LA, ...) to ``RGB`` (3 channels) or ``L`` (1 channel):
+    16-bit images are rescaled to 8 bits rather than clipped, transparency is composited over white."""
     if img.mode == "I" or img.mode.startswith("I;16"):  # I;16, I;16B, I;16L, I;16N and 32-bit integers
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -21,50 +19,39 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         finite = np.isfinite(arr)
         lo, hi = (arr[finite].min(), arr[finite].max()) if finite.any() else (0.0, 0.0)
-        arr = np.where(finite, arr, lo)
-        arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        arr = (np.where(finite, arr, lo) - lo) / max(hi - lo, 1e-12) * 255.0
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
     return img.convert("RGB" if channels == 3 else "L")
 
 
 def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
     """``(C, H, W)`` float tensor in [-1, 1] from a uint8 PIL image or HxW(xC) array."""
-    arr = np.array(img)  # a writable copy: PIL's buffer is read-only
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
-    return t / 127.5 - 1.0
+    arr = np.array(img)  # a writable, contiguous copy: PIL's buffer is read-only
+    return torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     """Resize so that the shorter side is ``size`` (bicubic with antialiasing, as PIL does when reducing)."""
-    w, h = img.size
-    if min(w, h) == size:
+    if (scale := size / min(img.size)) == 1:
         return img
-    scale = size / min(w, h)
-    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    return img.resize(tuple(max(size, round(n * scale)) for n in img.size), Image.BICUBIC)
 
 
 def crop(img: Image.Image, size: int, random: bool, generator: torch.Generator | None = None) -> Image.Image:
     """Square crop of side ``size``: random (with ``generator``) or centred."""
     w, h = img.size
     if random:
-        x = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-        y = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+        x, y = (int(torch.randint(0, n - size + 1, (1,), generator=generator)) for n in (w, h))
     else:
         x, y = (w - size) // 2, (h - size) // 2
     return img.crop((x, y, x + size, y + size))
 
 
 def rotate_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
-    """An RGB image in [-1, 1] with its hue rotated by ``shift`` turns of the colour circle (0.5: opposite hues).
-
-    torchvision's ``adjust_hue`` (HSV rotation, lightness and saturation kept) on the image mapped to [0, 1]; its
-    factor is limited to [-0.5, 0.5], so ``shift`` is wrapped into that range first (0.75 turns = -0.25)."""
+    """An RGB image in [-1, 1] with its hue rotated by ``shift`` turns of the colour circle (0.5: opposite
+    hues), by torchvision's ``adjust_hue``, whose factor is limited to [-0.5, 0.5] (``shift`` is wrapped)."""
     from torchvision.transforms.v2.functional import adjust_hue
 
     shift = (shift + 0.5) % 1.0 - 0.5
@@ -72,12 +59,9 @@ def rotate_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def jitter_colour(x: torch.Tensor, hue: float, saturation: float, generator: torch.Generator) -> torch.Tensor:
-    """Training augmentation: rotate the hue of an RGB image in [-1, 1] by a uniform random shift in
-    ``[-hue, hue]`` turns and scale its saturation by a uniform random factor in ``[1 - saturation, 1 + saturation]``,
-    drawn from ``generator`` (so that a crop is a function of its seed). Grey images are returned unchanged.
-
-    torchvision's ``ColorJitter`` does the same with the global random state; drawing from ``generator`` keeps
-    the built-in crops reproducible whatever the worker layout (see :class:`~vqgan.data.builtin.BuiltinPhotos`)."""
+    """Rotate the hue of an RGB image in [-1, 1] by a uniform random shift in ``[-hue, hue]`` turns and scale
+    its saturation by a uniform random factor in ``[1 - saturation, 1 + saturation]``; grey images are kept.
+    Unlike torchvision's ``ColorJitter``, draws from ``generator``: the same crops whatever the workers."""
     from torchvision.transforms.v2.functional import adjust_saturation
 
     if x.shape[0] != 3 or (hue <= 0 and saturation <= 0):

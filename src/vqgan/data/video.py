@@ -1,19 +1,7 @@
-"""Video datasets: UCF101 in its official layout and any folder of videos, decoded with PyAV.
-
-UCF101 (Soomro et al. 2012, https://www.crcv.ucf.edu/data/UCF101.php) ships as ``UCF-101/<Class>/v_*.avi`` plus
-``ucfTrainTestlist/`` with ``classInd.txt`` ("1 ApplyEyeMakeup"), ``trainlist0N.txt`` ("Class/v_....avi 1") and
-``testlist0N.txt`` ("Class/v_....avi") for the three official splits. Items are clips
-``{"image": (C, T, H, W) in [-1, 1], "label": class index}``; the same spatial crop and flip apply to every frame.
-
-Clip sampling: ``frames`` frames, ``frame_stride`` apart at ``fps`` (``None``: the file's own rate), starting at a
-random offset (training) or at evenly spread offsets (``uniform``: one centred clip, or ``clips_per_video`` of
-them). Seed 000's options are wrappers around a clip dataset: :class:`FramesAsImages` (every frame is an image),
-:class:`Patches` (tiles of frames) and :class:`VideoChunks` (load ``videos_per_chunk`` videos into memory and
-train ``epochs_per_chunk`` passes on them before moving on, for machines that can't hold the whole set).
-
-A video that can't be opened or decoded (truncated, corrupt, no video stream) comes back as ``None``:
-:func:`~vqgan.data.images.collate_skip` drops it and counts it, and a warning names the file.
-"""
+"""Video datasets, decoded with PyAV: any folder of videos, and UCF101 (Soomro et al. 2012) as it ships:
+``UCF-101/<Class>/v_*.avi`` plus ``ucfTrainTestlist/`` with ``classInd.txt`` ("1 ApplyEyeMakeup"),
+``trainlist0N.txt`` ("Class/v_....avi 1") and ``testlist0N.txt`` ("Class/v_....avi") for the three splits.
+A video that can't be decoded comes back as ``None`` with a warning; ``collate_skip`` drops and counts it."""
 
 from __future__ import annotations
 
@@ -28,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from vqgan.data.images import EmptyDatasetError
+from vqgan.data.images import EmptyDatasetError, find_files
 
 log = logging.getLogger(__name__)
 
@@ -47,97 +35,62 @@ class VideoRecord:
     label: int = -1
 
 
-# -- listing ----------------------------------------------------------------------------------------------------
 def list_videos(root: str | Path) -> list[VideoRecord]:
     """Videos under ``root`` (recursive, sorted). The label is the index of the first-level sub-folder (sorted),
     or ``-1`` for videos directly in ``root``."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise EmptyDatasetError(f"video folder {root} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-    if not files:
-        raise EmptyDatasetError(f"no videos under {root} (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    files = find_files(root, VIDEO_EXTENSIONS, "video")
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     index = {c: i for i, c in enumerate(classes)}
     return [VideoRecord(p, index.get(p.relative_to(root).parts[0], -1) if p.parent != root else -1) for p in files]
 
 
-def _find_annotations(root: Path) -> Path:
-    for cand in (root, root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist"):
-        if (cand / "classInd.txt").is_file():
-            return cand
-    raise EmptyDatasetError(
-        f"no classInd.txt found in {root}, {root / 'ucfTrainTestlist'} or {root.parent / 'ucfTrainTestlist'}: "
-        "unpack UCF101TrainTestSplits-RecognitionTask.zip next to the videos"
-    )
-
-
 def ucf101_records(
     root: str | Path, split: int = 1, train: bool = True, annotations: str | Path | None = None
 ) -> tuple[list[VideoRecord], list[str]]:
-    """The videos of one official UCF101 split and the class names.
-
-    Args:
-        root: the ``UCF-101`` folder (class folders of ``.avi``).
-        split: 1, 2 or 3 (``trainlist0N.txt`` / ``testlist0N.txt``).
-        train: the training list, else the test list.
-        annotations: folder with ``classInd.txt`` and the lists (default: searched next to ``root``).
-
-    Videos listed but missing on disk are left out with one warning (partial downloads).
-    """
+    """The videos of UCF101 split 1, 2 or 3 (training or test list) under the ``UCF-101`` folder ``root``, and
+    the class names; videos listed but missing on disk (partial downloads) are left out with one warning."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise EmptyDatasetError(f"UCF101 folder {root} does not exist")
-    ann = Path(annotations) if annotations else _find_annotations(root)
-    classes: dict[str, int] = {}
-    for line in (ann / "classInd.txt").read_text().splitlines():
-        if line.strip():
-            num, name = line.split()
-            classes[name] = int(num) - 1  # classInd is 1-based; labels are 0-based
+    places = [root, root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist"]
+    places = [Path(annotations)] if annotations else places
+    if (ann := next((p for p in places if (p / "classInd.txt").is_file()), None)) is None:
+        raise EmptyDatasetError(
+            f"no classInd.txt found in {' or '.join(map(str, places))}: "
+            "unpack UCF101TrainTestSplits-RecognitionTask.zip next to the videos"
+        )
+    rows = [line.split() for line in (ann / "classInd.txt").read_text().splitlines() if line.strip()]
+    classes = {name: int(num) - 1 for num, name in rows}  # classInd is 1-based; labels are 0-based
     lst = ann / f"{'train' if train else 'test'}list{split:02d}.txt"
     if not lst.is_file():
         raise EmptyDatasetError(f"split file {lst} not found (UCF101 has splits 1, 2 and 3)")
-    records, missing = [], 0
-    for line in lst.read_text().splitlines():
-        if not line.strip():
-            continue
-        rel = line.split()[0].replace("\\", "/")
-        cls = rel.split("/")[0]
-        if cls not in classes:
-            raise EmptyDatasetError(f"{lst}: class {cls!r} of {rel} is not in classInd.txt")
-        path = root / rel
-        if not path.is_file():
-            missing += 1
-            continue
-        records.append(VideoRecord(path, classes[cls]))
-    if missing:
-        log.warning("%d videos listed in %s are missing under %s", missing, lst.name, root)
-    names = [n for n, _ in sorted(classes.items(), key=lambda kv: kv[1])]
-    return records, names
+    listed = [line.split()[0].replace("\\", "/") for line in lst.read_text().splitlines() if line.strip()]
+    for rel in listed:
+        if rel.split("/")[0] not in classes:
+            raise EmptyDatasetError(f"{lst}: class {rel.split('/')[0]!r} of {rel} is not in classInd.txt")
+    records = [VideoRecord(root / r, classes[r.split("/")[0]]) for r in listed if (root / r).is_file()]
+    if len(records) < len(listed):
+        log.warning("%d videos listed in %s are missing under %s", len(listed) - len(records), lst.name, root)
+    return records, sorted(classes, key=classes.get)
 
 
-# -- decoding ---------------------------------------------------------------------------------------------------
 def video_info(path: str | Path) -> tuple[float, int]:
     """``(fps, number of frames)`` from the container header (the count may be 0 when the header lacks it)."""
     import av
 
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        fps = float(s.average_rate or s.guessed_rate or 25)
-        return fps, int(s.frames or 0)
+        return float(s.average_rate or s.guessed_rate or 25), int(s.frames or 0)
 
 
 def decode_frames(path: str | Path, indices: list[int] | None = None) -> tuple[np.ndarray, float]:
-    """Decode frames (``(T, H, W, 3)`` uint8 RGB) and the video's frame rate.
-
-    ``indices`` (sorted or not) selects frames by decode order; decoding stops after the last one needed. Indices
-    past the end of a short (or truncated) video repeat its last frame. Raises :class:`VideoDecodeError`.
-    """
+    """Decode frames (``(T, H, W, 3)`` uint8 RGB), all or ``indices`` (in decode order, stopping after the
+    last one needed), and the video's frame rate. Raises :class:`VideoDecodeError`."""
     import av
 
-    want = None if indices is None else sorted(set(indices))
+    wanted, stop = (None, None) if indices is None else (set(indices), max(indices))
     frames: dict[int, np.ndarray] = {}
-    last: np.ndarray | None = None
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
@@ -145,41 +98,31 @@ def decode_frames(path: str | Path, indices: list[int] | None = None) -> tuple[n
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             fps = float(s.average_rate or s.guessed_rate or 25)
-            stop = None if want is None else want[-1]
-            wanted = None if want is None else set(want)
-            try:
-                for i, frame in enumerate(c.decode(s)):
-                    if wanted is None or i in wanted:
-                        last = frame.to_ndarray(format="rgb24")
-                        frames[i] = last
-                    if stop is not None and i >= stop:
-                        break
-            except av.error.FFmpegError as e:  # truncated stream: keep what was decoded
-                if not frames:
-                    raise VideoDecodeError(f"{path}: {e}") from None
-                log.warning("%s: decoding stopped early (%s); using the %d frames read", path, e, len(frames))
-    except av.error.FFmpegError as e:
-        raise VideoDecodeError(f"{path}: {e}") from None
+            for i, frame in enumerate(c.decode(s)):
+                if wanted is None or i in wanted:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if stop is not None and i >= stop:
+                    break
+    except av.error.FFmpegError as e:  # unreadable, or a truncated stream: keep what was decoded
+        if not frames:
+            raise VideoDecodeError(f"{path}: {e}") from None
+        log.warning("%s: decoding stopped early (%s); using the %d frames read", path, e, len(frames))
     if not frames:
         raise VideoDecodeError(f"{path}: no decodable frames")
-    if indices is None:
-        return np.stack([frames[i] for i in sorted(frames)]), fps
-    # A frame past the end of the stream (short or truncated video) repeats the last frame decoded before it.
     got = sorted(frames)
-    out = [frames[max((k for k in got if k <= i), default=got[0])] for i in indices]
-    return np.stack(out), fps
+    if indices is None:
+        return np.stack([frames[i] for i in got]), fps
+    # A frame past the end of the stream (short or truncated video) repeats the last frame decoded before it.
+    return np.stack([frames[max((k for k in got if k <= i), default=got[0])] for i in indices]), fps
 
 
 def clip_indices(
     num_frames: int, src_fps: float, frames: int, stride: int, fps: float | None, offset: float
 ) -> list[int]:
     """Decode-order indices of one clip: ``frames`` samples ``stride`` target frames apart at ``fps``, starting at
-    ``offset`` in [0, 1] of the free range (0: start, 0.5: centred, 1: end). Short videos give a clip whose tail
-    repeats the last frame (handled by :func:`decode_frames`)."""
+    ``offset`` in [0, 1] of the free range (0: start, 0.5: centred, 1: end; past the end: the last frame)."""
     step = stride * (src_fps / fps if fps else 1.0)  # source frames between two clip frames
-    span = step * (frames - 1)
-    free = max(num_frames - 1 - span, 0.0)
-    start = offset * free
+    start = offset * max(num_frames - 1 - step * (frames - 1), 0.0)
     return [int(round(start + k * step)) for k in range(frames)]
 
 
@@ -192,16 +135,13 @@ def prepare_clip(
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
     if channels == 1:  # ITU-R 601 luma, as PIL's "L" mode
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    h, w = x.shape[-2:]
     target = max(resize or resolution, resolution)
-    if min(h, w) != target:
-        scale = target / min(h, w)
-        size = (max(target, round(h * scale)), max(target, round(w * scale)))
+    if (scale := target / min(x.shape[-2:])) != 1:
+        size = [max(target, round(n * scale)) for n in x.shape[-2:]]
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     h, w = x.shape[-2:]
     if random_crop:
-        top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
+        top, left = (int(torch.randint(0, n - resolution + 1, (1,), generator=generator)) for n in (h, w))
     else:
         top, left = (h - resolution) // 2, (w - resolution) // 2
     x = x[..., top : top + resolution, left : left + resolution]
@@ -210,53 +150,40 @@ def prepare_clip(
     return (x.clamp(0, 255) / 127.5 - 1.0).permute(1, 0, 2, 3).contiguous()
 
 
-# -- datasets ---------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
 class VideoClips(Dataset):
-    """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}`` (``None`` for unreadable videos).
-
-    Args:
-        records: the videos (see :func:`list_videos`, :func:`ucf101_records`).
-        resolution: output side; resize: shorter side before cropping (default ``resolution``).
-        frames, frame_stride, fps: clip length, spacing (in target frames) and target frame rate (``None``: the
-            file's own).
-        clip_offset: ``random`` (a new offset every time) or ``uniform`` (``clips_per_video`` evenly spread,
-            deterministic clips; 1 gives the centred clip).
-        random_crop, flip: spatial augmentation (one draw per clip).
-        classes: names of the labels (UCF101: ``classInd.txt``'s order), written into token folders by
-            ``vqgan encode`` so that priors can be asked for a class by name.
+    """Clips of a list of videos as ``{"image": (C, T, H, W), "label": int}``, ``None`` for unreadable ones:
+    ``frames`` frames ``frame_stride`` apart at ``fps`` (``None``: the file's own rate), from a random offset
+    (``clip_offset="random"``) or ``clips_per_video`` evenly spread ones (``uniform``; 1: the centred clip),
+    shorter side resized to ``resize`` (default ``resolution``). ``classes`` names the labels (token folders).
     """
 
-    def __init__(
-        self,
-        records: list[VideoRecord],
-        resolution: int,
-        frames: int = 8,
-        frame_stride: int = 1,
-        fps: float | None = None,
-        clip_offset: str = "random",
-        clips_per_video: int = 1,
-        resize: int | None = None,
-        channels: int = 3,
-        random_crop: bool = False,
-        flip: bool = False,
-        classes: list[str] | None = None,
-    ):
-        if clip_offset not in ("random", "uniform"):
-            raise ValueError(f"clip_offset must be 'random' or 'uniform', not {clip_offset!r}")
-        self.records, self.resolution, self.frames, self.stride, self.fps = records, resolution, frames, frame_stride, fps
-        self.offset, self.clips_per_video = clip_offset, max(1, clips_per_video)
-        self.resize, self.channels, self.random_crop, self.flip = resize, channels, random_crop, flip
+    records: list[VideoRecord]
+    resolution: int
+    frames: int = 8
+    frame_stride: int = 1
+    fps: float | None = None
+    clip_offset: str = "random"
+    clips_per_video: int = 1
+    resize: int | None = None
+    channels: int = 3
+    random_crop: bool = False
+    flip: bool = False
+    classes: list[str] | None = None
+
+    def __post_init__(self):
+        if self.clip_offset not in ("random", "uniform"):
+            raise ValueError(f"clip_offset must be 'random' or 'uniform', not {self.clip_offset!r}")
+        self.clips_per_video, self.classes = max(1, self.clips_per_video), list(self.classes or [])
         self.skipped = 0
-        self.classes = list(classes or [])
 
     def __len__(self) -> int:
         return len(self.records) * self.clips_per_video
 
     def _offset(self, k: int) -> float:
-        if self.offset == "random":
+        if self.clip_offset == "random":
             return float(torch.rand(()))
-        n = self.clips_per_video
-        return 0.5 if n == 1 else k / (n - 1)
+        return 0.5 if self.clips_per_video == 1 else k / (self.clips_per_video - 1)
 
     def load(self, i: int) -> dict[str, torch.Tensor]:
         """Clip ``i``; raises :class:`VideoDecodeError` for an unreadable video."""
@@ -265,14 +192,13 @@ class VideoClips(Dataset):
             src_fps, n = video_info(rec.path)
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
             raise VideoDecodeError(f"{rec.path}: {e}") from None
+        every = None
         if n <= 0:  # header without a frame count: decode everything once
-            arr, src_fps = decode_frames(rec.path)
-            n = len(arr)
-            idx = clip_indices(n, src_fps, self.frames, self.stride, self.fps, self._offset(i % self.clips_per_video))
-            arr = arr[np.minimum(idx, n - 1)]
-        else:
-            idx = clip_indices(n, src_fps, self.frames, self.stride, self.fps, self._offset(i % self.clips_per_video))
-            arr, _ = decode_frames(rec.path, idx)
+            every, src_fps = decode_frames(rec.path)
+            n = len(every)
+        offset = self._offset(i % self.clips_per_video)
+        idx = clip_indices(n, src_fps, self.frames, self.frame_stride, self.fps, offset)
+        arr = decode_frames(rec.path, idx)[0] if every is None else every[np.minimum(idx, n - 1)]
         clip = prepare_clip(arr, self.resolution, self.resize, self.channels, self.random_crop, self.flip)
         return {"image": clip, "label": torch.tensor(rec.label)}
 
@@ -287,35 +213,28 @@ class VideoClips(Dataset):
 
 def explode(item: dict[str, torch.Tensor], frames_as_images: bool, patch_size: int | None) -> list[dict[str, torch.Tensor]]:
     """Split one clip item into frames (``(C, H, W)`` each) and/or ``patch_size`` tiles, row-major."""
-    x = item["image"]
-    extra = {k: v for k, v in item.items() if k not in ("image", "mask")}
-    xs = list(x.unbind(1)) if frames_as_images else [x]
-    ms = list(item["mask"].unbind(1)) if frames_as_images and "mask" in item else [item.get("mask")] * len(xs)
-    out = []
-    for img, m in zip(xs, ms, strict=True):
-        tiles = [(img, m)]
-        if patch_size:
-            h, w = img.shape[-2:]
-            tiles = [
-                (img[..., r : r + patch_size, c : c + patch_size], None if m is None else m[..., r : r + patch_size, c : c + patch_size])
-                for r in range(0, h - patch_size + 1, patch_size)
-                for c in range(0, w - patch_size + 1, patch_size)
-            ]
-        for t, tm in tiles:
-            out.append({"image": t.contiguous(), **({} if tm is None else {"mask": tm.contiguous()}), **extra})
-    return out
+    keys = [k for k in ("image", "mask") if k in item]
+    extra = {k: v for k, v in item.items() if k not in keys}
+    views = [item]
+    if frames_as_images:
+        views = [{k: item[k][:, f] for k in keys} for f in range(item["image"].shape[1])]
+    h, w = item["image"].shape[-2:]
+    ph, pw = (patch_size, patch_size) if patch_size else (h, w)
+    return [
+        {**{k: view[k][..., r : r + ph, c : c + pw].contiguous() for k in keys}, **extra}
+        for view in views
+        for r in range(0, h - ph + 1, ph)
+        for c in range(0, w - pw + 1, pw)
+    ]
 
 
 class Exploded(Dataset):
-    """Map-style view of a clip dataset where every frame and/or tile is an item (seed 000's "frames as images"
-    and "patch-based processing"). Item ``i`` is piece ``i % n`` of clip ``i // n``; the last few decoded clips
-    are cached because neighbouring indices share a clip. A shuffled loader decodes a clip per item: prefer
-    :class:`VideoChunks` for long runs."""
+    """Clips split into frames and/or tiles (seed 000's "frames as images", "patch-based processing"): item
+    ``i`` is piece ``i % n`` of clip ``i // n``, recent clips cached (for long runs :class:`VideoChunks`)."""
 
     def __init__(self, clips: Dataset, pieces_per_clip: int, frames_as_images: bool, patch_size: int | None, cache: int = 8):
         self.clips, self.n, self.frames_as_images, self.patch_size = clips, pieces_per_clip, frames_as_images, patch_size
-        self.cache: OrderedDict[int, list | None] = OrderedDict()
-        self.cache_size = cache
+        self.cache, self.cache_size = OrderedDict(), cache
         self.classes = list(getattr(clips, "classes", []))
 
     def __len__(self) -> int:
@@ -328,21 +247,13 @@ class Exploded(Dataset):
             self.cache[c] = None if item is None else explode(item, self.frames_as_images, self.patch_size)
             if len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
-        pieces = self.cache[c]
-        return None if pieces is None else pieces[i % self.n]
+        return None if (pieces := self.cache[c]) is None else pieces[i % self.n]
 
 
 class VideoChunks(IterableDataset):
-    """Seed 000's chunked training: load ``videos_per_chunk`` clips (exploded into frames/tiles) into memory,
-    yield them in a shuffled order ``epochs_per_chunk`` times, then load the next chunk. One iteration visits
-    every chunk once. Unreadable clips are yielded as ``None`` once (so that they are counted) and dropped.
-    Chunks are split between data-loader workers.
-
-    With ``gan_epochs_per_chunk > 0`` (seed 000: ``epochs_per_batch`` 10 reconstruction passes, then
-    ``gan_epochs_per_batch`` 5 GAN passes per chunk) every item carries ``gan`` (whether its pass is a GAN pass) and
-    ``chunk_pass`` (the pass's index within its chunk); the training module runs the discriminator on a batch only
-    when all of its items come from GAN passes.
-    """
+    """Seed 000's chunked training: hold ``videos_per_chunk`` clips (in frames/tiles) in memory, yield them
+    shuffled ``epochs_per_chunk`` times, then the next chunk; an unreadable clip is yielded once as ``None``.
+    With ``gan_epochs_per_chunk`` (seed 000: 10, then 5 GAN passes) items carry ``gan`` and ``chunk_pass``."""
 
     def __init__(
         self, clips: Dataset, videos_per_chunk: int, epochs_per_chunk: int = 1, frames_as_images: bool = False,
@@ -359,23 +270,16 @@ class VideoChunks(IterableDataset):
         """Items in one iteration (exact unless some videos are unreadable)."""
         return len(self.clips) * self.pieces * (self.epochs + self.gan_epochs)
 
-    @property
-    def num_chunks(self) -> int:
-        return math.ceil(len(self.clips) / self.per_chunk)
-
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + 7919 * self.iteration)
         self.iteration += 1
         order = torch.randperm(len(self.clips), generator=g).tolist()
-        info = get_worker_info()
-        chunk_ids = range(self.num_chunks)
-        if info is not None:
-            chunk_ids = chunk_ids[info.id :: info.num_workers]
-        for c in chunk_ids:
+        info = get_worker_info()  # chunks are split between the data-loader workers
+        first, step = (info.id, info.num_workers) if info else (0, 1)
+        for c in range(first, math.ceil(len(self.clips) / self.per_chunk), step):
             pieces = []
             for v in order[c * self.per_chunk : (c + 1) * self.per_chunk]:
-                item = self.clips[v]
-                if item is None:
+                if (item := self.clips[v]) is None:
                     yield None
                 else:
                     pieces += explode(item, self.frames_as_images, self.patch_size)
