@@ -1,8 +1,9 @@
 """Quantizers behind one interface (:class:`Quantizer`, :class:`QuantizerOutput`) and a factory from config.
 
-``vq`` and ``ema``: :class:`VectorQuantizer` with a codebook learned by gradients or by moving averages (van den
-Oord et al. 2017); ``fsq``: :class:`FSQ` (Mentzer et al. 2023); ``lfq``: :class:`LFQ` (MAGVIT-v2); ``simvq``:
-:class:`SimVQ` (Zhu et al. 2024); ``residual``: :class:`ResidualQuantizer`, ``num_stages`` of ``stage_kind``.
+``vq`` and ``ema``: :class:`VectorQuantizer` with a codebook learned by gradients or by moving averages (van
+den Oord et al. 2017); ``fsq``: :class:`FSQ` (Mentzer et al. 2023); ``lfq``: :class:`LFQ` (MAGVIT-v2);
+``simvq``: :class:`SimVQ` (Zhu et al. 2024); ``residual``: :class:`ResidualQuantizer` (``num_stages`` of
+``stage_kind``).
 """
 
 from __future__ import annotations
@@ -44,24 +45,13 @@ def _build_ema(cfg: QuantizerConfig, dim: int) -> Quantizer:
     return _build_vq(cfg, dim, ema=True)
 
 
-def _commitment_only(cfg: QuantizerConfig) -> None:
-    """Quantizers without a codebook loss term refuse ``beta_on="codebook"`` instead of ignoring it."""
-    if cfg.beta_on != "commitment":
-        raise ValueError(
-            f"quantizer kind {cfg.kind!r} has no codebook loss term for beta to weight; beta_on='codebook' needs "
-            "kind vq or simvq"
-        )
-
-
 @register_quantizer("fsq")
 def _build_fsq(cfg: QuantizerConfig, dim: int) -> Quantizer:
-    _commitment_only(cfg)
     return FSQ(dim, list(cfg.levels), usage_decay=cfg.usage_decay)
 
 
 @register_quantizer("lfq")
 def _build_lfq(cfg: QuantizerConfig, dim: int) -> Quantizer:
-    _commitment_only(cfg)
     return LFQ(
         dim, cfg.codebook_size, beta=cfg.beta, sample_entropy_weight=cfg.lfq_sample_entropy_weight,
         codebook_entropy_weight=cfg.lfq_codebook_entropy_weight, temperature=cfg.entropy_temperature,
@@ -82,12 +72,17 @@ def _build_residual(cfg: QuantizerConfig, dim: int) -> Quantizer:
     if cfg.stage_kind not in QUANTIZERS or cfg.stage_kind == "residual":
         stages = sorted(set(QUANTIZERS) - {"residual"})
         raise ValueError(f"residual stage_kind {cfg.stage_kind!r} must be one of {stages}")
-    stage_cfg = dataclasses.replace(cfg, kind=cfg.stage_kind)
-    return ResidualQuantizer([QUANTIZERS[cfg.stage_kind](stage_cfg, dim) for _ in range(cfg.num_stages)])
+    return ResidualQuantizer([build_quantizer(dataclasses.replace(cfg, kind=cfg.stage_kind), dim)
+                              for _ in range(cfg.num_stages)])
 
 
 def build_quantizer(cfg: QuantizerConfig, dim: int) -> Quantizer:
     """Build the quantizer named by ``cfg.kind`` for latents with ``dim`` channels."""
+    if cfg.kind in ("fsq", "lfq") and cfg.beta_on != "commitment":  # refused rather than ignored
+        raise ValueError(
+            f"quantizer kind {cfg.kind!r} has no codebook loss term for beta to weight; beta_on='codebook' "
+            "needs kind vq or simvq"
+        )
     return QUANTIZERS[cfg.kind](cfg, dim)
 
 
@@ -96,17 +91,7 @@ def available_quantizers() -> list[str]:
 
 
 __all__ = [
-    "FSQ",
-    "LFQ",
-    "QUANTIZERS",
-    "Quantizer",
-    "QuantizerOutput",
-    "ResidualQuantizer",
-    "SimVQ",
-    "VectorQuantizer",
-    "available_quantizers",
-    "build_quantizer",
-    "kmeans",
-    "nearest_code",
+    "FSQ", "LFQ", "QUANTIZERS", "Quantizer", "QuantizerOutput", "ResidualQuantizer", "SimVQ",
+    "VectorQuantizer", "available_quantizers", "build_quantizer", "kmeans", "nearest_code",
     "register_quantizer",
 ]

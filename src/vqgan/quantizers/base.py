@@ -21,15 +21,10 @@ REPORT_DEAD_THRESHOLD = 0.01
 
 @dataclass
 class QuantizerOutput:
-    """Result of a quantizer's forward pass.
-
-    Attributes:
-        quantized: quantized latents, shape of the input, straight-through gradients (Bengio et al. 2013).
-        indices: code indices, ``(B, *spatial)`` or ``(B, *spatial, stages)``.
-        loss: scalar loss to add to the training objective (already weighted).
-        losses: unweighted (detached) components for logging, e.g. ``commitment``, ``codebook``, ``entropy``.
-        stats: detached batch statistics, e.g. ``perplexity`` and ``usage`` (fraction of codes used).
-    """
+    """Result of a quantizer's forward pass: ``quantized`` latents (shape of the input, straight-through
+    gradients, Bengio et al. 2013), ``indices`` ``(B, *spatial)`` or ``(B, *spatial, stages)``, the weighted
+    scalar ``loss`` to add to the objective, its detached unweighted ``losses`` (``commitment``, ``codebook``,
+    ...) and detached batch ``stats`` (``perplexity``, ``usage``: the fraction of codes used)."""
 
     quantized: torch.Tensor
     indices: torch.Tensor
@@ -88,41 +83,26 @@ def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
 
 
 def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate the ``(N_r, D)`` tensors of every rank in rank order; ranks may hold different ``N_r``."""
+    """Concatenate the ``(N_r, D)`` tensors of every rank in rank order; ranks may hold different ``N_r``.
+    Through the host, which does not matter: this runs once, for k-means initialisation."""
     if not distributed_ready():
         return t
-    world = dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
-    sizes_int = [int(s) for s in sizes]  # host reads: this runs once, for k-means initialisation
-    padded = t.new_zeros(max(sizes_int), *t.shape[1:])
-    padded[: t.shape[0]] = t
-    out = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded.contiguous())
-    return torch.cat([o[:s] for o, s in zip(out, sizes_int, strict=True)])
+    rows: list[torch.Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(rows, t.cpu())
+    return torch.cat(rows).to(t.device)
 
 
 class Quantizer(nn.Module):
-    """Base class: subclasses implement :meth:`forward`, :meth:`indices_to_codes` and :attr:`codebook`.
+    """Base class: subclasses implement :meth:`forward`, :meth:`indices_to_codes` and :attr:`codebook`, for
+    latents of ``dim`` channels and ``codebook_size`` codes (of one stage, for residual quantizers). Codes
+    whose running relative usage (1 = a uniform share) falls below ``dead_code_threshold`` are restarted."""
 
-    Attributes:
-        dim: channels of the latents the quantizer reads and returns.
-        codebook_size: number of codes (for residual quantizers: of one stage).
-        dead_code_threshold: running relative usage (1 = a uniform share of the hits) below which a code is
-            restarted (0: no restarts).
-        learns_codebook_by_gradient: whether :meth:`codebook_grad` returns the codebook's gradient.
-    """
-
-    codebook_size: int
-    dim: int
-    learns_codebook_by_gradient: bool = False
+    learns_codebook_by_gradient: bool = False  # whether codebook_grad() returns the codebook's gradient
 
     def __init__(self, dim: int, codebook_size: int, usage_decay: float = 0.99, dead_code_threshold: float = 0.0):
         super().__init__()
-        self.dim = dim
-        self.codebook_size = codebook_size
-        self.usage_decay = usage_decay
-        self.dead_code_threshold = dead_code_threshold
+        self.dim, self.codebook_size = dim, codebook_size
+        self.usage_decay, self.dead_code_threshold = usage_decay, dead_code_threshold
         self.register_buffer("usage_ema", torch.zeros(codebook_size))
         # Since the last pop_window(); not saved in checkpoints (diagnostics restart their window on resume).
         self.register_buffer("window_counts", torch.zeros(codebook_size), persistent=False)
@@ -172,15 +152,18 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def pop_window(self) -> dict[str, torch.Tensor]:
-        """Hits per code and number of restarts since the previous call, then reset both."""
-        out = {"counts": self.window_counts.clone(), "restarts": self.window_restarts.clone()}
-        self.window_counts.zero_()
-        self.window_restarts.zero_()
+        """Hits per code and number of restarts since the previous call (of :attr:`diagnostic_target`), then
+        reset both."""
+        q = self.diagnostic_target
+        out = {"counts": q.window_counts.clone(), "restarts": q.window_restarts.clone()}
+        q.window_counts.zero_()
+        q.window_restarts.zero_()
         return out
 
     def dead_codes(self, threshold: float | None = None) -> torch.Tensor:
-        """Mask of codes whose running relative usage is below ``threshold`` (default: the restart threshold,
-        or :data:`REPORT_DEAD_THRESHOLD` when restarts are off)."""
+        """Mask of the :attr:`diagnostic_target`'s codes whose running relative usage is below ``threshold``
+        (default: the restart threshold, or :data:`REPORT_DEAD_THRESHOLD` when restarts are off)."""
+        q = self.diagnostic_target
         if threshold is None:
-            threshold = self.dead_code_threshold if self.dead_code_threshold > 0 else REPORT_DEAD_THRESHOLD
-        return self.usage_ema < threshold
+            threshold = q.dead_code_threshold if q.dead_code_threshold > 0 else REPORT_DEAD_THRESHOLD
+        return q.usage_ema < threshold

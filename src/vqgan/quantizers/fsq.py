@@ -23,15 +23,9 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class FSQ(Quantizer):
-    """Finite scalar quantizer with ``levels[i]`` values on channel ``i``.
-
-    Args:
-        dim: channels of the latents.
-        levels: values per channel; the codebook size is their product (the paper recommends ``[8, 5, 5, 5]``
-            for about 2^10 codes and ``[8, 8, 8, 5, 5, 5]`` for about 2^16).
-        eps: margin of the bound.
-        usage_decay: decay of the running per-code usage (diagnostics only).
-    """
+    """Finite scalar quantizer with ``levels[i]`` values on channel ``i`` and ``eps`` the bound's margin. The
+    codebook size is the product of the levels (the paper recommends ``[8, 5, 5, 5]`` for about 2^10 codes
+    and ``[8, 8, 8, 5, 5, 5]`` for about 2^16)."""
 
     def __init__(self, dim: int, levels: list[int], eps: float = 1e-3, usage_decay: float = 0.99):
         if any(level < 2 for level in levels):

@@ -34,29 +34,15 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 class LFQ(Quantizer):
-    """Lookup-free quantizer with ``codebook_size = 2 ** bits`` implicit codes.
-
-    Args:
-        dim: channels of the latents; projected to ``bits`` channels when different.
-        beta: commitment weight on ``||z - sg[q]||^2``.
-        sample_entropy_weight: weight of the mean per-sample entropy (minimised).
-        codebook_entropy_weight: weight of the entropy of the mean assignment (maximised).
-        temperature: temperature ``T`` of the soft assignment.
-        codebook_scale: ``s``, the magnitude of each quantized channel.
-        exact_entropy_max_codes: largest codebook whose batch entropy is computed over all codes.
-    """
+    """Lookup-free quantizer with ``codebook_size = 2 ** bits`` implicit codes, ``codebook_scale`` in each
+    channel, for latents of ``dim`` channels (projected to ``bits`` when different). ``beta`` weights the
+    commitment ``||z - sg[q]||^2``; the per-sample entropy (minimised) and the entropy of the mean assignment
+    (maximised) have their own weights, at ``temperature`` ``T``."""
 
     def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        beta: float = 0.25,
-        sample_entropy_weight: float = 0.1,
-        codebook_entropy_weight: float = 0.1,
-        temperature: float = 0.01,
-        codebook_scale: float = 1.0,
-        exact_entropy_max_codes: int = 4096,
-        usage_decay: float = 0.99,
+        self, dim: int, codebook_size: int, beta: float = 0.25, sample_entropy_weight: float = 0.1,
+        codebook_entropy_weight: float = 0.1, temperature: float = 0.01, codebook_scale: float = 1.0,
+        exact_entropy_max_codes: int = 4096, usage_decay: float = 0.99,
     ):
         bits = int(round(math.log2(codebook_size)))
         if 2**bits != codebook_size:

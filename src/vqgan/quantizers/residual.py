@@ -44,12 +44,6 @@ class ResidualQuantizer(Quantizer):
     def codebook_grad(self) -> torch.Tensor | None:
         return self.stages[0].codebook_grad()
 
-    def pop_window(self) -> dict[str, torch.Tensor]:
-        return self.diagnostic_target.pop_window()
-
-    def dead_codes(self, threshold: float | None = None) -> torch.Tensor:
-        return self.diagnostic_target.dead_codes(threshold)
-
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         codes = [stage.indices_to_codes(indices[..., s]) for s, stage in enumerate(self.stages)]
         return sum(codes[1:], codes[0])

@@ -23,25 +23,13 @@ from vqgan.quantizers.vq import check_beta_on, lookup
 
 
 class SimVQ(Quantizer):
-    """Frozen random codebook followed by a learned linear map.
-
-    Args:
-        dim: channels of the latents (codes live in this space).
-        beta: weight of the term named by ``beta_on`` (``commitment``, the encoder term, or ``codebook``, the
-            term that trains the linear map).
-        search_chunk_size: codes per chunk of the nearest-code search.
-        seed: seed of the frozen codebook, so that it is the same on every rank without communication.
-    """
+    """Frozen random codebook followed by a learned linear map, codes of ``dim`` channels. ``beta`` weights
+    the term named by ``beta_on`` (``codebook`` is the one that trains the map); ``seed`` makes the frozen
+    codebook the same on every rank without communication."""
 
     def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        beta: float = 0.25,
-        search_chunk_size: int = 8192,
-        usage_decay: float = 0.99,
-        seed: int = 0,
-        beta_on: str = "commitment",
+        self, dim: int, codebook_size: int, beta: float = 0.25, search_chunk_size: int = 8192,
+        usage_decay: float = 0.99, seed: int = 0, beta_on: str = "commitment",
     ):
         super().__init__(dim, codebook_size, usage_decay)
         check_beta_on(beta_on)

@@ -38,10 +38,9 @@ def nearest_code(
 ) -> torch.Tensor:
     """Index of the nearest code (squared Euclidean) for every row of ``z``; ties go to the lowest index.
 
-    ``||z||^2`` does not change the argmin and is dropped. The codebook is scanned in chunks of ``chunk_size``
-    codes with a running minimum, so a 262,144-code codebook never materialises an ``N x K`` matrix. On CPU
-    the rows go in blocks whose distance matrix (about 512 KB) stays in cache (1.5x faster); on GPUs at once.
-    Distances are fp32 even under autocast: bf16 cannot tell nearby codes apart.
+    The codebook is scanned in chunks of ``chunk_size`` codes with a running minimum, so 262,144 codes never
+    materialise an ``N x K`` matrix. On CPU the rows go in blocks whose distance matrix (about 512 KB) stays
+    in cache (1.5x faster). Distances are fp32 even under autocast: bf16 cannot tell nearby codes apart.
     """
     device = z.device.type
     fp32 = device in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device)
@@ -82,17 +81,12 @@ def kmeans_plus_plus(samples: torch.Tensor, k: int, generator: torch.Generator |
 
 
 def kmeans(
-    samples: torch.Tensor,
-    k: int,
-    iters: int = 10,
-    generator: torch.Generator | None = None,
+    samples: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None,
     plus_plus_max_codes: int = 4096,
 ) -> torch.Tensor:
     """Lloyd's k-means on ``samples`` (N, D); returns ``k`` centroids. Empty clusters keep their centre.
-
-    Seeds with k-means++ up to ``plus_plus_max_codes`` centroids and with a random subset above; with fewer
-    samples than centroids, centroids are drawn with replacement and jittered.
-    """
+    Seeds with k-means++ up to ``plus_plus_max_codes`` centroids, a random subset above; with fewer samples
+    than centroids, centroids are drawn with replacement and jittered."""
     n = samples.shape[0]
     if n >= k:
         if k <= plus_plus_max_codes:
@@ -127,13 +121,9 @@ def lookup(
     flat: torch.Tensor, codebook: torch.Tensor, beta: float, beta_on: str, chunk_size: int,
     codebook_term: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Nearest codes ``q`` of the ``(N, d)`` rows ``flat``, their indices, the weighted loss and its terms.
-
-    The loss is ``codebook + beta * commitment`` (VQ-VAE eq. 3) or, with ``beta_on="codebook"``,
-    ``commitment + beta * codebook`` (taming's ``legacy=True``), where ``commitment = ||sg[e] - z||^2`` moves
-    the encoder and ``codebook = ||e - sg[z]||^2`` the codes; without ``codebook_term`` (EMA codebooks) it is
-    ``beta * commitment``.
-    """
+    """Nearest codes ``q`` of the ``(N, d)`` rows ``flat``, their indices, the weighted loss and its terms:
+    ``codebook + beta * commitment`` (VQ-VAE eq. 3), ``commitment + beta * codebook`` with
+    ``beta_on="codebook"``, ``beta * commitment`` without ``codebook_term`` (EMA codebooks)."""
     with torch.no_grad():
         indices = nearest_code(flat.detach(), codebook.detach().to(flat.dtype), chunk_size)
     q = F.embedding(indices, codebook)
@@ -148,51 +138,24 @@ def lookup(
 
 
 class VectorQuantizer(Quantizer):
-    """Nearest-neighbour vector quantizer with a ``codebook_size x codebook_dim`` codebook.
-
-    Args:
-        dim: channels of the encoder output (``embed_dim``).
-        codebook_dim: lookup dimension; when it differs from ``dim``, latents are projected by a linear map
-            before the lookup and back after it (factorized codes, ViT-VQGAN section 3.2).
-        beta: weight of the term named by ``beta_on`` (``commitment`` or ``codebook``; the other weighs 1).
-        ema: learn the codebook by exponential moving averages (with ``decay``) instead of gradients.
-        eps: Laplace smoothing of the EMA cluster sizes.
-        l2_normalize: look up on the unit sphere (cosine similarity).
-        kmeans_init: initialise from k-means (``kmeans_iters`` Lloyd iterations) on the first training batch.
-        dead_code_threshold: restart codes whose running relative usage (EMA with ``usage_decay`` of each
-            code's share of the hits, 1 for a uniform share) is below this; 0 disables restarts.
-        entropy_weight: weight of ``H(per-sample assignment) - H(average assignment)`` on soft assignments
-            (temperature ``entropy_temperature`` on squared distances).
-        search_chunk_size: codes per chunk of the nearest-code search.
-    """
+    """Nearest-neighbour vector quantizer with a ``codebook_size x codebook_dim`` codebook for latents of
+    ``dim`` channels. The other arguments are the :class:`~vqgan.config.QuantizerConfig` fields of the same
+    names; ``ema`` learns the codebook by moving averages, ``eps`` smooths the EMA cluster sizes."""
 
     def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        codebook_dim: int | None = None,
-        beta: float = 0.25,
-        ema: bool = True,
-        beta_on: str = "commitment",
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        l2_normalize: bool = False,
-        kmeans_init: bool = True,
-        kmeans_iters: int = 10,
-        dead_code_threshold: float = 0.0,
-        usage_decay: float = 0.99,
-        entropy_weight: float = 0.0,
-        entropy_temperature: float = 0.01,
-        search_chunk_size: int = 8192,
+        self, dim: int, codebook_size: int, codebook_dim: int | None = None, beta: float = 0.25,
+        ema: bool = True, beta_on: str = "commitment", decay: float = 0.99, eps: float = 1e-5,
+        l2_normalize: bool = False, kmeans_init: bool = True, kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.0, usage_decay: float = 0.99, entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.01, search_chunk_size: int = 8192,
     ):
         super().__init__(dim, codebook_size, usage_decay, dead_code_threshold)
         check_beta_on(beta_on, ema)
         self.codebook_dim = codebook_dim or dim
         self.beta, self.beta_on, self.ema, self.decay, self.eps = beta, beta_on, ema, decay, eps
-        self.l2_normalize = l2_normalize
-        self.kmeans_iters = kmeans_iters
-        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
+        self.l2_normalize, self.kmeans_iters = l2_normalize, kmeans_iters
         self.search_chunk_size = search_chunk_size
+        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
         self.learns_codebook_by_gradient = not ema
         factorized = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if factorized else nn.Identity()
