@@ -7,8 +7,6 @@ losses on detached reconstructions, so they never reach the generator.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
@@ -26,31 +24,23 @@ def non_saturating_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) 
     return 0.5 * (real + fake)
 
 
-def _non_saturating_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))
-
-
-# kind -> (generator loss, discriminator loss)
-_GAN_LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {
-    "hinge": (lambda logits_fake: -logits_fake.float().mean(), hinge_d_loss),
-    "non_saturating": (_non_saturating_g_loss, non_saturating_d_loss),
-}
-
-
-def _gan_losses(kind: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
-    if kind not in _GAN_LOSSES:
+def _check_kind(kind: str) -> None:
+    if kind not in ("hinge", "non_saturating"):
         raise ValueError(f"unknown GAN loss {kind!r}; choose hinge or non_saturating")
-    return _GAN_LOSSES[kind]
 
 
 def generator_adversarial_loss(logits_fake: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
     """The generator's side: ``-E[D(G(z))]`` for hinge (taming), ``BCE(D(G(z)), 1)`` for non-saturating."""
-    return _gan_losses(kind)[0](logits_fake)
+    _check_kind(kind)
+    if kind == "hinge":
+        return -logits_fake.float().mean()
+    return F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))
 
 
 def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
     """Discriminator loss of the chosen kind."""
-    return _gan_losses(kind)[1](logits_real, logits_fake)
+    _check_kind(kind)
+    return (hinge_d_loss if kind == "hinge" else non_saturating_d_loss)(logits_real, logits_fake)
 
 
 def adaptive_weight_from_grads(nll_grads: torch.Tensor, g_grads: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:

@@ -62,13 +62,8 @@ class VQGANLoss(nn.Module):
         return LossOutput(loss, logs)
 
     def generator_loss(
-        self,
-        inputs: torch.Tensor,
-        reconstruction: torch.Tensor,
-        vq_loss: torch.Tensor,
-        logits_fake: torch.Tensor | None,
-        disc_factor: float,
-        mask: torch.Tensor | None = None,
+        self, inputs: torch.Tensor, reconstruction: torch.Tensor, vq_loss: torch.Tensor,
+        logits_fake: torch.Tensor | None, disc_factor: float, mask: torch.Tensor | None = None,
     ) -> LossOutput:
         """Total generator loss. ``logits_fake``: the discriminator's on the (non-detached) reconstruction,
         or ``None`` when the adversarial term is off; ``disc_factor``: 0 before ``disc_start``, then ramps."""

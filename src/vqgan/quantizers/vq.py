@@ -1,14 +1,9 @@
-"""Vector quantization with a learned codebook (van den Oord et al. 2017, "Neural Discrete Representation
-Learning", https://arxiv.org/abs/1711.00937), learned by gradients of ``||e - sg[z]||^2`` (``ema=False``) or
-as the exponential moving average of the encoder outputs assigned to each code (``ema=True``, appendix A.1).
-
-``beta`` weights the encoder term ``||sg[e] - z||^2`` (eq. 3) by default; taming's ``legacy=True`` (diffusers'
-default) puts it on the codebook term, which ``beta_on="codebook"`` asks for (seed 003).
-
-Codebook health: k-means initialisation, restarts of dead codes (Dhariwal et al. 2020, "Jukebox",
-https://arxiv.org/abs/2005.00341), l2-normalised and factorized codes (Yu et al. 2021, ViT-VQGAN,
-https://arxiv.org/abs/2110.04627) and an entropy penalty. Under DDP statistics are summed over ranks and
-random choices broadcast from rank 0. The training step never reads a tensor back to the host.
+"""Vector quantization with a learned codebook (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937),
+learned by gradients (``ema=False``) or as the moving average of the encoder outputs assigned to each code
+(``ema=True``, appendix A.1). Codebook health: k-means initialisation, dead-code restarts (Dhariwal et al.
+2020, "Jukebox", https://arxiv.org/abs/2005.00341), l2-normalised and factorized codes (Yu et al. 2021,
+ViT-VQGAN, https://arxiv.org/abs/2110.04627), an entropy penalty. Under DDP statistics are summed over ranks
+and random choices broadcast from rank 0. The training step never reads a tensor back to the host.
 """
 
 from __future__ import annotations
@@ -67,33 +62,27 @@ def nearest_code(
         return out
 
 
-def kmeans_plus_plus(samples: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007); returns the ``k`` chosen row indices. The picks stay
-    on the device (``index_select``, never ``samples[i]``), so seeding on a GPU costs no synchronisation."""
-    n = samples.shape[0]
-    picks = [torch.randint(n, (1,), device=samples.device, generator=generator)]
-    d2 = (samples - samples.index_select(0, picks[0])).pow(2).sum(1)
-    for _ in range(1, k):
-        # A tiny floor keeps the distribution valid once every sample coincides with a centre.
-        picks.append(torch.multinomial(d2 + 1e-12, 1, generator=generator))
-        d2 = torch.minimum(d2, (samples - samples.index_select(0, picks[-1])).pow(2).sum(1))
-    return torch.cat(picks)
-
-
 def kmeans(
     samples: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None,
     plus_plus_max_codes: int = 4096,
 ) -> torch.Tensor:
     """Lloyd's k-means on ``samples`` (N, D); returns ``k`` centroids. Empty clusters keep their centre.
-    Seeds with k-means++ up to ``plus_plus_max_codes`` centroids, a random subset above; with fewer samples
-    than centroids, centroids are drawn with replacement and jittered."""
+
+    Seeds with k-means++ (Arthur & Vassilvitskii 2007) up to ``plus_plus_max_codes`` centroids, a random
+    subset above; with fewer samples than centroids, centroids are drawn with replacement and jittered. The
+    k-means++ picks stay on the device (``index_select``, never ``samples[i]``): no synchronisation on a GPU.
+    """
     n = samples.shape[0]
-    if n >= k:
-        if k <= plus_plus_max_codes:
-            idx = kmeans_plus_plus(samples, k, generator)
-        else:
-            idx = torch.randperm(n, device=samples.device, generator=generator)[:k]
-        centroids = samples[idx].clone()
+    if k <= min(n, plus_plus_max_codes):
+        picks = [torch.randint(n, (1,), device=samples.device, generator=generator)]
+        d2 = (samples - samples.index_select(0, picks[0])).pow(2).sum(1)
+        for _ in range(1, k):
+            # A tiny floor keeps the distribution valid once every sample coincides with a centre.
+            picks.append(torch.multinomial(d2 + 1e-12, 1, generator=generator))
+            d2 = torch.minimum(d2, (samples - samples.index_select(0, picks[-1])).pow(2).sum(1))
+        centroids = samples[torch.cat(picks)]
+    elif n >= k:
+        centroids = samples[torch.randperm(n, device=samples.device, generator=generator)[:k]]
     else:
         idx = torch.randint(n, (k,), device=samples.device, generator=generator)
         noise = torch.randn(k, samples.shape[1], device=samples.device, generator=generator)
@@ -123,7 +112,8 @@ def lookup(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Nearest codes ``q`` of the ``(N, d)`` rows ``flat``, their indices, the weighted loss and its terms:
     ``codebook + beta * commitment`` (VQ-VAE eq. 3), ``commitment + beta * codebook`` with
-    ``beta_on="codebook"``, ``beta * commitment`` without ``codebook_term`` (EMA codebooks)."""
+    ``beta_on="codebook"`` (taming's ``legacy=True``, seed 003), ``beta * commitment`` without
+    ``codebook_term`` (EMA codebooks)."""
     with torch.no_grad():
         indices = nearest_code(flat.detach(), codebook.detach().to(flat.dtype), chunk_size)
     q = F.embedding(indices, codebook)
