@@ -14,8 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-# Codes whose running relative usage is below this (1% of a uniform share) are reported as dead when a
-# quantizer has no restart threshold of its own.
+# Codes below 1% of a uniform share of the hits are reported dead when a quantizer has no restart threshold.
 REPORT_DEAD_THRESHOLD = 0.01
 
 
@@ -108,9 +107,6 @@ class Quantizer(nn.Module):
         self.register_buffer("window_counts", torch.zeros(codebook_size), persistent=False)
         self.register_buffer("window_restarts", torch.zeros(()), persistent=False)
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Code vectors for ``indices`` of shape ``(B, *spatial)``, returned as ``(B, D, *spatial)``."""
         raise NotImplementedError
@@ -152,8 +148,7 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def pop_window(self) -> dict[str, torch.Tensor]:
-        """Hits per code and number of restarts since the previous call (of :attr:`diagnostic_target`), then
-        reset both."""
+        """The :attr:`diagnostic_target`'s hits per code and restarts since the previous call; resets both."""
         q = self.diagnostic_target
         out = {"counts": q.window_counts.clone(), "restarts": q.window_restarts.clone()}
         q.window_counts.zero_()
