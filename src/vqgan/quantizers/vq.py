@@ -38,13 +38,14 @@ def nearest_code(
     in cache (1.5x faster). Distances are fp32 even under autocast: bf16 cannot tell nearby codes apart.
     """
     device = z.device.type
-    fp32 = device in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device)
-    with torch.autocast(device, enabled=False) if fp32 else nullcontext():
+    autocast_on = device in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device)
+    with torch.autocast(device, enabled=False) if autocast_on else nullcontext():
         z, codebook = z.float(), codebook.float()
         n, k = z.shape[0], codebook.shape[0]
         e_sq = codebook.pow(2).sum(1)
         if row_block is None:
-            row_block = max(1, n) if device != "cpu" else max(1, 2**17 // min(k, chunk_size))
+            # Row blocks only where they pay: on CPU, when the whole codebook fits in one chunk.
+            row_block = max(1, n if device != "cpu" or k > chunk_size else 2**17 // k)
         out = torch.empty(n, dtype=torch.long, device=z.device)
         for row in range(0, n, row_block):
             rows = z[row : row + row_block]
