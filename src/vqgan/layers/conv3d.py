@@ -1,14 +1,9 @@
-"""Causal spatio-temporal building blocks for video tokenizers (MAGVIT-v2, Yu et al. 2023, "Language Model Beats
-Diffusion: Tokenizer is Key to Visual Generation", https://arxiv.org/abs/2310.05737, section 3.2).
+"""Causal spatio-temporal blocks for video tokenizers on ``(B, C, T, H, W)`` tensors (MAGVIT-v2, Yu et al.
+2023, https://arxiv.org/abs/2310.05737, section 3.2).
 
-Causality in time: every temporal convolution is padded on the past side only (by repeating the first frame), so
-output frame ``t`` depends on input frames ``<= t``; the first frame is therefore encoded on its own, as a still
-image, which lets one tokenizer handle images (``T = 1``) and videos. Normalisation is per frame (GroupNorm over
-``C, H, W`` of each frame, never over time, which would leak the future into the past), temporal attention is
-masked causally, and temporal downsampling by ``s`` maps frames ``1 + s * k`` to latent frames ``1 + k``: latent
-frame ``j`` sees input frames ``<= j * s``.
-
-Tensors are ``(B, C, T, H, W)``.
+Output frame ``t`` depends on input frames ``<= t``: temporal convolutions are padded on the past side only,
+normalisation is per frame (over time it would leak the future), temporal attention is masked causally. The
+first frame is encoded on its own, as a still image, so one tokenizer handles images (``T = 1``) and videos.
 """
 
 from __future__ import annotations
@@ -29,20 +24,15 @@ class CausalConv3d(nn.Module):
     spatial padding is symmetric (``kernel // 2``) unless ``spatial_stride == 2``, where taming's asymmetric
     ``(0, 1)`` padding keeps the output at exactly half the input size."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel: int = 3, time_stride: int = 1, spatial_stride: int = 1,
-        time_kernel: int | None = None,
-    ):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, time_stride: int = 1,
+                 spatial_stride: int = 1):
         super().__init__()
-        kt = kernel if time_kernel is None else time_kernel
-        self.time_pad = kt - 1
+        self.time_pad = kernel - 1
         self.asymmetric = spatial_stride == 2
         # Symmetric zero padding is left to the convolution itself (no extra copy of the activations).
         p = 0 if self.asymmetric else kernel // 2
-        self.conv = nn.Conv3d(
-            in_channels, out_channels, (kt, kernel, kernel), stride=(time_stride, spatial_stride, spatial_stride),
-            padding=(0, p, p),
-        )
+        stride = (time_stride, spatial_stride, spatial_stride)
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=(0, p, p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_pad:
@@ -120,11 +110,8 @@ class TemporalAttention(nn.Module):
 
 
 class Downsample3d(nn.Module):
-    """2x spatial and optionally 2x causal temporal downsampling by one strided causal 3x3x3 convolution.
-
-    With ``temporal``, ``T = 1 + 2k`` frames become ``1 + k``: the padded kernel at stride 2 puts output ``j``
-    over input frames ``2j - 2 .. 2j``, so output 0 sees only the first frame (MAGVIT-v2's image-first design).
-    """
+    """2x spatial and optionally 2x causal temporal downsampling by one strided causal 3x3x3 convolution:
+    with ``temporal``, ``T = 1 + 2k`` frames become ``1 + k`` (output ``j`` sees frames ``2j - 2 .. 2j``)."""
 
     def __init__(self, channels: int, temporal: bool):
         super().__init__()

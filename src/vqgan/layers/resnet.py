@@ -22,7 +22,6 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0, num_groups: int = 32):
         super().__init__()
         out_channels = out_channels or in_channels
-        self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = group_norm(in_channels, num_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = group_norm(out_channels, num_groups)

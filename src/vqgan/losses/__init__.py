@@ -13,18 +13,8 @@ from vqgan.losses.reconstruction import reconstruction_loss, threshold_mask
 from vqgan.losses.vqgan import LossOutput, VQGANLoss
 
 __all__ = [
-    "LPIPS",
-    "BackboneWeightsMissing",
-    "LossOutput",
-    "VGGFeatureLoss",
-    "VQGANLoss",
-    "adaptive_weight_from_grads",
-    "build_perceptual",
-    "disc_factor",
-    "discriminator_loss",
-    "generator_adversarial_loss",
-    "hinge_d_loss",
-    "non_saturating_d_loss",
-    "reconstruction_loss",
+    "LPIPS", "BackboneWeightsMissing", "LossOutput", "VGGFeatureLoss", "VQGANLoss",
+    "adaptive_weight_from_grads", "build_perceptual", "disc_factor", "discriminator_loss",
+    "generator_adversarial_loss", "hinge_d_loss", "non_saturating_d_loss", "reconstruction_loss",
     "threshold_mask",
 ]

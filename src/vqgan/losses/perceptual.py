@@ -1,11 +1,9 @@
 """Perceptual losses: LPIPS (Zhang et al. 2018, https://arxiv.org/abs/1801.03924) through the ``lpips`` package,
-and the plain VGG16 feature loss of seed 004 (relu1_2, relu2_2, relu3_3, relu4_3, equal weights).
+and seed 004's plain VGG16 feature loss.
 
-Nothing is ever downloaded. The small LPIPS linear layers ship inside the ``lpips`` package; the ImageNet
-backbone (torchvision's VGG16 or AlexNet state dict) is read from a local file that the user names
-(``loss.backbone_weights``) or finds in torch's hub cache. When it is missing we stop at once with a message that
-says which file to provide and how. A randomly initialised backbone is used only when asked for explicitly
-(``loss.random_backbone=true``, for tests and smoke runs).
+Nothing is downloaded: the LPIPS linear layers ship inside ``lpips``, and the ImageNet backbone is read from
+a local file (``loss.backbone_weights``) or torch's hub cache; when it is missing we stop at once saying which
+file to provide. A random backbone is used only when asked for (``loss.random_backbone=true``).
 """
 
 from __future__ import annotations
@@ -46,43 +44,41 @@ def default_hub_dir() -> Path:
 
 
 def resolve_weights_file(path: str | None, file_name: str, explain: Callable[[str | None], str]) -> Path:
-    """A pretrained weights file: ``path`` if given, else ``file_name`` in torch's hub cache; never downloaded.
-
-    Raises:
-        BackboneWeightsMissing: with ``explain(path)``, the message saying how to get the file.
-    """
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise BackboneWeightsMissing(explain(str(p)))
-        return p
-    cached = default_hub_dir() / file_name
-    if cached.is_file():
-        return cached
-    raise BackboneWeightsMissing(explain(None))
-
-
-def resolve_backbone_file(net: str, path: str | None) -> Path:
-    """The backbone file to use: ``path`` if given, else torchvision's cached file; raises if neither exists."""
-    return resolve_weights_file(path, BACKBONE_FILES[net], lambda p: backbone_help(net, p))
+    """A pretrained weights file: ``path`` if given, else ``file_name`` in torch's hub cache (never fetched).
+    Raises :class:`BackboneWeightsMissing` with ``explain(path)``, the message saying how to get the file."""
+    p = Path(path).expanduser() if path is not None else default_hub_dir() / file_name
+    if not p.is_file():
+        raise BackboneWeightsMissing(explain(None if path is None else str(p)))
+    return p
 
 
 def load_backbone_features(net: str, path: str | None) -> nn.Sequential:
     """torchvision ``features`` of VGG16 / AlexNet with ImageNet weights read from a local file (never fetched)."""
-    file = resolve_backbone_file(net, path)  # first: a missing file is reported before any slow import
+    # First: a missing file is reported before any slow import.
+    file = resolve_weights_file(path, BACKBONE_FILES[net], lambda p: backbone_help(net, p))
     import torchvision
 
     model = getattr(torchvision.models, _TV_NAMES[net])(weights=None)
     state = torch.load(file, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    missing, _ = model.load_state_dict(state, strict=False)
+    missing, _ = model.load_state_dict(state.get("state_dict", state), strict=False)
     missing = [k for k in missing if k.startswith("features.")]
     if missing:
         raise ValueError(f"{file} is not a torchvision {_TV_NAMES[net]} state dict: missing {missing[:5]}")
     return model.features
 
 
-class LPIPS(nn.Module):
+class _FrozenNet(nn.Module):
+    """Always in eval mode (no dropout), whatever the parent module does; grayscale inputs read as RGB."""
+
+    def train(self, mode: bool = True) -> _FrozenNet:
+        return super().train(False)
+
+    @staticmethod
+    def rgb(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class LPIPS(_FrozenNet):
     """LPIPS distance per sample, ``(B,)``, for images in [-1, 1], using the ``lpips`` package's network and its
     shipped linear weights; the backbone comes from :func:`load_backbone_features` (or random init)."""
 
@@ -100,20 +96,12 @@ class LPIPS(nn.Module):
                 for name, module in sl.named_children():
                     module.load_state_dict(features[int(name)].state_dict())
         self.lpips.eval().requires_grad_(False)
-        self.net_name = net
-        self.random_backbone = random_backbone
-
-    def train(self, mode: bool = True) -> LPIPS:
-        # Always in eval mode (dropout in the linear layers off), whatever the parent module does.
-        return super().train(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:  # grayscale: the backbone reads RGB
-            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
-        return self.lpips(x, y, normalize=False).flatten()
+        return self.lpips(self.rgb(x), self.rgb(y), normalize=False).flatten()
 
 
-class VGGFeatureLoss(nn.Module):
+class VGGFeatureLoss(_FrozenNet):
     """Seed 004's perceptual loss: mean squared distance of frozen VGG16 features at relu1_2, relu2_2, relu3_3
     and relu4_3, equal weights. Returns ``(B,)``."""
 
@@ -121,7 +109,6 @@ class VGGFeatureLoss(nn.Module):
 
     def __init__(self, backbone_weights: str | None = None, random_backbone: bool = False):
         super().__init__()
-
         if random_backbone:
             # Only the convolutional part (vgg16 is VGG(make_layers(cfgs["D"]))): building the 120M-parameter
             # classifier too would cost seconds for layers that are thrown away.
@@ -134,13 +121,8 @@ class VGGFeatureLoss(nn.Module):
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
-    def train(self, mode: bool = True) -> VGGFeatureLoss:
-        return super().train(False)
-
     def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        h = ((x + 1) / 2 - self.mean) / self.std
+        h = ((self.rgb(x) + 1) / 2 - self.mean) / self.std
         out = []
         for i, layer in enumerate(self.features):
             h = layer(h)
@@ -153,12 +135,12 @@ class VGGFeatureLoss(nn.Module):
         return torch.stack(losses).mean(0)
 
 
-def build_perceptual(kind: str, net: str = "vgg", backbone_weights: str | None = None, random_backbone: bool = False) -> nn.Module | None:
+def build_perceptual(
+    kind: str, net: str = "vgg", backbone_weights: str | None = None, random_backbone: bool = False
+) -> nn.Module | None:
     """The perceptual loss module named by ``kind`` (``none``, ``lpips`` or ``vgg``)."""
-    if kind == "none":
-        return None
+    if kind not in ("none", "lpips", "vgg"):
+        raise ValueError(f"unknown perceptual loss {kind!r}; choose none, lpips or vgg")
     if kind == "lpips":
         return LPIPS(net, backbone_weights, random_backbone)
-    if kind == "vgg":
-        return VGGFeatureLoss(backbone_weights, random_backbone)
-    raise ValueError(f"unknown perceptual loss {kind!r}; choose none, lpips or vgg")
+    return VGGFeatureLoss(backbone_weights, random_backbone) if kind == "vgg" else None

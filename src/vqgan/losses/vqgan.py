@@ -62,42 +62,26 @@ class VQGANLoss(nn.Module):
         return LossOutput(loss, logs)
 
     def generator_loss(
-        self,
-        inputs: torch.Tensor,
-        reconstruction: torch.Tensor,
-        vq_loss: torch.Tensor,
-        logits_fake: torch.Tensor | None,
-        disc_factor: float,
-        mask: torch.Tensor | None = None,
+        self, inputs: torch.Tensor, reconstruction: torch.Tensor, vq_loss: torch.Tensor,
+        logits_fake: torch.Tensor | None, disc_factor: float, mask: torch.Tensor | None = None,
     ) -> LossOutput:
-        """Total generator loss.
-
-        Args:
-            logits_fake: discriminator logits on the (non-detached) reconstruction, or ``None`` when the
-                adversarial term is off (``disc_factor == 0`` or no discriminator).
-            disc_factor: 0 before ``disc_start``, then the ramp value.
-        """
-        c = self.cfg
+        """Total generator loss. ``logits_fake``: the discriminator's on the (non-detached) reconstruction,
+        or ``None`` when the adversarial term is off; ``disc_factor``: 0 before ``disc_start``, then ramps."""
         nll = self.nll(inputs, reconstruction, mask)
         loss = nll.loss + vq_loss
-        logs = dict(nll.logs)
-        logs["vq"] = vq_loss.detach()
+        logs = {**nll.logs, "vq": vq_loss.detach()}
         if logits_fake is not None and disc_factor > 0:
-            g = generator_adversarial_loss(logits_fake, c.gan_loss)
+            g = generator_adversarial_loss(logits_fake, self.cfg.gan_loss)
             # ``disc_weight`` as is: the adaptive weight needs gradients, which train/step.py computes.
-            d_weight = torch.tensor(c.disc_weight, device=g.device)
+            d_weight = torch.tensor(self.cfg.disc_weight, device=g.device)
             loss = loss + d_weight * disc_factor * g
-            logs["g_adv"] = g.detach()
-            logs["d_weight"] = d_weight.detach()
+            logs.update(g_adv=g.detach(), d_weight=d_weight)
         logs["total"] = loss.detach()
         return LossOutput(loss, logs)
 
     def discriminator_loss(self, logits_real: torch.Tensor, logits_fake: torch.Tensor, disc_factor: float) -> LossOutput:
         """Discriminator loss on real images and *detached* reconstructions, scaled by ``disc_factor``."""
         d = discriminator_loss(logits_real, logits_fake, self.cfg.gan_loss)
-        logs = {
-            "d_loss": d.detach(),
-            "logits_real": logits_real.detach().mean(),
-            "logits_fake": logits_fake.detach().mean(),
-        }
+        logs = {"d_loss": d.detach(), "logits_real": logits_real.detach().mean()}
+        logs["logits_fake"] = logits_fake.detach().mean()
         return LossOutput(disc_factor * d, logs)

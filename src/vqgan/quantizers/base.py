@@ -1,16 +1,9 @@
 """The one interface every quantizer implements, and the helpers they share.
 
-A quantizer takes encoder outputs ``z`` of shape ``(B, D, *spatial)`` (images: ``(B, D, H, W)``, videos:
-``(B, D, T, H, W)``) and returns a :class:`QuantizerOutput`: straight-through quantized latents of the same shape,
-integer code indices of shape ``(B, *spatial)`` (``(B, *spatial, S)`` for ``S`` residual stages), the loss to add
-to the objective with its breakdown, and batch statistics. ``indices_to_codes`` inverts the lookup: in eval mode
-``indices_to_codes(q(z).indices)`` equals ``q(z).quantized`` exactly.
-
-Every quantizer also keeps, while training, the statistics that :class:`vqgan.train.diagnostics.CodebookDiagnostics`
-records (seed 002's plots): a running per-code usage (an exponential moving average of each code's share of the
-hits relative to a uniform share: 1 means "used as often as under uniform usage", whatever the batch size), the hits
-and restarts since the last record, and the code vectors. They are updated on the device without host
-synchronisation, so keeping them costs nothing measurable.
+A quantizer maps encoder outputs ``z`` of shape ``(B, D, *spatial)`` to a :class:`QuantizerOutput`; in eval
+mode ``indices_to_codes(q(z).indices)`` equals ``q(z).quantized`` exactly. While training it also keeps the
+statistics that :class:`vqgan.train.diagnostics.CodebookDiagnostics` records (running per-code usage, hits and
+restarts since the last record), updated on the device without host synchronisation.
 """
 
 from __future__ import annotations
@@ -21,23 +14,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-# Codes whose running relative usage is below this (1% of a uniform share) are reported as dead when a quantizer
-# has no restart threshold of its own.
+# Codes below 1% of a uniform share of the hits are reported dead when a quantizer has no restart threshold.
 REPORT_DEAD_THRESHOLD = 0.01
 
 
 @dataclass
 class QuantizerOutput:
-    """Result of a quantizer's forward pass.
-
-    Attributes:
-        quantized: quantized latents, shape of the input; gradients flow to the input by the straight-through
-            estimator (Bengio et al. 2013).
-        indices: code indices, ``(B, *spatial)`` or ``(B, *spatial, stages)``.
-        loss: scalar loss to add to the training objective (already weighted).
-        losses: unweighted (detached) components for logging, e.g. ``commitment``, ``codebook``, ``entropy``.
-        stats: detached batch statistics, e.g. ``perplexity`` and ``usage`` (fraction of codes used).
-    """
+    """Result of a quantizer's forward pass: ``quantized`` latents (shape of the input, straight-through
+    gradients, Bengio et al. 2013), ``indices`` ``(B, *spatial)`` or ``(B, *spatial, stages)``, the weighted
+    scalar ``loss`` to add to the objective, its detached unweighted ``losses`` (``commitment``, ``codebook``,
+    ...) and detached batch ``stats`` (``perplexity``, ``usage``: the fraction of codes used)."""
 
     quantized: torch.Tensor
     indices: torch.Tensor
@@ -57,11 +43,13 @@ def unflatten_latents(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tenso
     return flat.reshape(*shape, flat.shape[-1]).movedim(-1, 1)
 
 
-def code_histogram(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Hits per code as a float ``(codebook_size,)`` tensor.
+def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``q`` forward, identity gradient to ``x``: ``q + x - sg[x]`` keeps the forward value exactly ``q``."""
+    return q.detach() + (x - x.detach())
 
-    ``index_add_`` rather than ``torch.bincount``: bincount reads the maximum index back to the host on CUDA.
-    """
+
+def code_histogram(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Hits per code, float ``(codebook_size,)`` (``index_add_``: bincount syncs with the host on CUDA)."""
     flat = indices.reshape(-1)
     ones = torch.ones(flat.shape[0], device=flat.device, dtype=torch.float32)
     return torch.zeros(codebook_size, device=flat.device, dtype=torch.float32).index_add_(0, flat, ones)
@@ -80,7 +68,7 @@ def distributed_ready() -> bool:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over data-parallel ranks in place (no-op on one process). Keeps EMA statistics identical on every rank."""
+    """Sum over data-parallel ranks in place (no-op on one process), so EMA statistics agree on every rank."""
     if distributed_ready():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
@@ -94,56 +82,30 @@ def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
 
 
 def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate the ``(N_r, D)`` tensors of every rank in rank order (identity on one process).
-
-    Ranks may hold different ``N_r``; the sizes are exchanged first. Used once, for k-means initialisation, so the
-    host synchronisation does not matter.
-    """
+    """Concatenate the ``(N_r, D)`` tensors of every rank in rank order; ranks may hold different ``N_r``.
+    Through the host, which does not matter: this runs once, for k-means initialisation."""
     if not distributed_ready():
         return t
-    world = dist.get_world_size()
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes_int = [int(s) for s in sizes]
-    padded = t.new_zeros(max(sizes_int), *t.shape[1:])
-    padded[: t.shape[0]] = t
-    out = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded.contiguous())
-    return torch.cat([o[:s] for o, s in zip(out, sizes_int, strict=True)])
+    rows: list[torch.Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(rows, t.cpu())
+    return torch.cat(rows).to(t.device)
 
 
 class Quantizer(nn.Module):
-    """Base class: subclasses implement :meth:`forward`, :meth:`indices_to_codes` and :attr:`codebook`.
+    """Base class: subclasses implement :meth:`forward`, :meth:`indices_to_codes` and :attr:`codebook`, for
+    latents of ``dim`` channels and ``codebook_size`` codes (of one stage, for residual quantizers). Codes
+    whose running relative usage (1 = a uniform share) falls below ``dead_code_threshold`` are restarted."""
 
-    It also keeps a running (EMA) per-code usage count, used to find dead codes, and the per-code hits and number
-    of restarts since the diagnostics last read them (:meth:`pop_window`).
-
-    Attributes:
-        dim: channels of the latents the quantizer reads and returns.
-        codebook_size: number of codes (for residual quantizers: of one stage).
-        dead_code_threshold: running relative usage (1 = a uniform share of the hits) below which a code is
-            restarted (0: no restarts).
-        learns_codebook_by_gradient: whether :meth:`codebook_grad` returns the codebook's gradient.
-    """
-
-    codebook_size: int
-    dim: int
-    learns_codebook_by_gradient: bool = False
+    learns_codebook_by_gradient: bool = False  # whether codebook_grad() returns the codebook's gradient
 
     def __init__(self, dim: int, codebook_size: int, usage_decay: float = 0.99, dead_code_threshold: float = 0.0):
         super().__init__()
-        self.dim = dim
-        self.codebook_size = codebook_size
-        self.usage_decay = usage_decay
-        self.dead_code_threshold = dead_code_threshold
+        self.dim, self.codebook_size = dim, codebook_size
+        self.usage_decay, self.dead_code_threshold = usage_decay, dead_code_threshold
         self.register_buffer("usage_ema", torch.zeros(codebook_size))
         # Since the last pop_window(); not saved in checkpoints (diagnostics restart their window on resume).
         self.register_buffer("window_counts", torch.zeros(codebook_size), persistent=False)
         self.register_buffer("window_restarts", torch.zeros(()), persistent=False)
-
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Code vectors for ``indices`` of shape ``(B, *spatial)``, returned as ``(B, D, *spatial)``."""
@@ -160,39 +122,43 @@ class Quantizer(nn.Module):
 
     @property
     def diagnostic_target(self) -> Quantizer:
-        """The quantizer whose statistics diagnostics report (itself; the first stage of a residual quantizer)."""
+        """The quantizer whose statistics diagnostics report (a residual quantizer's first stage)."""
         return self
 
     def codebook_grad(self) -> torch.Tensor | None:
-        """Gradient of the learned code vectors ``(codebook_size, d)`` after backward, or ``None`` when the codes
-        are not learned by gradients (EMA, SimVQ's frozen codebook, FSQ, LFQ)."""
+        """Gradient of the learned code vectors after backward; ``None`` unless learned by gradients."""
         return None
 
-    @torch.no_grad()
-    def _track_usage(self, counts: torch.Tensor, restarted: torch.Tensor | None = None) -> None:
-        """Update the running usage and the diagnostics window from this step's per-code ``counts`` (already summed
-        over ranks) and the number of codes restarted.
-
-        The running usage is relative to a uniform share, ``counts * K / sum(counts)``, so that one threshold means
-        the same for any batch size, resolution and codebook size."""
-        counts = counts.float()
-        relative = counts * (self.codebook_size / counts.sum().clamp_min(1.0))
-        self.usage_ema.lerp_(relative, 1.0 - self.usage_decay)
-        self.window_counts.add_(counts)
-        if restarted is not None:
-            self.window_restarts.add_(restarted.float())
+    def _count_codes(
+        self, indices: torch.Tensor, restarted: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """This batch's per-code hits and their :func:`perplexity_and_usage`. While training the hits are
+        summed over ranks and update the diagnostics window and the running usage, relative to a uniform share
+        (``counts * K / sum(counts)``) so that one threshold means the same for any batch size."""
+        counts = code_histogram(indices, self.codebook_size)
+        if self.training:
+            with torch.no_grad():
+                all_reduce_sum(counts)
+                relative = counts * (self.codebook_size / counts.sum().clamp_min(1.0))
+                self.usage_ema.lerp_(relative, 1.0 - self.usage_decay)
+                self.window_counts.add_(counts)
+                if restarted is not None:
+                    self.window_restarts.add_(restarted.float())
+        return counts, perplexity_and_usage(counts)
 
     @torch.no_grad()
     def pop_window(self) -> dict[str, torch.Tensor]:
-        """Hits per code and number of restarts since the previous call, then reset both."""
-        out = {"counts": self.window_counts.clone(), "restarts": self.window_restarts.clone()}
-        self.window_counts.zero_()
-        self.window_restarts.zero_()
+        """The :attr:`diagnostic_target`'s hits per code and restarts since the previous call; resets both."""
+        q = self.diagnostic_target
+        out = {"counts": q.window_counts.clone(), "restarts": q.window_restarts.clone()}
+        q.window_counts.zero_()
+        q.window_restarts.zero_()
         return out
 
     def dead_codes(self, threshold: float | None = None) -> torch.Tensor:
-        """Boolean mask of codes whose running relative usage is below ``threshold`` (default: the restart
-        threshold, or :data:`REPORT_DEAD_THRESHOLD` when restarts are off)."""
+        """Mask of the :attr:`diagnostic_target`'s codes whose running relative usage is below ``threshold``
+        (default: the restart threshold, or :data:`REPORT_DEAD_THRESHOLD` when restarts are off)."""
+        q = self.diagnostic_target
         if threshold is None:
-            threshold = self.dead_code_threshold if self.dead_code_threshold > 0 else REPORT_DEAD_THRESHOLD
-        return self.usage_ema < threshold
+            threshold = q.dead_code_threshold if q.dead_code_threshold > 0 else REPORT_DEAD_THRESHOLD
+        return q.usage_ema < threshold

@@ -1,13 +1,10 @@
 """Finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple",
 https://arxiv.org/abs/2309.15505).
 
-Each of ``d = len(levels)`` channels is bounded to ``L_i`` values and rounded; the implicit codebook is the grid of
-all ``prod(levels)`` combinations, so there is nothing to learn, nothing to collapse and no auxiliary loss. When the
-latents have more channels than ``d``, a linear map projects them down before and back up after the rounding.
-
-The bound follows appendix A.1 of the paper, with ``(1 + eps)`` as vector-quantize-pytorch uses it (an even level
-count then reaches both ends of its range); ``tests/test_quantizers_family.py`` compares the quantized values with
-``vector_quantize_pytorch.FSQ``.
+Each of ``d = len(levels)`` channels is bounded to ``L_i`` values and rounded; the implicit codebook is the
+grid of all ``prod(levels)`` combinations: nothing to learn, nothing to collapse, no auxiliary loss. Latents
+with more than ``d`` channels are projected down before and back up after the rounding. The bound follows
+appendix A.1, with ``(1 + eps)`` as vector-quantize-pytorch uses it (``tests/test_quantizers_family.py``).
 """
 
 from __future__ import annotations
@@ -17,15 +14,7 @@ import math
 import torch
 from torch import nn
 
-from vqgan.quantizers.base import (
-    Quantizer,
-    QuantizerOutput,
-    all_reduce_sum,
-    code_histogram,
-    flatten_latents,
-    perplexity_and_usage,
-    unflatten_latents,
-)
+from vqgan.quantizers.base import Quantizer, QuantizerOutput, flatten_latents, unflatten_latents
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -34,15 +23,9 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class FSQ(Quantizer):
-    """Finite scalar quantizer with ``levels[i]`` values on channel ``i``.
-
-    Args:
-        dim: channels of the latents.
-        levels: values per channel; the codebook size is their product (the paper recommends ``[8, 5, 5, 5]``
-            for about 2^10 codes and ``[8, 8, 8, 5, 5, 5]`` for about 2^16).
-        eps: margin of the bound.
-        usage_decay: decay of the running per-code usage (diagnostics only).
-    """
+    """Finite scalar quantizer with ``levels[i]`` values on channel ``i`` and ``eps`` the bound's margin. The
+    codebook size is the product of the levels (the paper recommends ``[8, 5, 5, 5]`` for about 2^10 codes
+    and ``[8, 8, 8, 5, 5, 5]`` for about 2^16)."""
 
     def __init__(self, dim: int, levels: list[int], eps: float = 1e-3, usage_decay: float = 0.99):
         if any(level < 2 for level in levels):
@@ -66,10 +49,6 @@ class FSQ(Quantizer):
         shift = torch.atanh(offset / half_l)
         return torch.tanh(z + shift) * half_l - offset
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Codes in [-1, 1] on each channel, straight-through gradients."""
-        return round_ste(self.bound(z)) / self._half_width
-
     def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
         """``(..., d)`` normalised codes -> ``(...)`` integer indices (mixed radix with the ``levels``)."""
         digits = (codes * self._half_width + self._half_width).round().long()
@@ -82,7 +61,8 @@ class FSQ(Quantizer):
 
     @property
     def codebook(self) -> torch.Tensor:
-        return self.project_out(self.indices_to_level_codes(torch.arange(self.codebook_size, device=self._basis.device)))
+        codes = self.indices_to_level_codes(torch.arange(self.codebook_size, device=self._basis.device))
+        return self.project_out(codes)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         flat = self.indices_to_level_codes(indices.reshape(-1))
@@ -90,15 +70,9 @@ class FSQ(Quantizer):
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         flat, shape = flatten_latents(z)
-        # Rounding in fp32 even under autocast: bf16 cannot hold the grid exactly.
-        h = self.project_in(flat).float()
-        codes = self.quantize(h)
+        # Rounding in fp32 even under autocast: bf16 cannot hold the grid exactly. Codes lie in [-1, 1].
+        codes = round_ste(self.bound(self.project_in(flat).float())) / self._half_width
         indices = self.codes_to_indices(codes.detach())
-        counts = code_histogram(indices, self.codebook_size)
-        if self.training:
-            with torch.no_grad():
-                all_reduce_sum(counts)
-                self._track_usage(counts)
         quantized = unflatten_latents(self.project_out(codes.to(flat.dtype)), shape)
         loss = torch.zeros((), device=z.device, dtype=z.dtype)
-        return QuantizerOutput(quantized, indices.reshape(shape), loss, {}, perplexity_and_usage(counts))
+        return QuantizerOutput(quantized, indices.reshape(shape), loss, {}, self._count_codes(indices)[1])

@@ -1,16 +1,13 @@
 """Lookup-free quantization (Yu et al. 2023, "Language Model Beats Diffusion: Tokenizer is Key to Visual
 Generation" (MAGVIT-v2), https://arxiv.org/abs/2310.05737).
 
-Each of ``b = log2(K)`` channels is quantized to its sign, ``{-s, +s}``; the index is the binary number of the
-signs. There is no codebook to look up. Code usage is encouraged by MAGVIT-v2's entropy terms on the soft assignment
-``p(c | z) = softmax_c(2 z.c / T)`` over all ``K`` codes: a low per-sample entropy (confident assignments) and a high
-entropy of the batch-averaged assignment (every code used).
-
-Because the codes are the corners of a hypercube, ``p(c | z)`` factorises over bits: ``p(c_i = +s | z) =
-sigmoid(4 s z_i / T)``. The per-sample entropy is therefore the sum of ``b`` binary entropies (exact, no ``N x K``
-matrix). The batch entropy does not factorise; it is computed exactly over all ``K`` codes up to
-``exact_entropy_max_codes`` and, above that (2^18 codes), by the sum of per-bit entropies of the averaged bit
-probabilities, an upper bound that is tight when the bits are used independently.
+Each of ``b = log2(K)`` channels is quantized to its sign, ``{-s, +s}``; the index is the binary number of
+the signs. MAGVIT-v2's entropy terms on the soft assignment ``p(c | z) = softmax_c(2 z.c / T)`` ask for
+confident assignments (low per-sample entropy) that use every code (high entropy of the batch average). On the
+hypercube ``p(c | z)`` factorises over bits, ``p(c_i = +s | z) = sigmoid(4 s z_i / T)``, so the per-sample
+entropy is a sum of ``b`` binary entropies (no ``N x K`` matrix). The batch entropy is exact up to
+``exact_entropy_max_codes``; above, it is the sum of per-bit entropies of the averaged bit probabilities (an
+upper bound, tight when the bits are used independently).
 """
 
 from __future__ import annotations
@@ -24,10 +21,8 @@ from torch import nn
 from vqgan.quantizers.base import (
     Quantizer,
     QuantizerOutput,
-    all_reduce_sum,
-    code_histogram,
     flatten_latents,
-    perplexity_and_usage,
+    straight_through,
     unflatten_latents,
 )
 
@@ -39,37 +34,21 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 class LFQ(Quantizer):
-    """Lookup-free quantizer with ``codebook_size = 2 ** bits`` implicit codes.
-
-    Args:
-        dim: channels of the latents; projected to ``bits`` channels when different.
-        codebook_size: a power of two.
-        beta: commitment weight on ``||z - sg[q]||^2``.
-        sample_entropy_weight: weight of the mean per-sample entropy (minimised).
-        codebook_entropy_weight: weight of the entropy of the mean assignment (maximised).
-        temperature: temperature ``T`` of the soft assignment.
-        codebook_scale: ``s``, the magnitude of each quantized channel.
-        exact_entropy_max_codes: largest codebook whose batch entropy is computed over all codes.
-    """
+    """Lookup-free quantizer with ``codebook_size = 2 ** bits`` implicit codes, ``codebook_scale`` in each
+    channel, for latents of ``dim`` channels (projected to ``bits`` when different). ``beta`` weights the
+    commitment ``||z - sg[q]||^2``; the per-sample entropy (minimised) and the entropy of the mean assignment
+    (maximised) have their own weights, at ``temperature`` ``T``."""
 
     def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        beta: float = 0.25,
-        sample_entropy_weight: float = 0.1,
-        codebook_entropy_weight: float = 0.1,
-        temperature: float = 0.01,
-        codebook_scale: float = 1.0,
-        exact_entropy_max_codes: int = 4096,
-        usage_decay: float = 0.99,
+        self, dim: int, codebook_size: int, beta: float = 0.25, sample_entropy_weight: float = 0.1,
+        codebook_entropy_weight: float = 0.1, temperature: float = 0.01, codebook_scale: float = 1.0,
+        exact_entropy_max_codes: int = 4096, usage_decay: float = 0.99,
     ):
         bits = int(round(math.log2(codebook_size)))
         if 2**bits != codebook_size:
             raise ValueError(f"LFQ needs a power-of-two codebook_size, got {codebook_size}")
         super().__init__(dim, codebook_size, usage_decay)
-        self.bits = bits
-        self.beta = beta
+        self.bits, self.beta = bits, beta
         self.sample_entropy_weight, self.codebook_entropy_weight = sample_entropy_weight, codebook_entropy_weight
         self.temperature, self.codebook_scale = temperature, codebook_scale
         self.exact_entropy_max_codes = exact_entropy_max_codes
@@ -95,13 +74,11 @@ class LFQ(Quantizer):
         """Mean per-sample entropy and entropy of the mean assignment of ``softmax(2 h.c / T)`` (nats)."""
         p_bits = torch.sigmoid(4 * self.codebook_scale * h / self.temperature)  # p(bit i = +s | z)
         sample_entropy = binary_entropy(p_bits).sum(-1).mean()
-        if self.codebook_size <= self.exact_entropy_max_codes:
-            codes = self.indices_to_bit_codes(torch.arange(self.codebook_size, device=h.device)).to(h.dtype)
-            avg = (2 * h @ codes.t() / self.temperature).softmax(-1).mean(0)
-            codebook_entropy = -(avg * avg.clamp_min(1e-12).log()).sum()
-        else:
-            codebook_entropy = binary_entropy(p_bits.mean(0)).sum()
-        return sample_entropy, codebook_entropy
+        if self.codebook_size > self.exact_entropy_max_codes:
+            return sample_entropy, binary_entropy(p_bits.mean(0)).sum()
+        codes = self.indices_to_bit_codes(torch.arange(self.codebook_size, device=h.device)).to(h.dtype)
+        avg = (2 * h @ codes.t() / self.temperature).softmax(-1).mean(0)
+        return sample_entropy, -(avg * avg.clamp_min(1e-12).log()).sum()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         flat, shape = flatten_latents(z)
@@ -109,7 +86,6 @@ class LFQ(Quantizer):
         positive = h > 0
         q = torch.where(positive, self.codebook_scale, -self.codebook_scale).to(h.dtype)
         indices = (positive.long() * self._bit_values).sum(-1)
-
         commitment = F.mse_loss(h, q)
         losses = {"commitment": commitment.detach()}
         loss = self.beta * commitment
@@ -117,13 +93,5 @@ class LFQ(Quantizer):
             sample_entropy, codebook_entropy = self.entropy_terms(h.float())
             losses.update(sample_entropy=sample_entropy.detach(), codebook_entropy=codebook_entropy.detach())
             loss = loss + self.sample_entropy_weight * sample_entropy - self.codebook_entropy_weight * codebook_entropy
-
-        counts = code_histogram(indices, self.codebook_size)
-        if self.training:
-            with torch.no_grad():
-                all_reduce_sum(counts)
-                self._track_usage(counts)
-        # Straight-through estimator, exact forward value (see vq.py).
-        q_st = q + (h - h.detach())
-        quantized = unflatten_latents(self.project_out(q_st), shape)
-        return QuantizerOutput(quantized, indices.reshape(shape), loss, losses, perplexity_and_usage(counts))
+        quantized = unflatten_latents(self.project_out(straight_through(h, q)), shape)
+        return QuantizerOutput(quantized, indices.reshape(shape), loss, losses, self._count_codes(indices)[1])

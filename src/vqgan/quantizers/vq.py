@@ -1,29 +1,14 @@
-"""Vector quantization with a learned codebook (van den Oord et al. 2017, "Neural Discrete Representation
-Learning", https://arxiv.org/abs/1711.00937), in its two flavours:
-
-* ``ema=False``: the codebook is learned by gradients of ``||e - sg[z]||^2``;
-* ``ema=True``: the codebook is the exponential moving average of the encoder outputs assigned to each code
-  (appendix A.1 of the paper), which is more stable and needs no codebook loss.
-
-Both put the commitment weight ``beta`` on the encoder term ``||sg[e] - z||^2`` (eq. 3 of the paper) by default.
-taming's ``VectorQuantizer2(legacy=True)`` puts it on the codebook term instead, and diffusers keeps that as its
-default; we don't, but ``beta_on="codebook"`` asks for it (seed 003's "refined loss" is
-``||sg[e] - z||^2 + 0.25 ||e - sg[z]||^2``). ``tests/test_quantizers.py`` and ``tests/test_seeds.py`` pin both
-placements by the gradients they give the encoder and the codebook.
-
-Codebook health options: k-means initialisation from the first batch (gathered over all ranks), restarts of dead
-codes from the current encoder outputs (Dhariwal et al. 2020, "Jukebox", https://arxiv.org/abs/2005.00341),
-l2-normalised codes and factorized low-dimensional lookup (Yu et al. 2021, "Vector-quantized Image Modeling with
-Improved VQGAN", https://arxiv.org/abs/2110.04627), and an entropy penalty on soft assignments. Under DDP every
-statistic is summed over ranks and every random choice is broadcast from rank 0, so the codebooks stay identical.
-
-The training step never reads a tensor back to the host: restarts are a ``torch.where`` over the whole codebook,
-histograms use ``index_add_``, and whether k-means still has to run is a Python flag (refreshed from the saved
-``initialized`` buffer when a checkpoint is loaded).
+"""Vector quantization with a learned codebook (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937),
+learned by gradients (``ema=False``) or as the moving average of the encoder outputs assigned to each code
+(``ema=True``, appendix A.1). Codebook health: k-means initialisation, dead-code restarts (Dhariwal et al.
+2020, "Jukebox", https://arxiv.org/abs/2005.00341), l2-normalised and factorized codes (Yu et al. 2021,
+ViT-VQGAN, https://arxiv.org/abs/2110.04627), an entropy penalty. Under DDP statistics are summed over ranks
+and random choices broadcast from rank 0. The training step never reads a tensor back to the host.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -38,7 +23,7 @@ from vqgan.quantizers.base import (
     broadcast,
     code_histogram,
     flatten_latents,
-    perplexity_and_usage,
+    straight_through,
     unflatten_latents,
 )
 
@@ -46,86 +31,59 @@ from vqgan.quantizers.base import (
 def nearest_code(
     z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 8192, row_block: int | None = None
 ) -> torch.Tensor:
-    """Index of the nearest code (squared Euclidean) for every row of ``z``.
+    """Index of the nearest code (squared Euclidean) for every row of ``z``; ties go to the lowest index.
 
-    ``||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2``; the first term does not change the argmin and is dropped. The
-    codebook is scanned in chunks of ``chunk_size`` codes with a running minimum, so a 262,144-code codebook never
-    materialises an ``N x K`` matrix (only ``N x chunk_size``). On CPU the rows are also processed in blocks whose
-    distance matrix (about 512 KB) stays in cache while it is reduced, which is 1.5x faster than one big matrix;
-    on GPUs all rows go at once (``row_block`` overrides either choice). Ties go to the lowest index.
-
-    Distances are computed in fp32 whatever the inputs' dtype and even under autocast: bf16's 8-bit mantissa
-    cannot tell nearby codes apart (``||z||^2``-sized terms cancel), and the chosen code would depend on rounding.
+    The codebook is scanned in chunks of ``chunk_size`` codes with a running minimum, so 262,144 codes never
+    materialise an ``N x K`` matrix. On CPU the rows go in blocks whose distance matrix (about 512 KB) stays
+    in cache (1.5x faster). Distances are fp32 even under autocast: bf16 cannot tell nearby codes apart.
     """
     device = z.device.type
-    if device in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device):
-        with torch.autocast(device, enabled=False):
-            return _nearest_code_fp32(z.float(), codebook.float(), chunk_size, row_block)
-    return _nearest_code_fp32(z.float(), codebook.float(), chunk_size, row_block)
-
-
-def _nearest_code_fp32(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int, row_block: int | None) -> torch.Tensor:
-    n, k = z.shape[0], codebook.shape[0]
-    e_sq = codebook.pow(2).sum(1)
-    if row_block is None:
-        row_block = n if z.device.type != "cpu" else max(1, 2**17 // min(k, chunk_size))
-    if k <= chunk_size:
-        if row_block >= n:
-            return torch.addmm(e_sq, z, codebook.t(), alpha=-2.0).min(1).indices
+    autocast_on = device in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device)
+    with torch.autocast(device, enabled=False) if autocast_on else nullcontext():
+        z, codebook = z.float(), codebook.float()
+        n, k = z.shape[0], codebook.shape[0]
+        e_sq = codebook.pow(2).sum(1)
+        if row_block is None:
+            # Row blocks only where they pay: on CPU, when the whole codebook fits in one chunk.
+            row_block = max(1, n if device != "cpu" or k > chunk_size else 2**17 // k)
         out = torch.empty(n, dtype=torch.long, device=z.device)
-        codebook_t = codebook.t()
-        for start in range(0, n, row_block):
-            d = torch.addmm(e_sq, z[start : start + row_block], codebook_t, alpha=-2.0)
-            out[start : start + row_block] = d.min(1).indices
+        for row in range(0, n, row_block):
+            rows = z[row : row + row_block]
+            for start in range(0, k, chunk_size):
+                chunk = codebook[start : start + chunk_size]
+                d = torch.addmm(e_sq[start : start + chunk_size], rows, chunk.t(), alpha=-2.0)
+                d_min, i_min = d.min(1)
+                if start == 0:
+                    best_d, best_i = d_min, i_min
+                else:
+                    better = d_min < best_d  # strict: on ties the lower index wins
+                    best_d = torch.where(better, d_min, best_d)
+                    best_i = torch.where(better, i_min + start, best_i)
+            out[row : row + row_block] = best_i
         return out
-    best_d = torch.full((n,), float("inf"), device=z.device, dtype=z.dtype)
-    best_i = torch.zeros(n, dtype=torch.long, device=z.device)
-    for start in range(0, k, chunk_size):
-        chunk = codebook[start : start + chunk_size]
-        d = torch.addmm(e_sq[start : start + chunk_size], z, chunk.t(), alpha=-2.0)
-        d_min, i_min = d.min(1)
-        better = d_min < best_d  # strict: on ties the lower index wins, as argmin over the full matrix does
-        best_d = torch.where(better, d_min, best_d)
-        best_i = torch.where(better, i_min + start, best_i)
-    return best_i
-
-
-def kmeans_plus_plus(samples: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is drawn with probability proportional to
-    the squared distance to the nearest centre chosen so far. Returns the ``k`` chosen row indices.
-
-    The chosen indices stay on the device as one-element tensors (``index_select``, never ``samples[chosen[i]]``,
-    which reads the index back to the host): seeding a codebook of ``k`` codes on a GPU costs no synchronisation.
-    """
-    n = samples.shape[0]
-    picks = [torch.randint(n, (1,), device=samples.device, generator=generator)]
-    d2 = (samples - samples.index_select(0, picks[0])).pow(2).sum(1)
-    for _ in range(1, k):
-        # A tiny floor keeps the distribution valid once every sample coincides with a centre.
-        picks.append(torch.multinomial(d2 + 1e-12, 1, generator=generator))
-        d2 = torch.minimum(d2, (samples - samples.index_select(0, picks[-1])).pow(2).sum(1))
-    return torch.cat(picks)
 
 
 def kmeans(
-    samples: torch.Tensor,
-    k: int,
-    iters: int = 10,
-    generator: torch.Generator | None = None,
+    samples: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None,
     plus_plus_max_codes: int = 4096,
 ) -> torch.Tensor:
-    """Lloyd's k-means on ``samples`` (N, D); returns ``k`` centroids. Empty clusters keep their previous centre.
+    """Lloyd's k-means on ``samples`` (N, D); returns ``k`` centroids. Empty clusters keep their centre.
 
-    Seeds with k-means++ up to ``plus_plus_max_codes`` centroids (a sequential loop over ``k``) and with a random
-    subset above. When there are fewer samples than centroids, centroids are drawn with replacement and jittered.
+    Seeds with k-means++ (Arthur & Vassilvitskii 2007) up to ``plus_plus_max_codes`` centroids, a random
+    subset above; with fewer samples than centroids, centroids are drawn with replacement and jittered. The
+    k-means++ picks stay on the device (``index_select``, never ``samples[i]``): no synchronisation on a GPU.
     """
     n = samples.shape[0]
-    if n >= k:
-        if k <= plus_plus_max_codes:
-            idx = kmeans_plus_plus(samples, k, generator)
-        else:
-            idx = torch.randperm(n, device=samples.device, generator=generator)[:k]
-        centroids = samples[idx].clone()
+    if k <= min(n, plus_plus_max_codes):
+        picks = [torch.randint(n, (1,), device=samples.device, generator=generator)]
+        d2 = (samples - samples.index_select(0, picks[0])).pow(2).sum(1)
+        for _ in range(1, k):
+            # A tiny floor keeps the distribution valid once every sample coincides with a centre.
+            picks.append(torch.multinomial(d2 + 1e-12, 1, generator=generator))
+            d2 = torch.minimum(d2, (samples - samples.index_select(0, picks[-1])).pow(2).sum(1))
+        centroids = samples[torch.cat(picks)]
+    elif n >= k:
+        centroids = samples[torch.randperm(n, device=samples.device, generator=generator)[:k]]
     else:
         idx = torch.randint(n, (k,), device=samples.device, generator=generator)
         noise = torch.randn(k, samples.shape[1], device=samples.device, generator=generator)
@@ -138,64 +96,57 @@ def kmeans(
     return centroids
 
 
-class VectorQuantizer(Quantizer):
-    """Nearest-neighbour vector quantizer with a ``codebook_size x codebook_dim`` codebook.
+def check_beta_on(beta_on: str, ema: bool = False) -> None:
+    """Refuse an unknown ``beta_on``, or ``codebook`` for an EMA codebook (which has no codebook loss)."""
+    if beta_on not in ("commitment", "codebook"):
+        raise ValueError(f"beta_on={beta_on!r} must be 'commitment' or 'codebook'")
+    if beta_on == "codebook" and ema:
+        raise ValueError(
+            "beta_on='codebook' needs a codebook learned by gradients (ema=False): the EMA codebook has no "
+            "codebook loss term for beta to weight"
+        )
 
-    Args:
-        dim: channels of the encoder output (``embed_dim``).
-        codebook_size: number of codes.
-        codebook_dim: lookup dimension; when it differs from ``dim``, latents are projected by a linear map
-            before the lookup and back after it (factorized codes, ViT-VQGAN section 3.2).
-        beta: weight of the term named by ``beta_on`` (the other term has weight 1).
-        beta_on: ``commitment`` (the encoder term, VQ-VAE eq. 3) or ``codebook`` (the codebook term, taming's
-            ``legacy=True``; needs ``ema=False``: the EMA codebook has no codebook loss term).
-        ema: learn the codebook by exponential moving averages instead of gradients.
-        decay: EMA decay.
-        eps: Laplace smoothing of the EMA cluster sizes.
-        l2_normalize: look up on the unit sphere (cosine similarity).
-        kmeans_init: initialise from k-means on the first training batch.
-        kmeans_iters: Lloyd iterations of the initialisation.
-        dead_code_threshold: restart codes whose running relative usage (EMA with ``usage_decay`` of each code's
-            share of the hits, 1 for a uniform share) is below this; 0 disables restarts.
-        usage_decay: decay of the running usage.
-        entropy_weight: weight of ``H(per-sample assignment) - H(average assignment)`` on soft assignments.
-        entropy_temperature: temperature of those soft assignments (on squared distances).
-        search_chunk_size: codes per chunk of the nearest-code search.
-    """
+
+def lookup(
+    flat: torch.Tensor, codebook: torch.Tensor, beta: float, beta_on: str, chunk_size: int,
+    codebook_term: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Nearest codes ``q`` of the ``(N, d)`` rows ``flat``, their indices, the weighted loss and its terms:
+    ``codebook + beta * commitment`` (VQ-VAE eq. 3), ``commitment + beta * codebook`` with
+    ``beta_on="codebook"`` (taming's ``legacy=True``, seed 003), ``beta * commitment`` without
+    ``codebook_term`` (EMA codebooks)."""
+    with torch.no_grad():
+        indices = nearest_code(flat.detach(), codebook.detach().to(flat.dtype), chunk_size)
+    q = F.embedding(indices, codebook)
+    commitment = F.mse_loss(flat, q.detach())
+    losses = {"commitment": commitment.detach()}
+    if not codebook_term:
+        return q, indices, beta * commitment, losses
+    codebook_loss = F.mse_loss(q, flat.detach())
+    losses["codebook"] = codebook_loss.detach()
+    loss = commitment + beta * codebook_loss if beta_on == "codebook" else codebook_loss + beta * commitment
+    return q, indices, loss, losses
+
+
+class VectorQuantizer(Quantizer):
+    """Nearest-neighbour vector quantizer with a ``codebook_size x codebook_dim`` codebook for latents of
+    ``dim`` channels. The other arguments are the :class:`~vqgan.config.QuantizerConfig` fields of the same
+    names; ``ema`` learns the codebook by moving averages, ``eps`` smooths the EMA cluster sizes."""
 
     def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        codebook_dim: int | None = None,
-        beta: float = 0.25,
-        ema: bool = True,
-        beta_on: str = "commitment",
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        l2_normalize: bool = False,
-        kmeans_init: bool = True,
-        kmeans_iters: int = 10,
-        dead_code_threshold: float = 0.0,
-        usage_decay: float = 0.99,
-        entropy_weight: float = 0.0,
-        entropy_temperature: float = 0.01,
-        search_chunk_size: int = 8192,
+        self, dim: int, codebook_size: int, codebook_dim: int | None = None, beta: float = 0.25,
+        ema: bool = True, beta_on: str = "commitment", decay: float = 0.99, eps: float = 1e-5,
+        l2_normalize: bool = False, kmeans_init: bool = True, kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.0, usage_decay: float = 0.99, entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.01, search_chunk_size: int = 8192,
     ):
         super().__init__(dim, codebook_size, usage_decay, dead_code_threshold)
+        check_beta_on(beta_on, ema)
         self.codebook_dim = codebook_dim or dim
-        if beta_on not in ("commitment", "codebook"):
-            raise ValueError(f"beta_on={beta_on!r} must be 'commitment' or 'codebook'")
-        if beta_on == "codebook" and ema:
-            raise ValueError(
-                "beta_on='codebook' needs a codebook learned by gradients (ema=False): the EMA codebook has no "
-                "codebook loss term for beta to weight"
-            )
         self.beta, self.beta_on, self.ema, self.decay, self.eps = beta, beta_on, ema, decay, eps
-        self.l2_normalize = l2_normalize
-        self.kmeans_iters = kmeans_iters
-        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
+        self.l2_normalize, self.kmeans_iters = l2_normalize, kmeans_iters
         self.search_chunk_size = search_chunk_size
+        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
         self.learns_codebook_by_gradient = not ema
         factorized = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if factorized else nn.Identity()
@@ -208,13 +159,12 @@ class VectorQuantizer(Quantizer):
             self.embedding.weight.requires_grad_(False)
             self.register_buffer("ema_cluster_size", torch.zeros(codebook_size))
             self.register_buffer("ema_embed_sum", self.embedding.weight.detach().clone())
-        # False until k-means initialisation has run (a buffer, so it is saved and restored with checkpoints).
+        # False until k-means initialisation has run (a buffer, so it is saved and restored with checkpoints),
+        # mirrored by a Python flag so that forward() never synchronises with the device to read it.
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
-        # The same as a Python flag, so that forward() never synchronises with the device to read the buffer.
         self._kmeans_pending = kmeans_init
         self.register_load_state_dict_post_hook(_refresh_init_flag)
 
-    # -- lookup ---------------------------------------------------------------------------------------------
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.l2_normalize else x
 
@@ -231,12 +181,10 @@ class VectorQuantizer(Quantizer):
         return None if self.ema else self.embedding.weight.grad
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        # Flattened exactly as in forward(), so that the projection sees the same (N, d) matrix and the result
-        # is bit-identical to the forward pass.
+        # Flattened as in forward(), so the projection sees the same (N, d) matrix: bit-identical results.
         flat = F.embedding(indices.reshape(-1), self.lookup_codebook)
         return unflatten_latents(self.project_out(flat), tuple(indices.shape))
 
-    # -- training-time codebook maintenance -----------------------------------------------------------------
     @torch.no_grad()
     def _kmeans_init(self, flat: torch.Tensor) -> None:
         samples = all_gather_rows(flat.detach().float())
@@ -254,7 +202,7 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor) -> None:
-        """One EMA step (van den Oord et al. 2017, appendix A.1) from this step's ``counts`` (summed over ranks)."""
+        """One EMA step (appendix A.1) from this step's ``counts`` (summed over ranks)."""
         embed_sum = torch.zeros_like(self.ema_embed_sum).index_add_(0, indices, flat.float())
         all_reduce_sum(embed_sum)
         self.ema_cluster_size.lerp_(counts, 1.0 - self.decay)
@@ -266,11 +214,8 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: torch.Tensor) -> torch.Tensor:
-        """Replace dead codes by random encoder outputs of this batch; returns the number restarted (a tensor).
-
-        Runs without host synchronisation: the replacement is a ``torch.where`` over the whole codebook. Under DDP
-        the samples come from rank 0 (the dead mask is already identical on every rank: usage is summed over ranks).
-        """
+        """Replace dead codes by random encoder outputs of this batch (rank 0's under DDP; the dead mask
+        agrees on every rank); returns the number restarted. No host sync: one ``torch.where``."""
         dead = self.dead_codes(self.dead_code_threshold)
         picks = torch.randint(flat.shape[0], (self.codebook_size,), device=flat.device)
         samples = broadcast(flat[picks].detach().float().contiguous())
@@ -278,12 +223,10 @@ class VectorQuantizer(Quantizer):
         weight.copy_(torch.where(dead[:, None], samples.to(weight.dtype), weight))
         if self.ema:
             self.ema_embed_sum.copy_(torch.where(dead[:, None], samples, self.ema_embed_sum))
-            self.ema_cluster_size.copy_(torch.where(dead, torch.ones_like(self.ema_cluster_size), self.ema_cluster_size))
-        grace = torch.full_like(self.usage_ema, 2.0 * self.dead_code_threshold)
-        self.usage_ema.copy_(torch.where(dead, grace, self.usage_ema))
+            self.ema_cluster_size.masked_fill_(dead, 1.0)
+        self.usage_ema.masked_fill_(dead, 2.0 * self.dead_code_threshold)
         return dead.sum()
 
-    # -- forward --------------------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         flat, shape = flatten_latents(z)
         flat = self._normalize(self.project_in(flat))
@@ -295,64 +238,28 @@ class VectorQuantizer(Quantizer):
                 # Before the lookup, so that a restarted code can be chosen (and its gradient is correct).
                 restarted = self._restart_dead_codes(flat)
         codebook = self.lookup_codebook
-        with torch.no_grad():
-            indices = nearest_code(flat.detach(), codebook.detach().to(flat.dtype), self.search_chunk_size)
-        q = F.embedding(indices, codebook)
-
-        losses: dict[str, torch.Tensor] = {}
-        commitment = F.mse_loss(flat, q.detach())
-        losses["commitment"] = commitment.detach()
-        if self.ema:
-            loss = self.beta * commitment
-        else:
-            codebook_loss = F.mse_loss(q, flat.detach())
-            losses["codebook"] = codebook_loss.detach()
-            loss = vq_terms(commitment, codebook_loss, self.beta, self.beta_on)
+        q, indices, loss, losses = lookup(
+            flat, codebook, self.beta, self.beta_on, self.search_chunk_size, codebook_term=not self.ema
+        )
         if self.entropy_weight > 0:
             entropy = self._entropy_penalty(flat, codebook)
             losses["entropy"] = entropy.detach()
             loss = loss + self.entropy_weight * entropy
-
-        counts = code_histogram(indices, self.codebook_size)
-        if self.training:
-            with torch.no_grad():
-                all_reduce_sum(counts)
-                if self.ema:
-                    self._ema_update(flat.detach(), counts, indices)
-                self._track_usage(counts, restarted)
-        stats = perplexity_and_usage(counts)
+        counts, stats = self._count_codes(indices, restarted)
+        if self.training and self.ema:
+            self._ema_update(flat.detach(), counts, indices)
         if restarted is not None:
             stats["restarted"] = restarted.float()
-
-        # Straight-through estimator: forward uses q, backward copies the gradient to the encoder output.
-        # Written as q + (z - sg[z]) rather than z + sg[q - z] so that the forward value is exactly q.
-        q_st = q.detach() + (flat - flat.detach())
-        quantized = unflatten_latents(self.project_out(q_st), shape)
+        quantized = unflatten_latents(self.project_out(straight_through(flat, q)), shape)
         return QuantizerOutput(quantized, indices.reshape(shape), loss, losses, stats)
 
     def _entropy_penalty(self, flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         """``H(p(code | z))`` averaged over samples minus ``H(mean p(code | z))``: confident yet diverse
-        assignments (the LFQ entropy terms of MAGVIT-v2 applied to a learned codebook). Materialises ``N x K``."""
-        logits = -torch.cdist(flat, codebook).pow(2) / self.entropy_temperature
-        return entropy_terms(logits)
-
-
-def vq_terms(commitment: torch.Tensor, codebook: torch.Tensor, beta: float, beta_on: str) -> torch.Tensor:
-    """``codebook + beta * commitment`` (VQ-VAE eq. 3) or ``commitment + beta * codebook`` (taming's ``legacy=True``,
-    seed 003), where ``commitment = ||sg[e] - z||^2`` moves the encoder and ``codebook = ||e - sg[z]||^2`` the codes."""
-    if beta_on == "codebook":
-        return commitment + beta * codebook
-    return codebook + beta * commitment
-
-
-def entropy_terms(logits: torch.Tensor) -> torch.Tensor:
-    """Mean per-sample entropy minus the entropy of the mean distribution of ``softmax(logits)`` (rows: samples)."""
-    log_probs = logits.log_softmax(-1)
-    probs = log_probs.exp()
-    sample_entropy = -(probs * log_probs).sum(-1).mean()
-    avg = probs.mean(0)
-    avg_entropy = -(avg * torch.log(avg.clamp_min(1e-12))).sum()
-    return sample_entropy - avg_entropy
+        assignments (MAGVIT-v2's LFQ entropy terms on a learned codebook). Materialises ``N x K``."""
+        log_probs = (-torch.cdist(flat, codebook).pow(2) / self.entropy_temperature).log_softmax(-1)
+        probs = log_probs.exp()
+        avg = probs.mean(0)
+        return -(probs * log_probs).sum(-1).mean() + (avg * torch.log(avg.clamp_min(1e-12))).sum()
 
 
 def _refresh_init_flag(module: Any, incompatible_keys: Any) -> None:
