@@ -14,14 +14,6 @@ def build_model(cfg: ModelConfig) -> VQModel | VideoVQModel:
 
 
 __all__ = [
-    "BaseVQModel",
-    "Decoder",
-    "EncodeOutput",
-    "Encoder",
-    "PatchDiscriminator",
-    "VQModel",
-    "VQModelOutput",
-    "VideoVQModel",
-    "build_model",
-    "reconstruct_video",
+    "BaseVQModel", "Decoder", "EncodeOutput", "Encoder", "PatchDiscriminator", "VQModel", "VQModelOutput",
+    "VideoVQModel", "build_model", "reconstruct_video",
 ]
