@@ -1,10 +1,6 @@
-"""The stage-1 autoencoder: encoder -> quantizer -> decoder.
-
-``arch="taming"`` follows Esser et al. 2021, "Taming Transformers for High-Resolution Image Synthesis"
-(https://arxiv.org/abs/2012.09841); module names match taming-transformers' so its checkpoints map one to one.
-Its causal 3D version serves ``arch="video3d"`` (:mod:`vqgan.models.video`). ``arch="resnet"`` is the residual
-VQ-VAE of van den Oord et al. 2017 used by seed 003.
-"""
+"""The stage-1 autoencoder: encoder -> quantizer -> decoder. ``arch="taming"`` follows Esser et al. 2021
+(https://arxiv.org/abs/2012.09841) with taming-transformers' module names, so its checkpoints map one to one;
+its causal 3D version serves ``arch="video3d"``. ``arch="resnet"`` is van den Oord et al. 2017's VQ-VAE."""
 
 from __future__ import annotations
 
@@ -51,8 +47,7 @@ def _maybe_checkpoint(enabled: bool, module: nn.Module, h: torch.Tensor) -> torc
 
 def _temporal_levels(cfg: ModelConfig) -> list[bool]:
     """Which of the ``len(ch_mult) - 1`` downsampling steps also halve time: the last ``temporal_downsample``
-    (the coarse levels, as MAGVIT-v2 does, so that fine spatial detail is extracted at the full frame
-    rate)."""
+    (coarse levels, as MAGVIT-v2 does: fine spatial detail is extracted at the full frame rate)."""
     n = len(cfg.ch_mult) - 1
     if cfg.temporal_downsample > n:
         raise ValueError(
@@ -140,10 +135,9 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """taming's decoder with ``num_res_blocks + 1`` blocks per level (``video=True``: causal 3D): the mirror
-    of :class:`Encoder` by default, or of its own widths (``decoder_ch``, ``decoder_ch_mult``; seed 004's
-    128 -> 64 -> 32 -> 16 decoder behind a 128-256-512-1024 encoder). With its own widths every upsampling
-    conv also narrows to the next level's width, so that no conv at a resolution is wider than that
-    resolution's width; the mirror keeps taming's layers, so taming checkpoints load."""
+    of :class:`Encoder`, or of its own widths (``decoder_ch``, ``decoder_ch_mult``; seed 004), where every
+    upsampling conv also narrows to the next level's width, so that no conv at a resolution is wider than that
+    resolution's width (the mirror keeps taming's layers, so taming checkpoints load)."""
 
     def __init__(self, cfg: ModelConfig, video: bool = False):
         super().__init__()
@@ -199,13 +193,11 @@ class ResNetEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         n_down, ch = len(cfg.ch_mult) - 1, cfg.ch
+        widths = [cfg.in_channels] + [ch // 2] * (n_down - 1) + [ch] * min(n_down, 1)
         layers: list[nn.Module] = []
-        c_in = cfg.in_channels
-        for i in range(n_down):
-            c_out = ch // 2 if i < n_down - 1 else ch
+        for c_in, c_out in zip(widths, widths[1:]):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-            c_in = c_out
-        layers.append(nn.Conv2d(c_in, ch, 3, padding=1))
+        layers.append(nn.Conv2d(widths[-1], ch, 3, padding=1))
         layers += [_Residual(ch, max(ch // 4, 8)) for _ in range(cfg.num_res_blocks)]
         self.net = nn.Sequential(*layers, nn.ReLU(), nn.Conv2d(ch, cfg.z_channels, 1))
 
@@ -223,16 +215,11 @@ class ResNetDecoder(nn.Module):
         out = cfg.out_channels or cfg.in_channels
         layers: list[nn.Module] = [nn.Conv2d(cfg.z_channels, ch, 3, padding=1)]
         layers += [_Residual(ch, max(ch // 4, 8)) for _ in range(cfg.num_res_blocks)]
-        layers.append(nn.ReLU())
-        c_in = ch
-        for i in range(n_up):
-            c_out = out if i == n_up - 1 else ch // 2
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
-            if i < n_up - 1:
-                layers.append(nn.ReLU())
-            c_in = c_out
+        widths = [ch] + [ch // 2] * (n_up - 1) + [out] * min(n_up, 1)
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)]
         if n_up == 0:
-            layers.append(nn.Conv2d(ch, out, 3, padding=1))
+            layers += [nn.ReLU(), nn.Conv2d(ch, out, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     @property
@@ -245,12 +232,9 @@ class ResNetDecoder(nn.Module):
 
 class BaseVQModel(nn.Module):
     """The plumbing every tokenizer shares: encoder -> 1x1 ``quant_conv`` -> quantizer -> 1x1
-    ``post_quant_conv`` -> decoder (``conv``: 2D for images, 3D for video). Subclasses may override
-    :meth:`_prepare_input` (check or reshape the input) and :meth:`_match_input` (give the reconstruction the
-    input's shape).
-
-    ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode.
-    """
+    ``post_quant_conv`` -> decoder (``conv``: 2D or 3D). Subclasses may override :meth:`_prepare_input` and
+    :meth:`_match_input` (give the reconstruction the input's shape). ``decode_codes(encode(x).indices)``
+    equals ``forward(x).reconstruction`` in eval mode."""
 
     def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: nn.Module, conv: type = nn.Conv2d):
         super().__init__()

@@ -15,9 +15,7 @@ from vqgan.config import DiscriminatorConfig
 def _norm(kind: str, ch: int, dims: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(ch) if dims == 2 else nn.BatchNorm3d(ch)
-    if kind == "group":
-        return nn.GroupNorm(min(32, ch), ch)
-    return nn.Identity()
+    return nn.GroupNorm(min(32, ch), ch) if kind == "group" else nn.Identity()
 
 
 class PatchDiscriminator(nn.Module):

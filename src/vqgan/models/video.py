@@ -1,11 +1,4 @@
-"""Video tokenizers.
-
-:class:`VideoVQModel` (``ModelConfig.arch="video3d"``) is a spatio-temporal VQGAN: taming's encoder/decoder layout
-with causal 3D convolutions, per-frame normalisation, causal temporal attention and causal temporal
-downsampling, after MAGVIT-v2 (Yu et al. 2023, https://arxiv.org/abs/2310.05737). Clips of ``1 + k * s`` frames
-(``s = 2 ** temporal_downsample``) become ``1 + k`` latent frames; the first latent frame encodes the first frame
-alone, and changing frame ``t`` never changes the codes of latent frames ``j`` with ``j * s < t``.
-"""
+"""Video tokenizers: the causal spatio-temporal VQGAN, and frame-wise tokenization with any image model."""
 
 from __future__ import annotations
 
@@ -17,10 +10,12 @@ from vqgan.models.autoencoder import BaseVQModel, Decoder, Encoder
 
 
 class VideoVQModel(BaseVQModel):
-    """Causal spatio-temporal VQGAN: encoder, 1x1x1 ``quant_conv``, quantizer over ``(B, D, t, h, w)``,
-    ``post_quant_conv``, decoder. Same interface and typed outputs as :class:`~vqgan.models.VQModel`; indices are
-    ``(B, t, h, w)``. ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode.
-    """
+    """Causal spatio-temporal VQGAN (``arch="video3d"``): taming's layout with causal 3D convolutions,
+    per-frame normalisation, causal temporal attention and downsampling, after MAGVIT-v2 (Yu et al. 2023,
+    https://arxiv.org/abs/2310.05737). Clips of ``1 + k * s`` frames (``s = 2 ** temporal_downsample``) become
+    ``1 + k`` latent frames, indices ``(B, t, h, w)``; the first latent frame encodes the first frame alone,
+    and changing frame ``t`` never changes the codes of latent frames ``j`` with ``j * s < t``. Same interface
+    and typed outputs as :class:`~vqgan.models.VQModel`."""
 
     def __init__(self, config: ModelConfig):
         if config.arch != "video3d":
