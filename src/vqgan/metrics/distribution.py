@@ -1,12 +1,7 @@
 """Distances between two sets of images (or clips) that need no pretrained network and no download, to rank
-priors where the Inception / I3D weights of FID and FVD are missing; lower is better for all:
-
-* :func:`sliced_wasserstein` (Rabin et al. 2011; Deshpande et al. 2018): the mean 1-Wasserstein distance between
-  the sets projected on random unit directions; a true metric on distributions, a sort per direction.
-* the same on :func:`random_features`, a fixed seeded random conv net (Ulyanov et al. 2018 show such nets
-  capture image statistics): sensitive to local structure (edges, textures) that raw pixels weigh poorly.
-* :func:`colour_histogram_distance`: 1-Wasserstein between per-channel value distributions (ignores layout).
-"""
+priors without the Inception / I3D weights of FID and FVD; lower is better for all. Sliced Wasserstein (Rabin
+et al. 2011; Deshpande et al. 2018) is a true metric on distributions at the cost of a sort per direction; on
+random conv features (such nets capture image statistics, Ulyanov et al. 2018) it weighs local structure."""
 
 from __future__ import annotations
 

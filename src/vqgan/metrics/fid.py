@@ -53,15 +53,10 @@ def check_inception_file(path: str | Path) -> Path:
 class ReconstructionFID(nn.Module):
     """Accumulates Inception features of originals (real) and reconstructions (fake) batch by batch.
 
-    ``update(x, rec)`` takes images in [-1, 1] (grayscale is repeated to RGB; the frames of clips are images);
-    they are quantised to uint8 as torch-fidelity expects, so the features are those of the saved PNGs.
-    ``compute()`` returns the FID.
-
-    Args:
-        weights: Inception weights file (``None``: torch's hub cache; never downloaded).
-        feature: Inception layer: 2048 (pool3, the standard) or 64/192/768.
-        extractor: a custom feature network taking uint8 ``(B, 3, H, W)`` images (tests); it must have an int
-            attribute ``num_features``. When given, ``weights`` is ignored.
+    ``update(x, rec)`` takes images in [-1, 1] (grayscale is repeated to RGB; the frames of clips are images),
+    quantised to uint8 as torch-fidelity expects: the features are those of the saved PNGs. ``weights``: the
+    Inception file (``None``: torch's hub cache); ``feature``: its layer, 2048 (pool3, the standard) or
+    64/192/768; ``extractor``: instead, a network taking uint8 images with an int ``num_features`` (tests).
     """
 
     def __init__(self, weights: str | Path | None = None, feature: int = 2048, extractor: nn.Module | None = None):

@@ -36,14 +36,9 @@ def lpips_weights_help(net: str, path: str | None = None) -> str:
 
 
 class LPIPSMetric(nn.Module):
-    """Per-image LPIPS distance ``(B,)`` between images in [-1, 1].
-
-    Args:
-        net: ``vgg`` (the usual choice for tokenizer papers) or ``alex`` (the LPIPS paper's default).
-        weights: torchvision state dict file of that backbone (``vgg16-397923af.pth`` /
-            ``alexnet-owt-7be5be79.pth``); ``None`` looks in torch's hub cache. Missing:
-            :class:`~vqgan.losses.perceptual.BackboneWeightsMissing`.
-    """
+    """Per-image LPIPS distance ``(B,)`` between images in [-1, 1], on ``net`` ``vgg`` (the usual choice for
+    tokenizer papers) or ``alex`` (the LPIPS paper's default), whose torchvision state dict file is
+    ``weights`` (``None``: torch's hub cache; missing: ``BackboneWeightsMissing``)."""
 
     def __init__(self, net: str = "vgg", weights: str | Path | None = None):
         super().__init__()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from itertools import pairwise
 from typing import NamedTuple
 
 import torch
@@ -36,13 +37,6 @@ _LAYERS = {
         conv3d.TemporalAttention,
     ),
 }
-
-
-def _maybe_checkpoint(enabled: bool, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``module(h)``, recomputed in the backward pass instead of stored when ``enabled`` and training."""
-    if enabled and module.training and torch.is_grad_enabled():
-        return checkpoint(module, h, use_reentrant=False)
-    return module(h)
 
 
 def _temporal_levels(cfg: ModelConfig) -> list[bool]:
@@ -101,7 +95,20 @@ class _Level(nn.Module):
         return h if self.resample_name is None else getattr(self, self.resample_name)(h)
 
 
-class Encoder(nn.Module):
+class _Coder(nn.Module):
+    """``conv_in``, :meth:`stages` (recomputed in backward with ``gradient_checkpointing``), ``conv_out``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for stage in self.stages():
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(stage, h, use_reentrant=False)
+            else:
+                h = stage(h)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
+
+
+class Encoder(_Coder):
     """taming's encoder: ``conv_in``, one level per ``ch_mult`` entry, a middle block, ``conv_out``. With
     ``video=True``, causal 3D: ``(B, C, T, H, W) -> (B, z_channels, 1 + (T - 1) / s, H / f, W / f)``."""
 
@@ -126,14 +133,11 @@ class Encoder(nn.Module):
         self.norm_out = layers.norm(block_in, cfg.num_groups)
         self.conv_out = layers.conv(block_in, cfg.z_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        for level in [*self.down, self.mid]:
-            h = _maybe_checkpoint(self.gradient_checkpointing, level, h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
+    def stages(self) -> list[nn.Module]:
+        return [*self.down, self.mid]
 
 
-class Decoder(nn.Module):
+class Decoder(_Coder):
     """taming's decoder with ``num_res_blocks + 1`` blocks per level (``video=True``: causal 3D): the mirror
     of :class:`Encoder`, or of its own widths (``decoder_ch``, ``decoder_ch_mult``; seed 004), where every
     upsampling conv also narrows to the next level's width, so that no conv at a resolution is wider than that
@@ -169,11 +173,8 @@ class Decoder(nn.Module):
     def last_layer(self) -> torch.Tensor:
         return getattr(self.conv_out, "conv", self.conv_out).weight
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(z)
-        for level in [self.mid, *(self.up if self.video else reversed(self.up))]:
-            h = _maybe_checkpoint(self.gradient_checkpointing, level, h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
+    def stages(self) -> list[nn.Module]:
+        return [self.mid, *(self.up if self.video else reversed(self.up))]
 
 
 class _Residual(nn.Module):
@@ -195,7 +196,7 @@ class ResNetEncoder(nn.Module):
         n_down, ch = len(cfg.ch_mult) - 1, cfg.ch
         widths = [cfg.in_channels] + [ch // 2] * (n_down - 1) + [ch] * min(n_down, 1)
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths, widths[1:]):
+        for c_in, c_out in pairwise(widths):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         layers.append(nn.Conv2d(widths[-1], ch, 3, padding=1))
         layers += [_Residual(ch, max(ch // 4, 8)) for _ in range(cfg.num_res_blocks)]
@@ -216,7 +217,7 @@ class ResNetDecoder(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(cfg.z_channels, ch, 3, padding=1)]
         layers += [_Residual(ch, max(ch // 4, 8)) for _ in range(cfg.num_res_blocks)]
         widths = [ch] + [ch // 2] * (n_up - 1) + [out] * min(n_up, 1)
-        for c_in, c_out in zip(widths, widths[1:]):
+        for c_in, c_out in pairwise(widths):
             layers += [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)]
         if n_up == 0:
             layers += [nn.ReLU(), nn.Conv2d(ch, out, 3, padding=1)]

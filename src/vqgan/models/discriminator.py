@@ -1,7 +1,6 @@
-"""PatchGAN discriminator (Isola et al. 2017, "Image-to-Image Translation with Conditional Adversarial
-Networks"), as used by taming-transformers' ``NLayerDiscriminator``: it classifies overlapping patches (70x70 for
-three layers) rather than whole images. Optional spectral normalisation (Miyato et al. 2018) and a 3D variant
-for video."""
+"""PatchGAN discriminator (Isola et al. 2017) as taming-transformers' ``NLayerDiscriminator``: it classifies
+overlapping patches (70x70 for three layers), with optional spectral normalisation (Miyato et al. 2018) and a
+3D variant for video."""
 
 from __future__ import annotations
 

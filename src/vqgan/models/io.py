@@ -19,15 +19,11 @@ from vqgan.config import ConfigError, ExperimentConfig, from_dict
 
 TRAINING_KEYS = ("state_dict", "global_step", "optimizer_states", "loops")
 
-# What each kind of file is, and the commands that read it (for the wrong-kind errors).
-_KIND_TEXT = {
-    "tokenizer": "a stage-1 tokenizer checkpoint (written by `vqgan fit`); it belongs to `vqgan reconstruct`, "
-    "`encode`, `evaluate`, `convert`, or `vqgan sample --tokenizer`",
-    "prior": "a stage-2 prior checkpoint (written by `vqgan fit-prior`); it belongs to `vqgan sample --prior`",
-}
-_WANTED = {
-    "tokenizer": "a stage-1 tokenizer checkpoint (`vqgan fit`)",
-    "prior": "a stage-2 prior checkpoint (`vqgan fit-prior`)",
+# Each kind of checkpoint: what it is, the command that writes it, and those that read it (wrong-kind errors).
+_KINDS = {
+    "tokenizer": ("a stage-1 tokenizer checkpoint", "`vqgan fit`",
+                  "`vqgan reconstruct`, `encode`, `evaluate`, `convert`, or `vqgan sample --tokenizer`"),
+    "prior": ("a stage-2 prior checkpoint", "`vqgan fit-prior`", "`vqgan sample --prior`"),
 }
 # First bytes of files that users pass by mistake.
 _MAGIC = {
@@ -79,7 +75,6 @@ def unusable_file(path: Path) -> str | None:
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` naming the file otherwise.
-
     ``mmap=True`` maps the tensors' storage instead of reading it (cheap when only the metadata is wanted)."""
     path = Path(path)
     if why := unusable_file(path):
@@ -99,13 +94,9 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
 
 
 def verify_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]:
-    """Load ``path`` after checking every stored record against its CRC-32, and return it.
-
-    ``torch.load`` reads tensor bytes without checking them, so a bit flip on disk would load silently; the zip
-    container that ``torch.save`` writes records a CRC-32 per record, which :meth:`zipfile.ZipFile.testzip`
-    checks. With ``training=True`` the file must also hold a Lightning training state (``TRAINING_KEYS``).
-    Raises :class:`CheckpointError` naming the file and what is wrong with it.
-    """
+    """Load ``path`` after checking every record of its zip against its CRC-32 (``torch.load`` does not check
+    tensor bytes: a bit flip on disk would load silently). With ``training=True`` the file must also hold a
+    Lightning training state (``TRAINING_KEYS``). Raises :class:`CheckpointError` naming the file."""
     path = Path(path)
     if why := unusable_file(path):
         raise CheckpointError(why)
@@ -157,14 +148,17 @@ def _checkpoint_of_kind(path: str | Path, map_location: str, expected: str) -> d
             kind = "prior"
         elif "loss" in cfg or "discriminator" in cfg or "quantizer" in model:
             kind = "tokenizer"
+    what, writer, _ = _KINDS[expected]
     if kind == "unknown":
         keys = sorted(map(str, ckpt))[:10]
         raise CheckpointError(
             f"{path} is not a vqgan training checkpoint (no hyper_parameters.config; entries: {keys}); "
-            f"expected {_WANTED[expected]}. Other formats: `vqgan convert` them first"
+            f"expected {what} ({writer}). Other formats: `vqgan convert` them first"
         )
     if kind != expected:
-        raise CheckpointError(f"{path} is {_KIND_TEXT[kind]}; this needs {_WANTED[expected]}")
+        is_what, is_writer, readers = _KINDS[kind]
+        raise CheckpointError(f"{path} is {is_what} (written by {is_writer}); it belongs to {readers}; "
+                              f"this needs {what} ({writer})")
     return ckpt
 
 
@@ -178,12 +172,9 @@ def _load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, ExperimentConfig | None]:
-    """The autoencoder (eval mode) from a training checkpoint (``.ckpt``) or a pretrained folder.
-
-    Returns ``(model, experiment_config)``; the config is ``None`` for a pretrained folder. Raises
-    :class:`CheckpointError` (unreadable file, not a checkpoint, a prior checkpoint) or :class:`ConfigError`
-    (weights that don't match the stored config).
-    """
+    """``(model, experiment_config)``: the autoencoder (eval mode) from a training checkpoint (``.ckpt``), or
+    from a pretrained folder (config ``None``). Raises :class:`CheckpointError` (unreadable file, not a
+    checkpoint, a prior checkpoint) or :class:`ConfigError` (weights that don't match the stored config)."""
     from vqgan.models import build_model
     from vqgan.models.pretrained import from_pretrained
 
@@ -195,11 +186,8 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Mo
 
 
 def load_prior(path: str | Path, map_location: str = "cpu"):
-    """A prior (eval mode) from a training checkpoint written by ``vqgan fit-prior``.
-
-    Returns ``(model, PriorExperimentConfig, tokens_metadata)``. Raises :class:`CheckpointError` (unreadable
-    file, not a checkpoint, a stage-1 tokenizer checkpoint).
-    """
+    """``(model, PriorExperimentConfig, tokens_metadata)``: a prior (eval mode) from a ``vqgan fit-prior``
+    checkpoint. Raises :class:`CheckpointError` (unreadable file, not a checkpoint, a tokenizer's)."""
     from vqgan.models.prior import PriorExperimentConfig, build_prior
 
     ckpt = _checkpoint_of_kind(path, map_location, "prior")

@@ -1,8 +1,5 @@
-"""Our own weight format: a folder with ``config.json`` (the :class:`ModelConfig`) and ``model.safetensors``.
-
-Kept rather than ``PyTorchModelHubMixin``'s format: its loader rebuilds a dataclass config one level deep and
-drops unknown keys silently; ours validates the nested config with :func:`~vqgan.config.from_dict`. Loading
-never executes code from a file (JSON and safetensors) and needs no training code::
+"""Our own weight format, loadable without training code or running code from a file (unlike
+``PyTorchModelHubMixin``'s, its nested config is validated by :func:`~vqgan.config.from_dict`)::
 
     my-tokenizer/
       config.json          {"arch": "taming", "ch": 128, "ch_mult": [1, 1, 2, 2, 4], ..., "quantizer": {...}}
@@ -57,13 +54,9 @@ _TAGS = ["vqgan", "image-tokenizer", "vector-quantization"]
 
 
 class HubVQModel(ModelHubMixin, VQModel, library_name="vqgan", tags=_TAGS):
-    """:class:`~vqgan.models.VQModel` with the Hugging Face hub mixin.
-
-    ``save_pretrained(dir, push_to_hub=True, repo_id=...)`` writes our folder format (plus a model card
-    ``README.md``) and uploads it; ``HubVQModel.from_pretrained("user/repo")`` downloads ``config.json`` and
-    ``model.safetensors`` from the hub, or reads a local folder without any network access. Convert a trained
-    model with :meth:`from_model`.
-    """
+    """:class:`~vqgan.models.VQModel` with the Hugging Face hub mixin: ``save_pretrained(dir,
+    push_to_hub=True, repo_id=...)`` writes our folder format (plus a model card) and uploads it;
+    ``from_pretrained("user/repo")`` downloads it or reads a local folder offline; see :meth:`from_model`."""
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_pretrained(self, save_directory)
