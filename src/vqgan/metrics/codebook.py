@@ -16,11 +16,8 @@ DIAGNOSTICS_FILE = "diagnostics.npz"
 
 
 class CodebookUsage(Metric):
-    """Accumulates a histogram of code indices (synchronised across processes by torchmetrics); ``compute()``
-    returns ``usage`` (fraction of codes used at least once), ``perplexity`` (``exp`` of the histogram's
-    entropy, in codes), ``entropy`` (bits) and ``used`` (number of codes). For residual quantizers
-    (``num_stages > 1``, indices with a last axis of stages) they are the first stage's (as in diagnostics).
-    """
+    """Histogram of code indices (synchronised across processes); ``compute()`` gives :func:`codebook_stats`,
+    of the first stage for residual quantizers (``num_stages > 1``: indices with a last axis of stages)."""
 
     full_state_update = False
 
@@ -41,8 +38,8 @@ class CodebookUsage(Metric):
 
 
 def codebook_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Usage, perplexity, entropy (bits) and number of used codes of a histogram (the quantizers' per-batch
-    :func:`~vqgan.quantizers.base.perplexity_and_usage`, with the entropy and count it implies)."""
+    """``usage`` (fraction of codes used), ``perplexity`` (``exp`` of the entropy, in codes), ``entropy``
+    (bits) and ``used`` (number of codes) of a histogram."""
     stats = perplexity_and_usage(counts)
     return {**stats, "entropy": stats["perplexity"].log() / math.log(2.0), "used": (counts > 0).sum().float()}
 

@@ -90,13 +90,12 @@ def image_set_distances(
     if generated.shape[1:] != reference.shape[1:]:
         raise ValueError(f"image shapes differ: {tuple(generated.shape[1:])} and {tuple(reference.shape[1:])}")
 
-    def small(t: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(t.float(), pixel_size) if t.shape[-1] > pixel_size else t.float()
-
+    pixels = [F.adaptive_avg_pool2d(t.float(), pixel_size) if t.shape[-1] > pixel_size else t.float()
+              for t in (generated, reference)]
     fg, fr = random_features(generated, seed), random_features(reference, seed)
     scale = torch.cat([fg, fr]).std(0).clamp_min(1e-6)  # each feature on a comparable scale
     return {
-        "swd_pixels": float(sliced_wasserstein(small(generated), small(reference), seed=seed)),
+        "swd_pixels": float(sliced_wasserstein(*pixels, seed=seed)),
         "swd_features": float(sliced_wasserstein(fg / scale, fr / scale, seed=seed)),
         "colour": float(colour_histogram_distance(generated, reference, seed=seed)),
     }
@@ -117,8 +116,7 @@ def clip_set_distances(
         return F.adaptive_avg_pool2d(d, min(pixel_size, t.shape[-2])).view(len(t), -1)
 
     per_frame = image_set_distances(frames(generated), frames(reference), seed, pixel_size)
-    out = {"swd_frames": per_frame.pop("swd_pixels"), **per_frame}
-    out["swd_motion"] = 0.0
+    out = {"swd_frames": per_frame.pop("swd_pixels"), **per_frame, "swd_motion": 0.0}
     if generated.shape[2] > 1:
         out["swd_motion"] = float(sliced_wasserstein(motion(generated), motion(reference), seed=seed))
     return out

@@ -1,8 +1,5 @@
-"""Reconstruction metrics of a tokenizer over a whole evaluation set, with the protocol that produced them.
-
-Numbers are only comparable when the protocol is, so :func:`evaluate_tokenizer` returns, next to the metrics,
-the number of images, their resolution and preprocessing, and the backbone files of the perceptual metrics.
-"""
+"""Reconstruction metrics of a tokenizer over a whole evaluation set, with the protocol that produced them
+(numbers are only comparable when the protocol is)."""
 
 from __future__ import annotations
 
@@ -35,11 +32,9 @@ def reconstruction_metrics(
     model: torch.nn.Module, loader: DataLoader, device: str | torch.device = "cpu",
     lpips: torch.nn.Module | None = None, fid: Any | None = None, progress: bool = False,
 ) -> dict[str, Any]:
-    """PSNR, SSIM (means over images; images in [0, 1], reconstructions clamped), codebook usage, perplexity
-    and code entropy (from the histogram of every code index over the whole set) over every batch of
-    ``loader``; LPIPS (mean over images) when an :class:`~vqgan.metrics.lpips.LPIPSMetric` is given and rFID
-    (all originals against all reconstructions) when a :class:`~vqgan.metrics.fid.ReconstructionFID` is given.
-    Also the number of images and of skipped (unreadable) items."""
+    """Means over images of PSNR, SSIM (on [0, 1], reconstructions clamped) and, given ``lpips``, LPIPS; rFID
+    of all originals against all reconstructions given ``fid``; codebook usage, perplexity and code entropy of
+    the whole set's histogram; the number of images and of skipped (unreadable) items."""
     model = model.to(device).eval()
     lpips, fid = (None if m is None else m.to(device) for m in (lpips, fid))
     usage = CodebookUsage(model.quantize.codebook_size, model.quantize.num_stages).to(device)
@@ -68,7 +63,7 @@ def reconstruction_metrics(
     if n == 0:
         raise ValueError("no readable images to evaluate")
     stats = usage.compute()
-    metrics: dict[str, Any] = {name: total / n for name, total in sums.items()}
+    metrics: dict[str, Any] = {name: s / n for name, s in sums.items()}
     if fid is not None:
         if fid.num_images < 2:
             raise ValueError(f"rFID needs at least 2 images, the evaluation set has {fid.num_images}")

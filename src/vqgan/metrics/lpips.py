@@ -1,8 +1,5 @@
-"""LPIPS as an evaluation metric (Zhang et al. 2018, https://arxiv.org/abs/1801.03924): the ``lpips``
-package's network (its shipped linear calibration layers) through :class:`vqgan.losses.perceptual.LPIPS`, on a
-torchvision VGG16 or AlexNet backbone read from a local file. Unlike the training loss there is no
-``random_backbone``: an LPIPS number from a random backbone means nothing, so a missing file is an error.
-"""
+"""LPIPS as an evaluation metric (Zhang et al. 2018, https://arxiv.org/abs/1801.03924), on a backbone read
+from a local file: unlike the training loss, no ``random_backbone`` (that number would mean nothing)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Quality figures for generated and predicted clips, computed the same way for every model.
-
-FVD (Unterthiner et al. 2018, https://arxiv.org/abs/1812.01717) reads the TorchScript I3D that the public
-PyTorch FVD implementations share (StyleGAN-V, "fvd-comparison": the Kinetics-400 I3D of the original TF
-code, called with ``rescale=False, resize=False, return_features=True`` on ``(B, 3, T, 224, 224)`` clips in
-[-1, 1]), so numbers compare with theirs. It is never downloaded.
-"""
+"""Quality figures for generated and predicted clips, computed the same way for every model. FVD (Unterthiner
+et al. 2018, https://arxiv.org/abs/1812.01717) reads the TorchScript I3D of the public PyTorch FVD code
+(StyleGAN-V, "fvd-comparison": the Kinetics-400 I3D of the original TF code, called with ``rescale=False,
+resize=False, return_features=True`` on ``(B, 3, T, 224, 224)`` clips in [-1, 1]); it is never downloaded."""
 
 from __future__ import annotations
 
@@ -51,9 +48,8 @@ def frame_prediction_scores(predicted: torch.Tensor, target: torch.Tensor, conte
 
 
 def motion_profile(clips: torch.Tensor) -> torch.Tensor:
-    """Mean absolute frame-to-frame change ``|x_t - x_{t-1}|`` in [0, 1] pixel units for every transition,
-    averaged over clips ``(B, C, T, H, W)``: ``(T - 1,)``. Generated clips should move as much as real ones (a
-    prior that freezes or flickers shows here)."""
+    """Mean absolute frame-to-frame change ``|x_t - x_{t-1}|`` (in [0, 1] units) per transition ``(T - 1,)``
+    over clips ``(B, C, T, H, W)``: a prior whose clips freeze or flicker shows here."""
     x = to_unit(clips.float().cpu())
     return (x[:, :, 1:] - x[:, :, :-1]).abs().mean((0, 1, 3, 4))
 
@@ -69,23 +65,10 @@ def i3d_help(path: str | None = None) -> str:
     )
 
 
-def load_i3d(path: str | Path | None, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """The TorchScript I3D from ``path``, else ``I3D_FILE`` in torch's hub cache (missing:
-    :class:`~vqgan.losses.perceptual.BackboneWeightsMissing`). TorchScript is run by torch's interpreter, not
-    unpickled, so loading it runs no arbitrary Python; it is still the user's file to trust."""
-    file = resolve_weights_file(None if path is None else str(path), I3D_FILE, i3d_help)
-    try:
-        return torch.jit.load(str(file), map_location=device).eval()
-    except RuntimeError as e:
-        raise ValueError(f"{file} is not a TorchScript I3D network ({I3D_FILE}): {str(e).splitlines()[0]}") from None
-
-
 def i3d_input(clips: torch.Tensor, resolution: int = I3D_RESOLUTION) -> torch.Tensor:
     """Clips ``(B, C, T, H, W)`` in [-1, 1] as I3D takes them: RGB (grey repeated), shorter side resized to
     ``resolution`` (bilinear, antialiased) and centre-cropped, still in [-1, 1] (the reference preprocessing)."""
-    x = clips.float().clamp(-1, 1)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1, -1)
+    x = clips.float().clamp(-1, 1).expand(-1, 3, -1, -1, -1)  # grey repeated to RGB
     b, c, t, h, w = x.shape
     scale = resolution / min(h, w)
     size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
@@ -96,21 +79,27 @@ def i3d_input(clips: torch.Tensor, resolution: int = I3D_RESOLUTION) -> torch.Te
 
 
 class FrechetVideoDistance:
-    """FVD between a real and a generated set of clips, accumulated batch by batch.
-
-    ``update(clips, real=...)`` takes ``(B, C, T, H, W)`` in [-1, 1]; ``compute()`` fits a Gaussian to each set's
-    I3D features and returns their Fréchet distance (:func:`vqgan.metrics.fid.frechet_distance`, as rFID).
-    I3D wants at least 9 frames (its temporal pooling); the reference protocol uses 16. ``weights``: the
-    TorchScript I3D file (``None``: torch's hub cache), or ``extractor``: a module with its call signature.
-    """
+    """FVD between a real and a generated set of clips ``(B, C, T, H, W)`` in [-1, 1] given to :meth:`update`:
+    the Fréchet distance of Gaussians fitted to their I3D features (at least 9 frames; the reference protocol
+    uses 16). ``weights``: the I3D file (``None``: torch's hub cache), or ``extractor``: a stand-in module."""
 
     def __init__(
         self, weights: str | Path | None = None, device: str | torch.device = "cpu",
         extractor: torch.nn.Module | None = None, resolution: int = I3D_RESOLUTION,
     ):
         self.device, self.resolution = torch.device(device), resolution
-        self.detector = extractor.to(self.device).eval() if extractor is not None else load_i3d(weights, self.device)
         self.features: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+        if extractor is not None:
+            self.detector = extractor.to(self.device).eval()
+            return
+        # TorchScript is run by torch's interpreter, not unpickled: loading it runs no arbitrary Python (it is
+        # still the user's file to trust).
+        file = resolve_weights_file(None if weights is None else str(weights), I3D_FILE, i3d_help)
+        try:
+            self.detector = torch.jit.load(str(file), map_location=self.device).eval()
+        except RuntimeError as e:
+            why = str(e).splitlines()[0]
+            raise ValueError(f"{file} is not a TorchScript I3D network ({I3D_FILE}): {why}") from None
 
     @torch.no_grad()
     def features_of(self, clips: torch.Tensor) -> torch.Tensor:

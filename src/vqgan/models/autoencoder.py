@@ -30,12 +30,10 @@ class _Layers(NamedTuple):
     temporal_attn: type[nn.Module] | None
 
 
-_LAYERS = {
+_LAYERS = {  # by ``video``
     False: _Layers(partial(nn.Conv2d, kernel_size=3, padding=1), ResnetBlock, AttnBlock, group_norm, None),
-    True: _Layers(
-        conv3d.CausalConv3d, conv3d.ResBlock3d, conv3d.SpatialAttention3d, conv3d.FrameGroupNorm,
-        conv3d.TemporalAttention,
-    ),
+    True: _Layers(conv3d.CausalConv3d, conv3d.ResBlock3d, conv3d.SpatialAttention3d, conv3d.FrameGroupNorm,
+                  conv3d.TemporalAttention),
 }
 
 
@@ -44,10 +42,8 @@ def _temporal_levels(cfg: ModelConfig) -> list[bool]:
     (coarse levels, as MAGVIT-v2 does: fine spatial detail is extracted at the full frame rate)."""
     n = len(cfg.ch_mult) - 1
     if cfg.temporal_downsample > n:
-        raise ValueError(
-            f"model.temporal_downsample={cfg.temporal_downsample} exceeds the {n} downsampling steps of "
-            f"model.ch_mult={cfg.ch_mult}"
-        )
+        raise ValueError(f"model.temporal_downsample={cfg.temporal_downsample} exceeds the {n} downsampling "
+                         f"steps of model.ch_mult={cfg.ch_mult}")
     return [i >= n - cfg.temporal_downsample for i in range(n)]
 
 
@@ -69,7 +65,8 @@ class _Mid(nn.Module):
 
 class _Level(nn.Module):
     """One resolution level: ``n`` residual blocks to ``c_out`` channels, each followed by attention when
-    ``res`` is in ``attn_resolutions``, then the resampling that :meth:`resample_with` adds."""
+    ``res`` is in ``attn_resolutions``, then any resampling layer added after them (taming's ``downsample`` /
+    ``upsample``, or ``resample`` in 3D)."""
 
     def __init__(self, cfg: ModelConfig, layers: _Layers, c_in: int, c_out: int, n: int, res: int):
         super().__init__()
@@ -80,19 +77,15 @@ class _Level(nn.Module):
                 attn.append(layers.attn(c_out, cfg.num_groups))
         self.block = nn.ModuleList(blocks)
         self.attn = nn.ModuleList(attn)
-        self.resample_name: str | None = None
-
-    def resample_with(self, name: str, module: nn.Module) -> None:
-        """End with ``module``, named ``name`` (taming's ``downsample``/``upsample``; 3D: ``resample``)."""
-        self.add_module(name, module)
-        self.resample_name = name
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for i, block in enumerate(self.block):
             h = block(h)
             if len(self.attn):
                 h = self.attn[i](h)
-        return h if self.resample_name is None else getattr(self, self.resample_name)(h)
+        for resample in list(self.children())[2:]:
+            h = resample(h)
+        return h
 
 
 class _Coder(nn.Module):
@@ -124,9 +117,9 @@ class Encoder(_Coder):
             block_in = cfg.ch * mult
             if i != len(cfg.ch_mult) - 1:
                 if video:
-                    level.resample_with("resample", conv3d.Downsample3d(block_in, temporal[i]))
+                    level.resample = conv3d.Downsample3d(block_in, temporal[i])
                 else:
-                    level.resample_with("downsample", Downsample(block_in))
+                    level.downsample = Downsample(block_in)
                 res //= 2
             self.down.append(level)
         self.mid = _Mid(cfg, layers, block_in)
@@ -158,9 +151,9 @@ class Decoder(_Coder):
             if i != 0:
                 out = widths[i - 1] if narrow else block_in
                 if video:
-                    level.resample_with("resample", conv3d.Upsample3d(block_in, temporal[i - 1]))
+                    level.resample = conv3d.Upsample3d(block_in, temporal[i - 1])
                 else:
-                    level.resample_with("upsample", Upsample(block_in, cfg.upsample, out))
+                    level.upsample = Upsample(block_in, cfg.upsample, out)
                 block_in, res = out, res * 2
             up.append(level)
         # taming stores the levels in encoder order (``up.0`` at full resolution), video in decoding order.
@@ -277,10 +270,9 @@ class BaseVQModel(nn.Module):
         return self.decode(self.quantize.indices_to_codes(indices))
 
     def compile(self, *args, **kwargs) -> None:
-        """``torch.compile`` in place (same module and state-dict keys as eager), the decoder's last layer
-        left eager: taming's adaptive GAN weight takes two gradients at that layer with ``retain_graph=True``,
-        which a compiled backward refuses ("compiled with non-empty donated buffers"); with that layer eager,
-        autograd reaches its weight without entering the compiled graph."""
+        """``torch.compile`` in place (same state-dict keys as eager), the decoder's last layer left eager:
+        taming's adaptive GAN weight takes two gradients there with ``retain_graph=True``, which a compiled
+        backward refuses ("compiled with non-empty donated buffers")."""
         last = next(m for m in self.decoder.modules() if getattr(m, "weight", None) is self.last_layer)
         last.forward = torch.compiler.disable(last.forward)
         super().compile(*args, **kwargs)

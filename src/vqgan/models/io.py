@@ -1,10 +1,6 @@
-"""Reading checkpoint files and building the models they hold, with torch only (no Lightning).
-
-Training checkpoints (``.ckpt``, from ``vqgan fit`` or ``fit-prior``) are read with ``weights_only=True``:
-a file that would need to execute code is refused. A missing, empty, truncated or corrupt file, a file that is
-no checkpoint, and a checkpoint of the other kind each get an error that names the file, says what it is and
-which command it belongs to.
-"""
+"""Reading checkpoint files (``weights_only=True``: a file that would execute code is refused) and building
+the models they hold, with torch only (no Lightning). A bad file gets an error that names it, says what it is
+and which command it belongs to."""
 
 from __future__ import annotations
 
@@ -25,10 +21,11 @@ _KINDS = {
                   "`vqgan reconstruct`, `encode`, `evaluate`, `convert`, or `vqgan sample --tokenizer`"),
     "prior": ("a stage-2 prior checkpoint", "`vqgan fit-prior`", "`vqgan sample --prior`"),
 }
-# First bytes of files that users pass by mistake.
+# (offset, bytes) at the start of files that users pass by mistake.
 _MAGIC = {
-    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"RIFF": "a RIFF (WebP/AVI) file",
-    b"\x1a\x45\xdf\xa3": "a Matroska/WebM video", b"\x93NUMPY": "a numpy .npy array",
+    (0, b"\x89PNG"): "a PNG image", (0, b"\xff\xd8\xff"): "a JPEG image", (0, b"GIF8"): "a GIF image",
+    (0, b"RIFF"): "a RIFF (WebP/AVI) file", (0, b"\x1a\x45\xdf\xa3"): "a Matroska/WebM video",
+    (0, b"\x93NUMPY"): "a numpy .npy array", (4, b"ftyp"): "an MP4/MOV video",
 }
 
 
@@ -37,13 +34,10 @@ class CheckpointError(RuntimeError):
 
 
 def _describe(path: Path, head: bytes) -> str | None:
-    """A short guess of what a file is from its first bytes (``None``: binary data of no known format, such as
-    a damaged checkpoint)."""
-    for magic, what in _MAGIC.items():
-        if head.startswith(magic):
+    """What a file looks like from its first bytes (``None``: binary of no known format, e.g. damaged)."""
+    for (offset, magic), what in _MAGIC.items():
+        if head[offset:].startswith(magic):
             return what
-    if head[4:8] == b"ftyp":
-        return "an MP4/MOV video"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
         return "a safetensors file (weights without a config: use a pretrained folder with its config.json)"
     try:
@@ -82,10 +76,9 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load {path}: it needs to execute code to unpickle ({str(e).splitlines()[0]}). "
-            "Only plain tensors and containers are accepted (weights_only=True)."
-        ) from None
+        raise CheckpointError(f"refusing to load {path}: it needs to execute code to unpickle "
+                              f"({str(e).splitlines()[0]}). Only plain tensors and containers are accepted "
+                              "(weights_only=True).") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {str(e).splitlines()[0]}") from None
     if not isinstance(ckpt, dict):
@@ -151,10 +144,9 @@ def _checkpoint_of_kind(path: str | Path, map_location: str, expected: str) -> d
     what, writer, _ = _KINDS[expected]
     if kind == "unknown":
         keys = sorted(map(str, ckpt))[:10]
-        raise CheckpointError(
-            f"{path} is not a vqgan training checkpoint (no hyper_parameters.config; entries: {keys}); "
-            f"expected {what} ({writer}). Other formats: `vqgan convert` them first"
-        )
+        raise CheckpointError(f"{path} is not a vqgan training checkpoint (no hyper_parameters.config; "
+                              f"entries: {keys}); expected {what} ({writer}). Other formats: `vqgan convert` "
+                              "them first")
     if kind != expected:
         is_what, is_writer, readers = _KINDS[kind]
         raise CheckpointError(f"{path} is {is_what} (written by {is_writer}); it belongs to {readers}; "

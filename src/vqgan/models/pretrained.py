@@ -50,10 +50,9 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     return model.eval()
 
 
-_TAGS = ["vqgan", "image-tokenizer", "vector-quantization"]
-
-
-class HubVQModel(ModelHubMixin, VQModel, library_name="vqgan", tags=_TAGS):
+class HubVQModel(
+    ModelHubMixin, VQModel, library_name="vqgan", tags=["vqgan", "image-tokenizer", "vector-quantization"]
+):
     """:class:`~vqgan.models.VQModel` with the Hugging Face hub mixin: ``save_pretrained(dir,
     push_to_hub=True, repo_id=...)`` writes our folder format (plus a model card) and uploads it;
     ``from_pretrained("user/repo")`` downloads it or reads a local folder offline; see :meth:`from_model`."""

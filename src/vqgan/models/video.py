@@ -10,12 +10,10 @@ from vqgan.models.autoencoder import BaseVQModel, Decoder, Encoder
 
 
 class VideoVQModel(BaseVQModel):
-    """Causal spatio-temporal VQGAN (``arch="video3d"``): taming's layout with causal 3D convolutions,
-    per-frame normalisation, causal temporal attention and downsampling, after MAGVIT-v2 (Yu et al. 2023,
-    https://arxiv.org/abs/2310.05737). Clips of ``1 + k * s`` frames (``s = 2 ** temporal_downsample``) become
-    ``1 + k`` latent frames, indices ``(B, t, h, w)``; the first latent frame encodes the first frame alone,
-    and changing frame ``t`` never changes the codes of latent frames ``j`` with ``j * s < t``. Same interface
-    and typed outputs as :class:`~vqgan.models.VQModel`."""
+    """Causal spatio-temporal VQGAN (``arch="video3d"``) after MAGVIT-v2 (Yu et al. 2023,
+    https://arxiv.org/abs/2310.05737), with :class:`~vqgan.models.VQModel`'s interface. Clips of ``1 + k * s``
+    frames (``s = 2 ** temporal_downsample``) become ``1 + k`` latent frames, indices ``(B, t, h, w)``; the
+    first encodes the first frame alone; frame ``t`` never changes latent frames ``j`` with ``j * s < t``."""
 
     def __init__(self, config: ModelConfig):
         if config.arch != "video3d":
@@ -50,13 +48,9 @@ class VideoVQModel(BaseVQModel):
 def reconstruct_video(
     model: nn.Module, video: torch.Tensor, frames_per_batch: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruct a clip ``(C, T, H, W)`` in [-1, 1] with either kind of tokenizer; returns ``(reconstruction,
-    indices)``.
-
-    An image model tokenizes every frame on its own (frame-wise tokenization, seed 000), in batches of
-    ``frames_per_batch``. A :class:`VideoVQModel` tokenizes the clip; frames beyond the last full
-    ``1 + k * time_factor`` are dropped from the output (the reconstruction may be shorter than the input).
-    """
+    """``(reconstruction, indices)`` of a clip ``(C, T, H, W)`` in [-1, 1]. An image model tokenizes every
+    frame on its own (seed 000), ``frames_per_batch`` at a time; a :class:`VideoVQModel` tokenizes the clip,
+    and frames beyond the last full ``1 + k * time_factor`` are dropped (the output may be shorter)."""
     model.eval()
     if isinstance(model, VideoVQModel):
         s = model.time_factor
