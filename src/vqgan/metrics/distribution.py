@@ -12,8 +12,7 @@ from vqgan.metrics.reconstruction import frames
 
 
 def _quantiles(x: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` evenly spaced quantiles of every column of sorted ``x`` ``(m, k)``: ``(n, k)`` (linear
-    interpolation), so that sets of different sizes can be compared point by point."""
+    """``n`` evenly spaced quantiles ``(n, k)`` of every column of sorted ``x`` ``(m, k)`` (interpolated)."""
     m = x.shape[0]
     if m == n:
         return x
@@ -34,8 +33,7 @@ def sliced_wasserstein(
     x: torch.Tensor, y: torch.Tensor, num_projections: int = 256, seed: int = 0
 ) -> torch.Tensor:
     """Sliced 1-Wasserstein distance (a float32 scalar) between the sets ``x`` ``(n, ...)`` and ``y``
-    ``(m, ...)`` (flattened per item). Directions come from a generator seeded with ``seed``: the same call
-    gives the same number, and two models compared with one seed are measured along the same directions."""
+    ``(m, ...)``, along directions drawn with ``seed`` (two models compared with one seed share them)."""
     x = x.flatten(1).float()
     y = y.flatten(1).float()
     if x.shape[1] != y.shape[1]:
@@ -50,9 +48,8 @@ def sliced_wasserstein(
 
 @torch.no_grad()
 def random_features(x: torch.Tensor, seed: int = 0, width: int = 32) -> torch.Tensor:
-    """Features ``(n, 8 * width)`` of images ``(n, C, H, W)`` from a fixed random conv net: three stride-2
-    3x3 convs with ReLU, weights drawn from a generator seeded with ``seed``, then every channel's mean and
-    standard deviation."""
+    """Features ``(n, 8 * width)`` of images ``(n, C, H, W)``: three seeded random stride-2 3x3 convs with
+    ReLU, then every channel's mean and standard deviation."""
     g = torch.Generator().manual_seed(seed)
     chans = [x.shape[1], width, 2 * width, 4 * width]
     h = x.float()
@@ -65,9 +62,8 @@ def random_features(x: torch.Tensor, seed: int = 0, width: int = 32) -> torch.Te
 def colour_histogram_distance(
     x: torch.Tensor, y: torch.Tensor, max_values: int = 200_000, seed: int = 0
 ) -> torch.Tensor:
-    """Mean over channels of the 1-Wasserstein distance between the value distributions of ``x`` and ``y``
-    (images ``(n, C, H, W)`` or clips ``(n, C, T, H, W)``). At most ``max_values`` values per channel are
-    compared (a seeded random subset), which keeps large sets cheap."""
+    """Mean over channels of the 1-Wasserstein distance between the values of images (or clips) ``x`` and
+    ``y``, on at most ``max_values`` values per channel (a seeded random subset: large sets stay cheap)."""
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"the sets have {x.shape[1]} and {y.shape[1]} channels")
     g = torch.Generator().manual_seed(seed)
@@ -84,9 +80,8 @@ def colour_histogram_distance(
 def image_set_distances(
     generated: torch.Tensor, reference: torch.Tensor, seed: int = 0, pixel_size: int = 32
 ) -> dict[str, float]:
-    """``{"swd_pixels", "swd_features", "colour"}`` between ``generated`` and ``reference`` images in [-1, 1]
-    ``(n, C, H, W)``. Pixels are compared after area resizing to ``pixel_size`` (so the cost does not grow
-    with the resolution and a one-pixel shift does not count as a different image)."""
+    """``{"swd_pixels", "swd_features", "colour"}`` between images in [-1, 1] ``(n, C, H, W)``, pixels area
+    resized to ``pixel_size`` (the cost does not grow with resolution; a one-pixel shift barely counts)."""
     if generated.shape[1:] != reference.shape[1:]:
         raise ValueError(f"image shapes differ: {tuple(generated.shape[1:])} and {tuple(reference.shape[1:])}")
 
@@ -104,9 +99,8 @@ def image_set_distances(
 def clip_set_distances(
     generated: torch.Tensor, reference: torch.Tensor, seed: int = 0, pixel_size: int = 32
 ) -> dict[str, float]:
-    """``{"swd_frames", "swd_features", "colour", "swd_motion"}`` between sets of clips ``(n, C, T, H, W)`` in
-    [-1, 1]: :func:`image_set_distances` on all frames (appearance) and sliced Wasserstein on the frame
-    differences (motion), each clip's differences flattened together so that the order of motion counts."""
+    """``{"swd_frames", "swd_features", "colour", "swd_motion"}`` between clips ``(n, C, T, H, W)`` in
+    [-1, 1]: :func:`image_set_distances` on frames, sliced Wasserstein on each clip's frame differences."""
     if generated.dim() != 5 or generated.shape[1:] != reference.shape[1:]:
         shapes = f"{tuple(generated.shape)} and {tuple(reference.shape)}"
         raise ValueError(f"expected two sets of clips of one shape, got {shapes}")

@@ -105,9 +105,8 @@ def evaluate_tokenizer(
     lpips: torch.nn.Module | None = None, fid: Any | None = None, progress: bool = False,
     checkpoint: str | None = None,
 ) -> EvaluationResult:
-    """Run :func:`reconstruction_metrics` and record the protocol (images, resolution, preprocessing, backbone
-    files, device) next to the numbers. ``data`` is the :class:`~vqgan.config.DataConfig` the loader was built
-    from."""
+    """:func:`reconstruction_metrics` with the protocol (images, resolution, preprocessing, backbone files,
+    device); ``data`` is the :class:`~vqgan.config.DataConfig` the loader was built from."""
     metrics = reconstruction_metrics(model, loader, device, lpips=lpips, fid=fid, progress=progress)
     cfg = getattr(model, "config", None)
     protocol: dict[str, Any] = {

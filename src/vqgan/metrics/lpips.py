@@ -13,8 +13,7 @@ from torch import nn
 from vqgan.losses.perceptual import _TV_NAMES, BACKBONE_FILES, LPIPS, default_hub_dir, resolve_weights_file
 from vqgan.metrics.reconstruction import per_clip
 
-# Smallest image side the backbone's pooling stages accept (AlexNet's stride-4 stem and two 3x3/2 max-pools;
-# VGG16's four 2x2 max-pools before relu5_3).
+# Smallest side the backbone's pooling accepts (AlexNet: stride-4 stem, two 3x3/2 max-pools; VGG16: 4 x 2x2).
 MIN_SIDE = {"alex": 32, "vgg": 16}
 
 
@@ -52,8 +51,7 @@ class LPIPSMetric(nn.Module):
             return per_clip(self.forward, x, y)
         x, y = x.float().clamp(-1, 1), y.float().clamp(-1, 1)
         if min(x.shape[-2:]) < self.min_side:
-            # Too small for the backbone: upsample (bilinear) so the shorter side is min_side; the evaluation
-            # protocol records it.
+            # Too small for the backbone: bilinear upsampling to a min_side shorter side (protocol records it).
             f = self.min_side / min(x.shape[-2:])
             size = (round(x.shape[-2] * f), round(x.shape[-1] * f))
             x, y = (F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x, y))

@@ -1,5 +1,4 @@
-"""Reconstruction metrics on images in [-1, 1]: PSNR and SSIM (torchmetrics' implementations, data range 1
-after mapping to [0, 1])."""
+"""PSNR and SSIM of images in [-1, 1] (torchmetrics', data range 1 after mapping to [0, 1]); conversions."""
 
 from __future__ import annotations
 

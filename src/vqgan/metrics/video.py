@@ -18,17 +18,15 @@ from vqgan.metrics.reconstruction import frames, psnr, ssim, to_unit
 I3D_FILE = "i3d_torchscript.pt"
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt"
 I3D_RESOLUTION = 224
-# PSNR of a frame equal to its target up to 8-bit rounding: the MSE floored at the variance of uniform
-# quantisation noise, (1/255)^2 / 12, about 58.9 dB. Frames can be identical (a digit that did not move, a
-# "copy the last frame" baseline): the cap keeps means finite and no higher than a saved frame can show.
+# The PSNR cap: frames equal up to 8-bit rounding (MSE floored at uniform quantisation noise, (1/255)^2 / 12,
+# about 58.9 dB): identical frames (a still digit, a "copy the last frame" baseline) keep means finite.
 PSNR_CAP = 10 * math.log10(12 * 255**2)
 
 
 def frame_prediction_scores(predicted: torch.Tensor, target: torch.Tensor, context_frames: int = 0) -> dict:
-    """Per-frame PSNR (dB, capped at :data:`PSNR_CAP`) and SSIM of ``predicted`` against ``target`` clips
-    ``(B, C, T, H, W)`` in [-1, 1], averaged over the clips (the frame-prediction protocol of MAGVIT and
-    OmniTokenizer): ``{"psnr_per_frame": [T], "ssim_per_frame": [T], "psnr_future", "ssim_future",
-    "context_frames"}``. The first ``context_frames`` were given: reported, not in the ``future`` means."""
+    """``{"psnr_per_frame", "ssim_per_frame", "psnr_future", "ssim_future", "context_frames"}`` of clips
+    ``(B, C, T, H, W)`` in [-1, 1] against ``target`` (MAGVIT's frame prediction): PSNR (dB, capped at
+    :data:`PSNR_CAP`), SSIM averaged over clips; ``future`` means leave out the given ``context_frames``."""
     if predicted.shape != target.shape or predicted.dim() != 5:
         shapes = f"{tuple(predicted.shape)} and {tuple(target.shape)}"
         raise ValueError(f"expected two batches of clips of one shape, got {shapes}")

@@ -4,6 +4,7 @@ its causal 3D version serves ``arch="video3d"``. ``arch="resnet"`` is van den Oo
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from itertools import pairwise
@@ -38,8 +39,7 @@ _LAYERS = {  # by ``video``
 
 
 def _temporal_levels(cfg: ModelConfig) -> list[bool]:
-    """Which of the ``len(ch_mult) - 1`` downsampling steps also halve time: the last ``temporal_downsample``
-    (coarse levels, as MAGVIT-v2 does: fine spatial detail is extracted at the full frame rate)."""
+    """Which downsampling steps also halve time: the last ``temporal_downsample`` (as in MAGVIT-v2)."""
     n = len(cfg.ch_mult) - 1
     if cfg.temporal_downsample > n:
         raise ValueError(f"model.temporal_downsample={cfg.temporal_downsample} exceeds the {n} downsampling "
@@ -47,20 +47,15 @@ def _temporal_levels(cfg: ModelConfig) -> list[bool]:
     return [i >= n - cfg.temporal_downsample for i in range(n)]
 
 
-class _Mid(nn.Module):
-    """Residual block, self-attention, (video) causal temporal attention, residual block."""
-
-    def __init__(self, cfg: ModelConfig, layers: _Layers, ch: int):
-        super().__init__()
-        g = cfg.num_groups
-        self.block_1 = layers.block(ch, ch, cfg.dropout, g)
-        self.attn_1 = layers.attn(ch, g) if cfg.mid_attention else nn.Identity()
-        use_temporal = layers.temporal_attn is not None and cfg.temporal_attention
-        self.temporal_attn = layers.temporal_attn(ch, g) if use_temporal else nn.Identity()
-        self.block_2 = layers.block(ch, ch, cfg.dropout, g)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.temporal_attn(self.attn_1(self.block_1(h))))
+def _mid(cfg: ModelConfig, layers: _Layers, ch: int) -> nn.Sequential:
+    """The middle block: residual block, self-attention, (video) causal temporal attention, residual block."""
+    g, temporal = cfg.num_groups, layers.temporal_attn is not None and cfg.temporal_attention
+    return nn.Sequential(OrderedDict(
+        block_1=layers.block(ch, ch, cfg.dropout, g),
+        attn_1=layers.attn(ch, g) if cfg.mid_attention else nn.Identity(),
+        temporal_attn=layers.temporal_attn(ch, g) if temporal else nn.Identity(),
+        block_2=layers.block(ch, ch, cfg.dropout, g),
+    ))
 
 
 class _Level(nn.Module):
@@ -122,7 +117,7 @@ class Encoder(_Coder):
                     level.downsample = Downsample(block_in)
                 res //= 2
             self.down.append(level)
-        self.mid = _Mid(cfg, layers, block_in)
+        self.mid = _mid(cfg, layers, block_in)
         self.norm_out = layers.norm(block_in, cfg.num_groups)
         self.conv_out = layers.conv(block_in, cfg.z_channels)
 
@@ -133,8 +128,7 @@ class Encoder(_Coder):
 class Decoder(_Coder):
     """taming's decoder with ``num_res_blocks + 1`` blocks per level (``video=True``: causal 3D): the mirror
     of :class:`Encoder`, or of its own widths (``decoder_ch``, ``decoder_ch_mult``; seed 004), where every
-    upsampling conv also narrows to the next level's width, so that no conv at a resolution is wider than that
-    resolution's width (the mirror keeps taming's layers, so taming checkpoints load)."""
+    upsampling conv also narrows to the next level's width (the mirror keeps taming's layers, checkpoints)."""
 
     def __init__(self, cfg: ModelConfig, video: bool = False):
         super().__init__()
@@ -143,7 +137,7 @@ class Decoder(_Coder):
         block_in, res = widths[-1], cfg.latent_resolution
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.conv_in = layers.conv(cfg.z_channels, block_in)
-        self.mid = _Mid(cfg, layers, block_in)
+        self.mid = _mid(cfg, layers, block_in)
         up: list[nn.Module] = []
         for i in reversed(range(len(widths))):
             level = _Level(cfg, layers, block_in, widths[i], cfg.num_res_blocks + 1, res)
@@ -225,10 +219,9 @@ class ResNetDecoder(nn.Module):
 
 
 class BaseVQModel(nn.Module):
-    """The plumbing every tokenizer shares: encoder -> 1x1 ``quant_conv`` -> quantizer -> 1x1
-    ``post_quant_conv`` -> decoder (``conv``: 2D or 3D). Subclasses may override :meth:`_prepare_input` and
-    :meth:`_match_input` (give the reconstruction the input's shape). ``decode_codes(encode(x).indices)``
-    equals ``forward(x).reconstruction`` in eval mode."""
+    """Every tokenizer's plumbing: encoder -> 1x1 ``quant_conv`` -> quantizer -> 1x1 ``post_quant_conv`` ->
+    decoder (``conv``: 2D or 3D); subclasses may override :meth:`_prepare_input` and :meth:`_match_input`.
+    ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode."""
 
     def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: nn.Module, conv: type = nn.Conv2d):
         super().__init__()
@@ -270,9 +263,8 @@ class BaseVQModel(nn.Module):
         return self.decode(self.quantize.indices_to_codes(indices))
 
     def compile(self, *args, **kwargs) -> None:
-        """``torch.compile`` in place (same state-dict keys as eager), the decoder's last layer left eager:
-        taming's adaptive GAN weight takes two gradients there with ``retain_graph=True``, which a compiled
-        backward refuses ("compiled with non-empty donated buffers")."""
+        """``torch.compile`` in place (eager's state-dict keys), the decoder's last layer left eager: the
+        adaptive GAN weight's two ``retain_graph=True`` gradients there fail in a compiled backward."""
         last = next(m for m in self.decoder.modules() if getattr(m, "weight", None) is self.last_layer)
         last.forward = torch.compiler.disable(last.forward)
         super().compile(*args, **kwargs)

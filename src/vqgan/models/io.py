@@ -87,9 +87,8 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
 
 
 def verify_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]:
-    """Load ``path`` after checking every record of its zip against its CRC-32 (``torch.load`` does not check
-    tensor bytes: a bit flip on disk would load silently). With ``training=True`` the file must also hold a
-    Lightning training state (``TRAINING_KEYS``). Raises :class:`CheckpointError` naming the file."""
+    """Load ``path`` once its zip records match their CRC-32 (``torch.load`` loads a bit flip silently) and,
+    with ``training=True``, it holds a Lightning training state; else :class:`CheckpointError` naming it."""
     path = Path(path)
     if why := unusable_file(path):
         raise CheckpointError(why)
@@ -111,11 +110,8 @@ def verify_checkpoint(path: str | Path, training: bool = True) -> dict[str, Any]
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
-    shapes = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if own[k].shape != state[k].shape
-    )
+    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if own[k].shape != state[k].shape)
     problems = {"missing": sorted(set(own) - set(state)), "unexpected": sorted(set(state) - set(own)),
                 "shape mismatch": shapes}
     if any(problems.values()):
@@ -129,8 +125,7 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
 
 
 def _checkpoint_of_kind(path: str | Path, map_location: str, expected: str) -> dict[str, Any]:
-    """The checkpoint at ``path``, which must be a ``tokenizer`` (stage 1: its config has a loss, a
-    discriminator or a quantizer) or ``prior`` (stage 2: token metadata and a GPT / MaskGIT model) one."""
+    """The checkpoint at ``path``, which must be of the ``expected`` kind (``tokenizer`` or ``prior``)."""
     ckpt = load_checkpoint_file(path, map_location)
     hp = ckpt.get("hyper_parameters")
     cfg = hp.get("config") if isinstance(hp, dict) else None
@@ -155,8 +150,7 @@ def _checkpoint_of_kind(path: str | Path, map_location: str, expected: str) -> d
 
 
 def _load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> torch.nn.Module:
-    """``model`` (eval mode) with the ``model.*`` entries of a Lightning state dict, without that prefix nor
-    ``torch.compile``'s."""
+    """``model`` (eval mode) with the ``model.*`` entries of a Lightning state dict (prefixes stripped)."""
     items = ckpt["state_dict"].items()
     state = {k[len("model.") :].replace("_orig_mod.", ""): v for k, v in items if k.startswith("model.")}
     load_state_dict_strict(model, state, source=str(path))
@@ -164,9 +158,8 @@ def _load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, ExperimentConfig | None]:
-    """``(model, experiment_config)``: the autoencoder (eval mode) from a training checkpoint (``.ckpt``), or
-    from a pretrained folder (config ``None``). Raises :class:`CheckpointError` (unreadable file, not a
-    checkpoint, a prior checkpoint) or :class:`ConfigError` (weights that don't match the stored config)."""
+    """``(model, experiment_config)``: the autoencoder (eval mode) from a training checkpoint or a pretrained
+    folder (config ``None``); raises :class:`CheckpointError` (bad file) or :class:`ConfigError` (weights)."""
     from vqgan.models import build_model
     from vqgan.models.pretrained import from_pretrained
 

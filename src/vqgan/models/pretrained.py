@@ -16,7 +16,7 @@ from huggingface_hub import ModelHubMixin
 from safetensors.torch import load_file, save_file
 
 from vqgan.config import ModelConfig, from_dict, to_dict
-from vqgan.models.autoencoder import VQModel
+from vqgan.models import VQModel, build_model
 from vqgan.models.io import load_state_dict_strict
 
 CONFIG_NAME = "config.json"
@@ -38,8 +38,6 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
 def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu", model_cls: type | None = None):
     """Load a folder written by :func:`save_pretrained` into the model its config names (or ``model_cls``, a
     subclass of :class:`~vqgan.models.VQModel` taking the same config)."""
-    from vqgan.models import build_model
-
     cfg_path, weights = Path(directory) / CONFIG_NAME, Path(directory) / WEIGHTS_NAME
     for p in (cfg_path, weights):
         if not p.is_file():
