@@ -51,7 +51,7 @@ class LPIPSMetric(nn.Module):
             return per_clip(self.forward, x, y)
         x, y = x.float().clamp(-1, 1), y.float().clamp(-1, 1)
         if min(x.shape[-2:]) < self.min_side:
-            # Too small for the backbone: bilinear upsampling to a min_side shorter side (protocol records it).
+            # Too small for the backbone: bilinear upsampling to a min_side shorter side (in the protocol).
             f = self.min_side / min(x.shape[-2:])
             size = (round(x.shape[-2] * f), round(x.shape[-1] * f))
             x, y = (F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x, y))
