@@ -8,18 +8,7 @@ from vqgan.metrics.lpips import LPIPSMetric
 from vqgan.metrics.reconstruction import psnr, ssim, to_unit
 
 __all__ = [
-    "CodebookUsage",
-    "EvaluationResult",
-    "LPIPSMetric",
-    "ReconstructionFID",
-    "clip_set_distances",
-    "codebook_stats",
-    "evaluate_tokenizer",
-    "frechet_distance",
-    "image_set_distances",
-    "psnr",
-    "reconstruction_metrics",
-    "sliced_wasserstein",
-    "ssim",
-    "to_unit",
+    "CodebookUsage", "EvaluationResult", "LPIPSMetric", "ReconstructionFID", "clip_set_distances",
+    "codebook_stats", "evaluate_tokenizer", "frechet_distance", "image_set_distances", "psnr",
+    "reconstruction_metrics", "sliced_wasserstein", "ssim", "to_unit",
 ]

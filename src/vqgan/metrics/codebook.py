@@ -16,23 +16,14 @@ DIAGNOSTICS_FILE = "diagnostics.npz"
 
 
 class CodebookUsage(Metric):
-    """Accumulates a histogram of code indices (synchronised across processes by torchmetrics).
-
-    ``compute()`` returns ``usage`` (fraction of codes used at least once), ``perplexity`` (``exp`` of the
-    entropy of the histogram, in codes), ``entropy`` (bits) and ``used`` (number of codes).
-
-    Args:
-        codebook_size: number of codes (of one stage for residual quantizers).
-        num_stages: for residual quantizers, whose indices have a last axis of stages: the statistics are those
-            of the first stage (the one whose codebook diagnostics also report).
-    """
+    """Histogram of code indices (synchronised across processes); ``compute()`` gives :func:`codebook_stats`,
+    of the first stage for residual quantizers (``num_stages > 1``: indices with a last axis of stages)."""
 
     full_state_update = False
 
     def __init__(self, codebook_size: int, num_stages: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.codebook_size = codebook_size
-        self.num_stages = num_stages
+        self.codebook_size, self.num_stages = codebook_size, num_stages
         self.add_state("counts", default=torch.zeros(codebook_size, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, indices: torch.Tensor) -> None:
@@ -47,8 +38,8 @@ class CodebookUsage(Metric):
 
 
 def codebook_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Usage, perplexity, entropy (bits) and number of used codes of a histogram (the quantizers' per-batch
-    :func:`~vqgan.quantizers.base.perplexity_and_usage`, with the entropy and count it implies)."""
+    """``usage`` (fraction of codes used), ``perplexity`` (``exp`` of the entropy, in codes), ``entropy``
+    (bits) and ``used`` (number of codes) of a histogram."""
     stats = perplexity_and_usage(counts)
     return {**stats, "entropy": stats["perplexity"].log() / math.log(2.0), "used": (counts > 0).sum().float()}
 
@@ -61,21 +52,14 @@ def sample_code_metrics(tokens: torch.Tensor, data_histogram: torch.Tensor) -> d
     stats = codebook_stats(counts)
     p = counts / counts.sum().clamp_min(1)
     q = data_histogram.float().cpu() / data_histogram.float().sum().clamp_min(1)
-    return {
-        "code_usage": stats["usage"],
-        "code_perplexity": stats["perplexity"],
-        "code_tv_distance": 0.5 * (p - q).abs().sum(),
-    }
+    tv = 0.5 * (p - q).abs().sum()
+    return {"code_usage": stats["usage"], "code_perplexity": stats["perplexity"], "code_tv_distance": tv}
 
 
 def load_diagnostics(run_dir: str | Path) -> dict[str, np.ndarray]:
     """Arrays saved by the training run's codebook diagnostics in ``RUN_DIR/diagnostics.npz`` (keys: ``step``,
     ``usage``, ``perplexity``, ``dead_codes``, ``restarts`` and, per code, ``code_norms``, ``code_grad_norms``,
-    ``code_counts``).
-
-    Raises:
-        FileNotFoundError: ``run_dir/diagnostics.npz`` does not exist.
-    """
+    ``code_counts``); ``FileNotFoundError`` saying why when there is none."""
     path = Path(run_dir) / DIAGNOSTICS_FILE
     if not path.is_file():
         reason = f"{path.parent} does not exist" if not path.parent.is_dir() else (

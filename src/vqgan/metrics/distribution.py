@@ -1,30 +1,18 @@
-"""Distances between two sets of images (or clips) that need no pretrained network and no download.
-
-FID and FVD compare sets through Inception / I3D features whose weights the user must supply. To rank priors on a
-machine without them we compare the sets directly, the same way for every model:
-
-* :func:`sliced_wasserstein` (Rabin et al. 2011; Deshpande et al. 2018): the mean 1-Wasserstein distance between
-  the two sets projected on random unit directions. It is a true metric on distributions, needs no density
-  estimate, and its cost is a sort per direction.
-* :func:`random_features`: a fixed, seeded, randomly initialised conv net (Ulyanov et al. 2018 show such nets
-  already capture image statistics). Comparing sets in this space is sensitive to local structure (edges,
-  textures) that raw pixels weigh poorly.
-* :func:`colour_histogram_distance`: the mean over channels of the 1-Wasserstein distance between the per-channel
-  value distributions: a palette check that ignores layout.
-
-:func:`image_set_distances` bundles the three for images in [-1, 1]; :func:`clip_set_distances` does the same
-for clips, on frames and on frame differences (motion).
-"""
+"""Distances between two sets of images (or clips) that need no pretrained network and no download, to rank
+priors without the Inception / I3D weights of FID and FVD; lower is better for all. Sliced Wasserstein (Rabin
+et al. 2011; Deshpande et al. 2018) is a true metric on distributions at the cost of a sort per direction; on
+random conv features (such nets capture image statistics, Ulyanov et al. 2018) it weighs local structure."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from vqgan.metrics.reconstruction import frames
+
 
 def _quantiles(x: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` evenly spaced quantiles of every column of sorted ``x`` ``(m, k)``: ``(n, k)`` (linear interpolation),
-    so that sets of different sizes can be compared point by point."""
+    """``n`` evenly spaced quantiles ``(n, k)`` of every column of sorted ``x`` ``(m, k)`` (interpolated)."""
     m = x.shape[0]
     if m == n:
         return x
@@ -35,17 +23,17 @@ def _quantiles(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[lo] * (1 - w) + x[hi] * w
 
 
+def _sorted_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the quantiles of two column-wise sorted sets (1-Wasserstein per column)."""
+    n = max(x.shape[0], y.shape[0])
+    return (_quantiles(x, n) - _quantiles(y, n)).abs().mean()
+
+
 def sliced_wasserstein(
     x: torch.Tensor, y: torch.Tensor, num_projections: int = 256, seed: int = 0
 ) -> torch.Tensor:
-    """Sliced 1-Wasserstein distance between the sets ``x`` ``(n, ...)`` and ``y`` ``(m, ...)`` (flattened per item).
-
-    Directions are drawn from a generator seeded with ``seed``, so the same call on the same sets gives the same
-    number, and two models compared with the same seed are measured along the same directions.
-
-    Returns:
-        A scalar tensor (float32).
-    """
+    """Sliced 1-Wasserstein distance (a float32 scalar) between the sets ``x`` ``(n, ...)`` and ``y``
+    ``(m, ...)``, along directions drawn with ``seed`` (two models compared with one seed share them)."""
     x = x.flatten(1).float()
     y = y.flatten(1).float()
     if x.shape[1] != y.shape[1]:
@@ -55,42 +43,27 @@ def sliced_wasserstein(
     g = torch.Generator().manual_seed(seed)
     dirs = torch.randn(x.shape[1], num_projections, generator=g).to(x.device)
     dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    px, _ = (x @ dirs).sort(0)
-    py, _ = (y @ dirs).sort(0)
-    n = max(px.shape[0], py.shape[0])
-    return (_quantiles(px, n) - _quantiles(py, n)).abs().mean()
+    return _sorted_distance((x @ dirs).sort(0).values, (y @ dirs).sort(0).values)
 
 
-class RandomFeatures(torch.nn.Module):
-    """A fixed random conv net: three stride-2 3x3 convs with ReLU and global average plus standard-deviation
-    pooling (mean and spread of every channel), weights drawn from a generator seeded with ``seed``."""
-
-    def __init__(self, in_channels: int = 3, width: int = 32, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        chans = [in_channels, width, 2 * width, 4 * width]
-        self.weights = torch.nn.ParameterList()
-        for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
-            w = torch.randn(c_out, c_in, 3, 3, generator=g) * (2.0 / (9 * c_in)) ** 0.5  # He init keeps scale
-            self.weights.append(torch.nn.Parameter(w, requires_grad=False))
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        for w in self.weights:
-            h = F.relu(F.conv2d(h, w.to(h.device), stride=2, padding=1))
-        return torch.cat([h.mean((2, 3)), h.std((2, 3))], dim=1)
-
-
+@torch.no_grad()
 def random_features(x: torch.Tensor, seed: int = 0, width: int = 32) -> torch.Tensor:
-    """Features ``(n, 8 * width)`` of images ``(n, C, H, W)`` from :class:`RandomFeatures` with this seed."""
-    return RandomFeatures(x.shape[1], width, seed)(x)
+    """Features ``(n, 8 * width)`` of images ``(n, C, H, W)``: three seeded random stride-2 3x3 convs with
+    ReLU, then every channel's mean and standard deviation."""
+    g = torch.Generator().manual_seed(seed)
+    chans = [x.shape[1], width, 2 * width, 4 * width]
+    h = x.float()
+    for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
+        w = torch.randn(c_out, c_in, 3, 3, generator=g) * (2.0 / (9 * c_in)) ** 0.5  # He init keeps scale
+        h = F.relu(F.conv2d(h, w.to(h.device), stride=2, padding=1))
+    return torch.cat([h.mean((2, 3)), h.std((2, 3))], dim=1)
 
 
-def colour_histogram_distance(x: torch.Tensor, y: torch.Tensor, max_values: int = 200_000, seed: int = 0) -> torch.Tensor:
-    """Mean over channels of the 1-Wasserstein distance between the value distributions of ``x`` and ``y``
-    (images ``(n, C, H, W)`` or clips ``(n, C, T, H, W)``). At most ``max_values`` values per channel are compared
-    (a seeded random subset), which keeps large sets cheap."""
+def colour_histogram_distance(
+    x: torch.Tensor, y: torch.Tensor, max_values: int = 200_000, seed: int = 0
+) -> torch.Tensor:
+    """Mean over channels of the 1-Wasserstein distance between the values of images (or clips) ``x`` and
+    ``y``, on at most ``max_values`` values per channel (a seeded random subset: large sets stay cheap)."""
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"the sets have {x.shape[1]} and {y.shape[1]} channels")
     g = torch.Generator().manual_seed(seed)
@@ -101,58 +74,43 @@ def colour_histogram_distance(x: torch.Tensor, y: torch.Tensor, max_values: int 
             v = v[:, torch.randperm(v.shape[1], generator=g)[:max_values].to(v.device)]
         return v.sort(1).values.T  # (values, C)
 
-    vx, vy = values(x), values(y)
-    n = max(vx.shape[0], vy.shape[0])
-    return (_quantiles(vx, n) - _quantiles(vy, n)).abs().mean()
+    return _sorted_distance(values(x), values(y))
 
 
 def image_set_distances(
     generated: torch.Tensor, reference: torch.Tensor, seed: int = 0, pixel_size: int = 32
 ) -> dict[str, float]:
-    """The three distances between ``generated`` and ``reference`` images in [-1, 1] ``(n, C, H, W)``.
-
-    Pixels are compared after area resizing to ``pixel_size`` (so the cost does not grow with the resolution and
-    a one-pixel shift does not count as a different image). Lower is better for all three.
-
-    Returns:
-        ``{"swd_pixels", "swd_features", "colour"}``.
-    """
+    """``{"swd_pixels", "swd_features", "colour"}`` between images in [-1, 1] ``(n, C, H, W)``, pixels area
+    resized to ``pixel_size`` (the cost does not grow with resolution; a one-pixel shift barely counts)."""
     if generated.shape[1:] != reference.shape[1:]:
         raise ValueError(f"image shapes differ: {tuple(generated.shape[1:])} and {tuple(reference.shape[1:])}")
 
-    def small(t: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(t.float(), pixel_size) if t.shape[-1] > pixel_size else t.float()
-
+    pixels = [F.adaptive_avg_pool2d(t.float(), pixel_size) if t.shape[-1] > pixel_size else t.float()
+              for t in (generated, reference)]
     fg, fr = random_features(generated, seed), random_features(reference, seed)
     scale = torch.cat([fg, fr]).std(0).clamp_min(1e-6)  # each feature on a comparable scale
     return {
-        "swd_pixels": float(sliced_wasserstein(small(generated), small(reference), seed=seed)),
+        "swd_pixels": float(sliced_wasserstein(*pixels, seed=seed)),
         "swd_features": float(sliced_wasserstein(fg / scale, fr / scale, seed=seed)),
         "colour": float(colour_histogram_distance(generated, reference, seed=seed)),
     }
 
 
-def clip_set_distances(generated: torch.Tensor, reference: torch.Tensor, seed: int = 0, pixel_size: int = 32) -> dict[str, float]:
-    """Distances between sets of clips ``(n, C, T, H, W)`` in [-1, 1]: :func:`image_set_distances` on all frames
-    (appearance) and sliced Wasserstein on the frame differences (motion), each clip's differences flattened
-    together so that the order of motion within a clip counts.
-
-    Returns:
-        ``{"swd_frames", "swd_features", "colour", "swd_motion"}``.
-    """
+def clip_set_distances(
+    generated: torch.Tensor, reference: torch.Tensor, seed: int = 0, pixel_size: int = 32
+) -> dict[str, float]:
+    """``{"swd_frames", "swd_features", "colour", "swd_motion"}`` between clips ``(n, C, T, H, W)`` in
+    [-1, 1]: :func:`image_set_distances` on frames, sliced Wasserstein on each clip's frame differences."""
     if generated.dim() != 5 or generated.shape[1:] != reference.shape[1:]:
-        raise ValueError(f"expected two sets of clips of one shape, got {tuple(generated.shape)} and {tuple(reference.shape)}")
-
-    def frames(t: torch.Tensor) -> torch.Tensor:
-        return t.transpose(1, 2).flatten(0, 1)
+        shapes = f"{tuple(generated.shape)} and {tuple(reference.shape)}"
+        raise ValueError(f"expected two sets of clips of one shape, got {shapes}")
 
     def motion(t: torch.Tensor) -> torch.Tensor:
-        d = (t[:, :, 1:] - t[:, :, :-1]).float()
-        n, c, tt, h, w = d.shape
-        d = F.adaptive_avg_pool2d(d.transpose(1, 2).flatten(0, 1), min(pixel_size, h))
-        return d.view(n, -1)
+        d = frames((t[:, :, 1:] - t[:, :, :-1]).float())
+        return F.adaptive_avg_pool2d(d, min(pixel_size, t.shape[-2])).view(len(t), -1)
 
     per_frame = image_set_distances(frames(generated), frames(reference), seed, pixel_size)
-    out = {"swd_frames": per_frame["swd_pixels"], "swd_features": per_frame["swd_features"], "colour": per_frame["colour"]}
-    out["swd_motion"] = float(sliced_wasserstein(motion(generated), motion(reference), seed=seed)) if generated.shape[2] > 1 else 0.0
+    out = {"swd_frames": per_frame.pop("swd_pixels"), **per_frame, "swd_motion": 0.0}
+    if generated.shape[2] > 1:
+        out["swd_motion"] = float(sliced_wasserstein(motion(generated), motion(reference), seed=seed))
     return out

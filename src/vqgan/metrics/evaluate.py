@@ -1,11 +1,5 @@
-"""Reconstruction metrics of a tokenizer over a whole evaluation set, with the protocol that produced them.
-
-Reconstruction numbers are only comparable when the protocol is: so :func:`evaluate_tokenizer` returns, next to
-the metrics, the number of images, their resolution and preprocessing, and the backbone files of the
-perceptual metrics. PSNR and SSIM are means over images (images in [0, 1], reconstructions clamped); LPIPS is a
-mean over images; rFID compares the Inception statistics of all originals with those of all reconstructions;
-codebook usage, perplexity and code entropy come from the histogram of every code index over the whole set.
-"""
+"""Reconstruction metrics of a tokenizer over a whole evaluation set, with the protocol that produced them
+(numbers are only comparable when the protocol is)."""
 
 from __future__ import annotations
 
@@ -35,24 +29,17 @@ class EvaluationResult:
 
 @torch.no_grad()
 def reconstruction_metrics(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    device: str | torch.device = "cpu",
-    lpips: torch.nn.Module | None = None,
-    fid: Any | None = None,
-    progress: bool = False,
+    model: torch.nn.Module, loader: DataLoader, device: str | torch.device = "cpu",
+    lpips: torch.nn.Module | None = None, fid: Any | None = None, progress: bool = False,
 ) -> dict[str, Any]:
-    """PSNR, SSIM (means over images), codebook usage, perplexity and code entropy over every batch of
-    ``loader``; LPIPS when an :class:`~vqgan.metrics.lpips.LPIPSMetric` is given and rFID when a
-    :class:`~vqgan.metrics.fid.ReconstructionFID` is given. Also the number of images and of skipped (unreadable)
-    items."""
+    """Means over images of PSNR, SSIM (on [0, 1], reconstructions clamped) and, given ``lpips``, LPIPS; rFID
+    of all originals against all reconstructions given ``fid``; codebook usage, perplexity and code entropy of
+    the whole set's histogram; the number of images and of skipped (unreadable) items."""
     model = model.to(device).eval()
-    if lpips is not None:
-        lpips = lpips.to(device)
-    if fid is not None:
-        fid = fid.to(device)
+    lpips, fid = (None if m is None else m.to(device) for m in (lpips, fid))
     usage = CodebookUsage(model.quantize.codebook_size, model.quantize.num_stages).to(device)
-    p_sum = s_sum = l_sum = 0.0
+    scores = {"psnr": psnr, "ssim": ssim} | ({} if lpips is None else {"lpips": lpips})
+    sums = dict.fromkeys(scores, 0.0)
     n = skipped = 0
     try:
         total = len(loader)
@@ -67,39 +54,29 @@ def reconstruction_metrics(
             x = frames(x)
         out = model(x)
         rec = out.reconstruction.float()
-        p_sum += float(psnr(x, rec).sum())
-        s_sum += float(ssim(x, rec).sum())
-        if lpips is not None:
-            l_sum += float(lpips(x, rec).sum())
+        for name, score in scores.items():
+            sums[name] += float(score(x, rec).sum())
         if fid is not None:
-            if x.dim() == 5:  # videos: every frame is an image for FID
-                fid.update(frames(x), frames(rec))
-            else:
-                fid.update(x, rec)
+            fid.update(x, rec)
         usage.update(out.indices)
         n += x.shape[0]
     if n == 0:
         raise ValueError("no readable images to evaluate")
     stats = usage.compute()
-    metrics: dict[str, Any] = {"psnr": p_sum / n, "ssim": s_sum / n}
-    if lpips is not None:
-        metrics["lpips"] = l_sum / n
+    metrics: dict[str, Any] = {name: s / n for name, s in sums.items()}
     if fid is not None:
         if fid.num_images < 2:
             raise ValueError(f"rFID needs at least 2 images, the evaluation set has {fid.num_images}")
         metrics["rfid"] = fid.compute()
-    metrics.update(
-        {
-            "codebook_usage": float(stats["usage"]),
-            "perplexity": float(stats["perplexity"]),
-            "code_entropy_bits": float(stats["entropy"]),
-            "codes_used": int(stats["used"]),
-            "codebook_size": model.quantize.codebook_size,
-            "num_images": n,
-            "skipped": skipped,
-        }
-    )
-    return metrics
+    return metrics | {
+        "codebook_usage": float(stats["usage"]),
+        "perplexity": float(stats["perplexity"]),
+        "code_entropy_bits": float(stats["entropy"]),
+        "codes_used": int(stats["used"]),
+        "codebook_size": model.quantize.codebook_size,
+        "num_images": n,
+        "skipped": skipped,
+    }
 
 
 def describe_preprocessing(data: Any) -> str:
@@ -124,18 +101,12 @@ def describe_preprocessing(data: Any) -> str:
 
 
 def evaluate_tokenizer(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    data: Any,
-    device: str | torch.device = "cpu",
-    lpips: torch.nn.Module | None = None,
-    fid: Any | None = None,
-    progress: bool = False,
+    model: torch.nn.Module, loader: DataLoader, data: Any, device: str | torch.device = "cpu",
+    lpips: torch.nn.Module | None = None, fid: Any | None = None, progress: bool = False,
     checkpoint: str | None = None,
 ) -> EvaluationResult:
-    """Run :func:`reconstruction_metrics` and record the protocol (images, resolution, preprocessing, backbone
-    files, device) next to the numbers. ``data`` is the :class:`~vqgan.config.DataConfig` the loader was built
-    from."""
+    """:func:`reconstruction_metrics` with the protocol (images, resolution, preprocessing, backbone files,
+    device); ``data`` is the :class:`~vqgan.config.DataConfig` the loader was built from."""
     metrics = reconstruction_metrics(model, loader, device, lpips=lpips, fid=fid, progress=progress)
     cfg = getattr(model, "config", None)
     protocol: dict[str, Any] = {

@@ -1,12 +1,7 @@
-"""Reconstruction FID (rFID): the Fréchet Inception Distance (Heusel et al. 2017, https://arxiv.org/abs/1706.08500)
-between the Inception-v3 features of the evaluation images and of their reconstructions.
-
-Numbers are only comparable when everybody uses the same network and resizing, so we do not reimplement either:
-features come from torch-fidelity's ``FeatureExtractorInceptionV3`` (the TF-1 Inception graph ported bit-exactly,
-with its TF-compatible bilinear upsampling to 299x299) and the statistics from torchmetrics'
-``FrechetInceptionDistance``. The Inception weights are read from a local file the user names, never downloaded:
-torch-fidelity would fetch them when given no path, so we always resolve a path first and fail fast otherwise.
-"""
+"""Reconstruction FID (Heusel et al. 2017, https://arxiv.org/abs/1706.08500) of images against their
+reconstructions. Numbers only compare with the same network and resizing, so we use torch-fidelity's Inception
+(the TF-1 graph ported bit-exactly, TF-compatible resizing to 299x299) and torchmetrics' statistics, with the
+weights read from a file the user names, never downloaded."""
 
 from __future__ import annotations
 
@@ -16,7 +11,7 @@ import torch
 from torch import nn
 
 from vqgan.losses.perceptual import default_hub_dir, resolve_weights_file
-from vqgan.metrics.reconstruction import to_uint8, to_unit
+from vqgan.metrics.reconstruction import frames, to_uint8, to_unit
 
 # torch-fidelity's Inception-v3 weights (the TF-1 2015-12-05 graph converted to PyTorch) and where they live.
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -35,66 +30,45 @@ def inception_help(path: str | None = None) -> str:
     )
 
 
-def resolve_inception_file(path: str | None) -> Path:
-    """The Inception weights file: ``path`` if given, else the file in torch's hub cache; raises
-    :class:`BackboneWeightsMissing` (a ``FileNotFoundError``) naming the file when neither exists."""
-    return resolve_weights_file(path, INCEPTION_FILE, inception_help)
-
-
-def check_inception_file(path: str | Path) -> Path:
-    """Check that ``path`` holds torch-fidelity's Inception-v3 state dict, opening it with ``weights_only=True``
-    so that a file which would execute code when unpickled is refused before torch-fidelity (which loads with
-    ``weights_only=False``) ever reads it."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a plain PyTorch state dict of Inception-v3 weights: {str(e).splitlines()[0]}") from None
-    if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
-        raise ValueError(f"{path} is not torch-fidelity's Inception-v3 state dict ({INCEPTION_FILE}); see {INCEPTION_URL}")
-    return path
-
-
 class ReconstructionFID(nn.Module):
-    """Accumulates Inception features of originals (real) and reconstructions (fake) batch by batch.
-
-    ``update(x, rec)`` takes images in [-1, 1] (grayscale is repeated to RGB); they are quantised to uint8 as
-    torch-fidelity expects, so the features are those of the saved PNGs. ``compute()`` returns the FID.
-
-    Args:
-        weights: Inception weights file (see :func:`resolve_inception_file`).
-        feature: Inception layer: 2048 (pool3, the standard) or 64/192/768.
-        extractor: a custom feature network taking uint8 ``(B, 3, H, W)`` images (tests); it must have an int
-            attribute ``num_features``. When given, ``weights`` is ignored.
-    """
+    """Accumulates Inception features of originals and reconstructions: ``update(x, rec)`` takes images (or
+    clips: their frames) in [-1, 1], quantised to uint8 as saved PNGs are. ``weights``: the Inception file
+    (``None``: torch's hub cache); ``feature``: its layer, 2048 (pool3, the standard) or 64/192/768;
+    ``extractor``: instead, a network taking uint8 images with an int ``num_features`` (tests)."""
 
     def __init__(self, weights: str | Path | None = None, feature: int = 2048, extractor: nn.Module | None = None):
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         self.weights_file: Path | None = None
-        if extractor is None:
-            if feature not in FID_FEATURE_DIMS:
-                raise ValueError(f"FID feature layer must be one of {FID_FEATURE_DIMS}, got {feature}")
-            self.weights_file = check_inception_file(resolve_inception_file(None if weights is None else str(weights)))
-            # An int ``feature`` makes torchmetrics build torch-fidelity's extractor from our file (never a download).
-            self.fid = FrechetInceptionDistance(
-                feature=feature, normalize=False, feature_extractor_weights_path=str(self.weights_file)
-            )
-        else:
-            self.fid = FrechetInceptionDistance(feature=extractor, normalize=False)
         self.feature = feature
-
-    @staticmethod
-    def to_uint8(x: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] images -> uint8 RGB as written to disk (round to nearest)."""
-        u = to_uint8(to_unit(x))
-        return u.expand(-1, 3, -1, -1) if u.shape[1] == 1 else u
+        if extractor is not None:
+            self.fid = FrechetInceptionDistance(feature=extractor, normalize=False)
+            return
+        if feature not in FID_FEATURE_DIMS:
+            raise ValueError(f"FID feature layer must be one of {FID_FEATURE_DIMS}, got {feature}")
+        path = resolve_weights_file(None if weights is None else str(weights), INCEPTION_FILE, inception_help)
+        # Opened with weights_only=True first: a file that would execute code when unpickled is refused before
+        # torch-fidelity (which loads with weights_only=False) ever reads it.
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            why = f"{path} is not a plain PyTorch state dict of Inception-v3 weights"
+            raise ValueError(f"{why}: {str(e).splitlines()[0]}") from None
+        if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
+            raise ValueError(f"{path} is not torch-fidelity's Inception-v3 state dict ({INCEPTION_FILE}); "
+                             f"see {INCEPTION_URL}")
+        self.weights_file = path
+        # An int ``feature``: torchmetrics builds torch-fidelity's extractor from our file (no download).
+        self.fid = FrechetInceptionDistance(
+            feature=feature, normalize=False, feature_extractor_weights_path=str(self.weights_file)
+        )
 
     @torch.no_grad()
     def update(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
-        self.fid.update(self.to_uint8(originals), real=True)
-        self.fid.update(self.to_uint8(reconstructions), real=False)
+        for images, real in ((originals, True), (reconstructions, False)):
+            u = to_uint8(to_unit(frames(images) if images.dim() == 5 else images))  # as saved: rounded
+            self.fid.update(u.expand(-1, 3, -1, -1), real=real)  # grey repeated to RGB
 
     def compute(self) -> float:
         return float(self.fid.compute())

@@ -1,65 +1,49 @@
-"""LPIPS as an evaluation metric (Zhang et al. 2018, https://arxiv.org/abs/1801.03924).
-
-The network is the ``lpips`` package's own (its shipped linear calibration layers) through
-:class:`vqgan.losses.perceptual.LPIPS`; the ImageNet backbone (torchvision's VGG16 or AlexNet) is read from a local
-file. Unlike the training loss, the metric has no ``random_backbone`` switch on the command line: an LPIPS number
-from a random backbone means nothing, so a missing file is an error naming the file (tests build the metric with a
-backbone file they write themselves).
-"""
+"""LPIPS as an evaluation metric (Zhang et al. 2018, https://arxiv.org/abs/1801.03924), on a backbone read
+from a local file: unlike the training loss, no ``random_backbone`` (that number would mean nothing)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vqgan.losses.perceptual import _TV_NAMES, BACKBONE_FILES, LPIPS, default_hub_dir, resolve_weights_file
 from vqgan.metrics.reconstruction import per_clip
+
+# Smallest side the backbone's pooling accepts (AlexNet: stride-4 stem, two 3x3/2 max-pools; VGG16: 4 x 2x2).
+MIN_SIDE = {"alex": 32, "vgg": 16}
 
 
 def lpips_weights_help(net: str, path: str | None = None) -> str:
     """How to get the LPIPS backbone file, for error messages."""
     name, tv = BACKBONE_FILES[net], _TV_NAMES[net]
     where = f"{path!r} does not exist. " if path else "no backbone weights file was given. "
+    save = f"torch.save(torchvision.models.{tv}(weights='DEFAULT').state_dict(), '{name}')"
     return (
         f"LPIPS ({net}) needs torchvision's ImageNet {tv} weights ({name}) and {where}"
-        f"On a machine with internet access run\n"
-        f"  python -c \"import torch, torchvision; torch.save(torchvision.models.{tv}(weights='DEFAULT').state_dict(), '{name}')\"\n"
-        f"copy the file here and pass --lpips-weights /path/to/{name} --lpips-net {net} (or put it in {default_hub_dir()}). "
-        "Nothing is downloaded at run time, and LPIPS is never computed with a random backbone."
+        f"On a machine with internet access run\n  python -c \"import torch, torchvision; {save}\"\n"
+        f"copy the file here and pass --lpips-weights /path/to/{name} --lpips-net {net} "
+        f"(or put it in {default_hub_dir()}). Nothing is downloaded at run time, and LPIPS is never computed "
+        "with a random backbone."
     )
 
 
-def resolve_lpips_weights(net: str, path: str | None) -> Path:
-    """The backbone file: ``path``, else torch's hub cache; raises :class:`BackboneWeightsMissing` naming it."""
-    return resolve_weights_file(path, BACKBONE_FILES[net], lambda p: lpips_weights_help(net, p))
-
-
 class LPIPSMetric(nn.Module):
-    """Per-image LPIPS distance ``(B,)`` between images in [-1, 1].
-
-    Args:
-        net: ``vgg`` (the usual choice for tokenizer papers) or ``alex`` (the LPIPS paper's default).
-        weights: torchvision state dict file of that backbone (``vgg16-397923af.pth`` / ``alexnet-owt-7be5be79.pth``);
-            ``None`` looks in torch's hub cache. Missing: :class:`~vqgan.losses.perceptual.BackboneWeightsMissing`.
-    """
+    """Per-image LPIPS distance ``(B,)`` between images in [-1, 1], on ``net`` ``vgg`` (the usual choice for
+    tokenizer papers) or ``alex`` (the LPIPS paper's default), whose torchvision state dict file is
+    ``weights`` (``None``: torch's hub cache; missing: ``BackboneWeightsMissing``)."""
 
     def __init__(self, net: str = "vgg", weights: str | Path | None = None):
         super().__init__()
         if net not in BACKBONE_FILES:
             raise ValueError(f"LPIPS backbone must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
-        self.weights_file = resolve_lpips_weights(net, None if weights is None else str(weights))
-        self.net = net
+        path = None if weights is None else str(weights)
+        self.weights_file = resolve_weights_file(path, BACKBONE_FILES[net], partial(lpips_weights_help, net))
+        self.net, self.min_side = net, MIN_SIDE[net]
         self.lpips = LPIPS(net, str(self.weights_file))
-
-    # Smallest image side the backbone's pooling stages accept (AlexNet's stride-4 stem and two 3x3/2 max-pools;
-    # VGG16's four 2x2 max-pools before relu5_3).
-    MIN_SIDE = {"alex": 32, "vgg": 16}
-
-    @property
-    def min_side(self) -> int:
-        return self.MIN_SIDE[self.net]
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -67,9 +51,8 @@ class LPIPSMetric(nn.Module):
             return per_clip(self.forward, x, y)
         x, y = x.float().clamp(-1, 1), y.float().clamp(-1, 1)
         if min(x.shape[-2:]) < self.min_side:
-            # Too small for the backbone: upsample (bilinear) so the shorter side is min_side; the evaluation
-            # protocol records it.
+            # Too small for the backbone: bilinear upsampling to a min_side shorter side (in the protocol).
             f = self.min_side / min(x.shape[-2:])
             size = (round(x.shape[-2] * f), round(x.shape[-1] * f))
-            x, y = (torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x, y))
+            x, y = (F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x, y))
         return self.lpips(x, y)

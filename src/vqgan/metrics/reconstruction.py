@@ -1,5 +1,4 @@
-"""Reconstruction metrics on images in [-1, 1]: PSNR and SSIM (torchmetrics' implementations, data range 1
-after mapping to [0, 1])."""
+"""PSNR and SSIM of images in [-1, 1] (torchmetrics', data range 1 after mapping to [0, 1]); conversions."""
 
 from __future__ import annotations
 
@@ -16,10 +15,8 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] -> uint8, rounded to nearest: the one float-to-8-bit conversion (PNGs, videos, FID's input).
-
-    Our own line rather than torchvision's ``to_dtype(..., scale=True)``, which truncates (``x * 255.999``): the
-    8-bit value nearest to the float is what PSNR on written files assumes."""
+    """[0, 1] -> uint8, rounded to nearest: the one float-to-8-bit conversion (PNGs, videos, FID's input). Not
+    torchvision's ``to_dtype(..., scale=True)``, which truncates: PSNR of written files assumes rounding."""
     return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 

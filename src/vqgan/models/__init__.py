@@ -8,20 +8,11 @@ from vqgan.models.video import VideoVQModel, reconstruct_video
 
 
 def build_model(cfg: ModelConfig) -> VQModel | VideoVQModel:
-    """The stage-1 autoencoder for ``cfg.arch``: :class:`VQModel` for images (``taming``, ``resnet``),
-    :class:`VideoVQModel` for the causal spatio-temporal tokenizer (``video3d``)."""
+    """The stage-1 autoencoder for ``cfg.arch``: :class:`VideoVQModel` (``video3d``) or :class:`VQModel`."""
     return VideoVQModel(cfg) if cfg.arch == "video3d" else VQModel(cfg)
 
 
 __all__ = [
-    "BaseVQModel",
-    "Decoder",
-    "EncodeOutput",
-    "Encoder",
-    "PatchDiscriminator",
-    "VQModel",
-    "VQModelOutput",
-    "VideoVQModel",
-    "build_model",
-    "reconstruct_video",
+    "BaseVQModel", "Decoder", "EncodeOutput", "Encoder", "PatchDiscriminator", "VQModel", "VQModelOutput",
+    "VideoVQModel", "build_model", "reconstruct_video",
 ]

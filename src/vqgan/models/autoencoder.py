@@ -1,11 +1,14 @@
-"""The stage-1 autoencoder: encoder -> quantizer -> decoder.
-
-``arch="taming"`` follows Esser et al. 2021, "Taming Transformers for High-Resolution Image Synthesis"
-(https://arxiv.org/abs/2012.09841); module names match taming-transformers' so its checkpoints map one to one.
-``arch="resnet"`` is the residual VQ-VAE of van den Oord et al. 2017 used by seed 003.
-"""
+"""The stage-1 autoencoder: encoder -> quantizer -> decoder. ``arch="taming"`` follows Esser et al. 2021
+(https://arxiv.org/abs/2012.09841) with taming-transformers' module names, so its checkpoints map one to one;
+its causal 3D version serves ``arch="video3d"``. ``arch="resnet"`` is van den Oord et al. 2017's VQ-VAE."""
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+from itertools import pairwise
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,34 +16,60 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vqgan.config import ModelConfig
-from vqgan.layers import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from vqgan.layers import AttnBlock, Downsample, ResnetBlock, Upsample, conv3d, group_norm
 from vqgan.models.outputs import EncodeOutput, VQModelOutput
 from vqgan.quantizers import Quantizer, build_quantizer
 
 
-def _maybe_checkpoint(enabled: bool, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``module(h)``, recomputed in the backward pass instead of stored when ``enabled`` and training."""
-    if enabled and module.training and torch.is_grad_enabled():
-        return checkpoint(module, h, use_reentrant=False)
-    return module(h)
+class _Layers(NamedTuple):
+    """What taming's encoder and decoder are built of: 2D layers, or causal 3D ones for video."""
+
+    conv: Callable[[int, int], nn.Module]  # 3x3 (causal 3x3x3) convolution that keeps the size
+    block: type[nn.Module]  # residual block (c_in, c_out, dropout, groups)
+    attn: type[nn.Module]  # spatial self-attention (channels, groups)
+    norm: Callable[[int, int], nn.Module]  # (channels, groups)
+    temporal_attn: type[nn.Module] | None
 
 
-class _Mid(nn.Module):
-    def __init__(self, ch: int, dropout: float, groups: int, attention: bool):
-        super().__init__()
-        self.block_1 = ResnetBlock(ch, ch, dropout, groups)
-        self.attn_1 = AttnBlock(ch, groups) if attention else nn.Identity()
-        self.block_2 = ResnetBlock(ch, ch, dropout, groups)
+_LAYERS = {  # by ``video``
+    False: _Layers(partial(nn.Conv2d, kernel_size=3, padding=1), ResnetBlock, AttnBlock, group_norm, None),
+    True: _Layers(conv3d.CausalConv3d, conv3d.ResBlock3d, conv3d.SpatialAttention3d, conv3d.FrameGroupNorm,
+                  conv3d.TemporalAttention),
+}
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(h)))
+
+def _temporal_levels(cfg: ModelConfig) -> list[bool]:
+    """Which downsampling steps also halve time: the last ``temporal_downsample`` (as in MAGVIT-v2)."""
+    n = len(cfg.ch_mult) - 1
+    if cfg.temporal_downsample > n:
+        raise ValueError(f"model.temporal_downsample={cfg.temporal_downsample} exceeds the {n} downsampling "
+                         f"steps of model.ch_mult={cfg.ch_mult}")
+    return [i >= n - cfg.temporal_downsample for i in range(n)]
+
+
+def _mid(cfg: ModelConfig, layers: _Layers, ch: int) -> nn.Sequential:
+    """The middle block: residual block, self-attention, (video) causal temporal attention, residual block."""
+    g, temporal = cfg.num_groups, layers.temporal_attn is not None and cfg.temporal_attention
+    return nn.Sequential(OrderedDict(
+        block_1=layers.block(ch, ch, cfg.dropout, g),
+        attn_1=layers.attn(ch, g) if cfg.mid_attention else nn.Identity(),
+        temporal_attn=layers.temporal_attn(ch, g) if temporal else nn.Identity(),
+        block_2=layers.block(ch, ch, cfg.dropout, g),
+    ))
 
 
 class _Level(nn.Module):
-    """One resolution level: residual blocks, each optionally followed by attention, then resampling."""
+    """One resolution level: ``n`` residual blocks to ``c_out`` channels, each followed by attention when
+    ``res`` is in ``attn_resolutions``, then any resampling layer added after them (taming's ``downsample`` /
+    ``upsample``, or ``resample`` in 3D)."""
 
-    def __init__(self, blocks: list[ResnetBlock], attn: list[nn.Module]):
+    def __init__(self, cfg: ModelConfig, layers: _Layers, c_in: int, c_out: int, n: int, res: int):
         super().__init__()
+        blocks, attn = [], []
+        for j in range(n):
+            blocks.append(layers.block(c_out if j else c_in, c_out, cfg.dropout, cfg.num_groups))
+            if res in cfg.attn_resolutions:
+                attn.append(layers.attn(c_out, cfg.num_groups))
         self.block = nn.ModuleList(blocks)
         self.attn = nn.ModuleList(attn)
 
@@ -49,96 +78,90 @@ class _Level(nn.Module):
             h = block(h)
             if len(self.attn):
                 h = self.attn[i](h)
+        for resample in list(self.children())[2:]:
+            h = resample(h)
         return h
 
 
-class Encoder(nn.Module):
-    """taming's encoder: ``conv_in``, one level per ``ch_mult`` entry, a middle block, ``conv_out``."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        ch, groups, res = cfg.ch, cfg.num_groups, cfg.resolution
-        self.gradient_checkpointing = cfg.gradient_checkpointing
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        in_mult = (1, *cfg.ch_mult)
-        self.down = nn.ModuleList()
-        for i, mult in enumerate(cfg.ch_mult):
-            block_in, block_out = ch * in_mult[i], ch * mult
-            blocks, attn = [], []
-            for _ in range(cfg.num_res_blocks):
-                blocks.append(ResnetBlock(block_in, block_out, cfg.dropout, groups))
-                block_in = block_out
-                if res in cfg.attn_resolutions:
-                    attn.append(AttnBlock(block_in, groups))
-            level = _Level(blocks, attn)
-            if i != len(cfg.ch_mult) - 1:
-                level.downsample = Downsample(block_in)
-                res //= 2
-            self.down.append(level)
-        self.mid = _Mid(block_in, cfg.dropout, groups, cfg.mid_attention)
-        self.norm_out = group_norm(block_in, groups)
-        self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
+class _Coder(nn.Module):
+    """``conv_in``, :meth:`stages` (recomputed in backward with ``gradient_checkpointing``), ``conv_out``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ckpt = self.gradient_checkpointing
         h = self.conv_in(x)
-        for level in self.down:
-            h = _maybe_checkpoint(ckpt, level, h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
-        h = _maybe_checkpoint(ckpt, self.mid, h)
+        for stage in self.stages():
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(stage, h, use_reentrant=False)
+            else:
+                h = stage(h)
         return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
-class Decoder(nn.Module):
-    """taming's decoder with ``num_res_blocks + 1`` blocks per level: the mirror of :class:`Encoder` by default, or
-    of its own widths (``decoder_ch``, ``decoder_ch_mult``; seed 004's 128 -> 64 -> 32 -> 16 decoder behind a
-    128-256-512-1024 encoder). With its own widths every upsampling conv also narrows to the next level's width,
-    so that no conv at a resolution is wider than that resolution's width; the mirror keeps taming's layers (its
-    upsampling convs keep the width), so taming checkpoints still load."""
+class Encoder(_Coder):
+    """taming's encoder: ``conv_in``, one level per ``ch_mult`` entry, a middle block, ``conv_out``. With
+    ``video=True``, causal 3D: ``(B, C, T, H, W) -> (B, z_channels, 1 + (T - 1) / s, H / f, W / f)``."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, video: bool = False):
         super().__init__()
-        groups = cfg.num_groups
-        widths = cfg.decoder_widths
-        narrow = not cfg.decoder_mirrors_encoder
-        block_in = widths[-1]
-        res = cfg.latent_resolution
+        layers, temporal = _LAYERS[video], _temporal_levels(cfg) if video else None
+        block_in, res = cfg.ch, cfg.resolution
         self.gradient_checkpointing = cfg.gradient_checkpointing
-        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = _Mid(block_in, cfg.dropout, groups, cfg.mid_attention)
+        self.conv_in = layers.conv(cfg.in_channels, block_in)
+        self.down = nn.ModuleList()
+        for i, mult in enumerate(cfg.ch_mult):
+            level = _Level(cfg, layers, block_in, cfg.ch * mult, cfg.num_res_blocks, res)
+            block_in = cfg.ch * mult
+            if i != len(cfg.ch_mult) - 1:
+                if video:
+                    level.resample = conv3d.Downsample3d(block_in, temporal[i])
+                else:
+                    level.downsample = Downsample(block_in)
+                res //= 2
+            self.down.append(level)
+        self.mid = _mid(cfg, layers, block_in)
+        self.norm_out = layers.norm(block_in, cfg.num_groups)
+        self.conv_out = layers.conv(block_in, cfg.z_channels)
+
+    def stages(self) -> list[nn.Module]:
+        return [*self.down, self.mid]
+
+
+class Decoder(_Coder):
+    """taming's decoder with ``num_res_blocks + 1`` blocks per level (``video=True``: causal 3D): the mirror
+    of :class:`Encoder`, or of its own widths (``decoder_ch``, ``decoder_ch_mult``; seed 004), where every
+    upsampling conv also narrows to the next level's width (the mirror keeps taming's layers, checkpoints)."""
+
+    def __init__(self, cfg: ModelConfig, video: bool = False):
+        super().__init__()
+        layers, temporal = _LAYERS[video], _temporal_levels(cfg) if video else None
+        widths, narrow = cfg.decoder_widths, not cfg.decoder_mirrors_encoder
+        block_in, res = widths[-1], cfg.latent_resolution
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.conv_in = layers.conv(cfg.z_channels, block_in)
+        self.mid = _mid(cfg, layers, block_in)
         up: list[nn.Module] = []
         for i in reversed(range(len(widths))):
-            block_out = widths[i]
-            blocks, attn = [], []
-            for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, block_out, cfg.dropout, groups))
-                block_in = block_out
-                if res in cfg.attn_resolutions:
-                    attn.append(AttnBlock(block_in, groups))
-            level = _Level(blocks, attn)
+            level = _Level(cfg, layers, block_in, widths[i], cfg.num_res_blocks + 1, res)
+            block_in = widths[i]
             if i != 0:
                 out = widths[i - 1] if narrow else block_in
-                level.upsample = Upsample(block_in, cfg.upsample, out)
-                block_in = out
-                res *= 2
-            up.insert(0, level)  # stored in encoder order, as taming does
-        self.up = nn.ModuleList(up)
-        self.norm_out = group_norm(block_in, groups)
-        self.conv_out = nn.Conv2d(block_in, cfg.out_channels or cfg.in_channels, 3, padding=1)
+                if video:
+                    level.resample = conv3d.Upsample3d(block_in, temporal[i - 1])
+                else:
+                    level.upsample = Upsample(block_in, cfg.upsample, out)
+                block_in, res = out, res * 2
+            up.append(level)
+        # taming stores the levels in encoder order (``up.0`` at full resolution), video in decoding order.
+        self.video = video
+        self.up = nn.ModuleList(up if video else up[::-1])
+        self.norm_out = layers.norm(block_in, cfg.num_groups)
+        self.conv_out = layers.conv(block_in, cfg.out_channels or cfg.in_channels)
 
     @property
     def last_layer(self) -> torch.Tensor:
-        return self.conv_out.weight
+        return getattr(self.conv_out, "conv", self.conv_out).weight
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        ckpt = self.gradient_checkpointing
-        h = _maybe_checkpoint(ckpt, self.mid, self.conv_in(z))
-        for level in reversed(self.up):
-            h = _maybe_checkpoint(ckpt, level, h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
+    def stages(self) -> list[nn.Module]:
+        return [self.mid, *(self.up if self.video else reversed(self.up))]
 
 
 class _Residual(nn.Module):
@@ -158,16 +181,13 @@ class ResNetEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         n_down, ch = len(cfg.ch_mult) - 1, cfg.ch
+        widths = [cfg.in_channels] + [ch // 2] * (n_down - 1) + [ch] * min(n_down, 1)
         layers: list[nn.Module] = []
-        c_in = cfg.in_channels
-        for i in range(n_down):
-            c_out = ch // 2 if i < n_down - 1 else ch
+        for c_in, c_out in pairwise(widths):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-            c_in = c_out
-        layers.append(nn.Conv2d(c_in, ch, 3, padding=1))
+        layers.append(nn.Conv2d(widths[-1], ch, 3, padding=1))
         layers += [_Residual(ch, max(ch // 4, 8)) for _ in range(cfg.num_res_blocks)]
-        layers += [nn.ReLU(), nn.Conv2d(ch, cfg.z_channels, 1)]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers, nn.ReLU(), nn.Conv2d(ch, cfg.z_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -180,20 +200,14 @@ class ResNetDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         n_up, ch = len(cfg.ch_mult) - 1, cfg.ch if cfg.decoder_ch is None else cfg.decoder_ch
+        out = cfg.out_channels or cfg.in_channels
         layers: list[nn.Module] = [nn.Conv2d(cfg.z_channels, ch, 3, padding=1)]
         layers += [_Residual(ch, max(ch // 4, 8)) for _ in range(cfg.num_res_blocks)]
-        layers.append(nn.ReLU())
-        c_in = ch
-        out = cfg.out_channels or cfg.in_channels
-        for i in range(n_up):
-            last = i == n_up - 1
-            c_out = out if last else ch // 2
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
-            if not last:
-                layers.append(nn.ReLU())
-            c_in = c_out
+        widths = [ch] + [ch // 2] * (n_up - 1) + [out] * min(n_up, 1)
+        for c_in, c_out in pairwise(widths):
+            layers += [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)]
         if n_up == 0:
-            layers.append(nn.Conv2d(ch, out, 3, padding=1))
+            layers += [nn.ReLU(), nn.Conv2d(ch, out, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     @property
@@ -205,20 +219,17 @@ class ResNetDecoder(nn.Module):
 
 
 class BaseVQModel(nn.Module):
-    """The plumbing every tokenizer shares: encoder -> 1x1 ``quant_conv`` -> quantizer -> 1x1 ``post_quant_conv``
-    -> decoder. Subclasses build those five parts (2D for images, 3D for video) and may override
-    :meth:`_prepare_input` (check or reshape the input) and :meth:`_match_input` (give the reconstruction the
-    input's shape).
+    """Every tokenizer's plumbing: encoder -> 1x1 ``quant_conv`` -> quantizer -> 1x1 ``post_quant_conv`` ->
+    decoder (``conv``: 2D or 3D); subclasses may override :meth:`_prepare_input` and :meth:`_match_input`.
+    ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode."""
 
-    ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode.
-    """
-
-    config: ModelConfig
-    encoder: nn.Module
-    decoder: nn.Module
-    quant_conv: nn.Module
-    quantize: Quantizer
-    post_quant_conv: nn.Module
+    def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: nn.Module, conv: type = nn.Conv2d):
+        super().__init__()
+        self.config = config
+        self.encoder, self.decoder = encoder, decoder
+        self.quant_conv = conv(config.z_channels, config.embed_dim, 1)
+        self.quantize: Quantizer = build_quantizer(config.quantizer, config.embed_dim)
+        self.post_quant_conv = conv(config.embed_dim, config.z_channels, 1)
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -252,15 +263,8 @@ class BaseVQModel(nn.Module):
         return self.decode(self.quantize.indices_to_codes(indices))
 
     def compile(self, *args, **kwargs) -> None:
-        """``torch.compile`` in place (:meth:`torch.nn.Module.compile`: the same module, and the same state-dict keys
-        as eager, so checkpoints of compiled and eager runs are interchangeable), with the decoder's last layer left
-        eager.
-
-        taming's adaptive GAN weight takes two gradients at that layer with ``retain_graph=True``
-        (``train/step.py``). A compiled backward refuses to be retained ("compiled with non-empty donated
-        buffers") and would run in full for each of them; with the last layer eager, autograd reaches its weight
-        without entering the compiled graph, and each costs one weight gradient of one convolution.
-        """
+        """``torch.compile`` in place (eager's state-dict keys), the decoder's last layer left eager: the
+        adaptive GAN weight's two ``retain_graph=True`` gradients there fail in a compiled backward."""
         last = next(m for m in self.decoder.modules() if getattr(m, "weight", None) is self.last_layer)
         last.forward = torch.compiler.disable(last.forward)
         super().compile(*args, **kwargs)
@@ -271,35 +275,19 @@ class BaseVQModel(nn.Module):
         rec = self._match_input(self.decode(q.quantized), x)
         return VQModelOutput(rec, q.quantized, q.indices, latents, q.loss, q.losses, q.stats)
 
-    # -- our own folder format ------------------------------------------------------------------------------
     def save_pretrained(self, directory: str) -> None:
         """Write ``config.json`` and ``model.safetensors`` to ``directory`` (loadable without training code)."""
         from vqgan.models.pretrained import save_pretrained
 
         save_pretrained(self, directory)
 
-    @classmethod
-    def from_pretrained(cls, directory: str, map_location: str = "cpu") -> nn.Module:
-        """Load a folder written by :meth:`save_pretrained` (the class is the one its config names)."""
-        from vqgan.models.pretrained import from_pretrained
-
-        return from_pretrained(directory, map_location)
-
 
 class VQModel(BaseVQModel):
     """The image tokenizer: taming's encoder/decoder (``arch="taming"``) or the residual VQ-VAE's
-    (``arch="resnet"``) around a quantizer, with 2D 1x1 ``quant_conv`` / ``post_quant_conv``.
-
-    ``decode_codes(encode(x).indices)`` equals ``forward(x).reconstruction`` in eval mode.
-    """
+    (``arch="resnet"``) around a quantizer, with 2D 1x1 ``quant_conv`` / ``post_quant_conv``."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
         if config.arch == "taming":
-            self.encoder, self.decoder = Encoder(config), Decoder(config)
+            super().__init__(config, Encoder(config), Decoder(config))
         else:
-            self.encoder, self.decoder = ResNetEncoder(config), ResNetDecoder(config)
-        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
-        self.quantize: Quantizer = build_quantizer(config.quantizer, config.embed_dim)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+            super().__init__(config, ResNetEncoder(config), ResNetDecoder(config))

@@ -1,11 +1,8 @@
-"""PatchGAN discriminator (Isola et al. 2017, "Image-to-Image Translation with Conditional Adversarial
-Networks"), as used by taming-transformers' ``NLayerDiscriminator``: it classifies overlapping patches (70x70 for
-three layers) rather than whole images. Optional spectral normalisation (Miyato et al. 2018) and a 3D variant
-for video."""
+"""PatchGAN discriminator (Isola et al. 2017) as taming-transformers' ``NLayerDiscriminator``: it classifies
+overlapping patches (70x70 for three layers), with optional spectral normalisation (Miyato et al. 2018) and a
+3D variant for video."""
 
 from __future__ import annotations
-
-from functools import partial
 
 import torch
 from torch import nn
@@ -17,9 +14,7 @@ from vqgan.config import DiscriminatorConfig
 def _norm(kind: str, ch: int, dims: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(ch) if dims == 2 else nn.BatchNorm3d(ch)
-    if kind == "group":
-        return nn.GroupNorm(min(32, ch), ch)
-    return nn.Identity()
+    return nn.GroupNorm(min(32, ch), ch) if kind == "group" else nn.Identity()
 
 
 class PatchDiscriminator(nn.Module):
@@ -30,10 +25,9 @@ class PatchDiscriminator(nn.Module):
         self.dims = cfg.dims
         # 3D: a 3-frame temporal kernel (padding 1) instead of 4, so that short clips (e.g. 9 frames) keep at
         # least one output frame through every layer; time is halved by the strided layers like space.
-        conv = nn.Conv2d if cfg.dims == 2 else partial(_conv3d, nn.Conv3d)
+        conv = nn.Conv2d if cfg.dims == 2 else _conv3d
         wrap = spectral_norm if cfg.spectral_norm else (lambda m: m)
-        use_bias = cfg.norm == "none"
-        ch = cfg.ch
+        ch, use_bias = cfg.ch, cfg.norm == "none"
         layers: list[nn.Module] = [wrap(conv(in_channels, ch, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, cfg.n_layers + 1):
@@ -56,8 +50,8 @@ class PatchDiscriminator(nn.Module):
         return self.main(x)
 
 
-def _conv3d(cls: type, c_in: int, c_out: int, k: int, stride: int, pad: int, bias: bool = True) -> nn.Module:
-    return cls(c_in, c_out, (3, k, k), stride, (1, pad, pad), bias=bias)
+def _conv3d(c_in: int, c_out: int, k: int, stride: int, pad: int, bias: bool = True) -> nn.Module:
+    return nn.Conv3d(c_in, c_out, (3, k, k), stride, (1, pad, pad), bias=bias)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -12,7 +12,7 @@ class EncodeOutput:
     """Result of :meth:`VQModel.encode`.
 
     Attributes:
-        latents: continuous encoder output after ``quant_conv``, ``(B, embed_dim, h, w)``, before quantization.
+        latents: encoder output after ``quant_conv``, ``(B, embed_dim, h, w)``, before quantization.
         quantized: quantized latents, same shape.
         indices: code indices, ``(B, h, w)`` (``(B, h, w, stages)`` for residual quantizers).
     """
