@@ -24,17 +24,18 @@ class BackboneWeightsMissing(FileNotFoundError):
     """The pretrained backbone needed by a perceptual loss or metric is not on disk."""
 
 
-def backbone_help(net: str, path: str | None = None) -> str:
-    name = BACKBONE_FILES[net]
-    where = f"{path!r} does not exist. " if path else "no backbone weights were given. "
+def backbone_help(net: str, path: str | None = None, user: str = "The perceptual loss",
+                  option: str = "--loss.backbone_weights /path/to/{file}",
+                  fallback: str = "For a smoke run without it, pass --loss.random_backbone true (the loss is then "
+                  "not perceptual), or --loss.perceptual none.") -> str:
+    """How to get torchvision's ``net`` weights file, for the error of ``user`` that needs it at ``option``."""
+    name, tv = BACKBONE_FILES[net], _TV_NAMES[net]
+    where = f"{path!r} does not exist. " if path else "no backbone weights file was given. "
+    save = f"torch.save(torchvision.models.{tv}(weights='DEFAULT').state_dict(), '{name}')"
     return (
-        f"The perceptual loss needs torchvision's ImageNet {_TV_NAMES[net]} weights and {where}"
-        f"On a machine with internet access run\n"
-        f"  python -c \"import torch, torchvision; torch.save(torchvision.models.{_TV_NAMES[net]}(weights='DEFAULT')"
-        f".state_dict(), '{name}')\"\n"
-        f"copy the file here and pass --loss.backbone_weights /path/to/{name} (or put it in "
-        f"{default_hub_dir()}). For a smoke run without it, pass --loss.random_backbone true "
-        "(the loss is then not perceptual), or --loss.perceptual none."
+        f"{user} needs torchvision's ImageNet {tv} weights ({name}) and {where}"
+        f"On a machine with internet access run\n  python -c \"import torch, torchvision; {save}\"\n"
+        f"copy the file here and pass {option.format(file=name)} (or put it in {default_hub_dir()}). {fallback}"
     )
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqgan.losses.perceptual import _TV_NAMES, BACKBONE_FILES, LPIPS, default_hub_dir, resolve_weights_file
+from vqgan.losses.perceptual import BACKBONE_FILES, LPIPS, backbone_help, resolve_weights_file
 from vqgan.metrics.reconstruction import per_clip
 
 # Smallest side the backbone's pooling accepts (AlexNet: stride-4 stem, two 3x3/2 max-pools; VGG16: 4 x 2x2).
@@ -19,16 +19,8 @@ MIN_SIDE = {"alex": 32, "vgg": 16}
 
 def lpips_weights_help(net: str, path: str | None = None) -> str:
     """How to get the LPIPS backbone file, for error messages."""
-    name, tv = BACKBONE_FILES[net], _TV_NAMES[net]
-    where = f"{path!r} does not exist. " if path else "no backbone weights file was given. "
-    save = f"torch.save(torchvision.models.{tv}(weights='DEFAULT').state_dict(), '{name}')"
-    return (
-        f"LPIPS ({net}) needs torchvision's ImageNet {tv} weights ({name}) and {where}"
-        f"On a machine with internet access run\n  python -c \"import torch, torchvision; {save}\"\n"
-        f"copy the file here and pass --lpips-weights /path/to/{name} --lpips-net {net} "
-        f"(or put it in {default_hub_dir()}). Nothing is downloaded at run time, and LPIPS is never computed "
-        "with a random backbone."
-    )
+    return backbone_help(net, path, f"LPIPS ({net})", f"--lpips-weights /path/to/{{file}} --lpips-net {net}",
+                         "Nothing is downloaded at run time, and LPIPS is never computed with a random backbone.")
 
 
 class LPIPSMetric(nn.Module):
