@@ -68,17 +68,11 @@ def load_pretrained(
     >>> model = load_pretrained("vqgan_imagenet_f16_1024.ckpt", allow_stand_ins=True)  # doctest: +SKIP
 
     Args:
-        path: our folder (``config.json`` + ``model.safetensors``) or training ``.ckpt``; a diffusers VQModel
-            folder; a taming ``.ckpt`` (its YAML next to it or in ``../configs/``); a LlamaGen ``.pt``.
-        source: the format, or ``auto`` to detect it.
-        config: taming only: the YAML config, when it is not found next to the checkpoint.
+        path: our folder or training ``.ckpt``; a diffusers VQModel folder; a taming ``.ckpt`` (its YAML next
+            to it, in ``../configs/`` or ``config``); a LlamaGen ``.pt``.
         allow_stand_ins: read checkpoints that pickle Python objects (Lightning callbacks, ``argparse``
             namespaces) with inert placeholders instead of refusing them. No code from the file runs.
-        l2_normalize: LlamaGen only: cosine codebook lookup (default: from the checkpoint's args, else True).
-        use_ema: LlamaGen only: load the ``ema`` weights.
-
-    Raises:
-        ConversionError: unknown format, unsupported option, mismatched keys (listed), unsafe file.
+        l2_normalize, use_ema: LlamaGen only, see :func:`~vqgan.interop.llamagen.load_llamagen`.
     """
     path = Path(path)
     if not path.exists():

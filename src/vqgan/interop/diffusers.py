@@ -1,13 +1,8 @@
-"""Convert between our autoencoder and diffusers' ``VQModel`` (``diffusers/models/autoencoders/vq_model.py``):
-taming's architecture under other names (:data:`NAMES`; the decoder's levels deepest first, attention
-projections as ``Linear`` layers where ours are 1x1 convs), with the same one full-width attention head,
-GroupNorm ``eps=1e-6``, (0, 1, 0, 1) padding before the stride-2 downsampling conv, nearest upsampling and
-``layers_per_block + 1`` decoder blocks per level. What our model can't represent raises
-:class:`ConversionError`: ``norm_type="spatial"`` (MoVQ), an activation other than SiLU, attention placed
-differently in encoder and decoder, block widths that are not multiples of the first. ``scaling_factor`` (for
-latent diffusion) is not part of the tokenizer. Loading reads JSON and safetensors (or the ``.bin`` with
-``weights_only=True``); only :func:`to_diffusers` needs diffusers.
-"""
+"""Convert between our autoencoder and diffusers' ``VQModel``: taming's architecture under other names
+(:data:`NAMES`; decoder levels deepest first, attention projections as ``Linear`` where ours are 1x1 convs).
+What ours can't represent (``norm_type="spatial"``, activations other than SiLU, attention placed differently
+in encoder and decoder, widths not multiples of the first) raises :class:`ConversionError`; ``scaling_factor``
+is not part of the tokenizer. Only :func:`to_diffusers` needs diffusers."""
 
 from __future__ import annotations
 

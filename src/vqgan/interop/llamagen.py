@@ -1,13 +1,7 @@
-"""Load LlamaGen image tokenizers (Sun et al. 2024, "Autoregressive Model Beats Diffusion: Llama for Scalable
-Image Generation", https://arxiv.org/abs/2406.06525), e.g. ``vq_ds16_c2i.pt`` / ``vq_ds8_c2i.pt``.
-
-Their ``.pt`` holds the tokenizer under ``model`` (and ``ema``, optimizer states, ``args``); its architecture
-is taming's under other names (:data:`NAMES`; the decoder's ``conv_blocks`` deepest level first), with
-attention on every block of the deepest level. With ``codebook_l2_norm=True`` (every release) latents and
-codes are l2-normalised before the search in the ``codebook_embed_dim = 8`` space that ``quant_conv`` maps to:
-our :class:`~vqgan.quantizers.VectorQuantizer` with ``l2_normalize=True`` and ``embed_dim=8``. That flag is
-not in the weights: it is read from the checkpoint's ``args``, else from ``l2_normalize`` (default ``True``).
-"""
+"""Load LlamaGen image tokenizers (Sun et al. 2024, https://arxiv.org/abs/2406.06525), e.g. ``vq_ds16_c2i.pt``:
+taming's architecture under other names (:data:`NAMES`; decoder levels deepest first), attention on every block
+of the deepest level, codes l2-normalised in the 8-dimensional ``quant_conv`` space (our ``l2_normalize=True``,
+``embed_dim=8``). That flag is read from the checkpoint's ``args``, else ``l2_normalize`` (default ``True``)."""
 
 from __future__ import annotations
 
@@ -62,9 +56,7 @@ def load_llamagen(
         l2_normalize: cosine-similarity codebook lookup (``codebook_l2_norm``); ``None`` reads it from the
             checkpoint's ``args`` and defaults to ``True`` as LlamaGen does.
         use_ema: take the ``ema`` weights instead of ``model``.
-        allow_stand_ins: read files that pickle ``argparse.Namespace`` etc. with inert placeholders.
         resolution: training image size (only places attention on the deepest level; 256 for the releases).
-        checkpoint: the file's contents when already loaded (by :func:`vqgan.interop.load_pretrained`).
     """
     path = Path(path)
     ckpt = safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint

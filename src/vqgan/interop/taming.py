@@ -1,11 +1,6 @@
 """Load taming-transformers VQGAN checkpoints (Esser et al. 2021, https://arxiv.org/abs/2012.09841), e.g.
-``vqgan_imagenet_f16_1024.ckpt`` / ``vqgan_imagenet_f16_16384.ckpt`` with their ``*-project.yaml``.
-
-Their Lightning ``state_dict`` uses our module names (the training loss ``loss.*`` is dropped), so the weights
-load one to one; the architecture is read from the tensors and checked against the YAML's
-``model.params.ddconfig`` when it is found. Not supported (named in the error): ``GumbelVQ``, index remapping
-(``remap``), ``double_z``.
-"""
+``vqgan_imagenet_f16_1024.ckpt``: the weights use our module names; the architecture is read from the tensors
+and checked against the YAML's ``model.params.ddconfig``. Not supported: ``GumbelVQ``, ``remap``, ``double_z``."""
 
 from __future__ import annotations
 
@@ -106,12 +101,9 @@ def load_taming(
 ) -> torch.nn.Module:
     """Convert a taming-transformers VQGAN checkpoint into our :class:`~vqgan.models.VQModel` (eval mode).
 
-    Args:
-        path: the Lightning ``.ckpt`` (or a ``.pt`` holding ``{"state_dict": ...}`` or a bare state dict).
-        config: its YAML (optional; default: found next to it or in ``../configs/*-project.yaml``): gives
-            the training resolution, which places attention, and is checked against the weights.
-        allow_stand_ins: read files that pickle Lightning callbacks, with inert placeholders (no code runs).
-        checkpoint: the file's contents when already loaded (by :func:`vqgan.interop.load_pretrained`).
+    ``path`` is the Lightning ``.ckpt`` (or a ``.pt`` of ``{"state_dict": ...}`` or a bare state dict);
+    ``config`` its YAML (default: :func:`find_taming_config`'s), which gives the training resolution (placing
+    attention) and is checked against the weights; ``checkpoint``, the file's contents if already loaded.
     """
     path = Path(path)
     source = str(path)
