@@ -46,10 +46,6 @@ NAMES = [
 _LEGACY = [("query", "q"), ("key", "k"), ("value", "v"), ("proj_attn", "proj_out")]
 
 
-def _to_ours(key: str, n: int) -> str:
-    return rename_pieces(key, NAMES + _LEGACY, n)
-
-
 def _is_attn_linear(key: str) -> bool:
     return bool(re.search(r"\.(q|k|v|proj_out)\.weight$", key)) and ".attn" in key
 
@@ -108,7 +104,7 @@ def load_diffusers(folder: str | Path) -> torch.nn.Module:
         raise ConversionError(f"{folder}: none of {', '.join(WEIGHT_NAMES)} found")
     state = load_file(str(weights)) if weights.suffix == ".safetensors" else safe_torch_load(weights)
     n = len(cfg.ch_mult)
-    state = {_to_ours(k, n): v for k, v in state.items()}
+    state = {rename_pieces(k, NAMES + _LEGACY, n): v for k, v in state.items()}
     state = {k: v[:, :, None, None] if _is_attn_linear(k) and v.dim() == 2 else v for k, v in state.items()}
     return build_model(cfg, state, str(weights))
 

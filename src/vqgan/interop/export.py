@@ -124,15 +124,10 @@ def export_onnx(
     model: nn.Module, output_dir: str | Path, resolution: int | None = None,
     exporter: Literal["dynamo", "legacy"] = "dynamo", opset: int = 18, graphs: tuple[str, ...] = GRAPHS,
 ) -> dict[str, Path]:
-    """Write a :class:`~vqgan.models.VQModel` (in eval mode, fp32, on CPU) to ``encode.onnx``, ``decode.onnx``
-    and ``decode_codes.onnx`` in ``output_dir`` (dynamic batch and spatial sizes).
-
-    Args:
-        resolution: example image size used for tracing (default: the model's).
-        exporter: ``dynamo`` (``torch.export`` + ``onnxscript``, PyTorch's default since 2.9; every quantizer)
-            or ``legacy`` (TorchScript-based, deprecated by PyTorch but faster; the vq/ema quantizers only).
-        graphs: which of ``encode``, ``decode``, ``decode_codes`` to write.
-    """
+    """Write a :class:`~vqgan.models.VQModel` (eval mode, fp32, CPU) as the ONNX ``graphs`` of the module
+    docstring in ``output_dir``, traced at ``resolution`` (default: the model's). ``exporter``: ``dynamo``
+    (``torch.export`` + ``onnxscript``, PyTorch's default since 2.9; every quantizer) or ``legacy``
+    (TorchScript-based, deprecated by PyTorch but faster; the vq/ema quantizers only)."""
     if exporter == "dynamo":
         try:
             import onnxscript  # noqa: F401

@@ -1,7 +1,7 @@
-"""Load LlamaGen image tokenizers (Sun et al. 2024, https://arxiv.org/abs/2406.06525), e.g. ``vq_ds16_c2i.pt``:
-taming's architecture under other names (:data:`NAMES`; decoder levels deepest first), attention on every block
-of the deepest level, codes l2-normalised in the 8-dimensional ``quant_conv`` space (our ``l2_normalize=True``,
-``embed_dim=8``). That flag is read from the checkpoint's ``args``, else ``l2_normalize`` (default ``True``)."""
+"""Load LlamaGen image tokenizers (Sun et al. 2024, https://arxiv.org/abs/2406.06525), e.g. ``vq_ds16_c2i``:
+taming's architecture under other names (:data:`NAMES`; decoder levels deepest first), attention on every
+block of the deepest level, codes l2-normalised in the 8-dimensional ``quant_conv`` space (our
+``l2_normalize=True``, ``embed_dim=8``; the flag is from the checkpoint's ``args``, else ``l2_normalize``)."""
 
 from __future__ import annotations
 
@@ -51,13 +51,8 @@ def load_llamagen(
     resolution: int = 256, checkpoint: dict[str, Any] | None = None,
 ) -> torch.nn.Module:
     """Convert a LlamaGen tokenizer checkpoint into our :class:`~vqgan.models.VQModel` (eval mode).
-
-    Args:
-        l2_normalize: cosine-similarity codebook lookup (``codebook_l2_norm``); ``None`` reads it from the
-            checkpoint's ``args`` and defaults to ``True`` as LlamaGen does.
-        use_ema: take the ``ema`` weights instead of ``model``.
-        resolution: training image size (only places attention on the deepest level; 256 for the releases).
-    """
+    ``l2_normalize``: cosine code lookup (``None``: the checkpoint's ``args``, else ``True``); ``use_ema``:
+    the ``ema`` weights; ``resolution``: training image size (places attention; 256 for the releases)."""
     path = Path(path)
     ckpt = safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint
     state = llamagen_state_dict(ckpt, str(path), use_ema)

@@ -176,14 +176,13 @@ def fit_projection(
     """Fit a :class:`LatentProjection` to a tokenizer in ``steps`` Adam steps (objective: module docstring).
 
     Args:
-        model: the tokenizer (:class:`~vqgan.models.VQModel`); frozen except what ``train_*`` names.
+        model: the tokenizer; frozen except what ``train_*`` names.
         batches: image batches in [-1, 1] (tensors, ``(images, ...)`` tuples or dicts with ``image``), e.g. a
             DataLoader; cycled until ``steps``.
         out_channels, kernel_size, source: see :class:`ProjectionConfig`.
         train_decoder: train the decoder (and ``post_quant_conv``) jointly with the projection.
-        train_encoder: also train the encoder (and ``quant_conv``): seed 004's "projection layer in the
-            encoder output". The codebook stays fixed, but code indices may change; with
-            ``source="quantized"`` gradients reach the encoder through the straight-through estimator.
+        train_encoder: also train the encoder (and ``quant_conv``; seed 004's "projection layer in the encoder
+            output"); the codebook stays fixed, ``quantized`` latents pass gradients straight through.
         eval_images: held-out images for the summary figures (default: the first training batch).
     """
     torch.manual_seed(seed)

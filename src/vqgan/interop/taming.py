@@ -1,6 +1,7 @@
 """Load taming-transformers VQGAN checkpoints (Esser et al. 2021, https://arxiv.org/abs/2012.09841), e.g.
 ``vqgan_imagenet_f16_1024.ckpt``: the weights use our module names; the architecture is read from the tensors
-and checked against the YAML's ``model.params.ddconfig``. Not supported: ``GumbelVQ``, ``remap``, ``double_z``."""
+and checked against the YAML's ``model.params.ddconfig``. Not supported: ``GumbelVQ``, ``remap``,
+``double_z``."""
 
 from __future__ import annotations
 
