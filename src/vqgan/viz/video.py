@@ -33,8 +33,7 @@ def per_frame_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torc
 def temporal_consistency(original: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-transition statistics in [0, 1] pixel units, each ``(T - 1,)``: ``motion_original`` /
     ``motion_reconstruction``, the mean ``|x_t - x_{t-1}|``, and ``flicker``, the mean
-    ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``: the change the tokenizer adds or removes between frames (0 for a
-    reconstruction that errs the same way every frame)."""
+    ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``: the change the tokenizer adds or removes between frames."""
     t = min(original.shape[1], reconstruction.shape[1])
     dx, dy = (to_unit(v[:, :t].cpu()).diff(dim=1) for v in (original, reconstruction))
     return {"motion_original": dx.abs().mean((0, 2, 3)), "motion_reconstruction": dy.abs().mean((0, 2, 3)),
@@ -122,10 +121,9 @@ def reconstruct_video_file(
     max_frames: int = 33, frame_stride: int = 1, device: str = "cpu", formats: tuple[str, ...] = ("mp4", "gif"),
     scale: int | None = None,
 ) -> dict:
-    """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file with an image model
-    (frame by frame) or a :class:`~vqgan.models.VideoVQModel`, and write the outputs of
-    :func:`save_video_reconstruction`, frames resized and centre-cropped to ``resolution`` (default: the
-    model's), enlarged ``scale`` times (default: to about 96 pixels); ``VideoDecodeError`` if unreadable."""
+    """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file, resized and
+    centre-cropped to ``resolution`` (default: the model's), with an image model (frame by frame) or a
+    :class:`~vqgan.models.VideoVQModel`; writes :func:`save_video_reconstruction`'s outputs."""
     path, cfg = Path(path), model.config
     try:
         src_fps, n = video_info(path)

@@ -103,9 +103,8 @@ def reconstruction_figures(d: Inputs) -> list[FigureRecord]:
 
 
 def latent_and_codebook_figures(d: Inputs) -> list[FigureRecord]:
-    """PCA and t-SNE of the encoder outputs with the codes, per-dimension statistics, hits per code, the most
-    used codes each decoded on its own, and the code of every latent position over its image (a clip's first
-    frame for a 3-D tokenizer)."""
+    """PCA and t-SNE of the encoder outputs with the codes, latent statistics, hits per code, the most used
+    codes decoded, and the token map over an image (a clip's first frame for a 3-D tokenizer)."""
     lat, idx, cb, out = d.latents["latents"], d.latents["indices"], d.codebook, d.out
     what = "spatio-temporal latents of the clips and the codes" if d.encodes_clips else \
         "one joint PCA; points coloured by their code, crosses are codes sized by usage"
@@ -174,10 +173,8 @@ def visualize_model(
     atlas_codes: int = 64, say: Callable[[str], None] = print,
 ) -> list[FigureRecord]:
     """Write every picture of :data:`FIGURES` for ``model`` on ``images`` (``(B, C, H, W)`` or video
-    ``(B, C, T, H, W)`` in [-1, 1]) under ``output_dir`` and index them in ``figures.json``; returns the records.
-    ``run_dir``, the training run folder, gives the diagnostics plots and loss curves; ``counts`` is a code
-    histogram over a whole evaluation set (default: from ``images``); ``max_points`` / ``tsne_points`` cap the
-    encoder outputs shown by PCA / t-SNE (seeded subsamples); ``say`` prints skipped pictures and why."""
+    ``(B, C, T, H, W)`` in [-1, 1]) under ``output_dir``, indexed in ``figures.json``; returns the records.
+    ``counts``: a code histogram over a whole evaluation set (default: from ``images``)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_dir = None if run_dir is None else Path(run_dir)

@@ -234,9 +234,8 @@ class FlowPrior(PriorBase):
         generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Latents ``(B, C, h, w)`` in the tokenizer's units from noise (or ``noise``) by the guided flow:
-        ``num`` unconditional or one per class of ``labels``; ``steps``, ``sampler``, ``cfg_scale`` default to
-        the config's ``sample_steps``, ``sampler``, ``guidance``; ``return_trajectory`` adds the states."""
+        """Latents ``(B, C, h, w)`` in the tokenizer's units from noise (or ``noise``) by the guided flow,
+        ``num`` unconditional or one per class of ``labels``; ``None`` arguments default to the config's."""
         cfg = self.config
         device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
         if labels is None and num is None and noise is None:
