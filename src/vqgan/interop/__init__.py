@@ -36,9 +36,8 @@ def _detect(path: Path, allow_stand_ins: bool) -> tuple[str, Any]:
             return "llamagen", ckpt
         if any(k.startswith(("encoder.down.", "first_stage_model.encoder.down.")) for k in keys):
             return "taming", ckpt
-        raise ConversionError(
-            f"{path}: neither a taming, a LlamaGen nor a vqgan checkpoint (entries: {sorted(ckpt)[:10]})"
-        )
+        raise ConversionError(f"{path}: neither a taming, a LlamaGen nor a vqgan checkpoint "
+                              f"(entries: {sorted(ckpt)[:10]})")
     cfg = path / "config.json"
     data = json.loads(cfg.read_text()) if cfg.is_file() else {}
     if "_class_name" in data or "_diffusers_version" in data:
@@ -47,10 +46,9 @@ def _detect(path: Path, allow_stand_ins: bool) -> tuple[str, Any]:
         return "vqgan", None
     if (path / "model_index.json").is_file():
         return "diffusers", None
-    raise ConversionError(
-        f"{path}: not a known model folder (ours: config.json + model.safetensors; diffusers: config.json "
-        "with _class_name VQModel + diffusion_pytorch_model.safetensors)"
-    )
+    raise ConversionError(f"{path}: not a known model folder (ours: config.json + model.safetensors; "
+                          "diffusers: config.json with _class_name VQModel + "
+                          "diffusion_pytorch_model.safetensors)")
 
 
 def detect_format(path: str | Path, allow_stand_ins: bool = False) -> str:

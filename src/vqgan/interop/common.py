@@ -113,10 +113,8 @@ def taming_config(
     if any(w % ch for w in widths):
         raise ConversionError(f"{source}: level widths {widths} are not multiples of ch={ch}")
     if enc_attn != dec_attn:
-        raise ConversionError(
-            f"{source}: attention at encoder levels {enc_attn} but decoder levels {dec_attn}; our "
-            "autoencoder places attention symmetrically"
-        )
+        raise ConversionError(f"{source}: attention at encoder levels {enc_attn} but decoder levels "
+                              f"{dec_attn}; our autoencoder places attention symmetrically")
     if resolution % 2 ** (len(widths) - 1):
         resolution = 16 * 2 ** (len(widths) - 1)
     if fields["out_channels"] == fields["in_channels"]:
@@ -146,10 +144,9 @@ def infer_taming_config(
     except KeyError as e:
         raise ConversionError(f"{source}: not a taming-style autoencoder, {e.args[0]!r} is missing") from None
     if codebook.shape[1] != sizes["embed_dim"]:
-        raise ConversionError(
-            f"{source}: codebook vectors have {codebook.shape[1]} dimensions but quant_conv outputs "
-            f"{sizes['embed_dim']}; factorized codebooks are not supported for this format"
-        )
+        raise ConversionError(f"{source}: codebook vectors have {codebook.shape[1]} dimensions but "
+                              f"quant_conv outputs {sizes['embed_dim']}; factorized codebooks are not "
+                              "supported for this format")
     widths, enc_attn, blocks = [], [], set()
     for i in sorted({int(m[1]) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))}):
         conv1 = re.compile(rf"encoder\.down\.{i}\.block\.\d+\.conv1\.weight")
@@ -175,9 +172,8 @@ def check_group_norms(model: torch.nn.Module, num_groups: int, source: str) -> N
     whose layers would silently differ."""
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.GroupNorm) and mod.num_groups != num_groups:
-            raise ConversionError(
-                f"{source}: layer {name} has {mod.num_channels} channels, not divisible into {num_groups} groups"
-            )
+            raise ConversionError(f"{source}: layer {name} has {mod.num_channels} channels, not divisible "
+                                  f"into {num_groups} groups")
 
 
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str):

@@ -59,9 +59,8 @@ def read_diffusers_config(folder: Path) -> tuple[Path, dict[str, Any]]:
         folder = vq[0] if vq else folder
     path = folder / "config.json"
     if not path.is_file():
-        raise ConversionError(
-            f"{folder}: no diffusers VQModel config.json found (nor a pipeline sub-folder with one)"
-        )
+        raise ConversionError(f"{folder}: no diffusers VQModel config.json found (nor a pipeline sub-folder "
+                              "with one)")
     raw = json.loads(path.read_text())
     if raw.get("_class_name", "VQModel") != "VQModel":
         raise ConversionError(f"{path}: _class_name={raw['_class_name']!r}; only diffusers' VQModel is supported")
@@ -78,8 +77,8 @@ def diffusers_to_model_config(dc: dict[str, Any], source: str = "diffusers confi
     ok_down = {"DownEncoderBlock2D", "AttnDownEncoderBlock2D"}
     ok_up = {"UpDecoderBlock2D", "AttnUpDecoderBlock2D"}
     if bad := [t for t in down if t not in ok_down] + [t for t in up if t not in ok_up]:
-        supported = sorted(ok_down | ok_up)
-        raise ConversionError(f"{source}: block types {bad} are not supported; supported: {supported}")
+        raise ConversionError(f"{source}: block types {bad} are not supported; supported: "
+                              f"{sorted(ok_down | ok_up)}")
     n = len(widths)
     if len(down) != n or len(up) != n:
         raise ConversionError(f"{source}: down/up block types don't match block_out_channels={widths}")

@@ -132,17 +132,15 @@ def export_onnx(
         try:
             import onnxscript  # noqa: F401
         except ImportError as e:
-            raise ImportError(
-                "the dynamo ONNX exporter needs onnxscript: pip install onnxscript (or pass exporter='legacy')"
-            ) from e
+            raise ImportError("the dynamo ONNX exporter needs onnxscript: pip install onnxscript (or pass "
+                              "exporter='legacy')") from e
     elif exporter != "legacy":
         raise ValueError(f"unknown exporter {exporter!r}; choose 'dynamo' or 'legacy'")
     elif not isinstance(model.quantize, VectorQuantizer):
         # The legacy exporter writes invalid Transpose permutations for the movedim calls of the other quantizers.
-        raise ValueError(
-            f"the legacy ONNX exporter supports the vq/ema quantizers only, not {model.config.quantizer.kind!r}; "
-            "use exporter='dynamo' (command line: --onnx-exporter dynamo)"
-        )
+        raise ValueError("the legacy ONNX exporter supports the vq/ema quantizers only, not "
+                         f"{model.config.quantizer.kind!r}; use exporter='dynamo' (command line: "
+                         "--onnx-exporter dynamo)")
 
     def write(graph: nn.Module, example: tuple[torch.Tensor, ...], name: str, path: Path) -> None:
         inputs, outputs = _NAMES[name]

@@ -38,10 +38,8 @@ def llamagen_state_dict(ckpt: Any, source: str, use_ema: bool = False) -> dict[s
     state = tensors_only(found[0] if found else ckpt, prefixes=("module.", "_orig_mod."))
     levels = {int(m[1]) for k in state if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k))}
     if not levels:
-        raise ConversionError(
-            f"{source}: not a LlamaGen tokenizer, no encoder.conv_blocks.* weights "
-            f"(entries: {sorted(ckpt)[:10]})"
-        )
+        raise ConversionError(f"{source}: not a LlamaGen tokenizer, no encoder.conv_blocks.* weights "
+                              f"(entries: {sorted(ckpt)[:10]})")
     state.pop("quantize.codebook_used", None)  # LlamaGen's usage history
     return {rename_pieces(k, NAMES, max(levels) + 1): v for k, v in state.items()}
 

@@ -42,10 +42,8 @@ def read_taming_config(path: Path) -> dict[str, Any]:
     if not isinstance(model, dict) or "params" not in model:
         raise ConversionError(f"{path} is not a taming config: expected model.target and model.params")
     if model.get("target", "") not in SUPPORTED_TARGETS:
-        raise ConversionError(
-            f"{path}: model.target={model.get('target', '')!r} is not supported; supported: "
-            f"{', '.join(SUPPORTED_TARGETS)}"
-        )
+        raise ConversionError(f"{path}: model.target={model.get('target', '')!r} is not supported; "
+                              f"supported: {', '.join(SUPPORTED_TARGETS)}")
     return model["params"]
 
 
@@ -90,10 +88,8 @@ def _check_against_yaml(cfg, params: dict[str, Any], source: str) -> None:
     levels = [resolution // 2**i for i in range(len(cfg.ch_mult))]
     yaml_attn = sorted(r for r in dd.get("attn_resolutions", []) if r in levels)
     if sorted(cfg.attn_resolutions) != yaml_attn:
-        raise ConversionError(
-            f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, the YAML says "
-            f"{yaml_attn}"
-        )
+        raise ConversionError(f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, "
+                              f"the YAML says {yaml_attn}")
 
 
 def load_taming(
