@@ -1,6 +1,5 @@
-"""Helpers shared by the converters: safe loading of pickled checkpoints (no code from a file ever runs, see
-:func:`safe_torch_load`), key renaming, a taming-style :class:`ModelConfig` read from a state dict, and strict
-loading."""
+"""Helpers shared by the converters: :func:`safe_torch_load` (no code from a file ever runs), key renaming,
+a taming-style :class:`ModelConfig` read from a state dict, and strict loading."""
 
 from __future__ import annotations
 
@@ -23,9 +22,8 @@ class ConversionError(ConfigError):
 
 
 class StandIn:
-    """Inert placeholder for a class or function named inside a pickle (see :func:`safe_torch_load`):
-    creating, calling or building one only records the arguments, so the unpickler can build the containers
-    around the tensors without importing or calling anything from the file."""
+    """Inert placeholder for a class or function named inside a pickle: building one only records the
+    arguments, so the unpickler builds the containers around the tensors without running anything."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         obj = object.__new__(cls)
@@ -45,8 +43,7 @@ def _reason(e: Exception) -> str:
 
 def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; :class:`ConversionError` for a missing, empty or
-    corrupt file, or one that needs Python objects (listed). With ``allow_stand_ins`` each such class or
-    function is bound to an inert :class:`StandIn` instead; no code from the file runs either way."""
+    corrupt file, or one needing Python objects (listed) unless ``allow_stand_ins`` binds each to StandIn."""
     path = Path(path)
     if why := unusable_file(path):
         raise ConversionError(why)
@@ -62,10 +59,9 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
         names = []
     if not allow_stand_ins or not names:
         listed = f" It names: {', '.join(names)}." if names else ""
-        hint = (
-            " Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors with inert"
-            " placeholders in place of those objects; nothing from the file is executed either way."
-        )
+        hint = (" Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors"
+                " with inert placeholders in place of those objects; nothing from the file is executed"
+                " either way.")
         raise ConversionError(
             f"refusing to load {path}: it needs to import or run Python code to unpickle ({first_error})."
             f"{listed} Only tensors and plain containers are loaded (torch.load weights_only=True)."
@@ -177,9 +173,8 @@ def check_group_norms(model: torch.nn.Module, num_groups: int, source: str) -> N
 
 
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str):
-    """Our :class:`VQModel` for ``config`` with ``state`` loaded strictly (eval mode): missing, unexpected or
-    mis-shaped keys raise, listed, except our quantizer's bookkeeping buffers (usage counters, the k-means
-    flag), which foreign files lack and which keep their fresh values."""
+    """Our :class:`VQModel` for ``config`` with ``state`` loaded strictly (eval mode), except our quantizer's
+    bookkeeping buffers (usage counters, the k-means flag): foreign files lack them, they stay fresh."""
     model = VQModel(config)
     check_group_norms(model, config.num_groups, source)
     own = model.state_dict()

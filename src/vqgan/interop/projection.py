@@ -232,8 +232,7 @@ def save_projection(
     projection: LatentProjection, directory: str | Path, summary: dict[str, Any] | None = None,
     model: nn.Module | None = None,
 ) -> Path:
-    """Write ``projection.json`` and ``projection.safetensors`` (and ``decoder/`` when ``model`` is given: the
-    tokenizer whose decoder, and encoder with ``train_encoder``, was trained jointly)."""
+    """Write the folder the module docstring describes (``decoder/``: ``model``, when given)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {**asdict(projection.config), "fit": summary or {}}

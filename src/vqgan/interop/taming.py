@@ -102,14 +102,11 @@ def load_taming(
     ``config`` its YAML (default: :func:`find_taming_config`'s), which gives the training resolution (placing
     attention) and is checked against the weights; ``checkpoint``, the file's contents if already loaded.
     """
-    path = Path(path)
-    source = str(path)
+    path, source = Path(path), str(path)
     config_path = Path(config) if config is not None else find_taming_config(path)
-    params: dict[str, Any] = {}
     if config_path is None:
         log.warning("no taming YAML config found for %s: reading the architecture from the weights only", path)
-    else:
-        params = read_taming_config(config_path)
+    params = read_taming_config(config_path) if config_path is not None else {}
     checkpoint = safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint
     state = taming_state_dict(checkpoint, source)
     dd = params.get("ddconfig", {})

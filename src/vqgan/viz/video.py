@@ -42,8 +42,7 @@ def temporal_consistency(original: torch.Tensor, reconstruction: torch.Tensor) -
 
 def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0, scale: int = 1) -> Path:
     """Write a clip as MP4 (H.264 via PyAV, ``yuv420p``, sides padded to even) or GIF (Pillow, looping), chosen by
-    the suffix. ``video``: ``(C, T, H, W)`` in [-1, 1] or ``(T, H, W, 3)`` uint8; ``scale`` enlarges small clips
-    (nearest neighbour)."""
+    the suffix. ``video``: ``(C, T, H, W)`` in [-1, 1] or ``(T, H, W, 3)`` uint8, enlarged ``scale`` times."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = video if isinstance(video, np.ndarray) else to_uint8_frames(video)
@@ -153,9 +152,8 @@ def save_clip_grid(
     clips: torch.Tensor, directory: str | Path, stem: str, captions: list[str] | None = None, ncol: int = 4,
     fps: float = 4.0, scale: int | None = None, formats: tuple[str, ...] = ("mp4", "gif"),
 ) -> dict[str, str]:
-    """Write clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row, each under its caption (e.g. its
-    class), as ``DIRECTORY/STEM.{mp4,gif}`` and their frames as ``STEM_frames.png`` (a row per clip, the
-    caption on the left); small clips are enlarged to about 64 pixels. Returns the paths."""
+    """Write clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row under their captions (e.g. classes)
+    as ``DIRECTORY/STEM.{mp4,gif}``, and ``STEM_frames.png`` (a row of frames per clip); returns the paths."""
     directory, scale = Path(directory), scale or max(1, 64 // clips.shape[-1])
     x = to_unit(clips.detach().cpu()).expand(-1, 3, -1, -1, -1).repeat_interleave(scale, -1)
     x = x.repeat_interleave(scale, -2)

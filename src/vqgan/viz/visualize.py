@@ -1,7 +1,6 @@
-"""Every picture of a trained tokenizer in one call (seed 000's five kinds and seed 002's codebook
-diagnostics), indexed in ``OUTPUT/figures.json`` for the HTML report. Each kind is one function of
-:data:`FIGURES`, taking the shared :class:`Inputs` and returning its records, or raising :class:`Skipped` with
-the reason the report shows."""
+"""Every picture of a trained tokenizer in one call (seeds 000 and 002), indexed in ``OUTPUT/figures.json``
+for the HTML report. Each kind is one function of :data:`FIGURES`, taking the shared :class:`Inputs` and
+returning its records, or raising :class:`Skipped` with the reason the report shows."""
 
 import json
 import os

@@ -67,8 +67,7 @@ def solve_ode(
     method: Literal["euler", "heun"] = "heun", return_trajectory: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """``x(1)`` (and with ``return_trajectory`` the ``steps + 1`` states) of ``dx/dt = velocity(x, t)`` from
-    ``x(0) = x0``, in ``steps`` equal steps: Euler (first order) or Heun (explicit trapezoidal rule, second
-    order for two evaluations per step, which pays when steps are few, as for Karras et al. 2022)."""
+    ``x(0) = x0``, ``steps`` equal steps: Euler or Heun (second order, for few steps; Karras et al. 2022)."""
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1")
     if method not in ("euler", "heun"):
