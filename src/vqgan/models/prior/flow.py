@@ -214,8 +214,8 @@ class FlowPrior(PriorBase):
         generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
     ) -> FlowOutput:
-        """Flow-matching loss of raw (un-normalised) ``latents`` ``(B, C, h, w)``; labels dropped to the null
-        class with probability ``cond_dropout`` in training mode; ``noise`` and ``t`` may be given."""
+        """Flow-matching loss of raw (un-normalised) ``latents`` ``(B, C, h, w)``, labels dropped with
+        ``cond_dropout`` in training; ``noise`` and ``t`` may be given."""
         cfg = self.config
         x1 = self.normalize(latents.float())
         b, dev = x1.shape[0], x1.device

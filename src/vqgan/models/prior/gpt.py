@@ -28,8 +28,7 @@ class GPTPrior(TokenPrior):
     def training_loss(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> PriorOutput:
-        """Next-token cross-entropy over the whole map; labels dropped to the null class with probability
-        ``cond_dropout`` in training mode."""
+        """Next-token cross-entropy over the whole map (labels dropped with ``cond_dropout`` in training)."""
         tokens = tokens.flatten(1)
         labels = self._train_labels(labels, tokens.shape[0], tokens.device, generator)
         return self(tokens[:, :-1], labels, targets=tokens)
