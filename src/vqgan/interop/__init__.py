@@ -1,8 +1,7 @@
 """Interoperability: load taming-transformers, LlamaGen and diffusers tokenizers into our
 :class:`~vqgan.models.VQModel`, write diffusers folders, export ONNX / TorchScript graphs, and project latents to
 the channel count a downstream model expects. Every loader reads JSON, YAML (``safe_load``), safetensors or
-``torch.load(weights_only=True)``: no code from a file is ever executed.
-"""
+``torch.load(weights_only=True)``: no code from a file is ever executed."""
 
 from __future__ import annotations
 

@@ -102,8 +102,7 @@ def load_diffusers(folder: str | Path) -> torch.nn.Module:
     if weights is None:
         raise ConversionError(f"{folder}: none of {', '.join(WEIGHT_NAMES)} found")
     state = load_file(str(weights)) if weights.suffix == ".safetensors" else safe_torch_load(weights)
-    n = len(cfg.ch_mult)
-    state = {rename_pieces(k, NAMES + _LEGACY, n): v for k, v in state.items()}
+    state = {rename_pieces(k, NAMES + _LEGACY, len(cfg.ch_mult)): v for k, v in state.items()}
     state = {k: v[:, :, None, None] if _is_attn_linear(k) and v.dim() == 2 else v for k, v in state.items()}
     return build_model(cfg, state, str(weights))
 
