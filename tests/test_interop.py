@@ -590,7 +590,8 @@ def test_llamagen_vq16_layout_maps_one_to_one():
 def test_diffusers_default_layout_maps_one_to_one():
     from diffusers import VQModel as DVQ
 
-    from vqgan.interop.diffusers import DIFFUSERS_DEFAULTS, _to_ours, diffusers_to_model_config
+    from vqgan.interop.common import rename_pieces
+    from vqgan.interop.diffusers import _LEGACY, DIFFUSERS_DEFAULTS, NAMES, diffusers_to_model_config
 
     kw = dict(down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
               up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
@@ -601,6 +602,6 @@ def test_diffusers_default_layout_maps_one_to_one():
     cfg = diffusers_to_model_config({**DIFFUSERS_DEFAULTS, **kw})
     mapped = {}
     for k, v in ref.state_dict().items():
-        new = _to_ours(k, 4)
+        new = rename_pieces(k, NAMES + _LEGACY, 4)
         mapped[new] = tuple(v.shape) + ((1, 1) if v.dim() == 2 and ".attn" in new and "weight" in new else ())
     assert mapped == _our_meta_shapes(cfg)

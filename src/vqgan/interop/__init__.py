@@ -1,8 +1,7 @@
 """Interoperability: load taming-transformers, LlamaGen and diffusers tokenizers into our
 :class:`~vqgan.models.VQModel`, write diffusers folders, export ONNX / TorchScript graphs, and project latents to
 the channel count a downstream model expects. Every loader reads JSON, YAML (``safe_load``), safetensors or
-``torch.load(weights_only=True)``: no code from a file is ever executed.
-"""
+``torch.load(weights_only=True)``: no code from a file is ever executed."""
 
 from __future__ import annotations
 
@@ -36,9 +35,8 @@ def _detect(path: Path, allow_stand_ins: bool) -> tuple[str, Any]:
             return "llamagen", ckpt
         if any(k.startswith(("encoder.down.", "first_stage_model.encoder.down.")) for k in keys):
             return "taming", ckpt
-        raise ConversionError(
-            f"{path}: neither a taming, a LlamaGen nor a vqgan checkpoint (entries: {sorted(ckpt)[:10]})"
-        )
+        raise ConversionError(f"{path}: neither a taming, a LlamaGen nor a vqgan checkpoint "
+                              f"(entries: {sorted(ckpt)[:10]})")
     cfg = path / "config.json"
     data = json.loads(cfg.read_text()) if cfg.is_file() else {}
     if "_class_name" in data or "_diffusers_version" in data:
@@ -47,10 +45,9 @@ def _detect(path: Path, allow_stand_ins: bool) -> tuple[str, Any]:
         return "vqgan", None
     if (path / "model_index.json").is_file():
         return "diffusers", None
-    raise ConversionError(
-        f"{path}: not a known model folder (ours: config.json + model.safetensors; diffusers: config.json "
-        "with _class_name VQModel + diffusion_pytorch_model.safetensors)"
-    )
+    raise ConversionError(f"{path}: not a known model folder (ours: config.json + model.safetensors; "
+                          "diffusers: config.json with _class_name VQModel + "
+                          "diffusion_pytorch_model.safetensors)")
 
 
 def detect_format(path: str | Path, allow_stand_ins: bool = False) -> str:
@@ -68,17 +65,11 @@ def load_pretrained(
     >>> model = load_pretrained("vqgan_imagenet_f16_1024.ckpt", allow_stand_ins=True)  # doctest: +SKIP
 
     Args:
-        path: our folder (``config.json`` + ``model.safetensors``) or training ``.ckpt``; a diffusers VQModel
-            folder; a taming ``.ckpt`` (its YAML next to it or in ``../configs/``); a LlamaGen ``.pt``.
-        source: the format, or ``auto`` to detect it.
-        config: taming only: the YAML config, when it is not found next to the checkpoint.
+        path: our folder or training ``.ckpt``; a diffusers VQModel folder; a taming ``.ckpt`` (its YAML next
+            to it, in ``../configs/`` or ``config``); a LlamaGen ``.pt``.
         allow_stand_ins: read checkpoints that pickle Python objects (Lightning callbacks, ``argparse``
             namespaces) with inert placeholders instead of refusing them. No code from the file runs.
-        l2_normalize: LlamaGen only: cosine codebook lookup (default: from the checkpoint's args, else True).
-        use_ema: LlamaGen only: load the ``ema`` weights.
-
-    Raises:
-        ConversionError: unknown format, unsupported option, mismatched keys (listed), unsafe file.
+        l2_normalize, use_ema: LlamaGen only, see :func:`~vqgan.interop.llamagen.load_llamagen`.
     """
     path = Path(path)
     if not path.exists():

@@ -1,6 +1,5 @@
-"""Helpers shared by the converters: safe loading of pickled checkpoints (no code from a file ever runs, see
-:func:`safe_torch_load`), key renaming, a taming-style :class:`ModelConfig` read from a state dict, and strict
-loading."""
+"""Helpers shared by the converters: :func:`safe_torch_load` (no code from a file ever runs), key renaming,
+a taming-style :class:`ModelConfig` read from a state dict, and strict loading."""
 
 from __future__ import annotations
 
@@ -23,9 +22,8 @@ class ConversionError(ConfigError):
 
 
 class StandIn:
-    """Inert placeholder for a class or function named inside a pickle (see :func:`safe_torch_load`):
-    creating, calling or building one only records the arguments, so the unpickler can build the containers
-    around the tensors without importing or calling anything from the file."""
+    """Inert placeholder for a class or function named inside a pickle: building one only records the
+    arguments, so the unpickler builds the containers around the tensors without running anything."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         obj = object.__new__(cls)
@@ -45,8 +43,7 @@ def _reason(e: Exception) -> str:
 
 def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; :class:`ConversionError` for a missing, empty or
-    corrupt file, or one that needs Python objects (listed). With ``allow_stand_ins`` each such class or
-    function is bound to an inert :class:`StandIn` instead; no code from the file runs either way."""
+    corrupt file, or one needing Python objects (listed) unless ``allow_stand_ins`` binds each to StandIn."""
     path = Path(path)
     if why := unusable_file(path):
         raise ConversionError(why)
@@ -62,10 +59,9 @@ def safe_torch_load(path: str | Path, allow_stand_ins: bool = False) -> Any:
         names = []
     if not allow_stand_ins or not names:
         listed = f" It names: {', '.join(names)}." if names else ""
-        hint = (
-            " Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors with inert"
-            " placeholders in place of those objects; nothing from the file is executed either way."
-        )
+        hint = (" Pass allow_stand_ins=True (command line: --allow-stand-ins true) to read the tensors"
+                " with inert placeholders in place of those objects; nothing from the file is executed"
+                " either way.")
         raise ConversionError(
             f"refusing to load {path}: it needs to import or run Python code to unpickle ({first_error})."
             f"{listed} Only tensors and plain containers are loaded (torch.load weights_only=True)."
@@ -113,10 +109,8 @@ def taming_config(
     if any(w % ch for w in widths):
         raise ConversionError(f"{source}: level widths {widths} are not multiples of ch={ch}")
     if enc_attn != dec_attn:
-        raise ConversionError(
-            f"{source}: attention at encoder levels {enc_attn} but decoder levels {dec_attn}; our "
-            "autoencoder places attention symmetrically"
-        )
+        raise ConversionError(f"{source}: attention at encoder levels {enc_attn} but decoder levels "
+                              f"{dec_attn}; our autoencoder places attention symmetrically")
     if resolution % 2 ** (len(widths) - 1):
         resolution = 16 * 2 ** (len(widths) - 1)
     if fields["out_channels"] == fields["in_channels"]:
@@ -146,10 +140,9 @@ def infer_taming_config(
     except KeyError as e:
         raise ConversionError(f"{source}: not a taming-style autoencoder, {e.args[0]!r} is missing") from None
     if codebook.shape[1] != sizes["embed_dim"]:
-        raise ConversionError(
-            f"{source}: codebook vectors have {codebook.shape[1]} dimensions but quant_conv outputs "
-            f"{sizes['embed_dim']}; factorized codebooks are not supported for this format"
-        )
+        raise ConversionError(f"{source}: codebook vectors have {codebook.shape[1]} dimensions but "
+                              f"quant_conv outputs {sizes['embed_dim']}; factorized codebooks are not "
+                              "supported for this format")
     widths, enc_attn, blocks = [], [], set()
     for i in sorted({int(m[1]) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))}):
         conv1 = re.compile(rf"encoder\.down\.{i}\.block\.\d+\.conv1\.weight")
@@ -175,15 +168,13 @@ def check_group_norms(model: torch.nn.Module, num_groups: int, source: str) -> N
     whose layers would silently differ."""
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.GroupNorm) and mod.num_groups != num_groups:
-            raise ConversionError(
-                f"{source}: layer {name} has {mod.num_channels} channels, not divisible into {num_groups} groups"
-            )
+            raise ConversionError(f"{source}: layer {name} has {mod.num_channels} channels, not divisible "
+                                  f"into {num_groups} groups")
 
 
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str):
-    """Our :class:`VQModel` for ``config`` with ``state`` loaded strictly (eval mode): missing, unexpected or
-    mis-shaped keys raise, listed, except our quantizer's bookkeeping buffers (usage counters, the k-means
-    flag), which foreign files lack and which keep their fresh values."""
+    """Our :class:`VQModel` for ``config`` with ``state`` loaded strictly (eval mode), except our quantizer's
+    bookkeeping buffers (usage counters, the k-means flag): foreign files lack them, they stay fresh."""
     model = VQModel(config)
     check_group_norms(model, config.num_groups, source)
     own = model.state_dict()

@@ -1,13 +1,8 @@
-"""Convert between our autoencoder and diffusers' ``VQModel`` (``diffusers/models/autoencoders/vq_model.py``):
-taming's architecture under other names (:data:`NAMES`; the decoder's levels deepest first, attention
-projections as ``Linear`` layers where ours are 1x1 convs), with the same one full-width attention head,
-GroupNorm ``eps=1e-6``, (0, 1, 0, 1) padding before the stride-2 downsampling conv, nearest upsampling and
-``layers_per_block + 1`` decoder blocks per level. What our model can't represent raises
-:class:`ConversionError`: ``norm_type="spatial"`` (MoVQ), an activation other than SiLU, attention placed
-differently in encoder and decoder, block widths that are not multiples of the first. ``scaling_factor`` (for
-latent diffusion) is not part of the tokenizer. Loading reads JSON and safetensors (or the ``.bin`` with
-``weights_only=True``); only :func:`to_diffusers` needs diffusers.
-"""
+"""Convert between our autoencoder and diffusers' ``VQModel``: taming's architecture under other names
+(:data:`NAMES`; decoder levels deepest first, attention projections as ``Linear`` where ours are 1x1 convs).
+What ours can't represent (``norm_type="spatial"``, activations other than SiLU, attention placed differently
+in encoder and decoder, widths not multiples of the first) raises :class:`ConversionError`; ``scaling_factor``
+is not part of the tokenizer. Only :func:`to_diffusers` needs diffusers."""
 
 from __future__ import annotations
 
@@ -51,10 +46,6 @@ NAMES = [
 _LEGACY = [("query", "q"), ("key", "k"), ("value", "v"), ("proj_attn", "proj_out")]
 
 
-def _to_ours(key: str, n: int) -> str:
-    return rename_pieces(key, NAMES + _LEGACY, n)
-
-
 def _is_attn_linear(key: str) -> bool:
     return bool(re.search(r"\.(q|k|v|proj_out)\.weight$", key)) and ".attn" in key
 
@@ -68,9 +59,8 @@ def read_diffusers_config(folder: Path) -> tuple[Path, dict[str, Any]]:
         folder = vq[0] if vq else folder
     path = folder / "config.json"
     if not path.is_file():
-        raise ConversionError(
-            f"{folder}: no diffusers VQModel config.json found (nor a pipeline sub-folder with one)"
-        )
+        raise ConversionError(f"{folder}: no diffusers VQModel config.json found (nor a pipeline sub-folder "
+                              "with one)")
     raw = json.loads(path.read_text())
     if raw.get("_class_name", "VQModel") != "VQModel":
         raise ConversionError(f"{path}: _class_name={raw['_class_name']!r}; only diffusers' VQModel is supported")
@@ -87,8 +77,8 @@ def diffusers_to_model_config(dc: dict[str, Any], source: str = "diffusers confi
     ok_down = {"DownEncoderBlock2D", "AttnDownEncoderBlock2D"}
     ok_up = {"UpDecoderBlock2D", "AttnUpDecoderBlock2D"}
     if bad := [t for t in down if t not in ok_down] + [t for t in up if t not in ok_up]:
-        supported = sorted(ok_down | ok_up)
-        raise ConversionError(f"{source}: block types {bad} are not supported; supported: {supported}")
+        raise ConversionError(f"{source}: block types {bad} are not supported; supported: "
+                              f"{sorted(ok_down | ok_up)}")
     n = len(widths)
     if len(down) != n or len(up) != n:
         raise ConversionError(f"{source}: down/up block types don't match block_out_channels={widths}")
@@ -112,8 +102,7 @@ def load_diffusers(folder: str | Path) -> torch.nn.Module:
     if weights is None:
         raise ConversionError(f"{folder}: none of {', '.join(WEIGHT_NAMES)} found")
     state = load_file(str(weights)) if weights.suffix == ".safetensors" else safe_torch_load(weights)
-    n = len(cfg.ch_mult)
-    state = {_to_ours(k, n): v for k, v in state.items()}
+    state = {rename_pieces(k, NAMES + _LEGACY, len(cfg.ch_mult)): v for k, v in state.items()}
     state = {k: v[:, :, None, None] if _is_attn_linear(k) and v.dim() == 2 else v for k, v in state.items()}
     return build_model(cfg, state, str(weights))
 

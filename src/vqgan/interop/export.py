@@ -124,30 +124,23 @@ def export_onnx(
     model: nn.Module, output_dir: str | Path, resolution: int | None = None,
     exporter: Literal["dynamo", "legacy"] = "dynamo", opset: int = 18, graphs: tuple[str, ...] = GRAPHS,
 ) -> dict[str, Path]:
-    """Write a :class:`~vqgan.models.VQModel` (in eval mode, fp32, on CPU) to ``encode.onnx``, ``decode.onnx``
-    and ``decode_codes.onnx`` in ``output_dir`` (dynamic batch and spatial sizes).
-
-    Args:
-        resolution: example image size used for tracing (default: the model's).
-        exporter: ``dynamo`` (``torch.export`` + ``onnxscript``, PyTorch's default since 2.9; every quantizer)
-            or ``legacy`` (TorchScript-based, deprecated by PyTorch but faster; the vq/ema quantizers only).
-        graphs: which of ``encode``, ``decode``, ``decode_codes`` to write.
-    """
+    """Write a :class:`~vqgan.models.VQModel` (eval mode, fp32, CPU) as the ONNX ``graphs`` of the module
+    docstring in ``output_dir``, traced at ``resolution`` (default: the model's). ``exporter``: ``dynamo``
+    (``torch.export`` + ``onnxscript``, PyTorch's default since 2.9; every quantizer) or ``legacy``
+    (TorchScript-based, deprecated by PyTorch but faster; the vq/ema quantizers only)."""
     if exporter == "dynamo":
         try:
             import onnxscript  # noqa: F401
         except ImportError as e:
-            raise ImportError(
-                "the dynamo ONNX exporter needs onnxscript: pip install onnxscript (or pass exporter='legacy')"
-            ) from e
+            raise ImportError("the dynamo ONNX exporter needs onnxscript: pip install onnxscript (or pass "
+                              "exporter='legacy')") from e
     elif exporter != "legacy":
         raise ValueError(f"unknown exporter {exporter!r}; choose 'dynamo' or 'legacy'")
     elif not isinstance(model.quantize, VectorQuantizer):
         # The legacy exporter writes invalid Transpose permutations for the movedim calls of the other quantizers.
-        raise ValueError(
-            f"the legacy ONNX exporter supports the vq/ema quantizers only, not {model.config.quantizer.kind!r}; "
-            "use exporter='dynamo' (command line: --onnx-exporter dynamo)"
-        )
+        raise ValueError("the legacy ONNX exporter supports the vq/ema quantizers only, not "
+                         f"{model.config.quantizer.kind!r}; use exporter='dynamo' (command line: "
+                         "--onnx-exporter dynamo)")
 
     def write(graph: nn.Module, example: tuple[torch.Tensor, ...], name: str, path: Path) -> None:
         inputs, outputs = _NAMES[name]

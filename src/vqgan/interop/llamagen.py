@@ -1,13 +1,7 @@
-"""Load LlamaGen image tokenizers (Sun et al. 2024, "Autoregressive Model Beats Diffusion: Llama for Scalable
-Image Generation", https://arxiv.org/abs/2406.06525), e.g. ``vq_ds16_c2i.pt`` / ``vq_ds8_c2i.pt``.
-
-Their ``.pt`` holds the tokenizer under ``model`` (and ``ema``, optimizer states, ``args``); its architecture
-is taming's under other names (:data:`NAMES`; the decoder's ``conv_blocks`` deepest level first), with
-attention on every block of the deepest level. With ``codebook_l2_norm=True`` (every release) latents and
-codes are l2-normalised before the search in the ``codebook_embed_dim = 8`` space that ``quant_conv`` maps to:
-our :class:`~vqgan.quantizers.VectorQuantizer` with ``l2_normalize=True`` and ``embed_dim=8``. That flag is
-not in the weights: it is read from the checkpoint's ``args``, else from ``l2_normalize`` (default ``True``).
-"""
+"""Load LlamaGen image tokenizers (Sun et al. 2024, https://arxiv.org/abs/2406.06525), e.g. ``vq_ds16_c2i``:
+taming's architecture under other names (:data:`NAMES`; decoder levels deepest first), attention on every
+block of the deepest level, codes l2-normalised in the 8-dimensional ``quant_conv`` space (our
+``l2_normalize=True``, ``embed_dim=8``; the flag is from the checkpoint's ``args``, else ``l2_normalize``)."""
 
 from __future__ import annotations
 
@@ -44,10 +38,8 @@ def llamagen_state_dict(ckpt: Any, source: str, use_ema: bool = False) -> dict[s
     state = tensors_only(found[0] if found else ckpt, prefixes=("module.", "_orig_mod."))
     levels = {int(m[1]) for k in state if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k))}
     if not levels:
-        raise ConversionError(
-            f"{source}: not a LlamaGen tokenizer, no encoder.conv_blocks.* weights "
-            f"(entries: {sorted(ckpt)[:10]})"
-        )
+        raise ConversionError(f"{source}: not a LlamaGen tokenizer, no encoder.conv_blocks.* weights "
+                              f"(entries: {sorted(ckpt)[:10]})")
     state.pop("quantize.codebook_used", None)  # LlamaGen's usage history
     return {rename_pieces(k, NAMES, max(levels) + 1): v for k, v in state.items()}
 
@@ -57,15 +49,8 @@ def load_llamagen(
     resolution: int = 256, checkpoint: dict[str, Any] | None = None,
 ) -> torch.nn.Module:
     """Convert a LlamaGen tokenizer checkpoint into our :class:`~vqgan.models.VQModel` (eval mode).
-
-    Args:
-        l2_normalize: cosine-similarity codebook lookup (``codebook_l2_norm``); ``None`` reads it from the
-            checkpoint's ``args`` and defaults to ``True`` as LlamaGen does.
-        use_ema: take the ``ema`` weights instead of ``model``.
-        allow_stand_ins: read files that pickle ``argparse.Namespace`` etc. with inert placeholders.
-        resolution: training image size (only places attention on the deepest level; 256 for the releases).
-        checkpoint: the file's contents when already loaded (by :func:`vqgan.interop.load_pretrained`).
-    """
+    ``l2_normalize``: cosine code lookup (``None``: the checkpoint's ``args``, else ``True``); ``use_ema``:
+    the ``ema`` weights; ``resolution``: training image size (places attention; 256 for the releases)."""
     path = Path(path)
     ckpt = safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint
     state = llamagen_state_dict(ckpt, str(path), use_ema)

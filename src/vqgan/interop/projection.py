@@ -1,13 +1,10 @@
-"""A learned projection of a tokenizer's latents to ``N`` channels, for downstream models that expect a fixed
-channel count (seed 004's "option A": a flow-matching model that reads 4-channel latents from a 256-channel
-VQGAN). ``project`` maps latents ``(B, D, h, w) -> (B, N, h, w)``; samples of the downstream model decode with
-``tokenizer.decode(projection.unproject(p))``. It is fitted after stage 1 through the decoder ``D``::
+"""A learned projection of a tokenizer's latents ``(B, D, h, w) -> (B, N, h, w)`` for downstream models that
+expect ``N`` channels (seed 004's "option A"), fitted after stage 1 through the decoder ``D``::
 
     loss = || D(up(down(z))) - x ||^2  +  latent_weight * || up(down(z)) - z ||^2
 
 with ``z`` the quantized (or continuous) latents of images ``x``; ``down`` and ``up`` start from the principal
-components of ``z`` (the best linear ``N``-channel reconstruction), and the image term then spends the ``N``
-channels on what the decoder needs (:func:`fit_projection`).
+components of ``z``, and the image term then spends the ``N`` channels on what the decoder needs.
 
 Saved files (:func:`save_projection`): ``projection.json`` (the :class:`ProjectionConfig` fields and ``fit``,
 the summary of :func:`fit_projection`); ``projection.safetensors`` with ``down.weight (N, D, k, k)``,
@@ -179,15 +176,13 @@ def fit_projection(
     """Fit a :class:`LatentProjection` to a tokenizer in ``steps`` Adam steps (objective: module docstring).
 
     Args:
-        model: the tokenizer (:class:`~vqgan.models.VQModel`); frozen except what ``train_*`` names.
+        model: the tokenizer; frozen except what ``train_*`` names.
         batches: image batches in [-1, 1] (tensors, ``(images, ...)`` tuples or dicts with ``image``), e.g. a
             DataLoader; cycled until ``steps``.
-        out_channels: ``N``.
-        kernel_size, source: see :class:`ProjectionConfig`.
+        out_channels, kernel_size, source: see :class:`ProjectionConfig`.
         train_decoder: train the decoder (and ``post_quant_conv``) jointly with the projection.
-        train_encoder: also train the encoder (and ``quant_conv``): seed 004's "projection layer in the
-            encoder output". The codebook stays fixed, but code indices may change; with
-            ``source="quantized"`` gradients reach the encoder through the straight-through estimator.
+        train_encoder: also train the encoder (and ``quant_conv``; seed 004's "projection layer in the encoder
+            output"); the codebook stays fixed, ``quantized`` latents pass gradients straight through.
         eval_images: held-out images for the summary figures (default: the first training batch).
     """
     torch.manual_seed(seed)
@@ -237,8 +232,7 @@ def save_projection(
     projection: LatentProjection, directory: str | Path, summary: dict[str, Any] | None = None,
     model: nn.Module | None = None,
 ) -> Path:
-    """Write ``projection.json`` and ``projection.safetensors`` (and ``decoder/`` when ``model`` is given: the
-    tokenizer whose decoder, and encoder with ``train_encoder``, was trained jointly)."""
+    """Write the folder the module docstring describes (``decoder/``: ``model``, when given)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {**asdict(projection.config), "fit": summary or {}}

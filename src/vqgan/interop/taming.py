@@ -1,11 +1,7 @@
 """Load taming-transformers VQGAN checkpoints (Esser et al. 2021, https://arxiv.org/abs/2012.09841), e.g.
-``vqgan_imagenet_f16_1024.ckpt`` / ``vqgan_imagenet_f16_16384.ckpt`` with their ``*-project.yaml``.
-
-Their Lightning ``state_dict`` uses our module names (the training loss ``loss.*`` is dropped), so the weights
-load one to one; the architecture is read from the tensors and checked against the YAML's
-``model.params.ddconfig`` when it is found. Not supported (named in the error): ``GumbelVQ``, index remapping
-(``remap``), ``double_z``.
-"""
+``vqgan_imagenet_f16_1024.ckpt``: the weights use our module names; the architecture is read from the tensors
+and checked against the YAML's ``model.params.ddconfig``. Not supported: ``GumbelVQ``, ``remap``,
+``double_z``."""
 
 from __future__ import annotations
 
@@ -46,10 +42,8 @@ def read_taming_config(path: Path) -> dict[str, Any]:
     if not isinstance(model, dict) or "params" not in model:
         raise ConversionError(f"{path} is not a taming config: expected model.target and model.params")
     if model.get("target", "") not in SUPPORTED_TARGETS:
-        raise ConversionError(
-            f"{path}: model.target={model.get('target', '')!r} is not supported; supported: "
-            f"{', '.join(SUPPORTED_TARGETS)}"
-        )
+        raise ConversionError(f"{path}: model.target={model.get('target', '')!r} is not supported; "
+                              f"supported: {', '.join(SUPPORTED_TARGETS)}")
     return model["params"]
 
 
@@ -94,10 +88,8 @@ def _check_against_yaml(cfg, params: dict[str, Any], source: str) -> None:
     levels = [resolution // 2**i for i in range(len(cfg.ch_mult))]
     yaml_attn = sorted(r for r in dd.get("attn_resolutions", []) if r in levels)
     if sorted(cfg.attn_resolutions) != yaml_attn:
-        raise ConversionError(
-            f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, the YAML says "
-            f"{yaml_attn}"
-        )
+        raise ConversionError(f"{source}: the weights have attention at resolutions {cfg.attn_resolutions}, "
+                              f"the YAML says {yaml_attn}")
 
 
 def load_taming(
@@ -106,21 +98,15 @@ def load_taming(
 ) -> torch.nn.Module:
     """Convert a taming-transformers VQGAN checkpoint into our :class:`~vqgan.models.VQModel` (eval mode).
 
-    Args:
-        path: the Lightning ``.ckpt`` (or a ``.pt`` holding ``{"state_dict": ...}`` or a bare state dict).
-        config: its YAML (optional; default: found next to it or in ``../configs/*-project.yaml``): gives
-            the training resolution, which places attention, and is checked against the weights.
-        allow_stand_ins: read files that pickle Lightning callbacks, with inert placeholders (no code runs).
-        checkpoint: the file's contents when already loaded (by :func:`vqgan.interop.load_pretrained`).
+    ``path`` is the Lightning ``.ckpt`` (or a ``.pt`` of ``{"state_dict": ...}`` or a bare state dict);
+    ``config`` its YAML (default: :func:`find_taming_config`'s), which gives the training resolution (placing
+    attention) and is checked against the weights; ``checkpoint``, the file's contents if already loaded.
     """
-    path = Path(path)
-    source = str(path)
+    path, source = Path(path), str(path)
     config_path = Path(config) if config is not None else find_taming_config(path)
-    params: dict[str, Any] = {}
     if config_path is None:
         log.warning("no taming YAML config found for %s: reading the architecture from the weights only", path)
-    else:
-        params = read_taming_config(config_path)
+    params = read_taming_config(config_path) if config_path is not None else {}
     checkpoint = safe_torch_load(path, allow_stand_ins) if checkpoint is None else checkpoint
     state = taming_state_dict(checkpoint, source)
     dd = params.get("ddconfig", {})

@@ -31,9 +31,8 @@ def save_codebook_atlas(
     model: torch.nn.Module, path: str | Path, counts: np.ndarray | torch.Tensor | None = None, max_codes: int = 64,
     tokens: int = 2, scale: int | None = None,
 ) -> tuple[Path, list[int]]:
-    """A grid of decoded code patches (most used codes first when ``counts`` is given, else codes ``0..``), each
-    labelled with its index, upscaled ``scale`` times (default: patches of at least 48 pixels). Returns the path
-    and the codes shown."""
+    """A grid of decoded code patches (most used first given ``counts``, else codes ``0..``), each labelled
+    with its index, upscaled ``scale`` times (default: to at least 48 pixels); returns the path and codes."""
     order = torch.arange(model.quantize.codebook_size)
     if counts is not None:
         order = torch.as_tensor(np.asarray(counts)).float().argsort(descending=True, stable=True)

@@ -1,6 +1,5 @@
-"""Loss curves of a training run (seed 002), drawn from the run's TensorBoard event files under
-``RUN_DIR/logs`` (read with TensorBoard's ``EventAccumulator``) so that the report shows them without
-TensorBoard. A resumed run adds event files; a step logged in several files keeps its latest value."""
+"""Loss curves of a training run (seed 002) from its TensorBoard event files under ``RUN_DIR/logs``, for the
+report; a step logged in several files (a resumed run) keeps its latest value."""
 
 from pathlib import Path
 

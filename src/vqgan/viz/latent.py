@@ -1,7 +1,5 @@
-"""Latent-space pictures (seed 000): PCA and t-SNE projections of encoder outputs together with the codebook,
-latent statistics, and interpolation between two images. Projections (scikit-learn) are fitted on the codebook
-and the latents together so both live in one frame; t-SNE (van der Maaten & Hinton 2008) runs on a seeded
-subsample because it is quadratic."""
+"""Latent-space pictures (seed 000): PCA and t-SNE (van der Maaten & Hinton 2008, on a seeded subsample: it is
+quadratic) of encoder outputs fitted jointly with the codebook, latent statistics, and interpolation."""
 
 from pathlib import Path
 from typing import Any

@@ -1,6 +1,6 @@
-"""Codebook plots: the usage histogram of an evaluation set, and seed 002's training diagnostics read from
-``RUN_DIR/diagnostics.npz``. Figures use matplotlib's object-oriented API (no pyplot, no global backend: safe
-in headless processes and threads) at a fixed dpi: ``figsize=(w, h)`` is a PNG of ``(100 w) x (100 h)``."""
+"""Codebook plots: an evaluation set's usage histogram and seed 002's training diagnostics. Figures use
+matplotlib's object-oriented API (no pyplot: safe in threads) at a fixed dpi: ``figsize=(w, h)`` is a PNG of
+``(100 w) x (100 h)``."""
 
 from dataclasses import dataclass
 from pathlib import Path

@@ -113,9 +113,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def report_for_run(run_dir: str | Path, figures_dir: str | Path | None = None, output: str | Path | None = None,
                    title: str | None = None) -> Path:
-    """The report of a run folder: ``config.yaml``, ``metrics.json`` (training validation), ``evaluation.json``
-    (``vqgan evaluate``) and the figures indexed in ``figures_dir/figures.json`` (default
-    ``RUN_DIR/visualizations``); without an index, the training diagnostics and the last sample grid."""
+    """The report of a run folder: its config, metrics, evaluation and the figures indexed in ``figures_dir``
+    (default ``RUN_DIR/visualizations``); without an index, the training diagnostics and last sample grid."""
     run_dir = Path(run_dir)
     figures_dir = Path(figures_dir) if figures_dir else run_dir / "visualizations"
     config = run_dir / "config.yaml"

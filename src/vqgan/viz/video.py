@@ -33,8 +33,7 @@ def per_frame_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torc
 def temporal_consistency(original: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-transition statistics in [0, 1] pixel units, each ``(T - 1,)``: ``motion_original`` /
     ``motion_reconstruction``, the mean ``|x_t - x_{t-1}|``, and ``flicker``, the mean
-    ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``: the change the tokenizer adds or removes between frames (0 for a
-    reconstruction that errs the same way every frame)."""
+    ``|(y_t - y_{t-1}) - (x_t - x_{t-1})|``: the change the tokenizer adds or removes between frames."""
     t = min(original.shape[1], reconstruction.shape[1])
     dx, dy = (to_unit(v[:, :t].cpu()).diff(dim=1) for v in (original, reconstruction))
     return {"motion_original": dx.abs().mean((0, 2, 3)), "motion_reconstruction": dy.abs().mean((0, 2, 3)),
@@ -43,8 +42,7 @@ def temporal_consistency(original: torch.Tensor, reconstruction: torch.Tensor) -
 
 def write_video(video: torch.Tensor | np.ndarray, path: str | Path, fps: float = 8.0, scale: int = 1) -> Path:
     """Write a clip as MP4 (H.264 via PyAV, ``yuv420p``, sides padded to even) or GIF (Pillow, looping), chosen by
-    the suffix. ``video``: ``(C, T, H, W)`` in [-1, 1] or ``(T, H, W, 3)`` uint8; ``scale`` enlarges small clips
-    (nearest neighbour)."""
+    the suffix. ``video``: ``(C, T, H, W)`` in [-1, 1] or ``(T, H, W, 3)`` uint8, enlarged ``scale`` times."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = video if isinstance(video, np.ndarray) else to_uint8_frames(video)
@@ -122,10 +120,9 @@ def reconstruct_video_file(
     max_frames: int = 33, frame_stride: int = 1, device: str = "cpu", formats: tuple[str, ...] = ("mp4", "gif"),
     scale: int | None = None,
 ) -> dict:
-    """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file with an image model
-    (frame by frame) or a :class:`~vqgan.models.VideoVQModel`, and write the outputs of
-    :func:`save_video_reconstruction`, frames resized and centre-cropped to ``resolution`` (default: the
-    model's), enlarged ``scale`` times (default: to about 96 pixels); ``VideoDecodeError`` if unreadable."""
+    """Reconstruct the first ``max_frames`` frames (every ``frame_stride``-th) of a video file, resized and
+    centre-cropped to ``resolution`` (default: the model's), with an image model (frame by frame) or a
+    :class:`~vqgan.models.VideoVQModel`; writes :func:`save_video_reconstruction`'s outputs."""
     path, cfg = Path(path), model.config
     try:
         src_fps, n = video_info(path)
@@ -155,9 +152,8 @@ def save_clip_grid(
     clips: torch.Tensor, directory: str | Path, stem: str, captions: list[str] | None = None, ncol: int = 4,
     fps: float = 4.0, scale: int | None = None, formats: tuple[str, ...] = ("mp4", "gif"),
 ) -> dict[str, str]:
-    """Write clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row, each under its caption (e.g. its
-    class), as ``DIRECTORY/STEM.{mp4,gif}`` and their frames as ``STEM_frames.png`` (a row per clip, the
-    caption on the left); small clips are enlarged to about 64 pixels. Returns the paths."""
+    """Write clips ``(B, C, T, H, W)`` in [-1, 1] tiled ``ncol`` per row under their captions (e.g. classes)
+    as ``DIRECTORY/STEM.{mp4,gif}``, and ``STEM_frames.png`` (a row of frames per clip); returns the paths."""
     directory, scale = Path(directory), scale or max(1, 64 // clips.shape[-1])
     x = to_unit(clips.detach().cpu()).expand(-1, 3, -1, -1, -1).repeat_interleave(scale, -1)
     x = x.repeat_interleave(scale, -2)

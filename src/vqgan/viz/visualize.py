@@ -1,7 +1,6 @@
-"""Every picture of a trained tokenizer in one call (seed 000's five kinds and seed 002's codebook
-diagnostics), indexed in ``OUTPUT/figures.json`` for the HTML report. Each kind is one function of
-:data:`FIGURES`, taking the shared :class:`Inputs` and returning its records, or raising :class:`Skipped` with
-the reason the report shows."""
+"""Every picture of a trained tokenizer in one call (seeds 000 and 002), indexed in ``OUTPUT/figures.json``
+for the HTML report. Each kind is one function of :data:`FIGURES`, taking the shared :class:`Inputs` and
+returning its records, or raising :class:`Skipped` with the reason the report shows."""
 
 import json
 import os
@@ -103,9 +102,8 @@ def reconstruction_figures(d: Inputs) -> list[FigureRecord]:
 
 
 def latent_and_codebook_figures(d: Inputs) -> list[FigureRecord]:
-    """PCA and t-SNE of the encoder outputs with the codes, per-dimension statistics, hits per code, the most
-    used codes each decoded on its own, and the code of every latent position over its image (a clip's first
-    frame for a 3-D tokenizer)."""
+    """PCA and t-SNE of the encoder outputs with the codes, latent statistics, hits per code, the most used
+    codes decoded, and the token map over an image (a clip's first frame for a 3-D tokenizer)."""
     lat, idx, cb, out = d.latents["latents"], d.latents["indices"], d.codebook, d.out
     what = "spatio-temporal latents of the clips and the codes" if d.encodes_clips else \
         "one joint PCA; points coloured by their code, crosses are codes sized by usage"
@@ -174,10 +172,8 @@ def visualize_model(
     atlas_codes: int = 64, say: Callable[[str], None] = print,
 ) -> list[FigureRecord]:
     """Write every picture of :data:`FIGURES` for ``model`` on ``images`` (``(B, C, H, W)`` or video
-    ``(B, C, T, H, W)`` in [-1, 1]) under ``output_dir`` and index them in ``figures.json``; returns the records.
-    ``run_dir``, the training run folder, gives the diagnostics plots and loss curves; ``counts`` is a code
-    histogram over a whole evaluation set (default: from ``images``); ``max_points`` / ``tsne_points`` cap the
-    encoder outputs shown by PCA / t-SNE (seeded subsamples); ``say`` prints skipped pictures and why."""
+    ``(B, C, T, H, W)`` in [-1, 1]) under ``output_dir``, indexed in ``figures.json``; returns the records.
+    ``counts``: a code histogram over a whole evaluation set (default: from ``images``)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_dir = None if run_dir is None else Path(run_dir)

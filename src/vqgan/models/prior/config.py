@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vqgan.config import ConfigError, TrainerSettings, parse_run_config
+from vqgan.config import TrainerSettings, check_minimum, parse_run_config, refuse
 from vqgan.registry import Registry, preset_config
 
 
@@ -95,31 +95,25 @@ class PriorModelConfig:
 
     def validate(self) -> PriorModelConfig:
         """Raise :class:`ConfigError` naming the first bad ``model.*`` value; returns self."""
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        refuse(self.n_embd % self.n_head,
+               f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         hd, p, h, w = self.n_embd // self.n_head, self.patch_size, self.token_height, self.token_width
-        if self.rope and hd % 2:
-            raise ConfigError(f"model.rope needs an even head dimension, got {hd}")
-        if self.vocab_size < 2:
-            raise ConfigError(f"model.vocab_size={self.vocab_size} must be at least 2")
-        if self.num_classes < 0:
-            raise ConfigError(f"model.num_classes={self.num_classes} must be >= 0")
-        if not 0.0 <= self.cond_dropout < 1.0:
-            raise ConfigError(f"model.cond_dropout={self.cond_dropout} must be in [0, 1)")
-        if min(h, w, self.token_frames) < 1:
-            raise ConfigError("model.token_height, model.token_width and model.token_frames must be positive")
-        if self.rope and self.token_frames > 1 and hd < 6:
-            raise ConfigError(
-                f"model.rope over a (T, h, w) grid needs a head dimension of at least 6 (a frequency pair per "
-                f"axis), got {hd}"
-            )
-        if not 0.0 <= self.frame_prediction_prob <= 1.0:
-            raise ConfigError(f"model.frame_prediction_prob={self.frame_prediction_prob} must be in [0, 1]")
-        if self.kind == "flow" and (p < 1 or h % p or w % p):
-            raise ConfigError(f"model.patch_size={p} must divide the latent map {h}x{w}")
-        if self.kind == "flow" and min(self.latent_channels, self.sample_steps, self.logit_std) <= 0:
-            raise ConfigError("model.latent_channels, model.sample_steps and model.logit_std must be "
-                              "positive")
+        refuse(self.rope and hd % 2, f"model.rope needs an even head dimension, got {hd}")
+        check_minimum("model.vocab_size", self.vocab_size, 2)
+        refuse(self.num_classes < 0, f"model.num_classes={self.num_classes} must be >= 0")
+        refuse(not 0.0 <= self.cond_dropout < 1.0,
+               f"model.cond_dropout={self.cond_dropout} must be in [0, 1)")
+        refuse(min(h, w, self.token_frames) < 1,
+               "model.token_height, model.token_width and model.token_frames must be positive")
+        refuse(self.rope and self.token_frames > 1 and hd < 6,
+               f"model.rope over a (T, h, w) grid needs a head dimension of at least 6 (a frequency pair per "
+               f"axis), got {hd}")
+        refuse(not 0.0 <= self.frame_prediction_prob <= 1.0,
+               f"model.frame_prediction_prob={self.frame_prediction_prob} must be in [0, 1]")
+        refuse(self.kind == "flow" and (p < 1 or h % p or w % p),
+               f"model.patch_size={p} must divide the latent map {h}x{w}")
+        refuse(self.kind == "flow" and min(self.latent_channels, self.sample_steps, self.logit_std) <= 0,
+               "model.latent_channels, model.sample_steps and model.logit_std must be positive")
         return self
 
 
@@ -192,8 +186,7 @@ class PriorExperimentConfig:
     def validate(self) -> PriorExperimentConfig:
         self.model.validate()
         self.train.validate()
-        if self.data.batch_size < 1:
-            raise ConfigError(f"data.batch_size={self.data.batch_size} must be positive")
+        refuse(self.data.batch_size < 1, f"data.batch_size={self.data.batch_size} must be positive")
         return self
 
 

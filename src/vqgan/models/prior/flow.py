@@ -67,8 +67,7 @@ def solve_ode(
     method: Literal["euler", "heun"] = "heun", return_trajectory: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """``x(1)`` (and with ``return_trajectory`` the ``steps + 1`` states) of ``dx/dt = velocity(x, t)`` from
-    ``x(0) = x0``, in ``steps`` equal steps: Euler (first order) or Heun (explicit trapezoidal rule, second
-    order for two evaluations per step, which pays when steps are few, as for Karras et al. 2022)."""
+    ``x(0) = x0``, ``steps`` equal steps: Euler or Heun (second order, for few steps; Karras et al. 2022)."""
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1")
     if method not in ("euler", "heun"):
@@ -215,8 +214,8 @@ class FlowPrior(PriorBase):
         generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
     ) -> FlowOutput:
-        """Flow-matching loss of raw (un-normalised) ``latents`` ``(B, C, h, w)``; labels dropped to the null
-        class with probability ``cond_dropout`` in training mode; ``noise`` and ``t`` may be given."""
+        """Flow-matching loss of raw (un-normalised) ``latents`` ``(B, C, h, w)``, labels dropped with
+        ``cond_dropout`` in training; ``noise`` and ``t`` may be given."""
         cfg = self.config
         x1 = self.normalize(latents.float())
         b, dev = x1.shape[0], x1.device
@@ -234,9 +233,8 @@ class FlowPrior(PriorBase):
         generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
         return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Latents ``(B, C, h, w)`` in the tokenizer's units from noise (or ``noise``) by the guided flow:
-        ``num`` unconditional or one per class of ``labels``; ``steps``, ``sampler``, ``cfg_scale`` default to
-        the config's ``sample_steps``, ``sampler``, ``guidance``; ``return_trajectory`` adds the states."""
+        """Latents ``(B, C, h, w)`` in the tokenizer's units from noise (or ``noise``) by the guided flow,
+        ``num`` unconditional or one per class of ``labels``; ``None`` arguments default to the config's."""
         cfg = self.config
         device, dtype = next(self.parameters()).device, next(self.parameters()).dtype
         if labels is None and num is None and noise is None:

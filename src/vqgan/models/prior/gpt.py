@@ -28,8 +28,7 @@ class GPTPrior(TokenPrior):
     def training_loss(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> PriorOutput:
-        """Next-token cross-entropy over the whole map; labels dropped to the null class with probability
-        ``cond_dropout`` in training mode."""
+        """Next-token cross-entropy over the whole map (labels dropped with ``cond_dropout`` in training)."""
         tokens = tokens.flatten(1)
         labels = self._train_labels(labels, tokens.shape[0], tokens.device, generator)
         return self(tokens[:, :-1], labels, targets=tokens)
@@ -42,9 +41,8 @@ class GPTPrior(TokenPrior):
     ) -> torch.Tensor:
         """Sample token maps ``(B, h, w)`` (clips: ``(B, T, h, w)``), ``num`` unconditional ones or one per
         class of ``labels`` ``(B,)``, after ``prefix`` (first tokens ``(B, P)`` in raster order, or the codes
-        ``(B, k, h, w)`` of the first ``k`` latent frames), copied unchanged. ``temperature``, ``top_k``,
-        ``top_p``: see :func:`filter_logits`; ``cfg_scale``: classifier-free guidance (``1``: none);
-        ``use_cache`` reuses past keys and values (same tokens, much faster for long maps)."""
+        ``(B, k, h, w)`` of the first ``k`` latent frames), copied unchanged. ``cfg_scale``: classifier-free
+        guidance (``1``: none); ``use_cache`` reuses past keys and values (same tokens, faster)."""
         cfg, n = self.config, self.config.num_tokens
         labels, out = self._generation_inputs(num, labels, prefix, cfg_scale)
         copies, p = len(labels) // len(out), out.shape[1]  # 2 copies with guidance (the null-class rows)

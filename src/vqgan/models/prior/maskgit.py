@@ -69,8 +69,7 @@ class MaskGITPrior(TokenPrior):
     def training_loss(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> PriorOutput:
-        """Cross-entropy on a random cosine-scheduled share of masked positions; labels dropped to the null
-        class with probability ``cond_dropout`` in training mode."""
+        """Cross-entropy on a cosine-scheduled random share of masked positions (labels as in the GPT's)."""
         tokens = tokens.flatten(1)
         labels = self._train_labels(labels, len(tokens), tokens.device, generator)
         mask = self.random_mask(len(tokens), tokens.device, generator)

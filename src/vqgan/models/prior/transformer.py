@@ -27,8 +27,7 @@ def rope_sections(pairs: int, axes: int) -> list[int]:
 
 def grid_positions(frames: int, height: int, width: int) -> torch.Tensor:
     """``(1 + T h w, 3)`` integer ``(t, y, x)`` coordinates of ``[class, tokens in raster order]``: the class
-    token at the origin (anchoring absolute positions, as position 0 in 1D), token ``(t, y, x)`` one further
-    on every axis."""
+    token at the origin (as position 0 in 1D), token ``(t, y, x)`` at ``(t + 1, y + 1, x + 1)``."""
     grid = torch.stack(torch.meshgrid(*map(torch.arange, (frames, height, width)), indexing="ij"), dim=-1)
     return torch.cat([torch.zeros(1, 3, dtype=grid.dtype), grid.reshape(-1, 3) + 1])
 
