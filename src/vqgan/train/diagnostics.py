@@ -20,8 +20,8 @@ import torch
 
 from vqgan.metrics.codebook import DIAGNOSTICS_FILE, load_diagnostics  # noqa: F401 - the reader of what this writes
 from vqgan.quantizers.base import Quantizer, perplexity_and_usage
-from vqgan.train.callbacks import log_to_experiments
 from vqgan.train.checkpoint import atomic_write
+from vqgan.train.harness import log_to_experiments
 
 SCALARS = ("usage", "perplexity", "dead_codes", "restarts")
 PER_CODE = ("code_norms", "code_grad_norms", "code_counts")

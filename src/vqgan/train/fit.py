@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader
 
 from vqgan.config import ExperimentConfig, to_dict
 from vqgan.data import build_datasets, collate_skip
-from vqgan.train.callbacks import ReconstructionSamples
 from vqgan.train.checkpoint import ResumableSampler, ResumeState
 from vqgan.train.diagnostics import CodebookDiagnostics
-from vqgan.train.harness import RunParts, data_loaders, resolve_run_dir, run_training
+from vqgan.train.harness import RunParts, data_loaders, log_to_experiments, resolve_run_dir, run_training
 from vqgan.train.module import VQGANModule
+from vqgan.viz.grids import comparison_grid, save_comparison
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,28 @@ def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
     sampler = None if iterable else ResumableSampler(train_ds, seed=cfg.train.seed)
     loader_kw = {"collate_fn": collate_skip}
     return data_loaders(train_ds, val_ds, cfg.data, cfg.train.accelerator, {"sampler": sampler}, **loader_kw)
+
+
+class ReconstructionSamples(L.Callback):
+    """After every validation: the first (fixed) validation batch reconstructed, into
+    ``samples/step_XXXXXXX.png`` and to TensorBoard or W&B."""
+
+    def __init__(self, directory: str | Path, max_images: int = 16):
+        self.directory = Path(directory)
+        self.max_images = max_images
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        x = getattr(pl_module, "val_batch_for_samples", None)
+        if x is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        x = x[: self.max_images]
+        rec = pl_module.model(x).reconstruction
+        if x.dim() == 5:  # video: show the middle frame of each clip
+            x, rec = x[:, :, x.shape[2] // 2], rec[:, :, rec.shape[2] // 2]
+        step = trainer.global_step
+        save_comparison(x, rec, self.directory / f"step_{step:07d}.png", scale=2 if x.shape[-1] < 64 else 1)
+        log_to_experiments(trainer, "image", "val/reconstructions", comparison_grid(x, rec), step)
 
 
 def _strategy(cfg: ExperimentConfig) -> str:

@@ -21,10 +21,10 @@ from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.models.io import CheckpointError, load_model
 from vqgan.models.prior import PriorExperimentConfig, build_prior
 from vqgan.models.prior.latent_space import decode_latents, trajectory_images
-from vqgan.train.callbacks import log_to_experiments
 from vqgan.train.harness import (
     RunParts,
     data_loaders,
+    log_to_experiments,
     optimizers,
     publish_validation,
     resolve_run_dir,
