@@ -1,6 +1,5 @@
-"""Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer),
-every ``train.diagnostics_every_n_steps`` steps and once more at the end of training, for the model's
-quantizer (the first stage of a residual one); README lists the statistics.
+"""Codebook diagnostics (seed 002's plots, for every run and quantizer) recorded every
+``train.diagnostics_every_n_steps`` steps and at the end, for the quantizer (a residual one's first stage).
 
 File format, ``RUN_DIR/diagnostics.npz`` (written atomically): ``step (T,)`` int64; scalars ``usage``,
 ``perplexity`` (float64), ``dead_codes``, ``restarts`` (int64), each ``(T,)``; per-code ``code_norms``,
@@ -24,7 +23,6 @@ from vqgan.train.checkpoint import atomic_write
 from vqgan.train.harness import log_to_experiments
 
 SCALARS = ("usage", "perplexity", "dead_codes", "restarts")
-PER_CODE = ("code_norms", "code_grad_norms", "code_counts")
 _DTYPES = {"step": np.int64, "usage": np.float64, "perplexity": np.float64, "dead_codes": np.int64,
            "restarts": np.int64, "code_norms": np.float32, "code_grad_norms": np.float32, "code_counts": np.float32}
 
@@ -52,7 +50,7 @@ class CodebookDiagnostics(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = trainer.global_step
-        self.records: dict[str, list[Any]] = {k: [] for k in ("step", *SCALARS, *PER_CODE)}
+        self.records: dict[str, list[Any]] = {k: [] for k in _DTYPES}
         if start > 0 and self.path.is_file():  # resumed: keep what was recorded up to the checkpoint
             old = load_diagnostics(self.path.parent)
             self.records.update({k: list(old[k][old["step"] <= start]) for k in self.records if k in old})
@@ -102,8 +100,8 @@ class CodebookDiagnostics(L.Callback):
         if trainer.is_global_zero:
             for k, v in row.items():
                 self.records[k].append(v)
-            kept = {k: v for k, v in self.records.items() if len(v) or k in ("step", *SCALARS)}
-            arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in kept.items()}
+            arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in self.records.items()
+                      if len(v) or k in ("step", *SCALARS)}
             atomic_write(self.path, lambda f: np.savez(f, **arrays))
             for logger in trainer.loggers:
                 logger.log_metrics({f"diag/{k}": float(row[k]) for k in SCALARS}, step=step)

@@ -25,13 +25,10 @@ log = logging.getLogger(__name__)
 def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
     """Training (shuffled, drop_last) and validation (fixed order) loaders for ``cfg.data``."""
     train_ds, val_ds = build_datasets(cfg.data, cfg.train.seed)
-    # A map-style set gets a sampler whose order depends on (seed, epoch) only and that can start mid-epoch,
-    # so that a resumed run sees exactly the batches an uninterrupted one would have seen. Iterable datasets
-    # (video chunks) shuffle themselves.
+    # A map-style set gets a sampler that resumes mid-epoch exactly; iterable ones (video chunks) shuffle.
     iterable = isinstance(train_ds, torch.utils.data.IterableDataset)
-    sampler = None if iterable else ResumableSampler(train_ds, seed=cfg.train.seed)
-    loader_kw = {"collate_fn": collate_skip}
-    return data_loaders(train_ds, val_ds, cfg.data, cfg.train.accelerator, {"sampler": sampler}, **loader_kw)
+    train_kw = {"sampler": None if iterable else ResumableSampler(train_ds, seed=cfg.train.seed)}
+    return data_loaders(train_ds, val_ds, cfg.data, cfg.train.accelerator, train_kw, collate_fn=collate_skip)
 
 
 class ReconstructionSamples(L.Callback):
@@ -81,8 +78,7 @@ def fit(
         train_loader, val_loader = build_loaders(cfg)
         module = VQGANModule(to_dict(cfg))
         if cfg.train.compile:
-            # In place, with the decoder's last layer eager: the adaptive weight's retained gradients work, and the
-            # checkpoint keys stay those of an eager run (see VQModel.compile).
+            # In place, the decoder's last layer eager (for the adaptive weight; see VQModel.compile).
             module.model.compile()
         sampler = train_loader.sampler if isinstance(train_loader.sampler, ResumableSampler) else None
         every = cfg.train.diagnostics_every_n_steps

@@ -70,7 +70,6 @@ class VQGANModule(L.LightningModule):
         self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
         q = self.model.quantize
         self.val_usage = CodebookUsage(q.codebook_size, num_stages=q.num_stages)
-        # Counters saved in checkpoints (see on_save_checkpoint).
         self.counters = {"skipped_generator": 0, "skipped_discriminator": 0, "skipped_data": 0, "nonfinite_streak": 0}
         self.val_batch_for_samples: torch.Tensor | None = None
         self.last_val_metrics: dict[str, float] = {}
@@ -112,10 +111,8 @@ class VQGANModule(L.LightningModule):
         self, x: torch.Tensor, mask: torch.Tensor | None, factor: float, backward: Backward | None = None,
         grad_scale: float = 1.0,
     ) -> StepGradients:
-        """Forward passes, both losses and clipped gradients of one step; no optimizer step, no logging.
-        ``backward`` is ``manual_backward`` under a Trainer, else plain ``backward``; it multiplies the
-        gradients by ``grad_scale`` (a mixed-precision loss scale), which the clipping and the returned norms
-        undo."""
+        """Forward passes, both losses and clipped gradients of one step (no optimizer step). ``backward``
+        (default: plain) may scale the gradients by ``grad_scale``, which the clipping and the norms undo."""
         t = self.cfg.train
         backward = backward or plain_backward
         gen_params = self.generator_parameters()
@@ -168,10 +165,9 @@ class VQGANModule(L.LightningModule):
         opt.step()
         self.lr_schedulers().step()
 
-        logs = {**g.logs, **(step.d.logs if step.d is not None else {}), **step.out.stats}
-        logs["grad_norm_g"] = step.g_norm
         # Python numbers, not new CPU tensors: Lightning would copy each of them to the device every step.
-        logs.update(disc_factor=float(factor), **{k: float(v) for k, v in self.counters.items()})
+        logs = {**g.logs, **getattr(step.d, "logs", {}), **step.out.stats, "grad_norm_g": step.g_norm,
+                "disc_factor": float(factor), **{k: float(v) for k, v in self.counters.items()}}
         logs = {f"train/{k}": v for k, v in logs.items()}
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0], logger=False)
@@ -227,9 +223,8 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None, scale: float = 1.0) -> torch.Tensor:
-    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync).
-    The gradients may hold ``scale`` times the true ones (a mixed-precision loss scale): clipping them to
-    ``max_norm * scale`` clips the true gradients to ``max_norm``, whose norm is the norm over ``scale``."""
+    """Clip the gradients' global norm to ``max_norm`` (if set) and return it (a tensor, no sync). Gradients
+    ``scale`` times the true ones (loss scale) are clipped to ``max_norm * scale``, the norm divided back."""
     grads = [p for p in params if p.grad is not None]
     if not grads:
         return torch.zeros((), device=params[0].device if params else None)

@@ -1,8 +1,6 @@
-"""The whole two-stage pipeline in one call, as seed 002's ``make ffhq`` ran it: train the tokenizer, encode
-its training set, train a prior on the tokens and write a grid of samples, each by the library function its
-own command calls, into ``tokenizer/``, ``tokens/``, ``prior/``, ``samples/`` and ``pipeline.json``. A stage
-whose output is complete is skipped, so the same command continues an interrupted pipeline; debug mode
-(``train.debug``) runs a handful of batches per stage and logs nothing online."""
+"""The whole two-stage pipeline in one call, as seed 002's ``make ffhq`` ran it, each stage by its command's
+library function (README lists the folders). A stage whose output is complete is skipped, so the same command
+continues an interrupted pipeline; debug mode runs a handful of batches per stage and logs nothing online."""
 
 from __future__ import annotations
 
@@ -33,8 +31,7 @@ DEBUG_BATCHES = 10
 
 @dataclass
 class PipelineResult:
-    """Where each stage wrote its output (checkpoints, token folder, sample grid), the ``metrics.json`` of the
-    two trainings, and what sampling reported."""
+    """Where each stage wrote its output, the two trainings' ``metrics.json`` and what sampling reported."""
 
     tokenizer: str
     tokens: str

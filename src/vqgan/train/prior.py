@@ -1,7 +1,6 @@
 """Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching
-prior on a latent folder (``--what continuous|quantized``); the run folder is like stage 1's (see README).
-Token metrics are on the predicted positions (all for GPT, the masked ones for MaskGIT); a flow prior's
-latents are normalised with whole-training-set statistics, stored in the checkpoint."""
+prior on a latent folder (``--what continuous|quantized``), normalised with whole-training-set statistics.
+Token metrics are on the predicted positions (all for GPT, the masked ones for MaskGIT)."""
 
 from __future__ import annotations
 
@@ -74,8 +73,7 @@ class PriorModule(L.LightningModule):
         track_nonfinite(self, finite, "prior loss", "loss",
                         "Lower train.lr or raise train.max_nonfinite_steps.")
         if not finite:
-            # Skip the update (automatic optimization skips a step whose training_step returns None); under DDP every
-            # rank must step, so there the update happens and only the checkpoints are held back.
+            # Skip the update (return None); under DDP every rank must step, so only the checkpoints wait.
             return None if self.trainer.world_size == 1 else out.loss
         loss = out.loss.detach()
         logs = out.logs if self.flow else {"perplexity": loss.exp(), "accuracy": out.accuracy}
@@ -133,10 +131,9 @@ def _generate(model: torch.nn.Module, **kwargs: Any) -> Any:
 
 
 class PriorSamples(L.Callback):
-    """After every validation: the samples' code-usage histogram against the data's (PNG, TensorBoard) and,
-    with a tokenizer, the decoded samples as a grid; a flow prior's latents are decoded through
-    ``projection`` (snapped to the nearest codes with ``snap``), followed by its ODE trajectory; at the
-    end, the loss curve."""
+    """After every validation: the samples' code histogram against the data's and, with a tokenizer, the
+    decoded samples (a flow prior's through ``projection``, ``snap``-ped to codes, and its ODE trajectory);
+    at the end, the loss curve."""
 
     def __init__(self, directory: str | Path, tokenizer: torch.nn.Module | None = None,
                  projection: torch.nn.Module | None = None, snap: bool = False):
@@ -175,10 +172,8 @@ class PriorSamples(L.Callback):
             save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
             log_to_experiments(trainer, "histogram", "samples/codes", tokens.flatten().cpu(), step)
         if self.tokenizer is not None:
-            if pl_module.flow:
-                images = self._flow_figures(pl_module, tokens, step)
-            else:
-                images = decode_tokens(self.tokenizer, tokens)
+            images = (self._flow_figures(pl_module, tokens, step) if pl_module.flow
+                      else decode_tokens(self.tokenizer, tokens))
             ncol = 8
             if images.dim() == 5:  # clips: one row of frames per sample
                 ncol = images.shape[2]
@@ -199,11 +194,7 @@ def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = 
     if d.val_tokens is not None:
         val_dir = Path(d.val_tokens)
     flow, what = cfg.model.kind == "flow", read_manifest(train_dir).what
-    if flow and what == "indices":
-        raise TokenFolderError(
-            f"{train_dir} holds code indices; a flow prior trains on latents: `vqgan encode --what continuous`"
-        )
-    if not flow and what != "indices":
+    if not flow and what != "indices":  # (LatentDataset refuses an index folder itself)
         raise TokenFolderError(
             f"{train_dir} holds {what} latents; GPT and MaskGIT train on `--what indices` (or use model.kind=flow)"
         )
@@ -248,10 +239,9 @@ def fit_prior(
     resume: str | bool | None = None, tokenizer: str | Path | None = None,
     extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
-    """Train a prior on the token folder ``tokens_dir`` (which sets the vocabulary, token map size and
-    classes) and return the final metrics. ``run_dir``, ``resume``, ``run_name`` as for
-    :func:`vqgan.train.fit`; ``tokenizer`` decodes validation samples (default: the one recorded by ``vqgan
-    encode``, if it exists)."""
+    """Train a prior on ``tokens_dir`` (which sets vocabulary, token map size, classes); return the final
+    metrics. ``run_dir``, ``resume``, ``run_name`` as for :func:`vqgan.train.fit`; ``tokenizer`` decodes
+    validation samples (default: the one recorded by ``vqgan encode``, if it exists)."""
     run_dir = resolve_run_dir(run_dir, run_name)
     tokens_dir = tokens_dir or cfg.data.tokens
     cfg.data.tokens = str(tokens_dir) if tokens_dir is not None else None
@@ -282,8 +272,7 @@ def fit_prior(
         else:
             module.data_histogram.copy_(train_ds.code_histogram().float())
         if cfg.train.compile:
-            # In place (nn.Module.compile): the checkpoint keys stay those of an eager run (torch.compile's wrapper
-            # would prefix them with "_orig_mod.", and load_prior would not find them).
+            # In place: the checkpoint keys stay an eager run's (torch.compile's wrapper adds "_orig_mod.").
             module.model.compile()
         tok = _load_tokenizer(tokenizer, manifest, meta.get("projection"))
         samples = PriorSamples(run_dir / "samples", tok, projection, cfg.model.snap_to_codes)

@@ -1,12 +1,10 @@
-"""One stage-1 training step's losses and gradients, apart from Lightning's bookkeeping, so that the training
-module, the benchmarks and the tests run the same code.
+"""One stage-1 step's losses and gradients apart from Lightning, run by the module, benchmarks and tests.
 
-The adaptive GAN weight of Esser et al. 2021 (eq. 7) needs the gradients of the reconstruction ("nll") and the
-adversarial loss at the decoder's last layer. taming back-propagates through LPIPS and the discriminator twice
-for them. Here each loss is back-propagated *once*, to the reconstruction cut from the autoencoder's graph
-(``rec_leaf``); the last-layer gradients follow by one weight-gradient each, and the autoencoder is
-back-propagated once with ``dnll/drec + lambda * dg/drec``: the same parameter gradients (the chain rule,
-regrouped), half the traversals of LPIPS and the discriminator, and their graphs freed before the
+The adaptive GAN weight (Esser et al. 2021, eq. 7) needs the nll and adversarial gradients at the decoder's
+last layer; taming back-propagates through LPIPS and the discriminator twice for them. Here each loss goes
+back *once*, to the reconstruction cut from the graph (``rec_leaf``); the last-layer gradients follow by one
+weight-gradient each, and the autoencoder is back-propagated once with ``dnll/drec + lambda * dg/drec``: the
+same gradients (the chain rule, regrouped), half the traversals, and those graphs freed before the
 autoencoder's backward pass.
 """
 
@@ -78,9 +76,8 @@ def discriminator_forward_backward(
     loss_fn: VQGANLoss, discriminator: nn.Module, x: torch.Tensor, reconstruction: torch.Tensor,
     disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = plain_backward,
 ) -> LossOutput:
-    """Discriminator loss on real images and detached reconstructions, its gradients accumulated into
-    ``params``. Real and fake batches go through separately (as in taming), so BatchNorm statistics are those
-    of each batch."""
+    """Discriminator loss on real images and detached reconstructions, its gradients into ``params``; real and
+    fake go through separately (as in taming), so that BatchNorm sees each batch's own statistics."""
     logits_real = discriminator(x.detach())
     logits_fake = discriminator(reconstruction.detach())
     d = loss_fn.discriminator_loss(logits_real, logits_fake, disc_factor)
