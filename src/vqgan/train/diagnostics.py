@@ -4,8 +4,7 @@
 File format, ``RUN_DIR/diagnostics.npz`` (written atomically): ``step (T,)`` int64; scalars ``usage``,
 ``perplexity`` (float64), ``dead_codes``, ``restarts`` (int64), each ``(T,)``; per-code ``code_norms``,
 ``code_grad_norms``, ``code_counts`` ``(T, K)`` float32, left out for implicit codebooks over 65,536 codes.
-Read it with :func:`vqgan.metrics.codebook.load_diagnostics`. Recording syncs with the host once per record
-only.
+Read it with :func:`vqgan.metrics.codebook.load_diagnostics`. A record syncs with the host once.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ _DTYPES = {"step": np.int64, "usage": np.float64, "perplexity": np.float64, "dea
 
 
 def find_quantizer(module: torch.nn.Module) -> Quantizer:
-    """The outermost :class:`Quantizer` inside ``module`` (``modules()`` is pre-order, so a residual quantizer is
-    found before its stages; works through ``torch.compile`` wrappers)."""
+    """The outermost :class:`Quantizer` in ``module`` (pre-order: a residual one before its stages)."""
     for m in module.modules():
         if isinstance(m, Quantizer):
             return m
@@ -37,8 +35,7 @@ def find_quantizer(module: torch.nn.Module) -> Quantizer:
 
 
 class CodebookDiagnostics(L.Callback):
-    """Record codebook statistics into ``run_dir/diagnostics.npz`` every ``every_n_steps`` optimizer steps;
-    per-code arrays only for codebooks of up to ``max_codes`` codes."""
+    """Record codebook statistics every ``every_n_steps`` steps; per code up to ``max_codes`` codes."""
 
     def __init__(self, run_dir: str | Path, every_n_steps: int = 50, max_codes: int = 65536):
         if every_n_steps < 1:

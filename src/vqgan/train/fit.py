@@ -1,5 +1,4 @@
-"""``fit``: stage 1's data, module and callbacks, trained by :mod:`vqgan.train.harness` (README lists the
-files of the run folder)."""
+"""``fit``: stage 1's data, module and callbacks, trained by :mod:`vqgan.train.harness`."""
 
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ def build_loaders(cfg: ExperimentConfig) -> tuple[DataLoader, DataLoader]:
 
 
 class ReconstructionSamples(L.Callback):
-    """After every validation: the first (fixed) validation batch reconstructed, into
-    ``samples/step_XXXXXXX.png`` and to TensorBoard or W&B."""
+    """After every validation, the first (fixed) validation batch reconstructed: ``samples/``, loggers."""
 
     def __init__(self, directory: str | Path, max_images: int = 16):
         self.directory = Path(directory)
@@ -53,22 +51,12 @@ class ReconstructionSamples(L.Callback):
         log_to_experiments(trainer, "image", "val/reconstructions", comparison_grid(x, rec), step)
 
 
-def _strategy(cfg: ExperimentConfig) -> str:
-    """``train.strategy``, with DDP's unused-parameter detection for GAN training: each of a step's two
-    backward passes reaches only its own network's parameters, which plain DDP reports as an error."""
-    strategy = cfg.train.strategy
-    if cfg.loss.disc_weight > 0 and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
-        return f"{strategy}_find_unused_parameters_true"
-    return strategy
-
-
 def fit(
     cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: str | bool | None = None,
     extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
-    """Train a stage-1 tokenizer and return the final metrics (also written to ``RUN_DIR/metrics.json``).
-    ``run_dir=None`` trains in ``runs/RUN_NAME``; ``resume`` is ``"last"`` (the newest good checkpoint of the
-    run folder) or a checkpoint path; ``run_name`` (default ``cfg.name``) also names the W&B run."""
+    """Train a stage-1 tokenizer; return the final metrics. ``run_dir=None`` trains in ``runs/RUN_NAME``;
+    ``resume`` is ``"last"`` or a checkpoint path; ``run_name`` (default ``cfg.name``) names the W&B run."""
     cfg.validate()
     run_dir = resolve_run_dir(run_dir, run_name)
     on_gpu = cfg.train.accelerator != "cpu" and torch.cuda.is_available()
@@ -84,7 +72,12 @@ def fit(
         every = cfg.train.diagnostics_every_n_steps
         diagnostics = [CodebookDiagnostics(run_dir, every)] if every > 0 else []
         callbacks = [ResumeState(sampler, cfg.data.batch_size), ReconstructionSamples(run_dir / "samples"), *diagnostics]
-        return RunParts(module, train_loader, val_loader, cfg, callbacks, {"strategy": _strategy(cfg)})
+        # GAN training: each of a step's two backward passes reaches only its own network's parameters, which
+        # plain DDP reports as an error unless it looks for unused parameters.
+        strategy = cfg.train.strategy
+        if cfg.loss.disc_weight > 0 and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+            strategy += "_find_unused_parameters_true"
+        return RunParts(module, train_loader, val_loader, cfg, callbacks, {"strategy": strategy})
 
     def extra(module: VQGANModule) -> dict[str, Any]:
         counters = {k: v for k, v in module.counters.items() if k != "nonfinite_streak"}

@@ -1,6 +1,5 @@
-"""The training harness shared by stage 1 (``fit``) and the priors (``fit_prior``): one Trainer builder, one
-learning-rate schedule, one run procedure (:func:`run_training`); what differs between the stages comes in
-through :class:`RunParts`."""
+"""The training harness of stage 1 (``fit``) and the priors (``fit_prior``): one Trainer builder, schedule and
+run procedure (:func:`run_training`); what differs between the stages comes in through :class:`RunParts`."""
 
 from __future__ import annotations
 
@@ -117,17 +116,6 @@ class StepProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
 
 
-def require_logger_package(settings: TrainerSettings) -> None:
-    """Fail before training, in one line, when the chosen logger's package is missing."""
-    if settings.logger == "wandb" and not settings.debug:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "train.logger=wandb needs the wandb package: pip install 'vqgan[wandb]' (or pip install wandb)"
-            ) from None
-
-
 def build_trainer(
     settings: TrainerSettings, run_dir: Path, callbacks: list[L.Callback], run_name: str, **trainer_kwargs: Any
 ) -> L.Trainer:
@@ -152,6 +140,11 @@ def build_trainer(
     if t.logger in ("tensorboard", "wandb"):
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
     if t.logger == "wandb" and not t.debug:
+        try:  # fail before training, in one line
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.logger=wandb needs the wandb package: "
+                              "pip install 'vqgan[wandb]' (or pip install wandb)") from None
         loggers.append(WandbLogger(project=t.wandb_project or "vqgan", name=run_name, save_dir=str(run_dir)))
     kw = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
     all_callbacks: list[L.Callback] = [
@@ -192,8 +185,7 @@ def wants_resume(resume: str | bool | None) -> bool:
 
 
 def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
-    """``True``/``"last"`` -> the newest *good* checkpoint of ``RUN_DIR/checkpoints`` (see
-    :func:`find_resume_checkpoint`); a path -> that file, verified; else ``None``."""
+    """``True``/``"last"``: :func:`find_resume_checkpoint`; a path: that file, verified; else ``None``."""
     if not wants_resume(resume):
         return None
     if resume in (True, "true", "True", "last"):
@@ -265,7 +257,6 @@ def run_training(
     write ``last.ckpt`` (full state), validate the final weights unless just done; return the final metrics
     (with ``extra_metrics(module)``; also to ``metrics.json``). A failed new run removes its empty folder."""
     quiet_lightning()
-    require_logger_package(settings)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     created = not run_dir.exists()

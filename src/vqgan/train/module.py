@@ -1,7 +1,6 @@
-"""Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization: one optimizer with two
-parameter groups steps once per batch, so ``global_step`` counts batches whatever the GAN schedule. Unlike
-several public implementations, each loss reaches only its own network (``inputs=``; the discriminator sees
-detached reconstructions). A non-finite loss or gradient skips that network's update and is counted."""
+"""Stage-1 (VQ-VAE, VQGAN) Lightning module, manual optimization: one optimizer, two parameter groups, a
+step per batch (``global_step`` counts batches). Unlike several public implementations, each loss reaches only
+its own network. A non-finite loss or gradient skips that network's update and is counted."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ from vqgan.train.step import (
     StepGradients,
     discriminator_forward_backward,
     generator_forward_backward,
-    plain_backward,
 )
 
 log = logging.getLogger(__name__)
@@ -49,8 +47,7 @@ def track_nonfinite(module: L.LightningModule, finite: bool, what: str, quantity
 
 
 class VQGANModule(L.LightningModule):
-    """Autoencoder + optional PatchGAN discriminator + the VQGAN loss; ``config`` is an
-    :class:`ExperimentConfig` as a plain dict, so that checkpoints load with ``weights_only=True``."""
+    """Autoencoder, optional PatchGAN discriminator, VQGAN loss; ``config``: an ExperimentConfig as a dict."""
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -114,7 +111,7 @@ class VQGANModule(L.LightningModule):
         """Forward passes, both losses and clipped gradients of one step (no optimizer step). ``backward``
         (default: plain) may scale the gradients by ``grad_scale``, which the clipping and the norms undo."""
         t = self.cfg.train
-        backward = backward or plain_backward
+        backward = backward or torch.autograd.backward
         gen_params = self.generator_parameters()
         disc = self.discriminator if factor > 0 else None
         out, g = generator_forward_backward(self.model, self.loss_fn, disc, x, mask, factor, gen_params, backward)

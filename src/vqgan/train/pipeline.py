@@ -43,8 +43,7 @@ class PipelineResult:
 
 
 def _train_once(name: str, run_dir: Path, train: Callable[..., dict]) -> tuple[dict[str, Any], Path]:
-    """A training stage's metrics and last checkpoint: read back when it finished before, else
-    ``train(resume)`` (continuing an interrupted training of the stage, if there is one)."""
+    """A stage's metrics and last checkpoint: read back if it finished, else ``train(resume)``."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if (run_dir / "metrics.json").is_file():
         log.info("%s: done already, %s", name, run_dir / "metrics.json")
@@ -57,8 +56,7 @@ def run_pipeline(
     cfg: ExperimentConfig, prior: PriorExperimentConfig, run_dir: str | Path, num_samples: int = 16,
     ncol: int = 8, device: str = "cpu", progress: bool = False,
 ) -> PipelineResult:
-    """Train the tokenizer ``cfg``, encode its training set, train the prior ``prior`` on the codes and sample
-    ``num_samples`` images (a grid of ``ncol`` columns) into ``run_dir``."""
+    """Train the tokenizer ``cfg``, encode its training set, train ``prior`` on it, sample; in ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     debug = cfg.train.debug

@@ -38,9 +38,8 @@ log = logging.getLogger(__name__)
 
 
 class PriorModule(L.LightningModule):
-    """A prior, its optimiser and its metrics. ``config`` is a :class:`PriorExperimentConfig` as a plain dict;
-    ``tokens`` the token folder's metadata (codebook size, class names, source tokenizer), stored with the
-    checkpoint so that ``vqgan sample`` knows them."""
+    """A prior, its optimiser and metrics. ``config``: a :class:`PriorExperimentConfig` as a dict; ``tokens``:
+    the token folder's metadata (codebook size, class names, tokenizer), kept for ``vqgan sample``."""
 
     def __init__(self, config: dict[str, Any], tokens: dict[str, Any] | None = None):
         super().__init__()
@@ -131,9 +130,8 @@ def _generate(model: torch.nn.Module, **kwargs: Any) -> Any:
 
 
 class PriorSamples(L.Callback):
-    """After every validation: the samples' code histogram against the data's and, with a tokenizer, the
-    decoded samples (a flow prior's through ``projection``, ``snap``-ped to codes, and its ODE trajectory);
-    at the end, the loss curve."""
+    """After every validation: the samples' code histogram and, with a tokenizer, the decoded samples (a flow
+    prior's via ``projection``, ``snap``-ped to codes, and its ODE trajectory); at the end, the loss curve."""
 
     def __init__(self, directory: str | Path, tokenizer: torch.nn.Module | None = None,
                  projection: torch.nn.Module | None = None, snap: bool = False):
@@ -239,9 +237,8 @@ def fit_prior(
     resume: str | bool | None = None, tokenizer: str | Path | None = None,
     extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
-    """Train a prior on ``tokens_dir`` (which sets vocabulary, token map size, classes); return the final
-    metrics. ``run_dir``, ``resume``, ``run_name`` as for :func:`vqgan.train.fit`; ``tokenizer`` decodes
-    validation samples (default: the one recorded by ``vqgan encode``, if it exists)."""
+    """Train a prior on ``tokens_dir``; return the final metrics. Options as for :func:`vqgan.train.fit`;
+    ``tokenizer`` decodes validation samples (default: the one recorded by ``vqgan encode``, if it exists)."""
     run_dir = resolve_run_dir(run_dir, run_name)
     tokens_dir = tokens_dir or cfg.data.tokens
     cfg.data.tokens = str(tokens_dir) if tokens_dir is not None else None

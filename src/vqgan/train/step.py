@@ -24,18 +24,13 @@ from vqgan.models.outputs import VQModelOutput
 Backward = Callable[..., None]
 
 
-def plain_backward(loss: torch.Tensor, inputs: list[torch.nn.Parameter] | None = None) -> None:
-    loss.backward(inputs=inputs)
-
-
 def generator_forward_backward(
     model: nn.Module, loss_fn: VQGANLoss, discriminator: nn.Module | None, x: torch.Tensor,
     mask: torch.Tensor | None, disc_factor: float, params: list[torch.nn.Parameter],
-    backward: Backward = plain_backward,
+    backward: Backward = torch.autograd.backward,
 ) -> tuple[VQModelOutput, LossOutput]:
-    """Autoencoder forward pass, generator loss (returned detached), and its gradients accumulated into
-    ``params`` only; ``discriminator`` ``None`` or ``disc_factor`` 0 turn the adversarial term off this step.
-    ``backward(loss, inputs=params)``: ``manual_backward`` in training (precision scaling, DDP hooks)."""
+    """Autoencoder forward pass, generator loss (detached) and its gradients into ``params`` only (with
+    ``backward``: ``manual_backward`` in training); no ``discriminator`` or ``disc_factor`` 0: no GAN term."""
     c = loss_fn.cfg
     out = model(x)
     rec = out.reconstruction
@@ -74,7 +69,7 @@ def generator_forward_backward(
 
 def discriminator_forward_backward(
     loss_fn: VQGANLoss, discriminator: nn.Module, x: torch.Tensor, reconstruction: torch.Tensor,
-    disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = plain_backward,
+    disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = torch.autograd.backward,
 ) -> LossOutput:
     """Discriminator loss on real images and detached reconstructions, its gradients into ``params``; real and
     fake go through separately (as in taming), so that BatchNorm sees each batch's own statistics."""
@@ -87,8 +82,7 @@ def discriminator_forward_backward(
 
 @dataclass
 class StepGradients:
-    """One step's model output, both losses (``d`` is ``None`` without a discriminator step) and the gradient
-    norms (tensors, no host synchronisation)."""
+    """One step's model output, losses (``d``: ``None`` without a discriminator step), gradient norms."""
 
     out: VQModelOutput
     g: LossOutput
