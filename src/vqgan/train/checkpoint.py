@@ -131,11 +131,9 @@ class ResumableSampler(DistributedSampler):
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
         # Not DistributedSampler.__init__: no process group yet; rank and world are read when iterating.
-        self.dataset = data_source
-        self.n, self.seed, self.shuffle = len(data_source), seed, shuffle
-        self.drop_last = False
+        self.dataset, self.n, self.seed, self.shuffle = data_source, len(data_source), seed, shuffle
+        self.drop_last, self.epoch = False, 0
         self.global_indices = bool(getattr(data_source, "accepts_global_index", False))
-        self.epoch = 0
         self._start: tuple[int, int] | None = None  # (epoch, items to skip) after a resume
 
     @property

@@ -140,11 +140,6 @@ def build_trainer(
     if t.logger in ("tensorboard", "wandb"):
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
     if t.logger == "wandb" and not t.debug:
-        try:  # fail before training, in one line
-            import wandb  # noqa: F401
-        except ImportError:
-            raise ConfigError("train.logger=wandb needs the wandb package: "
-                              "pip install 'vqgan[wandb]' (or pip install wandb)") from None
         loggers.append(WandbLogger(project=t.wandb_project or "vqgan", name=run_name, save_dir=str(run_dir)))
     kw = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
     all_callbacks: list[L.Callback] = [
@@ -257,6 +252,12 @@ def run_training(
     write ``last.ckpt`` (full state), validate the final weights unless just done; return the final metrics
     (with ``extra_metrics(module)``; also to ``metrics.json``). A failed new run removes its empty folder."""
     quiet_lightning()
+    if settings.logger == "wandb" and not settings.debug:
+        try:  # fail before anything is built, in one line
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.logger=wandb needs the wandb package: "
+                              "pip install 'vqgan[wandb]' (or pip install wandb)") from None
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     created = not run_dir.exists()

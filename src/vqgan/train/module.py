@@ -60,9 +60,8 @@ class VQGANModule(L.LightningModule):
         self.discriminator = PatchDiscriminator(self.cfg.discriminator, out_ch) if adversarial else None
         if self.cfg.train.channels_last:
             # NHWC weights as well as NHWC inputs (training_step), so that oneDNN / cuDNN don't reorder at every call.
-            for net in (self.model, self.discriminator):
-                if net is not None:
-                    net.to(memory_format=torch.channels_last)
+            for net in [n for n in (self.model, self.discriminator) if n is not None]:
+                net.to(memory_format=torch.channels_last)
         self.automatic_optimization = False
         self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
         q = self.model.quantize
@@ -131,12 +130,10 @@ class VQGANModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         opt = self.optimizers()
         factor = self.disc_factor()
-        # The forward pass rewrites some state in place (EMA codebooks, dead-code restarts, BatchNorm statistics):
-        # keep a copy so that a skipped step leaves no trace of a NaN batch in it.
+        # A skipped step leaves no trace in what the forward rewrites (EMA codebooks, restarts, BatchNorm).
         saved = _forward_state(self.model, self.discriminator)
         opt.zero_grad(set_to_none=True)
-        # The gradient scaler's loss scale (16-mixed): manual_backward back-propagates the scaled loss and the
-        # plugin unscales only inside optimizer.step(), so clipping and the gradient norms account for it.
+        # 16-mixed's loss scale: gradients are unscaled only in optimizer.step(), so clipping allows for it.
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         step = self.compute_gradients(x, mask, factor, backward=self.manual_backward, grad_scale=scale)

@@ -92,8 +92,7 @@ class PriorModule(L.LightningModule):
             self.val_acc.update(out.accuracy, weight=x.shape[0])
 
     def sample(self, num: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``num`` token maps (latents for a flow prior, with the model's sampler, steps and guidance) with the
-        training config's sampling options; classes cycle when conditional."""
+        """``num`` token maps (latents for a flow prior) with the training config's options; classes cycle."""
         m, t = self.cfg.model, self.cfg.train
         labels = torch.arange(num, device=self.device) % m.num_classes if m.num_classes > 0 else None
         kw = dict(labels=labels, num=num, generator=torch.Generator(device=self.device).manual_seed(seed))
@@ -182,15 +181,13 @@ class PriorSamples(L.Callback):
 
 
 def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = None, projection=None):
-    """Training and validation loaders over token folders (latent folders for a flow prior, projected through
-    ``projection`` when given), and the training dataset (for its histogram or statistics)."""
+    """Training and validation loaders over token folders (a flow prior's latents through ``projection``) and
+    the training set."""
     d = cfg.data
-    root = tokens or d.tokens
-    if root is None:
+    if (root := tokens or d.tokens) is None:
         raise ConfigError("no token folder: pass --tokens DIR (or set data.tokens)")
     train_dir, val_dir = resolve_token_folders(root)
-    if d.val_tokens is not None:
-        val_dir = Path(d.val_tokens)
+    val_dir = Path(d.val_tokens) if d.val_tokens is not None else val_dir
     flow, what = cfg.model.kind == "flow", read_manifest(train_dir).what
     if not flow and what != "indices":  # (LatentDataset refuses an index folder itself)
         raise TokenFolderError(
