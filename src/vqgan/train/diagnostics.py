@@ -41,8 +41,7 @@ class CodebookDiagnostics(L.Callback):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
         self.path = Path(run_dir) / DIAGNOSTICS_FILE
-        self.every_n_steps = every_n_steps
-        self.max_codes = max_codes
+        self.every_n_steps, self.max_codes = every_n_steps, max_codes
         self._last_step = -1  # records and _previous_codes start in on_train_start
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

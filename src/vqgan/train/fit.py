@@ -34,8 +34,7 @@ class ReconstructionSamples(L.Callback):
     """After every validation, the first (fixed) validation batch reconstructed: ``samples/``, loggers."""
 
     def __init__(self, directory: str | Path, max_images: int = 16):
-        self.directory = Path(directory)
-        self.max_images = max_images
+        self.directory, self.max_images = Path(directory), max_images
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
