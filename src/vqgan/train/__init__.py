@@ -1,5 +1,4 @@
-"""Training: the Lightning module, callbacks, checkpoint helpers and ``fit``. Loading a trained model needs none of
-this: see :mod:`vqgan.models.io`."""
+"""Training: the Lightning modules, callbacks, checkpoints and ``fit`` (loading a model needs none)."""
 
 from vqgan.train.checkpoint import AtomicCheckpointIO
 from vqgan.train.fit import fit

@@ -24,8 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """``write(file)`` into a temporary ``.NAME.tmpPID`` next to ``path``, ``fsync``, then ``os.replace``:
-    readers see the old file or the new one, never a partial one."""
+    """``write(file)`` into ``.NAME.tmpPID``, ``fsync``, ``os.replace`` to ``path``: never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -63,8 +62,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def checkpoint_candidates(ckpt_dir: str | Path) -> list[Path]:
-    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold, then by
-    modification time (a folder copied without its timestamps still resumes from its latest state)."""
+    """The ``*.ckpt`` files of ``ckpt_dir``, most advanced first: by the ``global_step`` they hold (a folder
+    copied without its timestamps still resumes from its latest state), then by modification time."""
 
     def key(p: Path) -> tuple[int, int, bool, str]:
         try:
@@ -99,51 +98,42 @@ def _process_alive(pid: int) -> bool:
 
 def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
     """The newest checkpoint of ``ckpt_dir`` that passes :func:`verify_checkpoint` (``None`` if none). A
-    damaged newer file is reported with a warning and skipped; :class:`CheckpointError` when all are
-    unusable."""
+    damaged file is reported with a warning and skipped; :class:`CheckpointError` when all are unusable."""
     for p in remove_stale_temporaries(ckpt_dir):
         log.warning("removed %s, a checkpoint write that was interrupted", p)
-    problems = []
-    candidates = checkpoint_candidates(ckpt_dir)
-    for i, path in enumerate(candidates):
+    found, problems = None, []
+    # Files that cannot even be opened sort last (their step is unknown), yet may be the newest ones written
+    # (a truncated last.ckpt): those after the chosen one are opened too, so that none is skipped silently.
+    for path in checkpoint_candidates(ckpt_dir):
         try:
-            verify_checkpoint(path)
+            if found is None:
+                verify_checkpoint(path)
+            else:
+                load_checkpoint_file(path, mmap=True)
         except CheckpointError as e:
-            log.warning("cannot resume from %s, trying the previous checkpoint: %s", path, e)
+            then = "trying the previous checkpoint" if found is None else "skipped"
+            log.warning("cannot resume from %s, %s: %s", path, then, e)
             problems.append(str(e))
-            continue
-        # Files that cannot even be opened sort last (their step is unknown), yet may be the newest ones written
-        # (a truncated last.ckpt): report them too, never skip them silently.
-        for other in candidates[i + 1 :]:
-            try:
-                load_checkpoint_file(other, mmap=True)
-            except CheckpointError as e:
-                log.warning("cannot resume from %s, skipped: %s", other, e)
-                problems.append(str(e))
-        if problems:
-            log.warning("resuming from %s (%d damaged checkpoint(s) skipped)", path, len(problems))
-        return path
-    if problems:
+        else:
+            found = found or path
+    if problems and found is None:
         raise CheckpointError(f"no usable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(problems))
-    return None
+    if problems:
+        log.warning("resuming from %s (%d damaged checkpoint(s) skipped)", found, len(problems))
+    return found
 
 
 class ResumableSampler(DistributedSampler):
     """Shuffled order that is a function of ``(seed, epoch)`` only, can start part-way into an epoch (after a
-    resume) and shards itself over the ranks. A dataset with ``accepts_global_index = True`` receives indices
-    ``epoch * n + i`` (taken modulo its length), so that its augmentations can be a function of the global
-    index: the same in every process and worker and across resumes, new every epoch. Rank ``r`` of ``W``
-    takes positions ``r, r + W, ...`` (padded as :class:`DistributedSampler` does); sharding here, not in
-    Lightning's wrapper (which re-shuffles), keeps a resumed multi-process run exact."""
+    resume) and shards itself over the ranks (here, not in Lightning's re-shuffling wrapper). A dataset with
+    ``accepts_global_index = True`` receives indices ``epoch * n + i``, so that its augmentations are the same
+    in every process and across resumes, new every epoch."""
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
-        # DistributedSampler.__init__ is not called: it needs the process group, which Lightning creates after the
-        # data loaders are built. The rank and the number of processes are read when iterating.
-        self.dataset = data_source
-        self.n, self.seed, self.shuffle = len(data_source), seed, shuffle
-        self.drop_last = False
+        # Not DistributedSampler.__init__: no process group yet; rank and world are read when iterating.
+        self.dataset, self.n, self.seed, self.shuffle = data_source, len(data_source), seed, shuffle
+        self.drop_last, self.epoch = False, 0
         self.global_indices = bool(getattr(data_source, "accepts_global_index", False))
-        self.epoch = 0
         self._start: tuple[int, int] | None = None  # (epoch, items to skip) after a resume
 
     @property
@@ -165,8 +155,7 @@ class ResumableSampler(DistributedSampler):
         skip = self._start[1] if self._start is not None and self._start[0] == epoch else 0
         self._start = None
         offset = epoch * self.n if self.global_indices else 0
-        # The consumed items move to the end rather than being dropped: the length stays the same (what the epoch
-        # loop expects), and the loop stops after the remaining batches anyway.
+        # The consumed items move to the end rather than being dropped: the epoch loop expects the length.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = (torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)).roll(-skip)
         world, rank = self.num_replicas, self.rank
@@ -205,9 +194,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """Saves what Lightning does not, so that a resumed run continues exactly: the position in the epoch
-    (for :class:`ResumableSampler`) and the global random states (k-means starts and dead-code restarts use
-    them)."""
+    """Saves what Lightning does not, so that a resumed run continues exactly: the position in the epoch (for
+    :class:`ResumableSampler`) and the global random states (k-means starts, dead-code restarts)."""
 
     def __init__(self, sampler: ResumableSampler | None = None, batch_size: int = 1):
         self.sampler, self.batch_size = sampler, batch_size
@@ -243,8 +231,7 @@ class ResumeState(L.Callback):
 
 
 class GuardedModelCheckpoint(ModelCheckpoint):
-    """A :class:`ModelCheckpoint` that writes nothing while the module reports non-finite steps
-    (``pl_module.counters["nonfinite_streak"] > 0``), so NaN weights never replace the last good checkpoints."""
+    """Writes nothing while ``pl_module.counters["nonfinite_streak"] > 0``: NaN weights never replace any."""
 
     def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
         streak = getattr(trainer.lightning_module, "counters", {}).get("nonfinite_streak", 0)

@@ -1,12 +1,10 @@
-"""Codebook diagnostics recorded during training (the plots of seed 002, for every run and every quantizer),
-every ``train.diagnostics_every_n_steps`` steps and once more at the end of training, for the model's
-quantizer (the first stage of a residual one); README lists the statistics.
+"""Codebook diagnostics (seed 002's plots, for every run and quantizer) recorded every
+``train.diagnostics_every_n_steps`` steps and at the end, for the quantizer (a residual one's first stage).
 
 File format, ``RUN_DIR/diagnostics.npz`` (written atomically): ``step (T,)`` int64; scalars ``usage``,
 ``perplexity`` (float64), ``dead_codes``, ``restarts`` (int64), each ``(T,)``; per-code ``code_norms``,
 ``code_grad_norms``, ``code_counts`` ``(T, K)`` float32, left out for implicit codebooks over 65,536 codes.
-Read it with :func:`vqgan.metrics.codebook.load_diagnostics`. Recording syncs with the host once per record
-only.
+Read it with :func:`vqgan.metrics.codebook.load_diagnostics`. A record syncs with the host once.
 """
 
 from __future__ import annotations
@@ -20,18 +18,16 @@ import torch
 
 from vqgan.metrics.codebook import DIAGNOSTICS_FILE, load_diagnostics  # noqa: F401 - the reader of what this writes
 from vqgan.quantizers.base import Quantizer, perplexity_and_usage
-from vqgan.train.callbacks import log_to_experiments
 from vqgan.train.checkpoint import atomic_write
+from vqgan.train.harness import log_to_experiments
 
 SCALARS = ("usage", "perplexity", "dead_codes", "restarts")
-PER_CODE = ("code_norms", "code_grad_norms", "code_counts")
 _DTYPES = {"step": np.int64, "usage": np.float64, "perplexity": np.float64, "dead_codes": np.int64,
            "restarts": np.int64, "code_norms": np.float32, "code_grad_norms": np.float32, "code_counts": np.float32}
 
 
 def find_quantizer(module: torch.nn.Module) -> Quantizer:
-    """The outermost :class:`Quantizer` inside ``module`` (``modules()`` is pre-order, so a residual quantizer is
-    found before its stages; works through ``torch.compile`` wrappers)."""
+    """The outermost :class:`Quantizer` in ``module`` (pre-order: a residual one before its stages)."""
     for m in module.modules():
         if isinstance(m, Quantizer):
             return m
@@ -39,20 +35,18 @@ def find_quantizer(module: torch.nn.Module) -> Quantizer:
 
 
 class CodebookDiagnostics(L.Callback):
-    """Record codebook statistics into ``run_dir/diagnostics.npz`` every ``every_n_steps`` optimizer steps;
-    per-code arrays only for codebooks of up to ``max_codes`` codes."""
+    """Record codebook statistics every ``every_n_steps`` steps; per code up to ``max_codes`` codes."""
 
     def __init__(self, run_dir: str | Path, every_n_steps: int = 50, max_codes: int = 65536):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
         self.path = Path(run_dir) / DIAGNOSTICS_FILE
-        self.every_n_steps = every_n_steps
-        self.max_codes = max_codes
+        self.every_n_steps, self.max_codes = every_n_steps, max_codes
         self._last_step = -1  # records and _previous_codes start in on_train_start
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = trainer.global_step
-        self.records: dict[str, list[Any]] = {k: [] for k in ("step", *SCALARS, *PER_CODE)}
+        self.records: dict[str, list[Any]] = {k: [] for k in _DTYPES}
         if start > 0 and self.path.is_file():  # resumed: keep what was recorded up to the checkpoint
             old = load_diagnostics(self.path.parent)
             self.records.update({k: list(old[k][old["step"] <= start]) for k in self.records if k in old})
@@ -102,8 +96,8 @@ class CodebookDiagnostics(L.Callback):
         if trainer.is_global_zero:
             for k, v in row.items():
                 self.records[k].append(v)
-            kept = {k: v for k, v in self.records.items() if len(v) or k in ("step", *SCALARS)}
-            arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in kept.items()}
+            arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in self.records.items()
+                      if len(v) or k in ("step", *SCALARS)}
             atomic_write(self.path, lambda f: np.savez(f, **arrays))
             for logger in trainer.loggers:
                 logger.log_metrics({f"diag/{k}": float(row[k]) for k in SCALARS}, step=step)

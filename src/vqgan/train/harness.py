@@ -1,6 +1,5 @@
-"""The training harness shared by stage 1 (``fit``) and the priors (``fit_prior``): one Trainer builder, one
-learning-rate schedule, one run procedure (:func:`run_training`); what differs between the stages comes in
-through :class:`RunParts`."""
+"""The training harness of stage 1 (``fit``) and the priors (``fit_prior``): one Trainer builder, schedule and
+run procedure (:func:`run_training`); what differs between the stages comes in through :class:`RunParts`."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch.utils.data import DataLoader
@@ -56,9 +56,8 @@ def optimizers(
     cls: type[torch.optim.Optimizer], groups: list[dict], settings: TrainerSettings,
     trainer: L.Trainer | None, **kwargs: Any,
 ) -> tuple[list[torch.optim.Optimizer], list[dict]]:
-    """``configure_optimizers``'s answer for both stages: ``cls`` over ``groups``, fused (one kernel, 3-4x
-    faster on CPU, same update) where the device has it, and the one schedule, stepped every optimizer step;
-    under ``max_epochs`` the cosine ends at the Trainer's estimate of the steps."""
+    """``configure_optimizers`` for both stages: ``cls`` over ``groups``, fused (3-4x faster on CPU) where the
+    device has it, and the schedule, stepped per step (to the Trainer's estimate under ``max_epochs``)."""
     fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     opt = cls(groups, betas=tuple(settings.betas), fused=fused, **kwargs)
     total = None
@@ -83,14 +82,23 @@ def publish_validation(module: L.LightningModule, metrics: dict[str, torch.Tenso
 def data_loaders(
     train_ds: Any, val_ds: Any, d: Any, accelerator: str, train_kw: dict[str, Any], **kw: Any
 ) -> tuple[DataLoader, DataLoader]:
-    """Both stages' training loader (``train_kw``: its sampler or shuffling; ``drop_last`` when the set holds
-    a batch) and validation loader (fixed order), with the batch sizes and workers of the data config ``d``.
-    """
+    """Both stages' training loader (``train_kw``: sampler or shuffling; ``drop_last`` when the set holds a
+    batch) and validation loader (fixed order), with the batch sizes and workers of the data config ``d``."""
     kw.update(num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
               pin_memory=pin_memory(accelerator))
     drop_last = len(train_ds) >= d.batch_size
     train = DataLoader(train_ds, batch_size=d.batch_size, drop_last=drop_last, **train_kw, **kw)
     return train, DataLoader(val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **kw)
+
+
+def log_to_experiments(trainer: L.Trainer, kind: str, tag: str, value: Any, step: int) -> None:
+    """``experiment.add_KIND(tag, value, step)`` where a logger has it (TensorBoard); images also to W&B."""
+    for logger in trainer.loggers:
+        add = getattr(getattr(logger, "experiment", None), f"add_{kind}", None)
+        if add is not None:
+            add(tag, value, step)
+        elif kind == "image" and hasattr(logger, "log_image"):
+            logger.log_image(tag, [value], step=step)
 
 
 class StepProgressBar(RichProgressBar):
@@ -108,23 +116,11 @@ class StepProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
 
 
-def require_logger_package(settings: TrainerSettings) -> None:
-    """Fail before training, in one line, when the chosen logger's package is missing."""
-    if settings.logger == "wandb" and not settings.debug:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "train.logger=wandb needs the wandb package: pip install 'vqgan[wandb]' (or pip install wandb)"
-            ) from None
-
-
 def build_trainer(
     settings: TrainerSettings, run_dir: Path, callbacks: list[L.Callback], run_name: str, **trainer_kwargs: Any
 ) -> L.Trainer:
     """The Lightning Trainer of every run: checkpoints (``best``, ``last``, the last ``keep_last_k`` periodic
-    ones, never written during non-finite steps), loggers, progress bar, validation cadence, precision and
-    hardware, plus the stage's ``callbacks`` and ``trainer_kwargs`` (which may override ``strategy``)."""
+    ones), loggers, progress bar, validation cadence, hardware, the stage's callbacks and Trainer options."""
     t = settings
     trainer_kwargs = {"strategy": t.strategy, **trainer_kwargs}
     max_steps = min(t.max_steps, 10) if t.debug else t.max_steps
@@ -139,8 +135,7 @@ def build_trainer(
         periodic = {"every_n_train_steps": t.checkpoint_every_n_steps or val_every}
         if t.checkpoint_every_n_epochs is not None:
             periodic = {"every_n_epochs": t.checkpoint_every_n_epochs}
-    # TensorBoard under RUN_DIR/logs (also with W&B, so that `vqgan report` always has event files), W&B under
-    # RUN_DIR/wandb (not in debug mode).
+    # TensorBoard in RUN_DIR/logs (also with W&B: `vqgan report` reads its events), W&B in RUN_DIR/wandb.
     loggers: list[Any] = []
     if t.logger in ("tensorboard", "wandb"):
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="", default_hp_metric=False))
@@ -185,8 +180,7 @@ def wants_resume(resume: str | bool | None) -> bool:
 
 
 def resolve_resume(resume: str | bool | None, run_dir: Path) -> str | None:
-    """``True``/``"last"`` -> the newest *good* checkpoint of ``RUN_DIR/checkpoints`` (see
-    :func:`find_resume_checkpoint`); a path -> that file, verified; else ``None``."""
+    """``True``/``"last"``: :func:`find_resume_checkpoint`; a path: that file, verified; else ``None``."""
     if not wants_resume(resume):
         return None
     if resume in (True, "true", "True", "last"):
@@ -212,8 +206,7 @@ def check_run_dir(run_dir: Path, resume: str | bool | None) -> None:
 
 
 def _remove_if_left_empty(run_dir: Path, written: set[Path]) -> None:
-    """After a failed run that created ``run_dir``: remove it when it holds nothing but empty folders and the
-    files this run wrote before training (``written``), never a checkpoint or a file of the user's."""
+    """Remove ``run_dir`` (made by a failed run) if it holds nothing but folders and the ``written`` files."""
     if run_dir.is_dir() and all(p.is_dir() or p in written for p in run_dir.rglob("*")):
         shutil.rmtree(run_dir, ignore_errors=True)
         log.info("removed %s: the run failed before writing anything", run_dir)
@@ -222,8 +215,7 @@ def _remove_if_left_empty(run_dir: Path, written: set[Path]) -> None:
 @dataclass
 class RunParts:
     """What a stage contributes to :func:`run_training`, built after seeding: its module (which sets
-    ``last_val_metrics`` and ``last_val_step`` after validation), loaders, resolved config (written to
-    ``RUN_DIR/config.yaml``), callbacks and further ``L.Trainer`` arguments."""
+    ``last_val_metrics`` and ``last_val_step``), loaders, resolved config, callbacks, Trainer arguments."""
 
     module: L.LightningModule
     train_loader: DataLoader
@@ -234,8 +226,7 @@ class RunParts:
 
 
 def quiet_lightning() -> None:
-    """Keep Lightning's advice to developers (the litlogger tip, the worker-count hint, warnings about choices
-    made here on purpose) out of the user's terminal."""
+    """Keep Lightning's advice to developers (tips, warnings about deliberate choices) off the terminal."""
     for message in (
         ".*pre-optimization state.*",  # manual optimization needs none saved
         ".*your dataloader is not resumable.*",  # ResumableSampler + ResumeState make resumption exact
@@ -257,12 +248,16 @@ def run_training(
     resume: str | bool | None = None, run_name: str = "run", extra_callbacks: list[L.Callback] | None = None,
     extra_metrics: Callable[[Any], dict[str, Any]] = lambda module: {},
 ) -> dict[str, Any]:
-    """The run procedure of every stage: check the run folder, seed, ``build()`` the parts, save the resolved
-    config, fit (resuming when asked), write ``checkpoints/last.ckpt`` (full state), validate the final
-    weights unless just done; return the final metrics (also ``extra_metrics(module)``), written to
-    ``RUN_DIR/metrics.json`` on rank zero. A run that fails before writing anything removes its new folder."""
+    """Every stage's run procedure: check the run folder, seed, ``build()`` the parts, save the config, fit,
+    write ``last.ckpt`` (full state), validate the final weights unless just done; return the final metrics
+    (with ``extra_metrics(module)``; also to ``metrics.json``). A failed new run removes its empty folder."""
     quiet_lightning()
-    require_logger_package(settings)
+    if settings.logger == "wandb" and not settings.debug:
+        try:  # fail before anything is built, in one line
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.logger=wandb needs the wandb package: "
+                              "pip install 'vqgan[wandb]' (or pip install wandb)") from None
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     created = not run_dir.exists()
@@ -299,6 +294,4 @@ def run_training(
 
 def is_rank_zero() -> bool:
     """Whether this process is rank zero (or the only one): what prints a run's final summary."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     return getattr(rank_zero_only, "rank", 0) == 0

@@ -1,7 +1,6 @@
-"""Lightning module for stage-1 training (VQ-VAE and VQGAN) with manual optimization: one optimizer with two
-parameter groups steps once per batch, so ``global_step`` counts batches whatever the GAN schedule. Unlike
-several public implementations, each loss reaches only its own network (``inputs=``; the discriminator sees
-detached reconstructions). A non-finite loss or gradient skips that network's update and is counted."""
+"""Stage-1 (VQ-VAE, VQGAN) Lightning module, manual optimization: one optimizer, two parameter groups, a
+step per batch (``global_step`` counts batches). Unlike several public implementations, each loss reaches only
+its own network. A non-finite loss or gradient skips that network's update and is counted."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ from vqgan.train.step import (
     StepGradients,
     discriminator_forward_backward,
     generator_forward_backward,
-    plain_backward,
 )
 
 log = logging.getLogger(__name__)
@@ -49,8 +47,7 @@ def track_nonfinite(module: L.LightningModule, finite: bool, what: str, quantity
 
 
 class VQGANModule(L.LightningModule):
-    """Autoencoder + optional PatchGAN discriminator + the VQGAN loss; ``config`` is an
-    :class:`ExperimentConfig` as a plain dict, so that checkpoints load with ``weights_only=True``."""
+    """Autoencoder, optional PatchGAN discriminator, VQGAN loss; ``config``: an ExperimentConfig as a dict."""
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -63,14 +60,12 @@ class VQGANModule(L.LightningModule):
         self.discriminator = PatchDiscriminator(self.cfg.discriminator, out_ch) if adversarial else None
         if self.cfg.train.channels_last:
             # NHWC weights as well as NHWC inputs (training_step), so that oneDNN / cuDNN don't reorder at every call.
-            for net in (self.model, self.discriminator):
-                if net is not None:
-                    net.to(memory_format=torch.channels_last)
+            for net in [n for n in (self.model, self.discriminator) if n is not None]:
+                net.to(memory_format=torch.channels_last)
         self.automatic_optimization = False
         self.val_psnr, self.val_ssim, self.val_rec = MeanMetric(), MeanMetric(), MeanMetric()
         q = self.model.quantize
         self.val_usage = CodebookUsage(q.codebook_size, num_stages=q.num_stages)
-        # Counters saved in checkpoints (see on_save_checkpoint).
         self.counters = {"skipped_generator": 0, "skipped_discriminator": 0, "skipped_data": 0, "nonfinite_streak": 0}
         self.val_batch_for_samples: torch.Tensor | None = None
         self.last_val_metrics: dict[str, float] = {}
@@ -112,12 +107,10 @@ class VQGANModule(L.LightningModule):
         self, x: torch.Tensor, mask: torch.Tensor | None, factor: float, backward: Backward | None = None,
         grad_scale: float = 1.0,
     ) -> StepGradients:
-        """Forward passes, both losses and clipped gradients of one step; no optimizer step, no logging.
-        ``backward`` is ``manual_backward`` under a Trainer, else plain ``backward``; it multiplies the
-        gradients by ``grad_scale`` (a mixed-precision loss scale), which the clipping and the returned norms
-        undo."""
+        """Forward passes, both losses and clipped gradients of one step (no optimizer step). ``backward``
+        (default: plain) may scale the gradients by ``grad_scale``, which the clipping and the norms undo."""
         t = self.cfg.train
-        backward = backward or plain_backward
+        backward = backward or torch.autograd.backward
         gen_params = self.generator_parameters()
         disc = self.discriminator if factor > 0 else None
         out, g = generator_forward_backward(self.model, self.loss_fn, disc, x, mask, factor, gen_params, backward)
@@ -137,12 +130,10 @@ class VQGANModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         opt = self.optimizers()
         factor = self.disc_factor()
-        # The forward pass rewrites some state in place (EMA codebooks, dead-code restarts, BatchNorm statistics):
-        # keep a copy so that a skipped step leaves no trace of a NaN batch in it.
+        # A skipped step leaves no trace in what the forward rewrites (EMA codebooks, restarts, BatchNorm).
         saved = _forward_state(self.model, self.discriminator)
         opt.zero_grad(set_to_none=True)
-        # The gradient scaler's loss scale (16-mixed): manual_backward back-propagates the scaled loss and the
-        # plugin unscales only inside optimizer.step(), so clipping and the gradient norms account for it.
+        # 16-mixed's loss scale: gradients are unscaled only in optimizer.step(), so clipping allows for it.
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         step = self.compute_gradients(x, mask, factor, backward=self.manual_backward, grad_scale=scale)
@@ -168,10 +159,9 @@ class VQGANModule(L.LightningModule):
         opt.step()
         self.lr_schedulers().step()
 
-        logs = {**g.logs, **(step.d.logs if step.d is not None else {}), **step.out.stats}
-        logs["grad_norm_g"] = step.g_norm
         # Python numbers, not new CPU tensors: Lightning would copy each of them to the device every step.
-        logs.update(disc_factor=float(factor), **{k: float(v) for k, v in self.counters.items()})
+        logs = {**g.logs, **getattr(step.d, "logs", {}), **step.out.stats, "grad_norm_g": step.g_norm,
+                "disc_factor": float(factor), **{k: float(v) for k, v in self.counters.items()}}
         logs = {f"train/{k}": v for k, v in logs.items()}
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0], logger=False)
@@ -227,9 +217,8 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None, scale: float = 1.0) -> torch.Tensor:
-    """Clip the gradients' global norm (no-op when ``max_norm`` is None) and return it (a tensor, no sync).
-    The gradients may hold ``scale`` times the true ones (a mixed-precision loss scale): clipping them to
-    ``max_norm * scale`` clips the true gradients to ``max_norm``, whose norm is the norm over ``scale``."""
+    """Clip the gradients' global norm to ``max_norm`` (if set) and return it (a tensor, no sync). Gradients
+    ``scale`` times the true ones (loss scale) are clipped to ``max_norm * scale``, the norm divided back."""
     grads = [p for p in params if p.grad is not None]
     if not grads:
         return torch.zeros((), device=params[0].device if params else None)

@@ -1,8 +1,6 @@
-"""The whole two-stage pipeline in one call, as seed 002's ``make ffhq`` ran it: train the tokenizer, encode
-its training set, train a prior on the tokens and write a grid of samples, each by the library function its
-own command calls, into ``tokenizer/``, ``tokens/``, ``prior/``, ``samples/`` and ``pipeline.json``. A stage
-whose output is complete is skipped, so the same command continues an interrupted pipeline; debug mode
-(``train.debug``) runs a handful of batches per stage and logs nothing online."""
+"""The whole two-stage pipeline in one call, as seed 002's ``make ffhq`` ran it, each stage by its command's
+library function (README lists the folders). A stage whose output is complete is skipped, so the same command
+continues an interrupted pipeline; debug mode runs a handful of batches per stage and logs nothing online."""
 
 from __future__ import annotations
 
@@ -33,8 +31,7 @@ DEBUG_BATCHES = 10
 
 @dataclass
 class PipelineResult:
-    """Where each stage wrote its output (checkpoints, token folder, sample grid), the ``metrics.json`` of the
-    two trainings, and what sampling reported."""
+    """Where each stage wrote its output, the two trainings' ``metrics.json`` and what sampling reported."""
 
     tokenizer: str
     tokens: str
@@ -46,8 +43,7 @@ class PipelineResult:
 
 
 def _train_once(name: str, run_dir: Path, train: Callable[..., dict]) -> tuple[dict[str, Any], Path]:
-    """A training stage's metrics and last checkpoint: read back when it finished before, else
-    ``train(resume)`` (continuing an interrupted training of the stage, if there is one)."""
+    """A stage's metrics and last checkpoint: read back if it finished, else ``train(resume)``."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if (run_dir / "metrics.json").is_file():
         log.info("%s: done already, %s", name, run_dir / "metrics.json")
@@ -60,8 +56,7 @@ def run_pipeline(
     cfg: ExperimentConfig, prior: PriorExperimentConfig, run_dir: str | Path, num_samples: int = 16,
     ncol: int = 8, device: str = "cpu", progress: bool = False,
 ) -> PipelineResult:
-    """Train the tokenizer ``cfg``, encode its training set, train the prior ``prior`` on the codes and sample
-    ``num_samples`` images (a grid of ``ncol`` columns) into ``run_dir``."""
+    """Train the tokenizer ``cfg``, encode its training set, train ``prior`` on it, sample; in ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     debug = cfg.train.debug

@@ -1,7 +1,6 @@
 """Stage-2 training: a GPT or MaskGIT prior on a token folder written by ``vqgan encode``, or a flow-matching
-prior on a latent folder (``--what continuous|quantized``); the run folder is like stage 1's (see README).
-Token metrics are on the predicted positions (all for GPT, the masked ones for MaskGIT); a flow prior's
-latents are normalised with whole-training-set statistics, stored in the checkpoint."""
+prior on a latent folder (``--what continuous|quantized``), normalised with whole-training-set statistics.
+Token metrics are on the predicted positions (all for GPT, the masked ones for MaskGIT)."""
 
 from __future__ import annotations
 
@@ -21,10 +20,10 @@ from vqgan.metrics.codebook import sample_code_metrics
 from vqgan.models.io import CheckpointError, load_model
 from vqgan.models.prior import PriorExperimentConfig, build_prior
 from vqgan.models.prior.latent_space import decode_latents, trajectory_images
-from vqgan.train.callbacks import log_to_experiments
 from vqgan.train.harness import (
     RunParts,
     data_loaders,
+    log_to_experiments,
     optimizers,
     publish_validation,
     resolve_run_dir,
@@ -39,9 +38,8 @@ log = logging.getLogger(__name__)
 
 
 class PriorModule(L.LightningModule):
-    """A prior, its optimiser and its metrics. ``config`` is a :class:`PriorExperimentConfig` as a plain dict;
-    ``tokens`` the token folder's metadata (codebook size, class names, source tokenizer), stored with the
-    checkpoint so that ``vqgan sample`` knows them."""
+    """A prior, its optimiser and metrics. ``config``: a :class:`PriorExperimentConfig` as a dict; ``tokens``:
+    the token folder's metadata (codebook size, class names, tokenizer), kept for ``vqgan sample``."""
 
     def __init__(self, config: dict[str, Any], tokens: dict[str, Any] | None = None):
         super().__init__()
@@ -74,8 +72,7 @@ class PriorModule(L.LightningModule):
         track_nonfinite(self, finite, "prior loss", "loss",
                         "Lower train.lr or raise train.max_nonfinite_steps.")
         if not finite:
-            # Skip the update (automatic optimization skips a step whose training_step returns None); under DDP every
-            # rank must step, so there the update happens and only the checkpoints are held back.
+            # Skip the update (return None); under DDP every rank must step, so only the checkpoints wait.
             return None if self.trainer.world_size == 1 else out.loss
         loss = out.loss.detach()
         logs = out.logs if self.flow else {"perplexity": loss.exp(), "accuracy": out.accuracy}
@@ -95,8 +92,7 @@ class PriorModule(L.LightningModule):
             self.val_acc.update(out.accuracy, weight=x.shape[0])
 
     def sample(self, num: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``num`` token maps (latents for a flow prior, with the model's sampler, steps and guidance) with the
-        training config's sampling options; classes cycle when conditional."""
+        """``num`` token maps (latents for a flow prior) with the training config's options; classes cycle."""
         m, t = self.cfg.model, self.cfg.train
         labels = torch.arange(num, device=self.device) % m.num_classes if m.num_classes > 0 else None
         kw = dict(labels=labels, num=num, generator=torch.Generator(device=self.device).manual_seed(seed))
@@ -133,10 +129,8 @@ def _generate(model: torch.nn.Module, **kwargs: Any) -> Any:
 
 
 class PriorSamples(L.Callback):
-    """After every validation: the samples' code-usage histogram against the data's (PNG, TensorBoard) and,
-    with a tokenizer, the decoded samples as a grid; a flow prior's latents are decoded through
-    ``projection`` (snapped to the nearest codes with ``snap``), followed by its ODE trajectory; at the
-    end, the loss curve."""
+    """After every validation: the samples' code histogram and, with a tokenizer, the decoded samples (a flow
+    prior's via ``projection``, ``snap``-ped to codes, and its ODE trajectory); at the end, the loss curve."""
 
     def __init__(self, directory: str | Path, tokenizer: torch.nn.Module | None = None,
                  projection: torch.nn.Module | None = None, snap: bool = False):
@@ -175,10 +169,8 @@ class PriorSamples(L.Callback):
             save_code_histogram(tokens, pl_module.data_histogram, self.directory / f"codes_{step:07d}.png")
             log_to_experiments(trainer, "histogram", "samples/codes", tokens.flatten().cpu(), step)
         if self.tokenizer is not None:
-            if pl_module.flow:
-                images = self._flow_figures(pl_module, tokens, step)
-            else:
-                images = decode_tokens(self.tokenizer, tokens)
+            images = (self._flow_figures(pl_module, tokens, step) if pl_module.flow
+                      else decode_tokens(self.tokenizer, tokens))
             ncol = 8
             if images.dim() == 5:  # clips: one row of frames per sample
                 ncol = images.shape[2]
@@ -189,21 +181,15 @@ class PriorSamples(L.Callback):
 
 
 def build_token_loaders(cfg: PriorExperimentConfig, tokens: str | Path | None = None, projection=None):
-    """Training and validation loaders over token folders (latent folders for a flow prior, projected through
-    ``projection`` when given), and the training dataset (for its histogram or statistics)."""
+    """Training and validation loaders over token folders (a flow prior's latents through ``projection``) and
+    the training set."""
     d = cfg.data
-    root = tokens or d.tokens
-    if root is None:
+    if (root := tokens or d.tokens) is None:
         raise ConfigError("no token folder: pass --tokens DIR (or set data.tokens)")
     train_dir, val_dir = resolve_token_folders(root)
-    if d.val_tokens is not None:
-        val_dir = Path(d.val_tokens)
+    val_dir = Path(d.val_tokens) if d.val_tokens is not None else val_dir
     flow, what = cfg.model.kind == "flow", read_manifest(train_dir).what
-    if flow and what == "indices":
-        raise TokenFolderError(
-            f"{train_dir} holds code indices; a flow prior trains on latents: `vqgan encode --what continuous`"
-        )
-    if not flow and what != "indices":
+    if not flow and what != "indices":  # (LatentDataset refuses an index folder itself)
         raise TokenFolderError(
             f"{train_dir} holds {what} latents; GPT and MaskGIT train on `--what indices` (or use model.kind=flow)"
         )
@@ -248,10 +234,8 @@ def fit_prior(
     resume: str | bool | None = None, tokenizer: str | Path | None = None,
     extra_callbacks: list[L.Callback] | None = None, run_name: str | None = None,
 ) -> dict[str, Any]:
-    """Train a prior on the token folder ``tokens_dir`` (which sets the vocabulary, token map size and
-    classes) and return the final metrics. ``run_dir``, ``resume``, ``run_name`` as for
-    :func:`vqgan.train.fit`; ``tokenizer`` decodes validation samples (default: the one recorded by ``vqgan
-    encode``, if it exists)."""
+    """Train a prior on ``tokens_dir``; return the final metrics. Options as for :func:`vqgan.train.fit`;
+    ``tokenizer`` decodes validation samples (default: the one recorded by ``vqgan encode``, if it exists)."""
     run_dir = resolve_run_dir(run_dir, run_name)
     tokens_dir = tokens_dir or cfg.data.tokens
     cfg.data.tokens = str(tokens_dir) if tokens_dir is not None else None
@@ -282,8 +266,7 @@ def fit_prior(
         else:
             module.data_histogram.copy_(train_ds.code_histogram().float())
         if cfg.train.compile:
-            # In place (nn.Module.compile): the checkpoint keys stay those of an eager run (torch.compile's wrapper
-            # would prefix them with "_orig_mod.", and load_prior would not find them).
+            # In place: the checkpoint keys stay an eager run's (torch.compile's wrapper adds "_orig_mod.").
             module.model.compile()
         tok = _load_tokenizer(tokenizer, manifest, meta.get("projection"))
         samples = PriorSamples(run_dir / "samples", tok, projection, cfg.model.snap_to_codes)

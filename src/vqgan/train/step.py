@@ -1,12 +1,10 @@
-"""One stage-1 training step's losses and gradients, apart from Lightning's bookkeeping, so that the training
-module, the benchmarks and the tests run the same code.
+"""One stage-1 step's losses and gradients apart from Lightning, run by the module, benchmarks and tests.
 
-The adaptive GAN weight of Esser et al. 2021 (eq. 7) needs the gradients of the reconstruction ("nll") and the
-adversarial loss at the decoder's last layer. taming back-propagates through LPIPS and the discriminator twice
-for them. Here each loss is back-propagated *once*, to the reconstruction cut from the autoencoder's graph
-(``rec_leaf``); the last-layer gradients follow by one weight-gradient each, and the autoencoder is
-back-propagated once with ``dnll/drec + lambda * dg/drec``: the same parameter gradients (the chain rule,
-regrouped), half the traversals of LPIPS and the discriminator, and their graphs freed before the
+The adaptive GAN weight (Esser et al. 2021, eq. 7) needs the nll and adversarial gradients at the decoder's
+last layer; taming back-propagates through LPIPS and the discriminator twice for them. Here each loss goes
+back *once*, to the reconstruction cut from the graph (``rec_leaf``); the last-layer gradients follow by one
+weight-gradient each, and the autoencoder is back-propagated once with ``dnll/drec + lambda * dg/drec``: the
+same gradients (the chain rule, regrouped), half the traversals, and those graphs freed before the
 autoencoder's backward pass.
 """
 
@@ -26,18 +24,13 @@ from vqgan.models.outputs import VQModelOutput
 Backward = Callable[..., None]
 
 
-def plain_backward(loss: torch.Tensor, inputs: list[torch.nn.Parameter] | None = None) -> None:
-    loss.backward(inputs=inputs)
-
-
 def generator_forward_backward(
     model: nn.Module, loss_fn: VQGANLoss, discriminator: nn.Module | None, x: torch.Tensor,
     mask: torch.Tensor | None, disc_factor: float, params: list[torch.nn.Parameter],
-    backward: Backward = plain_backward,
+    backward: Backward = torch.autograd.backward,
 ) -> tuple[VQModelOutput, LossOutput]:
-    """Autoencoder forward pass, generator loss (returned detached), and its gradients accumulated into
-    ``params`` only; ``discriminator`` ``None`` or ``disc_factor`` 0 turn the adversarial term off this step.
-    ``backward(loss, inputs=params)``: ``manual_backward`` in training (precision scaling, DDP hooks)."""
+    """Autoencoder forward pass, generator loss (detached) and its gradients into ``params`` only (with
+    ``backward``: ``manual_backward`` in training); no ``discriminator`` or ``disc_factor`` 0: no GAN term."""
     c = loss_fn.cfg
     out = model(x)
     rec = out.reconstruction
@@ -76,11 +69,10 @@ def generator_forward_backward(
 
 def discriminator_forward_backward(
     loss_fn: VQGANLoss, discriminator: nn.Module, x: torch.Tensor, reconstruction: torch.Tensor,
-    disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = plain_backward,
+    disc_factor: float, params: list[torch.nn.Parameter], backward: Backward = torch.autograd.backward,
 ) -> LossOutput:
-    """Discriminator loss on real images and detached reconstructions, its gradients accumulated into
-    ``params``. Real and fake batches go through separately (as in taming), so BatchNorm statistics are those
-    of each batch."""
+    """Discriminator loss on real images and detached reconstructions, its gradients into ``params``; real and
+    fake go through separately (as in taming), so that BatchNorm sees each batch's own statistics."""
     logits_real = discriminator(x.detach())
     logits_fake = discriminator(reconstruction.detach())
     d = loss_fn.discriminator_loss(logits_real, logits_fake, disc_factor)
@@ -90,8 +82,7 @@ def discriminator_forward_backward(
 
 @dataclass
 class StepGradients:
-    """One step's model output, both losses (``d`` is ``None`` without a discriminator step) and the gradient
-    norms (tensors, no host synchronisation)."""
+    """One step's model output, losses (``d``: ``None`` without a discriminator step), gradient norms."""
 
     out: VQModelOutput
     g: LossOutput
