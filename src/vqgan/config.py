@@ -560,10 +560,9 @@ def dump_config(config: Any, path: str | Path) -> Path:
 
 
 def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> None:
-    """Add ``--preset NAME`` (when ``presets``, a :class:`~vqgan.registry.Registry` of factories),
-    ``--config FILE`` and every field of the dataclass ``cls`` as a dotted option (``--model.quantizer.kind``)
-    to a jsonargparse parser. ``--preset`` and ``--config`` apply where they stand: later options override
-    them."""
+    """Add ``--preset NAME`` (``presets``: a :class:`~vqgan.registry.Registry`), ``--config FILE``,
+    ``--print-config`` and a dotted option per field of the dataclass ``cls`` to a jsonargparse parser.
+    ``--preset`` and ``--config`` apply where they stand: later options override them."""
     import argparse
 
     from jsonargparse import ActionConfigFile
@@ -573,17 +572,14 @@ def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> Non
             from vqgan.registry import preset_config
 
             try:
-                cfg = preset_config(presets, value)
+                namespace.update(parser.parse_object(to_dict(preset_config(presets, value)), defaults=False))
             except KeyError as e:
                 raise argparse.ArgumentError(self, str(e)) from None
-            namespace.update(parser.parse_object(to_dict(cfg), defaults=False))
             setattr(namespace, self.dest, value)
 
     if presets is not None:
-        parser.add_argument(
-            "--preset", action=PresetAction, metavar="NAME",
-            help="start from a named preset (later options override it): " + ", ".join(presets.names()),
-        )
+        parser.add_argument("--preset", action=PresetAction, metavar="NAME", help="start from a named preset "
+                            "(later options override it): " + ", ".join(presets))
     parser.add_argument("--config", action=ActionConfigFile,
                         help="YAML file of options (see configs/); the options after it override it")
     parser.add_argument("--print-config", "--print_config", action="store_true",
@@ -593,15 +589,15 @@ def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> Non
 
 def run_config_from_namespace(cls: type, ns: Any) -> Any:
     """The run config ``cls`` from a parsed jsonargparse namespace; fields not given keep their defaults."""
-    data = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
-    return from_dict(cls, {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}})
+    names = {f.name for f in dataclasses.fields(cls)}
+    return from_dict(cls, {k: v for k, v in ns.as_dict().items() if k in names})
 
 
 def parse_run_config(
     cls: type, presets: Any, path: str | Path | None, overrides: list[str] | None, preset: str | None
 ) -> Any:
-    """Preset, then YAML file, then dotted ``overrides``, parsed as the command line parses them (abbreviated
-    keys refused, an unknown key named with its closest match), for :func:`load_config` and the priors'."""
+    """Preset, then YAML file, then dotted ``overrides``, parsed as the command line parses them, for
+    :func:`load_config` and the priors'."""
     from jsonargparse import ArgumentParser
 
     from vqgan.config_checks import describe_parse_error
@@ -611,8 +607,8 @@ def parse_run_config(
     add_run_config_arguments(parser, cls, presets)
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
-    args = [*(["--preset", preset] if preset else []), *(["--config", str(path)] if path else [])]
-    args += overrides or []
+    args = [*(["--preset", preset] if preset else []), *(["--config", str(path)] if path else []),
+            *(overrides or [])]
     try:
         ns = parser.parse_args(args, defaults=False)
     except Exception as e:  # jsonargparse raises argparse.ArgumentError

@@ -1,10 +1,8 @@
 """The ``vqgan`` command: a table of sub-commands, each a typed, documented function (as litgpt's ``__main__``).
 
 jsonargparse builds each command's options from its function's signature and ``Args:`` docs, so ``--help`` and the
-Python API cannot drift: ``run_dir`` becomes ``--run-dir``, a run-config parameter becomes ``--preset``, ``--config``
-and one dotted option per field (:func:`vqgan.config.add_run_config_arguments`). Only what the command line gave is
-passed on; a parse error is one line and exits 2, an error raised by the command is one line and returns 2
-(configuration, missing file) or 1 (damaged checkpoint, non-finite run).
+Python API cannot drift. A parse error is one line and exits 2; an error raised by the command is one line and
+returns 2 (configuration, missing file) or 1 (damaged checkpoint, non-finite run).
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import logging
 import sys
 import typing
@@ -68,11 +67,17 @@ def report_skipped(name: str, skipped: int, total: int) -> int:
     return 1
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    import torch
+def run_training(train: Callable[[], dict[str, Any]], config: Any, max_steps: int | None, keys: tuple) -> int:
+    """Run ``train()`` (``fit``, ``fit-prior``); rank zero prints the ``keys`` of its metrics as JSON.
+    ``max_steps`` sets ``train.max_steps`` and clears ``train.max_epochs``."""
+    from vqgan.train.harness import is_rank_zero
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if max_steps is not None:
+        config.train.max_steps, config.train.max_epochs = max_steps, None
+    metrics = train()
+    if is_rank_zero():  # under DDP every rank returns here; one summary
+        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+    return 0
 
 
 def _run_config_class(fn: Callable) -> type | None:
@@ -121,16 +126,10 @@ def build_parser():
 
 
 class _StderrHandler(logging.StreamHandler):
-    """A handler that writes to ``sys.stderr`` as it is when a record is emitted (not when the handler was made),
-    so that redirecting stderr (tests, notebooks) never leaves it writing to a closed stream."""
+    """Writes to ``sys.stderr`` as it is at each record, so that redirecting stderr (tests, notebooks) never
+    leaves it writing to a closed stream."""
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
 
 
 def _log_to_stderr() -> None:
@@ -147,14 +146,16 @@ def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
     """The function's keyword arguments from the parsed namespace (only what was given)."""
     from vqgan.config import run_config_from_namespace
 
-    values = ns.as_dict() if hasattr(ns, "as_dict") else dict(vars(ns))
+    values = ns.as_dict()
     params = inspect.signature(cmd.fn).parameters
     config_cls = _run_config_class(cmd.fn)
     kwargs = {k: v for k, v in values.items() if k in params and not (k == "config" and config_cls)}
     if config_cls is not None:
         kwargs["config"] = run_config_from_namespace(config_cls, ns)
-    if "device" in params:
-        kwargs["device"] = resolve_device(kwargs.get("device", params["device"].default))
+    if "device" in params and kwargs.get("device", params["device"].default) == "auto":
+        import torch
+
+        kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return kwargs
 
 

@@ -31,10 +31,8 @@ def pipeline(
     from vqgan.models.prior.config import load_prior_config
     from vqgan.train.pipeline import run_pipeline
 
-    # The prior: its preset, then its file, then the --prior.* options, as --preset, --config and the dotted
-    # options make the tokenizer's experiment (a missing file or unknown key is refused before any training).
-    given = prior.as_dict() if hasattr(prior, "as_dict") else prior
-    prior_cfg = replace_keys(load_prior_config(prior_config, preset=prior_preset), given or {})
+    # The prior: its preset, then its file, then the --prior.* options (refused before any training).
+    prior_cfg = replace_keys(load_prior_config(prior_config, preset=prior_preset), prior or {})
     r = run_pipeline(config, prior_cfg, run_dir, num_samples=num_samples, ncol=ncol, device=device)
     print(json.dumps({"tokenizer": r.tokenizer, "tokens": r.tokens, "prior": r.prior, "grid": r.grid,
                       "psnr": r.tokenizer_metrics.get("psnr"), "prior_loss": r.prior_metrics.get("loss")}))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from vqgan.cli import command, report_skipped
+from vqgan.cli import command, report_skipped, run_training
 from vqgan.cli.stage1 import eval_data
 from vqgan.config import DataConfig
 from vqgan.models.prior.config import PRIOR_PRESETS, PriorExperimentConfig
@@ -68,16 +68,12 @@ def fit_prior(
         resume: 'last' (the newest good checkpoint of the run) or a checkpoint path.
         tokenizer: stage-1 checkpoint to decode validation samples (default: the one recorded in the token folder).
     """
-    from vqgan.train.harness import is_rank_zero
     from vqgan.train.prior import fit_prior as train_prior
 
-    if max_steps is not None:  # "train N steps", also for a config that counts epochs
-        config.train.max_steps, config.train.max_epochs = max_steps, None
-    metrics = train_prior(config, tokens, run_dir, resume=resume, tokenizer=tokenizer, run_name=run_name)
-    if is_rank_zero():  # under DDP every rank returns here; one summary
-        keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps", "train_seconds")
-        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
-    return 0
+    keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps",
+            "train_seconds")
+    return run_training(lambda: train_prior(config, tokens, run_dir, resume=resume, tokenizer=tokenizer,
+                                            run_name=run_name), config, max_steps, keys)
 
 
 @command("sample")

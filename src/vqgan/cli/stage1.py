@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vqgan.cli import command, report_skipped
+from vqgan.cli import command, report_skipped, run_training
 from vqgan.config import DataConfig, ExperimentConfig
 from vqgan.registry import PRESETS
 
@@ -28,17 +28,10 @@ def fit(
         debug: a handful of steps, 2 validation batches, no online logging.
     """
     from vqgan.train import fit as train
-    from vqgan.train.harness import is_rank_zero
 
-    if max_steps is not None:  # "train N steps", also for a config that counts epochs
-        config.train.max_steps, config.train.max_epochs = max_steps, None
-    if debug:
-        config.train.debug = True
-    metrics = train(config, run_dir, resume=resume, run_name=run_name)
-    if is_rank_zero():  # under DDP every rank returns here; one summary
-        keys = ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")
-        print(json.dumps({k: metrics[k] for k in keys}))
-    return 0
+    config.train.debug = config.train.debug or debug
+    return run_training(lambda: train(config, run_dir, resume=resume, run_name=run_name), config, max_steps,
+                        ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds"))
 
 
 def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: DataConfig | None, model_config) -> DataConfig:
