@@ -1,10 +1,5 @@
 """Using trained models with torch only (no Lightning): reconstruct image files with a tokenizer, and sample
-images from a prior (generate token maps, decode them with the tokenizer, write grids and files).
-
-Bad input: a folder's unreadable files are skipped with a warning naming each one, and counted
-(:attr:`Reconstructions.skipped`), so that one bad file never loses the rest of the folder; a single file
-named on its own that can't be read raises ``ValueError`` with a one-line message.
-"""
+images from a prior (generate token maps, decode them with the tokenizer, write grids and files)."""
 
 from __future__ import annotations
 
@@ -43,11 +38,11 @@ def reconstruct_files(
     full_size: bool = False, device: str = "cpu",
 ) -> Reconstructions:
     """Reconstruct an image file or every image under a folder: ``NAME_rec.png`` and ``NAME_compare.png``
-    (original | reconstruction) per image.
+    (original | reconstruction) per image, resized (shorter side) and centre-cropped to ``resolution``
+    (default: the model's) or, with ``full_size``, cropped to a multiple of the downsampling factor.
 
-    Each image is resized (shorter side) and centre-cropped to ``resolution`` (default: the model's), or, with
-    ``full_size``, kept whole and cropped to a multiple of the downsampling factor. Raises ``ValueError`` when
-    ``input_path`` is a single file that is not an image or can't be read.
+    A folder's unreadable files are skipped with a warning and counted, so that one bad file never loses the
+    rest; a single file that is not an image or can't be read raises ``ValueError``.
     """
     input_path, output_dir = Path(input_path), Path(output_dir)
     single = input_path.is_file()
@@ -76,8 +71,8 @@ def reconstruct_files(
         rec = model(x).reconstruction.clamp(-1, 1)
         to_pil(to_unit(rec[0])).save(output_dir / f"{path.stem}_rec.png")
         to_pil(to_unit(torch.cat([x[0], rec[0]], dim=-1))).save(output_dir / f"{path.stem}_compare.png")
-        record = {"file": str(path), "psnr": float(psnr(x, rec)[0]), "size": [img.height, img.width]}
-        out.records.append(record)
+        out.records.append({"file": str(path), "psnr": float(psnr(x, rec)[0]),
+                            "size": [img.height, img.width]})
     return out
 
 
@@ -176,10 +171,8 @@ def generate_images(
         names, steps = list(meta.get("class_names", [])), min(steps or 8, cfg.model.num_tokens)
         return generate_clips(model, tok, output, labels, num, names, prefix_frames, inputs, cfg_scale,
                               temperature, top_k, top_p, steps, use_cache, seed, min(ncol, 8), fps, device)
-    if cfg.model.kind == "maskgit":
-        extra: dict[str, Any] = {"steps": min(steps or 8, cfg.model.num_tokens)}
-    else:
-        extra = {"use_cache": use_cache}
+    maskgit = cfg.model.kind == "maskgit"
+    extra = {"steps": min(steps or 8, cfg.model.num_tokens)} if maskgit else {"use_cache": use_cache}
     start = time.perf_counter()
     tokens = model.generate(num=num, labels=None if labels is None else labels.to(device), top_k=top_k,
                             top_p=top_p, temperature=temperature, cfg_scale=cfg_scale, generator=g, **extra)

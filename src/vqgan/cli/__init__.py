@@ -28,10 +28,6 @@ class Command:
     fn: Callable[..., int | None]
     presets: Registry | None = None
 
-    @property
-    def help(self) -> str:
-        return inspect.cleandoc(self.fn.__doc__ or "").split("\n")[0]
-
 
 COMMANDS: Registry[Command] = Registry("command")
 
@@ -46,11 +42,12 @@ SHARED_HELP = {
     "progress": "show a progress bar (on stderr)",
 }
 
+
 def command(name: str, presets: Registry | None = None) -> Callable:
     """Register ``fn`` as the sub-command ``name``; ``presets`` seed its run config (``--preset``)."""
 
     def wrap(fn: Callable[..., int | None]) -> Callable[..., int | None]:
-        COMMANDS.register(name)(Command(fn, presets))
+        COMMANDS.register(name, (fn.__doc__ or "").strip().split("\n")[0])(Command(fn, presets))
         return fn
 
     return wrap
@@ -120,8 +117,8 @@ def build_parser():
         description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
     )
     sub = parser.add_subcommands(dest="command", required=True)
-    for name in COMMANDS.names():
-        sub.add_subcommand(name, command_parser(name), help=COMMANDS[name].help)
+    for name, summary in COMMANDS.describe().items():
+        sub.add_subcommand(name, command_parser(name), help=summary)
     return parser
 
 
@@ -146,10 +143,9 @@ def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
     """The function's keyword arguments from the parsed namespace (only what was given)."""
     from vqgan.config import run_config_from_namespace
 
-    values = ns.as_dict()
     params = inspect.signature(cmd.fn).parameters
     config_cls = _run_config_class(cmd.fn)
-    kwargs = {k: v for k, v in values.items() if k in params and not (k == "config" and config_cls)}
+    kwargs = {k: v for k, v in ns.as_dict().items() if k in params}
     if config_cls is not None:
         kwargs["config"] = run_config_from_namespace(config_cls, ns)
     if "device" in params and kwargs.get("device", params["device"].default) == "auto":

@@ -14,11 +14,9 @@ from vqgan.config import DataConfig
 
 def _eval_loader(model, data, batch_size: int | None, max_images: int | None, whole_split: bool = False,
                  batch_idx: int = 0, checkpoint_data: DataConfig | None = None):
-    """The validation loader of ``--data`` (fixed order, no augmentation; see :func:`eval_data`), optionally
-    truncated; and its config. ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to
-    take every image. ``batch_idx`` (seed 000's ``--batch_idx``) takes the ``batch_idx``-th group of ``max_images``
-    items instead of the first; with chunked video data (``data.videos_per_chunk``) a group is one chunk: the items
-    of ``videos_per_chunk`` validation videos (at most ``max_images`` of them)."""
+    """The validation loader of ``--data`` (fixed order, no augmentation; :func:`eval_data`) and its config.
+    ``whole_split`` lifts ``data.val_size``; ``batch_idx`` (seed 000's ``--batch_idx``) takes group
+    ``batch_idx`` of ``max_images`` items instead of the first (:func:`_batch_range`)."""
     from torch.utils.data import DataLoader, Subset
 
     from vqgan.config import ExperimentConfig
@@ -41,7 +39,8 @@ def _eval_loader(model, data, batch_size: int | None, max_images: int | None, wh
 
 
 def _batch_range(data, n: int, batch_idx: int, max_images: int | None) -> range:
-    """Positions of group ``batch_idx`` of an evaluation set of ``n`` items (see :func:`_eval_loader`)."""
+    """Positions of group ``batch_idx`` of an evaluation set of ``n`` items; with chunked video data
+    (``data.videos_per_chunk``) a group is one chunk of videos (at most ``max_images`` of their items)."""
     from vqgan.data import pieces_per_clip
 
     size = max_images or n
@@ -103,6 +102,8 @@ def evaluate(
         json_: print the result as JSON instead of a table.
     """
     from vqgan.metrics.evaluate import METRIC_NAMES, evaluate_tokenizer
+    from vqgan.metrics.fid import ReconstructionFID
+    from vqgan.metrics.lpips import LPIPSMetric
     from vqgan.models.io import load_model
 
     wanted = [m.strip().lower() for m in metrics.split(",") if m.strip()] if metrics else None
@@ -114,15 +115,8 @@ def evaluate(
     want_lpips = "lpips" in wanted if wanted is not None else lpips_weights is not None
     want_fid = "fid" in wanted if wanted is not None else fid_weights is not None
     # Weight files first: a missing file must cost a second, not an evaluation.
-    lpips = fid = None
-    if want_lpips:
-        from vqgan.metrics.lpips import LPIPSMetric
-
-        lpips = LPIPSMetric(lpips_net, lpips_weights)
-    if want_fid:
-        from vqgan.metrics.fid import ReconstructionFID
-
-        fid = ReconstructionFID(fid_weights, fid_feature)
+    lpips = LPIPSMetric(lpips_net, lpips_weights) if want_lpips else None
+    fid = ReconstructionFID(fid_weights, fid_feature) if want_fid else None
     model, exp = load_model(ckpt)
     loader, data_cfg = _eval_loader(model, data, batch_size, max_images, whole_split,
                                     checkpoint_data=exp.data if exp else None)
@@ -134,10 +128,10 @@ def evaluate(
         (Path(output) / "evaluation.json").write_text(text)
     if json_:
         print(text)
-    else:
-        _print_table(result)
-        if output:
-            print(f"written {Path(output) / 'evaluation.json'}")
+        return 0
+    _print_table(result)
+    if output:
+        print(f"written {Path(output) / 'evaluation.json'}")
     return 0
 
 
