@@ -103,8 +103,7 @@ def key_hint(key: str, root: type | Fields | None = None) -> str:
             break
         fields, known = typing.get_type_hints(cls), [*known, part]
     section = ".".join(known)
-    wrong = parts[len(known)]
-    close = difflib.get_close_matches(wrong, list(fields), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(parts[len(known)], list(fields), n=1, cutoff=0.6)
     dotted = (section + "." if section else "") + (close[0] if close else "")
     hint = f"; did you mean {dotted!r}?" if close else "."
     return f"unknown key {key!r}{hint} Valid keys of {section or 'the run'}: {', '.join(fields)}"

@@ -85,15 +85,16 @@ def generate_clips(
     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, steps: int = 8,
     use_cache: bool = True, seed: int = 0, ncol: int = 4, fps: float = 4.0, device: str = "cpu",
 ) -> dict[str, Any]:
-    """Sample clips from a clip prior and decode them with its tokenizer.
+    """Sample clips from a clip prior and decode them with its tokenizer: ``OUTPUT/tokens.safetensors`` (token
+    grids and labels), ``OUTPUT/clips.safetensors`` (decoded clips) and
 
-    Without ``prefix_frames``: ``num`` clips (classes from ``labels``), written as ``OUTPUT/grid.{mp4,gif}``
-    and ``grid_frames.png`` with class captions. With ``prefix_frames = k`` and ``inputs`` (a video file or
-    folder, or clips ``(N, C, T, H, W)`` in [-1, 1] at the tokenizer's resolution): frame prediction; every
-    input clip (cut to the prior's length) is encoded, the codes of its first ``k`` frames kept and the rest
-    generated. Written: ``prediction.{mp4,gif}`` (rows of truth | prediction) and the scores of
-    :func:`~vqgan.metrics.video.frame_prediction_scores`. ``OUTPUT/tokens.safetensors`` holds the token grids
-    and labels; ``OUTPUT/clips.safetensors`` the decoded clips.
+    - without ``prefix_frames``: ``num`` clips (classes from ``labels``) as ``grid.{mp4,gif}`` and
+      ``grid_frames.png`` with class captions;
+    - with ``prefix_frames = k`` and ``inputs`` (a video file or folder, or clips ``(N, C, T, H, W)`` in
+      [-1, 1]): frame prediction, every input clip cut to the prior's length, the codes of its first ``k``
+      frames kept and the rest generated;
+      ``prediction.{mp4,gif}`` (rows of truth | prediction) and the scores of
+      :func:`~vqgan.metrics.video.frame_prediction_scores`.
     """
     from safetensors.torch import save_file
 

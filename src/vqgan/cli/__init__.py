@@ -54,9 +54,8 @@ def command(name: str, presets: Registry | None = None) -> Callable:
 
 
 def report_skipped(name: str, skipped: int, total: int) -> int:
-    """The exit status of a command that reads user files and skips the unreadable ones (each already logged as a
-    warning naming the file): 0 when none was skipped; else a summary line on stderr and 1, so that scripts notice,
-    although every readable file was processed and written."""
+    """The exit status of a command that skips unreadable user files (each logged as a warning): 0 when none
+    was skipped; else a summary line on stderr and 1, so that scripts notice (the rest was written)."""
     if not skipped:
         return 0
     print(f"vqgan {name}: skipped {skipped} of {total} input file(s) that could not be read (see the warnings "
@@ -162,8 +161,7 @@ def parse_command(argv: list[str]) -> tuple[str, Any]:
 
     if not argv or argv[0].startswith("-"):  # `vqgan --help`, or no command at all
         _parse(build_parser(), argv, "vqgan", {})
-    # The sub-command is the first word, as for jsonargparse's own sub-commands; picking it here builds only its
-    # parser (all of them take a second) and lets its mistakes be explained against its own options.
+    # Picking the sub-command (the first word) here builds only its parser (all of them take a second).
     try:
         cmd = COMMANDS[argv[0]]
     except UnknownNameError as e:

@@ -19,7 +19,6 @@ def _eval_loader(model, data, batch_size: int | None, max_images: int | None, wh
     ``batch_idx`` of ``max_images`` items instead of the first (:func:`_batch_range`)."""
     from torch.utils.data import DataLoader, Subset
 
-    from vqgan.config import ExperimentConfig
     from vqgan.data import build_datasets, collate_skip
 
     data = eval_data(data, checkpoint_data, model.config)
@@ -27,8 +26,7 @@ def _eval_loader(model, data, batch_size: int | None, max_images: int | None, wh
         data.val_batch_size = batch_size
     if whole_split:
         data.val_size = 2**31 - 1
-    cfg = ExperimentConfig(model=model.config, data=data)
-    _, val = build_datasets(cfg.data, cfg.train.seed)
+    _, val = build_datasets(data)
     if batch_idx:
         val = Subset(val, _batch_range(data, len(val), batch_idx, max_images))
     elif max_images is not None and max_images < len(val):

@@ -35,10 +35,7 @@ def convert(
 
     model = load_pretrained(input, source=from_, config=config, allow_stand_ins=allow_stand_ins,
                             l2_normalize=l2_normalize, use_ema=use_ema)
-    if to == "diffusers":
-        save_diffusers(model, output)
-    else:
-        save_pretrained(model, output)
+    (save_diffusers if to == "diffusers" else save_pretrained)(model, output)
     n_params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"output": output, "format": to, "parameters": n_params, "config": to_dict(model.config)}))
     return 0
@@ -64,10 +61,8 @@ def export(
     from vqgan.interop.export import export_onnx, export_torchscript
 
     model = load_pretrained(ckpt, allow_stand_ins=allow_stand_ins)
-    if format == "onnx":
-        written = export_onnx(model, output, resolution, exporter=onnx_exporter, opset=opset)
-    else:
-        written = export_torchscript(model, output, resolution)
+    written = (export_onnx(model, output, resolution, exporter=onnx_exporter, opset=opset) if format == "onnx"
+               else export_torchscript(model, output, resolution))
     print(json.dumps({k: str(v) for k, v in written.items()}))
     return 0
 

@@ -4,7 +4,7 @@ every command that reads a tokenizer's data."""
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +34,13 @@ def fit(
                         ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds"))
 
 
-def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: DataConfig | None, model_config) -> DataConfig:
-    """The data a command reads with a tokenizer, from its ``--data``.
-
-    Args:
-        data: ``None``: the checkpoint's data (a pretrained folder has none: the built-in photos at the model's
-            resolution); a folder: every image in it, centre-cropped to the model's resolution; a YAML file or a
-            mapping of ``DataConfig`` keys: those keys over the checkpoint's data; a :class:`DataConfig`: itself.
-        checkpoint_data: the data config saved in the checkpoint, if any.
-        model_config: the tokenizer's :class:`~vqgan.config.ModelConfig`.
-    """
-    import dataclasses
-
+def eval_data(
+    data: DataConfig | dict[str, Any] | str | None, checkpoint_data: DataConfig | None, model_config
+) -> DataConfig:
+    """The data a command reads with a tokenizer (``model_config``), from its ``--data``: ``None``, the
+    ``checkpoint_data`` (a pretrained folder has none: the built-in photos at the model's resolution); a
+    folder, every image in it, centre-cropped to the model's resolution; a YAML file or a mapping of
+    ``DataConfig`` keys, those keys over the checkpoint's data; a :class:`DataConfig`, itself."""
     import yaml
 
     from vqgan.config import ConfigError, replace_keys
@@ -58,7 +53,7 @@ def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: D
     if isinstance(data, str):
         path = Path(data)
         if path.is_dir():
-            return dataclasses.replace(
+            return replace(
                 base, kind="folder", root=str(path), val_root=str(path), crop="center", flip=False, resize=None,
                 resolution=model_config.resolution, channels=model_config.in_channels, val_size=2**31 - 1,
             )
@@ -80,8 +75,7 @@ def validate(ckpt: str, data: DataConfig | str | None = None, device: str = "aut
     model, exp = load_model(ckpt)
     cfg = ExperimentConfig(model=model.config, data=eval_data(data, exp.data if exp else None, model.config))
     _, val_loader = build_loaders(cfg)
-    json.dump(reconstruction_metrics(model, val_loader, device), sys.stdout)
-    print()
+    print(json.dumps(reconstruction_metrics(model, val_loader, device)))
     return 0
 
 
