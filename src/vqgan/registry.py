@@ -61,8 +61,7 @@ class Registry(Generic[T]):
         if name not in self._entries:
             close = difflib.get_close_matches(str(name), list(self._entries), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            choices = ", ".join(self.names())
-            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {choices}")
+            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {', '.join(self)}")
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:

@@ -18,7 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vqgan.registry import Registry
+import yaml
+from jsonargparse import ArgumentParser
+
+from vqgan.config import ConfigError, add_run_config_arguments, run_config_from_namespace, to_dict
+from vqgan.config_checks import describe_parse_error
+from vqgan.registry import Registry, UnknownNameError
 
 
 @dataclass
@@ -83,10 +88,6 @@ def _run_config_class(fn: Callable) -> type | None:
 
 def command_parser(name: str, prog: str | None = None):
     """The jsonargparse parser of sub-command ``name``, built from its function's signature and docstring."""
-    from jsonargparse import ArgumentParser
-
-    from vqgan.config import add_run_config_arguments
-
     cmd = COMMANDS[name]
     doc = inspect.cleandoc(cmd.fn.__doc__ or "").split("\n\nArgs:")[0]
     # jsonargparse's own --print_config would print only what was given: add_run_config_arguments has ours.
@@ -109,8 +110,6 @@ def command_parser(name: str, prog: str | None = None):
 
 def build_parser():
     """The ``vqgan`` parser: one sub-command per registered function (as litgpt's ``__main__``)."""
-    from jsonargparse import ArgumentParser
-
     parser = ArgumentParser(
         prog="vqgan", exit_on_error=False, allow_abbrev=False,
         description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
@@ -140,8 +139,6 @@ def _log_to_stderr() -> None:
 
 def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
     """The function's keyword arguments from the parsed namespace (only what was given)."""
-    from vqgan.config import run_config_from_namespace
-
     params = inspect.signature(cmd.fn).parameters
     config_cls = _run_config_class(cmd.fn)
     kwargs = {k: v for k, v in ns.as_dict().items() if k in params}
@@ -157,8 +154,6 @@ def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
 def parse_command(argv: list[str]) -> tuple[str, Any]:
     """Parse ``vqgan ARGV`` without running anything: the sub-command's name and the options given. A mistake is
     one line on stderr and exit code 2; ``--help`` prints and exits 0."""
-    from vqgan.registry import UnknownNameError
-
     if not argv or argv[0].startswith("-"):  # `vqgan --help`, or no command at all
         _parse(build_parser(), argv, "vqgan", {})
     # Picking the sub-command (the first word) here builds only its parser (all of them take a second).
@@ -176,15 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     name, ns = parse_command(argv)
     cmd = COMMANDS[name]
-    from vqgan.config import ConfigError
-
     try:
         kwargs = _kwargs(cmd, ns)
         if ns.get("print_config"):
-            import yaml
-
-            from vqgan.config import to_dict
-
             print(yaml.safe_dump(to_dict(kwargs["config"]), sort_keys=False), end="")
             return 0
         rc = cmd.fn(**kwargs)
@@ -213,8 +202,6 @@ def _option_types(fn: Callable) -> dict[str, Any]:
 
 def _parse(parser, argv: list[str], prog: str, option_types: dict[str, Any]):
     """Parse what was given (no defaults); a mistake is one line on stderr and exit code 2."""
-    from vqgan.config_checks import describe_parse_error
-
     try:
         return parser.parse_args(argv, defaults=False)
     except argparse.ArgumentError as e:
