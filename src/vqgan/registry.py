@@ -1,8 +1,6 @@
-"""One :class:`Registry` for every "name -> thing" table (timm's ``register_model``), and the stage-1 presets.
-
-A preset is a function returning a full experiment config, with a tiny ``test-*`` preset per architecture.
-Python, not YAML, is the one source of truth: the files in ``configs/`` are generated (:data:`CONFIG_FILES`).
-"""
+"""One :class:`Registry` for every "name -> thing" table (timm's ``register_model``), and the stage-1 presets:
+functions returning a full experiment config, a tiny ``test-*`` one per architecture. Python, not YAML, is the
+one source of truth: the files in ``configs/`` are generated (:data:`CONFIG_FILES`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Clips from a prior over a video tokenizer's ``(t, h, w)`` token grids, with torch only: class-conditional
-samples as MP4 and GIF grids labelled by class, and frame prediction (the codes of the first frames of given
-clips fixed, the rest generated) scored against the true continuation. Used by ``vqgan sample``."""
+"""Clips from a prior over a video tokenizer's ``(t, h, w)`` token grids, with torch only (``vqgan sample``):
+class-conditional MP4 and GIF grids, and frame prediction scored against the true continuation."""
 
 from __future__ import annotations
 
@@ -73,8 +72,7 @@ def encode_clips(tokenizer: torch.nn.Module, clips: torch.Tensor) -> torch.Tenso
     """Token grids ``(N, t, h, w)`` of clips ``(N, C, T, H, W)`` (frame by frame for an image tokenizer)."""
     from vqgan.data.tokens import _encode
 
-    device = next(tokenizer.parameters()).device
-    return _encode(tokenizer, clips.to(device)).indices.cpu()
+    return _encode(tokenizer, clips.to(next(tokenizer.parameters()).device)).indices.cpu()
 
 
 @torch.no_grad()

@@ -121,8 +121,7 @@ def build_parser():
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to ``sys.stderr`` as it is at each record, so that redirecting stderr (tests, notebooks) never
-    leaves it writing to a closed stream."""
+    """Writes to ``sys.stderr`` as it is at each record: tests and notebooks replace (and close) it."""
 
     stream = property(lambda self: sys.stderr, lambda self, value: None)
 
@@ -210,7 +209,7 @@ def _parse(parser, argv: list[str], prog: str, option_types: dict[str, Any]):
 
 
 # The sub-commands, imported for their registrations (they import `command` from here, hence at the end).
-from vqgan.cli import evaluate, interop, pipeline, prior, stage1, video  # noqa: E402, F401
+from vqgan.cli import evaluate, interop, prior, stage1  # noqa: E402, F401
 
 if __name__ == "__main__":
     raise SystemExit(main())

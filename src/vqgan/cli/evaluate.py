@@ -104,17 +104,16 @@ def evaluate(
     from vqgan.metrics.lpips import LPIPSMetric
     from vqgan.models.io import load_model
 
-    wanted = [m.strip().lower() for m in metrics.split(",") if m.strip()] if metrics else None
-    if wanted is not None:
-        unknown = sorted(set(wanted) - set(METRIC_NAMES) - {"rfid", "codebook"})
+    if metrics:
+        wanted = {m.strip().lower() for m in metrics.split(",") if m.strip()}
+        unknown = sorted(wanted - set(METRIC_NAMES) - {"rfid", "codebook"})
         if unknown:
             raise ValueError(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}")
-        wanted = ["fid" if m == "rfid" else m for m in wanted]
-    want_lpips = "lpips" in wanted if wanted is not None else lpips_weights is not None
-    want_fid = "fid" in wanted if wanted is not None else fid_weights is not None
+    else:  # lpips and fid when their weight files are given
+        wanted = {m for m, weights in (("lpips", lpips_weights), ("fid", fid_weights)) if weights is not None}
     # Weight files first: a missing file must cost a second, not an evaluation.
-    lpips = LPIPSMetric(lpips_net, lpips_weights) if want_lpips else None
-    fid = ReconstructionFID(fid_weights, fid_feature) if want_fid else None
+    lpips = LPIPSMetric(lpips_net, lpips_weights) if "lpips" in wanted else None
+    fid = ReconstructionFID(fid_weights, fid_feature) if wanted & {"fid", "rfid"} else None
     model, exp = load_model(ckpt)
     loader, data_cfg = _eval_loader(model, data, batch_size, max_images, whole_split,
                                     checkpoint_data=exp.data if exp else None)
@@ -131,14 +130,6 @@ def evaluate(
     if output:
         print(f"written {Path(output) / 'evaluation.json'}")
     return 0
-
-
-def _infer_run_dir(ckpt: str) -> Path | None:
-    """RUN_DIR for RUN_DIR/checkpoints/NAME.ckpt when RUN_DIR has a config.yaml."""
-    p = Path(ckpt).resolve()
-    if p.parent.name == "checkpoints" and (p.parent.parent / "config.yaml").is_file():
-        return p.parent.parent
-    return None
 
 
 def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, data: DataConfig | str | None = None,
@@ -190,7 +181,9 @@ def visualize(
         tsne_points: encoder outputs shown by t-SNE (seeded subsample).
         report: also write OUTPUT/report.html.
     """
-    inferred = run_dir or _infer_run_dir(ckpt)
+    folder = Path(ckpt).resolve().parent  # RUN_DIR/checkpoints/NAME.ckpt, when RUN_DIR has a config.yaml
+    is_run = folder.name == "checkpoints" and (folder.parent / "config.yaml").is_file()
+    inferred = run_dir or (folder.parent if is_run else None)
     if run_dir is None and inferred is not None:
         print(f"run folder: {inferred}")
     written = run_visualize(ckpt, output, inferred, data, num_images, device, tsne_points, report, batch_idx)

@@ -6,7 +6,7 @@ import json
 from typing import Literal
 
 from vqgan.cli import command
-from vqgan.cli.stage1 import eval_data
+from vqgan.cli.stage1 import eval_loaders
 from vqgan.config import DataConfig
 
 
@@ -67,15 +67,6 @@ def export(
     return 0
 
 
-def _loaders(model, data: DataConfig | str | None, seed: int):
-    from vqgan.config import ExperimentConfig
-    from vqgan.train.fit import build_loaders
-
-    cfg = ExperimentConfig(model=model.config, data=eval_data(data, None, model.config))
-    cfg.train.seed = seed
-    return build_loaders(cfg)
-
-
 @command("fit-projection")
 def fit_projection(
     ckpt: str, output: str, channels: int = 4, steps: int = 500, lr: float = 1e-3, kernel_size: int = 1,
@@ -108,7 +99,7 @@ def fit_projection(
 
     torch.manual_seed(seed)
     model = load_pretrained(ckpt)
-    train_loader, val_loader = _loaders(model, data, seed)
+    train_loader, val_loader = eval_loaders(model, data, seed=seed)
     held_out = _images(next(iter(val_loader)))
     result = fit(model, train_loader, channels, steps, lr, kernel_size, source, latent_weight, train_decoder, device,
                  seed, eval_images=held_out, train_encoder=train_encoder)
@@ -146,7 +137,7 @@ def project_latents(
     # A projection fitted jointly with the tokenizer saved that tokenizer beside it: encode with it.
     joint = Path(projection) / "decoder"
     model = load_pretrained(str(joint) if joint.is_dir() else ckpt).to(device)
-    train_loader, val_loader = _loaders(model, data, 0)
+    train_loader, val_loader = eval_loaders(model, data)
     chunks, n = [], 0
     with torch.no_grad():
         for batch in train_loader if split == "train" else val_loader:
