@@ -59,11 +59,10 @@ _ROWS = {"psnr": ("PSNR (dB)", "{:.3f}"), "ssim": ("SSIM", "{:.4f}"), "lpips": (
 
 def _print_table(result) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     m, p = result.metrics, result.protocol
-    table = Table("metric", "value")
-    table.columns[1].justify = "right"
+    table = Table("metric", Column("value", justify="right"))
     for key, (label, fmt) in _ROWS.items():
         if key in m:
             table.add_row(label, fmt.format(m[key]))

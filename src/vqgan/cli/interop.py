@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Literal
 
 from vqgan.cli import command
@@ -125,8 +126,6 @@ def project_latents(
         data: images to encode: a folder of images, a YAML file of data options, or --data.KEY options (default: the
             built-in photos at the tokenizer's resolution).
     """
-    from pathlib import Path
-
     import torch
     from safetensors.torch import save_file
 
@@ -138,13 +137,12 @@ def project_latents(
     joint = Path(projection) / "decoder"
     model = load_pretrained(str(joint) if joint.is_dir() else ckpt).to(device)
     train_loader, val_loader = eval_loaders(model, data)
-    chunks, n = [], 0
+    chunks = []
     with torch.no_grad():
         for batch in train_loader if split == "train" else val_loader:
             p = proj.project(source_latents(model, _images(batch).to(device), proj.config.source))
             chunks.append((proj.normalize(p) if normalize else p).cpu())
-            n += p.shape[0]
-            if max_items is not None and n >= max_items:
+            if max_items is not None and sum(map(len, chunks)) >= max_items:
                 break
     latents = torch.cat(chunks)[:max_items]
     out = Path(output)
