@@ -32,16 +32,15 @@ __version__ = "0.1.0"
 
 
 def fit(*args, **kwargs):
-    """Train a stage-1 tokenizer (:func:`vqgan.train.fit.fit`). Imported lazily: training needs Lightning,
-    using a trained model (everything else here) does not."""
+    """Train a stage-1 tokenizer (:func:`vqgan.train.fit.fit`): imported lazily, as it needs Lightning."""
     from vqgan.train.fit import fit as _fit
 
     return _fit(*args, **kwargs)
 
 
 def load_pretrained(path, **kwargs):
-    """Load a tokenizer as our :class:`VQModel` in eval mode from our folder or ``.ckpt``, a diffusers folder,
-    a taming ``.ckpt`` or a LlamaGen ``.pt`` (:func:`vqgan.interop.load_pretrained`); no code is executed."""
+    """Load our folder or ``.ckpt``, a diffusers folder, a taming ``.ckpt`` or a LlamaGen ``.pt`` as a
+    :class:`VQModel` in eval mode (:func:`vqgan.interop.load_pretrained`); no code is executed."""
     from vqgan.interop import load_pretrained as _load
 
     return _load(path, **kwargs)

@@ -1,10 +1,5 @@
-"""Typed configuration for every part of a run.
-
-A run is one :class:`ExperimentConfig` of small dataclasses. YAML sets values, dotted options override
-them (``--model.ch 64``), :func:`dump_config` writes the resolved result next to every run. No import
-strings: choices are plain values checked against the ``Literal`` types, and
-:meth:`ExperimentConfig.validate` checks them against each other before training starts.
-"""
+"""Typed configuration of a stage-1 run: one :class:`ExperimentConfig` of small dataclasses, set by YAML and
+dotted options (``--model.ch 64``), checked by :meth:`ExperimentConfig.validate` before training starts."""
 
 from __future__ import annotations
 
@@ -221,8 +216,7 @@ DataKind = Literal["builtin", "folder", "video_folder", "ucf101", "moving_digits
 
 @dataclass
 class DataConfig:
-    """Where images (or videos) come from and how they are prepared: float tensors in [-1, 1], (C, H, W) or
-    (C, T, H, W).
+    """Where images (``(C, H, W)`` in [-1, 1]) or clips (``(C, T, H, W)``) come from, and how they are made.
 
     Seed 000's chunked training: load ``videos_per_chunk`` videos, make ``epochs_per_chunk`` passes, then
     ``gan_epochs_per_chunk`` more with the discriminator on, then the next chunk; an epoch visits every
@@ -297,7 +291,7 @@ class DataConfig:
 
 @dataclass
 class TrainerSettings:
-    """What every training run sets, stage 1 and the priors alike (``vqgan.train.harness`` uses it).
+    """What every training run sets, stage 1 and the priors alike (:mod:`vqgan.train.harness`).
 
     Attributes:
         max_steps: optimizer steps to train (ignored when ``max_epochs`` is set).
@@ -526,7 +520,7 @@ def check_minimum(key: str, value: int | None, low: int) -> None:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain ``dict`` of a (nested) config dataclass, suitable for YAML and checkpoints."""
+    """Plain ``dict`` of a (nested) config dataclass, for YAML and checkpoints."""
     return dataclasses.asdict(config)
 
 
@@ -542,7 +536,7 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 def replace_keys(config: Any, changes: dict[str, Any]) -> Any:
     """A copy of the config dataclass with the (nested) keys of ``changes`` replaced, e.g.
-    ``{"train": {"max_steps": 3}}``; an unknown key is refused with the valid ones (:func:`from_dict`)."""
+    ``{"train": {"max_steps": 3}}``; an unknown key is refused (:func:`from_dict`)."""
 
     def merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         both = {k for k, v in new.items() if isinstance(v, dict) and isinstance(base.get(k), dict)}
@@ -560,10 +554,9 @@ def dump_config(config: Any, path: str | Path) -> Path:
 
 
 def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> None:
-    """Add ``--preset NAME`` (when ``presets``, a :class:`~vqgan.registry.Registry` of factories),
-    ``--config FILE`` and every field of the dataclass ``cls`` as a dotted option (``--model.quantizer.kind``)
-    to a jsonargparse parser. ``--preset`` and ``--config`` apply where they stand: later options override
-    them."""
+    """Add ``--preset NAME`` (``presets``: a :class:`~vqgan.registry.Registry`), ``--config FILE``,
+    ``--print-config`` and a dotted option per field of the dataclass ``cls`` to a jsonargparse parser.
+    ``--preset`` and ``--config`` apply where they stand: later options override them."""
     import argparse
 
     from jsonargparse import ActionConfigFile
@@ -573,17 +566,14 @@ def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> Non
             from vqgan.registry import preset_config
 
             try:
-                cfg = preset_config(presets, value)
+                namespace.update(parser.parse_object(to_dict(preset_config(presets, value)), defaults=False))
             except KeyError as e:
                 raise argparse.ArgumentError(self, str(e)) from None
-            namespace.update(parser.parse_object(to_dict(cfg), defaults=False))
             setattr(namespace, self.dest, value)
 
     if presets is not None:
-        parser.add_argument(
-            "--preset", action=PresetAction, metavar="NAME",
-            help="start from a named preset (later options override it): " + ", ".join(presets.names()),
-        )
+        parser.add_argument("--preset", action=PresetAction, metavar="NAME", help="start from a named preset "
+                            "(later options override it): " + ", ".join(presets))
     parser.add_argument("--config", action=ActionConfigFile,
                         help="YAML file of options (see configs/); the options after it override it")
     parser.add_argument("--print-config", "--print_config", action="store_true",
@@ -593,15 +583,15 @@ def add_run_config_arguments(parser: Any, cls: type, presets: Any = None) -> Non
 
 def run_config_from_namespace(cls: type, ns: Any) -> Any:
     """The run config ``cls`` from a parsed jsonargparse namespace; fields not given keep their defaults."""
-    data = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
-    return from_dict(cls, {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}})
+    names = {f.name for f in dataclasses.fields(cls)}
+    return from_dict(cls, {k: v for k, v in ns.as_dict().items() if k in names})
 
 
 def parse_run_config(
     cls: type, presets: Any, path: str | Path | None, overrides: list[str] | None, preset: str | None
 ) -> Any:
-    """Preset, then YAML file, then dotted ``overrides``, parsed as the command line parses them (abbreviated
-    keys refused, an unknown key named with its closest match), for :func:`load_config` and the priors'."""
+    """Preset, then YAML file, then dotted ``overrides``, parsed as the command line parses them, for
+    :func:`load_config` and the priors'."""
     from jsonargparse import ArgumentParser
 
     from vqgan.config_checks import describe_parse_error
@@ -611,8 +601,8 @@ def parse_run_config(
     add_run_config_arguments(parser, cls, presets)
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
-    args = [*(["--preset", preset] if preset else []), *(["--config", str(path)] if path else [])]
-    args += overrides or []
+    args = [*(["--preset", preset] if preset else []), *(["--config", str(path)] if path else []),
+            *(overrides or [])]
     try:
         ns = parser.parse_args(args, defaults=False)
     except Exception as e:  # jsonargparse raises argparse.ArgumentError
@@ -626,11 +616,8 @@ def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
 ) -> ExperimentConfig:
     """Load an :class:`ExperimentConfig` the way ``vqgan fit`` does: preset, then YAML file (``configs/``),
-    then command-line style ``overrides`` (``["--model.ch", "32", "--train.lr=1e-3"]``).
-
-    Raises:
-        ConfigError: an unknown key, a wrong type or an invalid choice, with the key named.
-    """
+    then command-line style ``overrides`` (``["--model.ch", "32", "--train.lr=1e-3"]``). Raises
+    :class:`ConfigError` naming the key of an unknown key, a wrong type or an invalid choice."""
     from vqgan.registry import PRESETS
 
     return parse_run_config(ExperimentConfig, PRESETS, path, overrides, preset)

@@ -1,7 +1,5 @@
-"""Checks that make a configuration mistake cost seconds, not a run: value types against the dataclasses'
-type hints (the Python API is checked like the command line), unknown keys with the valid ones and the closest
-match (:func:`describe_parse_error`: what jsonargparse refused, as one line), and output paths that must stay
-inside the run folder."""
+"""Checks that make a configuration mistake cost seconds, not a run: value types against the type hints,
+unknown keys with their closest match, and output paths that must stay inside the run folder."""
 
 from __future__ import annotations
 
@@ -105,8 +103,7 @@ def key_hint(key: str, root: type | Fields | None = None) -> str:
             break
         fields, known = typing.get_type_hints(cls), [*known, part]
     section = ".".join(known)
-    wrong = parts[len(known)]
-    close = difflib.get_close_matches(wrong, list(fields), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(parts[len(known)], list(fields), n=1, cutoff=0.6)
     dotted = (section + "." if section else "") + (close[0] if close else "")
     hint = f"; did you mean {dotted!r}?" if close else "."
     return f"unknown key {key!r}{hint} Valid keys of {section or 'the run'}: {', '.join(fields)}"
@@ -129,9 +126,8 @@ def _unknown_yaml_key(data: Any, root: type | Fields | None, prefix: str = "") -
 def describe_parse_error(
     parser: Any, argv: list[str], error: Exception, root: type | Fields | None = None
 ) -> str:
-    """One line for what jsonargparse refused in ``argv``: an unknown option, or a ``--config`` file's key
-    that names no field of ``root`` (the options' dataclass or top-level hints), with its closest match
-    (:func:`key_hint`); else jsonargparse's own message. Found from the parser's table, not its message."""
+    """One line for what jsonargparse refused in ``argv``: an unknown option or ``--config`` file key (no
+    field of ``root``, the options' dataclass or top-level hints) with its closest match, else its message."""
     known = parser._option_string_actions  # argparse's own table of option strings
     sections = {k: v for k, v in _fields(root).items() if _dataclass_in(v)}  # the options with dotted keys
     for token in argv:
@@ -158,9 +154,8 @@ def describe_parse_error(
 
 # -- paths ----------------------------------------------------------------------------------------------
 def resolve_output_path(run_dir: str | Path, path: str | Path, key: str = "path") -> Path:
-    """Where a path taken from a configuration may be written: a relative path is resolved inside ``run_dir``
-    and must stay there (``../x``, or a symbolic link that leads out, is a ``ConfigError`` naming ``key``); an
-    absolute path is the user's explicit choice and is returned unchanged."""
+    """A relative ``path`` from a configuration, resolved inside ``run_dir``: leaving it (``../x``, a link) is
+    a ``ConfigError`` naming ``key``. An absolute path is the user's explicit choice, returned unchanged."""
     path = Path(path).expanduser()
     if path.is_absolute():
         return path

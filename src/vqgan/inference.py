@@ -1,13 +1,9 @@
 """Using trained models with torch only (no Lightning): reconstruct image files with a tokenizer, and sample
-images from a prior (generate token maps, decode them with the tokenizer, write grids and files).
-
-Bad input: a folder's unreadable files are skipped with a warning naming each one, and counted
-(:attr:`Reconstructions.skipped`), so that one bad file never loses the rest of the folder; a single file
-named on its own that can't be read raises ``ValueError`` with a one-line message.
-"""
+images from a prior (generate token maps, decode them with the tokenizer, write grids and files)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -43,11 +39,11 @@ def reconstruct_files(
     full_size: bool = False, device: str = "cpu",
 ) -> Reconstructions:
     """Reconstruct an image file or every image under a folder: ``NAME_rec.png`` and ``NAME_compare.png``
-    (original | reconstruction) per image.
+    (original | reconstruction) per image, resized (shorter side) and centre-cropped to ``resolution``
+    (default: the model's) or, with ``full_size``, cropped to a multiple of the downsampling factor.
 
-    Each image is resized (shorter side) and centre-cropped to ``resolution`` (default: the model's), or, with
-    ``full_size``, kept whole and cropped to a multiple of the downsampling factor. Raises ``ValueError`` when
-    ``input_path`` is a single file that is not an image or can't be read.
+    A folder's unreadable files are skipped with a warning and counted, so that one bad file never loses the
+    rest; a single file that is not an image or can't be read raises ``ValueError``.
     """
     input_path, output_dir = Path(input_path), Path(output_dir)
     single = input_path.is_file()
@@ -68,16 +64,14 @@ def reconstruct_files(
             log.warning("skipping unreadable image %s: %s", path, error)
             out.skipped.append({"file": str(path), "error": error})
             continue
-        if full_size:
-            img = img.crop((0, 0, img.width // f * f, img.height // f * f))
-        else:
-            img = crop(resize_shorter(img, res), res, random=False)
+        img = (img.crop((0, 0, img.width // f * f, img.height // f * f)) if full_size
+               else crop(resize_shorter(img, res), res, random=False))
         x = to_tensor(img)[None].to(device)
         rec = model(x).reconstruction.clamp(-1, 1)
         to_pil(to_unit(rec[0])).save(output_dir / f"{path.stem}_rec.png")
         to_pil(to_unit(torch.cat([x[0], rec[0]], dim=-1))).save(output_dir / f"{path.stem}_compare.png")
-        record = {"file": str(path), "psnr": float(psnr(x, rec)[0]), "size": [img.height, img.width]}
-        out.records.append(record)
+        out.records.append({"file": str(path), "psnr": float(psnr(x, rec)[0]),
+                            "size": [img.height, img.width]})
     return out
 
 
@@ -91,11 +85,8 @@ def decode_tokens(tokenizer: torch.nn.Module, tokens: torch.Tensor, batch_size: 
         b, t = tokens.shape[:2]
         frames = decode_tokens(tokenizer, tokens.flatten(0, 1), batch_size)
         return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
-    out = [
-        tokenizer.decode_codes(tokens[i : i + batch_size].to(device)).clamp(-1, 1).cpu()
-        for i in range(0, tokens.shape[0], batch_size)
-    ]
-    return torch.cat(out)
+    return torch.cat([tokenizer.decode_codes(tokens[i : i + batch_size].to(device)).clamp(-1, 1).cpu()
+                      for i in range(0, tokens.shape[0], batch_size)])
 
 
 def resolve_class(
@@ -156,14 +147,27 @@ def generate_images(
     config (MaskGIT: 8 steps). A prior over clips (``model.token_frames > 1``) writes video grids, and
     predicts frames after ``prefix_frames`` of ``inputs`` (:func:`~vqgan.video_generation.generate_clips`)."""
     model, cfg, meta = load_prior(prior, device)
-    tok_path = tokenizer or meta.get("source", {}).get("tokenizer")
+    tok_path, out = tokenizer or meta.get("source", {}).get("tokenizer"), Path(output)
     if tok_path is None:
         raise ValueError("no tokenizer known for this prior: pass --tokenizer FILE")
     labels = resolve_class(class_, cfg.model.num_classes, list(meta.get("class_names", [])), num)
+    on_device = None if labels is None else labels.to(device)
     g = torch.Generator(device=device).manual_seed(seed)
-    if cfg.model.kind == "flow":
-        return _generate_flow_images(model, cfg, meta, tok_path, Path(output), num, labels, cfg_scale, steps,
-                                     sampler, snap, g, ncol, device)
+    if cfg.model.kind == "flow":  # sampled latents -> (unprojected) -> (snapped) -> decoded
+        from vqgan.models.prior.latent_space import load_latent_decoder, sample_latent_images
+        from vqgan.viz.samples import save_image_grid
+
+        tok, projection = load_latent_decoder(tok_path, meta.get("projection"), device)
+        snap = cfg.model.snap_to_codes if snap is None else snap
+        columns = min(6, (steps or cfg.model.sample_steps) + 1)
+        res = sample_latent_images(model, tok, num=num, labels=on_device, projection=projection, snap=snap,
+                                   steps=steps, sampler=sampler, cfg_scale=cfg_scale, generator=g,
+                                   trajectory_columns=columns)
+        _save_samples(out, res.images, ncol, labels, "latents", res.latents)
+        save_image_grid(res.trajectory[: min(4, num) * columns], out / "trajectory.png", ncol=columns)
+        return {"output": str(out), "num": num, "kind": "flow", "sample_seconds": round(res.seconds, 3),
+                "steps": steps or cfg.model.sample_steps, "sampler": sampler or cfg.model.sampler,
+                "snap": snap}
     tok, _ = load_model(tok_path, device)
     if tok.quantize.codebook_size != cfg.model.vocab_size:
         raise ConfigError(f"tokenizer {tok_path} has {tok.quantize.codebook_size} codes but the prior models "
@@ -176,46 +180,20 @@ def generate_images(
         names, steps = list(meta.get("class_names", [])), min(steps or 8, cfg.model.num_tokens)
         return generate_clips(model, tok, output, labels, num, names, prefix_frames, inputs, cfg_scale,
                               temperature, top_k, top_p, steps, use_cache, seed, min(ncol, 8), fps, device)
-    if cfg.model.kind == "maskgit":
-        extra: dict[str, Any] = {"steps": min(steps or 8, cfg.model.num_tokens)}
-    else:
-        extra = {"use_cache": use_cache}
+    maskgit = cfg.model.kind == "maskgit"
+    extra = {"steps": min(steps or 8, cfg.model.num_tokens)} if maskgit else {"use_cache": use_cache}
     start = time.perf_counter()
-    tokens = model.generate(num=num, labels=None if labels is None else labels.to(device), top_k=top_k,
-                            top_p=top_p, temperature=temperature, cfg_scale=cfg_scale, generator=g, **extra)
+    tokens = model.generate(num=num, labels=on_device, top_k=top_k, top_p=top_p, temperature=temperature,
+                            cfg_scale=cfg_scale, generator=g, **extra)
     seconds = time.perf_counter() - start
-    out = Path(output)
     _save_samples(out, decode_tokens(tok, tokens), ncol, labels, "tokens", tokens)
     result: dict[str, Any] = {"output": str(out), "num": num, "kind": cfg.model.kind,
                               "sample_seconds": round(seconds, 3)}
     if cfg.data.tokens is not None:
         from vqgan.viz.plots import save_code_histogram
 
-        try:
+        with contextlib.suppress(TokenFolderError):  # the token folder is gone: no comparison
             hist = TokenDataset(resolve_token_folders(cfg.data.tokens)[0]).code_histogram()
             result.update({k: round(float(v), 4) for k, v in sample_code_metrics(tokens, hist).items()})
             save_code_histogram(tokens, hist, out / "codes.png")
-        except TokenFolderError:
-            pass
     return result
-
-
-def _generate_flow_images(
-    model, cfg, meta: dict[str, Any], tok_path: str | Path, out: Path, num: int, labels: torch.Tensor | None,
-    cfg_scale: float, steps: int | None, sampler: str | None, snap: bool | None, g: torch.Generator,
-    ncol: int, device: str,
-) -> dict[str, Any]:
-    """:func:`generate_images` for a flow prior: sampled latents -> (unprojected) -> (snapped) -> decoded."""
-    from vqgan.models.prior.latent_space import load_latent_decoder, sample_latent_images
-    from vqgan.viz.samples import save_image_grid
-
-    tok, projection = load_latent_decoder(tok_path, meta.get("projection"), device)
-    snap = cfg.model.snap_to_codes if snap is None else snap
-    columns = min(6, (steps or cfg.model.sample_steps) + 1)
-    res = sample_latent_images(model, tok, num=num, labels=None if labels is None else labels.to(device),
-                               projection=projection, snap=snap, steps=steps, sampler=sampler,
-                               cfg_scale=cfg_scale, generator=g, trajectory_columns=columns)
-    _save_samples(out, res.images, ncol, labels, "latents", res.latents)
-    save_image_grid(res.trajectory[: min(4, num) * columns], out / "trajectory.png", ncol=columns)
-    return {"output": str(out), "num": num, "kind": "flow", "sample_seconds": round(res.seconds, 3),
-            "steps": steps or cfg.model.sample_steps, "sampler": sampler or cfg.model.sampler, "snap": snap}

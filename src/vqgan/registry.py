@@ -1,10 +1,6 @@
-"""One registry for every "name -> thing" table (timm's ``register_model``), and the stage-1 presets.
-
-:class:`Registry` holds the stage-1 presets (:data:`PRESETS`), the prior presets, the quantizer kinds, the
-data kinds and the ``vqgan`` sub-commands. A preset is a function returning a full experiment config, with a
-tiny ``test-*`` preset per architecture. Python, not YAML, is the one source of truth (presets share parts;
-the installed package has no ``configs/``): the files in ``configs/`` are generated (:data:`CONFIG_FILES`).
-"""
+"""One :class:`Registry` for every "name -> thing" table (timm's ``register_model``), and the stage-1 presets:
+functions returning a full experiment config, a tiny ``test-*`` one per architecture. Python, not YAML, is the
+one source of truth: the files in ``configs/`` are generated (:data:`CONFIG_FILES`)."""
 
 from __future__ import annotations
 
@@ -63,8 +59,7 @@ class Registry(Generic[T]):
         if name not in self._entries:
             close = difflib.get_close_matches(str(name), list(self._entries), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            choices = ", ".join(self.names())
-            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {choices}")
+            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {', '.join(self)}")
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:
@@ -86,11 +81,9 @@ class Registry(Generic[T]):
 
 
 PRESETS: Registry[Callable[[], ExperimentConfig]] = Registry("preset")
-
-
-def register_preset(name: str, description: str = "") -> Callable:
-    """Decorator registering ``fn() -> ExperimentConfig`` as ``name``; its docstring heads its YAML file."""
-    return PRESETS.register(name, description)
+#: ``@register_preset(name, help)`` registers ``fn() -> ExperimentConfig``; its docstring heads its YAML file.
+register_preset = PRESETS.register
+list_presets = PRESETS.names
 
 
 def preset_config(presets: Registry[Callable[[], T]], name: str) -> T:
@@ -103,10 +96,6 @@ def preset_config(presets: Registry[Callable[[], T]], name: str) -> T:
 def get_preset(name: str) -> ExperimentConfig:
     """A fresh copy of the preset's :class:`ExperimentConfig`, named after the preset."""
     return preset_config(PRESETS, name)
-
-
-def list_presets(prefix: str = "") -> list[str]:
-    return PRESETS.names(prefix)
 
 
 def create_model(name: str, **model_overrides):
@@ -136,9 +125,9 @@ def preset_yaml(name: str, stage: str = "stage1") -> str:
     """A preset's YAML text: its docstring as ``#`` comments, then every value (what ``configs/`` holds)."""
     import yaml
 
-    registry = PRESETS
-    if stage == "prior":
-        from vqgan.models.prior.config import PRIOR_PRESETS as registry
+    from vqgan.models.prior.config import PRIOR_PRESETS
+
+    registry = PRIOR_PRESETS if stage == "prior" else PRESETS
     lines = inspect.cleandoc(registry[name].__doc__ or registry.describe()[name]).splitlines() + [
         f"Generated from the preset {name!r} by `vqgan presets --write-configs configs/`: change the "
         "preset in",

@@ -1,6 +1,5 @@
-"""Clips from a prior over a video tokenizer's ``(t, h, w)`` token grids, with torch only: class-conditional
-samples as MP4 and GIF grids labelled by class, and frame prediction (the codes of the first frames of given
-clips fixed, the rest generated) scored against the true continuation. Used by ``vqgan sample``."""
+"""Clips from a prior over a video tokenizer's ``(t, h, w)`` token grids, with torch only (``vqgan sample``):
+class-conditional MP4 and GIF grids, and frame prediction scored against the true continuation."""
 
 from __future__ import annotations
 
@@ -73,8 +72,7 @@ def encode_clips(tokenizer: torch.nn.Module, clips: torch.Tensor) -> torch.Tenso
     """Token grids ``(N, t, h, w)`` of clips ``(N, C, T, H, W)`` (frame by frame for an image tokenizer)."""
     from vqgan.data.tokens import _encode
 
-    device = next(tokenizer.parameters()).device
-    return _encode(tokenizer, clips.to(device)).indices.cpu()
+    return _encode(tokenizer, clips.to(next(tokenizer.parameters()).device)).indices.cpu()
 
 
 @torch.no_grad()
@@ -85,15 +83,16 @@ def generate_clips(
     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, steps: int = 8,
     use_cache: bool = True, seed: int = 0, ncol: int = 4, fps: float = 4.0, device: str = "cpu",
 ) -> dict[str, Any]:
-    """Sample clips from a clip prior and decode them with its tokenizer.
+    """Sample clips from a clip prior and decode them with its tokenizer: ``OUTPUT/tokens.safetensors`` (token
+    grids and labels), ``OUTPUT/clips.safetensors`` (decoded clips) and
 
-    Without ``prefix_frames``: ``num`` clips (classes from ``labels``), written as ``OUTPUT/grid.{mp4,gif}``
-    and ``grid_frames.png`` with class captions. With ``prefix_frames = k`` and ``inputs`` (a video file or
-    folder, or clips ``(N, C, T, H, W)`` in [-1, 1] at the tokenizer's resolution): frame prediction; every
-    input clip (cut to the prior's length) is encoded, the codes of its first ``k`` frames kept and the rest
-    generated. Written: ``prediction.{mp4,gif}`` (rows of truth | prediction) and the scores of
-    :func:`~vqgan.metrics.video.frame_prediction_scores`. ``OUTPUT/tokens.safetensors`` holds the token grids
-    and labels; ``OUTPUT/clips.safetensors`` the decoded clips.
+    - without ``prefix_frames``: ``num`` clips (classes from ``labels``) as ``grid.{mp4,gif}`` and
+      ``grid_frames.png`` with class captions;
+    - with ``prefix_frames = k`` and ``inputs`` (a video file or folder, or clips ``(N, C, T, H, W)`` in
+      [-1, 1]): frame prediction, every input clip cut to the prior's length, the codes of its first ``k``
+      frames kept and the rest generated;
+      ``prediction.{mp4,gif}`` (rows of truth | prediction) and the scores of
+      :func:`~vqgan.metrics.video.frame_prediction_scores`.
     """
     from safetensors.torch import save_file
 

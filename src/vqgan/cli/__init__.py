@@ -1,10 +1,8 @@
 """The ``vqgan`` command: a table of sub-commands, each a typed, documented function (as litgpt's ``__main__``).
 
 jsonargparse builds each command's options from its function's signature and ``Args:`` docs, so ``--help`` and the
-Python API cannot drift: ``run_dir`` becomes ``--run-dir``, a run-config parameter becomes ``--preset``, ``--config``
-and one dotted option per field (:func:`vqgan.config.add_run_config_arguments`). Only what the command line gave is
-passed on; a parse error is one line and exits 2, an error raised by the command is one line and returns 2
-(configuration, missing file) or 1 (damaged checkpoint, non-finite run).
+Python API cannot drift. A parse error is one line and exits 2; an error raised by the command is one line and
+returns 2 (configuration, missing file) or 1 (damaged checkpoint, non-finite run).
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import logging
 import sys
 import typing
@@ -19,7 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vqgan.registry import Registry
+import yaml
+from jsonargparse import ArgumentParser
+
+from vqgan.config import ConfigError, add_run_config_arguments, run_config_from_namespace, to_dict
+from vqgan.config_checks import describe_parse_error
+from vqgan.registry import Registry, UnknownNameError
 
 
 @dataclass
@@ -28,10 +32,6 @@ class Command:
 
     fn: Callable[..., int | None]
     presets: Registry | None = None
-
-    @property
-    def help(self) -> str:
-        return inspect.cleandoc(self.fn.__doc__ or "").split("\n")[0]
 
 
 COMMANDS: Registry[Command] = Registry("command")
@@ -47,20 +47,20 @@ SHARED_HELP = {
     "progress": "show a progress bar (on stderr)",
 }
 
+
 def command(name: str, presets: Registry | None = None) -> Callable:
     """Register ``fn`` as the sub-command ``name``; ``presets`` seed its run config (``--preset``)."""
 
     def wrap(fn: Callable[..., int | None]) -> Callable[..., int | None]:
-        COMMANDS.register(name)(Command(fn, presets))
+        COMMANDS.register(name, (fn.__doc__ or "").strip().split("\n")[0])(Command(fn, presets))
         return fn
 
     return wrap
 
 
 def report_skipped(name: str, skipped: int, total: int) -> int:
-    """The exit status of a command that reads user files and skips the unreadable ones (each already logged as a
-    warning naming the file): 0 when none was skipped; else a summary line on stderr and 1, so that scripts notice,
-    although every readable file was processed and written."""
+    """The exit status of a command that skips unreadable user files (each logged as a warning): 0 when none
+    was skipped; else a summary line on stderr and 1, so that scripts notice (the rest was written)."""
     if not skipped:
         return 0
     print(f"vqgan {name}: skipped {skipped} of {total} input file(s) that could not be read (see the warnings "
@@ -68,11 +68,17 @@ def report_skipped(name: str, skipped: int, total: int) -> int:
     return 1
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    import torch
+def run_training(train: Callable[[], dict[str, Any]], config: Any, max_steps: int | None, keys: tuple) -> int:
+    """Run ``train()`` (``fit``, ``fit-prior``); rank zero prints the ``keys`` of its metrics as JSON.
+    ``max_steps`` sets ``train.max_steps`` and clears ``train.max_epochs``."""
+    from vqgan.train.harness import is_rank_zero
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if max_steps is not None:
+        config.train.max_steps, config.train.max_epochs = max_steps, None
+    metrics = train()
+    if is_rank_zero():  # under DDP every rank returns here; one summary
+        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+    return 0
 
 
 def _run_config_class(fn: Callable) -> type | None:
@@ -82,10 +88,6 @@ def _run_config_class(fn: Callable) -> type | None:
 
 def command_parser(name: str, prog: str | None = None):
     """The jsonargparse parser of sub-command ``name``, built from its function's signature and docstring."""
-    from jsonargparse import ArgumentParser
-
-    from vqgan.config import add_run_config_arguments
-
     cmd = COMMANDS[name]
     doc = inspect.cleandoc(cmd.fn.__doc__ or "").split("\n\nArgs:")[0]
     # jsonargparse's own --print_config would print only what was given: add_run_config_arguments has ours.
@@ -108,29 +110,20 @@ def command_parser(name: str, prog: str | None = None):
 
 def build_parser():
     """The ``vqgan`` parser: one sub-command per registered function (as litgpt's ``__main__``)."""
-    from jsonargparse import ArgumentParser
-
     parser = ArgumentParser(
         prog="vqgan", exit_on_error=False, allow_abbrev=False,
         description="Train, evaluate, inspect and use vector-quantized image and video tokenizers and their priors.",
     )
     sub = parser.add_subcommands(dest="command", required=True)
-    for name in COMMANDS.names():
-        sub.add_subcommand(name, command_parser(name), help=COMMANDS[name].help)
+    for name, summary in COMMANDS.describe().items():
+        sub.add_subcommand(name, command_parser(name), help=summary)
     return parser
 
 
 class _StderrHandler(logging.StreamHandler):
-    """A handler that writes to ``sys.stderr`` as it is when a record is emitted (not when the handler was made),
-    so that redirecting stderr (tests, notebooks) never leaves it writing to a closed stream."""
+    """Writes to ``sys.stderr`` as it is at each record: tests and notebooks replace (and close) it."""
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
 
 
 def _log_to_stderr() -> None:
@@ -145,28 +138,24 @@ def _log_to_stderr() -> None:
 
 def _kwargs(cmd: Command, ns: Any) -> dict[str, Any]:
     """The function's keyword arguments from the parsed namespace (only what was given)."""
-    from vqgan.config import run_config_from_namespace
-
-    values = ns.as_dict() if hasattr(ns, "as_dict") else dict(vars(ns))
     params = inspect.signature(cmd.fn).parameters
     config_cls = _run_config_class(cmd.fn)
-    kwargs = {k: v for k, v in values.items() if k in params and not (k == "config" and config_cls)}
+    kwargs = {k: v for k, v in ns.as_dict().items() if k in params}
     if config_cls is not None:
         kwargs["config"] = run_config_from_namespace(config_cls, ns)
-    if "device" in params:
-        kwargs["device"] = resolve_device(kwargs.get("device", params["device"].default))
+    if "device" in params and kwargs.get("device", params["device"].default) == "auto":
+        import torch
+
+        kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return kwargs
 
 
 def parse_command(argv: list[str]) -> tuple[str, Any]:
     """Parse ``vqgan ARGV`` without running anything: the sub-command's name and the options given. A mistake is
     one line on stderr and exit code 2; ``--help`` prints and exits 0."""
-    from vqgan.registry import UnknownNameError
-
     if not argv or argv[0].startswith("-"):  # `vqgan --help`, or no command at all
         _parse(build_parser(), argv, "vqgan", {})
-    # The sub-command is the first word, as for jsonargparse's own sub-commands; picking it here builds only its
-    # parser (all of them take a second) and lets its mistakes be explained against its own options.
+    # Picking the sub-command (the first word) here builds only its parser (all of them take a second).
     try:
         cmd = COMMANDS[argv[0]]
     except UnknownNameError as e:
@@ -181,15 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     name, ns = parse_command(argv)
     cmd = COMMANDS[name]
-    from vqgan.config import ConfigError
-
     try:
         kwargs = _kwargs(cmd, ns)
         if ns.get("print_config"):
-            import yaml
-
-            from vqgan.config import to_dict
-
             print(yaml.safe_dump(to_dict(kwargs["config"]), sort_keys=False), end="")
             return 0
         rc = cmd.fn(**kwargs)
@@ -218,8 +201,6 @@ def _option_types(fn: Callable) -> dict[str, Any]:
 
 def _parse(parser, argv: list[str], prog: str, option_types: dict[str, Any]):
     """Parse what was given (no defaults); a mistake is one line on stderr and exit code 2."""
-    from vqgan.config_checks import describe_parse_error
-
     try:
         return parser.parse_args(argv, defaults=False)
     except argparse.ArgumentError as e:
@@ -228,7 +209,7 @@ def _parse(parser, argv: list[str], prog: str, option_types: dict[str, Any]):
 
 
 # The sub-commands, imported for their registrations (they import `command` from here, hence at the end).
-from vqgan.cli import evaluate, interop, pipeline, prior, stage1, video  # noqa: E402, F401
+from vqgan.cli import evaluate, interop, prior, stage1  # noqa: E402, F401
 
 if __name__ == "__main__":
     raise SystemExit(main())

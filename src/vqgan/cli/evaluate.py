@@ -14,14 +14,11 @@ from vqgan.config import DataConfig
 
 def _eval_loader(model, data, batch_size: int | None, max_images: int | None, whole_split: bool = False,
                  batch_idx: int = 0, checkpoint_data: DataConfig | None = None):
-    """The validation loader of ``--data`` (fixed order, no augmentation; see :func:`eval_data`), optionally
-    truncated; and its config. ``whole_split`` lifts ``data.val_size`` (which caps validation during training) to
-    take every image. ``batch_idx`` (seed 000's ``--batch_idx``) takes the ``batch_idx``-th group of ``max_images``
-    items instead of the first; with chunked video data (``data.videos_per_chunk``) a group is one chunk: the items
-    of ``videos_per_chunk`` validation videos (at most ``max_images`` of them)."""
+    """The validation loader of ``--data`` (fixed order, no augmentation; :func:`eval_data`) and its config.
+    ``whole_split`` lifts ``data.val_size``; ``batch_idx`` (seed 000's ``--batch_idx``) takes group
+    ``batch_idx`` of ``max_images`` items instead of the first (:func:`_batch_range`)."""
     from torch.utils.data import DataLoader, Subset
 
-    from vqgan.config import ExperimentConfig
     from vqgan.data import build_datasets, collate_skip
 
     data = eval_data(data, checkpoint_data, model.config)
@@ -29,8 +26,7 @@ def _eval_loader(model, data, batch_size: int | None, max_images: int | None, wh
         data.val_batch_size = batch_size
     if whole_split:
         data.val_size = 2**31 - 1
-    cfg = ExperimentConfig(model=model.config, data=data)
-    _, val = build_datasets(cfg.data, cfg.train.seed)
+    _, val = build_datasets(data)
     if batch_idx:
         val = Subset(val, _batch_range(data, len(val), batch_idx, max_images))
     elif max_images is not None and max_images < len(val):
@@ -41,7 +37,8 @@ def _eval_loader(model, data, batch_size: int | None, max_images: int | None, wh
 
 
 def _batch_range(data, n: int, batch_idx: int, max_images: int | None) -> range:
-    """Positions of group ``batch_idx`` of an evaluation set of ``n`` items (see :func:`_eval_loader`)."""
+    """Positions of group ``batch_idx`` of an evaluation set of ``n`` items; with chunked video data
+    (``data.videos_per_chunk``) a group is one chunk of videos (at most ``max_images`` of their items)."""
     from vqgan.data import pieces_per_clip
 
     size = max_images or n
@@ -62,11 +59,10 @@ _ROWS = {"psnr": ("PSNR (dB)", "{:.3f}"), "ssim": ("SSIM", "{:.4f}"), "lpips": (
 
 def _print_table(result) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     m, p = result.metrics, result.protocol
-    table = Table("metric", "value")
-    table.columns[1].justify = "right"
+    table = Table("metric", Column("value", justify="right"))
     for key, (label, fmt) in _ROWS.items():
         if key in m:
             table.add_row(label, fmt.format(m[key]))
@@ -103,26 +99,20 @@ def evaluate(
         json_: print the result as JSON instead of a table.
     """
     from vqgan.metrics.evaluate import METRIC_NAMES, evaluate_tokenizer
+    from vqgan.metrics.fid import ReconstructionFID
+    from vqgan.metrics.lpips import LPIPSMetric
     from vqgan.models.io import load_model
 
-    wanted = [m.strip().lower() for m in metrics.split(",") if m.strip()] if metrics else None
-    if wanted is not None:
-        unknown = sorted(set(wanted) - set(METRIC_NAMES) - {"rfid", "codebook"})
+    if metrics:
+        wanted = {m.strip().lower() for m in metrics.split(",") if m.strip()}
+        unknown = sorted(wanted - set(METRIC_NAMES) - {"rfid", "codebook"})
         if unknown:
             raise ValueError(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}")
-        wanted = ["fid" if m == "rfid" else m for m in wanted]
-    want_lpips = "lpips" in wanted if wanted is not None else lpips_weights is not None
-    want_fid = "fid" in wanted if wanted is not None else fid_weights is not None
+    else:  # lpips and fid when their weight files are given
+        wanted = {m for m, weights in (("lpips", lpips_weights), ("fid", fid_weights)) if weights is not None}
     # Weight files first: a missing file must cost a second, not an evaluation.
-    lpips = fid = None
-    if want_lpips:
-        from vqgan.metrics.lpips import LPIPSMetric
-
-        lpips = LPIPSMetric(lpips_net, lpips_weights)
-    if want_fid:
-        from vqgan.metrics.fid import ReconstructionFID
-
-        fid = ReconstructionFID(fid_weights, fid_feature)
+    lpips = LPIPSMetric(lpips_net, lpips_weights) if "lpips" in wanted else None
+    fid = ReconstructionFID(fid_weights, fid_feature) if wanted & {"fid", "rfid"} else None
     model, exp = load_model(ckpt)
     loader, data_cfg = _eval_loader(model, data, batch_size, max_images, whole_split,
                                     checkpoint_data=exp.data if exp else None)
@@ -134,19 +124,11 @@ def evaluate(
         (Path(output) / "evaluation.json").write_text(text)
     if json_:
         print(text)
-    else:
-        _print_table(result)
-        if output:
-            print(f"written {Path(output) / 'evaluation.json'}")
+        return 0
+    _print_table(result)
+    if output:
+        print(f"written {Path(output) / 'evaluation.json'}")
     return 0
-
-
-def _infer_run_dir(ckpt: str) -> Path | None:
-    """RUN_DIR for RUN_DIR/checkpoints/NAME.ckpt when RUN_DIR has a config.yaml."""
-    p = Path(ckpt).resolve()
-    if p.parent.name == "checkpoints" and (p.parent.parent / "config.yaml").is_file():
-        return p.parent.parent
-    return None
 
 
 def run_visualize(ckpt: str, output: str | Path, run_dir: str | Path | None, data: DataConfig | str | None = None,
@@ -198,7 +180,9 @@ def visualize(
         tsne_points: encoder outputs shown by t-SNE (seeded subsample).
         report: also write OUTPUT/report.html.
     """
-    inferred = run_dir or _infer_run_dir(ckpt)
+    folder = Path(ckpt).resolve().parent  # RUN_DIR/checkpoints/NAME.ckpt, when RUN_DIR has a config.yaml
+    is_run = folder.name == "checkpoints" and (folder.parent / "config.yaml").is_file()
+    inferred = run_dir or (folder.parent if is_run else None)
     if run_dir is None and inferred is not None:
         print(f"run folder: {inferred}")
     written = run_visualize(ckpt, output, inferred, data, num_images, device, tsne_points, report, batch_idx)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Literal
 
 from vqgan.cli import command
-from vqgan.cli.stage1 import eval_data
+from vqgan.cli.stage1 import eval_loaders
 from vqgan.config import DataConfig
 
 
@@ -35,10 +36,7 @@ def convert(
 
     model = load_pretrained(input, source=from_, config=config, allow_stand_ins=allow_stand_ins,
                             l2_normalize=l2_normalize, use_ema=use_ema)
-    if to == "diffusers":
-        save_diffusers(model, output)
-    else:
-        save_pretrained(model, output)
+    (save_diffusers if to == "diffusers" else save_pretrained)(model, output)
     n_params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"output": output, "format": to, "parameters": n_params, "config": to_dict(model.config)}))
     return 0
@@ -64,21 +62,10 @@ def export(
     from vqgan.interop.export import export_onnx, export_torchscript
 
     model = load_pretrained(ckpt, allow_stand_ins=allow_stand_ins)
-    if format == "onnx":
-        written = export_onnx(model, output, resolution, exporter=onnx_exporter, opset=opset)
-    else:
-        written = export_torchscript(model, output, resolution)
+    written = (export_onnx(model, output, resolution, exporter=onnx_exporter, opset=opset) if format == "onnx"
+               else export_torchscript(model, output, resolution))
     print(json.dumps({k: str(v) for k, v in written.items()}))
     return 0
-
-
-def _loaders(model, data: DataConfig | str | None, seed: int):
-    from vqgan.config import ExperimentConfig
-    from vqgan.train.fit import build_loaders
-
-    cfg = ExperimentConfig(model=model.config, data=eval_data(data, None, model.config))
-    cfg.train.seed = seed
-    return build_loaders(cfg)
 
 
 @command("fit-projection")
@@ -113,7 +100,7 @@ def fit_projection(
 
     torch.manual_seed(seed)
     model = load_pretrained(ckpt)
-    train_loader, val_loader = _loaders(model, data, seed)
+    train_loader, val_loader = eval_loaders(model, data, seed=seed)
     held_out = _images(next(iter(val_loader)))
     result = fit(model, train_loader, channels, steps, lr, kernel_size, source, latent_weight, train_decoder, device,
                  seed, eval_images=held_out, train_encoder=train_encoder)
@@ -139,8 +126,6 @@ def project_latents(
         data: images to encode: a folder of images, a YAML file of data options, or --data.KEY options (default: the
             built-in photos at the tokenizer's resolution).
     """
-    from pathlib import Path
-
     import torch
     from safetensors.torch import save_file
 
@@ -151,14 +136,13 @@ def project_latents(
     # A projection fitted jointly with the tokenizer saved that tokenizer beside it: encode with it.
     joint = Path(projection) / "decoder"
     model = load_pretrained(str(joint) if joint.is_dir() else ckpt).to(device)
-    train_loader, val_loader = _loaders(model, data, 0)
-    chunks, n = [], 0
+    train_loader, val_loader = eval_loaders(model, data)
+    chunks = []
     with torch.no_grad():
         for batch in train_loader if split == "train" else val_loader:
             p = proj.project(source_latents(model, _images(batch).to(device), proj.config.source))
             chunks.append((proj.normalize(p) if normalize else p).cpu())
-            n += p.shape[0]
-            if max_items is not None and n >= max_items:
+            if max_items is not None and sum(map(len, chunks)) >= max_items:
                 break
     latents = torch.cat(chunks)[:max_items]
     out = Path(output)

@@ -1,5 +1,5 @@
-"""Stage-2 commands: ``encode`` (dataset -> token or latent shards), ``fit-prior`` (train a GPT or MaskGIT prior
-on the tokens, or a flow prior on the latents) and ``sample`` (generate and decode images)."""
+"""Stage-2 commands: ``encode`` (dataset -> token or latent shards), ``fit-prior`` (a GPT or MaskGIT prior on
+the tokens, or a flow prior on the latents), ``sample`` (decoded images) and ``pipeline`` (both stages)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from vqgan.cli import command, report_skipped
+from vqgan.cli import command, report_skipped, run_training
 from vqgan.cli.stage1 import eval_data
-from vqgan.config import DataConfig
+from vqgan.config import DataConfig, ExperimentConfig
 from vqgan.models.prior.config import PRIOR_PRESETS, PriorExperimentConfig
+from vqgan.registry import PRESETS
 
 
 @command("encode")
@@ -68,16 +69,12 @@ def fit_prior(
         resume: 'last' (the newest good checkpoint of the run) or a checkpoint path.
         tokenizer: stage-1 checkpoint to decode validation samples (default: the one recorded in the token folder).
     """
-    from vqgan.train.harness import is_rank_zero
     from vqgan.train.prior import fit_prior as train_prior
 
-    if max_steps is not None:  # "train N steps", also for a config that counts epochs
-        config.train.max_steps, config.train.max_epochs = max_steps, None
-    metrics = train_prior(config, tokens, run_dir, resume=resume, tokenizer=tokenizer, run_name=run_name)
-    if is_rank_zero():  # under DDP every rank returns here; one summary
-        keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps", "train_seconds")
-        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
-    return 0
+    keys = ("loss", "perplexity", "accuracy", "sample_code_usage", "sample_code_tv_distance", "steps",
+            "train_seconds")
+    return run_training(lambda: train_prior(config, tokens, run_dir, resume=resume, tokenizer=tokenizer,
+                                            run_name=run_name), config, max_steps, keys)
 
 
 @command("sample")
@@ -116,4 +113,33 @@ def sample(
         sampler=sampler, snap=snap, prefix_frames=prefix_frames, inputs=input, fps=fps,
     )
     print(json.dumps(result))
+    return 0
+
+
+@command("pipeline", presets=PRESETS)
+def pipeline(
+    config: ExperimentConfig, run_dir: str, prior: PriorExperimentConfig | None = None,
+    prior_config: str | None = None, prior_preset: str = "quickstart-gpt", num_samples: int = 16,
+    ncol: int = 8, device: str = "auto",
+) -> int:
+    """Run both stages from one config: train the tokenizer, encode its training set, train a prior, write a sample grid (seed 002's `make ffhq`).
+
+    Args:
+        run_dir: run folder: RUN/tokenizer, RUN/tokens, RUN/prior, RUN/samples (a finished stage is skipped).
+        prior: the prior's options, prefixed (--prior.train.max_steps 500); they override --prior-config.
+        prior_config: YAML file of the prior (e.g. configs/prior_gpt.yaml), read over --prior-preset.
+        prior_preset: the prior preset the prior starts from.
+        num_samples: images in the sample grid.
+        ncol: images per row of the grid.
+        device: encoding and sampling device: cpu, cuda, cuda:N, or auto.
+    """
+    from vqgan.config import replace_keys
+    from vqgan.models.prior.config import load_prior_config
+    from vqgan.train.pipeline import run_pipeline
+
+    # The prior: its preset, then its file, then the --prior.* options (refused before any training).
+    prior_cfg = replace_keys(load_prior_config(prior_config, preset=prior_preset), prior or {})
+    r = run_pipeline(config, prior_cfg, run_dir, num_samples=num_samples, ncol=ncol, device=device)
+    print(json.dumps({"tokenizer": r.tokenizer, "tokens": r.tokens, "prior": r.prior, "grid": r.grid,
+                      "psnr": r.tokenizer_metrics.get("psnr"), "prior_loss": r.prior_metrics.get("loss")}))
     return 0

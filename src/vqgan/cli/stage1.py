@@ -1,16 +1,19 @@
-"""Stage-1 commands: ``fit``, ``validate``, ``reconstruct``, ``presets``; and :func:`eval_data`, the ``--data`` of
-every command that reads a tokenizer's data."""
+"""Stage-1 commands: ``fit``, ``validate``, ``reconstruct``, ``reconstruct-video``, ``presets``; and
+:func:`eval_data`, the ``--data`` of every command that reads a tokenizer's data."""
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vqgan.cli import command, report_skipped
+from vqgan.cli import command, report_skipped, run_training
 from vqgan.config import DataConfig, ExperimentConfig
 from vqgan.registry import PRESETS
+
+log = logging.getLogger("vqgan.cli")
 
 
 @command("fit", presets=PRESETS)
@@ -28,31 +31,19 @@ def fit(
         debug: a handful of steps, 2 validation batches, no online logging.
     """
     from vqgan.train import fit as train
-    from vqgan.train.harness import is_rank_zero
 
-    if max_steps is not None:  # "train N steps", also for a config that counts epochs
-        config.train.max_steps, config.train.max_epochs = max_steps, None
-    if debug:
-        config.train.debug = True
-    metrics = train(config, run_dir, resume=resume, run_name=run_name)
-    if is_rank_zero():  # under DDP every rank returns here; one summary
-        keys = ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds")
-        print(json.dumps({k: metrics[k] for k in keys}))
-    return 0
+    config.train.debug = config.train.debug or debug
+    return run_training(lambda: train(config, run_dir, resume=resume, run_name=run_name), config, max_steps,
+                        ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "train_seconds"))
 
 
-def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: DataConfig | None, model_config) -> DataConfig:
-    """The data a command reads with a tokenizer, from its ``--data``.
-
-    Args:
-        data: ``None``: the checkpoint's data (a pretrained folder has none: the built-in photos at the model's
-            resolution); a folder: every image in it, centre-cropped to the model's resolution; a YAML file or a
-            mapping of ``DataConfig`` keys: those keys over the checkpoint's data; a :class:`DataConfig`: itself.
-        checkpoint_data: the data config saved in the checkpoint, if any.
-        model_config: the tokenizer's :class:`~vqgan.config.ModelConfig`.
-    """
-    import dataclasses
-
+def eval_data(
+    data: DataConfig | dict[str, Any] | str | None, checkpoint_data: DataConfig | None, model_config
+) -> DataConfig:
+    """The data a command reads with a tokenizer (``model_config``), from its ``--data``: ``None``, the
+    ``checkpoint_data`` (a pretrained folder has none: the built-in photos at the model's resolution); a
+    folder, every image in it, centre-cropped to the model's resolution; a YAML file or a mapping of
+    ``DataConfig`` keys, those keys over the checkpoint's data; a :class:`DataConfig`, itself."""
     import yaml
 
     from vqgan.config import ConfigError, replace_keys
@@ -65,7 +56,7 @@ def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: D
     if isinstance(data, str):
         path = Path(data)
         if path.is_dir():
-            return dataclasses.replace(
+            return replace(
                 base, kind="folder", root=str(path), val_root=str(path), crop="center", flip=False, resize=None,
                 resolution=model_config.resolution, channels=model_config.in_channels, val_size=2**31 - 1,
             )
@@ -77,18 +68,25 @@ def eval_data(data: DataConfig | dict[str, Any] | str | None, checkpoint_data: D
     return replace_keys(base, data.as_dict() if hasattr(data, "as_dict") else dict(data))
 
 
+def eval_loaders(model, data: DataConfig | str | None, checkpoint_data: DataConfig | None = None,
+                 seed: int = 0) -> tuple:
+    """The training and validation loaders of :func:`eval_data` for the tokenizer ``model``."""
+    from vqgan.train.fit import build_loaders
+
+    cfg = ExperimentConfig(model=model.config, data=eval_data(data, checkpoint_data, model.config))
+    cfg.train.seed = seed
+    return build_loaders(cfg)
+
+
 @command("validate")
 def validate(ckpt: str, data: DataConfig | str | None = None, device: str = "auto") -> int:
     """Print PSNR, SSIM, codebook usage and perplexity of a checkpoint as one JSON object."""
     from vqgan.metrics.evaluate import reconstruction_metrics
     from vqgan.models.io import load_model
-    from vqgan.train.fit import build_loaders
 
     model, exp = load_model(ckpt)
-    cfg = ExperimentConfig(model=model.config, data=eval_data(data, exp.data if exp else None, model.config))
-    _, val_loader = build_loaders(cfg)
-    json.dump(reconstruction_metrics(model, val_loader, device), sys.stdout)
-    print()
+    _, val_loader = eval_loaders(model, data, exp.data if exp else None)
+    print(json.dumps(reconstruction_metrics(model, val_loader, device)))
     return 0
 
 
@@ -122,6 +120,43 @@ def reconstruct(
     for r in out.records:
         print(f"{r['file']}: PSNR {r['psnr']:.2f} dB")
     return report_skipped("reconstruct", len(out.skipped), len(out.records) + len(out.skipped))
+
+
+@command("reconstruct-video")
+def reconstruct_video(
+    ckpt: str, input: str, output: str, resolution: int | None = None, max_frames: int = 33,
+    frame_stride: int = 1, formats: list[str] | None = None, device: str = "auto",
+) -> int:
+    """Reconstruct a video file (or every video under a folder): MP4/GIF side by side, frames, temporal figure.
+
+    Args:
+        input: a video file or a folder of videos.
+        resolution: resize and centre-crop side (default: the model's).
+        max_frames: frames to reconstruct from the start of each video.
+        frame_stride: keep every N-th frame.
+        formats: video formats to write: mp4, gif, avi (default: mp4 and gif).
+    """
+    from vqgan.data.video import VideoDecodeError, list_videos
+    from vqgan.models.io import load_model
+    from vqgan.viz.video import reconstruct_video_file
+
+    model, _ = load_model(ckpt)
+    src = Path(input)
+    files = [src] if src.is_file() else [r.path for r in list_videos(src)]
+    skipped = 0
+    for f in files:
+        try:
+            r = reconstruct_video_file(model, f, output, resolution, max_frames, frame_stride, device,
+                                       tuple(formats or ("mp4", "gif")))
+        except VideoDecodeError as e:
+            if src.is_file():  # the one file asked for: a one-line error
+                raise ValueError(f"cannot read video {e}") from None
+            # A broken video in a folder is skipped and counted, as training does; the others are written.
+            skipped += 1
+            log.warning("skipping unreadable video %s", e)
+            continue
+        print(json.dumps({k: r[k] for k in ("file", "frames", "psnr", "flicker", "files")}))
+    return report_skipped("reconstruct-video", skipped, len(files))
 
 
 @command("presets")
