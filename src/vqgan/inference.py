@@ -34,13 +34,41 @@ class Reconstructions:
 
 
 @torch.no_grad()
+def reconstruct_tiled(model: torch.nn.Module, x: torch.Tensor, tile: int, batch_size: int = 64) -> torch.Tensor:
+    """Reconstruct images ``x`` ``(B, C, H, W)`` as overlapping ``tile`` x ``tile`` windows (stride ``tile / 2``),
+    blended with a tent weight that peaks at each window's centre.
+
+    A tokenizer trained on small crops normalises (GroupNorm) and attends over a crop; over a whole photo those
+    statistics change and the colours drift (the quick-start turns a green tree red), while windows of the training
+    size stay in distribution. diffusers' VAE tiling blends overlapping tiles for the same reason.
+    """
+    import torch.nn.functional as F
+
+    (b, c, h, w), stride = x.shape, max(1, tile // 2)
+    ph, pw = (max(0, -(-(n - tile) // stride)) * stride + tile - n for n in (h, w))
+    xp = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    cols = F.unfold(xp, tile, stride=stride)  # (B, C * tile * tile, L)
+    patches = cols.transpose(1, 2).reshape(-1, c, tile, tile)
+    rec = torch.cat([model(patches[i : i + batch_size]).reconstruction
+                     for i in range(0, patches.shape[0], batch_size)])
+    ramp = torch.arange(tile, device=x.device, dtype=x.dtype) + 0.5
+    ramp = torch.minimum(ramp, tile - ramp)
+    weight = (ramp[:, None] * ramp[None, :]).flatten().repeat(c)[None, :, None]  # (1, C * tile * tile, 1)
+    cols = rec.reshape(b, -1, c * tile * tile).transpose(1, 2) * weight
+    size = (h + ph, w + pw)
+    out = F.fold(cols, size, tile, stride=stride) / F.fold(weight.expand_as(cols), size, tile, stride=stride)
+    return out[..., :h, :w]
+
+
+@torch.no_grad()
 def reconstruct_files(
     model: torch.nn.Module, input_path: str | Path, output_dir: str | Path, resolution: int | None = None,
-    full_size: bool = False, device: str = "cpu",
+    full_size: bool = False, device: str = "cpu", tile: bool = True,
 ) -> Reconstructions:
     """Reconstruct an image file or every image under a folder: ``NAME_rec.png`` and ``NAME_compare.png``
     (original | reconstruction) per image, resized (shorter side) and centre-cropped to ``resolution``
-    (default: the model's) or, with ``full_size``, cropped to a multiple of the downsampling factor.
+    (default: the model's) or, with ``full_size``, cropped to a multiple of the downsampling factor and, with
+    ``tile``, reconstructed in windows of the model's training resolution (:func:`reconstruct_tiled`).
 
     A folder's unreadable files are skipped with a warning and counted, so that one bad file never loses the
     rest; a single file that is not an image or can't be read raises ``ValueError``.
@@ -67,7 +95,8 @@ def reconstruct_files(
         img = (img.crop((0, 0, img.width // f * f, img.height // f * f)) if full_size
                else crop(resize_shorter(img, res), res, random=False))
         x = to_tensor(img)[None].to(device)
-        rec = model(x).reconstruction.clamp(-1, 1)
+        tiled = full_size and tile and max(x.shape[-2:]) > cfg.resolution
+        rec = (reconstruct_tiled(model, x, cfg.resolution) if tiled else model(x).reconstruction).clamp(-1, 1)
         to_pil(to_unit(rec[0])).save(output_dir / f"{path.stem}_rec.png")
         to_pil(to_unit(torch.cat([x[0], rec[0]], dim=-1))).save(output_dir / f"{path.stem}_compare.png")
         out.records.append({"file": str(path), "psnr": float(psnr(x, rec)[0]),

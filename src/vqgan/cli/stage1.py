@@ -92,7 +92,8 @@ def validate(ckpt: str, data: DataConfig | str | None = None, device: str = "aut
 
 @command("reconstruct")
 def reconstruct(
-    ckpt: str, input: str, output: str, resolution: int | None = None, full_size: bool = False, device: str = "auto"
+    ckpt: str, input: str, output: str, resolution: int | None = None, full_size: bool = False, tile: bool = True,
+    device: str = "auto",
 ) -> int:
     """Reconstruct an image, a folder of images, or a video file (MP4/GIF side by side, per-frame PSNR).
 
@@ -100,6 +101,8 @@ def reconstruct(
         input: an image file, a folder of images, or a video file.
         resolution: resize and centre-crop side (default: the model's).
         full_size: keep whole images (cropped to a multiple of the downsampling) instead of the model's crop.
+        tile: with --full-size, reconstruct a whole image as blended windows of the model's training resolution
+            (false: in one pass, for a model trained on images of that size).
     """
     from vqgan.data.video import VIDEO_EXTENSIONS
     from vqgan.inference import reconstruct_files
@@ -116,7 +119,7 @@ def reconstruct(
             raise ValueError(f"cannot read video {e}") from None
         print(f"{r['file']}: {r['frames']} frames, PSNR {r['psnr']:.2f} dB -> {r['files']['mp4']}")
         return 0
-    out = reconstruct_files(model, input, output, resolution, full_size, device)
+    out = reconstruct_files(model, input, output, resolution, full_size, device, tile)
     for r in out.records:
         print(f"{r['file']}: PSNR {r['psnr']:.2f} dB")
     return report_skipped("reconstruct", len(out.skipped), len(out.records) + len(out.skipped))
