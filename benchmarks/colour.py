@@ -8,7 +8,9 @@ config twice with the same steps and seed, without (``before``) and with (``afte
 the built-in training crops (``data.builtin_hue``, ``data.builtin_saturation``), and reports the validation PSNR
 on the fixed validation grid as it is (``crops``) and with its hue rotated by each of ``--rotations`` turns of the
 colour circle (``rotated``: the mean over rotations; ``worst``: the lowest). ``gap`` = crops - rotated: near zero
-when the model reconstructs every colour as well as the validation photos' own.
+when the model reconstructs every colour as well as the validation photos' own. ``whole`` and ``tiled`` score the two
+whole validation photos (mean PSNR): in one pass, and in blended windows of the training size as
+``vqgan reconstruct --full-size`` does (:func:`vqgan.inference.reconstruct_tiled`).
 
     python benchmarks/colour.py [--steps 600] [--workers 2] [--out DIR]
     python benchmarks/colour.py --ckpt runs/quickstart/checkpoints/last.ckpt   # measure one trained model
@@ -63,6 +65,7 @@ def measure(ckpt: str | Path, rotations: tuple[float, ...] = ROTATIONS) -> dict[
     from vqgan import load_model
     from vqgan.data import build_datasets
     from vqgan.data.transforms import rotate_hue
+    from vqgan.inference import reconstruct_tiled
     from vqgan.metrics.reconstruction import psnr
 
     model, exp = load_model(ckpt)
@@ -75,9 +78,25 @@ def measure(ckpt: str | Path, rotations: tuple[float, ...] = ROTATIONS) -> dict[
             x = images if r == 0 else torch.stack([rotate_hue(im, r) for im in images])
             rec = torch.cat([model(c).reconstruction for c in x.split(128)])
             scores[r] = float(psnr(x, rec.clamp(-1, 1)).mean())
+        whole, tiled = [], []
+        for photo in whole_photos(exp.data.builtin_scale, model.config.spatial_factor):
+            whole.append(float(psnr(photo, model(photo).reconstruction.clamp(-1, 1))))
+            tiled.append(float(psnr(photo, reconstruct_tiled(model, photo, model.config.resolution).clamp(-1, 1))))
     rotated = [scores[r] for r in rotations]
     return {"crops": scores[0.0], "rotated": sum(rotated) / len(rotated), "worst": min(rotated),
+            "whole": sum(whole) / len(whole), "tiled": sum(tiled) / len(tiled),
             **{f"rot{r:g}": scores[r] for r in rotations}}
+
+
+def whole_photos(scale: float, factor: int):
+    """The built-in validation photos (china, flower) as ``(1, 3, H, W)`` in [-1, 1], scaled as the validation
+    crops are and cropped to a multiple of the downsampling ``factor``."""
+    from vqgan.data.builtin import load_photo
+    from vqgan.data.transforms import to_tensor
+
+    for name in ("china", "flower"):
+        img = load_photo(name, scale)
+        yield to_tensor(img.crop((0, 0, img.width // factor * factor, img.height // factor * factor)))[None]
 
 
 def run_one(variant: str, steps: int, out_dir: str) -> dict[str, object]:
@@ -109,7 +128,7 @@ def main() -> None:
         m = measure(args.ckpt)
         print(table([{"model": args.ckpt, **m}], title="Validation PSNR (dB), crops and hue-rotated crops"))
         print(f"RESULT crops={m['crops']:.3f} rotated={m['rotated']:.3f} worst={m['worst']:.3f} "
-              f"gap={m['crops'] - m['rotated']:.3f}")
+              f"gap={m['crops'] - m['rotated']:.3f} whole={m['whole']:.3f} tiled={m['tiled']:.3f}")
         return
     out = args.out or tempfile.mkdtemp(prefix="vqgan-colour-bench-")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -124,7 +143,8 @@ def main() -> None:
     b, a = rows["before"], rows["after"]
     print(
         f"RESULT before_crops={b['crops']:.3f} before_rotated={b['rotated']:.3f} before_worst={b['worst']:.3f} "
-        f"after_crops={a['crops']:.3f} after_rotated={a['rotated']:.3f} after_worst={a['worst']:.3f} steps={args.steps}"
+        f"after_crops={a['crops']:.3f} after_rotated={a['rotated']:.3f} after_worst={a['worst']:.3f} "
+        f"before_tiled={b['tiled']:.3f} after_whole={a['whole']:.3f} after_tiled={a['tiled']:.3f} steps={args.steps}"
     )
 
 

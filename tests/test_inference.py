@@ -67,3 +67,14 @@ def test_full_size_reconstruction_is_tiled_unless_asked_not_to(tmp_path, tiny_mo
     a = np.asarray(Image.open(tmp_path / "a" / "big_rec.png"), dtype=np.float32)
     b = np.asarray(Image.open(tmp_path / "b" / "big_rec.png"), dtype=np.float32)
     assert a.shape == b.shape and np.abs(a - b).mean() > 0.5  # GroupNorm over the whole image differs
+
+
+def test_tiled_windows_keep_the_decoders_channel_count():
+    """A decoder with other channels than its input (``model.out_channels``) is blended per output channel."""
+
+    class ToGrey(torch.nn.Module):
+        def forward(self, x):
+            return SimpleNamespace(reconstruction=x.mean(1, keepdim=True) - 0.2)
+
+    x = torch.randn(1, 3, 30, 41)
+    torch.testing.assert_close(reconstruct_tiled(ToGrey(), x, tile=8), x.mean(1, keepdim=True) - 0.2)

@@ -51,10 +51,11 @@ def reconstruct_tiled(model: torch.nn.Module, x: torch.Tensor, tile: int, batch_
     patches = cols.transpose(1, 2).reshape(-1, c, tile, tile)
     rec = torch.cat([model(patches[i : i + batch_size]).reconstruction
                      for i in range(0, patches.shape[0], batch_size)])
+    co = rec.shape[1]  # the decoder's channels (model.config.out_channels may differ from the input's)
     ramp = torch.arange(tile, device=x.device, dtype=x.dtype) + 0.5
     ramp = torch.minimum(ramp, tile - ramp)
-    weight = (ramp[:, None] * ramp[None, :]).flatten().repeat(c)[None, :, None]  # (1, C * tile * tile, 1)
-    cols = rec.reshape(b, -1, c * tile * tile).transpose(1, 2) * weight
+    weight = (ramp[:, None] * ramp[None, :]).flatten().repeat(co)[None, :, None]  # (1, C_out * tile * tile, 1)
+    cols = rec.reshape(b, -1, co * tile * tile).transpose(1, 2) * weight
     size = (h + ph, w + pw)
     out = F.fold(cols, size, tile, stride=stride) / F.fold(weight.expand_as(cols), size, tile, stride=stride)
     return out[..., :h, :w]
